@@ -41,6 +41,7 @@ struct config_amqp {
     char *user;
     bool ssl; /* amqps:// */
     char *password; /* from password, password_file or the uri; never log */
+    char *password_file; /* resolved path, "" when the password came another way */
     int heartbeat;  /* seconds, 0..3600 (0 = off, refused? no: allowed) */
     int prefetch;   /* 1..65535 */
     char *queue_type; /* "classic" or "quorum" */
@@ -72,6 +73,7 @@ struct config_billmgr {
     char *url;
     char *login;
     char *password; /* from password or password_file; never log */
+    char *password_file; /* resolved path, "" when password was given inline */
     int timeout;      /* seconds per call, 1..3600 */
     int connect_timeout; /* seconds, 1..timeout */
     int max_inflight; /* 1..256 */
@@ -138,9 +140,13 @@ struct config {
  * with config_free) and leaves err untouched. On failure returns NULL and
  * writes into err (errlen bytes, NUL-terminated) one line such as
  *   "/etc/remotetask/a.conf:12: amqp.prefetch: must be between 1 and 65535"
- * naming the file, the line (when known) and the setting. Password files
- * readable by group or others are refused. A department used by two
- * mappings is refused. At least one of client: and server: must be present. */
+ * naming the file, the line (when known) and the setting; err never holds
+ * a password. Password files readable or writable by group or others are
+ * refused. A department used by two mappings is refused. At least one of
+ * client: and server: must be present. Relative paths in the file
+ * (state_dir, control_socket, password files, TLS and CA files) are taken
+ * relative to the directory that holds the file. The file is one file:
+ * @include is refused, and so are unknown settings (they are typos). */
 struct config *config_load(const char *path, char *err, size_t errlen);
 
 /* Frees a config; accepts NULL and half-built ones. Password memory is

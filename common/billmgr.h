@@ -1,0 +1,243 @@
+/*
+ * billmgr.h - the BILLmanager API client (libcurl multi + jansson).
+ *
+ * One struct billmgr talks to one BILLmanager installation (one URL, one
+ * login). Calls are asynchronous: billmgr_call() queues a call, and the
+ * owner's poll() loop drives every transfer through billmgr_pollfds(),
+ * billmgr_timeout_ms() and billmgr_handle(), which run the completion
+ * callbacks. At most max_inflight transfers run at once; the rest wait in
+ * FIFO order. billmgr_call_sync() and billmgr_list_sync() are the same
+ * machinery with a private poll loop, for the CLI and simple callers.
+ *
+ * Requests follow BILLMANAGER-API.md §1: a POST to the configured URL with
+ * an application/x-www-form-urlencoded body holding func, out=json, the
+ * caller's parameters in order and the credentials (authinfo=LOGIN:PASSWORD,
+ * or auth=SESSION in session mode). Credentials are only ever in the body:
+ * never in the URL, a log line, an error string or a reply.
+ *
+ * Outcomes (BILLMANAGER-API.md §2):
+ *   HTTP 200, JSON, doc without error     RT_OK
+ *   doc.error of any $type                RT_REJECT, type/object/msg kept
+ *     (type auth in session mode: one re-login and one retry of the call
+ *      first; a second auth error, or a failed login, is RT_REJECT)
+ *   HTTP status other than 200            RT_RETRY, type "http"
+ *   connect failure, reset, DNS, TLS      RT_RETRY, type "transport"
+ *   total or connect timeout              RT_RETRY, type "timeout"
+ *   body not JSON, or no "doc" object     RT_RETRY, type "json"
+ *   answer larger than max_response       RT_REJECT, type "toolarge"
+ * An answer that is too large is rejected rather than retried because the
+ * same call will get the same answer again: retrying would block the
+ * caller's queue forever, while a rejection dead-letters the message with
+ * a reason an operator can act on (raise max_response, then replay).
+ *
+ * Not thread-safe: one struct billmgr belongs to one thread.
+ */
+#ifndef RT_BILLMGR_H
+#define RT_BILLMGR_H
+
+#include <poll.h>
+#include <stddef.h>
+
+#include <jansson.h>
+
+#include "buf.h"
+#include "rt.h"
+
+/* Defaults used when a field of billmgr_opts is 0. */
+#define BILLMGR_DEFAULT_TIMEOUT_MS         30000L
+#define BILLMGR_DEFAULT_CONNECT_TIMEOUT_MS 10000L
+#define BILLMGR_DEFAULT_MAX_INFLIGHT       16
+#define BILLMGR_DEFAULT_MAX_RESPONSE       ((size_t)16 * 1024 * 1024)
+#define BILLMGR_DEFAULT_PAGE_SIZE          1000
+#define BILLMGR_DEFAULT_MAX_QUEUED         ((size_t)65536)
+
+/* Caps on what one call may carry: parameters are built by the bridge, but
+ * their values (names, notes) come from the other side. */
+#define BILLMGR_MAX_PARAMS 256
+#define BILLMGR_MAX_VALUE  ((size_t)4 * 1024 * 1024)
+
+/* Caps on the error texts kept from an answer; longer texts are cut. */
+#define BILLMGR_ERR_TYPE_MAX    32
+#define BILLMGR_ERR_OBJECT_MAX  128
+#define BILLMGR_ERR_MESSAGE_MAX 512
+
+/* How to reach one BILLmanager. Independent of config.h: the daemon fills
+ * it from struct config's billmanager section. billmgr_new copies every
+ * string, so the struct and its strings may be freed after the call. */
+struct billmgr_opts {
+    const char *url; /* http:// or https://, without user:password@ */
+    const char *login;
+    const char *password;    /* never logged */
+    int auth_session;        /* 0 = authinfo on every call; 1 = func=auth
+                                session, re-login once when it expires */
+    long timeout_ms;         /* whole transfer; 0 = BILLMGR_DEFAULT_TIMEOUT_MS */
+    long connect_timeout_ms; /* 0 = the smaller of 10 s and timeout_ms */
+    int max_inflight;        /* concurrent transfers; 0 = 16 */
+    size_t max_response;     /* cap on one answer's body; 0 = 16 MiB */
+    const char *ca_file;     /* NULL or "" = the system's CA store */
+    int verify_tls;          /* 1 = verify the peer and its name (do this) */
+    int page_size;           /* p_cnt for billmgr_list_sync; 0 = 1000 */
+    size_t max_queued;       /* cap on calls waiting to start; 0 = 65536 */
+};
+
+/* An ordered list of request parameters (key=value), owned copies. */
+struct billmgr_param {
+    char *key;
+    char *value;
+};
+
+struct billmgr_params {
+    struct billmgr_param *v;
+    size_t n;
+    size_t cap;
+};
+
+/* The error of a failed call, as copies that outlive the call. Every field
+ * is a NUL-terminated string, "" when unknown; all are "" on RT_OK. */
+struct billmgr_error {
+    char type[BILLMGR_ERR_TYPE_MAX];       /* API $type, or http, timeout,
+                                              transport, json, toolarge */
+    char object[BILLMGR_ERR_OBJECT_MAX];   /* API $object, e.g. a field name */
+    char message[BILLMGR_ERR_MESSAGE_MAX]; /* API msg text or curl's text */
+};
+
+/* What a completed call hands its callback. Everything is borrowed and
+ * valid during the callback only. */
+struct billmgr_reply {
+    rt_status status;
+    const char *err_type;   /* "" on RT_OK, never NULL */
+    const char *err_object; /* "" when the API named none, never NULL */
+    const char *message;    /* "" on RT_OK, never NULL */
+    json_t *doc;            /* the answer's "doc" object on RT_OK, else NULL;
+                               json_incref it to keep it */
+    long http_code;         /* 0 when no answer arrived */
+    double seconds;         /* from billmgr_call to completion, including
+                               time queued and any re-login */
+};
+
+struct billmgr;
+
+/* Called once per call when it completes. May call billmgr_call (new calls
+ * are queued, never run inside the callback); must not call billmgr_free. */
+typedef void (*billmgr_done_fn)(void *arg, const struct billmgr_reply *r);
+
+/* Called once per element of a list; return 0 to go on, anything else to
+ * stop listing (billmgr_list_sync then returns RT_OK). elem is borrowed. */
+typedef int (*billmgr_elem_fn)(void *arg, json_t *elem);
+
+/* ---- parameters ---- */
+
+/* Starts an empty list. */
+void billmgr_params_init(struct billmgr_params *p);
+
+/* Appends key=value (both copied). key must be non-empty. Returns 0, or -1
+ * when the list holds BILLMGR_MAX_PARAMS already, the value is longer than
+ * BILLMGR_MAX_VALUE, or memory ran out; on -1 the list is unchanged. */
+int billmgr_params_add(struct billmgr_params *p, const char *key, const char *value);
+
+/* Appends key=printf(fmt, ...). Same returns as billmgr_params_add. */
+int billmgr_params_addf(struct billmgr_params *p, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Frees every copy; the list may be reused after billmgr_params_init.
+ * Accepts a zeroed list. */
+void billmgr_params_release(struct billmgr_params *p);
+
+/* ---- the handle ---- */
+
+/* Makes a client from opts (copied). Sends nothing yet. Returns NULL with a
+ * reason in err (which never holds the password) when opts are invalid (no
+ * url, a url with credentials or a query string or a scheme other than
+ * http/https, no login)
+ * or curl cannot be set up. Free with billmgr_free. */
+struct billmgr *billmgr_new(const struct billmgr_opts *opts, char *err, size_t errlen);
+
+/* Cancels every call in flight or queued without calling its callback,
+ * wipes the credentials from memory and frees everything. Accepts NULL. */
+void billmgr_free(struct billmgr *bm);
+
+/* Queues a call of func with params (copied; NULL = none) and returns at
+ * once; cb(arg, reply) runs later from billmgr_handle (or a sync helper).
+ * Returns 0, or -1 when the call could not be queued (memory, the
+ * max_queued cap, a parameter too large, func empty): cb is then never
+ * called. */
+int billmgr_call(struct billmgr *bm, const char *func, const struct billmgr_params *params,
+                 billmgr_done_fn cb, void *arg);
+
+/* Fills fds with the sockets curl wants watched now (fd, events; revents
+ * zeroed) and returns how many there are. When that is more than max only
+ * the first max are filled: call again with a larger array (max_inflight +
+ * 4 entries is always enough in practice). */
+size_t billmgr_pollfds(struct billmgr *bm, struct pollfd *fds, size_t max);
+
+/* Milliseconds until billmgr_handle must be called even if no socket is
+ * ready: 0 = now, -1 = no deadline (nothing to do until a socket is). */
+int billmgr_timeout_ms(struct billmgr *bm);
+
+/* To be called after poll() with the fds billmgr_pollfds gave (their
+ * revents filled in), or with n = 0 when only the timeout expired. Drives
+ * curl for ready sockets and an expired timer, runs the completion
+ * callbacks and starts queued calls. */
+void billmgr_handle(struct billmgr *bm, const struct pollfd *fds, size_t n);
+
+/* Calls not yet completed: running plus queued. */
+size_t billmgr_inflight(struct billmgr *bm);
+
+/* ---- synchronous helpers ---- */
+
+/* Makes one call and waits for it in a private poll loop (which also
+ * drives, and runs the callbacks of, any other call in flight on bm).
+ * On RT_OK *doc_out (when doc_out is not NULL) is a new reference to the
+ * answer's doc object, which the caller json_decref's; otherwise it is set
+ * to NULL. err (may be NULL) receives the reason of a failure. A call that
+ * cannot be queued returns RT_RETRY with type "transport". */
+rt_status billmgr_call_sync(struct billmgr *bm, const char *func,
+                            const struct billmgr_params *params, json_t **doc_out,
+                            struct billmgr_error *err);
+
+/* Lists func page by page (p_cnt = page_size, p_num = 1, 2, ...) with the
+ * filter parameters (may be NULL) added to every page, and calls each(arg,
+ * elem) for every row, until p_elems rows were seen, a page comes back
+ * empty or short, or each() asks to stop. Rows that move between pages
+ * while listing (created or deleted meanwhile) may be missed or seen twice:
+ * callers that need every row reconcile again later. Returns the first
+ * failing page's status with its reason in err; rows already handed to
+ * each() stay handed. */
+rt_status billmgr_list_sync(struct billmgr *bm, const char *func,
+                            const struct billmgr_params *filter, billmgr_elem_fn each, void *arg,
+                            struct billmgr_error *err);
+
+/* ---- JSON helpers ---- */
+
+/* obj.key.$ as a C string borrowed from obj, or NULL when obj is not an
+ * object, the key is missing or holds no text. */
+const char *billmgr_text(json_t *obj, const char *key);
+
+/* obj.key.$ parsed as a whole decimal number into *out. Returns 0, or -1
+ * (and leaves *out alone) when the text is missing, empty, not a number or
+ * out of range. */
+int billmgr_long(json_t *obj, const char *key, long *out);
+
+/* ---- building blocks, exported for the unit tests ---- */
+
+/* Appends s percent-encoded per RFC 3986: A-Z a-z 0-9 - . _ ~ stay, every
+ * other byte (UTF-8 bytes, space, & = + % newline) becomes %XX. Returns 0,
+ * or -1 when out's cap is reached (out then holds a prefix). */
+int billmgr_urlencode(struct buf *out, const char *s);
+
+/* Appends the form body of a call: func=FUNC&out=json, then every
+ * parameter in order, then cred_key=cred_value when cred_key is not NULL.
+ * Returns 0 or -1 as billmgr_urlencode. */
+int billmgr_form_build(struct buf *out, const char *func, const struct billmgr_params *params,
+                       const char *cred_key, const char *cred_value);
+
+/* Maps one HTTP answer (status code and body) to the call's outcome as the
+ * table at the top says, except "toolarge", "timeout" and "transport",
+ * which only the transfer can tell. On RT_OK *doc_out is a new reference to
+ * the doc object (caller json_decref's) and err is all ""; otherwise
+ * *doc_out is NULL and err holds the reason. doc_out and err must not be
+ * NULL. */
+rt_status billmgr_parse_reply(long http_code, const char *body, size_t len, json_t **doc_out,
+                              struct billmgr_error *err);
+
+#endif

@@ -1,0 +1,260 @@
+/*
+ * store.h - the durable state: outbox, sequence numbers, links (SQLite).
+ *
+ * One database file, <state_dir>/remotetask.db, in WAL mode. The daemon and
+ * the CLI (`remotetaskctl --command taskevent`) open it at the same time, so
+ * every handle sets a busy timeout, starts its write transactions with
+ * BEGIN IMMEDIATE and commits with synchronous=FULL: an event that
+ * store_outbox_add() reported as recorded survives a crash or a power loss.
+ *
+ * The schema is versioned in PRAGMA user_version and migrated in one
+ * transaction when the store is opened; a database written by a newer
+ * version of remotetask is refused rather than misread.
+ *
+ * Tables and their meaning:
+ *   outbox  client side: task events not yet published, one row per
+ *           (client, task); new events for a row coalesce into it.
+ *   fwd     client side: per source task, the last sequence number used and
+ *           the fingerprint of the forward fields the broker last confirmed.
+ *   links   server side: source task -> target task, the last forward seq
+ *           applied, the last reverse seq used and what it published.
+ *   rev     client side: per source task, the last reverse seq applied.
+ *   meta    small named values (last sync, last apply...).
+ *
+ * Every call that reads or writes returns RT_OK, RT_RETRY (the database is
+ * busy, locked, out of space or had an I/O error: the same call may work
+ * later) or RT_REJECT (misuse: a client id too long, a nested transaction;
+ * or a corrupt database). The reason is kept for store_strerror().
+ *
+ * A struct store belongs to one thread, and to the process that opened it:
+ * a child process after fork() opens its own.
+ *
+ * Numbers: task ids and times (milliseconds since the epoch) are int64_t,
+ * as the codec has them; sequence numbers, generations and counts are
+ * uint64_t and must stay below 2^63 (SQLite's integers are signed).
+ */
+#ifndef RT_STORE_H
+#define RT_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rt.h"
+
+/* A client id is at most this many bytes; longer ones are refused. */
+#define STORE_CLIENT_MAX 64
+/* A fingerprint (of forward fields or of a published state) is at most this
+ * many bytes, e.g. a hex SHA-256 is 64. */
+#define STORE_FP_MAX 128
+/* An outbox error text is cut to this many bytes before it is stored. */
+#define STORE_ERROR_MAX 512
+/* A meta key and a meta value are at most this many bytes. */
+#define STORE_META_KEY_MAX   64
+#define STORE_META_VALUE_MAX 4096
+/* The schema version this code writes; store_open() migrates up to it. */
+#define STORE_SCHEMA_VERSION 2
+/* A task's `updated` value (YYYY-MM-DD HH:MM:SS) is at most this long. */
+#define STORE_UPDATED_MAX 32
+/* An fp set (common/fp.h) of what was applied is at most this long. */
+#define STORE_APPLIED_MAX 512
+/* The database file name inside state_dir. */
+#define STORE_FILE_NAME "remotetask.db"
+
+struct store;
+
+/* One coalesced outbox row, as store_outbox_due() returns it. */
+struct store_event {
+    char client[STORE_CLIENT_MAX + 1];
+    int64_t task;
+    uint64_t gen;      /* bumped by every new event; pass to store_outbox_done() */
+    uint64_t events;   /* how many events coalesced into this row */
+    int64_t first_ms;  /* when the oldest of them was recorded */
+    int64_t last_ms;   /* when the newest of them was recorded */
+    uint64_t attempts; /* failed publishing attempts so far */
+};
+
+/* What was last sent forward for a source task (client side). */
+struct store_fwd {
+    bool found;                /* false: nothing was ever allocated for this task */
+    uint64_t seq;              /* the last seq allocated; the next is seq + 1 */
+    uint64_t fp_seq;           /* the seq of the confirmed message fp describes; 0 = none */
+    char fp[STORE_FP_MAX + 1]; /* "" until a message was confirmed */
+    int64_t sent_ms;           /* when that confirmation was recorded */
+    char updated[STORE_UPDATED_MAX + 1]; /* the task's `updated` when last seen sent or
+                                            unchanged; "" = never */
+};
+
+/* A link from a source task to the target task made for it (server side). */
+struct store_link {
+    bool found; /* set by the getters; ignored by store_link_put() */
+    char client[STORE_CLIENT_MAX + 1];
+    int64_t src_task;
+    int64_t dst_task;
+    uint64_t last_seq;             /* seq of the last forward message applied */
+    uint64_t rev_seq;              /* last seq used for a reverse state message */
+    char rev_fp[STORE_FP_MAX + 1]; /* fingerprint of the state last published */
+    uint64_t notes_sent;           /* notes of the target task already published */
+    int64_t updated_ms;
+    char applied[STORE_APPLIED_MAX + 1]; /* fp set of what was last applied to the
+                                            target task (common/fp.h) */
+};
+
+/* What was applied from reverse messages for a source task (client side). */
+struct store_rev {
+    bool found;
+    uint64_t seq;           /* the last state seq applied */
+    uint64_t notes_applied; /* notes of the target task already copied */
+    char applied[STORE_APPLIED_MAX + 1]; /* fp set of what was last applied to the
+                                            source task (common/fp.h) */
+};
+
+/* Opens <state_dir>/remotetask.db, creating the directory (mode 0750, with
+ * any missing parents) and the file (mode 0640) when they are missing,
+ * switching it to WAL and migrating its schema to STORE_SCHEMA_VERSION.
+ * Returns a handle to free with store_free(), or NULL with the reason in
+ * err (always NUL-terminated when errlen > 0): state_dir is not a
+ * directory, cannot be created, the file is not a database, or was written
+ * by a newer version. Waits up to the busy timeout for another process that
+ * holds the database. */
+struct store *store_open(const char *state_dir, char *err, size_t errlen);
+
+/* Closes the database and frees the handle; an open transaction is rolled
+ * back. Accepts NULL. */
+void store_free(struct store *st);
+
+/* The reason for the last failure on this handle, "" if none. The string
+ * belongs to the handle and changes with the next failing call. */
+const char *store_strerror(const struct store *st);
+
+/* ---- transactions ---------------------------------------------------- */
+
+/* Starts a write transaction (BEGIN IMMEDIATE) so that the calls up to
+ * store_commit() take effect together or not at all. RT_REJECT if one is
+ * already open (transactions do not nest). */
+rt_status store_begin(struct store *st);
+
+/* Commits the transaction store_begin() opened. On failure the transaction
+ * is rolled back, so the caller redoes the whole unit after a RETRY.
+ * RT_REJECT if no transaction is open (also when SQLite had to roll it
+ * back itself after an earlier failure inside it). */
+rt_status store_commit(struct store *st);
+
+/* Rolls back the open transaction; does nothing when none is open. */
+rt_status store_rollback(struct store *st);
+
+/* ---- outbox (client side) -------------------------------------------- */
+
+/* Records an event for (client, task) at now_ms: a new row, or the existing
+ * row with gen and events bumped and last_ms set. A row waiting for a
+ * backoff becomes due at once (next_ms = now_ms), so that a new event is
+ * not delayed by an old failure; its attempts count is kept. When this
+ * returns RT_OK the event is on disk. */
+rt_status store_outbox_add(struct store *st, const char *client, int64_t task, int64_t now_ms);
+
+/* Fills out[0..*n) with at most max rows whose next_ms <= now_ms, oldest
+ * first_ms first. *n is 0 when nothing is due. */
+rt_status store_outbox_due(struct store *st, int64_t now_ms, size_t max, struct store_event *out,
+                           size_t *n);
+
+/* Deletes the row of (client, task) if its gen is still gen, i.e. if no
+ * event was recorded since it was read. *deleted (may be NULL) tells
+ * whether it was; a row left in place is published again. */
+rt_status store_outbox_done(struct store *st, const char *client, int64_t task, uint64_t gen,
+                            bool *deleted);
+
+/* After a failed attempt: attempts + 1, not due before next_ms, error kept
+ * (cut to STORE_ERROR_MAX bytes; NULL clears it) for the status command.
+ * Does nothing if the row is gone. */
+rt_status store_outbox_defer(struct store *st, const char *client, int64_t task, int64_t next_ms,
+                             const char *error);
+
+/* How many rows wait, and the first_ms of the oldest (0 when none). Either
+ * pointer may be NULL. */
+rt_status store_outbox_backlog(struct store *st, uint64_t *count, int64_t *oldest_first_ms);
+
+/* ---- forward sequence numbers (client side) -------------------------- */
+
+/* Allocates the next seq for (client, task) and stores it before returning,
+ * so that a crash after the message was published can never reuse it. The
+ * first seq of a task is 1. */
+rt_status store_fwd_next_seq(struct store *st, const char *client, int64_t task, uint64_t *seq);
+
+/* Reads what was sent for (client, task); out->found is false (and the
+ * rest zero) when nothing was. */
+rt_status store_fwd_get(struct store *st, const char *client, int64_t task, struct store_fwd *out);
+
+/* Records that the broker confirmed the message with this seq, whose
+ * forward fields have fingerprint fp, at now_ms. A confirmation older than
+ * the one recorded (smaller seq) changes nothing. RT_REJECT for an fp
+ * longer than STORE_FP_MAX. */
+rt_status store_fwd_confirm(struct store *st, const char *client, int64_t task, uint64_t seq,
+                            const char *fp, int64_t now_ms);
+
+/* Records the task's `updated` value as last seen (at most
+ * STORE_UPDATED_MAX bytes, else RT_REJECT), creating the row if needed and
+ * leaving the seq alone: reconciliation skips a task whose `updated` has
+ * not moved since. */
+rt_status store_fwd_seen(struct store *st, const char *client, int64_t task, const char *updated);
+
+/* ---- links (server side) --------------------------------------------- */
+
+/* Reads the link of (client, src_task); out->found is false when there is
+ * none. */
+rt_status store_link_get(struct store *st, const char *client, int64_t src_task,
+                         struct store_link *out);
+
+/* Finds the link whose target task is dst_task for this client; if several
+ * exist (which the applier never makes) the one with the smallest
+ * src_task. out->found is false when there is none. */
+rt_status store_link_by_dst(struct store *st, const char *client, int64_t dst_task,
+                            struct store_link *out);
+
+/* Inserts or replaces the link (link->client, link->src_task) with every
+ * field of *link (found is ignored). */
+rt_status store_link_put(struct store *st, const struct store_link *link);
+
+/* Allocates the next reverse seq of an existing link and stores it before
+ * returning (as store_fwd_next_seq() does for forward messages). RT_REJECT
+ * when the link does not exist. */
+rt_status store_link_next_rev_seq(struct store *st, const char *client, int64_t src_task,
+                                  uint64_t *seq);
+
+/* Counts the links of one client, or of all clients when client is NULL. */
+rt_status store_link_count(struct store *st, const char *client, uint64_t *n);
+
+/* Lists a client's links in src_task order, starting after after_src_task
+ * (pass 0, or INT64_MIN, for the first batch; then the last src_task
+ * returned). Fills out[0..*n) with at most max links; *n < max means the
+ * list is finished. */
+rt_status store_link_list(struct store *st, const char *client, int64_t after_src_task, size_t max,
+                          struct store_link *out, size_t *n);
+
+/* ---- reverse applied state (client side) ----------------------------- */
+
+/* Reads what was applied for (client, task); out->found is false when
+ * nothing was. */
+rt_status store_rev_get(struct store *st, const char *client, int64_t task, struct store_rev *out);
+
+/* Records the last state seq applied, the notes copied and the fp set of
+ * what was applied (NULL = "", at most STORE_APPLIED_MAX bytes) for
+ * (client, task). */
+rt_status store_rev_put(struct store *st, const char *client, int64_t task, uint64_t seq,
+                        uint64_t notes_applied, const char *applied);
+
+/* ---- meta ------------------------------------------------------------ */
+
+/* Copies the value of key into buf (NUL-terminated); *found tells whether
+ * the key exists (buf is "" when not). RT_REJECT when the value does not
+ * fit in buflen, or for a key longer than STORE_META_KEY_MAX. */
+rt_status store_meta_get(struct store *st, const char *key, char *buf, size_t buflen, bool *found);
+
+/* Sets key to value (at most STORE_META_VALUE_MAX bytes, else RT_REJECT). */
+rt_status store_meta_set(struct store *st, const char *key, const char *value);
+
+/* The same for integer values (times, counters): *value is 0 when the key
+ * does not exist; RT_REJECT when the stored value is not an integer. */
+rt_status store_meta_get_i64(struct store *st, const char *key, int64_t *value, bool *found);
+rt_status store_meta_set_i64(struct store *st, const char *key, int64_t value);
+
+#endif

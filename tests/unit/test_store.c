@@ -1,0 +1,932 @@
+/*
+ * test_store.c - the SQLite store against a real database in a temporary
+ * directory: schema and migrations, the outbox, sequence numbers, links,
+ * transactions, and several handles and processes writing at once.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <inttypes.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <sqlite3.h>
+
+#include "store.h"
+
+struct fixture {
+    char dir[64];    /* the mkdtemp directory, removed after the test */
+    char state[128]; /* dir/state: the state_dir given to the store */
+    char db[192];    /* state/remotetask.db */
+};
+
+static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    strcpy(f->dir, "/tmp/rt-test-store-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    snprintf(f->state, sizeof f->state, "%s/state", f->dir);
+    snprintf(f->db, sizeof f->db, "%s/%s", f->state, STORE_FILE_NAME);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    int rc = nftw(f->dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    free(f);
+    return rc == 0 ? 0 : -1;
+}
+
+static struct store *open_ok(const struct fixture *f)
+{
+    char err[512];
+    struct store *st = store_open(f->state, err, sizeof err);
+    if (!st)
+        fail_msg("store_open(\"%s\"): %s", f->state, err);
+    return st;
+}
+
+/* Fails the test with the store's reason unless the call returned OK. */
+#define OK(st, call)                                                                               \
+    do {                                                                                           \
+        rt_status r_ = (call);                                                                     \
+        if (r_ != RT_OK)                                                                           \
+            fail_msg("%s: %s: %s", #call, rt_status_name(r_), store_strerror(st));                 \
+    } while (0)
+
+static int user_version(const char *db)
+{
+    sqlite3 *h = NULL;
+    assert_int_equal(sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_stmt *s = NULL;
+    assert_int_equal(sqlite3_prepare_v2(h, "PRAGMA user_version", -1, &s, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+    int v = sqlite3_column_int(s, 0);
+    sqlite3_finalize(s);
+    sqlite3_close(h);
+    return v;
+}
+
+static void exec_raw(const char *db, const char *sql)
+{
+    sqlite3 *h = NULL;
+    assert_int_equal(sqlite3_open_v2(db, &h, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    sqlite3_busy_timeout(h, 5000);
+    int rc = sqlite3_exec(h, sql, NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        fail_msg("%s: %s", sql, sqlite3_errmsg(h));
+    sqlite3_close(h);
+}
+
+static uint64_t backlog(struct store *st)
+{
+    uint64_t n = 0;
+    OK(st, store_outbox_backlog(st, &n, NULL));
+    return n;
+}
+
+/* ---- open ------------------------------------------------------------- */
+
+static void test_open_creates_and_reopen_keeps(void **state)
+{
+    struct fixture *f = *state;
+    /* A missing parent is created too. */
+    snprintf(f->state, sizeof f->state, "%s/a/b/state", f->dir);
+    snprintf(f->db, sizeof f->db, "%s/%s", f->state, STORE_FILE_NAME);
+
+    struct store *st = open_ok(f);
+    struct stat sb;
+    assert_int_equal(stat(f->state, &sb), 0);
+    assert_true(S_ISDIR(sb.st_mode));
+    assert_int_equal(sb.st_mode & 07777, 0750);
+    assert_int_equal(stat(f->db, &sb), 0);
+    assert_true(S_ISREG(sb.st_mode));
+    assert_int_equal(sb.st_mode & 07777, 0640);
+
+    OK(st, store_outbox_add(st, "7", 42, 1000));
+    OK(st, store_meta_set(st, "last_sync", "yesterday"));
+    store_free(st);
+
+    assert_int_equal(user_version(f->db), STORE_SCHEMA_VERSION);
+
+    st = open_ok(f);
+    assert_int_equal(backlog(st), 1);
+    char buf[64];
+    bool found = false;
+    OK(st, store_meta_get(st, "last_sync", buf, sizeof buf, &found));
+    assert_true(found);
+    assert_string_equal(buf, "yesterday");
+    store_free(st);
+
+    /* The WAL files got the database's mode, not the umask's. */
+    char wal[256];
+    snprintf(wal, sizeof wal, "%s-wal", f->db);
+    st = open_ok(f);
+    OK(st, store_outbox_add(st, "7", 43, 1000));
+    assert_int_equal(stat(wal, &sb), 0);
+    assert_int_equal(sb.st_mode & 0777, 0640);
+    store_free(st);
+}
+
+static void test_journal_mode_is_wal(void **state)
+{
+    struct fixture *f = *state;
+    store_free(open_ok(f));
+    sqlite3 *h = NULL;
+    assert_int_equal(sqlite3_open_v2(f->db, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_stmt *s = NULL;
+    assert_int_equal(sqlite3_prepare_v2(h, "PRAGMA journal_mode", -1, &s, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(s, 0), "wal");
+    sqlite3_finalize(s);
+    sqlite3_close(h);
+}
+
+static void test_future_version_refused(void **state)
+{
+    struct fixture *f = *state;
+    store_free(open_ok(f));
+    exec_raw(f->db, "PRAGMA user_version = 99");
+
+    char err[512] = "untouched";
+    struct store *st = store_open(f->state, err, sizeof err);
+    assert_null(st);
+    assert_non_null(strstr(err, "schema version 99"));
+    assert_non_null(strstr(err, "newer"));
+    /* Refusing did not rewrite the version. */
+    assert_int_equal(user_version(f->db), 99);
+}
+
+static void test_state_dir_is_a_file(void **state)
+{
+    struct fixture *f = *state;
+    int fd = open(f->state, O_CREAT | O_WRONLY, 0600);
+    assert_true(fd >= 0);
+    close(fd);
+
+    char err[512] = "";
+    assert_null(store_open(f->state, err, sizeof err));
+    assert_non_null(strstr(err, "is not a directory"));
+    assert_non_null(strstr(err, f->state));
+
+    /* Also when the file is a parent of state_dir. */
+    char below[192];
+    snprintf(below, sizeof below, "%s/sub", f->state);
+    err[0] = '\0';
+    assert_null(store_open(below, err, sizeof err));
+    assert_non_null(strstr(err, "is not a directory"));
+
+    err[0] = 'x';
+    assert_null(store_open("", err, sizeof err));
+    assert_non_null(strstr(err, "empty"));
+}
+
+static void test_not_a_database_refused(void **state)
+{
+    struct fixture *f = *state;
+    assert_int_equal(mkdir(f->state, 0750), 0);
+    FILE *fp = fopen(f->db, "w");
+    assert_non_null(fp);
+    for (int i = 0; i < 64; i++)
+        fputs("this is not an SQLite database, it is a text file. ", fp);
+    fclose(fp);
+    char err[512] = "";
+    assert_null(store_open(f->state, err, sizeof err));
+    assert_non_null(strstr(err, f->db));
+}
+
+/* ---- outbox ----------------------------------------------------------- */
+
+static void test_outbox_coalesces(void **state)
+{
+    struct fixture *f = *state;
+    struct store *st = open_ok(f);
+    OK(st, store_outbox_add(st, "7", 42, 1000));
+    OK(st, store_outbox_add(st, "7", 42, 1100));
+    OK(st, store_outbox_add(st, "7", 42, 1200));
+    assert_int_equal(backlog(st), 1);
+
+    struct store_event ev[4];
+    size_t n = 99;
+    OK(st, store_outbox_due(st, 2000, 4, ev, &n));
+    assert_int_equal(n, 1);
+    assert_string_equal(ev[0].client, "7");
+    assert_int_equal(ev[0].task, 42);
+    assert_int_equal(ev[0].events, 3);
+    assert_int_equal(ev[0].gen, 3);
+    assert_int_equal(ev[0].first_ms, 1000);
+    assert_int_equal(ev[0].last_ms, 1200);
+    assert_int_equal(ev[0].attempts, 0);
+
+    /* The same task of another client is another row. */
+    OK(st, store_outbox_add(st, "8", 42, 1300));
+    assert_int_equal(backlog(st), 2);
+    store_free(st);
+}
+
+static void test_outbox_done_keeps_newer_event(void **state)
+{
+    struct fixture *f = *state;
+    struct store *st = open_ok(f);
+    OK(st, store_outbox_add(st, "7", 42, 1000));
+
+    struct store_event ev[1];
+    size_t n = 0;
+    OK(st, store_outbox_due(st, 1000, 1, ev, &n));
+    assert_int_equal(n, 1);
+    uint64_t gen = ev[0].gen;
+
+    /* An event recorded while the message was being published. */
+    OK(st, store_outbox_add(st, "7", 42, 1050));
+
+    bool deleted = true;
+    OK(st, store_outbox_done(st, "7", 42, gen, &deleted));
+    assert_false(deleted);
+    assert_int_equal(backlog(st), 1);
+
+    OK(st, store_outbox_due(st, 1100, 1, ev, &n));
+    assert_int_equal(n, 1);
+    assert_true(ev[0].gen > gen);
+    OK(st, store_outbox_done(st, "7", 42, ev[0].gen, &deleted));
+    assert_true(deleted);
+    assert_int_equal(backlog(st), 0);
+
+    /* A row that is gone: nothing to delete, not an error. */
+    OK(st, store_outbox_done(st, "7", 42, ev[0].gen, &deleted));
+    assert_false(deleted);
+    store_free(st);
+}
+
+static void test_outbox_defer_and_due(void **state)
+{
+    struct fixture *f = *state;
+    struct store *st = open_ok(f);
+    OK(st, store_outbox_add(st, "7", 1, 1000));
+    OK(st, store_outbox_add(st, "7", 2, 1001));
+
+    OK(st, store_outbox_defer(st, "7", 1, 5000, "broker unreachable"));
+    struct store_event ev[4];
+    size_t n = 0;
+    OK(st, store_outbox_due(st, 4999, 4, ev, &n));
+    assert_int_equal(n, 1);
+    assert_int_equal(ev[0].task, 2);
+
+    OK(st, store_outbox_due(st, 5000, 4, ev, &n));
+    assert_int_equal(n, 2);
+    assert_int_equal(ev[0].task, 1); /* oldest first_ms first */
+    assert_int_equal(ev[0].attempts, 1);
+    assert_int_equal(ev[1].task, 2);
+
+    /* A new event is not held back by the old backoff; attempts stay. */
+    OK(st, store_outbox_defer(st, "7", 1, 9000, NULL));
+    OK(st, store_outbox_due(st, 3000, 4, ev, &n));
+    assert_int_equal(n, 1);
+    OK(st, store_outbox_add(st, "7", 1, 3000));
+    OK(st, store_outbox_due(st, 3000, 4, ev, &n));
+    assert_int_equal(n, 2);
+    assert_int_equal(ev[0].task, 1);
+    assert_int_equal(ev[0].attempts, 2);
+    assert_int_equal(ev[0].first_ms, 1000);
+
+    /* max caps the batch. */
+    OK(st, store_outbox_due(st, 3000, 1, ev, &n));
+    assert_int_equal(n, 1);
+    assert_int_equal(ev[0].task, 1);
+    OK(st, store_outbox_due(st, 3000, 0, ev, &n));
+    assert_int_equal(n, 0);
+
+    /* A very long error is cut, not refused. */
+    char big[4 * STORE_ERROR_MAX];
+    memset(big, 'e', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    OK(st, store_outbox_defer(st, "7", 2, 100, big));
+    store_free(st);
+
+    sqlite3 *h = NULL;
+    assert_int_equal(sqlite3_open_v2(f->db, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_stmt *s = NULL;
+    assert_int_equal(
+        sqlite3_prepare_v2(h, "SELECT length(last_error) FROM outbox WHERE task = 2", -1, &s, NULL),
+        SQLITE_OK);
+    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(s, 0), STORE_ERROR_MAX);
+    sqlite3_finalize(s);
+    sqlite3_close(h);
+}
+
+static void test_outbox_backlog(void **state)
+{
+    struct fixture *f = *state;
+    struct store *st = open_ok(f);
+    uint64_t count = 99;
+    int64_t oldest = 99;
+    OK(st, store_outbox_backlog(st, &count, &oldest));
+    assert_int_equal(count, 0);
+    assert_int_equal(oldest, 0);
+
+    OK(st, store_outbox_add(st, "7", 5, 3000));
+    OK(st, store_outbox_add(st, "7", 6, 2000));
+    OK(st, store_outbox_add(st, "9", 7, 4000));
+    OK(st, store_outbox_add(st, "7", 6, 5000)); /* coalesces, keeps first_ms */
+    OK(st, store_outbox_backlog(st, &count, &oldest));
+    assert_int_equal(count, 3);
+    assert_int_equal(oldest, 2000);
+    store_free(st);
+}
+
+static void test_client_id_checked(void **state)
+{
+    struct fixture *f = *state;
+    struct store *st = open_ok(f);
+    char id[STORE_CLIENT_MAX + 2];
+    memset(id, 'c', STORE_CLIENT_MAX);
+    id[STORE_CLIENT_MAX] = '\0';
+    OK(st, store_outbox_add(st, id, 1, 1000));
+
+    struct store_event ev[1];
+    size_t n = 0;
+    OK(st, store_outbox_due(st, 1000, 1, ev, &n));
+    assert_int_equal(n, 1);
+    assert_string_equal(ev[0].client, id);
+
+    id[STORE_CLIENT_MAX] = 'c';
+    id[STORE_CLIENT_MAX + 1] = '\0';
+    assert_int_equal(store_outbox_add(st, id, 1, 1000), RT_REJECT);
+    assert_non_null(strstr(store_strerror(st), "client id"));
+    assert_int_equal(store_outbox_add(st, "", 1, 1000), RT_REJECT);
+    assert_int_equal(store_outbox_add(st, NULL, 1, 1000), RT_REJECT);
+    uint64_t seq = 0;
+    assert_int_equal(store_fwd_next_seq(st, id, 1, &seq), RT_REJECT);
+    struct store_link l;
+    assert_int_equal(store_link_get(st, id, 1, &l), RT_REJECT);
+
+    /* A client id is data, never SQL. */
+    OK(st, store_outbox_add(st, "x'); DROP TABLE outbox; --", 2, 1000));
+    assert_int_equal(backlog(st), 2);
+    store_free(st);
+}
+
+/* ---- sequence numbers ------------------------------------------------- */
+
+static void test_fwd_seq_survives_reopen(void **state)
+{
+    struct fixture *f = *state;
+    struct store *st = open_ok(f);
+    uint64_t last = 0;
+    for (int i = 0; i < 5; i++) {
+        uint64_t seq = 0;
+        OK(st, store_fwd_next_seq(st, "7", 42, &seq));
+        assert_true(seq > last);
+        last = seq;
+    }
+    assert_int_equal(last, 5);
+    /* Sequences are per task. */
+    uint64_t other = 0;
+    OK(st, store_fwd_next_seq(st, "7", 43, &other));
+    assert_int_equal(other, 1);
+    store_free(st);
+
+    st = open_ok(f);
+    uint64_t seq = 0;
+    OK(st, store_fwd_next_seq(st, "7", 42, &seq));
+    assert_int_equal(seq, 6);
+    store_free(st);
+}
+
+static void test_fwd_confirm(void **state)
+{
+    struct fixture *f = *state;
+    struct store *st = open_ok(f);
+    struct store_fwd fw;
+    OK(st, store_fwd_get(st, "7", 42, &fw));
+    assert_false(fw.found);
+
+    uint64_t s1 = 0, s2 = 0;
+    OK(st, store_fwd_next_seq(st, "7", 42, &s1));
+    OK(st, store_fwd_next_seq(st, "7", 42, &s2));
+    OK(st, store_fwd_get(st, "7", 42, &fw));
+    assert_true(fw.found);
+    assert_int_equal(fw.seq, 2);
+    assert_int_equal(fw.fp_seq, 0);
+    assert_string_equal(fw.fp, "");
+
+    OK(st, store_fwd_confirm(st, "7", 42, s2, "fp-two", 5000));
+    /* A late confirmation of an older message does not replace it. */
+    OK(st, store_fwd_confirm(st, "7", 42, s1, "fp-one", 6000));
+    OK(st, store_fwd_get(st, "7", 42, &fw));
+    assert_int_equal(fw.seq, 2);
+    assert_int_equal(fw.fp_seq, 2);
+    assert_string_equal(fw.fp, "fp-two");
+    assert_int_equal(fw.sent_ms, 5000);
+
+    /* The next seq follows the confirmed one. */
+    uint64_t s3 = 0;
+    OK(st, store_fwd_next_seq(st, "7", 42, &s3));
+    assert_int_equal(s3, 3);
+
+    char fp[STORE_FP_MAX + 2];
+    memset(fp, 'f', sizeof fp - 1);
+    fp[sizeof fp - 1] = '\0';
+    assert_int_equal(store_fwd_confirm(st, "7", 42, s3, fp, 7000), RT_REJECT);
+    assert_int_equal(store_fwd_confirm(st, "7", 42, UINT64_MAX, "x", 7000), RT_REJECT);
+    store_free(st);
+}
+
+/* ---- links ------------------------------------------------------------ */
+
+static struct store_link make_link(const char *client, int64_t src, int64_t dst)
+{
+    struct store_link l;
+    memset(&l, 0, sizeof l);
+    snprintf(l.client, sizeof l.client, "%s", client);
+    l.src_task = src;
+    l.dst_task = dst;
+    l.last_seq = 1;
+    l.updated_ms = 1000;
+    return l;
+}
+
+static void test_links(void **state)
+{
+    struct fixture *f = *state;
+    struct store *st = open_ok(f);
+    struct store_link l = make_link("7", 100, 9100);
+    struct store_link got;
+    OK(st, store_link_get(st, "7", 100, &got));
+    assert_false(got.found);
+    OK(st, store_link_by_dst(st, "7", 9100, &got));
+    assert_false(got.found);
+
+    OK(st, store_link_put(st, &l));
+    OK(st, store_link_get(st, "7", 100, &got));
+    assert_true(got.found);
+    assert_string_equal(got.client, "7");
+    assert_int_equal(got.src_task, 100);
+    assert_int_equal(got.dst_task, 9100);
+    assert_int_equal(got.last_seq, 1);
+    assert_string_equal(got.rev_fp, "");
+
+    /* Upsert: the same key replaces every field. */
+    l.last_seq = 7;
+    l.rev_seq = 3;
+    snprintf(l.rev_fp, sizeof l.rev_fp, "state-fp");
+    l.notes_sent = 4;
+    l.updated_ms = 2000;
+    OK(st, store_link_put(st, &l));
+    OK(st, store_link_by_dst(st, "7", 9100, &got));
+    assert_true(got.found);
+    assert_int_equal(got.src_task, 100);
+    assert_int_equal(got.last_seq, 7);
+    assert_int_equal(got.rev_seq, 3);
+    assert_string_equal(got.rev_fp, "state-fp");
+    assert_int_equal(got.notes_sent, 4);
+    assert_int_equal(got.updated_ms, 2000);
+
+    /* The target id belongs to its client: another client's lookup misses. */
+    OK(st, store_link_by_dst(st, "8", 9100, &got));
+    assert_false(got.found);
+
+    uint64_t rs = 0;
+    OK(st, store_link_next_rev_seq(st, "7", 100, &rs));
+    assert_int_equal(rs, 4);
+    OK(st, store_link_get(st, "7", 100, &got));
+    assert_int_equal(got.rev_seq, 4);
+    assert_int_equal(store_link_next_rev_seq(st, "7", 101, &rs), RT_REJECT);
+    assert_non_null(strstr(store_strerror(st), "no link"));
+
+    uint64_t count = 0;
+    OK(st, store_link_count(st, "7", &count));
+    assert_int_equal(count, 1);
+    store_free(st);
+}
+
+static void test_links_list_paging(void **state)
+{
+    struct fixture *f = *state;
+    struct store *st = open_ok(f);
+    const int total = 2500;
+    OK(st, store_begin(st));
+    /* Inserted out of order: the list must come back sorted. */
+    for (int i = 0; i < total; i++) {
+        int64_t src = 1 + (int64_t)((i * 7919) % total);
+        struct store_link l = make_link("7", src, 100000 + src);
+        OK(st, store_link_put(st, &l));
+    }
+    for (int i = 1; i <= 10; i++) {
+        struct store_link l = make_link("8", i, 200000 + i);
+        OK(st, store_link_put(st, &l));
+    }
+    OK(st, store_commit(st));
+
+    uint64_t count = 0;
+    OK(st, store_link_count(st, "7", &count));
+    assert_int_equal(count, total);
+    OK(st, store_link_count(st, "8", &count));
+    assert_int_equal(count, 10);
+    OK(st, store_link_count(st, NULL, &count));
+    assert_int_equal(count, total + 10);
+    OK(st, store_link_count(st, "nobody", &count));
+    assert_int_equal(count, 0);
+
+    enum { PAGE = 1000 };
+    struct store_link *page = calloc(PAGE, sizeof *page);
+    assert_non_null(page);
+    int64_t after = 0;
+    int seen = 0, batches = 0;
+    for (;;) {
+        size_t n = 0;
+        OK(st, store_link_list(st, "7", after, PAGE, page, &n));
+        batches++;
+        for (size_t i = 0; i < n; i++) {
+            assert_int_equal(page[i].src_task, after + 1); /* sorted, none skipped */
+            assert_int_equal(page[i].dst_task, 100000 + page[i].src_task);
+            assert_string_equal(page[i].client, "7");
+            assert_true(page[i].found);
+            after = page[i].src_task;
+            seen++;
+        }
+        if (n < PAGE)
+            break;
+    }
+    assert_int_equal(seen, total);
+    assert_int_equal(batches, 3);
+    free(page);
+    store_free(st);
+}
+
+/* ---- migration 2: updated, applied ------------------------------------ */
+
+static void test_migration_2_columns(void **state)
+{
+    struct fixture *f = *state;
+    struct store *st = open_ok(f);
+    struct store_fwd fw;
+    OK(st, store_fwd_seen(st, "7", 42, "2026-11-29 12:00:00"));
+    OK(st, store_fwd_get(st, "7", 42, &fw));
+    assert_true(fw.found);
+    assert_int_equal(fw.seq, 0);
+    assert_string_equal(fw.updated, "2026-11-29 12:00:00");
+    uint64_t seq = 0;
+    OK(st, store_fwd_next_seq(st, "7", 42, &seq));
+    assert_int_equal(seq, 1);
+    OK(st, store_fwd_get(st, "7", 42, &fw));
+    assert_string_equal(fw.updated, "2026-11-29 12:00:00");
+    char longer[STORE_UPDATED_MAX + 2];
+    memset(longer, '9', sizeof longer - 1);
+    longer[sizeof longer - 1] = '\0';
+    assert_int_equal(store_fwd_seen(st, "7", 42, longer), RT_REJECT);
+
+    struct store_link l = {0}, got;
+    strcpy(l.client, "7");
+    l.src_task = 5;
+    l.dst_task = 50;
+    strcpy(l.applied, "name=abc;status=2");
+    OK(st, store_link_put(st, &l));
+    OK(st, store_link_get(st, "7", 5, &got));
+    assert_string_equal(got.applied, "name=abc;status=2");
+
+    struct store_rev rv;
+    OK(st, store_rev_put(st, "7", 5, 3, 1, "status=1;performer=21"));
+    OK(st, store_rev_get(st, "7", 5, &rv));
+    assert_string_equal(rv.applied, "status=1;performer=21");
+    store_free(st);
+}
+
+/* A database at version 1 (as the first release wrote it) is migrated with
+ * its rows kept. */
+static void test_migrates_version_1(void **state)
+{
+    struct fixture *f = *state;
+    struct store *st = open_ok(f);
+    store_free(st);
+    exec_raw(f->db, "DROP TABLE outbox; DROP TABLE fwd; DROP TABLE links; DROP TABLE rev;"
+                    "DROP TABLE meta; PRAGMA user_version = 0;");
+    /* The tables exactly as migration 1 made them, with a row in each. */
+    exec_raw(f->db,
+             "CREATE TABLE outbox (client TEXT NOT NULL, task INTEGER NOT NULL, gen INTEGER NOT "
+             "NULL, events INTEGER NOT NULL, first_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL, "
+             "attempts INTEGER NOT NULL DEFAULT 0, next_ms INTEGER NOT NULL, last_error TEXT, "
+             "PRIMARY KEY (client, task));"
+             "CREATE INDEX outbox_first_ms ON outbox (first_ms);"
+             "CREATE TABLE fwd (client TEXT NOT NULL, task INTEGER NOT NULL, seq INTEGER NOT NULL "
+             "DEFAULT 0, fp TEXT NOT NULL DEFAULT '', fp_seq INTEGER NOT NULL DEFAULT 0, sent_ms "
+             "INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (client, task));"
+             "CREATE TABLE links (client TEXT NOT NULL, src_task INTEGER NOT NULL, dst_task "
+             "INTEGER NOT NULL, last_seq INTEGER NOT NULL DEFAULT 0, rev_seq INTEGER NOT NULL "
+             "DEFAULT 0, rev_fp TEXT NOT NULL DEFAULT '', notes_sent INTEGER NOT NULL DEFAULT 0, "
+             "updated_ms INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (client, src_task));"
+             "CREATE INDEX links_dst ON links (client, dst_task);"
+             "CREATE TABLE rev (client TEXT NOT NULL, task INTEGER NOT NULL, seq INTEGER NOT NULL "
+             "DEFAULT 0, notes_applied INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (client, task));"
+             "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);"
+             "INSERT INTO fwd (client, task, seq, fp, fp_seq) VALUES ('7', 9, 4, 'abc', 4);"
+             "INSERT INTO links (client, src_task, dst_task, last_seq) VALUES ('7', 9, 90, 4);"
+             "PRAGMA user_version = 1;");
+    st = open_ok(f);
+    assert_int_equal(user_version(f->db), STORE_SCHEMA_VERSION);
+    struct store_fwd fw;
+    OK(st, store_fwd_get(st, "7", 9, &fw));
+    assert_int_equal(fw.seq, 4);
+    assert_string_equal(fw.fp, "abc");
+    assert_string_equal(fw.updated, "");
+    struct store_link l;
+    OK(st, store_link_get(st, "7", 9, &l));
+    assert_int_equal(l.dst_task, 90);
+    assert_string_equal(l.applied, "");
+    store_free(st);
+}
+
+/* ---- rev and meta ----------------------------------------------------- */
+
+static void test_rev_and_meta(void **state)
+{
+    struct fixture *f = *state;
+    struct store *st = open_ok(f);
+    struct store_rev rv;
+    OK(st, store_rev_get(st, "7", 42, &rv));
+    assert_false(rv.found);
+    OK(st, store_rev_put(st, "7", 42, 5, 2, "status=1"));
+    OK(st, store_rev_put(st, "7", 42, 6, 3, NULL));
+    OK(st, store_rev_get(st, "7", 42, &rv));
+    assert_true(rv.found);
+    assert_int_equal(rv.seq, 6);
+    assert_int_equal(rv.notes_applied, 3);
+    OK(st, store_rev_get(st, "8", 42, &rv));
+    assert_false(rv.found);
+
+    char buf[16];
+    bool found = true;
+    OK(st, store_meta_get(st, "last_sync", buf, sizeof buf, &found));
+    assert_false(found);
+    assert_string_equal(buf, "");
+    OK(st, store_meta_set(st, "last_sync", "a"));
+    OK(st, store_meta_set(st, "last_sync", "b"));
+    OK(st, store_meta_get(st, "last_sync", buf, sizeof buf, &found));
+    assert_true(found);
+    assert_string_equal(buf, "b");
+
+    OK(st, store_meta_set(st, "long", "0123456789abcdefXYZ"));
+    assert_int_equal(store_meta_get(st, "long", buf, sizeof buf, &found), RT_REJECT);
+    assert_false(found);
+
+    int64_t v = 1;
+    OK(st, store_meta_get_i64(st, "apply_ms", &v, &found));
+    assert_false(found);
+    assert_int_equal(v, 0);
+    OK(st, store_meta_set_i64(st, "apply_ms", -1234567890123LL));
+    OK(st, store_meta_get_i64(st, "apply_ms", &v, &found));
+    assert_true(found);
+    assert_int_equal(v, -1234567890123LL);
+    assert_int_equal(store_meta_get_i64(st, "last_sync", &v, &found), RT_REJECT);
+
+    char key[STORE_META_KEY_MAX + 2];
+    memset(key, 'k', sizeof key - 1);
+    key[sizeof key - 1] = '\0';
+    assert_int_equal(store_meta_set(st, key, "v"), RT_REJECT);
+    store_free(st);
+}
+
+/* ---- transactions ----------------------------------------------------- */
+
+static void test_transaction_rollback_and_commit(void **state)
+{
+    struct fixture *f = *state;
+    struct store *st = open_ok(f);
+
+    OK(st, store_begin(st));
+    assert_int_equal(store_begin(st), RT_REJECT); /* no nesting */
+    struct store_link l = make_link("7", 1, 11);
+    OK(st, store_link_put(st, &l));
+    uint64_t seq = 0;
+    OK(st, store_fwd_next_seq(st, "7", 1, &seq));
+    OK(st, store_outbox_add(st, "7", 1, 1000));
+    OK(st, store_meta_set(st, "k", "v"));
+    OK(st, store_rollback(st));
+
+    struct store_link got;
+    OK(st, store_link_get(st, "7", 1, &got));
+    assert_false(got.found);
+    struct store_fwd fw;
+    OK(st, store_fwd_get(st, "7", 1, &fw));
+    assert_false(fw.found);
+    assert_int_equal(backlog(st), 0);
+    bool found = true;
+    char buf[8];
+    OK(st, store_meta_get(st, "k", buf, sizeof buf, &found));
+    assert_false(found);
+
+    /* Rollback without a transaction is harmless; commit is misuse. */
+    OK(st, store_rollback(st));
+    assert_int_equal(store_commit(st), RT_REJECT);
+
+    OK(st, store_begin(st));
+    OK(st, store_link_put(st, &l));
+    OK(st, store_fwd_next_seq(st, "7", 1, &seq));
+    OK(st, store_commit(st));
+    store_free(st);
+
+    /* Committed work is there for another handle. */
+    st = open_ok(f);
+    OK(st, store_link_get(st, "7", 1, &got));
+    assert_true(got.found);
+    OK(st, store_fwd_get(st, "7", 1, &fw));
+    assert_int_equal(fw.seq, 1);
+
+    /* Freeing a handle with an open transaction rolls it back. */
+    OK(st, store_begin(st));
+    OK(st, store_outbox_add(st, "7", 99, 1000));
+    store_free(st);
+    st = open_ok(f);
+    assert_int_equal(backlog(st), 0);
+    store_free(st);
+}
+
+/* ---- concurrency ------------------------------------------------------ */
+
+static void test_two_handles(void **state)
+{
+    struct fixture *f = *state;
+    struct store *a = open_ok(f);
+    struct store *b = open_ok(f);
+    for (int i = 0; i < 200; i++) {
+        OK(a, store_outbox_add(a, "7", i, 1000 + i));
+        OK(b, store_outbox_add(b, "7", 1000 + i, 1000 + i));
+        uint64_t sa = 0, sb = 0;
+        OK(a, store_fwd_next_seq(a, "7", 1, &sa));
+        OK(b, store_fwd_next_seq(b, "7", 1, &sb));
+        assert_int_equal(sa, 2 * (uint64_t)i + 1);
+        assert_int_equal(sb, 2 * (uint64_t)i + 2);
+    }
+    assert_int_equal(backlog(a), 400);
+    assert_int_equal(backlog(b), 400);
+
+    /* A transaction on one handle is invisible to the other until commit,
+     * and the other's reads are not blocked meanwhile (WAL). */
+    OK(a, store_begin(a));
+    OK(a, store_outbox_add(a, "7", 5000, 1));
+    assert_int_equal(backlog(b), 400);
+    OK(a, store_commit(a));
+    assert_int_equal(backlog(b), 401);
+    store_free(a);
+    store_free(b);
+}
+
+enum { PROC_EVENTS = 500, PROC_SEQS = 200 };
+
+/* The child's half of the race: its own handle, opened after fork(), as a
+ * CLI process would. Reports by exit status and, for the seqs it got,
+ * through the pipe. Never returns. */
+static void child_writer(const char *state_dir, int go_fd, int seq_fd)
+{
+    char err[512];
+    struct store *st = store_open(state_dir, err, sizeof err);
+    if (!st) {
+        fprintf(stderr, "child: store_open: %s\n", err);
+        _exit(2);
+    }
+    char c;
+    if (read(go_fd, &c, 1) != 1)
+        _exit(3);
+    int status = 0;
+    for (int i = 0; i < PROC_EVENTS && !status; i++) {
+        if (store_outbox_add(st, "child", i, 1000 + i) != RT_OK) {
+            fprintf(stderr, "child: outbox_add %d: %s\n", i, store_strerror(st));
+            status = 4;
+        }
+        if (i < PROC_SEQS && !status) {
+            uint64_t seq = 0;
+            if (store_fwd_next_seq(st, "7", 1, &seq) != RT_OK) {
+                fprintf(stderr, "child: next_seq: %s\n", store_strerror(st));
+                status = 5;
+            } else if (write(seq_fd, &seq, sizeof seq) != (ssize_t)sizeof seq) {
+                status = 6;
+            }
+        }
+    }
+    store_free(st);
+    _exit(status);
+}
+
+static void test_two_processes(void **state)
+{
+    struct fixture *f = *state;
+    int go[2], seqs[2];
+    assert_int_equal(pipe(go), 0);
+    assert_int_equal(pipe(seqs), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(go[1]);
+        close(seqs[0]);
+        child_writer(f->state, go[0], seqs[1]);
+    }
+    close(go[0]);
+    close(seqs[1]);
+
+    /* Both processes open a store that does not exist yet at the same time:
+     * one creates the schema, the other waits and finds it. */
+    struct store *st = open_ok(f);
+    assert_int_equal(write(go[1], "g", 1), 1);
+    close(go[1]);
+
+    bool got[2 * PROC_SEQS + 1];
+    memset(got, 0, sizeof got);
+    for (int i = 0; i < PROC_EVENTS; i++) {
+        OK(st, store_outbox_add(st, "parent", i, 1000 + i));
+        if (i < PROC_SEQS) {
+            uint64_t seq = 0;
+            OK(st, store_fwd_next_seq(st, "7", 1, &seq));
+            assert_true(seq >= 1 && seq <= 2 * PROC_SEQS);
+            assert_false(got[seq]);
+            got[seq] = true;
+        }
+    }
+
+    /* The child's seqs, until it closes its end. */
+    uint64_t seq;
+    ssize_t r;
+    int child_seqs = 0;
+    while ((r = read(seqs[0], &seq, sizeof seq)) == (ssize_t)sizeof seq) {
+        assert_true(seq >= 1 && seq <= 2 * PROC_SEQS);
+        assert_false(got[seq]); /* no seq handed out twice */
+        got[seq] = true;
+        child_seqs++;
+    }
+    assert_int_equal(r, 0);
+    close(seqs[0]);
+
+    int wstatus = 0;
+    assert_int_equal(waitpid(pid, &wstatus, 0), pid);
+    assert_true(WIFEXITED(wstatus));
+    assert_int_equal(WEXITSTATUS(wstatus), 0);
+    assert_int_equal(child_seqs, PROC_SEQS);
+
+    assert_int_equal(backlog(st), 2 * PROC_EVENTS);
+    struct store_event *ev = calloc(2 * PROC_EVENTS + 1, sizeof *ev);
+    assert_non_null(ev);
+    size_t n = 0;
+    OK(st, store_outbox_due(st, INT64_MAX, 2 * PROC_EVENTS + 1, ev, &n));
+    assert_int_equal(n, 2 * PROC_EVENTS);
+    int per_client[2] = {0, 0};
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(ev[i].events, 1);
+        per_client[strcmp(ev[i].client, "child") == 0]++;
+    }
+    assert_int_equal(per_client[0], PROC_EVENTS);
+    assert_int_equal(per_client[1], PROC_EVENTS);
+    free(ev);
+
+    struct store_fwd fw;
+    OK(st, store_fwd_get(st, "7", 1, &fw));
+    assert_int_equal(fw.seq, 2 * PROC_SEQS);
+    store_free(st);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_open_creates_and_reopen_keeps, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_journal_mode_is_wal, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_migration_2_columns, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_migrates_version_1, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_future_version_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_state_dir_is_a_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_not_a_database_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_outbox_coalesces, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_outbox_done_keeps_newer_event, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_outbox_defer_and_due, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_outbox_backlog, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_client_id_checked, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fwd_seq_survives_reopen, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fwd_confirm, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_links, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_links_list_paging, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rev_and_meta, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_transaction_rollback_and_commit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_two_handles, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_two_processes, setup, teardown),
+    };
+    return cmocka_run_group_tests_name("store", tests, NULL, NULL);
+}
