@@ -1,0 +1,1320 @@
+#include "forward.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "fp.h"
+#include "log.h"
+#include "notes.h"
+
+/* The queue of client C is FORWARD_QUEUE_PREFIX C (broker_queue_name). */
+#define FORWARD_QUEUE_PREFIX "remotetask.forward."
+/* Texts copied from a delivery are cut to this (AMQP short strings are at
+ * most 255 bytes). */
+#define FORWARD_SHORT_MAX 256
+#define FORWARD_REASON_MAX 512
+/* A recovery that lists a department gives up past this many rows and
+ * creates the task: a department that large is not one client's tasks. */
+#define FORWARD_RECOVER_MAX_ROWS 1000000L
+/* The store meta key of the last successful apply. */
+#define FORWARD_META_LAST_APPLY "last_forward_apply_ms"
+
+enum forward_state {
+    FS_FREE = 0,
+    FS_WAITING,       /* behind another delivery of the same task */
+    FS_LINK_LOOKUP,   /* reading the link (synchronous, never seen from outside) */
+    FS_RECOVER_LIST,  /* listing the department after an interrupted create */
+    FS_RECOVER_VIEW,  /* viewing an unlinked task of that department */
+    FS_CREATE,        /* func_task_edit sok=ok without elid */
+    FS_VIEW_TARGET,   /* viewing the target for its current note */
+    FS_EDIT,          /* func_task_edit sok=ok elid=dst */
+    FS_COMMIT,        /* writing the link (synchronous) */
+    FS_RETRY_PUBLISH, /* the body goes to remotetask.retry */
+    FS_DEAD_PUBLISH,  /* the body goes to remotetask.dead */
+};
+
+/* One delivery in hand, from on_delivery to its ack (or until it is left to
+ * the broker to redeliver). */
+struct forward_slot {
+    struct forward *f;
+    enum forward_state state;
+    uint64_t epoch; /* the connection it came on: its tag means nothing on another */
+    uint64_t tag;
+    char queue[FORWARD_SHORT_MAX];
+    char message_id[FORWARD_SHORT_MAX];
+    char user[FORWARD_SHORT_MAX]; /* the sender, x-rt-user of the copies we publish */
+    int64_t attempts;             /* x-rt-attempts of the delivery, 0 when absent */
+    unsigned char *body;
+    size_t len;
+    const struct config_server_client *client; /* NULL: the queue names none */
+    struct codec_msg msg;
+    int decoded;
+    char origin[NOTES_ORIGIN_MAX + 1];
+    struct store_link link;
+    struct forward_plan plan;
+    /* Recovery of an interrupted create: the unlinked ids of one page. */
+    long page;
+    long seen;
+    int list_done;
+    int64_t *cand;
+    size_t ncand;
+    size_t icand;
+    /* A failure on its way to remotetask.retry or remotetask.dead. */
+    enum forward_dead_kind dead_kind;
+    char reason[FORWARD_REASON_MAX];
+    int pub_sent;
+    uint64_t pub_tag;
+    /* Per task serialization: next waits behind this one, prev is the one
+     * this waits behind (state FS_WAITING). */
+    struct forward_slot *next;
+    struct forward_slot *prev;
+};
+
+struct forward {
+    const struct config *cfg;
+    struct store *st;
+    struct billmgr *bm;
+    struct broker *br;
+    const struct config_billmgr_api *api;
+    struct forward_slot **slots;
+    size_t nslots;
+    size_t max_slots;
+    uint64_t epoch;
+    int draining;
+    struct forward_stats stats;
+};
+
+static void slot_start(struct forward_slot *s);
+static void slot_update(struct forward_slot *s);
+static void slot_create(struct forward_slot *s);
+static void slot_fail(struct forward_slot *s, rt_status status, enum forward_dead_kind kind,
+                      const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static int64_t forward_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void forward_copy(char *dst, size_t size, const char *src)
+{
+    snprintf(dst, size, "%s", src ? src : "");
+}
+
+const char *forward_dead_kind_name(enum forward_dead_kind kind)
+{
+    switch (kind) {
+    case FORWARD_DEAD_NONE: return "none";
+    case FORWARD_DEAD_UNDECODABLE: return "undecodable";
+    case FORWARD_DEAD_UNAUTHORIZED: return "unauthorized";
+    case FORWARD_DEAD_DEPARTMENT: return "department";
+    case FORWARD_DEAD_API: return "api";
+    }
+    return "none";
+}
+
+/* ---- pure helpers ------------------------------------------------------ */
+
+/* The client whose forward queue this is, or NULL. */
+static const struct config_server_client *forward_queue_client(const struct config *cfg,
+                                                               const char *queue)
+{
+    size_t pl = strlen(FORWARD_QUEUE_PREFIX);
+    if (!queue || strncmp(queue, FORWARD_QUEUE_PREFIX, pl) != 0)
+        return NULL;
+    return config_server_client_find(cfg, queue + pl);
+}
+
+/* Who sent a delivery: its user_id, unless that is our own login, which
+ * only this server can publish with (RabbitMQ checks user_id): then it is
+ * a retry copy we made, and the sender is the x-rt-user we wrote in it. */
+static const char *forward_sender(const char *user_id, const char *own_user,
+                                  const char *relayed_user)
+{
+    user_id = user_id ? user_id : "";
+    if (own_user && *own_user && strcmp(user_id, own_user) == 0 && relayed_user)
+        return relayed_user;
+    return user_id;
+}
+
+enum forward_dead_kind forward_check(const struct config *cfg, const char *queue,
+                                     const char *user_id, const char *own_user,
+                                     const char *relayed_user, const struct codec_msg *m,
+                                     const struct config_server_client **client, char *reason,
+                                     size_t reasonlen)
+{
+    const struct config_server_client *c = forward_queue_client(cfg, queue);
+    const char *sender = forward_sender(user_id, own_user, relayed_user);
+
+    *client = c;
+    if (reasonlen)
+        reason[0] = '\0';
+    if (!c) {
+        snprintf(reason, reasonlen, "queue \"%s\" is not the forward queue of a configured client",
+                 queue ? queue : "");
+        return FORWARD_DEAD_UNAUTHORIZED;
+    }
+    if (m->kind != CODEC_TASK) {
+        snprintf(reason, reasonlen, "unexpected kind \"%s\"", codec_kind_name(m->kind));
+        return FORWARD_DEAD_UNDECODABLE;
+    }
+    if (!m->client || strcmp(m->client, c->id) != 0) {
+        snprintf(reason, reasonlen, "client \"%s\" of the message is not client %s of queue \"%s\"",
+                 m->client ? m->client : "", c->id, queue);
+        return FORWARD_DEAD_UNAUTHORIZED;
+    }
+    if (strcmp(sender, c->amqp_user) != 0) {
+        snprintf(reason, reasonlen, "user_id \"%s\" is not the AMQP user of client %s", sender,
+                 c->id);
+        return FORWARD_DEAD_UNAUTHORIZED;
+    }
+    if (m->fwd.department != c->department) {
+        snprintf(reason, reasonlen, "department %" PRId64 " is not the department of client %s",
+                 m->fwd.department, c->id);
+        return FORWARD_DEAD_DEPARTMENT;
+    }
+    return FORWARD_DEAD_NONE;
+}
+
+/* The line that describes the service and the account of a task, "" when
+ * the message has neither. Newlines become spaces: it must stay one line.
+ * A malloc'd string, NULL when memory ran out. */
+static char *forward_regarding(const struct codec_msg *m)
+{
+    const char *item = m->fwd.item ? m->fwd.item : "";
+    const char *account = m->fwd.account ? m->fwd.account : "";
+    size_t n;
+    char *line;
+
+    if (!*item && !*account)
+        return strdup("");
+    n = strlen(FORWARD_REGARDING) + strlen(item) + strlen(account) + 3;
+    line = malloc(n);
+    if (!line)
+        return NULL;
+    snprintf(line, n, "%s%s%s%s", FORWARD_REGARDING, item, *item && *account ? "; " : "",
+             account);
+    for (char *p = line; *p; p++)
+        if (*p == '\n' || *p == '\r')
+            *p = ' ';
+    return line;
+}
+
+void forward_plan_release(struct forward_plan *plan)
+{
+    if (!plan)
+        return;
+    free(plan->block);
+    memset(plan, 0, sizeof(*plan));
+}
+
+int forward_plan_empty(const struct forward_plan *plan)
+{
+    return !plan->name && !plan->type && !plan->deadline && !plan->status && !plan->block;
+}
+
+/* 1 when the fingerprint of value differs from the one under key in set,
+ * and puts the new one into out. -1 when out is full. */
+static int forward_plan_field(const char *set, const char *key, const char *value, char *out,
+                              size_t outlen)
+{
+    char now[FP_HEX_LEN + 1], was[FP_HEX_LEN + 1];
+    fp_of_str(value, now);
+    int changed = fp_set_get(set, key, was, sizeof(was)) < 0 || strcmp(now, was) != 0;
+    if (fp_set_put(out, outlen, key, now) < 0)
+        return -1;
+    return changed;
+}
+
+int forward_plan_make(const struct codec_msg *m, const char *applied, int fixed_type,
+                      struct forward_plan *plan)
+{
+    char *native = NULL, *about = NULL;
+    char fp[FP_HEX_LEN + 1], was[FP_HEX_LEN + 1];
+    struct buf block;
+    int r, edited;
+
+    memset(plan, 0, sizeof(*plan));
+    buf_init(&block, (size_t)CODEC_MAX_NOTE + CODEC_MAX_ITEM + CODEC_MAX_ACCOUNT + 64);
+    applied = applied ? applied : "";
+
+    if ((r = forward_plan_field(applied, "name", m->fwd.name, plan->applied,
+                                sizeof(plan->applied))) < 0)
+        goto fail;
+    plan->name = r;
+    if ((r = forward_plan_field(applied, "type", m->fwd.type, plan->applied,
+                                sizeof(plan->applied))) < 0)
+        goto fail;
+    plan->type = r && !fixed_type;
+    if ((r = forward_plan_field(applied, "deadline", m->fwd.deadline, plan->applied,
+                                sizeof(plan->applied))) < 0)
+        goto fail;
+    plan->deadline = r;
+    plan->status = fp_set_get_int(applied, "status", -1) != m->fwd.status;
+    if (fp_set_put_int(plan->applied, sizeof(plan->applied), "status", m->fwd.status) < 0)
+        goto fail;
+
+    /* The source sends its native note; removing blocks again keeps a
+     * forged origin header out of the target's note. */
+    native = notes_native(m->fwd.note);
+    about = forward_regarding(m);
+    if (!native || !about)
+        goto fail;
+    char applied_fp[FP_HEX_LEN + 1];
+    size_t applied_len = (size_t)fp_set_get_int(applied, "note_len", 0);
+    fp_set_get(applied, "note_fp", applied_fp, sizeof(applied_fp));
+    size_t off = notes_new_part(native, applied_len, applied_fp, &edited);
+    const char *text = native + off;
+    size_t native_len = strlen(native);
+    fp_of_mem(native, native_len, fp);
+    if (fp_set_put_int(plan->applied, sizeof(plan->applied), "note_len", (int64_t)native_len) < 0 ||
+        fp_set_put(plan->applied, sizeof(plan->applied), "note_fp", fp) < 0)
+        goto fail;
+
+    fp_of_str(about, fp);
+    int about_changed = fp_set_get(applied, "about", was, sizeof(was)) < 0 || strcmp(fp, was) != 0;
+    if (fp_set_put(plan->applied, sizeof(plan->applied), "about", fp) < 0)
+        goto fail;
+    if (about_changed && *about) {
+        if (buf_printf(&block, "%s\n", about) < 0)
+            goto fail;
+        if (*text && buf_append_str(&block, "\n") < 0)
+            goto fail;
+    }
+    if (*text && buf_append_str(&block, text) < 0)
+        goto fail;
+    if (block.len) {
+        plan->block = buf_steal(&block);
+        if (!plan->block)
+            goto fail;
+    }
+    buf_release(&block);
+    free(native);
+    free(about);
+    return 0;
+fail:
+    buf_release(&block);
+    free(native);
+    free(about);
+    forward_plan_release(plan);
+    return -1;
+}
+
+/* The text of the first block of origin in note: a pointer into note and
+ * its length (the lines between the header and the end line, with their
+ * newlines), or NULL when there is none. The header and end lines are
+ * taken from notes_append() so that the format lives in notes.c only. */
+static const char *forward_block_text(const char *note, const char *origin, size_t *len)
+{
+    char *frame = notes_append("", origin, "");
+    const char *found = NULL;
+    if (!frame || !note)
+        goto free_frame;
+    /* frame is "HEADER\nEND". */
+    char *nl = strchr(frame, '\n');
+    if (!nl)
+        goto free_frame;
+    *nl = '\0';
+    const char *head = frame, *end = nl + 1;
+    size_t hl = strlen(head), el = strlen(end);
+    for (const char *p = note; *p;) {
+        size_t n = strcspn(p, "\n");
+        size_t core = n && p[n - 1] == '\r' ? n - 1 : n;
+        const char *next = p + n + (p[n] == '\n');
+        if (!found && core == hl && strncmp(p, head, hl) == 0) {
+            found = next;
+        } else if (found) {
+            if (core == el && strncmp(p, end, el) == 0) {
+                *len = (size_t)(p - found);
+                goto free_frame;
+            }
+        }
+        p = next;
+    }
+    if (found) /* an end line someone deleted: the block runs to the end */
+        *len = strlen(found);
+free_frame:
+    free(frame);
+    return found;
+}
+
+int forward_adopt_applied(const char *name, const char *type, const char *deadline, long status,
+                          const char *note, const char *origin, const struct codec_msg *m,
+                          char *out, size_t outlen)
+{
+    char fp[FP_HEX_LEN + 1];
+    char *native = NULL;
+    size_t blen = 0, note_len = 0;
+    int rc = -1;
+
+    if (outlen)
+        out[0] = '\0';
+    fp_of_str(name, fp);
+    if (fp_set_put(out, outlen, "name", fp) < 0)
+        goto done;
+    fp_of_str(type, fp);
+    if (fp_set_put(out, outlen, "type", fp) < 0)
+        goto done;
+    fp_of_str(deadline, fp);
+    if (fp_set_put(out, outlen, "deadline", fp) < 0)
+        goto done;
+    if (fp_set_put_int(out, outlen, "status", status) < 0)
+        goto done;
+
+    const char *text = forward_block_text(note, origin, &blen);
+    const char *text_end = text ? text + blen : NULL;
+    /* The create wrote [Regarding line, blank line,] then the note text. */
+    fp_of_str("", fp);
+    size_t rl = strlen(FORWARD_REGARDING);
+    if (text && blen >= rl && strncmp(text, FORWARD_REGARDING, rl) == 0) {
+        const char *eol = memchr(text, '\n', blen);
+        size_t ll = eol ? (size_t)(eol - text) : blen;
+        if (ll && text[ll - 1] == '\r')
+            ll--;
+        fp_of_mem(text, ll, fp);
+        text = eol ? eol + 1 : text_end;
+        if (text < text_end && *text == '\n')
+            text++;
+    }
+    if (fp_set_put(out, outlen, "about", fp) < 0)
+        goto done;
+
+    native = notes_native(m->fwd.note);
+    if (!native)
+        goto done;
+    if (text) {
+        size_t tl = (size_t)(text_end - text);
+        if (tl && text[tl - 1] == '\n') /* notes_append ended the text with one */
+            tl--;
+        size_t lead = strspn(native, "\r\n");
+        if (tl && strlen(native + lead) >= tl && memcmp(native + lead, text, tl) == 0)
+            note_len = lead + tl;
+    }
+    fp_of_mem(native, note_len, fp);
+    if (fp_set_put_int(out, outlen, "note_len", (int64_t)note_len) < 0 ||
+        fp_set_put(out, outlen, "note_fp", fp) < 0)
+        goto done;
+    rc = 0;
+done:
+    free(native);
+    return rc;
+}
+
+/* ---- slots ------------------------------------------------------------- */
+
+static int slot_stale(const struct forward_slot *s)
+{
+    return s->epoch != s->f->epoch;
+}
+
+/* Frees what a slot holds and marks it free; then the delivery waiting
+ * behind it (if any) starts, unless draining or from an old connection:
+ * that one is left to the broker to redeliver. s must not be used after. */
+static void slot_release(struct forward_slot *s)
+{
+    struct forward *f = s->f;
+    struct forward_slot *next = s->next;
+
+    if (s->prev && s->prev->next == s)
+        s->prev->next = NULL;
+    free(s->body);
+    codec_msg_release(&s->msg);
+    forward_plan_release(&s->plan);
+    free(s->cand);
+    memset(s, 0, sizeof(*s));
+    s->f = f;
+    s->state = FS_FREE;
+    if (f->stats.busy)
+        f->stats.busy--;
+    if (next) {
+        next->prev = NULL;
+        if (f->draining || slot_stale(next))
+            slot_release(next);
+        else
+            slot_start(next);
+    }
+}
+
+/* Acks the delivery when its tag is still good (same connection). When
+ * the connection is gone the ack is lost and the broker redelivers, which
+ * the link makes harmless. */
+static void slot_ack(struct forward_slot *s)
+{
+    struct forward *f = s->f;
+    if (!slot_stale(s) && broker_ack(f->br, s->tag) != RT_OK)
+        log_warning("ack failed for task %" PRId64 " of client \"%s\" (it will be redelivered): %s",
+                    s->msg.task, s->client ? s->client->id : "", broker_strerror(f->br));
+    slot_release(s);
+}
+
+static void slot_requeue(struct forward_slot *s)
+{
+    struct forward *f = s->f;
+    if (!slot_stale(s)) {
+        f->stats.requeued++;
+        if (broker_reject(f->br, s->tag, 1) != RT_OK)
+            log_warning("requeue failed for a message of queue \"%s\": %s", s->queue,
+                        broker_strerror(f->br));
+    }
+    slot_release(s);
+}
+
+/* Publishes the retry or dead-letter copy of the slot's delivery. */
+static void slot_publish(struct forward_slot *s)
+{
+    struct forward *f = s->f;
+    struct broker_header h[8];
+    struct broker_props props;
+    char key[BROKER_NAME_MAX], mid[FORWARD_SHORT_MAX + 48];
+    const char *exchange;
+    size_t n = 0;
+    int dead = s->state == FS_DEAD_PUBLISH;
+    const char *client = s->client ? s->client->id : "";
+
+    memset(&props, 0, sizeof(props));
+    memset(h, 0, sizeof(h));
+    if (dead) {
+        exchange = BROKER_EXCHANGE_DEAD;
+        forward_copy(key, sizeof(key), client);
+        h[n++] = (struct broker_header){"x-rt-reason", BROKER_HEADER_STR, s->reason, 0};
+        h[n++] = (struct broker_header){"x-rt-kind", BROKER_HEADER_STR,
+                                        forward_dead_kind_name(s->dead_kind), 0};
+        h[n++] = (struct broker_header){"x-rt-client", BROKER_HEADER_STR, client, 0};
+        h[n++] = (struct broker_header){"x-rt-task", BROKER_HEADER_INT, NULL, s->msg.task};
+        h[n++] = (struct broker_header){"x-rt-queue", BROKER_HEADER_STR, s->queue, 0};
+        h[n++] = (struct broker_header){"x-rt-attempts", BROKER_HEADER_INT, NULL, s->attempts};
+        h[n++] = (struct broker_header){"x-rt-message-id", BROKER_HEADER_STR, s->message_id, 0};
+        h[n++] = (struct broker_header){"x-rt-user", BROKER_HEADER_STR, s->user, 0};
+    } else {
+        exchange = BROKER_EXCHANGE_RETRY;
+        if (broker_retry_key(key, sizeof(key), BROKER_FORWARD, client,
+                             (unsigned)(s->attempts + 1)) < 0)
+            key[0] = '\0';
+        h[n++] = (struct broker_header){"x-rt-attempts", BROKER_HEADER_INT, NULL, s->attempts + 1};
+        h[n++] = (struct broker_header){"x-rt-error", BROKER_HEADER_STR, s->reason, 0};
+        h[n++] = (struct broker_header){"x-rt-user", BROKER_HEADER_STR, s->user, 0};
+    }
+    if (s->message_id[0])
+        forward_copy(mid, sizeof(mid), s->message_id);
+    else
+        snprintf(mid, sizeof(mid), "%s:%" PRIu64 ":%" PRIu64, s->queue, s->epoch, s->tag);
+    props.message_id = mid;
+    props.headers = h;
+    props.n_headers = n;
+
+    rt_status st = key[0] ? broker_publish(f->br, exchange, key, &props, s->body, s->len,
+                                           &s->pub_tag)
+                          : RT_REJECT;
+    if (st == RT_OK) {
+        s->pub_sent = 1;
+        return;
+    }
+    if (st == RT_RETRY && !broker_connected(f->br)) {
+        /* The connection is gone with the delivery: the broker redelivers. */
+        log_debug("publish to \"%s\" failed for a message of queue \"%s\", left to redelivery: %s",
+                  exchange, s->queue, broker_strerror(f->br));
+        slot_release(s);
+        return;
+    }
+    if (st == RT_RETRY)
+        return; /* blocked or too many unconfirmed: forward_tick tries again */
+    log_error("cannot publish to \"%s\" a message of queue \"%s\" (requeued): %s", exchange,
+              s->queue, key[0] ? broker_strerror(f->br) : "no routing key for its client");
+    slot_requeue(s);
+}
+
+/* Sends the delivery to a retry delay queue (RT_RETRY) or to the
+ * dead-letter queue (RT_REJECT) with the reason; it is acked once the copy
+ * is confirmed. A delivery of an old connection is only dropped: the
+ * broker has it back already. */
+static void slot_fail(struct forward_slot *s, rt_status status, enum forward_dead_kind kind,
+                      const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->reason, sizeof(s->reason), fmt, ap);
+    va_end(ap);
+    const char *client = s->client ? s->client->id : "";
+
+    if (slot_stale(s)) {
+        log_debug("failure of task %" PRId64 " of client \"%s\" after a reconnect (the message is "
+                  "redelivered): %s",
+                  s->msg.task, client, s->reason);
+        slot_release(s);
+        return;
+    }
+    s->pub_sent = 0;
+    if (status == RT_RETRY) {
+        log_warning("apply failed for task %" PRId64 " of client \"%s\", retried (attempt %" PRId64
+                    "): %s",
+                    s->msg.task, client, s->attempts + 1, s->reason);
+        s->state = FS_RETRY_PUBLISH;
+    } else {
+        log_error("message %s of queue \"%s\" (task %" PRId64 " of client \"%s\") goes to %s: %s",
+                  s->message_id[0] ? s->message_id : "without id", s->queue, s->msg.task, client,
+                  BROKER_QUEUE_DEAD, s->reason);
+        s->dead_kind = kind;
+        s->state = FS_DEAD_PUBLISH;
+    }
+    slot_publish(s);
+}
+
+/* Writes the link in one transaction, re-read inside it so that what the
+ * reverse publisher wrote meanwhile (rev_seq, rev_fp, notes_sent, the
+ * target's own status in applied) is kept. */
+enum slot_write {
+    SLOT_WRITE_INTENT,  /* a create is about to be made: dst_task = 0 */
+    SLOT_WRITE_ADOPT,   /* an interrupted create's task found: dst_task, applied */
+    SLOT_WRITE_APPLIED, /* the message is applied: dst_task, last_seq, applied */
+};
+
+static rt_status slot_link_write(struct forward_slot *s, enum slot_write what)
+{
+    struct forward *f = s->f;
+    struct store_link cur;
+    int64_t now = forward_now_ms();
+    rt_status st;
+
+    if ((st = store_begin(f->st)) != RT_OK)
+        return st;
+    if ((st = store_link_get(f->st, s->client->id, s->msg.task, &cur)) != RT_OK)
+        goto rollback;
+    if (!cur.found) {
+        memset(&cur, 0, sizeof(cur));
+        forward_copy(cur.client, sizeof(cur.client), s->client->id);
+        cur.src_task = s->msg.task;
+    }
+    switch (what) {
+    case SLOT_WRITE_INTENT:
+        if (cur.dst_task) {
+            /* A new target task: what the reverse side knew of the old one
+             * is void, but rev_seq must keep growing. */
+            cur.rev_fp[0] = '\0';
+            cur.notes_sent = 0;
+        }
+        cur.dst_task = 0;
+        cur.last_seq = 0;
+        cur.applied[0] = '\0';
+        break;
+    case SLOT_WRITE_ADOPT:
+        cur.dst_task = s->link.dst_task;
+        forward_copy(cur.applied, sizeof(cur.applied), s->link.applied);
+        break;
+    case SLOT_WRITE_APPLIED: {
+        char applied[STORE_APPLIED_MAX + 1];
+        forward_copy(applied, sizeof(applied), s->plan.applied);
+        /* A status not sent now keeps the value stored: the reverse
+         * publisher records there the target's own status changes. */
+        if (!s->plan.status && cur.dst_task == s->link.dst_task) {
+            int64_t kept = fp_set_get_int(cur.applied, "status", -1);
+            if (kept >= 0)
+                fp_set_put_int(applied, sizeof(applied), "status", kept);
+        }
+        cur.dst_task = s->link.dst_task;
+        cur.last_seq = s->msg.seq;
+        forward_copy(cur.applied, sizeof(cur.applied), applied);
+        break;
+    }
+    }
+    cur.updated_ms = now;
+    if ((st = store_link_put(f->st, &cur)) != RT_OK)
+        goto rollback;
+    if (what == SLOT_WRITE_APPLIED &&
+        (st = store_meta_set_i64(f->st, FORWARD_META_LAST_APPLY, now)) != RT_OK)
+        goto rollback;
+    if ((st = store_commit(f->st)) != RT_OK)
+        return st;
+    s->link = cur;
+    if (what == SLOT_WRITE_APPLIED)
+        f->stats.last_apply_ms = now;
+    return RT_OK;
+rollback:
+    store_rollback(f->st);
+    return st;
+}
+
+/* The message is applied: commit, then ack. */
+static void slot_commit(struct forward_slot *s, uint64_t *counter, const char *what)
+{
+    s->state = FS_COMMIT;
+    if (slot_link_write(s, SLOT_WRITE_APPLIED) != RT_OK) {
+        slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "store: %s", store_strerror(s->f->st));
+        return;
+    }
+    (*counter)++;
+    log_debug("%s task %" PRId64 " of client \"%s\" (seq %" PRIu64 ") on target task %" PRId64,
+              what, s->msg.task, s->client->id, s->msg.seq, s->link.dst_task);
+    slot_ack(s);
+}
+
+static void forward_on_reply(void *arg, const struct billmgr_reply *r);
+
+/* Queues an API call for the slot, which then waits in state. params are
+ * released. */
+static void slot_call(struct forward_slot *s, enum forward_state state, const char *func,
+                      struct billmgr_params *p, int params_ok)
+{
+    s->state = state;
+    if (!params_ok) {
+        billmgr_params_release(p);
+        slot_fail(s, RT_REJECT, FORWARD_DEAD_API,
+                  "api: cannot build the call of \"%s\" (a value over %zu bytes)", func,
+                  (size_t)BILLMGR_MAX_VALUE);
+        return;
+    }
+    int rc = billmgr_call(s->f->bm, func, p, forward_on_reply, s);
+    billmgr_params_release(p);
+    if (rc < 0)
+        slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "api: cannot queue the call of \"%s\"", func);
+}
+
+/* The outcome of a failed API call: a retry, or a dead letter whose
+ * reason names the call and the API's error. */
+static void slot_api_failed(struct forward_slot *s, const char *what,
+                            const struct billmgr_reply *r)
+{
+    slot_fail(s, r->status == RT_RETRY ? RT_RETRY : RT_REJECT, FORWARD_DEAD_API,
+              "api: %s: %s%s%s%s%s%s", what, r->err_type, *r->err_object ? " (" : "",
+              r->err_object, *r->err_object ? ")" : "", *r->message ? ": " : "", r->message);
+}
+
+/* 1 when an API error says the target task is gone (not that the function
+ * is unknown, which a real installation also reports as missed). */
+static int forward_reply_missed(const struct billmgr_reply *r)
+{
+    return r->status == RT_REJECT && strcmp(r->err_type, "missed") == 0 &&
+           strcmp(r->err_object, "func") != 0;
+}
+
+static void slot_recreate(struct forward_slot *s)
+{
+    log_warning("target task %" PRId64 " of task %" PRId64 " of client \"%s\" is gone, creating "
+                "it again",
+                s->link.dst_task, s->msg.task, s->client->id);
+    if (slot_link_write(s, SLOT_WRITE_INTENT) != RT_OK) {
+        slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "store: %s", store_strerror(s->f->st));
+        return;
+    }
+    slot_create(s);
+}
+
+static void slot_create(struct forward_slot *s)
+{
+    const struct config_billmgr_api *api = s->f->api;
+    struct billmgr_params p;
+    char *note;
+    int ok = 1;
+
+    forward_plan_release(&s->plan);
+    if (forward_plan_make(&s->msg, "", api->task_type[0] != '\0', &s->plan) < 0) {
+        slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "out of memory planning the create");
+        return;
+    }
+    /* The block is there even with no text: its header marks the task as
+     * made for (client, task), which a redelivered create looks for. */
+    note = notes_append("", s->origin, s->plan.block ? s->plan.block : "");
+    if (!note) {
+        slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "out of memory building the note");
+        return;
+    }
+    const char *type = api->task_type[0] ? api->task_type : s->msg.fwd.type;
+    billmgr_params_init(&p);
+    ok &= billmgr_params_add(&p, "sok", "ok") == 0;
+    ok &= billmgr_params_addf(&p, api->field_department, "%ld", s->client->department) == 0;
+    ok &= billmgr_params_add(&p, api->field_name, s->msg.fwd.name ? s->msg.fwd.name : "") == 0;
+    if (type && *type)
+        ok &= billmgr_params_add(&p, api->field_type, type) == 0;
+    ok &= billmgr_params_add(&p, api->field_note, note) == 0;
+    if (s->msg.fwd.deadline && *s->msg.fwd.deadline)
+        ok &= billmgr_params_add(&p, api->field_deadline, s->msg.fwd.deadline) == 0;
+    if (s->msg.fwd.status != 0)
+        ok &= billmgr_params_addf(&p, api->field_status, "%d", s->msg.fwd.status) == 0;
+    free(note);
+    slot_call(s, FS_CREATE, api->func_task_edit, &p, ok);
+}
+
+/* Changes the target: the fields the plan marks, and note when not NULL. */
+static void slot_edit(struct forward_slot *s, const char *note)
+{
+    const struct config_billmgr_api *api = s->f->api;
+    const struct codec_task *t = &s->msg.fwd;
+    struct billmgr_params p;
+    int ok = 1;
+
+    billmgr_params_init(&p);
+    ok &= billmgr_params_add(&p, "sok", "ok") == 0;
+    ok &= billmgr_params_addf(&p, "elid", "%" PRId64, s->link.dst_task) == 0;
+    if (s->plan.name)
+        ok &= billmgr_params_add(&p, api->field_name, t->name ? t->name : "") == 0;
+    if (s->plan.type)
+        ok &= billmgr_params_add(&p, api->field_type, t->type ? t->type : "") == 0;
+    if (s->plan.deadline)
+        ok &= billmgr_params_add(&p, api->field_deadline, t->deadline ? t->deadline : "") == 0;
+    if (s->plan.status)
+        ok &= billmgr_params_addf(&p, api->field_status, "%d", t->status) == 0;
+    if (note)
+        ok &= billmgr_params_add(&p, api->field_note, note) == 0;
+    slot_call(s, FS_EDIT, api->func_task_edit, &p, ok);
+}
+
+static void slot_view(struct forward_slot *s, enum forward_state state, int64_t elid)
+{
+    struct billmgr_params p;
+    billmgr_params_init(&p);
+    int ok = billmgr_params_addf(&p, "elid", "%" PRId64, elid) == 0;
+    slot_call(s, state, s->f->api->func_task_edit, &p, ok);
+}
+
+static void slot_update(struct forward_slot *s)
+{
+    forward_plan_release(&s->plan);
+    if (forward_plan_make(&s->msg, s->link.applied, s->f->api->task_type[0] != '\0',
+                          &s->plan) < 0) {
+        slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "out of memory planning the update");
+        return;
+    }
+    if (forward_plan_empty(&s->plan)) {
+        slot_commit(s, &s->f->stats.unchanged, "nothing to change for");
+        return;
+    }
+    if (s->plan.block) /* a note is appended to what the target holds now */
+        slot_view(s, FS_VIEW_TARGET, s->link.dst_task);
+    else
+        slot_edit(s, NULL);
+}
+
+static void slot_list_page(struct forward_slot *s)
+{
+    const struct config_billmgr_api *api = s->f->api;
+    struct billmgr_params p;
+    int ok = 1;
+
+    billmgr_params_init(&p);
+    ok &= billmgr_params_add(&p, "filter", "on") == 0;
+    ok &= billmgr_params_addf(&p, api->field_department, "%ld", s->client->department) == 0;
+    ok &= billmgr_params_addf(&p, "p_cnt", "%d", api->page_size) == 0;
+    ok &= billmgr_params_addf(&p, "p_num", "%ld", s->page) == 0;
+    slot_call(s, FS_RECOVER_LIST, api->func_task, &p, ok);
+}
+
+/* Views the next unlinked task of the page, lists the next page, or, when
+ * the department is done, creates the task. */
+static void slot_recover_next(struct forward_slot *s)
+{
+    if (s->icand < s->ncand) {
+        slot_view(s, FS_RECOVER_VIEW, s->cand[s->icand++]);
+        return;
+    }
+    if (!s->list_done) {
+        s->page++;
+        slot_list_page(s);
+        return;
+    }
+    log_info("no target task found for the interrupted create of task %" PRId64 " of client "
+             "\"%s\", creating it",
+             s->msg.task, s->client->id);
+    slot_create(s);
+}
+
+/* Keeps the ids of a page's rows that no link of this client points to. */
+static void slot_listed(struct forward_slot *s, json_t *doc)
+{
+    json_t *elems = json_object_get(doc, "elem");
+    size_t rows = json_is_array(elems) ? json_array_size(elems) : json_is_object(elems) ? 1 : 0;
+    long total;
+    int have_total = billmgr_long(doc, "p_elems", &total) == 0;
+
+    free(s->cand);
+    s->cand = rows ? calloc(rows, sizeof(*s->cand)) : NULL;
+    s->ncand = s->icand = 0;
+    if (rows && !s->cand) {
+        slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "out of memory listing the department");
+        return;
+    }
+    for (size_t i = 0; i < rows; i++) {
+        json_t *e = json_is_array(elems) ? json_array_get(elems, i) : elems;
+        struct store_link other;
+        long id;
+        if (billmgr_long(e, "id", &id) < 0 || id <= 0)
+            continue;
+        if (store_link_by_dst(s->f->st, s->client->id, id, &other) != RT_OK) {
+            slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "store: %s", store_strerror(s->f->st));
+            return;
+        }
+        if (!other.found)
+            s->cand[s->ncand++] = id;
+    }
+    s->seen += (long)rows;
+    s->list_done = rows == 0 || (have_total ? s->seen >= total : rows < (size_t)s->f->api->page_size);
+    if (!s->list_done && s->seen >= FORWARD_RECOVER_MAX_ROWS) {
+        log_warning("department %ld passed %ld rows while looking for task %" PRId64
+                    " of client \"%s\"; creating it",
+                    s->client->department, FORWARD_RECOVER_MAX_ROWS, s->msg.task, s->client->id);
+        s->list_done = 1;
+    }
+    slot_recover_next(s);
+}
+
+/* A candidate viewed: it is ours when its note holds our origin block. */
+static void slot_recover_viewed(struct forward_slot *s, json_t *doc)
+{
+    const struct config_billmgr_api *api = s->f->api;
+    const char *note = billmgr_text(doc, api->field_note);
+    long status = 0;
+
+    if (!notes_has_origin(note, s->origin)) {
+        slot_recover_next(s);
+        return;
+    }
+    billmgr_long(doc, api->field_status, &status);
+    s->link.dst_task = s->cand[s->icand - 1];
+    if (forward_adopt_applied(billmgr_text(doc, api->field_name), billmgr_text(doc, api->field_type),
+                              billmgr_text(doc, api->field_deadline), status, note, s->origin,
+                              &s->msg, s->link.applied, sizeof(s->link.applied)) < 0)
+        s->link.applied[0] = '\0'; /* cannot happen with the fixed keys: resend all */
+    if (slot_link_write(s, SLOT_WRITE_ADOPT) != RT_OK) {
+        slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "store: %s", store_strerror(s->f->st));
+        return;
+    }
+    s->f->stats.adopted++;
+    log_info("found target task %" PRId64 " of the interrupted create of task %" PRId64
+             " of client \"%s\"",
+             s->link.dst_task, s->msg.task, s->client->id);
+    slot_update(s);
+}
+
+static void forward_on_reply(void *arg, const struct billmgr_reply *r)
+{
+    struct forward_slot *s = arg;
+    struct forward *f = s->f;
+
+    switch (s->state) {
+    case FS_RECOVER_LIST:
+        if (r->status != RT_OK) {
+            slot_api_failed(s, "listing the department", r);
+            return;
+        }
+        slot_listed(s, r->doc);
+        return;
+    case FS_RECOVER_VIEW:
+        if (forward_reply_missed(r)) { /* deleted meanwhile: not ours anyway */
+            slot_recover_next(s);
+            return;
+        }
+        if (r->status != RT_OK) {
+            slot_api_failed(s, "viewing a task of the department", r);
+            return;
+        }
+        slot_recover_viewed(s, r->doc);
+        return;
+    case FS_CREATE: {
+        long id;
+        if (r->status != RT_OK) {
+            slot_api_failed(s, "creating the task", r);
+            return;
+        }
+        if (billmgr_long(r->doc, "id", &id) < 0 || id <= 0) {
+            /* It may exist: the retry looks for it by its origin block. */
+            slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "api: the create answered without an id");
+            return;
+        }
+        s->link.dst_task = id;
+        log_info("created target task %ld for task %" PRId64 " of client \"%s\"", id, s->msg.task,
+                 s->client->id);
+        slot_commit(s, &f->stats.created, "created");
+        return;
+    }
+    case FS_VIEW_TARGET: {
+        if (forward_reply_missed(r)) {
+            slot_recreate(s);
+            return;
+        }
+        if (r->status != RT_OK) {
+            slot_api_failed(s, "viewing the target task", r);
+            return;
+        }
+        char *note = notes_append(billmgr_text(r->doc, f->api->field_note), s->origin,
+                                  s->plan.block);
+        if (!note) {
+            slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "out of memory building the note");
+            return;
+        }
+        slot_edit(s, note);
+        free(note);
+        return;
+    }
+    case FS_EDIT:
+        if (forward_reply_missed(r)) {
+            slot_recreate(s);
+            return;
+        }
+        if (r->status != RT_OK) {
+            slot_api_failed(s, "changing the target task", r);
+            return;
+        }
+        slot_commit(s, &f->stats.updated, "updated");
+        return;
+    default:
+        /* Not waiting for a call: cannot happen, every call has one state. */
+        log_error("API answer for task %" PRId64 " of client \"%s\" in an unexpected state %d",
+                  s->msg.task, s->client ? s->client->id : "", (int)s->state);
+        return;
+    }
+}
+
+/* LINK_LOOKUP: what was applied decides the path. */
+static void slot_start(struct forward_slot *s)
+{
+    struct forward *f = s->f;
+
+    s->state = FS_LINK_LOOKUP;
+    if (store_link_get(f->st, s->client->id, s->msg.task, &s->link) != RT_OK) {
+        slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "store: %s", store_strerror(f->st));
+        return;
+    }
+    if (s->link.found && s->link.dst_task > 0 && s->link.last_seq >= s->msg.seq) {
+        f->stats.duplicates++;
+        log_debug("dropped seq %" PRIu64 " of task %" PRId64 " of client \"%s\": seq %" PRIu64
+                  " is applied",
+                  s->msg.seq, s->msg.task, s->client->id, s->link.last_seq);
+        slot_ack(s);
+        return;
+    }
+    if (s->link.found && s->link.dst_task > 0) {
+        slot_update(s);
+        return;
+    }
+    if (s->link.found) {
+        /* dst_task 0: a create was started and never committed. */
+        s->page = 1;
+        s->seen = 0;
+        s->list_done = 0;
+        slot_list_page(s);
+        return;
+    }
+    if (slot_link_write(s, SLOT_WRITE_INTENT) != RT_OK) {
+        slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "store: %s", store_strerror(f->st));
+        return;
+    }
+    slot_create(s);
+}
+
+/* The slot in hand for (client, task), not counting waiting ones. */
+static struct forward_slot *forward_active(struct forward *f, const struct forward_slot *s)
+{
+    for (size_t i = 0; i < f->nslots; i++) {
+        struct forward_slot *o = f->slots[i];
+        if (o != s && o->state != FS_FREE && o->state != FS_WAITING && o->decoded &&
+            o->client == s->client && o->msg.task == s->msg.task)
+            return o;
+    }
+    return NULL;
+}
+
+static struct forward_slot *forward_slot_get(struct forward *f)
+{
+    for (size_t i = 0; i < f->nslots; i++)
+        if (f->slots[i]->state == FS_FREE)
+            return f->slots[i];
+    if (f->nslots >= f->max_slots)
+        return NULL;
+    struct forward_slot *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->f = f;
+    f->slots[f->nslots++] = s;
+    return s;
+}
+
+/* Takes a validated delivery into per task order: it starts now, waits
+ * behind the one in hand, or is dropped as older. */
+static void forward_schedule(struct forward *f, struct forward_slot *s)
+{
+    struct forward_slot *a = forward_active(f, s);
+    if (!a) {
+        slot_start(s);
+        return;
+    }
+    /* One in hand from an old connection will not ack: this one waits for
+     * it whatever its seq, or it could be acked while that one is lost. */
+    if (!slot_stale(a) && s->msg.seq < a->msg.seq) {
+        f->stats.duplicates++;
+        log_debug("dropped seq %" PRIu64 " of task %" PRId64 " of client \"%s\": seq %" PRIu64
+                  " is in hand",
+                  s->msg.seq, s->msg.task, s->client->id, a->msg.seq);
+        slot_ack(s);
+        return;
+    }
+    struct forward_slot *w = a->next;
+    if (w) {
+        /* Keep the newer of the two waiting; on a tie the newer delivery. */
+        struct forward_slot *drop = w->msg.seq > s->msg.seq ? s : w;
+        if (drop == w) {
+            a->next = NULL;
+            w->prev = NULL;
+        }
+        f->stats.superseded++;
+        log_debug("dropped seq %" PRIu64 " of task %" PRId64 " of client \"%s\": superseded",
+                  drop->msg.seq, drop->msg.task, drop->client->id);
+        slot_ack(drop);
+        if (drop == s)
+            return;
+    }
+    s->state = FS_WAITING;
+    s->prev = a;
+    a->next = s;
+}
+
+void forward_on_delivery(struct forward *f, const struct broker_delivery *d)
+{
+    char err[FORWARD_REASON_MAX];
+    int64_t attempts = 0;
+
+    if (f->draining) {
+        log_debug("delivery %" PRIu64 " of queue \"%s\" left to the broker: draining",
+                  d->delivery_tag, d->queue ? d->queue : "");
+        return;
+    }
+    struct forward_slot *s = forward_slot_get(f);
+    if (!s) {
+        /* Only when deliveries of several connections are in hand at once. */
+        log_warning("no free slot for a message of queue \"%s\" (%zu busy): requeued",
+                    d->queue ? d->queue : "", f->nslots);
+        f->stats.requeued++;
+        broker_reject(f->br, d->delivery_tag, 1);
+        return;
+    }
+    f->stats.deliveries++;
+    f->stats.busy++;
+    s->state = FS_LINK_LOOKUP;
+    s->epoch = f->epoch;
+    s->tag = d->delivery_tag;
+    forward_copy(s->queue, sizeof(s->queue), d->queue);
+    forward_copy(s->message_id, sizeof(s->message_id), d->message_id);
+    if (broker_delivery_header_int(d, "x-rt-attempts", &attempts) == 0 && attempts > 0)
+        s->attempts = attempts;
+    const char *sender = forward_sender(d->user_id, f->cfg->amqp.user,
+                                        broker_delivery_header_str(d, "x-rt-user"));
+    forward_copy(s->user, sizeof(s->user), sender);
+    s->client = forward_queue_client(f->cfg, d->queue);
+
+    if (!d->too_big && d->len) {
+        s->body = malloc(d->len);
+        if (!s->body) {
+            log_warning("out of memory for a message of queue \"%s\": requeued", s->queue);
+            slot_requeue(s);
+            return;
+        }
+        memcpy(s->body, d->body, d->len);
+        s->len = d->len;
+    }
+    if (!s->client) {
+        /* Not a queue this applier consumes: there is no client to route a
+         * dead letter to, and requeueing would loop. */
+        log_error("message from unexpected queue \"%s\" rejected", s->queue);
+        broker_reject(f->br, s->tag, 0);
+        slot_release(s);
+        return;
+    }
+    if (d->too_big) {
+        slot_fail(s, RT_REJECT, FORWARD_DEAD_UNDECODABLE,
+                  "undecodable: body of %zu bytes is over the cap", d->len);
+        return;
+    }
+    if (codec_decode(s->body, s->len, &s->msg, err, sizeof(err)) != RT_OK) {
+        slot_fail(s, RT_REJECT, FORWARD_DEAD_UNDECODABLE, "undecodable: %s", err);
+        return;
+    }
+    const struct config_server_client *c;
+    enum forward_dead_kind kind =
+        forward_check(f->cfg, s->queue, d->user_id, f->cfg->amqp.user,
+                      broker_delivery_header_str(d, "x-rt-user"), &s->msg, &c, err, sizeof(err));
+    if (kind != FORWARD_DEAD_NONE) {
+        slot_fail(s, RT_REJECT, kind, "%s", err);
+        return;
+    }
+    s->decoded = 1;
+    notes_origin_forward(s->origin, sizeof(s->origin), s->client->id, s->msg.task);
+    log_debug("message %s: seq %" PRIu64 " of task %" PRId64 " of client \"%s\"",
+              s->message_id[0] ? s->message_id : "without id", s->msg.seq, s->msg.task,
+              s->client->id);
+    forward_schedule(f, s);
+}
+
+void forward_on_confirm(struct forward *f, uint64_t tag, enum broker_fate fate)
+{
+    if (!f)
+        return;
+    for (size_t i = 0; i < f->nslots; i++) {
+        struct forward_slot *s = f->slots[i];
+        if ((s->state != FS_RETRY_PUBLISH && s->state != FS_DEAD_PUBLISH) || !s->pub_sent ||
+            s->pub_tag != tag)
+            continue;
+        const char *client = s->client ? s->client->id : "";
+        switch (fate) {
+        case BROKER_ACKED:
+            if (s->state == FS_RETRY_PUBLISH) {
+                f->stats.retried++;
+            } else {
+                f->stats.dead++;
+                switch (s->dead_kind) {
+                case FORWARD_DEAD_UNDECODABLE: f->stats.dead_undecodable++; break;
+                case FORWARD_DEAD_UNAUTHORIZED: f->stats.dead_unauthorized++; break;
+                case FORWARD_DEAD_DEPARTMENT: f->stats.dead_department++; break;
+                default: f->stats.dead_api++; break;
+                }
+            }
+            slot_ack(s);
+            return;
+        case BROKER_NACKED:
+        case BROKER_RETURNED:
+            log_warning("%s copy of task %" PRId64 " of client \"%s\" was %s by the broker: "
+                        "message requeued",
+                        s->state == FS_RETRY_PUBLISH ? "retry" : "dead-letter", s->msg.task, client,
+                        fate == BROKER_NACKED ? "refused" : "returned as unroutable");
+            slot_requeue(s);
+            return;
+        case BROKER_LOST:
+            /* The connection went with the delivery: the broker redelivers. */
+            slot_release(s);
+            return;
+        }
+        return;
+    }
+}
+
+void forward_on_connected(struct forward *f)
+{
+    if (!f)
+        return;
+    f->epoch++;
+    /* Deliveries of the old connection that are not in an API call are
+     * forgotten; those in a call finish it and commit, without acking. */
+    for (size_t i = 0; i < f->nslots; i++) {
+        struct forward_slot *s = f->slots[i];
+        if (s->state == FS_WAITING || s->state == FS_RETRY_PUBLISH || s->state == FS_DEAD_PUBLISH)
+            slot_release(s);
+    }
+    if (f->draining)
+        return;
+    for (size_t i = 0; i < f->cfg->server.n_clients; i++) {
+        char queue[BROKER_NAME_MAX];
+        const char *id = f->cfg->server.clients[i].id;
+        if (broker_queue_name(queue, sizeof(queue), BROKER_FORWARD, id) < 0) {
+            log_error("client id \"%s\" cannot name a queue", id);
+            continue;
+        }
+        rt_status st = broker_consume(f->br, queue);
+        if (st != RT_OK) {
+            log_error("cannot consume queue \"%s\": %s", queue, broker_strerror(f->br));
+            return; /* the connection is closed: the bridge reconnects */
+        }
+        log_info("consuming queue \"%s\"", queue);
+    }
+}
+
+int64_t forward_tick(struct forward *f, int64_t now_ms)
+{
+    int pending = 0;
+    for (size_t i = 0; i < f->nslots; i++) {
+        struct forward_slot *s = f->slots[i];
+        if ((s->state != FS_RETRY_PUBLISH && s->state != FS_DEAD_PUBLISH) || s->pub_sent)
+            continue;
+        if (f->draining) {
+            slot_release(s); /* not sent yet: the broker gives it back at close */
+            continue;
+        }
+        if (broker_connected(f->br) && !broker_blocked(f->br))
+            slot_publish(s);
+        if ((s->state == FS_RETRY_PUBLISH || s->state == FS_DEAD_PUBLISH) && !s->pub_sent)
+            pending = 1;
+    }
+    return now_ms + (pending ? 250 : 1000);
+}
+
+void forward_drain(struct forward *f)
+{
+    if (!f)
+        return;
+    f->draining = 1;
+    for (size_t i = 0; i < f->nslots; i++) {
+        struct forward_slot *s = f->slots[i];
+        if (s->state == FS_WAITING ||
+            ((s->state == FS_RETRY_PUBLISH || s->state == FS_DEAD_PUBLISH) && !s->pub_sent))
+            slot_release(s);
+    }
+}
+
+int forward_idle(const struct forward *f)
+{
+    if (!f)
+        return 1;
+    for (size_t i = 0; i < f->nslots; i++) {
+        const struct forward_slot *s = f->slots[i];
+        if (s->state != FS_FREE && s->state != FS_WAITING)
+            return 0;
+    }
+    return 1;
+}
+
+void forward_stats(const struct forward *f, struct forward_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (f)
+        *out = f->stats;
+}
+
+struct forward *forward_new(const struct config *cfg, struct store *st, struct billmgr *bm,
+                            struct broker *br, char *err, size_t errlen)
+{
+    struct forward *f;
+
+    if (!cfg || !st || !bm || !br) {
+        snprintf(err, errlen, "forward applier: missing config, store, billmgr or broker");
+        return NULL;
+    }
+    if (!cfg->server.enabled || cfg->server.n_clients == 0) {
+        snprintf(err, errlen, "forward applier: the configuration has no server clients");
+        return NULL;
+    }
+    f = calloc(1, sizeof(*f));
+    if (!f)
+        goto fail;
+    f->cfg = cfg;
+    f->st = st;
+    f->bm = bm;
+    f->br = br;
+    f->api = &cfg->billmanager.api;
+    /* prefetch deliveries of this connection, plus as many of an earlier
+     * one whose API calls are still finishing. */
+    f->max_slots = (size_t)(cfg->amqp.prefetch > 0 ? cfg->amqp.prefetch : 1) * 2;
+    f->slots = calloc(f->max_slots, sizeof(*f->slots));
+    if (!f->slots)
+        goto fail;
+    return f;
+fail:
+    snprintf(err, errlen, "forward applier: out of memory");
+    forward_free(f);
+    return NULL;
+}
+
+void forward_free(struct forward *f)
+{
+    if (!f)
+        return;
+    for (size_t i = 0; i < f->nslots; i++) {
+        struct forward_slot *s = f->slots[i];
+        free(s->body);
+        codec_msg_release(&s->msg);
+        forward_plan_release(&s->plan);
+        free(s->cand);
+        free(s);
+    }
+    free(f->slots);
+    free(f);
+}

@@ -1,0 +1,204 @@
+/*
+ * forward.h - the server's forward applier: task messages -> target tasks.
+ *
+ * The server role consumes remotetask.forward.<C> for every configured
+ * client C and applies each task message through this side's BILLmanager
+ * API (forward-design.md, "Server side"). One struct forward lives inside
+ * the bridge's poll loop: the bridge dispatches the broker's deliveries and
+ * confirms to it, drives billmgr (whose callbacks run the applier's next
+ * step) and calls forward_tick() when it asks for a tick.
+ *
+ * A delivery is taken into a slot (at most amqp.prefetch of them are busy
+ * at once, which is what the broker may have unacknowledged), validated
+ * (decodable, kind task, the client of its queue, the AMQP user configured
+ * for that client, that client's department) and applied:
+ *
+ *   LINK_LOOKUP -> (RECOVER_LIST -> RECOVER_VIEW)* -> CREATE | VIEW_TARGET -> EDIT
+ *               -> COMMIT -> ACK
+ *   or, on failure, RETRY_PUBLISH / DEAD_PUBLISH awaiting a confirm -> ACK
+ *
+ * Messages carry state: an older seq than the one applied is acked and
+ * dropped, and of several deliveries for one task only the newest waits
+ * behind the one being applied. A delivery is acked only once its outcome
+ * is durable: the link committed in the store, or the retry or dead-letter
+ * copy confirmed by the broker. Anything not acked is redelivered by the
+ * broker after a reconnect or a restart, and applying it again is
+ * harmless: the link's last_seq, and for an interrupted create the origin
+ * block in the created task's note, tell what was already done.
+ *
+ * Retries: a transient failure (RT_RETRY from the API or the store)
+ * republishes the body to remotetask.retry with x-rt-attempts + 1 and the
+ * reason in x-rt-error, and the delay queue sends it back later. Such a
+ * copy carries this server's own AMQP login as user_id; the applier then
+ * takes the sender from the x-rt-user header it wrote itself (only this
+ * login can publish with its user_id, RabbitMQ checks that).
+ * Permanent failures go to remotetask.dead with x-rt-reason, x-rt-client,
+ * x-rt-task, x-rt-queue, x-rt-attempts, x-rt-message-id and x-rt-user.
+ *
+ * The target task's note gets one block per change of the source's native
+ * note (common/notes.h), whose header "from client C, task T" also marks
+ * the created task as made for (C, T). When the message describes a service
+ * or an account (its item and account fields), the block starts with one
+ * line "Regarding: <item>; <account>" so that target staff know what the
+ * task is about; it is sent again only when that description changes.
+ *
+ * Not thread-safe: everything runs in the bridge's loop.
+ */
+#ifndef RT_FORWARD_H
+#define RT_FORWARD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "billmgr.h"
+#include "broker.h"
+#include "codec.h"
+#include "config.h"
+#include "store.h"
+
+/* The first line of a block that describes the service and the account. */
+#define FORWARD_REGARDING "Regarding: "
+
+/* Why a message went to the dead-letter queue. */
+enum forward_dead_kind {
+    FORWARD_DEAD_NONE = 0,
+    FORWARD_DEAD_UNDECODABLE,  /* too big, not msgpack, not a task message */
+    FORWARD_DEAD_UNAUTHORIZED, /* user_id or client not those of the queue */
+    FORWARD_DEAD_DEPARTMENT,   /* not the department configured for the client */
+    FORWARD_DEAD_API,          /* the API refused it (value, access, missed...) */
+};
+
+/* Counters since forward_new(), for the status command and the metrics. */
+struct forward_stats {
+    uint64_t deliveries;     /* deliveries taken */
+    uint64_t created;        /* target tasks created (re-creations included) */
+    uint64_t adopted;        /* tasks of an interrupted create found again */
+    uint64_t updated;        /* messages that changed a target task */
+    uint64_t unchanged;      /* messages with nothing to change */
+    uint64_t duplicates;     /* dropped: seq already applied, or older than one in hand */
+    uint64_t superseded;     /* dropped: a newer message for the task arrived meanwhile */
+    uint64_t retried;        /* sent to a retry delay queue (confirmed) */
+    uint64_t dead;           /* sent to remotetask.dead (confirmed), all reasons */
+    uint64_t dead_undecodable;
+    uint64_t dead_unauthorized;
+    uint64_t dead_department;
+    uint64_t dead_api;
+    uint64_t requeued;       /* retry/dead copies refused by the broker: message requeued */
+    int64_t last_apply_ms;   /* when a message was last applied (committed), 0 = never */
+    size_t busy;             /* slots holding a delivery now */
+};
+
+struct forward;
+
+/* Makes the applier for the server role of cfg. Borrows cfg, st, bm and br,
+ * which must outlive it (cfg is read for the clients and the api names).
+ * Starts nothing: consuming begins with forward_on_connected(). Returns
+ * NULL with a reason in err when cfg has no server role or memory ran out.
+ *
+ * Teardown order: the bridge frees billmgr (billmgr_free cancels every call
+ * without running its callback) BEFORE forward_free(), or calls
+ * forward_free() only when forward_idle() says no call is in flight;
+ * otherwise a callback would run on freed memory. */
+struct forward *forward_new(const struct config *cfg, struct store *st, struct billmgr *bm,
+                            struct broker *br, char *err, size_t errlen);
+
+/* Frees the applier and every slot. Acks, rejects and publishes nothing:
+ * the deliveries it held stay unacknowledged and the broker redelivers them
+ * when the connection closes. Accepts NULL and a half-built object. See
+ * forward_new() for the order with billmgr_free(). */
+void forward_free(struct forward *f);
+
+/* Does due work (publishing a retry or dead-letter copy the broker refused
+ * for the moment: blocked, or too many unconfirmed) and returns the
+ * absolute time in ms at which it wants the next tick (now_ms + 1000 when
+ * nothing is pending). */
+int64_t forward_tick(struct forward *f, int64_t now_ms);
+
+/* A message from a consumed queue (the bridge's broker on_delivery). The
+ * applier copies what it needs; d may be freed when this returns. While
+ * draining, deliveries are left unacknowledged (the broker gives them back
+ * at close). A delivery from a queue that is not the forward queue of a
+ * configured client (which only a bridge bug can cause) is rejected
+ * without requeue: there is no client to route a dead letter to. When
+ * every slot is busy (deliveries of an old connection still finishing
+ * their API calls) it is requeued. */
+void forward_on_delivery(struct forward *f, const struct broker_delivery *d);
+
+/* The fate of a published message (the bridge's broker on_confirm); tags
+ * the applier did not publish are ignored. */
+void forward_on_confirm(struct forward *f, uint64_t tag, enum broker_fate fate);
+
+/* The broker (re)connected and broker_declare() was done: every delivery
+ * held from the previous connection is forgotten (its tag means nothing
+ * now; the broker redelivers it), API calls still running for them finish
+ * without acking, and broker_consume() is called for remotetask.forward.<C>
+ * of every configured client (not while draining). A failing consume is
+ * logged; the broker then closes the connection and the bridge reconnects. */
+void forward_on_connected(struct forward *f);
+
+/* Stops taking new work (SIGTERM, SIGHUP): new deliveries and those waiting
+ * behind another for the same task are left unacknowledged; what is in
+ * flight runs to its end. */
+void forward_drain(struct forward *f);
+
+/* 1 when no API call and no retry/dead-letter publish is in flight. */
+int forward_idle(const struct forward *f);
+
+/* Copies the counters into *out. */
+void forward_stats(const struct forward *f, struct forward_stats *out);
+
+/* A static name of a dead-letter kind: "undecodable", "unauthorized",
+ * "department", "api" ("none" for FORWARD_DEAD_NONE). */
+const char *forward_dead_kind_name(enum forward_dead_kind kind);
+
+/* ---- pure helpers, exported for the unit tests ---- */
+
+/* Checks a decoded message that came from queue with the given user_id
+ * against cfg's server clients. own_user is this server's AMQP login and
+ * relayed_user the x-rt-user header (NULL when absent): a message carrying
+ * own_user as user_id is a retry copy this server published, whose sender
+ * is relayed_user. On success returns FORWARD_DEAD_NONE and sets *client
+ * (borrowed from cfg); otherwise the kind, with the reason in reason
+ * (always NUL-terminated), and *client is set when the queue named one. */
+enum forward_dead_kind forward_check(const struct config *cfg, const char *queue,
+                                     const char *user_id, const char *own_user,
+                                     const char *relayed_user, const struct codec_msg *m,
+                                     const struct config_server_client **client,
+                                     char *reason, size_t reasonlen);
+
+/* What an update must send, computed from a message and the fp set of what
+ * was applied (store_link.applied). The strings are malloc'd; release with
+ * forward_plan_release(). */
+struct forward_plan {
+    int name;     /* send the name */
+    int type;     /* send the type (never when api.task_type is set) */
+    int deadline; /* send the deadline */
+    int status;   /* send the status */
+    char *block;  /* the text of a new note block, or NULL when none */
+    char applied[STORE_APPLIED_MAX + 1]; /* the fp set once this is applied */
+};
+
+/* Fills *plan for message m (kind task) against applied ("" = nothing
+ * applied yet, as for a create: then everything is sent). fixed_type is 1
+ * when api.task_type is set, so the type is never changed. Returns 0, or -1
+ * when memory ran out or the set does not fit (plan is then released). */
+int forward_plan_make(const struct codec_msg *m, const char *applied, int fixed_type,
+                      struct forward_plan *plan);
+
+/* Frees the plan's strings; accepts a zeroed plan. */
+void forward_plan_release(struct forward_plan *plan);
+
+/* 1 when the plan changes nothing on the target (no field, no block). */
+int forward_plan_empty(const struct forward_plan *plan);
+
+/* The fp set describing a target task found again after an interrupted
+ * create, from its current fields (name, type, deadline, status, note as
+ * viewed) and the message being applied: the note prefix already applied
+ * is what the task's first block for origin holds, when the message's
+ * native note starts with it. Writes the set into out (outlen bytes).
+ * Returns 0, or -1 when it does not fit. */
+int forward_adopt_applied(const char *name, const char *type, const char *deadline, long status,
+                          const char *note, const char *origin, const struct codec_msg *m,
+                          char *out, size_t outlen);
+
+#endif

@@ -1,0 +1,939 @@
+#include "relay.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "buf.h"
+#include "codec.h"
+#include "log.h"
+#include "notes.h"
+
+/* Fields of the task view that BILLMANAGER-API.md marks [doc] rather than
+ * [chosen], so they are not settings: the service and the customer. */
+#define RELAY_FIELD_ITEM   "item"
+#define RELAY_FIELD_CLIENT "client"
+/* The list column holding a row's id [doc]. */
+#define RELAY_COLUMN_ID "id"
+/* The meta key the status command reads. */
+#define RELAY_META_LAST_PUBLISH "last_forward_publish_ms"
+/* "<client>:<task>:<seq>": a client id and two 64-bit numbers. */
+#define RELAY_MESSAGE_ID_MAX (STORE_CLIENT_MAX + 2 * 21 + 3)
+/* A reconciliation stops paging a department past this many pages: a
+ * server that ignores p_num would otherwise keep it paging forever. */
+#define RELAY_RECONCILE_MAX_PAGES 100000L
+
+enum slot_state {
+    SLOT_FREE = 0,
+    SLOT_VIEWING,    /* the func_task_edit view is in flight */
+    SLOT_READY,      /* encoded, waiting for the broker to take it */
+    SLOT_PUBLISHING, /* inside broker_publish (guards re-entrant confirms) */
+    SLOT_PUBLISHED,  /* published, awaiting its confirm under tag */
+    SLOT_ACKED,      /* confirmed; the store commit failed and is retried */
+};
+
+/* One row in progress. The slots are an array owned by the relay, so an
+ * API call's callback argument (a slot) stays valid for as long as the
+ * relay lives, and a call cancelled by billmgr_free() leaks nothing. */
+struct relay_slot {
+    struct relay *r;
+    enum slot_state state;
+    struct store_event ev;
+    uint64_t seq;
+    uint64_t tag;
+    char fp[FP_HEX_LEN + 1];
+    char updated[STORE_UPDATED_MAX + 1];
+    char message_id[RELAY_MESSAGE_ID_MAX + 1];
+    struct buf body;
+};
+
+struct relay {
+    const struct config *cfg;
+    struct store *st;
+    struct billmgr *bm;
+    struct broker *br;
+
+    struct relay_slot *slots;
+    size_t nslots;
+    size_t used;             /* slots not FREE */
+    struct store_event *due; /* scratch for store_outbox_due, nslots rows */
+
+    int draining;
+    int in_pump;  /* relay_pump is on the stack: do not re-enter it */
+    int woken;    /* scan the outbox at the next pump */
+    int more_due; /* the last scan filled its batch: more rows may be due */
+    int64_t next_scan_ms;
+
+    /* Reconciliation: one chain of page calls at a time. */
+    int recon_running;
+    int recon_call;    /* a page call is in flight */
+    int recon_pending; /* asked for again while running */
+    size_t recon_dept; /* index into cfg->client.departments */
+    long recon_page;
+    long recon_seen; /* rows seen in the current department */
+    uint64_t recon_listed;
+    uint64_t recon_added;
+    int64_t next_recon_ms; /* 0 = at the first tick */
+
+    struct relay_stats stats;
+};
+
+static void relay_pump(struct relay *r, int64_t now_ms);
+static void recon_request(struct relay *r);
+
+static int64_t relay_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- pure helpers ---------------------------------------------------- */
+
+int64_t relay_backoff_ms(uint64_t attempts)
+{
+    int64_t d = RELAY_BACKOFF_BASE_MS;
+    for (uint64_t i = 0; i < attempts && d < RELAY_BACKOFF_MAX_MS; i++)
+        d *= 2;
+    return d < RELAY_BACKOFF_MAX_MS ? d : RELAY_BACKOFF_MAX_MS;
+}
+
+void relay_fields_release(struct relay_fields *f)
+{
+    if (!f)
+        return;
+    free(f->name);
+    free(f->type);
+    free(f->note);
+    free(f->deadline);
+    free(f->item);
+    free(f->account);
+    memset(f, 0, sizeof *f);
+}
+
+/* A copy of obj.key.$, "" when absent. */
+static char *text_dup(json_t *obj, const char *key)
+{
+    const char *s = billmgr_text(obj, key);
+    return strdup(s ? s : "");
+}
+
+/* "<prefix><value>" when obj.key.$ is set and not empty, else "". The
+ * receiving side shows these as descriptions, so an unset reference must
+ * travel as "" rather than as "service #". */
+static char *describe(json_t *obj, const char *key, const char *prefix)
+{
+    const char *s = billmgr_text(obj, key);
+    if (!s || !*s)
+        return strdup("");
+    size_t n = strlen(prefix) + strlen(s) + 1;
+    char *out = malloc(n);
+    if (out)
+        snprintf(out, n, "%s%s", prefix, s);
+    return out;
+}
+
+int relay_fields_from_doc(const struct config *cfg, json_t *doc, struct relay_fields *out)
+{
+    const struct config_billmgr_api *api = &cfg->billmanager.api;
+    long v;
+
+    memset(out, 0, sizeof *out);
+    const char *updated = billmgr_text(doc, api->field_updated);
+    if (updated && strlen(updated) <= STORE_UPDATED_MAX)
+        snprintf(out->updated, sizeof out->updated, "%s", updated);
+
+    if (billmgr_long(doc, api->field_department, &v) < 0)
+        return 0;
+    out->local_department = v;
+    for (size_t i = 0; i < cfg->client.n_departments; i++) {
+        if (cfg->client.departments[i].local == v) {
+            out->department = cfg->client.departments[i].remote;
+            break;
+        }
+    }
+    if (out->department == 0)
+        return 0;
+
+    const char *status = billmgr_text(doc, api->field_status);
+    if (!status || !*status)
+        out->status = 0;
+    else if (billmgr_long(doc, api->field_status, &v) == 0 && v >= 0 && v <= 2)
+        out->status = (int)v;
+    else
+        out->status = -1;
+
+    const char *note = billmgr_text(doc, api->field_note);
+    out->name = text_dup(doc, api->field_name);
+    out->type = text_dup(doc, api->field_type);
+    out->note = notes_native(note ? note : "");
+    out->deadline = text_dup(doc, api->field_deadline);
+    out->item = describe(doc, RELAY_FIELD_ITEM, "service #");
+    out->account = describe(doc, RELAY_FIELD_CLIENT, "client #");
+    if (!out->name || !out->type || !out->note || !out->deadline || !out->item || !out->account)
+        return -1;
+    return 1;
+}
+
+void relay_fields_fp(const struct relay_fields *f, char out[FP_HEX_LEN + 1])
+{
+    struct fp h;
+    fp_init(&h);
+    fp_add_int(&h, f->department);
+    fp_add_str(&h, f->name);
+    fp_add_str(&h, f->type);
+    fp_add_str(&h, f->note);
+    fp_add_str(&h, f->deadline);
+    fp_add_str(&h, f->item);
+    fp_add_str(&h, f->account);
+    fp_add_int(&h, f->status);
+    fp_hex(&h, out);
+}
+
+/* ---- slots ----------------------------------------------------------- */
+
+static int slot_busy(const struct relay *r, const char *client, int64_t task)
+{
+    for (size_t i = 0; i < r->nslots; i++) {
+        const struct relay_slot *s = &r->slots[i];
+        if (s->state != SLOT_FREE && s->ev.task == task && strcmp(s->ev.client, client) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static struct relay_slot *slot_free_one(struct relay *r)
+{
+    for (size_t i = 0; i < r->nslots; i++)
+        if (r->slots[i].state == SLOT_FREE)
+            return &r->slots[i];
+    return NULL;
+}
+
+/* Lets go of a row: it stays in the outbox as the store has it. */
+static void slot_release(struct relay_slot *s)
+{
+    struct relay *r = s->r;
+    if (s->state == SLOT_FREE)
+        return;
+    buf_release(&s->body);
+    buf_init(&s->body, CODEC_MAX_BODY);
+    s->state = SLOT_FREE;
+    s->seq = 0;
+    s->tag = 0;
+    r->used--;
+}
+
+/* The row failed: it is not due again before delay_ms from now. */
+static void slot_defer(struct relay_slot *s, int64_t delay_ms, const char *reason)
+{
+    struct relay *r = s->r;
+    int64_t next = relay_now_ms() + delay_ms;
+    rt_status st = store_outbox_defer(r->st, s->ev.client, s->ev.task, next, reason);
+    if (st != RT_OK)
+        log_warning("cannot defer the event of task %" PRId64 ": %s", s->ev.task,
+                    store_strerror(r->st));
+    else
+        r->stats.deferred++;
+    slot_release(s);
+}
+
+/* The row needs no message: it leaves the outbox unless a newer event
+ * arrived meanwhile (then it is taken again and viewed again). */
+static void slot_done(struct relay_slot *s)
+{
+    struct relay *r = s->r;
+    if (store_outbox_done(r->st, s->ev.client, s->ev.task, s->ev.gen, NULL) != RT_OK)
+        log_warning("cannot remove the event of task %" PRId64 " from the outbox: %s", s->ev.task,
+                    store_strerror(r->st));
+    slot_release(s);
+}
+
+/* Hands a READY slot to the broker. RT_RETRY keeps it READY for the next
+ * tick or relay_on_connected; the view is not repeated. */
+static void slot_publish(struct relay_slot *s)
+{
+    struct relay *r = s->r;
+    uint64_t tag = 0;
+
+    if (s->state != SLOT_READY || r->draining)
+        return;
+    if (!broker_connected(r->br) || broker_blocked(r->br))
+        return;
+    struct broker_props props = {
+        .message_id = s->message_id,
+        .timestamp = relay_now_ms() / 1000,
+        .user_id = NULL,
+    };
+    /* broker_publish may report LOST for earlier publishes from inside;
+     * that confirm must not see this slot as one of them. */
+    s->state = SLOT_PUBLISHING;
+    rt_status st = broker_publish(r->br, BROKER_EXCHANGE_FORWARD, r->cfg->client.id, &props,
+                                  s->body.data, s->body.len, &tag);
+    if (st == RT_OK) {
+        s->state = SLOT_PUBLISHED;
+        s->tag = tag;
+        r->stats.published++;
+        log_debug("published task %" PRId64 " (seq %" PRIu64 ", tag %" PRIu64 ")", s->ev.task,
+                  s->seq, tag);
+        return;
+    }
+    s->state = SLOT_READY;
+    if (st == RT_RETRY) {
+        log_debug("cannot publish task %" PRId64 " yet: %s", s->ev.task, broker_strerror(r->br));
+        return;
+    }
+    char reason[STORE_ERROR_MAX];
+    snprintf(reason, sizeof reason, "publish refused: %s", broker_strerror(r->br));
+    log_error("cannot publish task %" PRId64 ": %s", s->ev.task, reason);
+    slot_defer(s, RELAY_REJECT_DELAY_MS, reason);
+}
+
+/* Records a confirmed message: fingerprint, updated value and the end of
+ * the row, together or not at all. On RT_RETRY the slot stays ACKED and
+ * relay_tick tries again. */
+static void slot_commit(struct relay_slot *s)
+{
+    struct relay *r = s->r;
+    int64_t now = relay_now_ms();
+    bool deleted = false;
+
+    rt_status st = store_begin(r->st);
+    if (st == RT_OK)
+        st = store_fwd_confirm(r->st, s->ev.client, s->ev.task, s->seq, s->fp, now);
+    if (st == RT_OK)
+        st = store_fwd_seen(r->st, s->ev.client, s->ev.task, s->updated);
+    if (st == RT_OK)
+        st = store_outbox_done(r->st, s->ev.client, s->ev.task, s->ev.gen, &deleted);
+    if (st == RT_OK)
+        st = store_meta_set_i64(r->st, RELAY_META_LAST_PUBLISH, now);
+    if (st == RT_OK)
+        st = store_commit(r->st);
+    if (st != RT_OK) {
+        const char *why = store_strerror(r->st);
+        if (st == RT_RETRY) {
+            log_warning("cannot record the confirmed message of task %" PRId64 " (seq %" PRIu64
+                        "), will retry: %s",
+                        s->ev.task, s->seq, why);
+        } else {
+            /* The row stays in the outbox: it is viewed and published
+             * again, which the server takes as a newer state of the same
+             * fields. */
+            log_error("cannot record the confirmed message of task %" PRId64 " (seq %" PRIu64
+                      "): %s",
+                      s->ev.task, s->seq, why);
+        }
+        store_rollback(r->st);
+        if (st == RT_RETRY) {
+            s->state = SLOT_ACKED;
+            return;
+        }
+        slot_release(s);
+        return;
+    }
+    r->stats.confirmed++;
+    r->stats.last_publish_ms = now;
+    if (deleted)
+        log_debug("forwarded task %" PRId64 " (seq %" PRIu64 ")", s->ev.task, s->seq);
+    else
+        log_debug("forwarded task %" PRId64 " (seq %" PRIu64 "); it changed meanwhile, "
+                  "publishing again",
+                  s->ev.task, s->seq);
+    slot_release(s);
+}
+
+/* The fields did not change since the last confirmed message: remember
+ * the updated value (so reconciliation skips the task) and end the row. */
+static void slot_unchanged(struct relay_slot *s, const char *updated)
+{
+    struct relay *r = s->r;
+    rt_status st = store_begin(r->st);
+    if (st == RT_OK)
+        st = store_fwd_seen(r->st, s->ev.client, s->ev.task, updated);
+    if (st == RT_OK)
+        st = store_outbox_done(r->st, s->ev.client, s->ev.task, s->ev.gen, NULL);
+    if (st == RT_OK)
+        st = store_commit(r->st);
+    if (st != RT_OK) {
+        log_warning("cannot record task %" PRId64 " as unchanged: %s", s->ev.task,
+                    store_strerror(r->st));
+        store_rollback(r->st);
+    } else {
+        r->stats.unchanged++;
+        log_debug("task %" PRId64 " unchanged: nothing to forward", s->ev.task);
+    }
+    slot_release(s);
+}
+
+/* The fields changed: allocate a seq, encode the message and publish it. */
+static void slot_prepare(struct relay_slot *s, const struct relay_fields *f)
+{
+    struct relay *r = s->r;
+    char err[256];
+    struct codec_msg m;
+
+    if (store_fwd_next_seq(r->st, s->ev.client, s->ev.task, &s->seq) != RT_OK) {
+        log_warning("cannot allocate a sequence number for task %" PRId64 ": %s", s->ev.task,
+                    store_strerror(r->st));
+        slot_release(s);
+        return;
+    }
+    codec_msg_init(&m, CODEC_TASK);
+    m.client = r->cfg->client.id;
+    m.task = s->ev.task;
+    m.seq = s->seq;
+    m.ts = relay_now_ms();
+    m.fwd.department = f->department;
+    m.fwd.name = f->name;
+    m.fwd.type = f->type;
+    m.fwd.note = f->note;
+    m.fwd.deadline = f->deadline;
+    m.fwd.item = f->item;
+    m.fwd.account = f->account;
+    m.fwd.status = f->status;
+    buf_reset(&s->body);
+    if (codec_encode(&m, &s->body, err, sizeof err) < 0) {
+        /* The same fields will not encode later either; an operator must
+         * fix the task, which records a new event and retries at once. */
+        char reason[STORE_ERROR_MAX];
+        snprintf(reason, sizeof reason, "cannot encode: %s", err);
+        log_error("cannot forward task %" PRId64 ": %s", s->ev.task, reason);
+        slot_defer(s, RELAY_REJECT_DELAY_MS, reason);
+        return;
+    }
+    snprintf(s->message_id, sizeof s->message_id, "%s:%" PRId64 ":%" PRIu64, s->ev.client,
+             s->ev.task, s->seq);
+    s->state = SLOT_READY;
+    slot_publish(s);
+}
+
+/* The answer of a task view. */
+static void view_done(void *arg, const struct billmgr_reply *rep)
+{
+    struct relay_slot *s = arg;
+    struct relay *r = s->r;
+    struct relay_fields f;
+    struct store_fwd fwd;
+    char reason[STORE_ERROR_MAX];
+    char fp[FP_HEX_LEN + 1];
+
+    if (s->state != SLOT_VIEWING)
+        return;
+    if (rep->status == RT_REJECT && strcmp(rep->err_type, "missed") == 0) {
+        log_info("task %" PRId64 " is gone: nothing to forward", s->ev.task);
+        r->stats.dropped++;
+        slot_done(s);
+        goto pump;
+    }
+    if (rep->status != RT_OK) {
+        snprintf(reason, sizeof reason, "viewing the task failed: %s: %s", rep->err_type,
+                 rep->message);
+        if (rep->status == RT_RETRY) {
+            int64_t delay = relay_backoff_ms(s->ev.attempts);
+            log_warning("cannot view task %" PRId64 ", retrying in %" PRId64 " ms: %s: %s",
+                        s->ev.task, delay, rep->err_type, rep->message);
+            slot_defer(s, delay, reason);
+        } else {
+            /* access, auth, value...: a configuration problem an operator
+             * fixes; the event waits for that rather than being lost. */
+            log_error("cannot view task %" PRId64 ", retrying in %d s: %s: %s%s%s%s", s->ev.task,
+                      RELAY_REJECT_DELAY_MS / 1000, rep->err_type, rep->message,
+                      *rep->err_object ? " (object " : "", rep->err_object,
+                      *rep->err_object ? ")" : "");
+            slot_defer(s, RELAY_REJECT_DELAY_MS, reason);
+        }
+        goto pump;
+    }
+
+    int got = relay_fields_from_doc(r->cfg, rep->doc, &f);
+    if (got < 0) {
+        log_warning("cannot read the view of task %" PRId64 ": out of memory", s->ev.task);
+        relay_fields_release(&f);
+        slot_release(s);
+        goto pump;
+    }
+    if (got == 0) {
+        log_debug("task %" PRId64 " is in department %" PRId64 ", which is not mapped: "
+                  "nothing to forward",
+                  s->ev.task, f.local_department);
+        r->stats.dropped++;
+        relay_fields_release(&f);
+        slot_done(s);
+        goto pump;
+    }
+    relay_fields_fp(&f, fp);
+    if (store_fwd_get(r->st, s->ev.client, s->ev.task, &fwd) != RT_OK) {
+        log_warning("cannot read what was sent for task %" PRId64 ": %s", s->ev.task,
+                    store_strerror(r->st));
+        relay_fields_release(&f);
+        slot_release(s);
+        goto pump;
+    }
+    if (fwd.found && strcmp(fwd.fp, fp) == 0) {
+        slot_unchanged(s, f.updated);
+    } else if (r->draining) {
+        /* No new publishes while draining: the row waits in the outbox. */
+        slot_release(s);
+    } else {
+        memcpy(s->fp, fp, sizeof s->fp);
+        snprintf(s->updated, sizeof s->updated, "%s", f.updated);
+        slot_prepare(s, &f);
+    }
+    relay_fields_release(&f);
+pump:
+    relay_pump(r, relay_now_ms());
+}
+
+/* Takes one due row into a free slot and starts its view. Returns 0, or
+ * -1 when the call could not be queued (the row stays due). */
+static int slot_take(struct relay *r, struct relay_slot *s, const struct store_event *ev)
+{
+    struct billmgr_params p;
+
+    s->r = r;
+    s->ev = *ev;
+    s->seq = 0;
+    s->tag = 0;
+    s->state = SLOT_VIEWING;
+    r->used++;
+    billmgr_params_init(&p);
+    int bad = billmgr_params_addf(&p, "elid", "%" PRId64, ev->task);
+    if (bad == 0)
+        bad = billmgr_call(r->bm, r->cfg->billmanager.api.func_task_edit, &p, view_done, s);
+    billmgr_params_release(&p);
+    if (bad < 0) {
+        log_warning("cannot queue the view of task %" PRId64 ": the API queue is full", ev->task);
+        slot_release(s);
+        return -1;
+    }
+    r->stats.taken++;
+    return 0;
+}
+
+/* ---- the outbox ------------------------------------------------------ */
+
+/* Reads due rows and takes those not already in progress into free slots.
+ * It asks for a whole window's worth: the rows in progress are due too and
+ * come first (oldest first_ms), so asking only for the free slots could
+ * return nothing but rows already taken. */
+static void outbox_scan(struct relay *r, int64_t now_ms)
+{
+    size_t n = 0;
+
+    r->woken = 0;
+    r->next_scan_ms = now_ms + RELAY_SCAN_INTERVAL_MS;
+    if (store_outbox_due(r->st, now_ms, r->nslots, r->due, &n) != RT_OK) {
+        log_warning("cannot read the outbox: %s", store_strerror(r->st));
+        r->more_due = 0;
+        return;
+    }
+    r->more_due = n == r->nslots;
+    for (size_t i = 0; i < n && r->used < r->nslots; i++) {
+        const struct store_event *ev = &r->due[i];
+        if (slot_busy(r, ev->client, ev->task))
+            continue;
+        if (strcmp(ev->client, r->cfg->client.id) != 0) {
+            /* Left from a configuration with another client id: the task
+             * is still reconciled under the current id, so the old event
+             * carries nothing that would be lost. */
+            log_warning("event of task %" PRId64 " for client \"%s\", not this client \"%s\": "
+                        "dropped",
+                        ev->task, ev->client, r->cfg->client.id);
+            if (store_outbox_done(r->st, ev->client, ev->task, ev->gen, NULL) == RT_OK)
+                r->stats.dropped++;
+            continue;
+        }
+        struct relay_slot *s = slot_free_one(r);
+        if (!s || slot_take(r, s, ev) < 0)
+            break;
+    }
+}
+
+static void publish_ready(struct relay *r)
+{
+    for (size_t i = 0; i < r->nslots; i++)
+        if (r->slots[i].state == SLOT_READY)
+            slot_publish(&r->slots[i]);
+}
+
+/* Moves work forward: publishes what waits for the broker and fills free
+ * slots from the outbox. Scans when woken, once per scan interval, or
+ * when the last scan was full and at least a quarter of the window is
+ * free again (so that a long backlog is read in batches, not row by row).
+ * Called from the tick and at the end of every callback; callbacks that
+ * arrive while it runs (a LOST from inside broker_publish) only change
+ * slot states. */
+static void relay_pump(struct relay *r, int64_t now_ms)
+{
+    if (r->in_pump || r->draining)
+        return;
+    r->in_pump = 1;
+    publish_ready(r);
+    size_t free_slots = r->nslots - r->used;
+    size_t batch = r->nslots / 4 ? r->nslots / 4 : 1;
+    if (free_slots > 0 &&
+        (r->woken || now_ms >= r->next_scan_ms || (r->more_due && free_slots >= batch)))
+        outbox_scan(r, now_ms);
+    r->in_pump = 0;
+}
+
+/* ---- reconciliation -------------------------------------------------- */
+
+/* 1 when a listed task needs an outbox event: nothing was recorded for it,
+ * the list has no usable `updated` value, or it differs from the one
+ * recorded when the task was last viewed. */
+static int recon_needs_event(const struct store_fwd *fwd, const char *updated)
+{
+    if (!updated || !*updated || strlen(updated) > STORE_UPDATED_MAX)
+        return 1;
+    return !fwd->found || strcmp(fwd->updated, updated) != 0;
+}
+
+/* How a reconciliation ended. */
+enum recon_end {
+    RECON_DONE = 0, /* every department listed */
+    RECON_FAILED,   /* an API or store error stopped it (logged) */
+    RECON_STOPPED,  /* relay_drain stopped it */
+};
+
+static void recon_finish(struct relay *r, enum recon_end how)
+{
+    int64_t now = relay_now_ms();
+    r->recon_running = 0;
+    r->next_recon_ms = now + (int64_t)r->cfg->client.poll_interval * 1000;
+    if (how == RECON_FAILED) {
+        r->stats.reconcile_failed++;
+    } else if (how == RECON_DONE) {
+        r->stats.reconciliations++;
+        log_info("reconciliation done: %" PRIu64 " tasks listed, %" PRIu64 " events recorded",
+                 r->recon_listed, r->recon_added);
+    }
+    if (r->recon_pending && !r->draining) {
+        r->recon_pending = 0;
+        r->recon_running = 1;
+        r->recon_dept = 0;
+        r->recon_page = 1;
+        r->recon_seen = 0;
+        r->recon_listed = 0;
+        r->recon_added = 0;
+        recon_request(r);
+    }
+}
+
+/* Records an event for every row of one page that needs it, in one
+ * transaction (one disk sync per page, not per row). Returns the number
+ * of rows on the page, or -1 when the store failed. */
+static long recon_page_rows(struct relay *r, json_t *doc)
+{
+    const char *client = r->cfg->client.id;
+    const char *col_updated = r->cfg->billmanager.api.field_updated;
+    json_t *elems = json_object_get(doc, "elem");
+    int64_t now = relay_now_ms();
+    uint64_t added = 0;
+    long rows = 0;
+    size_t i;
+    json_t *e;
+
+    if (!json_is_array(elems) && !json_is_object(elems))
+        return 0;
+    if (store_begin(r->st) != RT_OK)
+        goto store_failed;
+    if (json_is_object(elems)) {
+        /* Some encoders give a one-row list as the row itself. */
+        json_t *one = json_array();
+        if (!one || json_array_append(one, elems) < 0) {
+            json_decref(one);
+            log_warning("reconciliation stopped: out of memory");
+            store_rollback(r->st);
+            return -1;
+        }
+        elems = one;
+    } else {
+        json_incref(elems);
+    }
+    json_array_foreach(elems, i, e)
+    {
+        long id;
+        struct store_fwd fwd;
+        rows++;
+        if (billmgr_long(e, RELAY_COLUMN_ID, &id) < 0 || id <= 0)
+            continue;
+        if (store_fwd_get(r->st, client, id, &fwd) != RT_OK)
+            goto rollback_txn;
+        if (!recon_needs_event(&fwd, billmgr_text(e, col_updated)))
+            continue;
+        if (store_outbox_add(r->st, client, id, now) != RT_OK)
+            goto rollback_txn;
+        added++;
+    }
+    json_decref(elems);
+    if (store_commit(r->st) != RT_OK)
+        goto store_failed;
+    r->recon_added += added;
+    r->stats.reconcile_enqueued += added;
+    if (added)
+        r->woken = 1;
+    return rows;
+
+rollback_txn:
+    json_decref(elems);
+    store_rollback(r->st);
+store_failed:
+    log_warning("reconciliation stopped: cannot record events: %s", store_strerror(r->st));
+    return -1;
+}
+
+/* The answer of one page of a department's task list. */
+static void recon_done(void *arg, const struct billmgr_reply *rep)
+{
+    struct relay *r = arg;
+    const struct config_department_map *d = &r->cfg->client.departments[r->recon_dept];
+    long total = 0;
+
+    r->recon_call = 0;
+    if (rep->status != RT_OK) {
+        log_warning("reconciliation stopped: listing department %ld (page %ld) failed: %s: %s",
+                    d->local, r->recon_page, rep->err_type, rep->message);
+        recon_finish(r, RECON_FAILED);
+        goto pump;
+    }
+    long rows = recon_page_rows(r, rep->doc);
+    if (rows < 0) {
+        recon_finish(r, RECON_FAILED);
+        goto pump;
+    }
+    r->recon_seen += rows;
+    r->recon_listed += (uint64_t)rows;
+    int have_total = billmgr_long(rep->doc, "p_elems", &total) == 0;
+    /* With p_elems known it decides, since a server may cap p_cnt below
+     * what was asked; without it a short page is the last one. */
+    int last = rows == 0 || (have_total ? r->recon_seen >= total
+                                        : rows < (long)r->cfg->billmanager.api.page_size);
+    if (r->draining) {
+        recon_finish(r, RECON_STOPPED);
+        goto pump;
+    }
+    if (!last && r->recon_page >= RELAY_RECONCILE_MAX_PAGES) {
+        log_warning("reconciliation of department %ld stopped after %ld pages", d->local,
+                    r->recon_page);
+        last = 1;
+    }
+    if (last) {
+        r->recon_dept++;
+        r->recon_page = 1;
+        r->recon_seen = 0;
+    } else {
+        r->recon_page++;
+    }
+    if (r->recon_dept >= r->cfg->client.n_departments)
+        recon_finish(r, RECON_DONE);
+    else
+        recon_request(r);
+pump:
+    relay_pump(r, relay_now_ms());
+}
+
+/* Asks for the current page of the current department. */
+static void recon_request(struct relay *r)
+{
+    const struct config_billmgr_api *api = &r->cfg->billmanager.api;
+    struct billmgr_params p;
+    int bad = 0;
+
+    if (r->recon_dept >= r->cfg->client.n_departments) {
+        recon_finish(r, RECON_DONE);
+        return;
+    }
+    const struct config_department_map *d = &r->cfg->client.departments[r->recon_dept];
+    billmgr_params_init(&p);
+    bad |= billmgr_params_add(&p, "filter", "on");
+    bad |= billmgr_params_addf(&p, api->field_department, "%ld", d->local);
+    bad |= billmgr_params_addf(&p, "p_cnt", "%d", api->page_size);
+    bad |= billmgr_params_addf(&p, "p_num", "%ld", r->recon_page);
+    if (bad == 0)
+        bad = billmgr_call(r->bm, api->func_task, &p, recon_done, r);
+    billmgr_params_release(&p);
+    if (bad < 0) {
+        log_warning("reconciliation stopped: cannot queue the list of department %ld", d->local);
+        recon_finish(r, RECON_FAILED);
+        return;
+    }
+    r->recon_call = 1;
+}
+
+static void recon_start(struct relay *r)
+{
+    if (r->draining)
+        return;
+    if (r->recon_running) {
+        r->recon_pending = 1;
+        return;
+    }
+    r->recon_running = 1;
+    r->recon_pending = 0;
+    r->recon_dept = 0;
+    r->recon_page = 1;
+    r->recon_seen = 0;
+    r->recon_listed = 0;
+    r->recon_added = 0;
+    log_debug("reconciliation started over %zu departments", r->cfg->client.n_departments);
+    recon_request(r);
+}
+
+/* ---- the component --------------------------------------------------- */
+
+struct relay *relay_new(const struct config *cfg, struct store *st, struct billmgr *bm,
+                        struct broker *br, char *err, size_t errlen)
+{
+    struct relay *r;
+
+    if (!cfg || !cfg->client.enabled || !cfg->client.id || !st || !bm || !br) {
+        snprintf(err, errlen,
+                 "the relay needs a client section, a store, an API client and "
+                 "a broker");
+        return NULL;
+    }
+    r = calloc(1, sizeof *r);
+    if (!r)
+        goto fail_alloc;
+    r->cfg = cfg;
+    r->st = st;
+    r->bm = bm;
+    r->br = br;
+    int inflight = cfg->billmanager.max_inflight > 0 ? cfg->billmanager.max_inflight : 1;
+    r->nslots = (size_t)inflight * RELAY_WINDOW_PER_INFLIGHT;
+    r->slots = calloc(r->nslots, sizeof *r->slots);
+    r->due = calloc(r->nslots, sizeof *r->due);
+    if (!r->slots || !r->due)
+        goto fail_alloc;
+    for (size_t i = 0; i < r->nslots; i++) {
+        r->slots[i].r = r;
+        buf_init(&r->slots[i].body, CODEC_MAX_BODY);
+    }
+    bool found = false;
+    if (store_meta_get_i64(st, RELAY_META_LAST_PUBLISH, &r->stats.last_publish_ms, &found) !=
+        RT_OK) {
+        log_warning("cannot read the time of the last forward publish: %s", store_strerror(st));
+        r->stats.last_publish_ms = 0;
+    }
+    r->woken = 1;
+    return r;
+
+fail_alloc:
+    relay_free(r);
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+}
+
+void relay_free(struct relay *r)
+{
+    if (!r)
+        return;
+    for (size_t i = 0; r->slots && i < r->nslots; i++)
+        buf_release(&r->slots[i].body);
+    free(r->slots);
+    free(r->due);
+    free(r);
+}
+
+int64_t relay_tick(struct relay *r, int64_t now_ms)
+{
+    for (size_t i = 0; i < r->nslots; i++)
+        if (r->slots[i].state == SLOT_ACKED)
+            slot_commit(&r->slots[i]);
+    if (!r->draining && !r->recon_running && now_ms >= r->next_recon_ms)
+        recon_start(r);
+    relay_pump(r, now_ms);
+
+    int64_t next = now_ms + RELAY_SCAN_INTERVAL_MS;
+    if (!r->draining && !r->recon_running && r->next_recon_ms < next)
+        next = r->next_recon_ms > now_ms ? r->next_recon_ms : now_ms;
+    return next;
+}
+
+void relay_on_confirm(struct relay *r, uint64_t tag, enum broker_fate fate)
+{
+    struct relay_slot *s = NULL;
+    char reason[STORE_ERROR_MAX];
+
+    for (size_t i = 0; i < r->nslots; i++) {
+        if (r->slots[i].state == SLOT_PUBLISHED && r->slots[i].tag == tag) {
+            s = &r->slots[i];
+            break;
+        }
+    }
+    if (!s)
+        return;
+    s->tag = 0;
+    switch (fate) {
+    case BROKER_ACKED: slot_commit(s); break;
+    case BROKER_NACKED:
+    case BROKER_RETURNED: {
+        int64_t delay = relay_backoff_ms(s->ev.attempts);
+        if (fate == BROKER_NACKED)
+            snprintf(reason, sizeof reason, "the broker refused the message (nack)");
+        else
+            snprintf(reason, sizeof reason,
+                     "unroutable: no queue is bound to %s with routing key \"%s\"",
+                     BROKER_EXCHANGE_FORWARD, r->cfg->client.id);
+        log_warning("cannot forward task %" PRId64 " (seq %" PRIu64 "), retrying in %" PRId64
+                    " ms: %s",
+                    s->ev.task, s->seq, delay, reason);
+        slot_defer(s, delay, reason);
+        break;
+    }
+    case BROKER_LOST:
+    default:
+        /* Fate unknown: publish the same message again once connected.
+         * If it did arrive, the server drops the copy by its seq. */
+        log_debug("publish of task %" PRId64 " (seq %" PRIu64 ") lost with the connection",
+                  s->ev.task, s->seq);
+        s->state = SLOT_READY;
+        if (r->draining)
+            slot_release(s);
+        break;
+    }
+    relay_pump(r, relay_now_ms());
+}
+
+void relay_on_connected(struct relay *r)
+{
+    relay_pump(r, relay_now_ms());
+}
+
+void relay_wake(struct relay *r, int reconcile)
+{
+    r->woken = 1;
+    if (reconcile)
+        recon_start(r);
+    relay_pump(r, relay_now_ms());
+}
+
+void relay_drain(struct relay *r)
+{
+    r->draining = 1;
+    r->recon_pending = 0;
+    /* Messages waiting for the broker are not in flight: their rows stay
+     * in the outbox and go out after the restart. */
+    for (size_t i = 0; i < r->nslots; i++)
+        if (r->slots[i].state == SLOT_READY)
+            slot_release(&r->slots[i]);
+}
+
+int relay_idle(const struct relay *r)
+{
+    return r->used == 0 && !r->recon_call;
+}
+
+void relay_stats(const struct relay *r, struct relay_stats *out)
+{
+    *out = r->stats;
+    out->in_progress = r->used;
+    out->unconfirmed = 0;
+    for (size_t i = 0; i < r->nslots; i++)
+        if (r->slots[i].state == SLOT_PUBLISHED)
+            out->unconfirmed++;
+    out->reconciling = r->recon_running;
+}

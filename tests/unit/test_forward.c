@@ -1,0 +1,392 @@
+/* Unit tests of consumer/forward: the pure helpers (validation against the
+ * configuration, the plan of an update against the applied fp set, the fp
+ * set of a task found again after an interrupted create).
+ *
+ * Unit test programs link rtconfig and rtcommon only, so the applier's
+ * source is compiled into this program; that also reaches its static
+ * helpers (forward_block_text). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "../../consumer/forward.c"
+
+static struct config_server_client test_clients[] = {
+    {.id = "7", .amqp_user = "reseller-a", .department = 12},
+    {.id = "8", .amqp_user = "reseller-b", .department = 13},
+};
+
+static void test_config(struct config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->server.enabled = true;
+    cfg->server.clients = test_clients;
+    cfg->server.n_clients = 2;
+}
+
+/* A task message with borrowed strings (never released). */
+static void test_msg(struct codec_msg *m, const char *client, int64_t task, const char *note)
+{
+    codec_msg_init(m, CODEC_TASK);
+    m->client = (char *)client;
+    m->task = task;
+    m->seq = 1;
+    m->fwd.department = 12;
+    m->fwd.name = "Install the OS";
+    m->fwd.type = "postopen";
+    m->fwd.note = (char *)note;
+    m->fwd.deadline = "";
+    m->fwd.item = "";
+    m->fwd.account = "";
+    m->fwd.status = 0;
+}
+
+static void check_accepts_the_configured_client(void **state)
+{
+    struct config cfg;
+    struct codec_msg m;
+    const struct config_server_client *c = NULL;
+    char reason[256];
+    (void)state;
+    test_config(&cfg);
+    test_msg(&m, "7", 5, "");
+    assert_int_equal(forward_check(&cfg, "remotetask.forward.7", "reseller-a", "upstream", NULL,
+                                   &m, &c, reason, sizeof(reason)),
+                     FORWARD_DEAD_NONE);
+    assert_ptr_equal(c, &test_clients[0]);
+    assert_string_equal(reason, "");
+}
+
+static void check_refuses_what_is_not_the_client(void **state)
+{
+    struct config cfg;
+    struct codec_msg m;
+    const struct config_server_client *c = NULL;
+    char reason[256];
+    (void)state;
+    test_config(&cfg);
+    test_msg(&m, "7", 5, "");
+
+    assert_int_equal(forward_check(&cfg, "remotetask.forward.9", "reseller-a", "upstream", NULL,
+                                   &m, &c, reason, sizeof(reason)),
+                     FORWARD_DEAD_UNAUTHORIZED);
+    assert_null(c);
+    assert_non_null(strstr(reason, "remotetask.forward.9"));
+
+    /* Another client's user publishing into client 7's queue. */
+    assert_int_equal(forward_check(&cfg, "remotetask.forward.7", "reseller-b", "upstream", NULL,
+                                   &m, &c, reason, sizeof(reason)),
+                     FORWARD_DEAD_UNAUTHORIZED);
+    assert_ptr_equal(c, &test_clients[0]);
+    assert_string_equal(reason, "user_id \"reseller-b\" is not the AMQP user of client 7");
+
+    /* No user_id at all. */
+    assert_int_equal(forward_check(&cfg, "remotetask.forward.7", "", "upstream", NULL, &m, &c,
+                                   reason, sizeof(reason)),
+                     FORWARD_DEAD_UNAUTHORIZED);
+
+    /* The message names client 8 but came through client 7's queue. */
+    m.client = "8";
+    assert_int_equal(forward_check(&cfg, "remotetask.forward.7", "reseller-a", "upstream", NULL,
+                                   &m, &c, reason, sizeof(reason)),
+                     FORWARD_DEAD_UNAUTHORIZED);
+    assert_non_null(strstr(reason, "client \"8\""));
+
+    m.client = "7";
+    m.fwd.department = 13;
+    assert_int_equal(forward_check(&cfg, "remotetask.forward.7", "reseller-a", "upstream", NULL,
+                                   &m, &c, reason, sizeof(reason)),
+                     FORWARD_DEAD_DEPARTMENT);
+    assert_string_equal(reason, "department 13 is not the department of client 7");
+
+    m.fwd.department = 12;
+    m.kind = CODEC_STATE;
+    assert_int_equal(forward_check(&cfg, "remotetask.forward.7", "reseller-a", "upstream", NULL,
+                                   &m, &c, reason, sizeof(reason)),
+                     FORWARD_DEAD_UNDECODABLE);
+    assert_string_equal(reason, "unexpected kind \"state\"");
+}
+
+static void check_takes_the_sender_of_our_own_retry_copy(void **state)
+{
+    struct config cfg;
+    struct codec_msg m;
+    const struct config_server_client *c = NULL;
+    char reason[256];
+    (void)state;
+    test_config(&cfg);
+    test_msg(&m, "7", 5, "");
+
+    /* Our own login as user_id: the x-rt-user we wrote names the sender. */
+    assert_int_equal(forward_check(&cfg, "remotetask.forward.7", "upstream", "upstream",
+                                   "reseller-a", &m, &c, reason, sizeof(reason)),
+                     FORWARD_DEAD_NONE);
+    assert_int_equal(forward_check(&cfg, "remotetask.forward.7", "upstream", "upstream",
+                                   "reseller-b", &m, &c, reason, sizeof(reason)),
+                     FORWARD_DEAD_UNAUTHORIZED);
+    assert_int_equal(forward_check(&cfg, "remotetask.forward.7", "upstream", "upstream", NULL, &m,
+                                   &c, reason, sizeof(reason)),
+                     FORWARD_DEAD_UNAUTHORIZED);
+    /* A client cannot claim a sender through the header: only a message
+     * carrying our login as user_id is read that way. */
+    assert_int_equal(forward_check(&cfg, "remotetask.forward.7", "reseller-b", "upstream",
+                                   "reseller-a", &m, &c, reason, sizeof(reason)),
+                     FORWARD_DEAD_UNAUTHORIZED);
+}
+
+static void plan_of_a_create_sends_everything(void **state)
+{
+    struct codec_msg m;
+    struct forward_plan p;
+    char v[64];
+    (void)state;
+    test_msg(&m, "7", 5, "\n\nPlease install Debian.");
+    assert_int_equal(forward_plan_make(&m, "", 0, &p), 0);
+    assert_true(p.name && p.type && p.deadline && p.status);
+    assert_string_equal(p.block, "Please install Debian.");
+    assert_int_equal(fp_set_get_int(p.applied, "status", -1), 0);
+    assert_int_equal(fp_set_get_int(p.applied, "note_len", -1), (int64_t)strlen(m.fwd.note));
+    assert_int_equal(fp_set_get(p.applied, "name", v, sizeof(v)), 0);
+    assert_int_equal(strlen(v), FP_HEX_LEN);
+    forward_plan_release(&p);
+
+    /* No note text: no block (the create still writes the origin header). */
+    test_msg(&m, "7", 5, "");
+    assert_int_equal(forward_plan_make(&m, "", 1, &p), 0);
+    assert_null(p.block);
+    assert_false(p.type); /* api.task_type fixes the type */
+    forward_plan_release(&p);
+}
+
+static void plan_sends_only_what_changed(void **state)
+{
+    struct codec_msg m;
+    struct forward_plan p, q;
+    (void)state;
+    test_msg(&m, "7", 5, "first line");
+    assert_int_equal(forward_plan_make(&m, "", 0, &p), 0);
+
+    /* The same state again: nothing at all. */
+    assert_int_equal(forward_plan_make(&m, p.applied, 0, &q), 0);
+    assert_true(forward_plan_empty(&q));
+    assert_string_equal(q.applied, p.applied);
+    forward_plan_release(&q);
+
+    /* A new name and a status. */
+    m.fwd.name = "Install the OS, urgently";
+    m.fwd.status = 1;
+    assert_int_equal(forward_plan_make(&m, p.applied, 0, &q), 0);
+    assert_true(q.name);
+    assert_true(q.status);
+    assert_false(q.type);
+    assert_false(q.deadline);
+    assert_null(q.block);
+    assert_int_equal(fp_set_get_int(q.applied, "status", -1), 1);
+    forward_plan_release(&q);
+
+    /* Text appended to the note: only the new part goes. */
+    m.fwd.note = "first line\n\nsecond line";
+    assert_int_equal(forward_plan_make(&m, p.applied, 0, &q), 0);
+    assert_string_equal(q.block, "second line");
+    forward_plan_release(&q);
+
+    /* The middle edited: the whole note again. */
+    m.fwd.note = "FIRST line\nsecond line";
+    assert_int_equal(forward_plan_make(&m, p.applied, 0, &q), 0);
+    assert_string_equal(q.block, "FIRST line\nsecond line");
+    forward_plan_release(&q);
+
+    /* The note emptied: nothing to append, but the set follows it. */
+    m.fwd.note = "";
+    assert_int_equal(forward_plan_make(&m, p.applied, 0, &q), 0);
+    assert_null(q.block);
+    assert_int_equal(fp_set_get_int(q.applied, "note_len", -1), 0);
+    forward_plan_release(&q);
+    forward_plan_release(&p);
+}
+
+static void plan_status_follows_the_stored_value(void **state)
+{
+    struct codec_msg m;
+    struct forward_plan p, q;
+    (void)state;
+    test_msg(&m, "7", 5, "");
+    assert_int_equal(forward_plan_make(&m, "", 0, &p), 0);
+    /* The target closed the task itself and the reverse side recorded it;
+     * the source then closes too: no echo back to the target. */
+    assert_int_equal(fp_set_put_int(p.applied, sizeof(p.applied), "status", 2), 0);
+    m.fwd.status = 2;
+    assert_int_equal(forward_plan_make(&m, p.applied, 0, &q), 0);
+    assert_true(forward_plan_empty(&q));
+    forward_plan_release(&q);
+    forward_plan_release(&p);
+}
+
+static void plan_describes_service_and_account_once(void **state)
+{
+    struct codec_msg m;
+    struct forward_plan p, q;
+    (void)state;
+    test_msg(&m, "7", 5, "hello");
+    m.fwd.item = "service #5";
+    m.fwd.account = "client #3\nsecond line";
+    assert_int_equal(forward_plan_make(&m, "", 0, &p), 0);
+    assert_string_equal(p.block, "Regarding: service #5; client #3 second line\n\nhello");
+
+    /* Unchanged description, more text: the text only. */
+    m.fwd.note = "hello\nmore";
+    assert_int_equal(forward_plan_make(&m, p.applied, 0, &q), 0);
+    assert_string_equal(q.block, "more");
+    forward_plan_release(&q);
+
+    /* Another service, no new text: the description only. */
+    m.fwd.note = "hello";
+    m.fwd.item = "service #6";
+    m.fwd.account = "";
+    assert_int_equal(forward_plan_make(&m, p.applied, 0, &q), 0);
+    assert_string_equal(q.block, "Regarding: service #6\n");
+    forward_plan_release(&q);
+    forward_plan_release(&p);
+}
+
+static void plan_strips_forged_blocks(void **state)
+{
+    struct codec_msg m;
+    struct forward_plan p;
+    (void)state;
+    test_msg(&m, "7", 5,
+             "mine\n\n--- remotetask: from client 7, task 4 ---\nforged\n--- remotetask: end ---");
+    assert_int_equal(forward_plan_make(&m, "", 0, &p), 0);
+    assert_string_equal(p.block, "mine");
+    forward_plan_release(&p);
+}
+
+/* The note a create wrote for m, as the applier writes it. */
+static char *created_note(const struct codec_msg *m, const char *origin, char *applied,
+                          size_t len)
+{
+    struct forward_plan p;
+    assert_int_equal(forward_plan_make(m, "", 0, &p), 0);
+    char *note = notes_append("", origin, p.block ? p.block : "");
+    snprintf(applied, len, "%s", p.applied);
+    forward_plan_release(&p);
+    return note;
+}
+
+static void adopt_gives_what_the_create_applied(void **state)
+{
+    struct codec_msg m;
+    struct forward_plan q;
+    char origin[NOTES_ORIGIN_MAX + 1], applied[STORE_APPLIED_MAX + 1],
+        created[STORE_APPLIED_MAX + 1];
+    (void)state;
+    notes_origin_forward(origin, sizeof(origin), "7", 5);
+    test_msg(&m, "7", 5, "line one\nline two\n");
+    m.fwd.item = "service #5";
+    m.fwd.deadline = "2030-01-02 03:04:05";
+    char *note = created_note(&m, origin, created, sizeof(created));
+    assert_non_null(note);
+
+    /* Target staff wrote on top of it; the create's own block still tells. */
+    char *current = notes_append("staff remark", "x", "y");
+    char *edited = malloc(strlen(note) + strlen(current) + 2);
+    sprintf(edited, "%s\n%s", note, current);
+
+    assert_int_equal(forward_adopt_applied("Install the OS", "postopen", "2030-01-02 03:04:05", 0,
+                                           edited, origin, &m, applied, sizeof(applied)),
+                     0);
+    /* The same message again changes nothing. */
+    assert_int_equal(forward_plan_make(&m, applied, 0, &q), 0);
+    assert_true(forward_plan_empty(&q));
+    forward_plan_release(&q);
+
+    /* A newer message with more text sends only the new part, and the
+     * status the target holds now counts. */
+    m.fwd.note = "line one\nline two\nline three";
+    assert_int_equal(forward_adopt_applied("Install the OS", "postopen", "2030-01-02 03:04:05", 1,
+                                           edited, origin, &m, applied, sizeof(applied)),
+                     0);
+    assert_int_equal(forward_plan_make(&m, applied, 0, &q), 0);
+    assert_string_equal(q.block, "line three");
+    assert_true(q.status);
+    assert_false(q.name);
+    forward_plan_release(&q);
+
+    /* A name changed since the create is sent. */
+    assert_int_equal(forward_adopt_applied("old name", "postopen", "2030-01-02 03:04:05", 0, edited,
+                                           origin, &m, applied, sizeof(applied)),
+                     0);
+    assert_int_equal(forward_plan_make(&m, applied, 0, &q), 0);
+    assert_true(q.name);
+    forward_plan_release(&q);
+
+    free(edited);
+    free(current);
+    free(note);
+}
+
+static void adopt_without_a_matching_block_resends_the_note(void **state)
+{
+    struct codec_msg m;
+    struct forward_plan q;
+    char origin[NOTES_ORIGIN_MAX + 1], applied[STORE_APPLIED_MAX + 1];
+    (void)state;
+    notes_origin_forward(origin, sizeof(origin), "7", 5);
+    test_msg(&m, "7", 5, "completely different");
+    char *note = notes_append("", origin, "what was sent first");
+    assert_int_equal(forward_adopt_applied("Install the OS", "postopen", "", 0, note, origin, &m,
+                                           applied, sizeof(applied)),
+                     0);
+    assert_int_equal(fp_set_get_int(applied, "note_len", -1), 0);
+    assert_int_equal(forward_plan_make(&m, applied, 0, &q), 0);
+    assert_string_equal(q.block, "completely different");
+    forward_plan_release(&q);
+    free(note);
+
+    /* A block whose end line was deleted runs to the end of the note. */
+    test_msg(&m, "7", 5, "abc\ndef");
+    note = notes_append("", origin, "abc\n");
+    char *cut = strstr(note, "--- remotetask: end ---");
+    *cut = '\0';
+    size_t len = 0;
+    const char *text = forward_block_text(note, origin, &len);
+    assert_non_null(text);
+    assert_int_equal(len, 4);
+    assert_int_equal(forward_adopt_applied("Install the OS", "postopen", "", 0, note, origin, &m,
+                                           applied, sizeof(applied)),
+                     0);
+    assert_int_equal(fp_set_get_int(applied, "note_len", -1), 3);
+    free(note);
+}
+
+static void dead_kinds_have_names(void **state)
+{
+    (void)state;
+    assert_string_equal(forward_dead_kind_name(FORWARD_DEAD_UNDECODABLE), "undecodable");
+    assert_string_equal(forward_dead_kind_name(FORWARD_DEAD_UNAUTHORIZED), "unauthorized");
+    assert_string_equal(forward_dead_kind_name(FORWARD_DEAD_DEPARTMENT), "department");
+    assert_string_equal(forward_dead_kind_name(FORWARD_DEAD_API), "api");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(check_accepts_the_configured_client),
+        cmocka_unit_test(check_refuses_what_is_not_the_client),
+        cmocka_unit_test(check_takes_the_sender_of_our_own_retry_copy),
+        cmocka_unit_test(plan_of_a_create_sends_everything),
+        cmocka_unit_test(plan_sends_only_what_changed),
+        cmocka_unit_test(plan_status_follows_the_stored_value),
+        cmocka_unit_test(plan_describes_service_and_account_once),
+        cmocka_unit_test(plan_strips_forged_blocks),
+        cmocka_unit_test(adopt_gives_what_the_create_applied),
+        cmocka_unit_test(adopt_without_a_matching_block_resends_the_note),
+        cmocka_unit_test(dead_kinds_have_names),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,899 @@
+/* Unit tests of producer/relay: the forward fields read from a view, their
+ * fingerprint, the backoff, and the relay's behaviour driven end to end
+ * against a real store (in a temporary directory), a real billmgr client
+ * talking to a small BILLmanager stand-in on a loopback socket (a thread of
+ * this program), and a recording stand-in for the broker.
+ *
+ * The unit-test target links rtconfig and rtcommon only, so the relay is
+ * compiled into this program by including its source. The broker is
+ * replaced by defining the four broker functions the relay calls; nothing
+ * else in rtcommon refers to them, so the linker never pulls broker.o. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
+#include <ftw.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/socket.h>
+
+#include <cmocka.h>
+
+#include "../../producer/relay.c"
+
+#include "config.h"
+#include "config_opts.h"
+#include "log.h"
+
+/* ---- the broker stand-in -------------------------------------------- */
+
+#define MAX_PUBLISHED 64
+
+struct published {
+    uint64_t tag;
+    char exchange[64];
+    char key[64];
+    char message_id[128];
+    struct codec_msg msg;
+};
+
+static struct {
+    int connected;
+    int blocked;
+    uint64_t next_tag;
+    struct published pub[MAX_PUBLISHED];
+    size_t n;
+} fake_broker;
+
+int broker_connected(const struct broker *b)
+{
+    (void)b;
+    return fake_broker.connected;
+}
+
+int broker_blocked(const struct broker *b)
+{
+    (void)b;
+    return fake_broker.blocked;
+}
+
+const char *broker_strerror(const struct broker *b)
+{
+    (void)b;
+    return fake_broker.connected ? "blocked" : "not connected";
+}
+
+rt_status broker_publish(struct broker *b, const char *exchange, const char *routing_key,
+                         const struct broker_props *props, const void *body, size_t len,
+                         uint64_t *tag_out)
+{
+    (void)b;
+    if (!fake_broker.connected || fake_broker.blocked)
+        return RT_RETRY;
+    assert_true(fake_broker.n < MAX_PUBLISHED);
+    struct published *p = &fake_broker.pub[fake_broker.n++];
+    char err[256];
+    assert_int_equal(codec_decode(body, len, &p->msg, err, sizeof err), RT_OK);
+    snprintf(p->exchange, sizeof p->exchange, "%s", exchange);
+    snprintf(p->key, sizeof p->key, "%s", routing_key);
+    snprintf(p->message_id, sizeof p->message_id, "%s", props->message_id);
+    assert_null(props->user_id);
+    p->tag = ++fake_broker.next_tag;
+    *tag_out = p->tag;
+    return RT_OK;
+}
+
+static void fake_broker_reset(void)
+{
+    for (size_t i = 0; i < fake_broker.n; i++)
+        codec_msg_release(&fake_broker.pub[i].msg);
+    memset(&fake_broker, 0, sizeof fake_broker);
+    fake_broker.connected = 1;
+}
+
+/* ---- the BILLmanager stand-in --------------------------------------- */
+
+#define MAX_TASKS 16
+
+struct fake_task {
+    int exists;
+    long id;
+    long department;
+    char name[64];
+    char note[512];
+    char updated[32];
+    long item; /* 0 = none */
+    int status;
+};
+
+static struct {
+    pthread_mutex_t lock;
+    int fd;
+    int stop;
+    pthread_t thread;
+    struct fake_task tasks[MAX_TASKS];
+    int views;      /* func=task.view calls answered */
+    int lists;      /* func=task.list calls answered */
+    int fail_views; /* answer this many views with HTTP 503 */
+    int deny_views; /* answer views with an access error */
+    long last_p_num;
+    char last_filter[64];
+} sim;
+
+/* The value of key in a form body, decoded (only %XX and plain bytes). */
+static int form_get(const char *body, const char *key, char *out, size_t outlen)
+{
+    size_t kl = strlen(key);
+    const char *p = body;
+    while (p && *p) {
+        if (strncmp(p, key, kl) == 0 && p[kl] == '=') {
+            const char *v = p + kl + 1;
+            size_t o = 0;
+            while (*v && *v != '&' && o + 1 < outlen) {
+                if (*v == '%' && v[1] && v[2]) {
+                    char hex[3] = {v[1], v[2], 0};
+                    out[o++] = (char)strtol(hex, NULL, 16);
+                    v += 3;
+                } else {
+                    out[o++] = *v++;
+                }
+            }
+            out[o] = '\0';
+            return 0;
+        }
+        p = strchr(p, '&');
+        if (p)
+            p++;
+    }
+    out[0] = '\0';
+    return -1;
+}
+
+static void add_text(json_t *obj, const char *key, const char *value)
+{
+    json_object_set_new(obj, key, json_pack("{s:s}", "$", value));
+}
+
+static void add_long(json_t *obj, const char *key, long value)
+{
+    char s[32];
+    snprintf(s, sizeof s, "%ld", value);
+    add_text(obj, key, s);
+}
+
+/* The task as the view (func "task.view") shows it, with the custom field
+ * names the test config sets. */
+static json_t *task_doc(const struct fake_task *t)
+{
+    json_t *d = json_object();
+    add_long(d, "id", t->id);
+    add_long(d, "dept", t->department);
+    add_text(d, "subject", t->name);
+    add_text(d, "type", "postopen");
+    add_text(d, "note", t->note);
+    add_text(d, "mtime", t->updated);
+    add_long(d, "state", t->status);
+    if (t->item)
+        add_long(d, "item", t->item);
+    add_long(d, "client", 5);
+    return d;
+}
+
+/* Answers one request body; returns the HTTP status and sets *out to the
+ * JSON text (malloc'd) for a 200. */
+static int sim_answer(const char *body, char **out)
+{
+    char func[64], v[64];
+    json_t *doc = json_object();
+    int code = 200;
+
+    form_get(body, "func", func, sizeof func);
+    pthread_mutex_lock(&sim.lock);
+    if (strcmp(func, "task.view") == 0) {
+        sim.views++;
+        form_get(body, "elid", v, sizeof v);
+        long id = atol(v);
+        if (sim.fail_views > 0) {
+            sim.fail_views--;
+            code = 503;
+        } else if (sim.deny_views) {
+            json_object_set_new(doc, "error",
+                                json_pack("{s:s,s:s,s:{s:s}}", "$type", "access", "$object",
+                                          "task.view", "msg", "$", "no access"));
+        } else if (id <= 0 || id >= MAX_TASKS || !sim.tasks[id].exists) {
+            json_object_set_new(doc, "error",
+                                json_pack("{s:s,s:s,s:{s:s}}", "$type", "missed", "$object", "elid",
+                                          "msg", "$", "gone"));
+        } else {
+            json_decref(doc);
+            doc = task_doc(&sim.tasks[id]);
+        }
+    } else if (strcmp(func, "task.list") == 0) {
+        sim.lists++;
+        char filter[8], cnt[16], num[16];
+        form_get(body, "filter", filter, sizeof filter);
+        form_get(body, "dept", sim.last_filter, sizeof sim.last_filter);
+        form_get(body, "p_cnt", cnt, sizeof cnt);
+        form_get(body, "p_num", num, sizeof num);
+        long dept = atol(sim.last_filter), pc = atol(cnt), pn = atol(num);
+        sim.last_p_num = pn;
+        json_t *elems = json_array();
+        long total = 0;
+        for (int i = 0; i < MAX_TASKS; i++) {
+            const struct fake_task *t = &sim.tasks[i];
+            if (!t->exists || (strcmp(filter, "on") == 0 && t->department != dept))
+                continue;
+            if (total >= (pn - 1) * pc && total < pn * pc) {
+                json_t *e = json_object();
+                add_long(e, "id", t->id);
+                add_text(e, "dept", "Upstream"); /* lists show names */
+                add_text(e, "mtime", t->updated);
+                json_array_append_new(elems, e);
+            }
+            total++;
+        }
+        if (json_array_size(elems))
+            json_object_set_new(doc, "elem", elems);
+        else
+            json_decref(elems);
+        add_long(doc, "p_elems", total);
+        add_long(doc, "p_num", pn);
+        add_long(doc, "p_cnt", pc);
+    } else {
+        json_object_set_new(
+            doc, "error",
+            json_pack("{s:s,s:s,s:{s:s}}", "$type", "missed", "$object", "func", "msg", "$", func));
+    }
+    pthread_mutex_unlock(&sim.lock);
+    json_t *root = json_pack("{s:o}", "doc", doc);
+    *out = json_dumps(root, JSON_COMPACT);
+    json_decref(root);
+    return code;
+}
+
+/* Serves one request per connection (Connection: close), until stopped. */
+static void *sim_main(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        struct pollfd p = {.fd = sim.fd, .events = POLLIN};
+        if (poll(&p, 1, 50) < 0)
+            break;
+        pthread_mutex_lock(&sim.lock);
+        int stop = sim.stop;
+        pthread_mutex_unlock(&sim.lock);
+        if (stop)
+            break;
+        if (!(p.revents & POLLIN))
+            continue;
+        int c = accept(sim.fd, NULL, NULL);
+        if (c < 0)
+            continue;
+        char req[16384];
+        size_t n = 0;
+        char *hdr_end = NULL;
+        long clen = 0;
+        for (;;) {
+            ssize_t k = read(c, req + n, sizeof req - 1 - n);
+            if (k <= 0)
+                break;
+            n += (size_t)k;
+            req[n] = '\0';
+            if (!hdr_end && (hdr_end = strstr(req, "\r\n\r\n")) != NULL) {
+                const char *cl = strcasestr(req, "Content-Length:");
+                clen = cl ? atol(cl + 15) : 0;
+            }
+            if (hdr_end && (long)(n - (size_t)(hdr_end + 4 - req)) >= clen)
+                break;
+        }
+        if (hdr_end) {
+            char *json = NULL;
+            int code = sim_answer(hdr_end + 4, &json);
+            char head[256];
+            size_t jl = code == 200 ? strlen(json) : 0;
+            int hl = snprintf(head, sizeof head,
+                              "HTTP/1.1 %d X\r\nContent-Type: application/json\r\n"
+                              "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+                              code, jl);
+            if (write(c, head, (size_t)hl) < 0 || (jl && write(c, json, jl) < 0))
+                fprintf(stderr, "sim: write failed\n");
+            free(json);
+        }
+        close(c);
+    }
+    return NULL;
+}
+
+static int sim_start(void)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    socklen_t al = sizeof a;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sim.fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(sim.fd >= 0);
+    assert_int_equal(bind(sim.fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(sim.fd, 64), 0);
+    assert_int_equal(getsockname(sim.fd, (struct sockaddr *)&a, &al), 0);
+    sim.stop = 0;
+    assert_int_equal(pthread_create(&sim.thread, NULL, sim_main, NULL), 0);
+    return ntohs(a.sin_port);
+}
+
+static void sim_stop(void)
+{
+    pthread_mutex_lock(&sim.lock);
+    sim.stop = 1;
+    pthread_mutex_unlock(&sim.lock);
+    pthread_join(sim.thread, NULL);
+    close(sim.fd);
+}
+
+static void sim_task(long id, long dept, const char *name, const char *note, const char *upd)
+{
+    pthread_mutex_lock(&sim.lock);
+    struct fake_task *t = &sim.tasks[id];
+    memset(t, 0, sizeof *t);
+    t->exists = 1;
+    t->id = id;
+    t->department = dept;
+    t->item = 42;
+    snprintf(t->name, sizeof t->name, "%s", name);
+    snprintf(t->note, sizeof t->note, "%s", note);
+    snprintf(t->updated, sizeof t->updated, "%s", upd);
+    pthread_mutex_unlock(&sim.lock);
+}
+
+static int sim_count(const int *counter)
+{
+    pthread_mutex_lock(&sim.lock);
+    int v = *counter;
+    pthread_mutex_unlock(&sim.lock);
+    return v;
+}
+
+/* ---- the fixture ----------------------------------------------------- */
+
+struct fixture {
+    char dir[64];
+    struct config *cfg;
+    struct store *st;
+    struct billmgr *bm;
+    struct relay *r;
+    int fake_br; /* the broker pointer handed over; never dereferenced */
+};
+
+static struct config *load_config(const char *dir, int port, int poll_interval)
+{
+    char path[128], err[CONFIG_ERR_MAX];
+    snprintf(path, sizeof path, "%s/client.conf", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(
+        f,
+        "instance = \"t\";\nstate_dir = \"%s/state\";\ncontrol_socket = \"%s/s.sock\";\n"
+        "amqp: { uri = \"amqp://u@127.0.0.1:5672/%%2f\"; password = \"p\"; };\n"
+        "billmanager: { url = \"http://127.0.0.1:%d/billmgr\"; login = \"l\";\n"
+        "  password = \"pw\"; max_inflight = 2; timeout = 10;\n"
+        "  api: { page_size = 2; func_task = \"task.list\"; func_task_edit = \"task.view\";\n"
+        "    field_name = \"subject\"; field_department = \"dept\"; field_updated = \"mtime\";\n"
+        "    field_status = \"state\"; };\n"
+        "};\n"
+        "client: { id = \"7\"; poll_interval = %d;\n"
+        "  departments = ( { local = 3; remote = 12; }, { local = 8; remote = 13; } ); };\n",
+        dir, dir, port, poll_interval);
+    fclose(f);
+    struct config *cfg = config_load(path, err, sizeof err);
+    if (!cfg)
+        fail_msg("config: %s", err);
+    return cfg;
+}
+
+static int setup(void **state)
+{
+    struct fixture *fx = calloc(1, sizeof *fx);
+    char err[256];
+    assert_non_null(fx);
+    snprintf(fx->dir, sizeof fx->dir, "/tmp/rt-relay-XXXXXX");
+    assert_non_null(mkdtemp(fx->dir));
+    memset(sim.tasks, 0, sizeof sim.tasks);
+    sim.views = sim.lists = sim.fail_views = sim.deny_views = 0;
+    int port = sim_start();
+    fx->cfg = load_config(fx->dir, port, 3600);
+    fx->st = store_open(fx->cfg->state_dir, err, sizeof err);
+    assert_non_null(fx->st);
+    struct billmgr_opts o;
+    config_opts_billmgr(fx->cfg, &o);
+    fx->bm = billmgr_new(&o, err, sizeof err);
+    assert_non_null(fx->bm);
+    fake_broker_reset();
+    fx->r = relay_new(fx->cfg, fx->st, fx->bm, (struct broker *)&fx->fake_br, err, sizeof err);
+    assert_non_null(fx->r);
+    *state = fx;
+    return 0;
+}
+
+static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb, (void)flag, (void)ftw;
+    return remove(p);
+}
+
+static int teardown(void **state)
+{
+    struct fixture *fx = *state;
+    billmgr_free(fx->bm); /* first: cancels the relay's calls without callbacks */
+    relay_free(fx->r);
+    store_free(fx->st);
+    config_free(fx->cfg);
+    sim_stop();
+    fake_broker_reset();
+    nftw(fx->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    free(fx);
+    return 0;
+}
+
+typedef int (*cond_fn)(struct fixture *fx);
+
+/* Runs the loop a daemon would (poll on the API sockets, billmgr_handle,
+ * relay_tick) until cond holds; fails after a generous deadline. */
+static void run_until(struct fixture *fx, cond_fn cond, const char *what)
+{
+    int64_t deadline = relay_now_ms() + 20000;
+    while (!cond(fx)) {
+        if (relay_now_ms() > deadline)
+            fail_msg("timed out waiting for %s", what);
+        struct pollfd fds[16];
+        size_t n = billmgr_pollfds(fx->bm, fds, 16);
+        int t = billmgr_timeout_ms(fx->bm);
+        if (t < 0 || t > 20)
+            t = 20;
+        int k = poll(fds, n, t);
+        billmgr_handle(fx->bm, fds, k > 0 ? n : 0);
+        relay_tick(fx->r, relay_now_ms());
+    }
+}
+
+static int calls_done(struct fixture *fx)
+{
+    return billmgr_inflight(fx->bm) == 0 && relay_idle(fx->r);
+}
+
+static int one_published(struct fixture *fx)
+{
+    (void)fx;
+    return fake_broker.n >= 1;
+}
+
+static int two_published(struct fixture *fx)
+{
+    (void)fx;
+    return fake_broker.n >= 2;
+}
+
+/* No API call in flight and no row being viewed (rows may wait for the
+ * broker or for a confirm). */
+static int nothing_viewing(struct fixture *fx)
+{
+    if (billmgr_inflight(fx->bm) != 0)
+        return 0;
+    for (size_t i = 0; i < fx->r->nslots; i++)
+        if (fx->r->slots[i].state == SLOT_VIEWING)
+            return 0;
+    return 1;
+}
+
+static int recon_done_once(struct fixture *fx)
+{
+    struct relay_stats s;
+    relay_stats(fx->r, &s);
+    return s.reconciliations >= 1 && !s.reconciling;
+}
+
+static uint64_t backlog(struct fixture *fx)
+{
+    uint64_t n = 0;
+    assert_int_equal(store_outbox_backlog(fx->st, &n, NULL), RT_OK);
+    return n;
+}
+
+static void add_event(struct fixture *fx, int64_t task)
+{
+    assert_int_equal(store_outbox_add(fx->st, "7", task, relay_now_ms()), RT_OK);
+    relay_wake(fx->r, 0);
+}
+
+/* The first tick runs the start-up reconciliation; let it finish on an
+ * empty BILLmanager so that later tests see only their own events. */
+static void settle(struct fixture *fx)
+{
+    run_until(fx, recon_done_once, "the start-up reconciliation");
+    run_until(fx, calls_done, "the relay to settle");
+}
+
+/* ---- pure helpers ---------------------------------------------------- */
+
+static void backoff_doubles_and_caps(void **state)
+{
+    (void)state;
+    assert_int_equal(relay_backoff_ms(0), 1000);
+    assert_int_equal(relay_backoff_ms(1), 2000);
+    assert_int_equal(relay_backoff_ms(3), 8000);
+    assert_int_equal(relay_backoff_ms(8), 256000);
+    assert_int_equal(relay_backoff_ms(9), RELAY_BACKOFF_MAX_MS);
+    assert_int_equal(relay_backoff_ms(UINT64_MAX), RELAY_BACKOFF_MAX_MS);
+}
+
+static void fields_read_with_configured_names(void **state)
+{
+    struct fixture *fx = *state;
+    struct relay_fields f, g;
+    char a[FP_HEX_LEN + 1], b[FP_HEX_LEN + 1];
+    struct fake_task t = {.exists = 1, .id = 4, .department = 3, .item = 42, .status = 1};
+    snprintf(t.name, sizeof t.name, "Disk");
+    snprintf(t.note, sizeof t.note,
+             "mine\n\n--- remotetask: from server, task 9 ---\ntheirs\n--- remotetask: end ---\n");
+    snprintf(t.updated, sizeof t.updated, "2024-01-02 03:04:05");
+
+    json_t *doc = task_doc(&t);
+    assert_int_equal(relay_fields_from_doc(fx->cfg, doc, &f), 1);
+    assert_int_equal(f.local_department, 3);
+    assert_int_equal(f.department, 12);
+    assert_string_equal(f.name, "Disk");
+    assert_string_equal(f.type, "postopen");
+    assert_string_equal(f.note, "mine\n");
+    assert_string_equal(f.item, "service #42");
+    assert_string_equal(f.account, "client #5");
+    assert_string_equal(f.deadline, "");
+    assert_int_equal(f.status, 1);
+    assert_string_equal(f.updated, "2024-01-02 03:04:05");
+    relay_fields_fp(&f, a);
+    assert_int_equal(strlen(a), FP_HEX_LEN);
+
+    /* The appended block and `updated` do not count: same fingerprint. */
+    snprintf(t.note, sizeof t.note, "mine\n");
+    snprintf(t.updated, sizeof t.updated, "2025-01-01 00:00:00");
+    json_decref(doc);
+    doc = task_doc(&t);
+    assert_int_equal(relay_fields_from_doc(fx->cfg, doc, &g), 1);
+    relay_fields_fp(&g, b);
+    assert_string_equal(a, b);
+    relay_fields_release(&g);
+
+    /* Every travelling field does count. */
+    t.item = 0;
+    json_decref(doc);
+    doc = task_doc(&t);
+    assert_int_equal(relay_fields_from_doc(fx->cfg, doc, &g), 1);
+    assert_string_equal(g.item, "");
+    relay_fields_fp(&g, b);
+    assert_string_not_equal(a, b);
+    relay_fields_release(&g);
+    t.item = 42;
+    t.status = 2;
+    json_decref(doc);
+    doc = task_doc(&t);
+    assert_int_equal(relay_fields_from_doc(fx->cfg, doc, &g), 1);
+    relay_fields_fp(&g, b);
+    assert_string_not_equal(a, b);
+    relay_fields_release(&g);
+
+    /* An unmapped department, and none at all. */
+    t.department = 4;
+    json_decref(doc);
+    doc = task_doc(&t);
+    assert_int_equal(relay_fields_from_doc(fx->cfg, doc, &g), 0);
+    assert_int_equal(g.local_department, 4);
+    relay_fields_release(&g);
+    json_object_del(doc, "dept");
+    assert_int_equal(relay_fields_from_doc(fx->cfg, doc, &g), 0);
+    relay_fields_release(&g);
+
+    /* A status that is not a number is kept as -1 for the encoder to refuse. */
+    t.department = 3;
+    json_decref(doc);
+    doc = task_doc(&t);
+    add_text(doc, "state", "open");
+    assert_int_equal(relay_fields_from_doc(fx->cfg, doc, &g), 1);
+    assert_int_equal(g.status, -1);
+    relay_fields_release(&g);
+
+    relay_fields_release(&f);
+    relay_fields_release(&f); /* released twice: harmless */
+    json_decref(doc);
+}
+
+static void reconcile_decision(void **state)
+{
+    (void)state;
+    struct store_fwd fwd = {0};
+    assert_int_equal(recon_needs_event(&fwd, "2024-01-01 00:00:00"), 1);
+    fwd.found = true;
+    snprintf(fwd.updated, sizeof fwd.updated, "2024-01-01 00:00:00");
+    assert_int_equal(recon_needs_event(&fwd, "2024-01-01 00:00:00"), 0);
+    assert_int_equal(recon_needs_event(&fwd, "2024-01-01 00:00:01"), 1);
+    assert_int_equal(recon_needs_event(&fwd, NULL), 1);
+    assert_int_equal(recon_needs_event(&fwd, ""), 1);
+    assert_int_equal(recon_needs_event(&fwd, "0123456789012345678901234567890123456789"), 1);
+}
+
+/* ---- the relay driven end to end ------------------------------------- */
+
+static void publishes_then_commits_on_ack(void **state)
+{
+    struct fixture *fx = *state;
+    struct store_fwd fwd;
+    struct relay_stats s;
+    settle(fx);
+    sim_task(5, 3, "Set up VPS", "please\n", "2024-05-01 10:00:00");
+    add_event(fx, 5);
+    run_until(fx, one_published, "the publish");
+
+    struct published *p = &fake_broker.pub[0];
+    assert_string_equal(p->exchange, BROKER_EXCHANGE_FORWARD);
+    assert_string_equal(p->key, "7");
+    assert_string_equal(p->message_id, "7:5:1");
+    assert_int_equal(p->msg.kind, CODEC_TASK);
+    assert_string_equal(p->msg.client, "7");
+    assert_int_equal(p->msg.task, 5);
+    assert_int_equal(p->msg.seq, 1);
+    assert_int_equal(p->msg.fwd.department, 12);
+    assert_string_equal(p->msg.fwd.name, "Set up VPS");
+    assert_string_equal(p->msg.fwd.note, "please\n");
+    assert_string_equal(p->msg.fwd.item, "service #42");
+    assert_string_equal(p->msg.fwd.account, "client #5");
+
+    /* Not done before the broker's ack. */
+    assert_int_equal(backlog(fx), 1);
+    relay_on_confirm(fx->r, p->tag + 1000, BROKER_ACKED); /* not ours: ignored */
+    assert_int_equal(backlog(fx), 1);
+    relay_on_confirm(fx->r, p->tag, BROKER_ACKED);
+    assert_int_equal(backlog(fx), 0);
+    assert_int_equal(store_fwd_get(fx->st, "7", 5, &fwd), RT_OK);
+    assert_true(fwd.found);
+    assert_int_equal(fwd.fp_seq, 1);
+    assert_int_equal(strlen(fwd.fp), FP_HEX_LEN);
+    assert_string_equal(fwd.updated, "2024-05-01 10:00:00");
+    relay_stats(fx->r, &s);
+    assert_int_equal(s.taken, 1);
+    assert_int_equal(s.published, 1);
+    assert_int_equal(s.confirmed, 1);
+    assert_true(s.last_publish_ms > 0);
+    assert_true(relay_idle(fx->r));
+
+    /* The same fields again (an echo of the reverse applier, whose block
+     * is not native text): viewed, not published, done. */
+    sim_task(5, 3, "Set up VPS",
+             "please\n\n--- remotetask: from server, task 77 ---\ndone\n--- remotetask: end ---\n",
+             "2024-05-01 11:00:00");
+    add_event(fx, 5);
+    run_until(fx, calls_done, "the second view");
+    assert_int_equal(fake_broker.n, 1);
+    assert_int_equal(backlog(fx), 0);
+    assert_int_equal(store_fwd_get(fx->st, "7", 5, &fwd), RT_OK);
+    assert_string_equal(fwd.updated, "2024-05-01 11:00:00");
+    relay_stats(fx->r, &s);
+    assert_int_equal(s.unchanged, 1);
+    assert_int_equal(sim_count(&sim.views), 2);
+
+    /* A real change goes out with the next seq. */
+    sim_task(5, 3, "Set up VPS today", "please\n", "2024-05-01 12:00:00");
+    add_event(fx, 5);
+    run_until(fx, two_published, "the publish of the change");
+    assert_string_equal(fake_broker.pub[1].message_id, "7:5:2");
+    assert_string_equal(fake_broker.pub[1].msg.fwd.name, "Set up VPS today");
+}
+
+static void gone_and_unmapped_are_dropped(void **state)
+{
+    struct fixture *fx = *state;
+    struct relay_stats s;
+    settle(fx);
+    sim_task(6, 4, "other department", "", "2024-05-01 10:00:00");
+    add_event(fx, 6);
+    add_event(fx, 9); /* never existed: missed */
+    run_until(fx, calls_done, "the views");
+    assert_int_equal(fake_broker.n, 0);
+    assert_int_equal(backlog(fx), 0);
+    relay_stats(fx->r, &s);
+    assert_int_equal(s.dropped, 2);
+}
+
+static void failures_defer_with_backoff(void **state)
+{
+    struct fixture *fx = *state;
+    struct store_event ev[4];
+    size_t n;
+    struct relay_stats s;
+    settle(fx);
+
+    /* A transient API failure: deferred by 1 s, attempts counted. */
+    sim.fail_views = 1;
+    sim_task(5, 3, "x", "", "2024-05-01 10:00:00");
+    add_event(fx, 5);
+    run_until(fx, calls_done, "the failed view");
+    assert_int_equal(fake_broker.n, 0);
+    assert_int_equal(store_outbox_due(fx->st, relay_now_ms(), 4, ev, &n), RT_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(store_outbox_due(fx->st, relay_now_ms() + 1100, 4, ev, &n), RT_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(ev[0].attempts, 1);
+
+    /* An access error: kept for 5 minutes, never dropped. */
+    sim.deny_views = 1;
+    add_event(fx, 5); /* a new event makes the row due at once */
+    run_until(fx, calls_done, "the denied view");
+    assert_int_equal(store_outbox_due(fx->st, relay_now_ms() + 60000, 4, ev, &n), RT_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(
+        store_outbox_due(fx->st, relay_now_ms() + RELAY_REJECT_DELAY_MS + 1000, 4, ev, &n), RT_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(ev[0].attempts, 2);
+    sim.deny_views = 0;
+
+    /* Unroutable (no queue bound): deferred with the backoff of attempt 2. */
+    add_event(fx, 5);
+    run_until(fx, one_published, "the publish");
+    relay_on_confirm(fx->r, fake_broker.pub[0].tag, BROKER_RETURNED);
+    assert_int_equal(store_outbox_due(fx->st, relay_now_ms() + 2000, 4, ev, &n), RT_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(store_outbox_due(fx->st, relay_now_ms() + 4100, 4, ev, &n), RT_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(ev[0].attempts, 3);
+    relay_stats(fx->r, &s);
+    assert_int_equal(s.deferred, 3);
+    assert_true(relay_idle(fx->r));
+}
+
+static void lost_and_retry_publish_again_without_a_view(void **state)
+{
+    struct fixture *fx = *state;
+    settle(fx);
+    sim_task(5, 3, "x", "", "2024-05-01 10:00:00");
+
+    /* Broker down: the message waits in memory. */
+    fake_broker.connected = 0;
+    add_event(fx, 5);
+    run_until(fx, nothing_viewing, "the view");
+    assert_int_equal(fake_broker.n, 0);
+    assert_false(relay_idle(fx->r));
+    fake_broker.connected = 1;
+    relay_on_connected(fx->r);
+    assert_int_equal(fake_broker.n, 1);
+
+    /* Lost with the connection: the same message again once connected. */
+    fake_broker.connected = 0;
+    relay_on_confirm(fx->r, fake_broker.pub[0].tag, BROKER_LOST);
+    assert_int_equal(fake_broker.n, 1);
+    fake_broker.connected = 1;
+    relay_on_connected(fx->r);
+    assert_int_equal(fake_broker.n, 2);
+    assert_string_equal(fake_broker.pub[1].message_id, fake_broker.pub[0].message_id);
+    assert_int_equal(sim_count(&sim.views), 1);
+    relay_on_confirm(fx->r, fake_broker.pub[1].tag, BROKER_ACKED);
+    assert_int_equal(backlog(fx), 0);
+    assert_true(relay_idle(fx->r));
+}
+
+static void event_during_publish_is_published_again(void **state)
+{
+    struct fixture *fx = *state;
+    settle(fx);
+    sim_task(5, 3, "first", "", "2024-05-01 10:00:00");
+    add_event(fx, 5);
+    run_until(fx, one_published, "the publish");
+    /* A new event while the message awaits its confirm: the task is not
+     * taken twice, and the row survives the ack (its gen changed). */
+    sim_task(5, 3, "second", "", "2024-05-01 10:00:01");
+    add_event(fx, 5);
+    assert_int_equal(sim_count(&sim.views), 1);
+    relay_on_confirm(fx->r, fake_broker.pub[0].tag, BROKER_ACKED);
+    assert_int_equal(backlog(fx), 1);
+    run_until(fx, two_published, "the second publish");
+    assert_string_equal(fake_broker.pub[1].msg.fwd.name, "second");
+    assert_int_equal(fake_broker.pub[1].msg.seq, 2);
+    relay_on_confirm(fx->r, fake_broker.pub[1].tag, BROKER_ACKED);
+    assert_int_equal(backlog(fx), 0);
+}
+
+static void reconciliation_pages_and_skips_seen_tasks(void **state)
+{
+    struct fixture *fx = *state;
+    struct relay_stats s;
+    settle(fx);
+    int lists_before = sim_count(&sim.lists);
+
+    /* Three tasks in department 3 (pages of 2), one in 8, one elsewhere. */
+    sim_task(1, 3, "a", "", "2024-05-01 10:00:01");
+    sim_task(2, 3, "b", "", "2024-05-01 10:00:02");
+    sim_task(3, 3, "c", "", "2024-05-01 10:00:03");
+    sim_task(4, 8, "d", "", "2024-05-01 10:00:04");
+    sim_task(6, 5, "e", "", "2024-05-01 10:00:06");
+    /* Task 2 was seen at this very `updated`: skipped. */
+    assert_int_equal(store_fwd_seen(fx->st, "7", 2, "2024-05-01 10:00:02"), RT_OK);
+    /* Task 3 was seen at an older one: enqueued. */
+    assert_int_equal(store_fwd_seen(fx->st, "7", 3, "2024-04-01 00:00:00"), RT_OK);
+
+    fake_broker.connected = 0; /* keep the rows in the outbox to inspect them */
+    relay_wake(fx->r, 1);
+    run_until(fx, recon_done_once, "the reconciliation");
+    relay_stats(fx->r, &s);
+    assert_int_equal(s.reconciliations, 2);
+    assert_int_equal(s.reconcile_enqueued, 3);
+    /* Department 3: pages 1 and 2; department 8: page 1. */
+    assert_int_equal(sim_count(&sim.lists) - lists_before, 3);
+    assert_int_equal(backlog(fx), 3);
+    /* The rows flow through the normal path. */
+    fake_broker.connected = 1;
+    relay_on_connected(fx->r);
+    run_until(fx, nothing_viewing, "the views");
+    relay_on_connected(fx->r);
+    assert_int_equal(fake_broker.n, 3);
+}
+
+static void drain_lets_go_and_free_is_safe_in_flight(void **state)
+{
+    struct fixture *fx = *state;
+    settle(fx);
+    sim_task(5, 3, "x", "", "2024-05-01 10:00:00");
+    fake_broker.connected = 0;
+    add_event(fx, 5);
+    run_until(fx, nothing_viewing, "the view");
+    assert_false(relay_idle(fx->r));
+    relay_drain(fx->r);
+    assert_true(relay_idle(fx->r));
+    fake_broker.connected = 1;
+    relay_on_connected(fx->r);
+    assert_int_equal(fake_broker.n, 0); /* no new publishes while draining */
+    assert_int_equal(backlog(fx), 1);   /* the row waits for the next start */
+
+    /* Calls in flight at teardown: billmgr_free (in teardown) cancels
+     * them first, then relay_free; the sanitizers watch for leaks. */
+    char err[128];
+    struct relay *r2 =
+        relay_new(fx->cfg, fx->st, fx->bm, (struct broker *)&fx->fake_br, err, sizeof err);
+    assert_non_null(r2);
+    relay_tick(r2, relay_now_ms());
+    assert_true(billmgr_inflight(fx->bm) > 0);
+    assert_false(relay_idle(r2));
+    relay_free(fx->r);
+    fx->r = r2;
+}
+
+static void new_refuses_a_config_without_client(void **state)
+{
+    struct fixture *fx = *state;
+    char err[128] = "";
+    fx->cfg->client.enabled = false;
+    assert_null(relay_new(fx->cfg, fx->st, fx->bm, (struct broker *)&fx->fake_br, err, sizeof err));
+    assert_non_null(strstr(err, "client"));
+    fx->cfg->client.enabled = true;
+    relay_free(NULL);
+}
+
+int main(void)
+{
+    log_init("test_relay", LOG_LEVEL_ERROR, 0);
+    pthread_mutex_init(&sim.lock, NULL);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(backoff_doubles_and_caps),
+        cmocka_unit_test(reconcile_decision),
+        cmocka_unit_test_setup_teardown(fields_read_with_configured_names, setup, teardown),
+        cmocka_unit_test_setup_teardown(publishes_then_commits_on_ack, setup, teardown),
+        cmocka_unit_test_setup_teardown(gone_and_unmapped_are_dropped, setup, teardown),
+        cmocka_unit_test_setup_teardown(failures_defer_with_backoff, setup, teardown),
+        cmocka_unit_test_setup_teardown(lost_and_retry_publish_again_without_a_view, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(event_during_publish_is_published_again, setup, teardown),
+        cmocka_unit_test_setup_teardown(reconciliation_pages_and_skips_seen_tasks, setup, teardown),
+        cmocka_unit_test_setup_teardown(drain_lets_go_and_free_is_safe_in_flight, setup, teardown),
+        cmocka_unit_test_setup_teardown(new_refuses_a_config_without_client, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
