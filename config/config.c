@@ -192,6 +192,7 @@ static const struct item config_items[] = {
     GROUP("client", 0, F(client.enabled)),
     STR("client.id", IT_ID, ITEM_REQUIRED, NULL, 1, 64, client.id, NULL),
     INT("client.poll_interval", IT_INT, 60, 5, 86400, client.poll_interval),
+    STR("client.server_user", IT_STRING, 0, "", 0, 255, client.server_user, NULL),
     LIST("client.departments", ITEM_REQUIRED, read_departments),
     LIST("client.performers", 0, read_performers),
 

@@ -97,6 +97,7 @@ struct config_client {
     bool enabled; /* a client: section is present */
     char *id;
     int poll_interval; /* seconds */
+    char *server_user; /* the AMQP user of the server side; "" = not checked */
     struct config_department_map *departments;
     size_t n_departments;
     struct config_performer_map *performers;
