@@ -29,4 +29,11 @@ struct ctl_args {
  * departments, broker login; one line per check on stdout. */
 int ctl_check(const struct ctl_args *args);
 
+/* remotetaskctl --command taskevent [--elid N]: records in the store that
+ * local task N changed (durable before anything else, also while the
+ * daemon is down), then tells the daemon, best effort. Without an elid (a
+ * task being created) it asks the daemon for a reconciliation instead.
+ * What the BILLmanager event handler runs; exit 0 once recorded. */
+int ctl_taskevent(const struct ctl_args *args);
+
 #endif

@@ -27,6 +27,8 @@ struct ctl_command {
 static const struct ctl_command ctl_commands[] = {
     {"check", ctl_check,
      "verify the configuration, the BILLmanager login and departments, the broker login"},
+    {"taskevent", ctl_taskevent,
+     "record that local task --elid N changed (the BILLmanager event handler runs this)"},
 };
 
 static void usage(FILE *to)

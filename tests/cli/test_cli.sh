@@ -52,7 +52,7 @@ else
 fi
 
 # A value out of bounds: file, line and setting.
-sed -E 's#^([[:space:]]*)prefetch[[:space:]]*=.*#\1prefetch = 0;#' "$tmp/client.conf" >"$tmp/bounds.conf"
+sed -E 's#^([[:space:]]*)\#?[[:space:]]*prefetch[[:space:]]*=.*#\1prefetch = 0;#' "$tmp/client.conf" >"$tmp/bounds.conf"
 if grep -q 'prefetch = 0;' "$tmp/bounds.conf"; then
   line=$(grep -n 'prefetch = 0;' "$tmp/bounds.conf" | head -1 | cut -d: -f1)
   expect "an out-of-bounds prefetch names file, line and setting" 1 \
