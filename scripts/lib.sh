@@ -13,7 +13,7 @@ RT_PACKAGES=(
   build-essential cmake pkg-config clang libclang-rt-14-dev
   librabbitmq-dev libmsgpack-dev libcurl4-openssl-dev libconfig-dev libjansson-dev
   libsqlite3-dev libmicrohttpd-dev libcmocka-dev libxxhash-dev
-  rabbitmq-server openssl python3 sqlite3 procps
+  rabbitmq-server openssl python3 sqlite3 procps prometheus dpkg-dev groff-base man-db systemd binutils
 )
 
 rt_log() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }
