@@ -1,0 +1,1461 @@
+#include "broker.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "buf.h"
+#include "log.h"
+#include "rmq.h"
+
+/* Channel numbers: the publish channel is in confirm mode, the consume
+ * channel carries deliveries; RPCs that may make the broker close their
+ * channel (declarations, passive declares) run on a scratch channel that
+ * is opened for the occasion, so a refusal never costs the other two. */
+#define CH_PUBLISH 1
+#define CH_CONSUME 2
+#define CH_SCRATCH 3
+
+#define DEFAULT_CONNECT_TIMEOUT_MS 10000
+#define DEFAULT_MAX_MESSAGE (8u * 1024 * 1024)
+#define DEFAULT_MAX_UNCONFIRMED 65536
+#define FRAME_MAX 131072
+#define MAX_CONSUMERS 64
+/* broker_process() handles at most this many frames per call so that one
+ * busy connection cannot starve the rest of the event loop; what is left
+ * is reported by broker_wants_read_now() or by poll(). */
+#define MAX_FRAMES_PER_CALL 4096
+/* Room for the keys and string values of one delivery's headers. */
+#define HEADER_ARENA 8192
+#define SHORTSTR 256
+
+static const unsigned retry_delays_ms[BROKER_RETRY_TIERS] = {1000, 5000, 30000, 120000, 600000};
+static const char *const retry_tier_names[BROKER_RETRY_TIERS] = {"1s", "5s", "30s", "2m", "10m"};
+
+/* Where a channel is in receiving a content (method, header, body). */
+enum content_state {
+    CONTENT_IDLE = 0,
+    CONTENT_HEADER, /* method seen, header frame expected */
+    CONTENT_BODY,   /* header seen, body frames expected */
+};
+
+/* States of a published message awaiting its confirm. */
+enum pend_state {
+    PEND_WAITING = 0,
+    PEND_RETURNED, /* basic.return seen: its ack means RETURNED */
+    PEND_DONE,
+};
+
+struct pending {
+    uint64_t id_hash; /* of the message_id, to match a basic.return */
+    uint8_t state;
+};
+
+struct consumer {
+    char queue[SHORTSTR];
+    char tag[SHORTSTR];
+};
+
+struct broker {
+    /* Options, with the strings copied. */
+    char *host, *vhost, *user, *password, *ca_file, *cert_file, *key_file;
+    char *queue_type, *connection_name;
+    int port, ssl, verify_peer, verify_hostname, heartbeat, prefetch, connect_timeout_ms;
+    size_t max_message, max_unconfirmed;
+    void (*on_confirm)(void *arg, uint64_t tag, enum broker_fate fate);
+    void (*on_delivery)(void *arg, const struct broker_delivery *d);
+    void (*on_cancel)(void *arg, const char *queue);
+    void *cb_arg;
+
+    amqp_connection_state_t conn; /* NULL when not connected */
+    int dead;    /* the connection failed; torn down at the next safe point */
+    int depth;   /* > 0 while a callback runs */
+    int blocked; /* connection.blocked received */
+    char err[512];
+
+    /* Publishes awaiting a confirm: pend[i] is delivery tag pend_base + i;
+     * entries before pend_head are done. */
+    struct pending *pend;
+    size_t pend_head, pend_len, pend_cap;
+    uint64_t pend_base, next_tag;
+    size_t unconfirmed;
+
+    /* The content being received on the publish channel (a return). */
+    enum content_state ret_state;
+    uint64_t ret_size, ret_got;
+    char ret_text[SHORTSTR];
+
+    /* The content being received on the consume channel (a delivery). */
+    enum content_state del_state;
+    uint64_t del_size, del_got;
+    struct buf body;
+    struct broker_delivery d;
+    char d_queue[SHORTSTR], d_exchange[SHORTSTR], d_key[SHORTSTR];
+    char d_message_id[SHORTSTR], d_user_id[SHORTSTR], d_content_type[SHORTSTR];
+    struct broker_header d_headers[BROKER_MAX_HEADERS];
+    char d_arena[HEADER_ARENA];
+
+    struct consumer consumers[MAX_CONSUMERS];
+    size_t n_consumers;
+};
+
+/* ---- names ------------------------------------------------------------ */
+
+int broker_client_valid(const char *client)
+{
+    if (!client || !*client)
+        return 0;
+    size_t n = 0;
+    for (const char *p = client; *p; p++, n++) {
+        char c = *p;
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-'))
+            return 0;
+    }
+    return n <= BROKER_CLIENT_MAX;
+}
+
+static const char *dir_name(enum broker_dir dir)
+{
+    return dir == BROKER_REVERSE ? "reverse" : "forward";
+}
+
+const char *broker_exchange(enum broker_dir dir)
+{
+    return dir == BROKER_REVERSE ? BROKER_EXCHANGE_REVERSE : BROKER_EXCHANGE_FORWARD;
+}
+
+/* snprintf into buf: 0, or -1 when it did not fit. */
+static int name_printf(char *buf, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int name_printf(char *buf, size_t len, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, len, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= len) {
+        if (len)
+            buf[0] = '\0';
+        return -1;
+    }
+    return 0;
+}
+
+int broker_queue_name(char *buf, size_t len, enum broker_dir dir, const char *client)
+{
+    if (!buf || !broker_client_valid(client))
+        return -1;
+    return name_printf(buf, len, "%s.%s", broker_exchange(dir), client);
+}
+
+unsigned broker_retry_tier(unsigned attempt)
+{
+    if (attempt <= 1)
+        return 0;
+    return attempt - 1 < BROKER_RETRY_TIERS ? attempt - 1 : BROKER_RETRY_TIERS - 1;
+}
+
+unsigned broker_retry_delay_ms(unsigned tier)
+{
+    return retry_delays_ms[tier < BROKER_RETRY_TIERS ? tier : BROKER_RETRY_TIERS - 1];
+}
+
+static const char *tier_name(unsigned tier)
+{
+    return retry_tier_names[tier < BROKER_RETRY_TIERS ? tier : BROKER_RETRY_TIERS - 1];
+}
+
+int broker_retry_key(char *buf, size_t len, enum broker_dir dir, const char *client,
+                     unsigned attempt)
+{
+    if (!buf || !broker_client_valid(client))
+        return -1;
+    return name_printf(buf, len, "%s.%s.%s", client, dir_name(dir),
+                       tier_name(broker_retry_tier(attempt)));
+}
+
+int broker_retry_queue_name(char *buf, size_t len, enum broker_dir dir, const char *client,
+                            unsigned tier)
+{
+    if (!buf || !broker_client_valid(client))
+        return -1;
+    return name_printf(buf, len, "%s.%s.%s.%s", BROKER_EXCHANGE_RETRY, client, dir_name(dir),
+                       tier_name(tier));
+}
+
+int broker_delivery_header_int(const struct broker_delivery *d, const char *key, int64_t *out)
+{
+    for (size_t i = 0; d && key && i < d->n_headers; i++) {
+        if (strcmp(d->headers[i].key, key) == 0) {
+            if (d->headers[i].type != BROKER_HEADER_INT)
+                return -1;
+            if (out)
+                *out = d->headers[i].num;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+const char *broker_delivery_header_str(const struct broker_delivery *d, const char *key)
+{
+    for (size_t i = 0; d && key && i < d->n_headers; i++) {
+        if (strcmp(d->headers[i].key, key) == 0)
+            return d->headers[i].type == BROKER_HEADER_STR ? d->headers[i].str : NULL;
+    }
+    return NULL;
+}
+
+/* ---- small helpers ---------------------------------------------------- */
+
+static void set_err(struct broker *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void set_err(struct broker *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(b->err, sizeof(b->err), fmt, ap);
+    va_end(ap);
+}
+
+/* Copies AMQP bytes into a C string, cut to fit; NUL bytes end it early,
+ * which is what a C string reader would see anyway. */
+static void copy_bytes(char *dst, size_t dstlen, amqp_bytes_t src)
+{
+    size_t n = src.len < dstlen - 1 ? src.len : dstlen - 1;
+    if (n)
+        memcpy(dst, src.bytes, n);
+    dst[n] = '\0';
+}
+
+static uint64_t hash_bytes(const void *p, size_t n)
+{
+    const unsigned char *s = p;
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (size_t i = 0; i < n; i++) {
+        h ^= s[i];
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+static char *dup_or_empty(const char *s)
+{
+    return strdup(s ? s : "");
+}
+
+static struct timeval ms_to_tv(int ms)
+{
+    struct timeval tv;
+    tv.tv_sec = ms / 1000;
+    tv.tv_usec = (ms % 1000) * 1000;
+    return tv;
+}
+
+/* Marks the connection as failed; it is torn down by the outermost call
+ * (never from inside a callback, whose caller still walks our state). */
+static void mark_dead(struct broker *b)
+{
+    b->dead = 1;
+}
+
+/* ---- lifecycle -------------------------------------------------------- */
+
+struct broker *broker_new(const struct broker_opts *o, char *err, size_t errlen)
+{
+    if (err && errlen)
+        err[0] = '\0';
+    if (!o || !o->host || !*o->host || !o->user || !*o->user) {
+        if (err)
+            snprintf(err, errlen, "broker: host and user are required");
+        return NULL;
+    }
+    if (o->port <= 0 || o->port > 65535) {
+        if (err)
+            snprintf(err, errlen, "broker: port %d is out of range", o->port);
+        return NULL;
+    }
+    const char *qt = o->queue_type && *o->queue_type ? o->queue_type : "classic";
+    if (strcmp(qt, "classic") != 0 && strcmp(qt, "quorum") != 0) {
+        if (err)
+            snprintf(err, errlen, "broker: queue type \"%.32s\" is neither classic nor quorum", qt);
+        return NULL;
+    }
+    if (o->heartbeat < 0 || o->heartbeat > 3600 || o->prefetch < 0 || o->prefetch > 65535 ||
+        o->connect_timeout_ms < 0) {
+        if (err)
+            snprintf(err, errlen, "broker: heartbeat, prefetch or connect timeout out of range");
+        return NULL;
+    }
+    if ((o->cert_file && *o->cert_file) != (o->key_file && *o->key_file)) {
+        if (err)
+            snprintf(err, errlen, "broker: a client certificate needs both cert_file and key_file");
+        return NULL;
+    }
+
+    struct broker *b = calloc(1, sizeof(*b));
+    if (!b)
+        goto fail_alloc;
+    b->host = strdup(o->host);
+    b->vhost = strdup(o->vhost && *o->vhost ? o->vhost : "/");
+    b->user = strdup(o->user);
+    b->password = dup_or_empty(o->password);
+    b->ca_file = dup_or_empty(o->ca_file);
+    b->cert_file = dup_or_empty(o->cert_file);
+    b->key_file = dup_or_empty(o->key_file);
+    b->queue_type = strdup(qt);
+    b->connection_name =
+        strdup(o->connection_name && *o->connection_name ? o->connection_name : "remotetask");
+    if (!b->host || !b->vhost || !b->user || !b->password || !b->ca_file || !b->cert_file ||
+        !b->key_file || !b->queue_type || !b->connection_name)
+        goto fail_alloc;
+    b->port = o->port;
+    b->ssl = o->ssl;
+    b->verify_peer = o->verify_peer;
+    b->verify_hostname = o->verify_hostname;
+    b->heartbeat = o->heartbeat;
+    b->prefetch = o->prefetch;
+    b->connect_timeout_ms = o->connect_timeout_ms ? o->connect_timeout_ms : DEFAULT_CONNECT_TIMEOUT_MS;
+    b->max_message = o->max_message ? o->max_message : DEFAULT_MAX_MESSAGE;
+    b->max_unconfirmed = o->max_unconfirmed ? o->max_unconfirmed : DEFAULT_MAX_UNCONFIRMED;
+    b->on_confirm = o->on_confirm;
+    b->on_delivery = o->on_delivery;
+    b->on_cancel = o->on_cancel;
+    b->cb_arg = o->cb_arg;
+    buf_init(&b->body, b->max_message);
+    set_err(b, "not connected");
+    return b;
+
+fail_alloc:
+    if (err)
+        snprintf(err, errlen, "broker: out of memory");
+    broker_free(b);
+    return NULL;
+}
+
+static void teardown(struct broker *b, int polite);
+
+void broker_free(struct broker *b)
+{
+    if (!b)
+        return;
+    if (b->conn)
+        teardown(b, !b->dead);
+    free(b->pend);
+    buf_release(&b->body);
+    free(b->host);
+    free(b->vhost);
+    free(b->user);
+    if (b->password) {
+        /* Scrub the secret before it goes back to the allocator. */
+        volatile char *p = b->password;
+        while (*p)
+            *p++ = '\0';
+        free(b->password);
+    }
+    free(b->ca_file);
+    free(b->cert_file);
+    free(b->key_file);
+    free(b->queue_type);
+    free(b->connection_name);
+    free(b);
+}
+
+/* Destroys the connection and reports LOST for every unconfirmed publish.
+ * The state is reset before the callbacks run, so a callback that tries to
+ * publish again gets RT_RETRY ("not connected"). */
+static void teardown(struct broker *b, int polite)
+{
+    if (b->conn) {
+        if (polite) {
+            amqp_rpc_reply_t r = amqp_connection_close(b->conn, AMQP_REPLY_SUCCESS);
+            if (r.reply_type != AMQP_RESPONSE_NORMAL)
+                log_debug("closing the AMQP connection to %s:%d was not acknowledged", b->host,
+                          b->port);
+        }
+        amqp_destroy_connection(b->conn);
+        b->conn = NULL;
+    }
+    b->dead = 0;
+    b->blocked = 0;
+    b->ret_state = CONTENT_IDLE;
+    b->del_state = CONTENT_IDLE;
+    buf_reset(&b->body);
+    b->n_consumers = 0;
+
+    struct pending *pend = b->pend;
+    size_t head = b->pend_head, len = b->pend_len;
+    uint64_t base = b->pend_base;
+    b->pend = NULL;
+    b->pend_head = b->pend_len = b->pend_cap = 0;
+    b->unconfirmed = 0;
+    b->next_tag = 1;
+    b->pend_base = 1;
+    if (len > head)
+        log_info("AMQP connection to %s:%d closed with %zu publishes unconfirmed", b->host,
+                 b->port, len - head);
+    for (size_t i = head; i < len; i++) {
+        if (pend[i].state == PEND_DONE || !b->on_confirm)
+            continue;
+        b->depth++;
+        b->on_confirm(b->cb_arg, base + i, BROKER_LOST);
+        b->depth--;
+    }
+    free(pend);
+}
+
+/* The outermost calls end here: a connection found dead is torn down. */
+static rt_status finish(struct broker *b, rt_status st)
+{
+    if (b->dead && b->depth == 0)
+        teardown(b, 0);
+    return st;
+}
+
+void broker_disconnect(struct broker *b)
+{
+    if (!b || b->depth)
+        return;
+    if (b->conn) {
+        log_info("closing the AMQP connection to %s:%d", b->host, b->port);
+        teardown(b, !b->dead);
+    }
+}
+
+int broker_connected(const struct broker *b)
+{
+    return b && b->conn && !b->dead;
+}
+
+const char *broker_strerror(const struct broker *b)
+{
+    return b ? b->err : "no broker";
+}
+
+int broker_fd(const struct broker *b)
+{
+    if (!broker_connected(b))
+        return -1;
+    return amqp_get_sockfd(b->conn);
+}
+
+int broker_wants_read_now(const struct broker *b)
+{
+    if (!broker_connected(b))
+        return 0;
+    return amqp_frames_enqueued(b->conn) || amqp_data_in_buffer(b->conn);
+}
+
+int broker_timeout_ms(const struct broker *b)
+{
+    if (!broker_connected(b))
+        return -1;
+    int hb = amqp_get_heartbeat(b->conn);
+    if (hb <= 0)
+        return -1;
+    return hb * 1000 / 2;
+}
+
+size_t broker_unconfirmed(const struct broker *b)
+{
+    return b ? b->unconfirmed : 0;
+}
+
+int broker_blocked(const struct broker *b)
+{
+    return b && b->blocked;
+}
+
+/* ---- replies from RPCs ------------------------------------------------ */
+
+static void send_channel_close_ok(struct broker *b, amqp_channel_t ch)
+{
+    amqp_channel_close_ok_t ok = {0};
+    if (amqp_send_method(b->conn, ch, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok) != AMQP_STATUS_OK)
+        mark_dead(b);
+}
+
+static void send_connection_close_ok(struct broker *b)
+{
+    amqp_connection_close_ok_t ok = {0};
+    (void)amqp_send_method(b->conn, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
+}
+
+/* Turns the reply of an RPC into a verdict, with the reason in b->err.
+ * A closed channel is answered with close-ok (it can be opened again); a
+ * closed connection or a library failure marks the connection dead.
+ * *code_out receives the broker's reply code (0 if none). */
+static rt_status rpc_verdict(struct broker *b, amqp_rpc_reply_t r, amqp_channel_t ch,
+                             const char *what, int *code_out)
+{
+    if (code_out)
+        *code_out = 0;
+    switch (r.reply_type) {
+    case AMQP_RESPONSE_NORMAL:
+        return RT_OK;
+    case AMQP_RESPONSE_NONE:
+        set_err(b, "%s: no reply from the broker", what);
+        mark_dead(b);
+        return RT_RETRY;
+    case AMQP_RESPONSE_LIBRARY_EXCEPTION:
+        set_err(b, "%s: %s", what, amqp_error_string2(r.library_error));
+        mark_dead(b);
+        return RT_RETRY;
+    case AMQP_RESPONSE_SERVER_EXCEPTION:
+        break;
+    }
+    if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
+        const amqp_connection_close_t *c = r.reply.decoded;
+        char text[SHORTSTR];
+        copy_bytes(text, sizeof(text), c->reply_text);
+        set_err(b, "%s: the broker closed the connection: %u %s", what, c->reply_code, text);
+        if (code_out)
+            *code_out = c->reply_code;
+        send_connection_close_ok(b);
+        mark_dead(b);
+        return RT_RETRY;
+    }
+    if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
+        const amqp_channel_close_t *c = r.reply.decoded;
+        char text[SHORTSTR];
+        copy_bytes(text, sizeof(text), c->reply_text);
+        set_err(b, "%s: refused by the broker: %u %s", what, c->reply_code, text);
+        if (code_out)
+            *code_out = c->reply_code;
+        send_channel_close_ok(b, ch);
+        return RT_REJECT;
+    }
+    set_err(b, "%s: unexpected reply %s", what, amqp_method_name(r.reply.id));
+    mark_dead(b);
+    return RT_RETRY;
+}
+
+/* ---- connect ---------------------------------------------------------- */
+
+/* The kernel must give up on a peer that vanished (no FIN, no RST) on its
+ * own: librabbitmq 0.11 writes with no deadline, so a publish to a dead
+ * peer would otherwise wait forever. TCP_USER_TIMEOUT bounds how long sent
+ * data may stay unacknowledged; keepalive covers an idle connection. */
+static void set_socket_options(struct broker *b)
+{
+    int fd = amqp_get_sockfd(b->conn);
+    if (fd < 0)
+        return;
+    int hb = b->heartbeat > 0 ? b->heartbeat : 30;
+    unsigned user_timeout_ms = (unsigned)hb * 2000u;
+    if (user_timeout_ms < 10000)
+        user_timeout_ms = 10000;
+    int one = 1, idle = hb < 10 ? hb : 10, intvl = 5, cnt = 3;
+    if (idle < 1)
+        idle = 1;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms, sizeof(user_timeout_ms)) ||
+        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one)) ||
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle)) ||
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl)) ||
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt)))
+        log_warning("cannot set TCP timeouts on the AMQP socket: %s", strerror(errno));
+}
+
+/* librabbitmq 0.11 does not load OpenSSL's default trust store, so an
+ * empty ca_file means the distribution's bundle. */
+static const char *system_ca_bundle(void)
+{
+    static const char *const paths[] = {
+        "/etc/ssl/certs/ca-certificates.crt", /* Debian, Ubuntu, Alpine */
+        "/etc/pki/tls/certs/ca-bundle.crt",   /* RHEL, Fedora */
+        "/etc/ssl/ca-bundle.pem",             /* SUSE */
+        "/etc/ssl/cert.pem",                  /* BSD, macOS */
+    };
+    for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++) {
+        if (access(paths[i], R_OK) == 0)
+            return paths[i];
+    }
+    return NULL;
+}
+
+static rt_status setup_tls(struct broker *b, amqp_socket_t *s)
+{
+    amqp_ssl_socket_set_verify_peer(s, b->verify_peer);
+    amqp_ssl_socket_set_verify_hostname(s, b->verify_hostname);
+    if (amqp_ssl_socket_set_ssl_versions(s, AMQP_TLSv1_2, AMQP_TLSvLATEST) != AMQP_STATUS_OK)
+        log_warning("cannot require TLS 1.2 or later for %s:%d", b->host, b->port);
+    const char *ca = *b->ca_file ? b->ca_file : system_ca_bundle();
+    if (ca) {
+        if (amqp_ssl_socket_set_cacert(s, ca) != AMQP_STATUS_OK) {
+            set_err(b, "cannot load the CA file \"%s\"", ca);
+            return RT_REJECT;
+        }
+    } else if (b->verify_peer) {
+        set_err(b, "no CA file given and no system CA bundle found to verify %s", b->host);
+        return RT_REJECT;
+    }
+    if (*b->cert_file) {
+        if (amqp_ssl_socket_set_key(s, b->cert_file, b->key_file) != AMQP_STATUS_OK) {
+            set_err(b, "cannot load the client certificate \"%s\" with key \"%s\"", b->cert_file,
+                    b->key_file);
+            return RT_REJECT;
+        }
+    }
+    return RT_OK;
+}
+
+static amqp_table_entry_t bool_entry(const char *key, int v)
+{
+    amqp_table_entry_t e;
+    e.key = amqp_cstring_bytes(key);
+    e.value.kind = AMQP_FIELD_KIND_BOOLEAN;
+    e.value.value.boolean = v ? 1 : 0;
+    return e;
+}
+
+static amqp_table_entry_t str_entry(const char *key, const char *v)
+{
+    amqp_table_entry_t e;
+    e.key = amqp_cstring_bytes(key);
+    e.value.kind = AMQP_FIELD_KIND_UTF8;
+    e.value.value.bytes = amqp_cstring_bytes(v);
+    return e;
+}
+
+static amqp_table_entry_t int_entry(const char *key, int64_t v)
+{
+    amqp_table_entry_t e;
+    e.key = amqp_cstring_bytes(key);
+    e.value.kind = AMQP_FIELD_KIND_I64;
+    e.value.value.i64 = v;
+    return e;
+}
+
+static rt_status login(struct broker *b)
+{
+    /* RabbitMQ sends connection.blocked, basic.cancel for a deleted queue
+     * and a connection.close with a reason on a refused login only to
+     * clients that announce these capabilities. */
+    amqp_table_entry_t caps[] = {
+        bool_entry("connection.blocked", 1),     bool_entry("consumer_cancel_notify", 1),
+        bool_entry("publisher_confirms", 1),     bool_entry("basic.nack", 1),
+        bool_entry("authentication_failure_close", 1),
+    };
+    amqp_table_entry_t props[4];
+    props[0].key = amqp_cstring_bytes("capabilities");
+    props[0].value.kind = AMQP_FIELD_KIND_TABLE;
+    props[0].value.value.table.num_entries = (int)(sizeof(caps) / sizeof(caps[0]));
+    props[0].value.value.table.entries = caps;
+    props[1] = str_entry("connection_name", b->connection_name);
+    props[2] = str_entry("product", "remotetask");
+    props[3] = str_entry("information", "BILLmanager tasks proxy");
+    amqp_table_t table = {(int)(sizeof(props) / sizeof(props[0])), props};
+
+    amqp_rpc_reply_t r = amqp_login_with_properties(b->conn, b->vhost, 0, FRAME_MAX, b->heartbeat,
+                                                    &table, AMQP_SASL_METHOD_PLAIN, b->user,
+                                                    b->password);
+    if (r.reply_type == AMQP_RESPONSE_NORMAL)
+        return RT_OK;
+    if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION && r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
+        const amqp_connection_close_t *c = r.reply.decoded;
+        char text[SHORTSTR];
+        copy_bytes(text, sizeof(text), c->reply_text);
+        send_connection_close_ok(b);
+        if (c->reply_code == AMQP_ACCESS_REFUSED) {
+            set_err(b, "login refused for user \"%s\" on %s:%d", b->user, b->host, b->port);
+            return RT_REJECT;
+        }
+        if (c->reply_code == AMQP_NOT_ALLOWED) {
+            set_err(b, "user \"%s\" may not use vhost \"%s\": %s", b->user, b->vhost, text);
+            return RT_REJECT;
+        }
+        set_err(b, "login for user \"%s\" failed: %u %s", b->user, c->reply_code, text);
+        return RT_RETRY;
+    }
+    if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION)
+        set_err(b, "login for user \"%s\" on %s:%d failed: %s", b->user, b->host, b->port,
+                amqp_error_string2(r.library_error));
+    else
+        set_err(b, "login for user \"%s\" on %s:%d failed", b->user, b->host, b->port);
+    return RT_RETRY;
+}
+
+static rt_status open_channels(struct broker *b)
+{
+    amqp_channel_open(b->conn, CH_PUBLISH);
+    rt_status st = rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_PUBLISH, "opening the publish channel", NULL);
+    if (st != RT_OK)
+        return RT_RETRY;
+    amqp_confirm_select(b->conn, CH_PUBLISH);
+    st = rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_PUBLISH, "confirm.select", NULL);
+    if (st != RT_OK)
+        return RT_RETRY;
+    amqp_channel_open(b->conn, CH_CONSUME);
+    st = rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_CONSUME, "opening the consume channel", NULL);
+    if (st != RT_OK)
+        return RT_RETRY;
+    amqp_basic_qos(b->conn, CH_CONSUME, 0, (uint16_t)b->prefetch, 0);
+    st = rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_CONSUME, "basic.qos", NULL);
+    if (st != RT_OK)
+        return RT_RETRY;
+    return RT_OK;
+}
+
+rt_status broker_connect(struct broker *b)
+{
+    if (!b)
+        return RT_REJECT;
+    if (b->depth) {
+        set_err(b, "broker_connect called from a callback");
+        return RT_REJECT;
+    }
+    if (b->conn)
+        teardown(b, !b->dead);
+
+    rt_status st = RT_RETRY;
+    b->conn = amqp_new_connection();
+    if (!b->conn) {
+        set_err(b, "out of memory for an AMQP connection");
+        return RT_RETRY;
+    }
+    amqp_socket_t *s = b->ssl ? amqp_ssl_socket_new(b->conn) : amqp_tcp_socket_new(b->conn);
+    if (!s) {
+        set_err(b, "cannot create an AMQP %s socket", b->ssl ? "TLS" : "TCP");
+        goto fail_conn;
+    }
+    if (b->ssl && (st = setup_tls(b, s)) != RT_OK)
+        goto fail_conn;
+
+    struct timeval tv = ms_to_tv(b->connect_timeout_ms);
+    if (amqp_set_handshake_timeout(b->conn, &tv) != AMQP_STATUS_OK ||
+        amqp_set_rpc_timeout(b->conn, &tv) != AMQP_STATUS_OK) {
+        set_err(b, "cannot set AMQP timeouts");
+        st = RT_RETRY;
+        goto fail_conn;
+    }
+    int rc = amqp_socket_open_noblock(s, b->host, b->port, &tv);
+    if (rc != AMQP_STATUS_OK) {
+        set_err(b, "cannot connect to %s:%d: %s", b->host, b->port, amqp_error_string2(rc));
+        /* A certificate that fails verification will fail again until
+         * someone changes the configuration or the server's certificate. */
+        st = (rc == AMQP_STATUS_SSL_PEER_VERIFY_FAILED || rc == AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED)
+                 ? RT_REJECT
+                 : RT_RETRY;
+        goto fail_conn;
+    }
+    set_socket_options(b);
+    if ((st = login(b)) != RT_OK)
+        goto fail_conn;
+    if ((st = open_channels(b)) != RT_OK)
+        goto fail_conn;
+
+    b->dead = 0;
+    b->blocked = 0;
+    b->next_tag = 1;
+    b->pend_base = 1;
+    b->pend_head = b->pend_len = 0;
+    b->unconfirmed = 0;
+    log_info("connected to AMQP broker %s:%d%s as \"%s\" (heartbeat %d s)", b->host, b->port,
+             b->ssl ? " over TLS" : "", b->user, amqp_get_heartbeat(b->conn));
+    return RT_OK;
+
+fail_conn:
+    /* The caller decides how loudly to report it (the daemon rate-limits). */
+    log_debug("AMQP connect failed: %s", b->err);
+    amqp_destroy_connection(b->conn);
+    b->conn = NULL;
+    b->dead = 0;
+    return st;
+}
+
+/* ---- topology --------------------------------------------------------- */
+
+static rt_status open_scratch(struct broker *b)
+{
+    amqp_channel_open(b->conn, CH_SCRATCH);
+    return rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_SCRATCH, "opening a channel", NULL) == RT_OK
+               ? RT_OK
+               : RT_RETRY;
+}
+
+static rt_status close_scratch(struct broker *b)
+{
+    amqp_rpc_reply_t r = amqp_channel_close(b->conn, CH_SCRATCH, AMQP_REPLY_SUCCESS);
+    return rpc_verdict(b, r, CH_SCRATCH, "closing a channel", NULL) == RT_OK ? RT_OK : RT_RETRY;
+}
+
+static rt_status declare_exchange(struct broker *b, const char *name)
+{
+    char what[SHORTSTR + 32];
+    snprintf(what, sizeof(what), "declaring exchange \"%s\"", name);
+    amqp_exchange_declare(b->conn, CH_SCRATCH, amqp_cstring_bytes(name), amqp_cstring_bytes("direct"),
+                          0, 1, 0, 0, amqp_empty_table);
+    return rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_SCRATCH, what, NULL);
+}
+
+static rt_status declare_queue(struct broker *b, const char *name, amqp_table_entry_t *args,
+                               int n_args)
+{
+    char what[SHORTSTR + 32];
+    snprintf(what, sizeof(what), "declaring queue \"%s\"", name);
+    amqp_table_t t = {n_args, args};
+    amqp_queue_declare(b->conn, CH_SCRATCH, amqp_cstring_bytes(name), 0, 1, 0, 0, t);
+    return rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_SCRATCH, what, NULL);
+}
+
+static rt_status bind_queue(struct broker *b, const char *queue, const char *exchange,
+                            const char *key)
+{
+    char what[2 * SHORTSTR + 64];
+    snprintf(what, sizeof(what), "binding queue \"%s\" to \"%s\"", queue, exchange);
+    amqp_queue_bind(b->conn, CH_SCRATCH, amqp_cstring_bytes(queue), amqp_cstring_bytes(exchange),
+                    amqp_cstring_bytes(key), amqp_empty_table);
+    return rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_SCRATCH, what, NULL);
+}
+
+static rt_status declare_client(struct broker *b, const char *client)
+{
+    char queue[BROKER_NAME_MAX], key[BROKER_NAME_MAX];
+    rt_status st;
+    for (int dir = BROKER_FORWARD; dir <= BROKER_REVERSE; dir++) {
+        amqp_table_entry_t args[] = {
+            str_entry("x-queue-type", b->queue_type),
+            bool_entry("x-single-active-consumer", 1),
+        };
+        if (broker_queue_name(queue, sizeof(queue), (enum broker_dir)dir, client) != 0)
+            return RT_REJECT;
+        if ((st = declare_queue(b, queue, args, 2)) != RT_OK)
+            return st;
+        if ((st = bind_queue(b, queue, broker_exchange((enum broker_dir)dir), client)) != RT_OK)
+            return st;
+        /* Delay queues only hold a message until its TTL sends it back
+         * through the dead-letter exchange: classic in any case, because
+         * their arguments must be the same whatever queue_type says. */
+        for (unsigned tier = 0; tier < BROKER_RETRY_TIERS; tier++) {
+            amqp_table_entry_t rargs[] = {
+                str_entry("x-queue-type", "classic"),
+                int_entry("x-message-ttl", retry_delays_ms[tier]),
+                str_entry("x-dead-letter-exchange", broker_exchange((enum broker_dir)dir)),
+                str_entry("x-dead-letter-routing-key", client),
+            };
+            if (broker_retry_queue_name(queue, sizeof(queue), (enum broker_dir)dir, client, tier) ||
+                name_printf(key, sizeof(key), "%s.%s.%s", client, dir_name((enum broker_dir)dir),
+                            tier_name(tier)))
+                return RT_REJECT;
+            if ((st = declare_queue(b, queue, rargs, 4)) != RT_OK)
+                return st;
+            if ((st = bind_queue(b, queue, BROKER_EXCHANGE_RETRY, key)) != RT_OK)
+                return st;
+        }
+    }
+    return bind_queue(b, BROKER_QUEUE_DEAD, BROKER_EXCHANGE_DEAD, client);
+}
+
+rt_status broker_declare(struct broker *b, const char *const *clients, size_t n_clients)
+{
+    if (!broker_connected(b)) {
+        if (b)
+            set_err(b, "declaring the topology: not connected");
+        return RT_RETRY;
+    }
+    if (b->depth) {
+        set_err(b, "broker_declare called from a callback");
+        return RT_REJECT;
+    }
+    for (size_t i = 0; i < n_clients; i++) {
+        if (!broker_client_valid(clients[i])) {
+            set_err(b, "client id \"%.80s\" is not usable in queue names (1-%d of A-Z a-z 0-9 _ -)",
+                    clients[i] ? clients[i] : "", BROKER_CLIENT_MAX);
+            return RT_REJECT;
+        }
+    }
+    if (open_scratch(b) != RT_OK)
+        return finish(b, RT_RETRY);
+
+    static const char *const exchanges[] = {BROKER_EXCHANGE_FORWARD, BROKER_EXCHANGE_REVERSE,
+                                            BROKER_EXCHANGE_RETRY, BROKER_EXCHANGE_DEAD};
+    rt_status st = RT_OK;
+    for (size_t i = 0; i < sizeof(exchanges) / sizeof(exchanges[0]) && st == RT_OK; i++)
+        st = declare_exchange(b, exchanges[i]);
+    if (st == RT_OK) {
+        amqp_table_entry_t dargs[] = {str_entry("x-queue-type", b->queue_type)};
+        st = declare_queue(b, BROKER_QUEUE_DEAD, dargs, 1);
+    }
+    for (size_t i = 0; i < n_clients && st == RT_OK; i++)
+        st = declare_client(b, clients[i]);
+    if (st == RT_OK)
+        st = close_scratch(b);
+    /* On RT_REJECT the broker closed the scratch channel and rpc_verdict
+     * answered close-ok: the connection itself is fine. */
+    if (st != RT_OK)
+        log_warning("declaring the AMQP topology failed: %s", b->err);
+    return finish(b, st);
+}
+
+rt_status broker_queue_depth(struct broker *b, const char *queue, uint32_t *ready,
+                             uint32_t *consumers)
+{
+    if (!broker_connected(b)) {
+        if (b)
+            set_err(b, "queue depth: not connected");
+        return RT_RETRY;
+    }
+    if (b->depth) {
+        set_err(b, "broker_queue_depth called from a callback");
+        return RT_REJECT;
+    }
+    if (!queue || strlen(queue) >= SHORTSTR) {
+        set_err(b, "queue depth: invalid queue name");
+        return RT_REJECT;
+    }
+    if (open_scratch(b) != RT_OK)
+        return finish(b, RT_RETRY);
+    char what[SHORTSTR + 32];
+    snprintf(what, sizeof(what), "looking up queue \"%s\"", queue);
+    amqp_queue_declare_ok_t *ok = amqp_queue_declare(b->conn, CH_SCRATCH, amqp_cstring_bytes(queue),
+                                                     1, 0, 0, 0, amqp_empty_table);
+    rt_status st = rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_SCRATCH, what, NULL);
+    if (st == RT_OK) {
+        if (ready)
+            *ready = ok->message_count;
+        if (consumers)
+            *consumers = ok->consumer_count;
+        st = close_scratch(b);
+    }
+    return finish(b, st);
+}
+
+/* ---- publish ---------------------------------------------------------- */
+
+static int pend_reserve(struct broker *b)
+{
+    if (b->pend_len < b->pend_cap)
+        return 0;
+    /* Slide the live entries down before growing: acks retire the oldest. */
+    if (b->pend_head > 0) {
+        memmove(b->pend, b->pend + b->pend_head, (b->pend_len - b->pend_head) * sizeof(*b->pend));
+        b->pend_base += b->pend_head;
+        b->pend_len -= b->pend_head;
+        b->pend_head = 0;
+        if (b->pend_len < b->pend_cap)
+            return 0;
+    }
+    size_t cap = b->pend_cap ? b->pend_cap * 2 : 256;
+    struct pending *p = realloc(b->pend, cap * sizeof(*p));
+    if (!p)
+        return -1;
+    b->pend = p;
+    b->pend_cap = cap;
+    return 0;
+}
+
+rt_status broker_publish(struct broker *b, const char *exchange, const char *routing_key,
+                         const struct broker_props *props, const void *body, size_t len,
+                         uint64_t *tag_out)
+{
+    if (!b)
+        return RT_REJECT;
+    if (!broker_connected(b)) {
+        set_err(b, "publishing: not connected");
+        return RT_RETRY;
+    }
+    if (!exchange || !routing_key || strlen(exchange) >= SHORTSTR || strlen(routing_key) >= SHORTSTR) {
+        set_err(b, "publishing: invalid exchange or routing key");
+        return RT_REJECT;
+    }
+    if (!props || !props->message_id || !*props->message_id ||
+        strlen(props->message_id) >= SHORTSTR || props->n_headers > BROKER_MAX_HEADERS ||
+        (props->n_headers && !props->headers) || (len && !body)) {
+        set_err(b, "publishing: a message_id and at most %d headers are required",
+                BROKER_MAX_HEADERS);
+        return RT_REJECT;
+    }
+    if (b->blocked) {
+        set_err(b, "publishing: the broker has blocked this connection (resource alarm)");
+        return RT_RETRY;
+    }
+    if (b->unconfirmed >= b->max_unconfirmed) {
+        set_err(b, "publishing: %zu messages already await a confirm", b->unconfirmed);
+        return RT_RETRY;
+    }
+    if (pend_reserve(b) != 0) {
+        set_err(b, "publishing: out of memory");
+        return RT_RETRY;
+    }
+
+    amqp_table_entry_t entries[BROKER_MAX_HEADERS];
+    for (size_t i = 0; i < props->n_headers; i++) {
+        const struct broker_header *h = &props->headers[i];
+        if (!h->key || (h->type == BROKER_HEADER_STR && !h->str)) {
+            set_err(b, "publishing: header %zu has no key or value", i);
+            return RT_REJECT;
+        }
+        entries[i] = h->type == BROKER_HEADER_INT ? int_entry(h->key, h->num)
+                                                  : str_entry(h->key, h->str);
+    }
+    amqp_basic_properties_t p;
+    memset(&p, 0, sizeof(p));
+    p._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
+               AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_USER_ID_FLAG;
+    p.content_type = amqp_cstring_bytes(BROKER_CONTENT_TYPE);
+    p.delivery_mode = AMQP_DELIVERY_PERSISTENT;
+    p.message_id = amqp_cstring_bytes(props->message_id);
+    p.timestamp = (uint64_t)(props->timestamp > 0 ? props->timestamp : (int64_t)time(NULL));
+    p.user_id = amqp_cstring_bytes(props->user_id ? props->user_id : b->user);
+    if (props->n_headers) {
+        p._flags |= AMQP_BASIC_HEADERS_FLAG;
+        p.headers.num_entries = (int)props->n_headers;
+        p.headers.entries = entries;
+    }
+    amqp_bytes_t content;
+    content.len = len;
+    content.bytes = (void *)body;
+
+    int rc = amqp_basic_publish(b->conn, CH_PUBLISH, amqp_cstring_bytes(exchange),
+                                amqp_cstring_bytes(routing_key), 1, 0, &p, content);
+    if (rc != AMQP_STATUS_OK) {
+        set_err(b, "publishing to \"%s\" failed: %s", exchange, amqp_error_string2(rc));
+        log_warning("%s", b->err);
+        mark_dead(b);
+        return finish(b, RT_RETRY);
+    }
+    uint64_t tag = b->next_tag++;
+    struct pending *e = &b->pend[b->pend_len++];
+    e->id_hash = hash_bytes(props->message_id, strlen(props->message_id));
+    e->state = PEND_WAITING;
+    b->unconfirmed++;
+    if (tag_out)
+        *tag_out = tag;
+    return RT_OK;
+}
+
+/* ---- incoming frames -------------------------------------------------- */
+
+/* Retires the entries confirmed by one basic.ack or basic.nack, oldest
+ * first, and reports each fate. */
+static void confirm(struct broker *b, uint64_t tag, int multiple, enum broker_fate fate)
+{
+    uint64_t first = b->pend_base + b->pend_head;
+    uint64_t end = b->pend_base + b->pend_len;
+    if (tag < first || tag >= end) {
+        /* Already retired (a multiple ack overlapping an earlier one). */
+        if (tag >= end)
+            log_warning("AMQP broker confirmed unknown delivery tag %" PRIu64, tag);
+        return;
+    }
+    for (uint64_t t = multiple ? first : tag; t <= tag && !b->dead; t++) {
+        struct pending *e = &b->pend[t - b->pend_base];
+        if (e->state == PEND_DONE)
+            continue;
+        enum broker_fate f = (fate == BROKER_ACKED && e->state == PEND_RETURNED) ? BROKER_RETURNED : fate;
+        e->state = PEND_DONE;
+        b->unconfirmed--;
+        if (b->on_confirm) {
+            b->depth++;
+            b->on_confirm(b->cb_arg, t, f);
+            b->depth--;
+        }
+    }
+    while (b->pend_head < b->pend_len && b->pend[b->pend_head].state == PEND_DONE)
+        b->pend_head++;
+    if (b->pend_head == b->pend_len) {
+        b->pend_base = b->next_tag;
+        b->pend_head = b->pend_len = 0;
+    }
+}
+
+/* A basic.return carries no delivery tag; the message_id (on every publish)
+ * finds the oldest message still waiting with that id. Its basic.ack comes
+ * next and is reported as RETURNED. */
+static void mark_returned(struct broker *b, amqp_bytes_t message_id)
+{
+    uint64_t h = hash_bytes(message_id.bytes, message_id.len);
+    for (size_t i = b->pend_head; i < b->pend_len; i++) {
+        if (b->pend[i].state == PEND_WAITING && b->pend[i].id_hash == h) {
+            b->pend[i].state = PEND_RETURNED;
+            return;
+        }
+    }
+    char id[SHORTSTR];
+    copy_bytes(id, sizeof(id), message_id);
+    log_warning("AMQP broker returned message \"%s\", which is not awaiting a confirm", id);
+}
+
+/* Copies the string and integer headers of a delivery into the broker's
+ * fixed storage; what does not fit is dropped with a debug line. */
+static void copy_headers(struct broker *b, const amqp_table_t *t)
+{
+    size_t used = 0, n = 0;
+    for (int i = 0; t && i < t->num_entries; i++) {
+        const amqp_table_entry_t *e = &t->entries[i];
+        struct broker_header h = {0};
+        const amqp_field_value_t *v = &e->value;
+        amqp_bytes_t sv = {0, NULL};
+        switch (v->kind) {
+        case AMQP_FIELD_KIND_UTF8:
+        case AMQP_FIELD_KIND_BYTES:
+            h.type = BROKER_HEADER_STR;
+            sv = v->value.bytes;
+            break;
+        case AMQP_FIELD_KIND_BOOLEAN: h.type = BROKER_HEADER_INT; h.num = v->value.boolean ? 1 : 0; break;
+        case AMQP_FIELD_KIND_I8: h.type = BROKER_HEADER_INT; h.num = v->value.i8; break;
+        case AMQP_FIELD_KIND_U8: h.type = BROKER_HEADER_INT; h.num = v->value.u8; break;
+        case AMQP_FIELD_KIND_I16: h.type = BROKER_HEADER_INT; h.num = v->value.i16; break;
+        case AMQP_FIELD_KIND_U16: h.type = BROKER_HEADER_INT; h.num = v->value.u16; break;
+        case AMQP_FIELD_KIND_I32: h.type = BROKER_HEADER_INT; h.num = v->value.i32; break;
+        case AMQP_FIELD_KIND_U32: h.type = BROKER_HEADER_INT; h.num = v->value.u32; break;
+        case AMQP_FIELD_KIND_I64: h.type = BROKER_HEADER_INT; h.num = v->value.i64; break;
+        case AMQP_FIELD_KIND_U64:
+            h.type = BROKER_HEADER_INT;
+            h.num = v->value.u64 > INT64_MAX ? INT64_MAX : (int64_t)v->value.u64;
+            break;
+        default:
+            continue; /* arrays (x-death), tables, floats: not ours */
+        }
+        size_t need = e->key.len + 1 + (h.type == BROKER_HEADER_STR ? sv.len + 1 : 0);
+        if (n == BROKER_MAX_HEADERS || need > sizeof(b->d_arena) - used) {
+            log_debug("dropping headers of a delivery past the %d kept", (int)n);
+            break;
+        }
+        char *key = b->d_arena + used;
+        copy_bytes(key, e->key.len + 1, e->key);
+        used += e->key.len + 1;
+        h.key = key;
+        if (h.type == BROKER_HEADER_STR) {
+            char *s = b->d_arena + used;
+            copy_bytes(s, sv.len + 1, sv);
+            used += sv.len + 1;
+            h.str = s;
+        }
+        b->d_headers[n++] = h;
+    }
+    b->d.headers = b->d_headers;
+    b->d.n_headers = n;
+}
+
+static const char *consumer_queue(struct broker *b, amqp_bytes_t tag, size_t *index)
+{
+    char t[SHORTSTR];
+    copy_bytes(t, sizeof(t), tag);
+    for (size_t i = 0; i < b->n_consumers; i++) {
+        if (strcmp(b->consumers[i].tag, t) == 0) {
+            if (index)
+                *index = i;
+            return b->consumers[i].queue;
+        }
+    }
+    return NULL;
+}
+
+static void dispatch_delivery(struct broker *b)
+{
+    b->d.body = b->d.too_big ? NULL : (const void *)buf_cstr(&b->body);
+    if (b->on_delivery) {
+        b->depth++;
+        b->on_delivery(b->cb_arg, &b->d);
+        b->depth--;
+    }
+    buf_reset(&b->body);
+    b->del_state = CONTENT_IDLE;
+}
+
+static void protocol_error(struct broker *b, const char *what, amqp_channel_t ch)
+{
+    set_err(b, "AMQP protocol error: %s on channel %u", what, (unsigned)ch);
+    log_error("%s", b->err);
+    mark_dead(b);
+}
+
+static void handle_method(struct broker *b, amqp_channel_t ch, const amqp_method_t *m)
+{
+    char text[SHORTSTR];
+    switch (m->id) {
+    case AMQP_CONNECTION_CLOSE_METHOD: {
+        const amqp_connection_close_t *c = m->decoded;
+        copy_bytes(text, sizeof(text), c->reply_text);
+        set_err(b, "the broker closed the connection: %u %s", c->reply_code, text);
+        log_warning("%s", b->err);
+        send_connection_close_ok(b);
+        mark_dead(b);
+        return;
+    }
+    case AMQP_CHANNEL_CLOSE_METHOD: {
+        /* Either channel closing leaves the connection unable to do its job
+         * (confirms or deliveries would stop): start over on a new one. */
+        const amqp_channel_close_t *c = m->decoded;
+        copy_bytes(text, sizeof(text), c->reply_text);
+        set_err(b, "the broker closed channel %u: %u %s", (unsigned)ch, c->reply_code, text);
+        log_warning("%s", b->err);
+        send_channel_close_ok(b, ch);
+        mark_dead(b);
+        return;
+    }
+    case AMQP_CONNECTION_BLOCKED_METHOD: {
+        const amqp_connection_blocked_t *c = m->decoded;
+        copy_bytes(text, sizeof(text), c->reason);
+        b->blocked = 1;
+        log_warning("AMQP broker blocked publishing: %s", text);
+        return;
+    }
+    case AMQP_CONNECTION_UNBLOCKED_METHOD:
+        b->blocked = 0;
+        log_info("AMQP broker unblocked publishing");
+        return;
+    case AMQP_BASIC_ACK_METHOD:
+    case AMQP_BASIC_NACK_METHOD:
+    case AMQP_BASIC_RETURN_METHOD:
+        if (ch != CH_PUBLISH || b->ret_state != CONTENT_IDLE) {
+            protocol_error(b, amqp_method_name(m->id), ch);
+            return;
+        }
+        if (m->id == AMQP_BASIC_ACK_METHOD) {
+            const amqp_basic_ack_t *a = m->decoded;
+            confirm(b, a->delivery_tag, a->multiple, BROKER_ACKED);
+        } else if (m->id == AMQP_BASIC_NACK_METHOD) {
+            const amqp_basic_nack_t *a = m->decoded;
+            confirm(b, a->delivery_tag, a->multiple, BROKER_NACKED);
+        } else {
+            const amqp_basic_return_t *r = m->decoded;
+            copy_bytes(b->ret_text, sizeof(b->ret_text), r->reply_text);
+            b->ret_state = CONTENT_HEADER;
+        }
+        return;
+    case AMQP_BASIC_DELIVER_METHOD: {
+        const amqp_basic_deliver_t *d = m->decoded;
+        if (ch != CH_CONSUME || b->del_state != CONTENT_IDLE) {
+            protocol_error(b, "basic.deliver", ch);
+            return;
+        }
+        memset(&b->d, 0, sizeof(b->d));
+        const char *q = consumer_queue(b, d->consumer_tag, NULL);
+        snprintf(b->d_queue, sizeof(b->d_queue), "%s", q ? q : "");
+        copy_bytes(b->d_exchange, sizeof(b->d_exchange), d->exchange);
+        copy_bytes(b->d_key, sizeof(b->d_key), d->routing_key);
+        b->d.delivery_tag = d->delivery_tag;
+        b->d.redelivered = d->redelivered ? 1 : 0;
+        b->d.queue = b->d_queue;
+        b->d.exchange = b->d_exchange;
+        b->d.routing_key = b->d_key;
+        b->d.message_id = b->d.user_id = b->d.content_type = "";
+        buf_reset(&b->body);
+        b->del_state = CONTENT_HEADER;
+        return;
+    }
+    case AMQP_BASIC_CANCEL_METHOD: {
+        const amqp_basic_cancel_t *c = m->decoded;
+        size_t i;
+        const char *q = consumer_queue(b, c->consumer_tag, &i);
+        char queue[SHORTSTR];
+        snprintf(queue, sizeof(queue), "%s", q ? q : "");
+        if (q) {
+            b->consumers[i] = b->consumers[b->n_consumers - 1];
+            b->n_consumers--;
+        }
+        log_warning("AMQP broker cancelled the consumer of queue \"%s\"", queue);
+        if (b->on_cancel) {
+            b->depth++;
+            b->on_cancel(b->cb_arg, queue);
+            b->depth--;
+        }
+        return;
+    }
+    default:
+        log_debug("ignoring AMQP method %s on channel %u", amqp_method_name(m->id), (unsigned)ch);
+        return;
+    }
+}
+
+static void handle_header(struct broker *b, amqp_channel_t ch, const amqp_frame_t *f)
+{
+    const amqp_basic_properties_t *p = f->payload.properties.decoded;
+    uint64_t size = f->payload.properties.body_size;
+    if (ch == CH_PUBLISH && b->ret_state == CONTENT_HEADER) {
+        char id[SHORTSTR] = "";
+        if (p && (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)) {
+            copy_bytes(id, sizeof(id), p->message_id);
+            mark_returned(b, p->message_id);
+        }
+        log_warning("AMQP broker returned message \"%s\": %s", id, b->ret_text);
+        b->ret_size = size;
+        b->ret_got = 0;
+        b->ret_state = size ? CONTENT_BODY : CONTENT_IDLE;
+        return;
+    }
+    if (ch == CH_CONSUME && b->del_state == CONTENT_HEADER) {
+        if (p && (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)) {
+            copy_bytes(b->d_message_id, sizeof(b->d_message_id), p->message_id);
+            b->d.message_id = b->d_message_id;
+        }
+        if (p && (p->_flags & AMQP_BASIC_USER_ID_FLAG)) {
+            copy_bytes(b->d_user_id, sizeof(b->d_user_id), p->user_id);
+            b->d.user_id = b->d_user_id;
+        }
+        if (p && (p->_flags & AMQP_BASIC_CONTENT_TYPE_FLAG)) {
+            copy_bytes(b->d_content_type, sizeof(b->d_content_type), p->content_type);
+            b->d.content_type = b->d_content_type;
+        }
+        if (p && (p->_flags & AMQP_BASIC_TIMESTAMP_FLAG))
+            b->d.timestamp = p->timestamp > INT64_MAX ? INT64_MAX : (int64_t)p->timestamp;
+        copy_headers(b, p && (p->_flags & AMQP_BASIC_HEADERS_FLAG) ? &p->headers : NULL);
+        b->d.len = (size_t)size;
+        b->d.too_big = size > b->max_message || size > SIZE_MAX;
+        b->del_size = size;
+        b->del_got = 0;
+        if (size == 0) {
+            dispatch_delivery(b);
+            return;
+        }
+        b->del_state = CONTENT_BODY;
+        return;
+    }
+    protocol_error(b, "unexpected content header", ch);
+}
+
+static void handle_body(struct broker *b, amqp_channel_t ch, amqp_bytes_t part)
+{
+    if (ch == CH_PUBLISH && b->ret_state == CONTENT_BODY) {
+        b->ret_got += part.len;
+        if (b->ret_got > b->ret_size)
+            protocol_error(b, "returned body longer than announced", ch);
+        else if (b->ret_got == b->ret_size)
+            b->ret_state = CONTENT_IDLE;
+        return;
+    }
+    if (ch == CH_CONSUME && b->del_state == CONTENT_BODY) {
+        b->del_got += part.len;
+        if (b->del_got > b->del_size) {
+            protocol_error(b, "delivered body longer than announced", ch);
+            return;
+        }
+        /* An oversized body is read and dropped: the caller still gets the
+         * delivery (too_big) so it can dead-letter it. */
+        if (!b->d.too_big && buf_append(&b->body, part.bytes, part.len) != 0) {
+            b->d.too_big = 1;
+            buf_reset(&b->body);
+        }
+        if (b->del_got == b->del_size)
+            dispatch_delivery(b);
+        return;
+    }
+    protocol_error(b, "unexpected content body", ch);
+}
+
+rt_status broker_process(struct broker *b)
+{
+    if (!b)
+        return RT_REJECT;
+    if (b->depth) {
+        set_err(b, "broker_process called from a callback");
+        return RT_REJECT;
+    }
+    if (!b->conn) {
+        set_err(b, "not connected");
+        return RT_RETRY;
+    }
+    for (int n = 0; n < MAX_FRAMES_PER_CALL && !b->dead; n++) {
+        amqp_frame_t f;
+        struct timeval zero = {0, 0};
+        int rc = amqp_simple_wait_frame_noblock(b->conn, &f, &zero);
+        if (rc == AMQP_STATUS_TIMEOUT)
+            break;
+        if (rc != AMQP_STATUS_OK) {
+            set_err(b, "AMQP connection to %s:%d lost: %s", b->host, b->port, amqp_error_string2(rc));
+            log_warning("%s", b->err);
+            mark_dead(b);
+            break;
+        }
+        switch (f.frame_type) {
+        case AMQP_FRAME_METHOD: handle_method(b, f.channel, &f.payload.method); break;
+        case AMQP_FRAME_HEADER: handle_header(b, f.channel, &f); break;
+        case AMQP_FRAME_BODY: handle_body(b, f.channel, f.payload.body_fragment); break;
+        default: break; /* heartbeats are handled by librabbitmq */
+        }
+        /* Everything needed from the frame was copied out; frames queued by
+         * an RPC live in the same pools, so keep those until consumed. */
+        if (!b->dead && amqp_frames_enqueued(b->conn) == 0)
+            amqp_maybe_release_buffers(b->conn);
+    }
+    if (b->dead) {
+        teardown(b, 0);
+        return RT_RETRY;
+    }
+    return RT_OK;
+}
+
+/* ---- consume ---------------------------------------------------------- */
+
+rt_status broker_consume(struct broker *b, const char *queue)
+{
+    if (!broker_connected(b)) {
+        if (b)
+            set_err(b, "consuming: not connected");
+        return RT_RETRY;
+    }
+    if (b->depth) {
+        set_err(b, "broker_consume called from a callback");
+        return RT_REJECT;
+    }
+    if (!queue || !*queue || strlen(queue) >= SHORTSTR || !b->on_delivery) {
+        set_err(b, "consuming: a queue name and an on_delivery callback are required");
+        return RT_REJECT;
+    }
+    if (b->n_consumers == MAX_CONSUMERS) {
+        set_err(b, "consuming \"%s\": already %d consumers on this connection", queue, MAX_CONSUMERS);
+        return RT_REJECT;
+    }
+    char what[SHORTSTR + 32];
+    snprintf(what, sizeof(what), "consuming queue \"%s\"", queue);
+    amqp_basic_consume_ok_t *ok = amqp_basic_consume(b->conn, CH_CONSUME, amqp_cstring_bytes(queue),
+                                                     amqp_empty_bytes, 0, 0, 0, amqp_empty_table);
+    rt_status st = rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_CONSUME, what, NULL);
+    if (st == RT_REJECT) {
+        /* The consume channel is gone and with it every consumer: the
+         * connection cannot deliver any more. */
+        log_warning("%s", b->err);
+        mark_dead(b);
+    }
+    if (st != RT_OK)
+        return finish(b, st);
+    struct consumer *c = &b->consumers[b->n_consumers++];
+    snprintf(c->queue, sizeof(c->queue), "%s", queue);
+    copy_bytes(c->tag, sizeof(c->tag), ok->consumer_tag);
+    log_debug("consuming queue \"%s\"", queue);
+    return RT_OK;
+}
+
+rt_status broker_ack(struct broker *b, uint64_t delivery_tag)
+{
+    if (!broker_connected(b)) {
+        if (b)
+            set_err(b, "ack: not connected");
+        return RT_RETRY;
+    }
+    int rc = amqp_basic_ack(b->conn, CH_CONSUME, delivery_tag, 0);
+    if (rc != AMQP_STATUS_OK) {
+        set_err(b, "ack failed: %s", amqp_error_string2(rc));
+        mark_dead(b);
+        return finish(b, RT_RETRY);
+    }
+    return RT_OK;
+}
+
+rt_status broker_reject(struct broker *b, uint64_t delivery_tag, int requeue)
+{
+    if (!broker_connected(b)) {
+        if (b)
+            set_err(b, "reject: not connected");
+        return RT_RETRY;
+    }
+    int rc = amqp_basic_reject(b->conn, CH_CONSUME, delivery_tag, requeue ? 1 : 0);
+    if (rc != AMQP_STATUS_OK) {
+        set_err(b, "reject failed: %s", amqp_error_string2(rc));
+        mark_dead(b);
+        return finish(b, RT_RETRY);
+    }
+    return RT_OK;
+}

@@ -1,0 +1,279 @@
+/*
+ * broker.h - one AMQP connection to RabbitMQ (librabbitmq 0.11 and later).
+ *
+ * A broker object owns one connection with two channels: one in confirm
+ * mode for publishing, one for consuming with manual acks. It never blocks
+ * longer than a timeout and never exits or prints: it logs through log.h
+ * and reports what the caller must do (OK, RETRY, REJECT) with a reason in
+ * broker_strerror(), which never contains the password.
+ *
+ * The caller owns the event loop: it polls broker_fd() for input, calls
+ * broker_process() when the fd is readable, when broker_wants_read_now()
+ * says data is already buffered, and at least every broker_timeout_ms()
+ * (heartbeats). Events come back through callbacks called from inside
+ * broker_process() (and, for a lost connection, from broker_publish(),
+ * broker_disconnect() and broker_free()):
+ *
+ *   on_confirm   the fate of a published message, by its delivery tag;
+ *   on_delivery  a message from a consumed queue;
+ *   on_cancel    the broker cancelled a consumer (its queue was deleted).
+ *
+ * A callback may call broker_publish(), broker_ack(), broker_reject() and
+ * the read-only functions; it must not call broker_process(),
+ * broker_connect(), broker_disconnect(), broker_declare(),
+ * broker_consume(), broker_queue_depth() or broker_free().
+ *
+ * The wire (DESIGN.md): durable direct exchanges remotetask.forward,
+ * .reverse, .retry and .dead; per client C the queues remotetask.forward.C
+ * and remotetask.reverse.C (routing key C), delay queues
+ * remotetask.retry.C.<dir>.<tier> that dead-letter back to their exchange
+ * with routing key C, and the shared queue remotetask.dead.
+ */
+#ifndef RT_BROKER_H
+#define RT_BROKER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rt.h"
+
+#define BROKER_EXCHANGE_FORWARD "remotetask.forward"
+#define BROKER_EXCHANGE_REVERSE "remotetask.reverse"
+#define BROKER_EXCHANGE_RETRY "remotetask.retry"
+#define BROKER_EXCHANGE_DEAD "remotetask.dead"
+#define BROKER_QUEUE_DEAD "remotetask.dead"
+#define BROKER_CONTENT_TYPE "application/x-msgpack"
+
+/* A client id becomes part of queue names and routing keys: 1 to
+ * BROKER_CLIENT_MAX characters from [A-Za-z0-9_-]. */
+#define BROKER_CLIENT_MAX 64
+/* Enough for any name or key the helpers below produce. */
+#define BROKER_NAME_MAX 256
+/* At most this many headers are sent with, or kept from, one message. */
+#define BROKER_MAX_HEADERS 16
+/* Number of retry delay tiers (1 s, 5 s, 30 s, 2 min, 10 min). */
+#define BROKER_RETRY_TIERS 5
+
+enum broker_dir {
+    BROKER_FORWARD = 0, /* client -> server: tasks */
+    BROKER_REVERSE = 1, /* server -> client: task state */
+};
+
+enum broker_fate {
+    BROKER_ACKED = 0,    /* the broker took responsibility for it */
+    BROKER_NACKED = 1,   /* the broker refused it (internal error): publish again */
+    BROKER_RETURNED = 2, /* unroutable (no queue bound for the key): not sent */
+    BROKER_LOST = 3,     /* the connection died first: fate unknown, publish again */
+};
+
+enum broker_header_type {
+    BROKER_HEADER_STR = 0,
+    BROKER_HEADER_INT = 1,
+};
+
+/* One message header. In a delivery the strings point into the broker
+ * object and are valid during the on_delivery call only. */
+struct broker_header {
+    const char *key;
+    enum broker_header_type type;
+    const char *str; /* BROKER_HEADER_STR */
+    int64_t num;     /* BROKER_HEADER_INT (booleans arrive as 0/1) */
+};
+
+/* Per-publish properties; everything else is fixed by the wire: persistent,
+ * mandatory, content type application/x-msgpack. */
+struct broker_props {
+    const char *message_id; /* required, unique per message */
+    int64_t timestamp;      /* seconds since the epoch; 0 = now */
+    /* NULL = the login, which is what RabbitMQ accepts; anything else makes
+     * the broker close the channel (and this module the connection). */
+    const char *user_id;
+    const struct broker_header *headers;
+    size_t n_headers; /* at most BROKER_MAX_HEADERS */
+};
+
+/* A message received from a consumed queue. Every pointer is into the
+ * broker object and valid during the on_delivery call only. */
+struct broker_delivery {
+    uint64_t delivery_tag; /* for broker_ack / broker_reject */
+    int redelivered;
+    const char *queue; /* the queue it was consumed from */
+    const char *exchange;
+    const char *routing_key;
+    const char *message_id;   /* "" when absent */
+    const char *user_id;      /* "" when absent */
+    const char *content_type; /* "" when absent */
+    int64_t timestamp;        /* 0 when absent */
+    /* The body, or NULL with too_big set when it was longer than
+     * max_message: the caller decides (normally: reject to dead). */
+    const void *body;
+    size_t len; /* the body's length as announced, also when too_big */
+    int too_big;
+    const struct broker_header *headers; /* string and integer headers only */
+    size_t n_headers;
+};
+
+struct broker_opts {
+    const char *host;
+    int port;
+    const char *vhost;
+    const char *user;
+    const char *password; /* never logged, never in an error string */
+    int ssl;
+    const char *ca_file;   /* NULL or "" = the system's CA bundle */
+    const char *cert_file; /* NULL or "" = no client certificate */
+    const char *key_file;
+    int verify_peer;     /* on by default: callers set both to 1 */
+    int verify_hostname;
+    int heartbeat;            /* seconds, 0 = off */
+    int prefetch;             /* basic.qos on the consume channel, 0 = unlimited */
+    const char *queue_type;   /* "classic" (NULL) or "quorum" */
+    int connect_timeout_ms;   /* TCP connect, TLS and AMQP handshake, each RPC; 0 = 10000 */
+    const char *connection_name; /* shown by the management UI; NULL = "remotetask" */
+    size_t max_message;       /* cap on a received body; 0 = 8 MiB */
+    size_t max_unconfirmed;   /* cap on publishes awaiting a confirm; 0 = 65536 */
+
+    void (*on_confirm)(void *arg, uint64_t tag, enum broker_fate fate);
+    void (*on_delivery)(void *arg, const struct broker_delivery *d);
+    void (*on_cancel)(void *arg, const char *queue); /* may be NULL */
+    void *cb_arg;
+};
+
+struct broker;
+
+/* Copies the options (the strings too) into a new, unconnected broker.
+ * Returns NULL with a reason in err when an option is invalid (missing
+ * host, user or callbacks, a bad queue_type) or memory ran out. Free with
+ * broker_free(). */
+struct broker *broker_new(const struct broker_opts *opts, char *err, size_t errlen);
+
+/* Closes the connection politely if it is up (LOST is reported for every
+ * unconfirmed publish), then frees everything. Accepts NULL. */
+void broker_free(struct broker *b);
+
+/* Opens the connection: TCP (or TLS with peer and hostname verification as
+ * configured), login with the capabilities RabbitMQ needs to send
+ * connection.blocked, consumer cancel notifications and confirms, the
+ * publish channel in confirm mode, the consume channel with basic.qos.
+ * Every step is bounded by connect_timeout_ms. Consumers are not restored:
+ * call broker_declare() and broker_consume() again.
+ * RT_OK: connected. RT_RETRY: refused, unreachable, timed out, or the
+ * broker closed the connection (try again after a backoff). RT_REJECT:
+ * login refused or the TLS peer failed verification (a configuration
+ * problem). A call while connected disconnects first. */
+rt_status broker_connect(struct broker *b);
+
+/* Closes the connection (politely when it is still up) and reports LOST
+ * for every unconfirmed publish. Safe to call when not connected. */
+void broker_disconnect(struct broker *b);
+
+/* 1 when the connection is up. */
+int broker_connected(const struct broker *b);
+
+/* The reason for the last failure, never NULL, never the password. */
+const char *broker_strerror(const struct broker *b);
+
+/* Declares the whole topology for these clients, idempotently: the four
+ * exchanges, each client's forward and reverse queues (queue_type, single
+ * active consumer) bound with the client id, its retry delay queues (always
+ * classic: they only hold messages for a while) and its binding on
+ * remotetask.dead. RT_REJECT when a client id is invalid or a queue exists
+ * with different arguments (the broker says which); RT_RETRY when the
+ * connection failed (it is then closed, see broker_process). */
+rt_status broker_declare(struct broker *b, const char *const *clients, size_t n_clients);
+
+/* Publishes one message on the confirm channel and returns at once with its
+ * delivery tag in *tag_out; the fate arrives later through on_confirm.
+ * RT_RETRY without a tag when the broker has blocked the connection
+ * (resource alarm; try again once broker_blocked() is 0), when
+ * max_unconfirmed publishes await a confirm, or when the connection is down
+ * or failed while writing (then LOST is reported for the unconfirmed
+ * ones). RT_REJECT for invalid arguments (no message_id, too many
+ * headers). */
+rt_status broker_publish(struct broker *b, const char *exchange, const char *routing_key,
+                         const struct broker_props *props, const void *body, size_t len,
+                         uint64_t *tag_out);
+
+/* Publishes awaiting a confirm. */
+size_t broker_unconfirmed(const struct broker *b);
+
+/* 1 while the broker has blocked publishing on this connection. */
+int broker_blocked(const struct broker *b);
+
+/* Starts consuming a queue with manual acks on the consume channel;
+ * deliveries arrive through on_delivery. RT_REJECT when the queue does not
+ * exist or may not be consumed (the broker closes the consume channel, so
+ * the connection is closed too: reconnect), RT_RETRY on connection
+ * failure. At most 64 queues per connection. */
+rt_status broker_consume(struct broker *b, const char *queue);
+
+/* Acknowledges a delivery: the broker forgets the message. RT_RETRY when
+ * the connection is down (the message will be redelivered). */
+rt_status broker_ack(struct broker *b, uint64_t delivery_tag);
+
+/* Rejects a delivery: requeue = 1 puts it back in its queue, 0 drops it
+ * (or dead-letters it, if its queue says so). RT_RETRY as broker_ack. */
+rt_status broker_reject(struct broker *b, uint64_t delivery_tag, int requeue);
+
+/* The socket to poll for input, or -1 when not connected. */
+int broker_fd(const struct broker *b);
+
+/* 1 when librabbitmq already holds received data or frames: the caller must
+ * call broker_process() without polling first. */
+int broker_wants_read_now(const struct broker *b);
+
+/* The longest the caller may wait before calling broker_process() again,
+ * in milliseconds (half the heartbeat), or -1 when there is no deadline. */
+int broker_timeout_ms(const struct broker *b);
+
+/* Reads and dispatches every frame available now, without blocking: confirms,
+ * returns, deliveries, blocked/unblocked, consumer cancellations; sends a
+ * heartbeat when one is due. RT_OK: still connected. RT_RETRY: the
+ * connection is lost or was closed by the broker (the reason is in
+ * broker_strerror()); it has been torn down and LOST reported for every
+ * unconfirmed publish: reconnect after a backoff. */
+rt_status broker_process(struct broker *b);
+
+/* Asks the broker how many messages are ready in a queue and how many
+ * consumers it has (a passive declare on a throwaway channel).
+ * RT_REJECT when the queue does not exist, RT_RETRY on connection failure. */
+rt_status broker_queue_depth(struct broker *b, const char *queue, uint32_t *ready,
+                             uint32_t *consumers);
+
+/* Writes the name of a client's queue for a direction into buf:
+ * "remotetask.forward.C" or "remotetask.reverse.C". Returns 0, or -1 when
+ * the client id is invalid or buf is too small. */
+int broker_queue_name(char *buf, size_t len, enum broker_dir dir, const char *client);
+
+/* The exchange of a direction: BROKER_EXCHANGE_FORWARD or _REVERSE. */
+const char *broker_exchange(enum broker_dir dir);
+
+/* The retry tier for a delivery attempt: attempt 1 (the first retry) waits
+ * in tier 0, ... attempts past the last tier stay in the last. */
+unsigned broker_retry_tier(unsigned attempt);
+
+/* The delay of a tier in milliseconds; tiers past the last are the last. */
+unsigned broker_retry_delay_ms(unsigned tier);
+
+/* Writes the routing key on remotetask.retry that delays a message for
+ * this attempt: "C.forward.5s". Returns 0, or -1 as broker_queue_name. */
+int broker_retry_key(char *buf, size_t len, enum broker_dir dir, const char *client,
+                     unsigned attempt);
+
+/* Writes the name of a delay queue: "remotetask.retry.C.forward.5s".
+ * Returns 0, or -1 as broker_queue_name. */
+int broker_retry_queue_name(char *buf, size_t len, enum broker_dir dir, const char *client,
+                            unsigned tier);
+
+/* 1 when a client id is usable in names (see BROKER_CLIENT_MAX), else 0. */
+int broker_client_valid(const char *client);
+
+/* Finds an integer header of a delivery: returns 0 and sets *out, or -1
+ * when it is absent or not an integer. */
+int broker_delivery_header_int(const struct broker_delivery *d, const char *key, int64_t *out);
+
+/* Finds a string header of a delivery: returns it (valid as long as the
+ * delivery), or NULL when it is absent or not a string. */
+const char *broker_delivery_header_str(const struct broker_delivery *d, const char *key);
+
+#endif
