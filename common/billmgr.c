@@ -77,6 +77,9 @@ struct billmgr {
     int verify_tls;
     int page_size;
     size_t max_queued;
+    void (*on_call)(void *arg, const char *func, rt_status status, const char *err_type,
+                    double seconds);
+    void *on_call_arg;
 
     CURLM *multi;
     struct curl_slist *headers;
@@ -651,6 +654,8 @@ static void billmgr_complete(struct billmgr *bm, struct billmgr_xfer *x, rt_stat
     else
         log_debug("billmgr: call \"%s\" failed (%s, %s) in %.3f s: %s", x->func, rt_status_name(st),
                   e->type, r.seconds, e->message);
+    if (bm->on_call)
+        bm->on_call(bm->on_call_arg, x->func, st, e->type, r.seconds);
     if (x->cb)
         x->cb(x->arg, &r);
     billmgr_xfer_free(x);
@@ -894,6 +899,8 @@ struct billmgr *billmgr_new(const struct billmgr_opts *opts, char *err, size_t e
     bm->verify_tls = opts->verify_tls ? 1 : 0;
     bm->page_size = opts->page_size > 0 ? opts->page_size : BILLMGR_DEFAULT_PAGE_SIZE;
     bm->max_queued = opts->max_queued ? opts->max_queued : BILLMGR_DEFAULT_MAX_QUEUED;
+    bm->on_call = opts->on_call;
+    bm->on_call_arg = opts->on_call_arg;
     if (!bm->url || !bm->login || !bm->password ||
         (opts->ca_file && *opts->ca_file && !bm->ca_file))
         goto fail_nomem;

@@ -78,6 +78,17 @@ struct billmgr_opts {
     int verify_tls;          /* 1 = verify the peer and its name (do this) */
     int page_size;           /* p_cnt for billmgr_list_sync; 0 = 1000 */
     size_t max_queued;       /* cap on calls waiting to start; 0 = 65536 */
+    /* Optional observer, for metrics: called once per completed call
+     * (billmgr_call and the sync helpers alike), just before the call's
+     * own callback, with the API function, the outcome, the error type
+     * ("" on RT_OK, never NULL) and the seconds from billmgr_call to
+     * completion. A call retried after a re-login is reported once; the
+     * login itself and calls cancelled by billmgr_free are not reported.
+     * Everything it gets is borrowed for the duration of the call. It
+     * must not call into bm. NULL = no observer. */
+    void (*on_call)(void *arg, const char *func, rt_status status, const char *err_type,
+                    double seconds);
+    void *on_call_arg;
 };
 
 /* An ordered list of request parameters (key=value), owned copies. */

@@ -384,7 +384,10 @@ static void slot_prepare(struct relay_slot *s, const struct relay_fields *f)
     m.client = r->cfg->client.id;
     m.task = s->ev.task;
     m.seq = s->seq;
-    m.ts = relay_now_ms();
+    /* ts is when the oldest of the coalesced events was recorded, so the
+     * server can measure the whole way from the change to its apply,
+     * outages and outbox waits included. */
+    m.ts = s->ev.first_ms > 0 ? s->ev.first_ms : relay_now_ms();
     m.fwd.department = f->department;
     m.fwd.name = f->name;
     m.fwd.type = f->type;

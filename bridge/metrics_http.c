@@ -1,0 +1,245 @@
+#include "metrics_http.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <microhttpd.h>
+
+#include "log.h"
+
+#define METRICS_HTTP_PATH         "/metrics"
+#define METRICS_HTTP_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
+
+struct metrics_http {
+    struct MHD_Daemon *mhd;
+    int epoll_fd;
+    int port;
+    metrics_http_render_fn render;
+    void *arg;
+    /* The last message libmicrohttpd logged: it says why a start failed
+     * (errno is not reliable after MHD_start_daemon). */
+    char last_log[256];
+};
+
+/* libmicrohttpd's log lines. At run time they are about peers (a
+ * connection refused at the limit, a malformed request): debug level, so
+ * that a misbehaving scraper cannot flood the log. */
+__attribute__((format(printf, 2, 0))) static void metrics_http_logger(void *cls, const char *fmt,
+                                                                      va_list ap)
+{
+    struct metrics_http *h = cls;
+    vsnprintf(h->last_log, sizeof(h->last_log), fmt, ap);
+    size_t n = strlen(h->last_log);
+    while (n > 0 && (h->last_log[n - 1] == '\n' || h->last_log[n - 1] == '\r'))
+        h->last_log[--n] = '\0';
+    log_debug("metrics endpoint: %s", h->last_log);
+}
+
+/* Queues a response and drops our reference to it. */
+static enum MHD_Result metrics_http_answer(struct MHD_Connection *c, unsigned int code,
+                                           struct MHD_Response *r)
+{
+    if (!r)
+        return MHD_NO; /* out of memory: libmicrohttpd closes the connection */
+    enum MHD_Result ret = MHD_queue_response(c, code, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static enum MHD_Result metrics_http_text(struct MHD_Connection *c, unsigned int code,
+                                         const char *text, const char *allow)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_PERSISTENT);
+    if (!r)
+        return MHD_NO;
+    if (MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8") ==
+            MHD_NO ||
+        (allow && MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow) == MHD_NO)) {
+        MHD_destroy_response(r);
+        return MHD_NO;
+    }
+    return metrics_http_answer(c, code, r);
+}
+
+static enum MHD_Result metrics_http_scrape(struct metrics_http *h, struct MHD_Connection *c)
+{
+    struct buf body;
+    buf_init(&body, METRICS_HTTP_MAX_BODY);
+    if (h->render(h->arg, &body) < 0) {
+        buf_release(&body);
+        log_warning("metrics endpoint: cannot render the metrics: answering 500");
+        return metrics_http_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "cannot render the metrics\n",
+                                 NULL);
+    }
+    size_t len = body.len;
+    char *data = buf_steal(&body);
+    if (!data)
+        return MHD_NO;
+    /* MUST_FREE: libmicrohttpd free()s data with the response. */
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(data);
+        return MHD_NO;
+    }
+    if (MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, METRICS_HTTP_CONTENT_TYPE) ==
+            MHD_NO ||
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store") == MHD_NO) {
+        MHD_destroy_response(r);
+        return MHD_NO;
+    }
+    return metrics_http_answer(c, MHD_HTTP_OK, r);
+}
+
+/* Every request is answered on its first call: none of them has a body
+ * worth reading (a body sent anyway is discarded with the connection). */
+static enum MHD_Result metrics_http_access(void *cls, struct MHD_Connection *c, const char *url,
+                                           const char *method, const char *version,
+                                           const char *upload_data, size_t *upload_data_size,
+                                           void **con_cls)
+{
+    struct metrics_http *h = cls;
+    (void)version;
+    (void)upload_data;
+    (void)upload_data_size;
+    (void)con_cls;
+
+    if (strcmp(url, METRICS_HTTP_PATH) != 0)
+        return metrics_http_text(c, MHD_HTTP_NOT_FOUND,
+                                 "not found: the metrics are at " METRICS_HTTP_PATH "\n", NULL);
+    if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
+        return metrics_http_text(c, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed\n",
+                                 "GET, HEAD");
+    return metrics_http_scrape(h, c);
+}
+
+/* Fills sa from host and port. Returns its length, or 0 when host is not
+ * an IP literal nor "localhost". */
+static socklen_t metrics_http_addr(const char *host, int port, struct sockaddr_storage *sa)
+{
+    memset(sa, 0, sizeof(*sa));
+    if (strcmp(host, "localhost") == 0)
+        host = "127.0.0.1";
+    struct sockaddr_in *v4 = (struct sockaddr_in *)sa;
+    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)port);
+        return sizeof(*v4);
+    }
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)sa;
+    if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons((uint16_t)port);
+        return sizeof(*v6);
+    }
+    return 0;
+}
+
+struct metrics_http *metrics_http_new(const char *host, int port, metrics_http_render_fn render,
+                                      void *arg, char *err, size_t errlen)
+{
+    struct sockaddr_storage sa;
+    const char *lb = "", *rb = "";
+
+    if (!host || !render || port < 0 || port > 65535) {
+        snprintf(err, errlen, "metrics endpoint: no host, port or render callback");
+        return NULL;
+    }
+    if (strchr(host, ':'))
+        lb = "[", rb = "]";
+    if (metrics_http_addr(host, port, &sa) == 0) {
+        snprintf(err, errlen, "metrics endpoint: \"%s\" is not an IP address or \"localhost\"",
+                 host);
+        return NULL;
+    }
+    struct metrics_http *h = calloc(1, sizeof(*h));
+    if (!h) {
+        snprintf(err, errlen, "metrics endpoint: out of memory");
+        return NULL;
+    }
+    h->render = render;
+    h->arg = arg;
+    h->epoll_fd = -1;
+
+    /* No MHD_USE_INTERNAL_POLLING_THREAD: the daemon's loop drives it. */
+    unsigned int flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
+    if (sa.ss_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    errno = 0;
+    /* clang-format off */
+    h->mhd = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, metrics_http_access, h,
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)METRICS_HTTP_MAX_CONNECTIONS,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)METRICS_HTTP_TIMEOUT_S,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)METRICS_HTTP_MEMORY_LIMIT,
+        MHD_OPTION_EXTERNAL_LOGGER, metrics_http_logger, h,
+        MHD_OPTION_END);
+    /* clang-format on */
+    if (!h->mhd) {
+        int e = errno;
+        const char *why = h->last_log[0] ? h->last_log : "libmicrohttpd failed";
+        if (!h->last_log[0] && e)
+            why = strerror(e);
+        snprintf(err, errlen, "metrics endpoint: cannot listen on %s%s%s:%d: %s", lb, host, rb,
+                 port, why);
+        goto fail_free;
+    }
+    const union MHD_DaemonInfo *fdi = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_EPOLL_FD);
+    const union MHD_DaemonInfo *pi = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    if (!fdi || fdi->epoll_fd < 0 || !pi) {
+        snprintf(err, errlen, "metrics endpoint: libmicrohttpd has no epoll support");
+        goto fail_stop;
+    }
+    h->epoll_fd = fdi->epoll_fd;
+    h->port = pi->port;
+    return h;
+
+fail_stop:
+    MHD_stop_daemon(h->mhd);
+fail_free:
+    free(h);
+    return NULL;
+}
+
+void metrics_http_free(struct metrics_http *h)
+{
+    if (!h)
+        return;
+    if (h->mhd)
+        MHD_stop_daemon(h->mhd);
+    free(h);
+}
+
+int metrics_http_pollfd(const struct metrics_http *h)
+{
+    return h->epoll_fd;
+}
+
+int metrics_http_timeout_ms(const struct metrics_http *h)
+{
+    MHD_UNSIGNED_LONG_LONG t;
+    if (MHD_get_timeout(h->mhd, &t) != MHD_YES)
+        return -1;
+    return t > (MHD_UNSIGNED_LONG_LONG)INT_MAX ? INT_MAX : (int)t;
+}
+
+void metrics_http_handle(struct metrics_http *h)
+{
+    /* In external epoll mode MHD_run never blocks: it takes what epoll
+     * reports ready and returns. */
+    MHD_run(h->mhd);
+}
+
+int metrics_http_port(const struct metrics_http *h)
+{
+    return h->port;
+}
