@@ -1,0 +1,1196 @@
+/* Unit tests of producer/statepub: the pure helpers (row and state
+ * fingerprints, the state read from a view, the applied-set update, the
+ * UTF-8 cut), and the publisher driven end to end against a real store (in
+ * a temporary directory), a real billmgr client talking to a small
+ * BILLmanager stand-in on a loopback socket (a thread of this program),
+ * and a recording stand-in for the broker.
+ *
+ * The unit-test target links rtconfig and rtcommon only, so the publisher
+ * is compiled into this program by including its source. The broker is
+ * replaced by defining the four broker functions the publisher calls;
+ * nothing else in rtcommon refers to them, so the linker never pulls
+ * broker.o. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
+#include <ftw.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/socket.h>
+
+#include <cmocka.h>
+
+#include "../../producer/statepub.c"
+
+#include "config.h"
+#include "config_opts.h"
+#include "log.h"
+
+/* ---- the broker stand-in -------------------------------------------- */
+
+#define MAX_PUBLISHED 128
+
+struct published {
+    uint64_t tag;
+    char exchange[64];
+    char key[64];
+    char message_id[160];
+    struct codec_msg msg;
+};
+
+static struct {
+    int connected;
+    int blocked;
+    uint64_t next_tag;
+    struct published pub[MAX_PUBLISHED];
+    size_t n;
+    size_t confirmed; /* pub[0..confirmed) have been given a fate */
+} fake_broker;
+
+int broker_connected(const struct broker *b)
+{
+    (void)b;
+    return fake_broker.connected;
+}
+
+int broker_blocked(const struct broker *b)
+{
+    (void)b;
+    return fake_broker.blocked;
+}
+
+const char *broker_strerror(const struct broker *b)
+{
+    (void)b;
+    return fake_broker.connected ? "blocked" : "not connected";
+}
+
+rt_status broker_publish(struct broker *b, const char *exchange, const char *routing_key,
+                         const struct broker_props *props, const void *body, size_t len,
+                         uint64_t *tag_out)
+{
+    (void)b;
+    if (!fake_broker.connected || fake_broker.blocked)
+        return RT_RETRY;
+    assert_true(fake_broker.n < MAX_PUBLISHED);
+    struct published *p = &fake_broker.pub[fake_broker.n++];
+    char err[256];
+    assert_int_equal(codec_decode(body, len, &p->msg, err, sizeof err), RT_OK);
+    snprintf(p->exchange, sizeof p->exchange, "%s", exchange);
+    snprintf(p->key, sizeof p->key, "%s", routing_key);
+    snprintf(p->message_id, sizeof p->message_id, "%s", props->message_id);
+    assert_null(props->user_id);
+    p->tag = ++fake_broker.next_tag;
+    *tag_out = p->tag;
+    return RT_OK;
+}
+
+static void fake_broker_reset(void)
+{
+    for (size_t i = 0; i < fake_broker.n; i++)
+        codec_msg_release(&fake_broker.pub[i].msg);
+    memset(&fake_broker, 0, sizeof fake_broker);
+    fake_broker.connected = 1;
+}
+
+/* ---- the BILLmanager stand-in --------------------------------------- */
+
+#define MAX_TASKS 32
+
+struct fake_task {
+    int exists;
+    long id;
+    long department;
+    int status;
+    long performer; /* 0 = none; the name is "Staff <id>" */
+    char note[512];
+    char updated[32];
+};
+
+static struct {
+    pthread_mutex_t lock;
+    int fd;
+    int stop;
+    pthread_t thread;
+    struct fake_task tasks[MAX_TASKS];
+    int views;      /* func=task.view calls answered */
+    int lists;      /* func=task.list calls answered */
+    int fail_views; /* answer this many views with HTTP 503 */
+    int fail_lists; /* answer this many lists with HTTP 503 */
+    int no_updated; /* lists without the mtime column */
+    char last_filter[64];
+} sim;
+
+/* The value of key in a form body, decoded (only %XX and plain bytes). */
+static int form_get(const char *body, const char *key, char *out, size_t outlen)
+{
+    size_t kl = strlen(key);
+    const char *p = body;
+    while (p && *p) {
+        if (strncmp(p, key, kl) == 0 && p[kl] == '=') {
+            const char *v = p + kl + 1;
+            size_t o = 0;
+            while (*v && *v != '&' && o + 1 < outlen) {
+                if (*v == '%' && v[1] && v[2]) {
+                    char hex[3] = {v[1], v[2], 0};
+                    out[o++] = (char)strtol(hex, NULL, 16);
+                    v += 3;
+                } else {
+                    out[o++] = *v++;
+                }
+            }
+            out[o] = '\0';
+            return 0;
+        }
+        p = strchr(p, '&');
+        if (p)
+            p++;
+    }
+    out[0] = '\0';
+    return -1;
+}
+
+static void add_text(json_t *obj, const char *key, const char *value)
+{
+    json_object_set_new(obj, key, json_pack("{s:s}", "$", value));
+}
+
+static void add_long(json_t *obj, const char *key, long value)
+{
+    char s[32];
+    snprintf(s, sizeof s, "%ld", value);
+    add_text(obj, key, s);
+}
+
+/* The task as the view ("task.view") shows it: ids, with the custom field
+ * names of the test config. */
+static json_t *task_doc(const struct fake_task *t)
+{
+    json_t *d = json_object();
+    add_long(d, "id", t->id);
+    add_long(d, "dept", t->department);
+    add_text(d, "subject", "a task");
+    add_text(d, "remark", t->note);
+    add_text(d, "mtime", t->updated);
+    add_long(d, "state", t->status);
+    if (t->performer)
+        add_long(d, "staff", t->performer);
+    else
+        add_text(d, "staff", "");
+    return d;
+}
+
+/* The task as a list row ("task.list") shows it: display names. */
+static json_t *task_row(const struct fake_task *t)
+{
+    json_t *e = json_object();
+    add_long(e, "id", t->id);
+    add_text(e, "dept", "Reseller tasks");
+    add_long(e, "state", t->status);
+    if (t->performer) {
+        char name[32];
+        snprintf(name, sizeof name, "Staff %ld", t->performer);
+        add_text(e, "staff", name);
+    }
+    if (!sim.no_updated)
+        add_text(e, "mtime", t->updated);
+    add_text(e, "subject", "a task");
+    return e;
+}
+
+static json_t *api_error(const char *type, const char *object, const char *msg)
+{
+    return json_pack("{s:s,s:s,s:{s:s}}", "$type", type, "$object", object, "msg", "$", msg);
+}
+
+/* Answers one request body; returns the HTTP status and sets *out to the
+ * JSON text (malloc'd) for a 200. */
+static int sim_answer(const char *body, char **out)
+{
+    char func[64], v[64];
+    json_t *doc = json_object();
+    int code = 200;
+
+    form_get(body, "func", func, sizeof func);
+    pthread_mutex_lock(&sim.lock);
+    if (strcmp(func, "task.view") == 0) {
+        sim.views++;
+        form_get(body, "elid", v, sizeof v);
+        long id = atol(v);
+        if (sim.fail_views > 0) {
+            sim.fail_views--;
+            code = 503;
+        } else if (id <= 0 || id >= MAX_TASKS || !sim.tasks[id].exists) {
+            json_object_set_new(doc, "error", api_error("missed", "elid", "gone"));
+        } else {
+            json_decref(doc);
+            doc = task_doc(&sim.tasks[id]);
+        }
+    } else if (strcmp(func, "task.list") == 0) {
+        sim.lists++;
+        char filter[8], cnt[16], num[16];
+        form_get(body, "filter", filter, sizeof filter);
+        form_get(body, "dept", sim.last_filter, sizeof sim.last_filter);
+        form_get(body, "p_cnt", cnt, sizeof cnt);
+        form_get(body, "p_num", num, sizeof num);
+        long dept = atol(sim.last_filter), pc = atol(cnt), pn = atol(num);
+        if (sim.fail_lists > 0) {
+            sim.fail_lists--;
+            code = 503;
+        }
+        json_t *elems = json_array();
+        long total = 0;
+        for (int i = 0; i < MAX_TASKS; i++) {
+            const struct fake_task *t = &sim.tasks[i];
+            if (!t->exists || strcmp(filter, "on") != 0 || t->department != dept)
+                continue;
+            if (total >= (pn - 1) * pc && total < pn * pc)
+                json_array_append_new(elems, task_row(t));
+            total++;
+        }
+        if (json_array_size(elems))
+            json_object_set_new(doc, "elem", elems);
+        else
+            json_decref(elems);
+        add_long(doc, "p_elems", total);
+        add_long(doc, "p_num", pn);
+        add_long(doc, "p_cnt", pc);
+    } else {
+        json_object_set_new(doc, "error", api_error("missed", "func", func));
+    }
+    pthread_mutex_unlock(&sim.lock);
+    json_t *root = json_pack("{s:o}", "doc", doc);
+    *out = json_dumps(root, JSON_COMPACT);
+    json_decref(root);
+    return code;
+}
+
+/* Serves one request per connection (Connection: close), until stopped. */
+static void *sim_main(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        struct pollfd p = {.fd = sim.fd, .events = POLLIN};
+        if (poll(&p, 1, 50) < 0)
+            break;
+        pthread_mutex_lock(&sim.lock);
+        int stop = sim.stop;
+        pthread_mutex_unlock(&sim.lock);
+        if (stop)
+            break;
+        if (!(p.revents & POLLIN))
+            continue;
+        int c = accept(sim.fd, NULL, NULL);
+        if (c < 0)
+            continue;
+        char req[16384];
+        size_t n = 0;
+        char *hdr_end = NULL;
+        long clen = 0;
+        for (;;) {
+            ssize_t k = read(c, req + n, sizeof req - 1 - n);
+            if (k <= 0)
+                break;
+            n += (size_t)k;
+            req[n] = '\0';
+            if (!hdr_end && (hdr_end = strstr(req, "\r\n\r\n")) != NULL) {
+                const char *cl = strcasestr(req, "Content-Length:");
+                clen = cl ? atol(cl + 15) : 0;
+            }
+            if (hdr_end && (long)(n - (size_t)(hdr_end + 4 - req)) >= clen)
+                break;
+        }
+        if (hdr_end) {
+            char *json = NULL;
+            int code = sim_answer(hdr_end + 4, &json);
+            char head[256];
+            size_t jl = code == 200 ? strlen(json) : 0;
+            int hl = snprintf(head, sizeof head,
+                              "HTTP/1.1 %d X\r\nContent-Type: application/json\r\n"
+                              "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+                              code, jl);
+            if (write(c, head, (size_t)hl) < 0 || (jl && write(c, json, jl) < 0))
+                fprintf(stderr, "sim: write failed\n");
+            free(json);
+        }
+        close(c);
+    }
+    return NULL;
+}
+
+static int sim_start(void)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    socklen_t al = sizeof a;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sim.fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(sim.fd >= 0);
+    assert_int_equal(bind(sim.fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(sim.fd, 64), 0);
+    assert_int_equal(getsockname(sim.fd, (struct sockaddr *)&a, &al), 0);
+    sim.stop = 0;
+    assert_int_equal(pthread_create(&sim.thread, NULL, sim_main, NULL), 0);
+    return ntohs(a.sin_port);
+}
+
+static void sim_stop(void)
+{
+    pthread_mutex_lock(&sim.lock);
+    sim.stop = 1;
+    pthread_mutex_unlock(&sim.lock);
+    pthread_join(sim.thread, NULL);
+    close(sim.fd);
+}
+
+static void sim_task(long id, long dept, int status, long performer, const char *note,
+                     const char *upd)
+{
+    pthread_mutex_lock(&sim.lock);
+    struct fake_task *t = &sim.tasks[id];
+    memset(t, 0, sizeof *t);
+    t->exists = 1;
+    t->id = id;
+    t->department = dept;
+    t->status = status;
+    t->performer = performer;
+    snprintf(t->note, sizeof t->note, "%s", note);
+    snprintf(t->updated, sizeof t->updated, "%s", upd);
+    pthread_mutex_unlock(&sim.lock);
+}
+
+/* Changes a task as staff on this side would: `updated` moves too. */
+static void sim_touch(long id, int status, long performer, const char *note, const char *upd)
+{
+    pthread_mutex_lock(&sim.lock);
+    struct fake_task *t = &sim.tasks[id];
+    t->status = status;
+    t->performer = performer;
+    if (note)
+        snprintf(t->note, sizeof t->note, "%s", note);
+    snprintf(t->updated, sizeof t->updated, "%s", upd);
+    pthread_mutex_unlock(&sim.lock);
+}
+
+static int sim_count(const int *counter)
+{
+    pthread_mutex_lock(&sim.lock);
+    int v = *counter;
+    pthread_mutex_unlock(&sim.lock);
+    return v;
+}
+
+static void sim_set(int *field, int value)
+{
+    pthread_mutex_lock(&sim.lock);
+    *field = value;
+    pthread_mutex_unlock(&sim.lock);
+}
+
+/* ---- the fixture ----------------------------------------------------- */
+
+struct fixture {
+    char dir[64];
+    struct config *cfg;
+    struct store *st;
+    struct billmgr *bm;
+    struct statepub *sp;
+    int fake_br; /* the broker pointer handed over; never dereferenced */
+};
+
+static struct config *load_config(const char *dir, int port)
+{
+    char path[128], err[CONFIG_ERR_MAX];
+    snprintf(path, sizeof path, "%s/server.conf", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f,
+            "instance = \"t\";\nstate_dir = \"%s/state\";\ncontrol_socket = \"%s/s.sock\";\n"
+            "amqp: { uri = \"amqp://srv@127.0.0.1:5672/%%2f\"; password = \"p\"; };\n"
+            "billmanager: { url = \"http://127.0.0.1:%d/billmgr\"; login = \"l\";\n"
+            "  password = \"pw\"; max_inflight = 2; timeout = 10;\n"
+            "  api: { page_size = 2; func_task = \"task.list\"; func_task_edit = \"task.view\";\n"
+            "    field_name = \"subject\"; field_department = \"dept\"; field_updated = "
+            "\"mtime\";\n"
+            "    field_status = \"state\"; field_performer = \"staff\"; field_note = "
+            "\"remark\"; };\n"
+            "};\n"
+            "server: { sync_interval = 3600;\n"
+            "  clients = ( { id = \"7\"; amqp_user = \"a7\"; department = 12; },\n"
+            "              { id = \"8\"; amqp_user = \"a8\"; department = 13; } ); };\n",
+            dir, dir, port);
+    fclose(f);
+    struct config *cfg = config_load(path, err, sizeof err);
+    if (!cfg)
+        fail_msg("config: %s", err);
+    return cfg;
+}
+
+static int setup(void **state)
+{
+    struct fixture *fx = calloc(1, sizeof *fx);
+    char err[256];
+    assert_non_null(fx);
+    snprintf(fx->dir, sizeof fx->dir, "/tmp/rt-statepub-XXXXXX");
+    assert_non_null(mkdtemp(fx->dir));
+    memset(sim.tasks, 0, sizeof sim.tasks);
+    sim.views = sim.lists = sim.fail_views = sim.fail_lists = sim.no_updated = 0;
+    int port = sim_start();
+    fx->cfg = load_config(fx->dir, port);
+    fx->st = store_open(fx->cfg->state_dir, err, sizeof err);
+    assert_non_null(fx->st);
+    struct billmgr_opts o;
+    config_opts_billmgr(fx->cfg, &o);
+    fx->bm = billmgr_new(&o, err, sizeof err);
+    assert_non_null(fx->bm);
+    fake_broker_reset();
+    fx->sp = statepub_new(fx->cfg, fx->st, fx->bm, (struct broker *)&fx->fake_br, err, sizeof err);
+    assert_non_null(fx->sp);
+    *state = fx;
+    return 0;
+}
+
+static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb, (void)flag, (void)ftw;
+    return remove(p);
+}
+
+static int teardown(void **state)
+{
+    struct fixture *fx = *state;
+    billmgr_free(fx->bm); /* first: cancels the publisher's calls without callbacks */
+    statepub_free(fx->sp);
+    store_free(fx->st);
+    config_free(fx->cfg);
+    sim_stop();
+    fake_broker_reset();
+    nftw(fx->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    free(fx);
+    return 0;
+}
+
+typedef int (*cond_fn)(struct fixture *fx);
+
+/* Runs the loop a daemon would (poll on the API sockets, billmgr_handle,
+ * statepub_tick) until cond holds; fails after a generous deadline. On
+ * every turn it checks the limit on views: at most max_inflight from the
+ * publisher, and nothing else queued in billmgr beyond one page call per
+ * client. */
+static void run_until(struct fixture *fx, cond_fn cond, const char *what)
+{
+    int64_t deadline = sp_now_ms() + 20000;
+    while (!cond(fx)) {
+        if (sp_now_ms() > deadline)
+            fail_msg("timed out waiting for %s", what);
+        struct pollfd fds[16];
+        size_t n = billmgr_pollfds(fx->bm, fds, 16);
+        int t = billmgr_timeout_ms(fx->bm);
+        if (t < 0 || t > 20)
+            t = 20;
+        int k = poll(fds, n, t);
+        billmgr_handle(fx->bm, fds, k > 0 ? n : 0);
+        statepub_tick(fx->sp, sp_now_ms());
+        assert_true(fx->sp->viewing.n <= 2);
+        assert_true(billmgr_inflight(fx->bm) <= 2 + fx->sp->nclients);
+    }
+}
+
+static struct statepub_stats stats_of(struct fixture *fx)
+{
+    struct statepub_stats s;
+    statepub_stats(fx->sp, &s);
+    return s;
+}
+
+static uint64_t want_cycles;
+
+/* want_cycles cycles completed and none running. */
+static int cycles_done(struct fixture *fx)
+{
+    struct statepub_stats s = stats_of(fx);
+    return s.cycles >= want_cycles && s.running == 0 && statepub_idle(fx->sp);
+}
+
+/* No API call in flight and nothing viewing or waiting (publishes may
+ * await their confirm). */
+static int calls_done(struct fixture *fx)
+{
+    return billmgr_inflight(fx->bm) == 0 && fx->sp->viewing.n == 0 && stats_of(fx).waiting == 0;
+}
+
+/* The four states of seed() encoded and waiting for the broker. */
+static int four_ready(struct fixture *fx)
+{
+    return fx->sp->ready.n >= 4 && calls_done(fx);
+}
+
+static size_t want_published;
+
+static int published_n(struct fixture *fx)
+{
+    (void)fx;
+    return fake_broker.n >= want_published;
+}
+
+/* Gives every publish not yet confirmed the fate given, in order, until
+ * none is left (acks may release sync_done messages, which get the same). */
+static void confirm_all(struct fixture *fx, enum broker_fate fate)
+{
+    while (fake_broker.confirmed < fake_broker.n) {
+        struct published *p = &fake_broker.pub[fake_broker.confirmed++];
+        statepub_on_confirm(fx->sp, p->tag, fate);
+    }
+}
+
+static void link_add(struct fixture *fx, const char *client, int64_t src, int64_t dst,
+                     const char *applied)
+{
+    struct store_link l;
+    memset(&l, 0, sizeof l);
+    snprintf(l.client, sizeof l.client, "%s", client);
+    l.src_task = src;
+    l.dst_task = dst;
+    l.last_seq = 1;
+    snprintf(l.applied, sizeof l.applied, "%s", applied);
+    assert_int_equal(store_link_put(fx->st, &l), RT_OK);
+}
+
+static struct store_link link_of(struct fixture *fx, const char *client, int64_t src)
+{
+    struct store_link l;
+    assert_int_equal(store_link_get(fx->st, client, src, &l), RT_OK);
+    assert_true(l.found);
+    return l;
+}
+
+/* The published message with this message id, or fails. */
+static struct published *find_pub(const char *message_id)
+{
+    for (size_t i = 0; i < fake_broker.n; i++)
+        if (strcmp(fake_broker.pub[i].message_id, message_id) == 0)
+            return &fake_broker.pub[i];
+    fail_msg("no message %s was published", message_id);
+    return NULL;
+}
+
+static size_t count_kind(enum codec_kind kind)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < fake_broker.n; i++)
+        n += fake_broker.pub[i].msg.kind == kind;
+    return n;
+}
+
+#define FWD_BLOCK(text)                                                                            \
+    "\n\n--- remotetask: from client 7, task 101 ---\n" text "\n--- remotetask: end ---"
+
+/* Three linked tasks of client 7 (department 12), one unlinked, one of
+ * client 8 (department 13), and one of another department. */
+static void seed(struct fixture *fx)
+{
+    sim_task(1, 12, 0, 0, "please set it up" FWD_BLOCK("Server for customer"),
+             "2024-05-01 10:00:01");
+    sim_task(2, 12, 1, 21, "On it.\n", "2024-05-01 10:00:02");
+    sim_task(3, 12, 2, 0, "", "2024-05-01 10:00:03");
+    sim_task(4, 12, 0, 0, "not linked", "2024-05-01 10:00:04");
+    sim_task(5, 13, 1, 0, "other client", "2024-05-01 10:00:05");
+    sim_task(6, 14, 1, 0, "other department", "2024-05-01 10:00:06");
+    link_add(fx, "7", 101, 1, "name=0123456789abcdef;status=0;note_len=5");
+    link_add(fx, "7", 102, 2, "");
+    link_add(fx, "7", 103, 3, "");
+    link_add(fx, "8", 105, 5, "");
+    link_add(fx, "8", 106, 6, ""); /* linked, but not in client 8's department */
+}
+
+/* The first cycle of every client publishes every linked task (nothing
+ * was published before) and commits on the acks. */
+static void first_cycles(struct fixture *fx)
+{
+    seed(fx);
+    want_published = 4;
+    run_until(fx, published_n, "the first states");
+    confirm_all(fx, BROKER_ACKED);
+    want_cycles = 2;
+    run_until(fx, cycles_done, "the first cycles");
+}
+
+/* ---- pure helpers ---------------------------------------------------- */
+
+static void utf8_cut_never_splits_a_sequence(void **state)
+{
+    (void)state;
+    assert_int_equal(statepub_utf8_cut("abc", 5), 3);
+    assert_int_equal(statepub_utf8_cut("abc", 3), 3);
+    assert_int_equal(statepub_utf8_cut("abcdef", 4), 4);
+    /* "aé" is 61 C3 A9: a cut at 2 would split é. */
+    assert_int_equal(statepub_utf8_cut("a\xC3\xA9z", 2), 1);
+    assert_int_equal(statepub_utf8_cut("a\xC3\xA9z", 3), 3);
+    /* A 4-byte sequence (U+1F600) after one byte. */
+    assert_int_equal(statepub_utf8_cut("x\xF0\x9F\x98\x80y", 4), 1);
+    assert_int_equal(statepub_utf8_cut("x\xF0\x9F\x98\x80y", 5), 5);
+    assert_int_equal(statepub_utf8_cut("", 0), 0);
+}
+
+static void row_fp_covers_status_performer_updated(void **state)
+{
+    struct fixture *fx = *state;
+    char a[FP_HEX_LEN + 1], b[FP_HEX_LEN + 1];
+    struct fake_task t = {.exists = 1, .id = 4, .department = 12, .status = 1, .performer = 21};
+    snprintf(t.updated, sizeof t.updated, "2024-01-02 03:04:05");
+
+    json_t *row = task_row(&t);
+    statepub_row_fp(fx->cfg, row, a);
+    assert_int_equal(strlen(a), FP_HEX_LEN);
+    /* Columns that are not part of the state do not count. */
+    add_text(row, "subject", "renamed");
+    add_text(row, "dept", "Elsewhere");
+    statepub_row_fp(fx->cfg, row, b);
+    assert_string_equal(a, b);
+    /* Each of the three does. */
+    add_text(row, "state", "2");
+    statepub_row_fp(fx->cfg, row, b);
+    assert_string_not_equal(a, b);
+    json_decref(row);
+    row = task_row(&t);
+    add_text(row, "staff", "Staff 22");
+    statepub_row_fp(fx->cfg, row, b);
+    assert_string_not_equal(a, b);
+    json_object_del(row, "staff");
+    statepub_row_fp(fx->cfg, row, b);
+    assert_string_not_equal(a, b);
+    json_decref(row);
+    row = task_row(&t);
+    add_text(row, "mtime", "2024-01-02 03:04:06");
+    statepub_row_fp(fx->cfg, row, b);
+    assert_string_not_equal(a, b);
+    json_decref(row);
+}
+
+static void state_read_from_view(void **state)
+{
+    struct fixture *fx = *state;
+    struct statepub_state s, g;
+    char err[256], a[FP_HEX_LEN + 1], b[FP_HEX_LEN + 1];
+    struct fake_task t = {.exists = 1, .id = 4, .department = 12, .status = 2, .performer = 21};
+    snprintf(t.note, sizeof t.note, "%s", "done, rebooted" FWD_BLOCK("please"));
+
+    json_t *doc = task_doc(&t);
+    assert_int_equal(statepub_state_from_doc(fx->cfg, doc, "Staff 21", &s, err, sizeof err), 0);
+    assert_int_equal(s.status, 2);
+    assert_int_equal(s.performer_id, 21);
+    assert_string_equal(s.performer, "Staff 21");
+    assert_string_equal(s.native, "done, rebooted");
+    assert_int_equal(s.native_len, strlen("done, rebooted"));
+    assert_false(s.cut);
+    statepub_state_fp(&s, a);
+
+    /* The forward blocks are not part of the state: more of them, same fp. */
+    snprintf(t.note, sizeof t.note, "%s",
+             "done, rebooted" FWD_BLOCK("please") FWD_BLOCK("and quickly"));
+    json_decref(doc);
+    doc = task_doc(&t);
+    assert_int_equal(statepub_state_from_doc(fx->cfg, doc, "Staff 21", &g, err, sizeof err), 0);
+    statepub_state_fp(&g, b);
+    assert_string_equal(a, b);
+    statepub_state_release(&g);
+
+    /* Each part of the state counts. */
+    assert_int_equal(statepub_state_from_doc(fx->cfg, doc, "Someone else", &g, err, sizeof err), 0);
+    statepub_state_fp(&g, b);
+    assert_string_not_equal(a, b);
+    statepub_state_release(&g);
+    t.performer = 0;
+    snprintf(t.note, sizeof t.note, "%s", "done, rebooted");
+    json_decref(doc);
+    doc = task_doc(&t);
+    assert_int_equal(statepub_state_from_doc(fx->cfg, doc, NULL, &g, err, sizeof err), 0);
+    assert_int_equal(g.performer_id, 0);
+    assert_string_equal(g.performer, "");
+    statepub_state_fp(&g, b);
+    assert_string_not_equal(a, b);
+    statepub_state_release(&g);
+
+    /* A missing status is 0; one that is not 0..2 or a bad performer is
+     * an error naming the field. */
+    json_object_del(doc, "state");
+    assert_int_equal(statepub_state_from_doc(fx->cfg, doc, NULL, &g, err, sizeof err), 0);
+    assert_int_equal(g.status, 0);
+    statepub_state_release(&g);
+    add_text(doc, "state", "3");
+    assert_int_equal(statepub_state_from_doc(fx->cfg, doc, NULL, &g, err, sizeof err), -1);
+    assert_non_null(strstr(err, "state"));
+    statepub_state_release(&g);
+    add_text(doc, "state", "1");
+    add_text(doc, "staff", "bob");
+    assert_int_equal(statepub_state_from_doc(fx->cfg, doc, NULL, &g, err, sizeof err), -1);
+    assert_non_null(strstr(err, "staff"));
+    statepub_state_release(&g);
+    json_decref(doc);
+
+    /* A native note over one notes entry is cut at a UTF-8 boundary. */
+    size_t big = CODEC_MAX_NOTE_ENTRY + 10;
+    char *note = malloc(big + 1);
+    assert_non_null(note);
+    memset(note, 'a', big);
+    note[CODEC_MAX_NOTE_ENTRY - 1] = '\xC3'; /* é straddles the cap */
+    note[CODEC_MAX_NOTE_ENTRY] = '\xA9';
+    note[big] = '\0';
+    doc = json_object();
+    add_text(doc, "remark", note);
+    assert_int_equal(statepub_state_from_doc(fx->cfg, doc, "", &g, err, sizeof err), 0);
+    assert_true(g.cut);
+    assert_int_equal(g.native_len, CODEC_MAX_NOTE_ENTRY - 1);
+    assert_int_equal(strlen(g.native), CODEC_MAX_NOTE_ENTRY - 1);
+    statepub_state_release(&g);
+    statepub_state_release(&g); /* released twice: harmless */
+    json_decref(doc);
+    free(note);
+    statepub_state_release(&s);
+}
+
+static void applied_update_keeps_forward_keys(void **state)
+{
+    (void)state;
+    char out[STORE_APPLIED_MAX + 1];
+    char v[64];
+
+    assert_int_equal(statepub_applied_update("name=aa;status=0;note_len=5;note_fp=bb",
+                                             "0123456789abcdef", 2, out, sizeof out),
+                     0);
+    assert_int_equal(fp_set_get(out, "name", v, sizeof v), 0);
+    assert_string_equal(v, "aa");
+    assert_int_equal(fp_set_get(out, "note_fp", v, sizeof v), 0);
+    assert_string_equal(v, "bb");
+    assert_int_equal(fp_set_get_int(out, "note_len", -1), 5);
+    assert_int_equal(fp_set_get_int(out, "status", -1), 2);
+    assert_int_equal(fp_set_get(out, "state", v, sizeof v), 0);
+    assert_string_equal(v, "0123456789abcdef");
+
+    /* In place, and from nothing. */
+    assert_int_equal(statepub_applied_update(out, "fedcba9876543210", 1, out, sizeof out), 0);
+    assert_int_equal(fp_set_get_int(out, "status", -1), 1);
+    assert_int_equal(fp_set_get(out, "name", v, sizeof v), 0);
+    assert_int_equal(statepub_applied_update(NULL, "fedcba9876543210", 0, out, sizeof out), 0);
+    assert_string_not_equal(out, "");
+    assert_int_equal(fp_set_get_int(out, "status", -1), 0);
+
+    /* Too small: the set is left as it was. */
+    char small[24];
+    assert_int_equal(statepub_applied_update("name=aa", "0123456789abcdef", 1, small, sizeof small),
+                     -1);
+    assert_string_equal(small, "name=aa");
+}
+
+/* ---- the publisher driven end to end --------------------------------- */
+
+static void first_cycle_publishes_linked_tasks_and_commits(void **state)
+{
+    struct fixture *fx = *state;
+    seed(fx);
+    want_published = 4;
+    run_until(fx, published_n, "the first states");
+    run_until(fx, calls_done, "the views");
+    assert_int_equal(fake_broker.n, 4); /* tasks 1, 2, 3 of client 7; 5 of client 8 */
+    assert_int_equal(sim_count(&sim.views), 4);
+
+    struct published *p = find_pub("7:101:r1");
+    assert_string_equal(p->exchange, BROKER_EXCHANGE_REVERSE);
+    assert_string_equal(p->key, "7");
+    assert_int_equal(p->msg.kind, CODEC_STATE);
+    assert_string_equal(p->msg.client, "7");
+    assert_int_equal(p->msg.task, 101);
+    assert_int_equal(p->msg.seq, 1);
+    assert_int_equal(p->msg.state.status, 0);
+    assert_int_equal(p->msg.state.performer_id, 0);
+    assert_string_equal(p->msg.state.performer, "");
+    assert_int_equal(p->msg.state.nnotes, 1);
+    assert_string_equal(p->msg.state.notes[0], "please set it up"); /* native only */
+
+    p = find_pub("7:102:r1");
+    assert_int_equal(p->msg.state.status, 1);
+    assert_int_equal(p->msg.state.performer_id, 21);
+    assert_string_equal(p->msg.state.performer, "Staff 21");
+    assert_string_equal(p->msg.state.notes[0], "On it.\n");
+    p = find_pub("7:103:r1");
+    assert_int_equal(p->msg.state.status, 2);
+    assert_int_equal(p->msg.state.nnotes, 0); /* an empty note travels as none */
+    p = find_pub("8:105:r1");
+    assert_string_equal(p->key, "8");
+    assert_int_equal(p->msg.state.status, 1);
+
+    /* Nothing recorded before the broker's ack. */
+    struct store_link l = link_of(fx, "7", 101);
+    assert_string_equal(l.rev_fp, "");
+    assert_int_equal(l.rev_seq, 1);
+    assert_false(statepub_idle(fx->sp));
+    statepub_on_confirm(fx->sp, 100000, BROKER_ACKED); /* not ours: ignored */
+    assert_string_equal(link_of(fx, "7", 101).rev_fp, "");
+
+    confirm_all(fx, BROKER_ACKED);
+    want_cycles = 2;
+    run_until(fx, cycles_done, "the end of the cycles");
+    l = link_of(fx, "7", 101);
+    assert_int_equal(strlen(l.rev_fp), FP_HEX_LEN);
+    assert_int_equal(l.notes_sent, strlen("please set it up"));
+    assert_int_equal(l.dst_task, 1);
+    assert_int_equal(l.last_seq, 1);
+    char v[FP_HEX_LEN + 1];
+    assert_int_equal(fp_set_get(l.applied, "state", v, sizeof v), 0);
+    assert_int_equal(fp_set_get_int(l.applied, "status", -1), 0);
+    assert_int_equal(fp_set_get_int(l.applied, "note_len", -1), 5); /* forward's key kept */
+    assert_int_equal(fp_set_get(l.applied, "name", v, sizeof v), 0);
+    assert_string_equal(v, "0123456789abcdef");
+    assert_int_equal(fp_set_get_int(link_of(fx, "7", 103).applied, "status", -1), 2);
+
+    struct statepub_stats s = stats_of(fx);
+    assert_int_equal(s.cycles, 2);
+    assert_int_equal(s.cycles_failed, 0);
+    assert_int_equal(s.rows_seen, 5); /* 4 in department 12, 1 in 13 */
+    assert_int_equal(s.views, 4);
+    assert_int_equal(s.published, 4);
+    assert_int_equal(s.confirmed, 4);
+    assert_int_equal(s.unchanged, 0);
+    assert_true(s.last_cycle_ms > 0);
+    assert_true(s.last_cycle_duration_ms >= 0);
+    assert_int_equal(s.unconfirmed, 0);
+    bool found = false;
+    int64_t last = 0;
+    assert_int_equal(store_meta_get_i64(fx->st, STATEPUB_META_LAST_CYCLE, &last, &found), RT_OK);
+    assert_true(found);
+    assert_int_equal(last, s.last_cycle_ms);
+}
+
+static void later_cycles_view_only_changed_rows(void **state)
+{
+    struct fixture *fx = *state;
+    first_cycles(fx);
+    int views = sim_count(&sim.views), lists = sim_count(&sim.lists);
+
+    /* Nothing changed: the list pages only (department 12 holds 4 tasks
+     * in pages of 2), no view, no publish; a sync_done with count 0. */
+    assert_int_equal(statepub_sync(fx->sp, "7", "s1"), RT_OK);
+    want_published = 5;
+    run_until(fx, published_n, "the sync_done");
+    struct published *p = &fake_broker.pub[4];
+    assert_int_equal(p->msg.kind, CODEC_SYNC_DONE);
+    assert_string_equal(p->exchange, BROKER_EXCHANGE_REVERSE);
+    assert_string_equal(p->key, "7");
+    assert_string_equal(p->message_id, "7:sync_done:s1");
+    assert_string_equal(p->msg.client, "7");
+    assert_string_equal(p->msg.sync.id, "s1");
+    assert_int_equal(p->msg.sync.count, 0);
+    assert_int_equal(sim_count(&sim.views), views);
+    assert_int_equal(sim_count(&sim.lists) - lists, 2);
+    assert_string_equal(sim.last_filter, "12");
+    confirm_all(fx, BROKER_ACKED);
+    assert_int_equal(stats_of(fx).syncs_served, 1);
+
+    /* Only `updated` moved (the forward applier's own edit): one view,
+     * nothing published, and the next cycle skips the task again. */
+    sim_touch(2, 1, 21, NULL, "2024-05-02 09:00:00");
+    assert_int_equal(statepub_sync(fx->sp, "7", "s2"), RT_OK);
+    want_published = 6;
+    run_until(fx, published_n, "the second sync_done");
+    assert_int_equal(fake_broker.pub[5].msg.kind, CODEC_SYNC_DONE);
+    assert_int_equal(fake_broker.pub[5].msg.sync.count, 0);
+    assert_int_equal(sim_count(&sim.views), views + 1);
+    assert_int_equal(stats_of(fx).unchanged, 1);
+    confirm_all(fx, BROKER_ACKED);
+    assert_int_equal(statepub_sync(fx->sp, "7", "s3"), RT_OK);
+    want_published = 7;
+    run_until(fx, published_n, "the third sync_done");
+    assert_int_equal(sim_count(&sim.views), views + 1);
+    confirm_all(fx, BROKER_ACKED);
+
+    /* A real change: one view, one state with the next seq, then its
+     * sync_done counting it. */
+    sim_touch(3, 1, 22, "Rebooted.", "2024-05-02 10:00:00");
+    assert_int_equal(statepub_sync(fx->sp, "7", "s4"), RT_OK);
+    want_published = 8;
+    run_until(fx, published_n, "the changed state");
+    run_until(fx, calls_done, "the views");
+    assert_int_equal(fake_broker.n, 8); /* the sync_done waits for the ack */
+    p = &fake_broker.pub[7];
+    assert_string_equal(p->message_id, "7:103:r2");
+    assert_int_equal(p->msg.seq, 2);
+    assert_int_equal(p->msg.state.status, 1);
+    assert_int_equal(p->msg.state.performer_id, 22);
+    assert_string_equal(p->msg.state.performer, "Staff 22");
+    assert_string_equal(p->msg.state.notes[0], "Rebooted.");
+    assert_int_equal(sim_count(&sim.views), views + 2);
+    confirm_all(fx, BROKER_ACKED);
+    assert_int_equal(fake_broker.n, 9);
+    assert_string_equal(fake_broker.pub[8].msg.sync.id, "s4");
+    assert_int_equal(fake_broker.pub[8].msg.sync.count, 1);
+    confirm_all(fx, BROKER_ACKED);
+    assert_int_equal(link_of(fx, "7", 103).notes_sent, strlen("Rebooted."));
+
+    struct statepub_stats s = stats_of(fx);
+    assert_int_equal(s.syncs_requested, 4);
+    assert_int_equal(s.syncs_served, 4);
+    assert_int_equal(s.confirmed, 5);
+    assert_int_equal(s.cycles, 6);
+}
+
+static void sync_during_a_cycle_queues_one_more(void **state)
+{
+    struct fixture *fx = *state;
+    first_cycles(fx);
+    int lists = sim_count(&sim.lists);
+
+    sim_touch(1, 2, 0, NULL, "2024-05-03 10:00:00");
+    assert_int_equal(statepub_sync(fx->sp, "7", "a"), RT_OK);
+    /* The cycle runs (its first page is in flight): a second request
+     * waits for a cycle of its own, a third joins that one. */
+    assert_int_equal(stats_of(fx).running, 1);
+    assert_int_equal(statepub_sync(fx->sp, "7", "b"), RT_OK);
+    assert_int_equal(statepub_sync(fx->sp, "7", "c"), RT_OK);
+    assert_int_equal(stats_of(fx).running, 1);
+    want_published = 5;
+    run_until(fx, published_n, "the changed state");
+    run_until(fx, calls_done, "the first cycle's views");
+    assert_int_equal(fake_broker.n, 5);
+    assert_string_equal(fake_broker.pub[4].message_id, "7:101:r2");
+    assert_int_equal(fake_broker.pub[4].msg.state.status, 2);
+
+    /* Its ack ends the first cycle: "a" is answered (count 1), and the
+     * next cycle starts for "b" and "c". */
+    confirm_all(fx, BROKER_ACKED);
+    assert_int_equal(fake_broker.pub[5].msg.kind, CODEC_SYNC_DONE);
+    assert_string_equal(fake_broker.pub[5].msg.sync.id, "a");
+    assert_int_equal(fake_broker.pub[5].msg.sync.count, 1);
+    assert_int_equal(stats_of(fx).running, 1);
+    want_published = 8;
+    run_until(fx, published_n, "the second cycle's answers");
+    assert_string_equal(fake_broker.pub[6].msg.sync.id, "b");
+    assert_int_equal(fake_broker.pub[6].msg.sync.count, 0);
+    assert_string_equal(fake_broker.pub[7].msg.sync.id, "c");
+    confirm_all(fx, BROKER_ACKED);
+    assert_int_equal(sim_count(&sim.lists) - lists, 4); /* two cycles of two pages */
+    assert_int_equal(stats_of(fx).syncs_served, 3);
+
+    /* Requests that cannot be taken. */
+    assert_int_equal(statepub_sync(fx->sp, "9", "x"), RT_REJECT);
+    assert_int_equal(statepub_sync(fx->sp, "7", ""), RT_REJECT);
+    char longid[CODEC_MAX_ID + 2];
+    memset(longid, 'i', sizeof longid - 1);
+    longid[sizeof longid - 1] = '\0';
+    assert_int_equal(statepub_sync(fx->sp, "7", longid), RT_REJECT);
+    assert_int_equal(stats_of(fx).syncs_requested, 3);
+}
+
+static void failures_carry_the_sync_and_publish_again(void **state)
+{
+    struct fixture *fx = *state;
+    first_cycles(fx);
+
+    /* A view fails: the cycle is incomplete, its sync is not answered but
+     * retried soon, and the task is viewed again by that retry. */
+    sim_touch(2, 2, 21, NULL, "2024-05-04 10:00:00");
+    sim_set(&sim.fail_views, 1);
+    assert_int_equal(statepub_sync(fx->sp, "7", "f1"), RT_OK);
+    want_cycles = 3;
+    run_until(fx, cycles_done, "the failed cycle");
+    assert_int_equal(fake_broker.n, 4);
+    struct statepub_stats s = stats_of(fx);
+    assert_int_equal(s.cycles_failed, 1);
+    assert_int_equal(s.view_failed, 1);
+    struct sp_client *c = &fx->sp->clients[0];
+    assert_int_equal(c->npend, 1);
+    int64_t now = sp_now_ms();
+    assert_true(c->next_cycle_ms > now);
+    assert_true(c->next_cycle_ms <= now + STATEPUB_RETRY_DELAY_MS);
+
+    /* A list page fails: the same. */
+    sim_set(&sim.fail_lists, 1);
+    assert_int_equal(statepub_sync(fx->sp, "7", "f2"), RT_OK);
+    want_cycles = 4;
+    run_until(fx, cycles_done, "the cycle whose list failed");
+    assert_int_equal(stats_of(fx).cycles_failed, 2);
+    assert_int_equal(c->npend, 2);
+
+    /* The broker nacks the state: nothing recorded, the cycle is
+     * incomplete again. */
+    assert_int_equal(statepub_sync(fx->sp, "7", "f3"), RT_OK);
+    want_published = 5;
+    run_until(fx, published_n, "the state");
+    assert_string_equal(fake_broker.pub[4].message_id, "7:102:r2");
+    confirm_all(fx, BROKER_NACKED);
+    want_cycles = 5;
+    run_until(fx, cycles_done, "the nacked cycle");
+    assert_int_equal(stats_of(fx).publish_failed, 1);
+    assert_int_equal(fp_set_get_int(link_of(fx, "7", 102).applied, "status", -1), 1);
+    assert_int_equal(c->npend, 3);
+
+    /* Lost with the connection: published again once connected, with the
+     * same message id and no second view. */
+    int views = sim_count(&sim.views);
+    assert_int_equal(statepub_sync(fx->sp, "7", "f4"), RT_OK);
+    want_published = 6;
+    run_until(fx, published_n, "the state again");
+    assert_string_equal(fake_broker.pub[5].message_id, "7:102:r3");
+    fake_broker.connected = 0;
+    confirm_all(fx, BROKER_LOST);
+    statepub_on_connected(fx->sp);
+    assert_int_equal(fake_broker.n, 6);
+    fake_broker.connected = 1;
+    statepub_on_connected(fx->sp);
+    assert_int_equal(fake_broker.n, 7);
+    assert_string_equal(fake_broker.pub[6].message_id, "7:102:r3");
+    assert_int_equal(sim_count(&sim.views), views + 1);
+
+    /* Acked at last: every waiting request is answered, oldest first,
+     * each counting the one state confirmed for it. */
+    confirm_all(fx, BROKER_ACKED);
+    assert_int_equal(fake_broker.n, 11);
+    const char *ids[] = {"f1", "f2", "f3", "f4"};
+    for (size_t i = 0; i < 4; i++) {
+        assert_int_equal(fake_broker.pub[7 + i].msg.kind, CODEC_SYNC_DONE);
+        assert_string_equal(fake_broker.pub[7 + i].msg.sync.id, ids[i]);
+        assert_int_equal(fake_broker.pub[7 + i].msg.sync.count, 1);
+    }
+    confirm_all(fx, BROKER_ACKED);
+    assert_int_equal(fp_set_get_int(link_of(fx, "7", 102).applied, "status", -1), 2);
+    assert_int_equal(c->npend, 0);
+    assert_true(statepub_idle(fx->sp));
+}
+
+static void commit_respects_a_recreated_link(void **state)
+{
+    struct fixture *fx = *state;
+    first_cycles(fx);
+
+    sim_touch(3, 0, 0, NULL, "2024-05-05 10:00:00");
+    sim_task(9, 12, 0, 0, "", "2024-05-05 10:00:00");
+    assert_int_equal(statepub_sync(fx->sp, "7", "r"), RT_OK);
+    want_published = 5;
+    run_until(fx, published_n, "the state");
+    run_until(fx, calls_done, "the rest of the list");
+    /* Meanwhile the forward applier made a new target task for 103. */
+    struct store_link l = link_of(fx, "7", 103);
+    l.dst_task = 9;
+    l.rev_fp[0] = '\0';
+    snprintf(l.applied, sizeof l.applied, "name=abc");
+    assert_int_equal(store_link_put(fx->st, &l), RT_OK);
+    confirm_all(fx, BROKER_ACKED);
+    l = link_of(fx, "7", 103);
+    assert_string_equal(l.rev_fp, "");
+    assert_string_equal(l.applied, "name=abc");
+    confirm_all(fx, BROKER_ACKED);
+    want_cycles = 3;
+    run_until(fx, cycles_done, "the cycle");
+    assert_int_equal(stats_of(fx).cycles_failed, 0);
+}
+
+static void paging_and_the_view_limit(void **state)
+{
+    struct fixture *fx = *state;
+    /* Eleven linked tasks of client 7: six pages of two, at most two
+     * views at once (run_until checks that on every turn). */
+    for (long id = 10; id < 21; id++) {
+        sim_task(id, 12, 1, 0, "n", "2024-05-06 10:00:00");
+        link_add(fx, "7", 1000 + id, id, "");
+    }
+    want_published = 11;
+    run_until(fx, published_n, "every state");
+    confirm_all(fx, BROKER_ACKED);
+    want_cycles = 2;
+    run_until(fx, cycles_done, "the cycles");
+    assert_int_equal(sim_count(&sim.views), 11);
+    /* Client 7: 6 pages; client 8: one empty page. */
+    assert_int_equal(sim_count(&sim.lists), 7);
+    assert_int_equal(stats_of(fx).rows_seen, 11);
+    assert_int_equal(count_kind(CODEC_STATE), 11);
+}
+
+static void rows_without_updated_are_always_viewed(void **state)
+{
+    struct fixture *fx = *state;
+    first_cycles(fx);
+    int views = sim_count(&sim.views);
+    sim_set(&sim.no_updated, 1);
+    assert_int_equal(statepub_sync(fx->sp, "7", "b"), RT_OK);
+    want_published = 5;
+    run_until(fx, published_n, "the sync_done");
+    confirm_all(fx, BROKER_ACKED);
+    /* Three linked tasks viewed, none changed. */
+    assert_int_equal(sim_count(&sim.views) - views, 3);
+    assert_int_equal(stats_of(fx).unchanged, 3);
+    assert_int_equal(count_kind(CODEC_STATE), 4);
+}
+
+static void drain_lets_go_and_free_is_safe_in_flight(void **state)
+{
+    struct fixture *fx = *state;
+    seed(fx);
+    fake_broker.connected = 0; /* states wait for the broker */
+    run_until(fx, four_ready, "the views");
+    assert_int_equal(stats_of(fx).running, 2);
+    assert_false(statepub_idle(fx->sp));
+    assert_int_equal(statepub_sync(fx->sp, "7", "d"), RT_OK);
+    statepub_drain(fx->sp);
+    assert_true(statepub_idle(fx->sp));
+    assert_int_equal(stats_of(fx).running, 0);
+    assert_int_equal(statepub_sync(fx->sp, "7", "e"), RT_REJECT);
+    fake_broker.connected = 1;
+    statepub_on_connected(fx->sp);
+    statepub_tick(fx->sp, sp_now_ms() + 3600 * 1000);
+    assert_int_equal(fake_broker.n, 0); /* no new work while draining */
+    assert_int_equal(billmgr_inflight(fx->bm), 0);
+    assert_string_equal(link_of(fx, "7", 101).rev_fp, "");
+
+    /* Calls in flight at teardown: billmgr_free (in teardown) cancels
+     * them first, then statepub_free; the sanitizers watch for leaks. */
+    char err[128];
+    struct statepub *sp2 =
+        statepub_new(fx->cfg, fx->st, fx->bm, (struct broker *)&fx->fake_br, err, sizeof err);
+    assert_non_null(sp2);
+    assert_int_equal(statepub_sync(sp2, "7", "t"), RT_OK);
+    assert_true(billmgr_inflight(fx->bm) > 0);
+    assert_false(statepub_idle(sp2));
+    statepub_free(fx->sp);
+    fx->sp = sp2;
+}
+
+static void new_refuses_a_config_without_server(void **state)
+{
+    struct fixture *fx = *state;
+    char err[128] = "";
+    fx->cfg->server.enabled = false;
+    assert_null(
+        statepub_new(fx->cfg, fx->st, fx->bm, (struct broker *)&fx->fake_br, err, sizeof err));
+    assert_non_null(strstr(err, "server"));
+    fx->cfg->server.enabled = true;
+    statepub_free(NULL);
+}
+
+int main(void)
+{
+    log_init("test_statepub", LOG_LEVEL_ERROR, 0);
+    pthread_mutex_init(&sim.lock, NULL);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(utf8_cut_never_splits_a_sequence),
+        cmocka_unit_test(applied_update_keeps_forward_keys),
+        cmocka_unit_test_setup_teardown(row_fp_covers_status_performer_updated, setup, teardown),
+        cmocka_unit_test_setup_teardown(state_read_from_view, setup, teardown),
+        cmocka_unit_test_setup_teardown(first_cycle_publishes_linked_tasks_and_commits, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(later_cycles_view_only_changed_rows, setup, teardown),
+        cmocka_unit_test_setup_teardown(sync_during_a_cycle_queues_one_more, setup, teardown),
+        cmocka_unit_test_setup_teardown(failures_carry_the_sync_and_publish_again, setup, teardown),
+        cmocka_unit_test_setup_teardown(commit_respects_a_recreated_link, setup, teardown),
+        cmocka_unit_test_setup_teardown(paging_and_the_view_limit, setup, teardown),
+        cmocka_unit_test_setup_teardown(rows_without_updated_are_always_viewed, setup, teardown),
+        cmocka_unit_test_setup_teardown(drain_lets_go_and_free_is_safe_in_flight, setup, teardown),
+        cmocka_unit_test_setup_teardown(new_refuses_a_config_without_server, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
