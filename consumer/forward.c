@@ -7,25 +7,24 @@
 #include <string.h>
 #include <time.h>
 
+#include "applier.h"
 #include "fp.h"
 #include "log.h"
 #include "notes.h"
 
 /* The queue of client C is FORWARD_QUEUE_PREFIX C (broker_queue_name). */
 #define FORWARD_QUEUE_PREFIX "remotetask.forward."
-/* Texts copied from a delivery are cut to this (AMQP short strings are at
- * most 255 bytes). */
-#define FORWARD_SHORT_MAX 256
-#define FORWARD_REASON_MAX 512
+#define FORWARD_REASON_MAX APPLIER_REASON_MAX
 /* A recovery that lists a department gives up past this many rows and
  * creates the task: a department that large is not one client's tasks. */
 #define FORWARD_RECOVER_MAX_ROWS 1000000L
 /* The store meta key of the last successful apply. */
 #define FORWARD_META_LAST_APPLY "last_forward_apply_ms"
 
+/* Where a delivery is while the applier holds it (applier.h keeps the
+ * phases around it: waiting, publishing a retry or dead-letter copy). */
 enum forward_state {
-    FS_FREE = 0,
-    FS_WAITING,       /* behind another delivery of the same task */
+    FS_NONE = 0,
     FS_LINK_LOOKUP,   /* reading the link (synchronous, never seen from outside) */
     FS_RECOVER_LIST,  /* listing the department after an interrupted create */
     FS_RECOVER_VIEW,  /* viewing an unlinked task of that department */
@@ -33,23 +32,14 @@ enum forward_state {
     FS_VIEW_TARGET,   /* viewing the target for its current note */
     FS_EDIT,          /* func_task_edit sok=ok elid=dst */
     FS_COMMIT,        /* writing the link (synchronous) */
-    FS_RETRY_PUBLISH, /* the body goes to remotetask.retry */
-    FS_DEAD_PUBLISH,  /* the body goes to remotetask.dead */
 };
 
-/* One delivery in hand, from on_delivery to its ack (or until it is left to
- * the broker to redeliver). */
+/* What the forward applier keeps for one delivery: the priv area of its
+ * applier slot, which holds the delivery itself. */
 struct forward_slot {
     struct forward *f;
+    struct applier_slot *as;
     enum forward_state state;
-    uint64_t epoch; /* the connection it came on: its tag means nothing on another */
-    uint64_t tag;
-    char queue[FORWARD_SHORT_MAX];
-    char message_id[FORWARD_SHORT_MAX];
-    char user[FORWARD_SHORT_MAX]; /* the sender, x-rt-user of the copies we publish */
-    int64_t attempts;             /* x-rt-attempts of the delivery, 0 when absent */
-    unsigned char *body;
-    size_t len;
     const struct config_server_client *client; /* NULL: the queue names none */
     struct codec_msg msg;
     int decoded;
@@ -63,15 +53,6 @@ struct forward_slot {
     int64_t *cand;
     size_t ncand;
     size_t icand;
-    /* A failure on its way to remotetask.retry or remotetask.dead. */
-    enum forward_dead_kind dead_kind;
-    char reason[FORWARD_REASON_MAX];
-    int pub_sent;
-    uint64_t pub_tag;
-    /* Per task serialization: next waits behind this one, prev is the one
-     * this waits behind (state FS_WAITING). */
-    struct forward_slot *next;
-    struct forward_slot *prev;
 };
 
 struct forward {
@@ -80,12 +61,8 @@ struct forward {
     struct billmgr *bm;
     struct broker *br;
     const struct config_billmgr_api *api;
-    struct forward_slot **slots;
-    size_t nslots;
-    size_t max_slots;
-    uint64_t epoch;
-    int draining;
-    struct forward_stats stats;
+    struct applier *ap;
+    struct forward_stats stats; /* the counters this file keeps; the slots' are in ap */
 };
 
 static void slot_start(struct forward_slot *s);
@@ -105,6 +82,7 @@ static void forward_copy(char *dst, size_t size, const char *src)
 {
     snprintf(dst, size, "%s", src ? src : "");
 }
+
 
 const char *forward_dead_kind_name(enum forward_dead_kind kind)
 {
@@ -130,18 +108,6 @@ static const struct config_server_client *forward_queue_client(const struct conf
     return config_server_client_find(cfg, queue + pl);
 }
 
-/* Who sent a delivery: its user_id, unless that is our own login, which
- * only this server can publish with (RabbitMQ checks user_id): then it is
- * a retry copy we made, and the sender is the x-rt-user we wrote in it. */
-static const char *forward_sender(const char *user_id, const char *own_user,
-                                  const char *relayed_user)
-{
-    user_id = user_id ? user_id : "";
-    if (own_user && *own_user && strcmp(user_id, own_user) == 0 && relayed_user)
-        return relayed_user;
-    return user_id;
-}
-
 enum forward_dead_kind forward_check(const struct config *cfg, const char *queue,
                                      const char *user_id, const char *own_user,
                                      const char *relayed_user, const struct codec_msg *m,
@@ -149,7 +115,7 @@ enum forward_dead_kind forward_check(const struct config *cfg, const char *queue
                                      size_t reasonlen)
 {
     const struct config_server_client *c = forward_queue_client(cfg, queue);
-    const char *sender = forward_sender(user_id, own_user, relayed_user);
+    const char *sender = applier_sender(user_id, own_user, relayed_user);
 
     *client = c;
     if (reasonlen)
@@ -407,161 +373,24 @@ done:
 
 /* ---- slots ------------------------------------------------------------- */
 
-static int slot_stale(const struct forward_slot *s)
-{
-    return s->epoch != s->f->epoch;
-}
-
-/* Frees what a slot holds and marks it free; then the delivery waiting
- * behind it (if any) starts, unless draining or from an old connection:
- * that one is left to the broker to redeliver. s must not be used after. */
-static void slot_release(struct forward_slot *s)
-{
-    struct forward *f = s->f;
-    struct forward_slot *next = s->next;
-
-    if (s->prev && s->prev->next == s)
-        s->prev->next = NULL;
-    free(s->body);
-    codec_msg_release(&s->msg);
-    forward_plan_release(&s->plan);
-    free(s->cand);
-    memset(s, 0, sizeof(*s));
-    s->f = f;
-    s->state = FS_FREE;
-    if (f->stats.busy)
-        f->stats.busy--;
-    if (next) {
-        next->prev = NULL;
-        if (f->draining || slot_stale(next))
-            slot_release(next);
-        else
-            slot_start(next);
-    }
-}
-
-/* Acks the delivery when its tag is still good (same connection). When
- * the connection is gone the ack is lost and the broker redelivers, which
- * the link makes harmless. */
+/* Acks the delivery and frees the slot (applier_ack); what this file
+ * keeps in it is freed by forward_slot_clear. */
 static void slot_ack(struct forward_slot *s)
 {
-    struct forward *f = s->f;
-    if (!slot_stale(s) && broker_ack(f->br, s->tag) != RT_OK)
-        log_warning("ack failed for task %" PRId64 " of client \"%s\" (it will be redelivered): %s",
-                    s->msg.task, s->client ? s->client->id : "", broker_strerror(f->br));
-    slot_release(s);
-}
-
-static void slot_requeue(struct forward_slot *s)
-{
-    struct forward *f = s->f;
-    if (!slot_stale(s)) {
-        f->stats.requeued++;
-        if (broker_reject(f->br, s->tag, 1) != RT_OK)
-            log_warning("requeue failed for a message of queue \"%s\": %s", s->queue,
-                        broker_strerror(f->br));
-    }
-    slot_release(s);
-}
-
-/* Publishes the retry or dead-letter copy of the slot's delivery. */
-static void slot_publish(struct forward_slot *s)
-{
-    struct forward *f = s->f;
-    struct broker_header h[8];
-    struct broker_props props;
-    char key[BROKER_NAME_MAX], mid[FORWARD_SHORT_MAX + 48];
-    const char *exchange;
-    size_t n = 0;
-    int dead = s->state == FS_DEAD_PUBLISH;
-    const char *client = s->client ? s->client->id : "";
-
-    memset(&props, 0, sizeof(props));
-    memset(h, 0, sizeof(h));
-    if (dead) {
-        exchange = BROKER_EXCHANGE_DEAD;
-        forward_copy(key, sizeof(key), client);
-        h[n++] = (struct broker_header){"x-rt-reason", BROKER_HEADER_STR, s->reason, 0};
-        h[n++] = (struct broker_header){"x-rt-kind", BROKER_HEADER_STR,
-                                        forward_dead_kind_name(s->dead_kind), 0};
-        h[n++] = (struct broker_header){"x-rt-client", BROKER_HEADER_STR, client, 0};
-        h[n++] = (struct broker_header){"x-rt-task", BROKER_HEADER_INT, NULL, s->msg.task};
-        h[n++] = (struct broker_header){"x-rt-queue", BROKER_HEADER_STR, s->queue, 0};
-        h[n++] = (struct broker_header){"x-rt-attempts", BROKER_HEADER_INT, NULL, s->attempts};
-        h[n++] = (struct broker_header){"x-rt-message-id", BROKER_HEADER_STR, s->message_id, 0};
-        h[n++] = (struct broker_header){"x-rt-user", BROKER_HEADER_STR, s->user, 0};
-    } else {
-        exchange = BROKER_EXCHANGE_RETRY;
-        if (broker_retry_key(key, sizeof(key), BROKER_FORWARD, client,
-                             (unsigned)(s->attempts + 1)) < 0)
-            key[0] = '\0';
-        h[n++] = (struct broker_header){"x-rt-attempts", BROKER_HEADER_INT, NULL, s->attempts + 1};
-        h[n++] = (struct broker_header){"x-rt-error", BROKER_HEADER_STR, s->reason, 0};
-        h[n++] = (struct broker_header){"x-rt-user", BROKER_HEADER_STR, s->user, 0};
-    }
-    if (s->message_id[0])
-        forward_copy(mid, sizeof(mid), s->message_id);
-    else
-        snprintf(mid, sizeof(mid), "%s:%" PRIu64 ":%" PRIu64, s->queue, s->epoch, s->tag);
-    props.message_id = mid;
-    props.headers = h;
-    props.n_headers = n;
-
-    rt_status st = key[0] ? broker_publish(f->br, exchange, key, &props, s->body, s->len,
-                                           &s->pub_tag)
-                          : RT_REJECT;
-    if (st == RT_OK) {
-        s->pub_sent = 1;
-        return;
-    }
-    if (st == RT_RETRY && !broker_connected(f->br)) {
-        /* The connection is gone with the delivery: the broker redelivers. */
-        log_debug("publish to \"%s\" failed for a message of queue \"%s\", left to redelivery: %s",
-                  exchange, s->queue, broker_strerror(f->br));
-        slot_release(s);
-        return;
-    }
-    if (st == RT_RETRY)
-        return; /* blocked or too many unconfirmed: forward_tick tries again */
-    log_error("cannot publish to \"%s\" a message of queue \"%s\" (requeued): %s", exchange,
-              s->queue, key[0] ? broker_strerror(f->br) : "no routing key for its client");
-    slot_requeue(s);
+    applier_ack(s->as);
 }
 
 /* Sends the delivery to a retry delay queue (RT_RETRY) or to the
- * dead-letter queue (RT_REJECT) with the reason; it is acked once the copy
- * is confirmed. A delivery of an old connection is only dropped: the
- * broker has it back already. */
+ * dead-letter queue (RT_REJECT) with the reason (applier_fail). */
 static void slot_fail(struct forward_slot *s, rt_status status, enum forward_dead_kind kind,
                       const char *fmt, ...)
 {
+    char reason[FORWARD_REASON_MAX];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(s->reason, sizeof(s->reason), fmt, ap);
+    vsnprintf(reason, sizeof(reason), fmt, ap);
     va_end(ap);
-    const char *client = s->client ? s->client->id : "";
-
-    if (slot_stale(s)) {
-        log_debug("failure of task %" PRId64 " of client \"%s\" after a reconnect (the message is "
-                  "redelivered): %s",
-                  s->msg.task, client, s->reason);
-        slot_release(s);
-        return;
-    }
-    s->pub_sent = 0;
-    if (status == RT_RETRY) {
-        log_warning("apply failed for task %" PRId64 " of client \"%s\", retried (attempt %" PRId64
-                    "): %s",
-                    s->msg.task, client, s->attempts + 1, s->reason);
-        s->state = FS_RETRY_PUBLISH;
-    } else {
-        log_error("message %s of queue \"%s\" (task %" PRId64 " of client \"%s\") goes to %s: %s",
-                  s->message_id[0] ? s->message_id : "without id", s->queue, s->msg.task, client,
-                  BROKER_QUEUE_DEAD, s->reason);
-        s->dead_kind = kind;
-        s->state = FS_DEAD_PUBLISH;
-    }
-    slot_publish(s);
+    applier_fail(s->as, status, (int)kind, forward_dead_kind_name(kind), "%s", reason);
 }
 
 /* Writes the link in one transaction, re-read inside it so that what the
@@ -1004,135 +833,39 @@ static void slot_start(struct forward_slot *s)
     slot_create(s);
 }
 
-/* The slot in hand for (client, task), not counting waiting ones. */
-static struct forward_slot *forward_active(struct forward *f, const struct forward_slot *s)
-{
-    for (size_t i = 0; i < f->nslots; i++) {
-        struct forward_slot *o = f->slots[i];
-        if (o != s && o->state != FS_FREE && o->state != FS_WAITING && o->decoded &&
-            o->client == s->client && o->msg.task == s->msg.task)
-            return o;
-    }
-    return NULL;
-}
-
-static struct forward_slot *forward_slot_get(struct forward *f)
-{
-    for (size_t i = 0; i < f->nslots; i++)
-        if (f->slots[i]->state == FS_FREE)
-            return f->slots[i];
-    if (f->nslots >= f->max_slots)
-        return NULL;
-    struct forward_slot *s = calloc(1, sizeof(*s));
-    if (!s)
-        return NULL;
-    s->f = f;
-    f->slots[f->nslots++] = s;
-    return s;
-}
-
-/* Takes a validated delivery into per task order: it starts now, waits
- * behind the one in hand, or is dropped as older. */
-static void forward_schedule(struct forward *f, struct forward_slot *s)
-{
-    struct forward_slot *a = forward_active(f, s);
-    if (!a) {
-        slot_start(s);
-        return;
-    }
-    /* One in hand from an old connection will not ack: this one waits for
-     * it whatever its seq, or it could be acked while that one is lost. */
-    if (!slot_stale(a) && s->msg.seq < a->msg.seq) {
-        f->stats.duplicates++;
-        log_debug("dropped seq %" PRIu64 " of task %" PRId64 " of client \"%s\": seq %" PRIu64
-                  " is in hand",
-                  s->msg.seq, s->msg.task, s->client->id, a->msg.seq);
-        slot_ack(s);
-        return;
-    }
-    struct forward_slot *w = a->next;
-    if (w) {
-        /* Keep the newer of the two waiting; on a tie the newer delivery. */
-        struct forward_slot *drop = w->msg.seq > s->msg.seq ? s : w;
-        if (drop == w) {
-            a->next = NULL;
-            w->prev = NULL;
-        }
-        f->stats.superseded++;
-        log_debug("dropped seq %" PRIu64 " of task %" PRId64 " of client \"%s\": superseded",
-                  drop->msg.seq, drop->msg.task, drop->client->id);
-        slot_ack(drop);
-        if (drop == s)
-            return;
-    }
-    s->state = FS_WAITING;
-    s->prev = a;
-    a->next = s;
-}
-
 void forward_on_delivery(struct forward *f, const struct broker_delivery *d)
 {
     char err[FORWARD_REASON_MAX];
-    int64_t attempts = 0;
 
-    if (f->draining) {
-        log_debug("delivery %" PRIu64 " of queue \"%s\" left to the broker: draining",
-                  d->delivery_tag, d->queue ? d->queue : "");
-        return;
-    }
-    struct forward_slot *s = forward_slot_get(f);
-    if (!s) {
-        /* Only when deliveries of several connections are in hand at once. */
-        log_warning("no free slot for a message of queue \"%s\" (%zu busy): requeued",
-                    d->queue ? d->queue : "", f->nslots);
-        f->stats.requeued++;
-        broker_reject(f->br, d->delivery_tag, 1);
-        return;
-    }
-    f->stats.deliveries++;
-    f->stats.busy++;
+    struct applier_slot *as = applier_take(f->ap, d, f->cfg->amqp.user);
+    if (!as)
+        return; /* left to the broker or requeued */
+    struct forward_slot *s = as->priv;
+    s->f = f;
+    s->as = as;
     s->state = FS_LINK_LOOKUP;
-    s->epoch = f->epoch;
-    s->tag = d->delivery_tag;
-    forward_copy(s->queue, sizeof(s->queue), d->queue);
-    forward_copy(s->message_id, sizeof(s->message_id), d->message_id);
-    if (broker_delivery_header_int(d, "x-rt-attempts", &attempts) == 0 && attempts > 0)
-        s->attempts = attempts;
-    const char *sender = forward_sender(d->user_id, f->cfg->amqp.user,
-                                        broker_delivery_header_str(d, "x-rt-user"));
-    forward_copy(s->user, sizeof(s->user), sender);
-    s->client = forward_queue_client(f->cfg, d->queue);
-
-    if (!d->too_big && d->len) {
-        s->body = malloc(d->len);
-        if (!s->body) {
-            log_warning("out of memory for a message of queue \"%s\": requeued", s->queue);
-            slot_requeue(s);
-            return;
-        }
-        memcpy(s->body, d->body, d->len);
-        s->len = d->len;
-    }
+    s->client = forward_queue_client(f->cfg, as->queue);
     if (!s->client) {
         /* Not a queue this applier consumes: there is no client to route a
          * dead letter to, and requeueing would loop. */
-        log_error("message from unexpected queue \"%s\" rejected", s->queue);
-        broker_reject(f->br, s->tag, 0);
-        slot_release(s);
+        log_error("message from unexpected queue \"%s\" rejected", as->queue);
+        applier_discard(as);
         return;
     }
-    if (d->too_big) {
+    forward_copy(as->client, sizeof(as->client), s->client->id);
+    if (as->too_big) {
         slot_fail(s, RT_REJECT, FORWARD_DEAD_UNDECODABLE,
-                  "undecodable: body of %zu bytes is over the cap", d->len);
+                  "undecodable: body of %zu bytes is over the cap", as->len);
         return;
     }
-    if (codec_decode(s->body, s->len, &s->msg, err, sizeof(err)) != RT_OK) {
+    if (codec_decode(as->body, as->len, &s->msg, err, sizeof(err)) != RT_OK) {
         slot_fail(s, RT_REJECT, FORWARD_DEAD_UNDECODABLE, "undecodable: %s", err);
         return;
     }
+    as->task = s->msg.task;
     const struct config_server_client *c;
     enum forward_dead_kind kind =
-        forward_check(f->cfg, s->queue, d->user_id, f->cfg->amqp.user,
+        forward_check(f->cfg, as->queue, d->user_id, f->cfg->amqp.user,
                       broker_delivery_header_str(d, "x-rt-user"), &s->msg, &c, err, sizeof(err));
     if (kind != FORWARD_DEAD_NONE) {
         slot_fail(s, RT_REJECT, kind, "%s", err);
@@ -1141,66 +874,23 @@ void forward_on_delivery(struct forward *f, const struct broker_delivery *d)
     s->decoded = 1;
     notes_origin_forward(s->origin, sizeof(s->origin), s->client->id, s->msg.task);
     log_debug("message %s: seq %" PRIu64 " of task %" PRId64 " of client \"%s\"",
-              s->message_id[0] ? s->message_id : "without id", s->msg.seq, s->msg.task,
+              as->message_id[0] ? as->message_id : "without id", s->msg.seq, s->msg.task,
               s->client->id);
-    forward_schedule(f, s);
+    applier_schedule(as, s->msg.task, s->msg.seq);
 }
 
 void forward_on_confirm(struct forward *f, uint64_t tag, enum broker_fate fate)
 {
-    if (!f)
-        return;
-    for (size_t i = 0; i < f->nslots; i++) {
-        struct forward_slot *s = f->slots[i];
-        if ((s->state != FS_RETRY_PUBLISH && s->state != FS_DEAD_PUBLISH) || !s->pub_sent ||
-            s->pub_tag != tag)
-            continue;
-        const char *client = s->client ? s->client->id : "";
-        switch (fate) {
-        case BROKER_ACKED:
-            if (s->state == FS_RETRY_PUBLISH) {
-                f->stats.retried++;
-            } else {
-                f->stats.dead++;
-                switch (s->dead_kind) {
-                case FORWARD_DEAD_UNDECODABLE: f->stats.dead_undecodable++; break;
-                case FORWARD_DEAD_UNAUTHORIZED: f->stats.dead_unauthorized++; break;
-                case FORWARD_DEAD_DEPARTMENT: f->stats.dead_department++; break;
-                default: f->stats.dead_api++; break;
-                }
-            }
-            slot_ack(s);
-            return;
-        case BROKER_NACKED:
-        case BROKER_RETURNED:
-            log_warning("%s copy of task %" PRId64 " of client \"%s\" was %s by the broker: "
-                        "message requeued",
-                        s->state == FS_RETRY_PUBLISH ? "retry" : "dead-letter", s->msg.task, client,
-                        fate == BROKER_NACKED ? "refused" : "returned as unroutable");
-            slot_requeue(s);
-            return;
-        case BROKER_LOST:
-            /* The connection went with the delivery: the broker redelivers. */
-            slot_release(s);
-            return;
-        }
-        return;
-    }
+    if (f)
+        applier_on_confirm(f->ap, tag, fate);
 }
 
 void forward_on_connected(struct forward *f)
 {
     if (!f)
         return;
-    f->epoch++;
-    /* Deliveries of the old connection that are not in an API call are
-     * forgotten; those in a call finish it and commit, without acking. */
-    for (size_t i = 0; i < f->nslots; i++) {
-        struct forward_slot *s = f->slots[i];
-        if (s->state == FS_WAITING || s->state == FS_RETRY_PUBLISH || s->state == FS_DEAD_PUBLISH)
-            slot_release(s);
-    }
-    if (f->draining)
+    applier_on_connected(f->ap);
+    if (applier_draining(f->ap))
         return;
     for (size_t i = 0; i < f->cfg->server.n_clients; i++) {
         char queue[BROKER_NAME_MAX];
@@ -1220,54 +910,71 @@ void forward_on_connected(struct forward *f)
 
 int64_t forward_tick(struct forward *f, int64_t now_ms)
 {
-    int pending = 0;
-    for (size_t i = 0; i < f->nslots; i++) {
-        struct forward_slot *s = f->slots[i];
-        if ((s->state != FS_RETRY_PUBLISH && s->state != FS_DEAD_PUBLISH) || s->pub_sent)
-            continue;
-        if (f->draining) {
-            slot_release(s); /* not sent yet: the broker gives it back at close */
-            continue;
-        }
-        if (broker_connected(f->br) && !broker_blocked(f->br))
-            slot_publish(s);
-        if ((s->state == FS_RETRY_PUBLISH || s->state == FS_DEAD_PUBLISH) && !s->pub_sent)
-            pending = 1;
-    }
-    return now_ms + (pending ? 250 : 1000);
+    return applier_tick(f->ap, now_ms);
 }
 
 void forward_drain(struct forward *f)
 {
-    if (!f)
-        return;
-    f->draining = 1;
-    for (size_t i = 0; i < f->nslots; i++) {
-        struct forward_slot *s = f->slots[i];
-        if (s->state == FS_WAITING ||
-            ((s->state == FS_RETRY_PUBLISH || s->state == FS_DEAD_PUBLISH) && !s->pub_sent))
-            slot_release(s);
-    }
+    if (f)
+        applier_drain(f->ap);
 }
 
 int forward_idle(const struct forward *f)
 {
-    if (!f)
-        return 1;
-    for (size_t i = 0; i < f->nslots; i++) {
-        const struct forward_slot *s = f->slots[i];
-        if (s->state != FS_FREE && s->state != FS_WAITING)
-            return 0;
-    }
-    return 1;
+    return !f || applier_idle(f->ap);
 }
 
 void forward_stats(const struct forward *f, struct forward_stats *out)
 {
+    struct applier_stats a;
+
     memset(out, 0, sizeof(*out));
-    if (f)
-        *out = f->stats;
+    if (!f)
+        return;
+    *out = f->stats;
+    applier_stats(f->ap, &a);
+    out->deliveries = a.deliveries;
+    out->duplicates += a.duplicates;
+    out->superseded = a.superseded;
+    out->retried = a.retried;
+    out->dead = a.dead;
+    out->requeued = a.requeued;
+    out->busy = a.busy;
 }
+
+/* applier callbacks: the slot's turn, what to free, a dead letter's kind. */
+static void forward_slot_start(void *owner, struct applier_slot *as)
+{
+    (void)owner;
+    slot_start(as->priv);
+}
+
+static void forward_slot_clear(void *owner, struct applier_slot *as)
+{
+    struct forward_slot *s = as->priv;
+    (void)owner;
+    codec_msg_release(&s->msg);
+    forward_plan_release(&s->plan);
+    free(s->cand);
+}
+
+static void forward_slot_dead(void *owner, const struct applier_slot *as)
+{
+    struct forward *f = owner;
+    switch ((enum forward_dead_kind)as->dead_kind) {
+    case FORWARD_DEAD_UNDECODABLE: f->stats.dead_undecodable++; break;
+    case FORWARD_DEAD_UNAUTHORIZED: f->stats.dead_unauthorized++; break;
+    case FORWARD_DEAD_DEPARTMENT: f->stats.dead_department++; break;
+    default: f->stats.dead_api++; break;
+    }
+}
+
+static const struct applier_ops forward_ops = {
+    .start = forward_slot_start,
+    .clear = forward_slot_clear,
+    .dead = forward_slot_dead,
+    .released = NULL,
+};
 
 struct forward *forward_new(const struct config *cfg, struct store *st, struct billmgr *bm,
                             struct broker *br, char *err, size_t errlen)
@@ -1292,9 +999,10 @@ struct forward *forward_new(const struct config *cfg, struct store *st, struct b
     f->api = &cfg->billmanager.api;
     /* prefetch deliveries of this connection, plus as many of an earlier
      * one whose API calls are still finishing. */
-    f->max_slots = (size_t)(cfg->amqp.prefetch > 0 ? cfg->amqp.prefetch : 1) * 2;
-    f->slots = calloc(f->max_slots, sizeof(*f->slots));
-    if (!f->slots)
+    size_t max_slots = (size_t)(cfg->amqp.prefetch > 0 ? cfg->amqp.prefetch : 1) * 2;
+    f->ap = applier_new(br, BROKER_FORWARD, max_slots, sizeof(struct forward_slot), &forward_ops,
+                        f);
+    if (!f->ap)
         goto fail;
     return f;
 fail:
@@ -1307,14 +1015,6 @@ void forward_free(struct forward *f)
 {
     if (!f)
         return;
-    for (size_t i = 0; i < f->nslots; i++) {
-        struct forward_slot *s = f->slots[i];
-        free(s->body);
-        codec_msg_release(&s->msg);
-        forward_plan_release(&s->plan);
-        free(s->cand);
-        free(s);
-    }
-    free(f->slots);
+    applier_free(f->ap);
     free(f);
 }

@@ -3,8 +3,9 @@
  * set of a task found again after an interrupted create).
  *
  * Unit test programs link rtconfig and rtcommon only, so the applier's
- * source is compiled into this program; that also reaches its static
- * helpers (forward_block_text). */
+ * source, with the delivery slots it runs on (applier.c), is compiled
+ * into this program; that also reaches its static helpers
+ * (forward_block_text). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +15,7 @@
 
 #include <cmocka.h>
 
+#include "../../consumer/applier.c"
 #include "../../consumer/forward.c"
 
 static struct config_server_client test_clients[] = {

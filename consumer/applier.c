@@ -1,0 +1,484 @@
+#include "applier.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+struct applier {
+    struct broker *br;
+    enum broker_dir dir;
+    const struct applier_ops *ops;
+    void *owner;
+    size_t priv_size;
+    struct applier_slot **slots;
+    size_t nslots;
+    size_t max_slots;
+    uint64_t epoch;
+    uint64_t taken;
+    int draining;
+    struct applier_stats stats;
+};
+
+static void applier_copy(char *dst, size_t size, const char *src)
+{
+    snprintf(dst, size, "%s", src ? src : "");
+}
+
+const char *applier_sender(const char *user_id, const char *own_user, const char *relayed_user)
+{
+    user_id = user_id ? user_id : "";
+    if (own_user && *own_user && strcmp(user_id, own_user) == 0 && relayed_user)
+        return relayed_user;
+    return user_id;
+}
+
+int applier_stale(const struct applier_slot *s)
+{
+    return s->epoch != s->a->epoch;
+}
+
+static void applier_start(struct applier_slot *s)
+{
+    struct applier *a = s->a;
+    s->phase = APPLIER_BUSY;
+    a->ops->start(a->owner, s);
+}
+
+void applier_release(struct applier_slot *s)
+{
+    struct applier *a = s->a;
+    struct applier_slot *next = s->next;
+    void *priv = s->priv;
+
+    if (s->prev && s->prev->next == s)
+        s->prev->next = NULL;
+    if (a->ops->clear)
+        a->ops->clear(a->owner, s);
+    free(s->body);
+    memset(s, 0, sizeof(*s));
+    memset(priv, 0, a->priv_size);
+    s->a = a;
+    s->priv = priv;
+    s->phase = APPLIER_FREE;
+    if (a->stats.busy)
+        a->stats.busy--;
+    if (next) {
+        next->prev = NULL;
+        if (a->draining || applier_stale(next))
+            applier_release(next);
+        else
+            applier_start(next);
+    }
+    if (a->ops->released)
+        a->ops->released(a->owner);
+}
+
+void applier_ack(struct applier_slot *s)
+{
+    struct applier *a = s->a;
+    if (!applier_stale(s) && broker_ack(a->br, s->tag) != RT_OK)
+        log_warning("ack failed for task %" PRId64 " of client \"%s\" (it will be redelivered): %s",
+                    s->task, s->client, broker_strerror(a->br));
+    applier_release(s);
+}
+
+void applier_requeue(struct applier_slot *s)
+{
+    struct applier *a = s->a;
+    if (!applier_stale(s)) {
+        a->stats.requeued++;
+        if (broker_reject(a->br, s->tag, 1) != RT_OK)
+            log_warning("requeue failed for a message of queue \"%s\": %s", s->queue,
+                        broker_strerror(a->br));
+    }
+    applier_release(s);
+}
+
+void applier_discard(struct applier_slot *s)
+{
+    struct applier *a = s->a;
+    if (!applier_stale(s) && broker_reject(a->br, s->tag, 0) != RT_OK)
+        log_warning("reject failed for a message of queue \"%s\": %s", s->queue,
+                    broker_strerror(a->br));
+    applier_release(s);
+}
+
+/* Publishes the retry or dead-letter copy of the slot's delivery. */
+static void applier_publish(struct applier_slot *s)
+{
+    struct applier *a = s->a;
+    struct broker_header h[8];
+    struct broker_props props;
+    char key[BROKER_NAME_MAX], mid[APPLIER_SHORT_MAX + 48];
+    const char *exchange;
+    size_t n = 0;
+    int dead = s->phase == APPLIER_DEAD_PUBLISH;
+
+    memset(&props, 0, sizeof(props));
+    memset(h, 0, sizeof(h));
+    if (dead) {
+        exchange = BROKER_EXCHANGE_DEAD;
+        applier_copy(key, sizeof(key), s->client);
+        h[n++] = (struct broker_header){"x-rt-reason", BROKER_HEADER_STR, s->reason, 0};
+        h[n++] = (struct broker_header){"x-rt-kind", BROKER_HEADER_STR,
+                                        s->dead_kind_name ? s->dead_kind_name : "", 0};
+        h[n++] = (struct broker_header){"x-rt-client", BROKER_HEADER_STR, s->client, 0};
+        h[n++] = (struct broker_header){"x-rt-task", BROKER_HEADER_INT, NULL, s->task};
+        h[n++] = (struct broker_header){"x-rt-queue", BROKER_HEADER_STR, s->queue, 0};
+        h[n++] = (struct broker_header){"x-rt-attempts", BROKER_HEADER_INT, NULL, s->attempts};
+        h[n++] = (struct broker_header){"x-rt-message-id", BROKER_HEADER_STR, s->message_id, 0};
+        h[n++] = (struct broker_header){"x-rt-user", BROKER_HEADER_STR, s->user, 0};
+    } else {
+        exchange = BROKER_EXCHANGE_RETRY;
+        if (broker_retry_key(key, sizeof(key), a->dir, s->client, (unsigned)(s->attempts + 1)) < 0)
+            key[0] = '\0';
+        h[n++] = (struct broker_header){"x-rt-attempts", BROKER_HEADER_INT, NULL, s->attempts + 1};
+        h[n++] = (struct broker_header){"x-rt-error", BROKER_HEADER_STR, s->reason, 0};
+        h[n++] = (struct broker_header){"x-rt-user", BROKER_HEADER_STR, s->user, 0};
+    }
+    if (s->message_id[0])
+        applier_copy(mid, sizeof(mid), s->message_id);
+    else
+        snprintf(mid, sizeof(mid), "%s:%" PRIu64 ":%" PRIu64, s->queue, s->epoch, s->tag);
+    props.message_id = mid;
+    props.headers = h;
+    props.n_headers = n;
+
+    rt_status st = key[0]
+                       ? broker_publish(a->br, exchange, key, &props, s->body, s->len, &s->pub_tag)
+                       : RT_REJECT;
+    if (st == RT_OK) {
+        s->pub_sent = 1;
+        return;
+    }
+    if (st == RT_RETRY && !broker_connected(a->br)) {
+        /* The connection is gone with the delivery: the broker redelivers. */
+        log_debug("publish to \"%s\" failed for a message of queue \"%s\", left to redelivery: %s",
+                  exchange, s->queue, broker_strerror(a->br));
+        applier_release(s);
+        return;
+    }
+    if (st == RT_RETRY)
+        return; /* blocked or too many unconfirmed: applier_tick tries again */
+    log_error("cannot publish to \"%s\" a message of queue \"%s\" (requeued): %s", exchange,
+              s->queue, key[0] ? broker_strerror(a->br) : "no routing key for its client");
+    applier_requeue(s);
+}
+
+void applier_fail(struct applier_slot *s, rt_status status, int kind, const char *kind_name,
+                  const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->reason, sizeof(s->reason), fmt, ap);
+    va_end(ap);
+
+    if (applier_stale(s)) {
+        log_debug("failure of task %" PRId64 " of client \"%s\" after a reconnect (the message is "
+                  "redelivered): %s",
+                  s->task, s->client, s->reason);
+        applier_release(s);
+        return;
+    }
+    s->pub_sent = 0;
+    if (status == RT_RETRY) {
+        log_warning("apply failed for task %" PRId64 " of client \"%s\", retried (attempt %" PRId64
+                    "): %s",
+                    s->task, s->client, s->attempts + 1, s->reason);
+        s->phase = APPLIER_RETRY_PUBLISH;
+    } else {
+        log_error("message %s of queue \"%s\" (task %" PRId64 " of client \"%s\") goes to %s: %s",
+                  s->message_id[0] ? s->message_id : "without id", s->queue, s->task, s->client,
+                  BROKER_QUEUE_DEAD, s->reason);
+        s->dead_kind = kind;
+        s->dead_kind_name = kind_name;
+        s->phase = APPLIER_DEAD_PUBLISH;
+    }
+    applier_publish(s);
+}
+
+static struct applier_slot *applier_slot_get(struct applier *a)
+{
+    for (size_t i = 0; i < a->nslots; i++)
+        if (a->slots[i]->phase == APPLIER_FREE)
+            return a->slots[i];
+    if (a->nslots >= a->max_slots)
+        return NULL;
+    struct applier_slot *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->priv = calloc(1, a->priv_size ? a->priv_size : 1);
+    if (!s->priv) {
+        free(s);
+        return NULL;
+    }
+    s->a = a;
+    a->slots[a->nslots++] = s;
+    return s;
+}
+
+struct applier_slot *applier_take(struct applier *a, const struct broker_delivery *d,
+                                  const char *own_user)
+{
+    int64_t attempts = 0;
+
+    if (a->draining) {
+        log_debug("delivery %" PRIu64 " of queue \"%s\" left to the broker: draining",
+                  d->delivery_tag, d->queue ? d->queue : "");
+        return NULL;
+    }
+    struct applier_slot *s = applier_slot_get(a);
+    if (!s) {
+        /* Only when deliveries of several connections are in hand at once. */
+        log_warning("no free slot for a message of queue \"%s\" (%zu busy): requeued",
+                    d->queue ? d->queue : "", a->nslots);
+        a->stats.requeued++;
+        broker_reject(a->br, d->delivery_tag, 1);
+        return NULL;
+    }
+    a->stats.deliveries++;
+    a->stats.busy++;
+    s->phase = APPLIER_BUSY;
+    s->epoch = a->epoch;
+    s->order = ++a->taken;
+    s->tag = d->delivery_tag;
+    applier_copy(s->queue, sizeof(s->queue), d->queue);
+    applier_copy(s->message_id, sizeof(s->message_id), d->message_id);
+    if (broker_delivery_header_int(d, "x-rt-attempts", &attempts) == 0 && attempts > 0)
+        s->attempts = attempts;
+    applier_copy(s->user, sizeof(s->user),
+                 applier_sender(d->user_id, own_user, broker_delivery_header_str(d, "x-rt-user")));
+    s->too_big = d->too_big;
+    if (!d->too_big && d->len) {
+        s->body = malloc(d->len);
+        if (!s->body) {
+            log_warning("out of memory for a message of queue \"%s\": requeued", s->queue);
+            applier_requeue(s);
+            return NULL;
+        }
+        memcpy(s->body, d->body, d->len);
+        s->len = d->len;
+    } else {
+        s->len = d->len; /* the announced length, for the reason of a dead letter */
+    }
+    return s;
+}
+
+/* The slot in hand for the task of s, not counting waiting ones. */
+static struct applier_slot *applier_active(struct applier *a, const struct applier_slot *s)
+{
+    for (size_t i = 0; i < a->nslots; i++) {
+        struct applier_slot *o = a->slots[i];
+        if (o != s && o->phase != APPLIER_FREE && o->phase != APPLIER_WAITING && o->keyed &&
+            o->task == s->task && strcmp(o->client, s->client) == 0)
+            return o;
+    }
+    return NULL;
+}
+
+void applier_schedule(struct applier_slot *s, int64_t task, uint64_t seq)
+{
+    struct applier *a = s->a;
+
+    s->keyed = 1;
+    s->task = task;
+    s->seq = seq;
+    struct applier_slot *act = applier_active(a, s);
+    if (!act) {
+        applier_start(s);
+        return;
+    }
+    /* One in hand from an old connection will not ack: this one waits for
+     * it whatever its seq, or it could be acked while that one is lost. */
+    if (!applier_stale(act) && s->seq < act->seq) {
+        a->stats.duplicates++;
+        log_debug("dropped seq %" PRIu64 " of task %" PRId64 " of client \"%s\": seq %" PRIu64
+                  " is in hand",
+                  s->seq, s->task, s->client, act->seq);
+        applier_ack(s);
+        return;
+    }
+    struct applier_slot *w = act->next;
+    if (w) {
+        /* Keep the newer of the two waiting; on a tie the newer delivery. */
+        struct applier_slot *drop = w->seq > s->seq ? s : w;
+        if (drop == w) {
+            act->next = NULL;
+            w->prev = NULL;
+        }
+        a->stats.superseded++;
+        log_debug("dropped seq %" PRIu64 " of task %" PRId64 " of client \"%s\": superseded",
+                  drop->seq, drop->task, drop->client);
+        applier_ack(drop);
+        if (drop == s)
+            return;
+    }
+    s->phase = APPLIER_WAITING;
+    s->prev = act;
+    act->next = s;
+}
+
+int applier_on_confirm(struct applier *a, uint64_t tag, enum broker_fate fate)
+{
+    if (!a)
+        return 0;
+    for (size_t i = 0; i < a->nslots; i++) {
+        struct applier_slot *s = a->slots[i];
+        if ((s->phase != APPLIER_RETRY_PUBLISH && s->phase != APPLIER_DEAD_PUBLISH) ||
+            !s->pub_sent || s->pub_tag != tag)
+            continue;
+        int retry = s->phase == APPLIER_RETRY_PUBLISH;
+        switch (fate) {
+        case BROKER_ACKED:
+            if (retry) {
+                a->stats.retried++;
+            } else {
+                a->stats.dead++;
+                if (a->ops->dead)
+                    a->ops->dead(a->owner, s);
+            }
+            applier_ack(s);
+            break;
+        case BROKER_NACKED:
+        case BROKER_RETURNED:
+            log_warning("%s copy of task %" PRId64 " of client \"%s\" was %s by the broker: "
+                        "message requeued",
+                        retry ? "retry" : "dead-letter", s->task, s->client,
+                        fate == BROKER_NACKED ? "refused" : "returned as unroutable");
+            applier_requeue(s);
+            break;
+        case BROKER_LOST:
+            /* The connection went with the delivery: the broker redelivers. */
+            applier_release(s);
+            break;
+        }
+        return 1;
+    }
+    return 0;
+}
+
+void applier_on_connected(struct applier *a)
+{
+    if (!a)
+        return;
+    a->epoch++;
+    /* Deliveries of the old connection that are not in the owner's hands
+     * are forgotten; those in an API call finish it, without acking. */
+    for (size_t i = 0; i < a->nslots; i++) {
+        struct applier_slot *s = a->slots[i];
+        if (s->phase == APPLIER_WAITING || s->phase == APPLIER_RETRY_PUBLISH ||
+            s->phase == APPLIER_DEAD_PUBLISH)
+            applier_release(s);
+    }
+}
+
+int64_t applier_tick(struct applier *a, int64_t now_ms)
+{
+    int pending = 0;
+    for (size_t i = 0; i < a->nslots; i++) {
+        struct applier_slot *s = a->slots[i];
+        if ((s->phase != APPLIER_RETRY_PUBLISH && s->phase != APPLIER_DEAD_PUBLISH) || s->pub_sent)
+            continue;
+        if (a->draining) {
+            applier_release(s); /* not sent yet: the broker gives it back at close */
+            continue;
+        }
+        if (broker_connected(a->br) && !broker_blocked(a->br))
+            applier_publish(s);
+        if ((s->phase == APPLIER_RETRY_PUBLISH || s->phase == APPLIER_DEAD_PUBLISH) && !s->pub_sent)
+            pending = 1;
+    }
+    return now_ms + (pending ? 250 : 1000);
+}
+
+void applier_drain(struct applier *a)
+{
+    if (!a)
+        return;
+    a->draining = 1;
+    for (size_t i = 0; i < a->nslots; i++) {
+        struct applier_slot *s = a->slots[i];
+        if (s->phase == APPLIER_WAITING ||
+            ((s->phase == APPLIER_RETRY_PUBLISH || s->phase == APPLIER_DEAD_PUBLISH) &&
+             !s->pub_sent))
+            applier_release(s);
+    }
+}
+
+int applier_draining(const struct applier *a)
+{
+    return a && a->draining;
+}
+
+int applier_idle(const struct applier *a)
+{
+    if (!a)
+        return 1;
+    for (size_t i = 0; i < a->nslots; i++) {
+        const struct applier_slot *s = a->slots[i];
+        if (s->phase != APPLIER_FREE && s->phase != APPLIER_WAITING)
+            return 0;
+    }
+    return 1;
+}
+
+size_t applier_count(const struct applier *a)
+{
+    return a ? a->nslots : 0;
+}
+
+struct applier_slot *applier_slot_at(const struct applier *a, size_t i)
+{
+    return a && i < a->nslots ? a->slots[i] : NULL;
+}
+
+void applier_stats(const struct applier *a, struct applier_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (a)
+        *out = a->stats;
+}
+
+struct applier *applier_new(struct broker *br, enum broker_dir dir, size_t max_slots,
+                            size_t priv_size, const struct applier_ops *ops, void *owner)
+{
+    struct applier *a;
+
+    if (!ops || !ops->start || max_slots == 0)
+        return NULL;
+    a = calloc(1, sizeof(*a));
+    if (!a)
+        return NULL;
+    a->br = br;
+    a->dir = dir;
+    a->ops = ops;
+    a->owner = owner;
+    a->priv_size = priv_size;
+    a->max_slots = max_slots;
+    a->slots = calloc(max_slots, sizeof(*a->slots));
+    if (!a->slots) {
+        free(a);
+        return NULL;
+    }
+    return a;
+}
+
+void applier_free(struct applier *a)
+{
+    if (!a)
+        return;
+    for (size_t i = 0; i < a->nslots; i++) {
+        struct applier_slot *s = a->slots[i];
+        if (s->phase != APPLIER_FREE && a->ops->clear)
+            a->ops->clear(a->owner, s);
+        free(s->body);
+        free(s->priv);
+        free(s);
+    }
+    free(a->slots);
+    free(a);
+}

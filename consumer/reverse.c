@@ -1,0 +1,807 @@
+#include "reverse.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "applier.h"
+#include "fp.h"
+#include "log.h"
+#include "notes.h"
+
+#define REVERSE_REASON_MAX APPLIER_REASON_MAX
+/* The store meta key of the last successful apply. */
+#define REVERSE_META_LAST_APPLY "last_reverse_apply_ms"
+
+/* Where a delivery is while the applier holds it (applier.h keeps the
+ * phases around it: waiting, publishing a retry or dead-letter copy). */
+enum reverse_step {
+    RS_NONE = 0,
+    RS_LOOKUP,    /* reading what was forwarded and applied (synchronous) */
+    RS_VIEW,      /* viewing the source task for its note, status, performer */
+    RS_EDIT,      /* func_task_edit sok=ok elid=T */
+    RS_COMMIT,    /* writing the rev row (synchronous) */
+    RS_SYNC_WAIT, /* a sync_done waiting for the deliveries taken before it */
+};
+
+/* What the reverse applier keeps for one delivery: the priv area of its
+ * applier slot, which holds the delivery itself. */
+struct reverse_slot {
+    struct reverse *r;
+    struct applier_slot *as;
+    enum reverse_step step;
+    struct codec_msg msg;
+    struct reverse_plan plan;
+};
+
+/* A sync request registered by the bridge and not answered yet. */
+struct reverse_expected {
+    char id[CODEC_MAX_ID + 1];
+    uint64_t applied; /* states applied with a change since it was registered */
+};
+
+struct reverse {
+    const struct config *cfg;
+    struct store *st;
+    struct billmgr *bm;
+    struct broker *br;
+    const struct config_billmgr_api *api;
+    char queue[BROKER_NAME_MAX]; /* remotetask.reverse.<client.id> */
+    struct applier *ap;
+    reverse_sync_done_fn sync_hook;
+    void *sync_arg;
+    struct reverse_expected expected[REVERSE_MAX_EXPECTED];
+    size_t nexpected;
+    int checking; /* reverse_sync_check() is running: a nested call only asks again */
+    int recheck;
+    struct reverse_stats stats; /* the counters this file keeps; the slots' are in ap */
+};
+
+static void slot_fail(struct reverse_slot *s, rt_status status, enum reverse_dead_kind kind,
+                      const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static int64_t reverse_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+const char *reverse_dead_kind_name(enum reverse_dead_kind kind)
+{
+    switch (kind) {
+    case REVERSE_DEAD_NONE: return "none";
+    case REVERSE_DEAD_UNDECODABLE: return "undecodable";
+    case REVERSE_DEAD_UNAUTHORIZED: return "unauthorized";
+    case REVERSE_DEAD_UNKNOWN_TASK: return "unknown_task";
+    case REVERSE_DEAD_API: return "api";
+    }
+    return "none";
+}
+
+/* ---- pure helpers ------------------------------------------------------ */
+
+enum reverse_dead_kind reverse_check(const struct config *cfg, const char *queue,
+                                     const char *user_id, const char *own_user,
+                                     const char *relayed_user, const struct codec_msg *m,
+                                     char *reason, size_t reasonlen)
+{
+    char mine[BROKER_NAME_MAX];
+    const char *id = cfg->client.id ? cfg->client.id : "";
+    const char *server = cfg->client.server_user ? cfg->client.server_user : "";
+    const char *sender = applier_sender(user_id, own_user, relayed_user);
+
+    if (reasonlen)
+        reason[0] = '\0';
+    if (broker_queue_name(mine, sizeof(mine), BROKER_REVERSE, id) < 0 || !queue ||
+        strcmp(queue, mine) != 0) {
+        snprintf(reason, reasonlen, "queue \"%s\" is not the reverse queue of client %s",
+                 queue ? queue : "", id);
+        return REVERSE_DEAD_UNAUTHORIZED;
+    }
+    if (m->kind != CODEC_STATE && m->kind != CODEC_SYNC_DONE) {
+        snprintf(reason, reasonlen, "unexpected kind \"%s\"", codec_kind_name(m->kind));
+        return REVERSE_DEAD_UNDECODABLE;
+    }
+    if (!m->client || strcmp(m->client, id) != 0) {
+        snprintf(reason, reasonlen, "client \"%s\" of the message is not this client (%s)",
+                 m->client ? m->client : "", id);
+        return REVERSE_DEAD_UNAUTHORIZED;
+    }
+    if (*server && strcmp(sender, server) != 0) {
+        snprintf(reason, reasonlen, "user_id \"%s\" is not the AMQP user of the server side",
+                 sender);
+        return REVERSE_DEAD_UNAUTHORIZED;
+    }
+    return REVERSE_DEAD_NONE;
+}
+
+long reverse_performer_local(const struct config *cfg, int64_t remote)
+{
+    if (remote <= 0)
+        return 0;
+    for (size_t i = 0; i < cfg->client.n_performers; i++)
+        if (cfg->client.performers[i].remote == remote)
+            return cfg->client.performers[i].local;
+    return 0;
+}
+
+void reverse_plan_release(struct reverse_plan *plan)
+{
+    if (!plan)
+        return;
+    free(plan->block);
+    memset(plan, 0, sizeof(*plan));
+}
+
+int reverse_plan_empty(const struct reverse_plan *plan)
+{
+    return !plan->status && !plan->performer && !plan->block;
+}
+
+int reverse_plan_needs_view(const struct reverse_plan *plan)
+{
+    return plan->block || (plan->verify && (plan->status || plan->performer));
+}
+
+void reverse_plan_verify(struct reverse_plan *plan, long status, long performer)
+{
+    if (plan->status && status == plan->status_value)
+        plan->status = 0;
+    if (plan->performer && performer == plan->performer_local)
+        plan->performer = 0;
+    plan->verify = 0;
+}
+
+/* The remote native text: the state's notes joined (the server sends one
+ * entry, the whole text), with any block removed again so that a forged
+ * origin header never reaches the source note. NULL when memory ran out. */
+static char *reverse_native(const struct codec_msg *m)
+{
+    struct buf joined;
+    char *native;
+
+    buf_init(&joined, (size_t)CODEC_MAX_NOTES * (CODEC_MAX_NOTE_ENTRY + 1));
+    if (buf_append(&joined, "", 0) < 0)
+        return NULL;
+    for (size_t i = 0; i < m->state.nnotes; i++) {
+        if ((i && buf_append_str(&joined, "\n") < 0) ||
+            buf_append_str(&joined, m->state.notes[i] ? m->state.notes[i] : "") < 0) {
+            buf_release(&joined);
+            return NULL;
+        }
+    }
+    native = notes_native(buf_cstr(&joined));
+    buf_release(&joined);
+    return native;
+}
+
+/* The performer part of a plan: what to send, and the line for the block
+ * when the remote performer cannot be mapped (a malloc'd string, "" for
+ * none; NULL when memory ran out). */
+static char *reverse_plan_performer(const struct config *cfg, const struct codec_msg *m,
+                                    const char *applied, struct reverse_plan *plan)
+{
+    char now[FP_HEX_LEN + 1], was[FP_HEX_LEN + 1];
+    const char *name = m->state.performer ? m->state.performer : "";
+    int64_t remote = m->state.performer_id;
+    int64_t prev = fp_set_get_int(applied, "performer", 0);
+    long set_by_us = (long)fp_set_get_int(applied, "plocal", 0);
+    long local = reverse_performer_local(cfg, remote);
+    char *line = NULL;
+
+    fp_of_str(name, now);
+    if (fp_set_get(applied, "pname", was, sizeof(was)) < 0)
+        fp_of_str("", was); /* nothing applied yet: as if there was no performer */
+    int changed = remote != prev || strcmp(now, was) != 0;
+
+    if (!changed) {
+        line = strdup("");
+    } else if (local > 0) {
+        /* A mapped staff member: set it, unless it is the one set already. */
+        if (local != set_by_us || plan->verify) {
+            plan->performer = 1;
+            plan->performer_local = local;
+        }
+        set_by_us = local;
+        line = strdup("");
+    } else if (remote == 0) {
+        if (set_by_us > 0) {
+            /* We set the performer: the remote side has none now, nor do we. */
+            plan->performer = 1;
+            plan->performer_local = 0;
+            set_by_us = 0;
+            line = strdup("");
+        } else {
+            line = strdup(prev > 0 ? REVERSE_NO_PERFORMER_LINE : "");
+        }
+    } else {
+        /* Never guess a local staff member: say who it is, in the note. */
+        size_t n = strlen(REVERSE_PERFORMER_LINE) + strlen(name) + 32;
+        line = malloc(n);
+        if (line) {
+            if (*name)
+                snprintf(line, n, "%s%s", REVERSE_PERFORMER_LINE, name);
+            else
+                snprintf(line, n, "%sstaff member %" PRId64, REVERSE_PERFORMER_LINE, remote);
+            for (char *p = line; *p; p++) /* it must stay one line */
+                if (*p == '\n' || *p == '\r')
+                    *p = ' ';
+        }
+    }
+    if (fp_set_put_int(plan->applied, sizeof(plan->applied), "performer", remote) < 0 ||
+        fp_set_put(plan->applied, sizeof(plan->applied), "pname", now) < 0 ||
+        fp_set_put_int(plan->applied, sizeof(plan->applied), "plocal", set_by_us) < 0) {
+        free(line);
+        return NULL;
+    }
+    return line;
+}
+
+int reverse_plan_make(const struct config *cfg, const struct codec_msg *m, const char *applied,
+                      struct reverse_plan *plan)
+{
+    char *native = NULL, *line = NULL;
+    char fp[FP_HEX_LEN + 1], applied_fp[FP_HEX_LEN + 1];
+    struct buf block;
+    int edited;
+
+    memset(plan, 0, sizeof(*plan));
+    buf_init(&block,
+             (size_t)CODEC_MAX_NOTES * (CODEC_MAX_NOTE_ENTRY + 1) + CODEC_MAX_PERFORMER + 64);
+    applied = applied ? applied : "";
+
+    int64_t prev_status = fp_set_get_int(applied, "status", -1);
+    plan->verify = prev_status < 0;
+    plan->status_value = m->state.status;
+    plan->status = prev_status != m->state.status;
+    if (fp_set_put_int(plan->applied, sizeof(plan->applied), "status", m->state.status) < 0)
+        goto fail;
+
+    if (!(line = reverse_plan_performer(cfg, m, applied, plan)))
+        goto fail;
+
+    if (!(native = reverse_native(m)))
+        goto fail;
+    size_t applied_len = (size_t)fp_set_get_int(applied, "notes_len", 0);
+    fp_set_get(applied, "notes_fp", applied_fp, sizeof(applied_fp));
+    size_t off = notes_new_part(native, applied_len, applied_fp, &edited);
+    const char *text = native + off;
+    plan->notes_len = strlen(native);
+    fp_of_mem(native, plan->notes_len, fp);
+    if (fp_set_put_int(plan->applied, sizeof(plan->applied), "notes_len",
+                       (int64_t)plan->notes_len) < 0 ||
+        fp_set_put(plan->applied, sizeof(plan->applied), "notes_fp", fp) < 0)
+        goto fail;
+
+    if (*line) {
+        if (buf_printf(&block, "%s\n", line) < 0)
+            goto fail;
+        if (*text && buf_append_str(&block, "\n") < 0)
+            goto fail;
+    }
+    if (*text && buf_append_str(&block, text) < 0)
+        goto fail;
+    if (block.len) {
+        plan->block = buf_steal(&block);
+        if (!plan->block)
+            goto fail;
+    }
+    buf_release(&block);
+    free(native);
+    free(line);
+    return 0;
+fail:
+    buf_release(&block);
+    free(native);
+    free(line);
+    reverse_plan_release(plan);
+    return -1;
+}
+
+/* ---- sync requests ----------------------------------------------------- */
+
+void reverse_set_sync_done_hook(struct reverse *r, reverse_sync_done_fn hook, void *arg)
+{
+    r->sync_hook = hook;
+    r->sync_arg = arg;
+}
+
+void reverse_expect_sync(struct reverse *r, const char *id)
+{
+    if (!r || !id || !*id || strlen(id) > CODEC_MAX_ID)
+        return;
+    for (size_t i = 0; i < r->nexpected; i++) {
+        if (strcmp(r->expected[i].id, id) == 0) {
+            r->expected[i].applied = 0;
+            return;
+        }
+    }
+    if (r->nexpected == REVERSE_MAX_EXPECTED) {
+        /* The oldest was surely given up by whoever waited for it. */
+        memmove(&r->expected[0], &r->expected[1],
+                (REVERSE_MAX_EXPECTED - 1) * sizeof(r->expected[0]));
+        r->nexpected--;
+    }
+    snprintf(r->expected[r->nexpected].id, sizeof(r->expected[0].id), "%s", id);
+    r->expected[r->nexpected].applied = 0;
+    r->nexpected++;
+}
+
+/* How many states were applied with a change for sync id, forgetting it. */
+static uint64_t reverse_expected_take(struct reverse *r, const char *id)
+{
+    for (size_t i = 0; i < r->nexpected; i++) {
+        if (strcmp(r->expected[i].id, id) != 0)
+            continue;
+        uint64_t n = r->expected[i].applied;
+        memmove(&r->expected[i], &r->expected[i + 1],
+                (r->nexpected - i - 1) * sizeof(r->expected[0]));
+        r->nexpected--;
+        return n;
+    }
+    return 0;
+}
+
+/* 1 when a delivery taken before the sync_done in as is still in hand. */
+static int reverse_sync_blocked(const struct reverse *r, const struct applier_slot *as)
+{
+    size_t n = applier_count(r->ap);
+    for (size_t i = 0; i < n; i++) {
+        const struct applier_slot *o = applier_slot_at(r->ap, i);
+        if (o != as && o->phase != APPLIER_FREE && o->order < as->order)
+            return 1;
+    }
+    return 0;
+}
+
+/* A sync_done whose predecessors are done: the hook, then the ack. One of
+ * an older connection is only released: its redelivery answers the sync. */
+static void reverse_sync_finish(struct reverse *r, struct reverse_slot *s)
+{
+    struct applier_slot *as = s->as;
+    if (applier_stale(as)) {
+        applier_release(as);
+        return;
+    }
+    uint64_t applied = reverse_expected_take(r, s->msg.sync.id);
+    r->stats.syncs++;
+    log_info("sync \"%s\" answered: %" PRIu64 " states published, %" PRIu64 " tasks updated",
+             s->msg.sync.id, s->msg.sync.count, applied);
+    if (r->sync_hook)
+        r->sync_hook(r->sync_arg, s->msg.sync.id, s->msg.sync.count, applied);
+    applier_ack(as);
+}
+
+/* Finishes every sync_done whose predecessors are done. Finishing one
+ * frees a slot, which calls this again: the nested call only asks the
+ * running one to look once more. */
+static void reverse_sync_check(struct reverse *r)
+{
+    if (r->checking) {
+        r->recheck = 1;
+        return;
+    }
+    r->checking = 1;
+    do {
+        r->recheck = 0;
+        size_t n = applier_count(r->ap);
+        for (size_t i = 0; i < n; i++) {
+            struct applier_slot *as = applier_slot_at(r->ap, i);
+            struct reverse_slot *s = as->priv;
+            if (as->phase != APPLIER_BUSY || s->step != RS_SYNC_WAIT || reverse_sync_blocked(r, as))
+                continue;
+            reverse_sync_finish(r, s);
+        }
+    } while (r->recheck);
+    r->checking = 0;
+}
+
+/* ---- slots ------------------------------------------------------------- */
+
+static void slot_fail(struct reverse_slot *s, rt_status status, enum reverse_dead_kind kind,
+                      const char *fmt, ...)
+{
+    char reason[REVERSE_REASON_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(reason, sizeof(reason), fmt, ap);
+    va_end(ap);
+    applier_fail(s->as, status, (int)kind, reverse_dead_kind_name(kind), "%s", reason);
+}
+
+static void slot_api_failed(struct reverse_slot *s, const char *what, const struct billmgr_reply *r)
+{
+    slot_fail(s, r->status == RT_RETRY ? RT_RETRY : RT_REJECT, REVERSE_DEAD_API,
+              "api: %s: %s%s%s%s%s%s", what, r->err_type, *r->err_object ? " (" : "", r->err_object,
+              *r->err_object ? ")" : "", *r->message ? ": " : "", r->message);
+}
+
+/* The state is applied (or had nothing to change): the rev row and the
+ * time of the last apply in one transaction, then the ack. */
+static void slot_commit(struct reverse_slot *s, int changed)
+{
+    struct reverse *r = s->r;
+    const char *client = r->cfg->client.id;
+    int64_t now = reverse_now_ms();
+    rt_status st;
+
+    s->step = RS_COMMIT;
+    if ((st = store_begin(r->st)) != RT_OK)
+        goto failed;
+    if ((st = store_rev_put(r->st, client, s->msg.task, s->msg.seq, s->plan.notes_len,
+                            s->plan.applied)) != RT_OK ||
+        (st = store_meta_set_i64(r->st, REVERSE_META_LAST_APPLY, now)) != RT_OK) {
+        store_rollback(r->st);
+        goto failed;
+    }
+    if ((st = store_commit(r->st)) != RT_OK)
+        goto failed;
+    r->stats.last_apply_ms = now;
+    if (changed) {
+        r->stats.applied++;
+        for (size_t i = 0; i < r->nexpected; i++)
+            r->expected[i].applied++;
+        log_info("task %" PRId64 " updated from the remote side (seq %" PRIu64 "%s%s%s)",
+                 s->msg.task, s->msg.seq, s->plan.status ? ", status" : "",
+                 s->plan.performer ? ", performer" : "", s->plan.block ? ", note" : "");
+    } else {
+        r->stats.unchanged++;
+        log_debug("nothing to change for task %" PRId64 " (seq %" PRIu64 ")", s->msg.task,
+                  s->msg.seq);
+    }
+    applier_ack(s->as);
+    return;
+failed:
+    slot_fail(s, RT_RETRY, REVERSE_DEAD_NONE, "store: %s", store_strerror(r->st));
+}
+
+static void reverse_on_reply(void *arg, const struct billmgr_reply *r);
+
+/* Queues an API call for the slot, which then waits in step. params are
+ * released. */
+static void slot_call(struct reverse_slot *s, enum reverse_step step, struct billmgr_params *p,
+                      int params_ok)
+{
+    const char *func = s->r->api->func_task_edit;
+
+    s->step = step;
+    if (!params_ok) {
+        billmgr_params_release(p);
+        slot_fail(s, RT_REJECT, REVERSE_DEAD_API,
+                  "api: cannot build the call of \"%s\" (a value over %zu bytes)", func,
+                  (size_t)BILLMGR_MAX_VALUE);
+        return;
+    }
+    int rc = billmgr_call(s->r->bm, func, p, reverse_on_reply, s);
+    billmgr_params_release(p);
+    if (rc < 0)
+        slot_fail(s, RT_RETRY, REVERSE_DEAD_NONE, "api: cannot queue the call of \"%s\"", func);
+}
+
+static void slot_view(struct reverse_slot *s)
+{
+    struct billmgr_params p;
+    billmgr_params_init(&p);
+    int ok = billmgr_params_addf(&p, "elid", "%" PRId64, s->msg.task) == 0;
+    slot_call(s, RS_VIEW, &p, ok);
+}
+
+/* One change of the source task: what the plan marks, and note when not
+ * NULL. */
+static void slot_edit(struct reverse_slot *s, const char *note)
+{
+    const struct config_billmgr_api *api = s->r->api;
+    struct billmgr_params p;
+    int ok = 1;
+
+    billmgr_params_init(&p);
+    ok &= billmgr_params_add(&p, "sok", "ok") == 0;
+    ok &= billmgr_params_addf(&p, "elid", "%" PRId64, s->msg.task) == 0;
+    if (s->plan.status)
+        ok &= billmgr_params_addf(&p, api->field_status, "%d", s->plan.status_value) == 0;
+    if (s->plan.performer) {
+        if (s->plan.performer_local > 0)
+            ok &=
+                billmgr_params_addf(&p, api->field_performer, "%ld", s->plan.performer_local) == 0;
+        else
+            ok &= billmgr_params_add(&p, api->field_performer, "") == 0;
+    }
+    if (note)
+        ok &= billmgr_params_add(&p, api->field_note, note) == 0;
+    slot_call(s, RS_EDIT, &p, ok);
+}
+
+/* The source task as it is now: what the plan still has to change. */
+static void slot_viewed(struct reverse_slot *s, json_t *doc)
+{
+    const struct config_billmgr_api *api = s->r->api;
+    long status = -1, performer = 0;
+    char *note = NULL;
+
+    if (billmgr_long(doc, api->field_status, &status) < 0)
+        status = -1;
+    if (billmgr_long(doc, api->field_performer, &performer) < 0)
+        performer = 0; /* empty: nobody */
+    reverse_plan_verify(&s->plan, status, performer);
+    if (reverse_plan_empty(&s->plan)) {
+        slot_commit(s, 0);
+        return;
+    }
+    if (s->plan.block) {
+        note = notes_append(billmgr_text(doc, api->field_note), REVERSE_ORIGIN, s->plan.block);
+        if (!note) {
+            slot_fail(s, RT_RETRY, REVERSE_DEAD_NONE, "out of memory building the note");
+            return;
+        }
+    }
+    slot_edit(s, note);
+    free(note);
+}
+
+static void reverse_on_reply(void *arg, const struct billmgr_reply *r)
+{
+    struct reverse_slot *s = arg;
+
+    switch (s->step) {
+    case RS_VIEW:
+        if (r->status != RT_OK) {
+            slot_api_failed(s, "viewing the task", r);
+            return;
+        }
+        slot_viewed(s, r->doc);
+        return;
+    case RS_EDIT:
+        if (r->status != RT_OK) {
+            slot_api_failed(s, "changing the task", r);
+            return;
+        }
+        slot_commit(s, 1);
+        return;
+    default:
+        /* Not waiting for a call: cannot happen, every call has one step. */
+        log_error("API answer for task %" PRId64 " in an unexpected step %d", s->msg.task,
+                  (int)s->step);
+        return;
+    }
+}
+
+/* The state's turn has come: is it new, and what does it change? */
+static void slot_start(struct reverse_slot *s)
+{
+    struct reverse *r = s->r;
+    const char *client = r->cfg->client.id;
+    struct store_fwd fwd;
+    struct store_rev rev;
+
+    s->step = RS_LOOKUP;
+    if (store_fwd_get(r->st, client, s->msg.task, &fwd) != RT_OK ||
+        store_rev_get(r->st, client, s->msg.task, &rev) != RT_OK) {
+        slot_fail(s, RT_RETRY, REVERSE_DEAD_NONE, "store: %s", store_strerror(r->st));
+        return;
+    }
+    if (!fwd.found || fwd.seq == 0) {
+        slot_fail(s, RT_REJECT, REVERSE_DEAD_UNKNOWN_TASK, "task %" PRId64 " was never forwarded",
+                  s->msg.task);
+        return;
+    }
+    if (rev.found && rev.seq >= s->msg.seq) {
+        r->stats.duplicates++;
+        log_debug("dropped state seq %" PRIu64 " of task %" PRId64 ": seq %" PRIu64 " is applied",
+                  s->msg.seq, s->msg.task, rev.seq);
+        applier_ack(s->as);
+        return;
+    }
+    if (reverse_plan_make(r->cfg, &s->msg, rev.found ? rev.applied : "", &s->plan) < 0) {
+        slot_fail(s, RT_RETRY, REVERSE_DEAD_NONE, "out of memory planning the change");
+        return;
+    }
+    if (reverse_plan_empty(&s->plan)) {
+        slot_commit(s, 0);
+        return;
+    }
+    if (reverse_plan_needs_view(&s->plan))
+        slot_view(s);
+    else
+        slot_edit(s, NULL);
+}
+
+/* ---- the component ----------------------------------------------------- */
+
+void reverse_on_delivery(struct reverse *r, const struct broker_delivery *d)
+{
+    char err[REVERSE_REASON_MAX];
+
+    struct applier_slot *as = applier_take(r->ap, d, r->cfg->amqp.user);
+    if (!as)
+        return; /* left to the broker or requeued */
+    struct reverse_slot *s = as->priv;
+    s->r = r;
+    s->as = as;
+    s->step = RS_LOOKUP;
+    if (strcmp(as->queue, r->queue) != 0) {
+        /* Not the queue this applier consumes: a bridge bug, and
+         * requeueing would loop. */
+        log_error("message from unexpected queue \"%s\" rejected", as->queue);
+        applier_discard(as);
+        return;
+    }
+    snprintf(as->client, sizeof(as->client), "%s", r->cfg->client.id);
+    if (as->too_big) {
+        slot_fail(s, RT_REJECT, REVERSE_DEAD_UNDECODABLE,
+                  "undecodable: body of %zu bytes is over the cap", as->len);
+        return;
+    }
+    if (codec_decode(as->body, as->len, &s->msg, err, sizeof(err)) != RT_OK) {
+        slot_fail(s, RT_REJECT, REVERSE_DEAD_UNDECODABLE, "undecodable: %s", err);
+        return;
+    }
+    as->task = s->msg.task;
+    enum reverse_dead_kind kind =
+        reverse_check(r->cfg, as->queue, d->user_id, r->cfg->amqp.user,
+                      broker_delivery_header_str(d, "x-rt-user"), &s->msg, err, sizeof(err));
+    if (kind != REVERSE_DEAD_NONE) {
+        slot_fail(s, RT_REJECT, kind, "%s", err);
+        return;
+    }
+    if (s->msg.kind == CODEC_SYNC_DONE) {
+        log_debug("message %s: sync_done \"%s\"", as->message_id[0] ? as->message_id : "without id",
+                  s->msg.sync.id);
+        s->step = RS_SYNC_WAIT;
+        reverse_sync_check(r);
+        return;
+    }
+    log_debug("message %s: state seq %" PRIu64 " of task %" PRId64,
+              as->message_id[0] ? as->message_id : "without id", s->msg.seq, s->msg.task);
+    applier_schedule(as, s->msg.task, s->msg.seq);
+}
+
+void reverse_on_confirm(struct reverse *r, uint64_t tag, enum broker_fate fate)
+{
+    if (r)
+        applier_on_confirm(r->ap, tag, fate);
+}
+
+void reverse_on_connected(struct reverse *r)
+{
+    if (!r)
+        return;
+    applier_on_connected(r->ap);
+    reverse_sync_check(r);
+    if (applier_draining(r->ap))
+        return;
+    if (broker_consume(r->br, r->queue) != RT_OK) {
+        log_error("cannot consume queue \"%s\": %s", r->queue, broker_strerror(r->br));
+        return; /* the connection is closed: the bridge reconnects */
+    }
+    log_info("consuming queue \"%s\"", r->queue);
+}
+
+int64_t reverse_tick(struct reverse *r, int64_t now_ms)
+{
+    reverse_sync_check(r);
+    return applier_tick(r->ap, now_ms);
+}
+
+void reverse_drain(struct reverse *r)
+{
+    if (!r)
+        return;
+    applier_drain(r->ap);
+    reverse_sync_check(r);
+}
+
+int reverse_idle(const struct reverse *r)
+{
+    return !r || applier_idle(r->ap);
+}
+
+void reverse_stats(const struct reverse *r, struct reverse_stats *out)
+{
+    struct applier_stats a;
+
+    memset(out, 0, sizeof(*out));
+    if (!r)
+        return;
+    *out = r->stats;
+    applier_stats(r->ap, &a);
+    out->deliveries = a.deliveries;
+    out->duplicates += a.duplicates;
+    out->superseded = a.superseded;
+    out->retried = a.retried;
+    out->dead = a.dead;
+    out->requeued = a.requeued;
+    out->busy = a.busy;
+}
+
+/* applier callbacks: the slot's turn, what to free, a dead letter's kind,
+ * a slot freed (which may be what a sync_done waits for). */
+static void reverse_slot_start(void *owner, struct applier_slot *as)
+{
+    (void)owner;
+    slot_start(as->priv);
+}
+
+static void reverse_slot_clear(void *owner, struct applier_slot *as)
+{
+    struct reverse_slot *s = as->priv;
+    (void)owner;
+    codec_msg_release(&s->msg);
+    reverse_plan_release(&s->plan);
+}
+
+static void reverse_slot_dead(void *owner, const struct applier_slot *as)
+{
+    struct reverse *r = owner;
+    switch ((enum reverse_dead_kind)as->dead_kind) {
+    case REVERSE_DEAD_UNDECODABLE: r->stats.dead_undecodable++; break;
+    case REVERSE_DEAD_UNAUTHORIZED: r->stats.dead_unauthorized++; break;
+    case REVERSE_DEAD_UNKNOWN_TASK: r->stats.dead_unknown_task++; break;
+    default: r->stats.dead_api++; break;
+    }
+}
+
+static void reverse_slot_released(void *owner)
+{
+    reverse_sync_check(owner);
+}
+
+static const struct applier_ops reverse_ops = {
+    .start = reverse_slot_start,
+    .clear = reverse_slot_clear,
+    .dead = reverse_slot_dead,
+    .released = reverse_slot_released,
+};
+
+struct reverse *reverse_new(const struct config *cfg, struct store *st, struct billmgr *bm,
+                            struct broker *br, char *err, size_t errlen)
+{
+    struct reverse *r;
+
+    if (!cfg || !st || !bm || !br) {
+        snprintf(err, errlen, "reverse applier: missing config, store, billmgr or broker");
+        return NULL;
+    }
+    if (!cfg->client.enabled || !cfg->client.id || !*cfg->client.id) {
+        snprintf(err, errlen, "reverse applier: the configuration has no client section");
+        return NULL;
+    }
+    r = calloc(1, sizeof(*r));
+    if (!r) {
+        snprintf(err, errlen, "reverse applier: out of memory");
+        return NULL;
+    }
+    r->cfg = cfg;
+    r->st = st;
+    r->bm = bm;
+    r->br = br;
+    r->api = &cfg->billmanager.api;
+    if (broker_queue_name(r->queue, sizeof(r->queue), BROKER_REVERSE, cfg->client.id) < 0) {
+        snprintf(err, errlen, "reverse applier: client id \"%s\" cannot name a queue",
+                 cfg->client.id);
+        reverse_free(r);
+        return NULL;
+    }
+    /* prefetch deliveries of this connection, plus as many of an earlier
+     * one whose API calls are still finishing. */
+    size_t max_slots = (size_t)(cfg->amqp.prefetch > 0 ? cfg->amqp.prefetch : 1) * 2;
+    r->ap =
+        applier_new(br, BROKER_REVERSE, max_slots, sizeof(struct reverse_slot), &reverse_ops, r);
+    if (!r->ap) {
+        snprintf(err, errlen, "reverse applier: out of memory");
+        reverse_free(r);
+        return NULL;
+    }
+    return r;
+}
+
+void reverse_free(struct reverse *r)
+{
+    if (!r)
+        return;
+    applier_free(r->ap);
+    free(r);
+}

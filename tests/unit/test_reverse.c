@@ -1,0 +1,794 @@
+/* Unit tests of consumer/reverse: the pure helpers (validation, the plan of
+ * a state against the applied fp set, the performer mapping, the block
+ * text), and the applier driven in-process: a state applied with one view
+ * and one edit against a loopback BILLmanager stand-in, duplicates and
+ * unchanged states costing no call, and a sync_done answered only after
+ * the state delivered before it.
+ *
+ * Unit test programs link rtconfig and rtcommon only, so the applier's
+ * sources (reverse.c and the delivery slots it runs on, applier.c) are
+ * compiled into this program. The broker is never connected: acks then
+ * fail quietly (the messages would be redelivered), which changes nothing
+ * of what the applier does. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "../../consumer/applier.c"
+#include "../../consumer/reverse.c"
+
+static struct config_performer_map test_performers[] = {
+    {.remote = 21, .local = 1},
+    {.remote = 22, .local = 2},
+};
+
+static struct config test_cfg_storage;
+
+static struct config *test_config(void)
+{
+    struct config *cfg = &test_cfg_storage;
+    struct config_billmgr_api *api = &cfg->billmanager.api;
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->client.enabled = true;
+    cfg->client.id = "7";
+    cfg->client.server_user = "upstream";
+    cfg->client.performers = test_performers;
+    cfg->client.n_performers = 2;
+    cfg->amqp.user = "reseller-a";
+    cfg->amqp.prefetch = 4;
+    api->func_task = "task";
+    api->func_task_edit = "task.edit";
+    api->field_note = "note";
+    api->field_status = "status";
+    api->field_performer = "performer";
+    api->page_size = 1000;
+    return cfg;
+}
+
+/* A state message with borrowed strings (never released). */
+static char *test_notes[2];
+
+static void test_state(struct codec_msg *m, int64_t task, uint64_t seq, int status,
+                       int64_t performer_id, const char *performer, const char *native)
+{
+    codec_msg_init(m, CODEC_STATE);
+    m->client = "7";
+    m->task = task;
+    m->seq = seq;
+    m->state.status = status;
+    m->state.performer_id = performer_id;
+    m->state.performer = (char *)performer;
+    test_notes[0] = (char *)native;
+    m->state.notes = test_notes;
+    m->state.nnotes = native && *native ? 1 : 0;
+}
+
+/* ---- validation -------------------------------------------------------- */
+
+static void check_accepts_states_and_sync_done_of_the_server(void **state)
+{
+    struct config *cfg = test_config();
+    struct codec_msg m;
+    char reason[256];
+    (void)state;
+    test_state(&m, 5, 1, 1, 0, "", "");
+    assert_int_equal(reverse_check(cfg, "remotetask.reverse.7", "upstream", "reseller-a", NULL, &m,
+                                   reason, sizeof(reason)),
+                     REVERSE_DEAD_NONE);
+    assert_string_equal(reason, "");
+
+    codec_msg_init(&m, CODEC_SYNC_DONE);
+    m.client = "7";
+    m.sync.id = "abc";
+    assert_int_equal(reverse_check(cfg, "remotetask.reverse.7", "upstream", "reseller-a", NULL, &m,
+                                   reason, sizeof(reason)),
+                     REVERSE_DEAD_NONE);
+}
+
+static void check_refuses_other_queues_kinds_clients_and_users(void **state)
+{
+    struct config *cfg = test_config();
+    struct codec_msg m;
+    char reason[256];
+    (void)state;
+    test_state(&m, 5, 1, 1, 0, "", "");
+
+    assert_int_equal(reverse_check(cfg, "remotetask.reverse.8", "upstream", "reseller-a", NULL, &m,
+                                   reason, sizeof(reason)),
+                     REVERSE_DEAD_UNAUTHORIZED);
+    assert_non_null(strstr(reason, "remotetask.reverse.8"));
+
+    m.client = "8";
+    assert_int_equal(reverse_check(cfg, "remotetask.reverse.7", "upstream", "reseller-a", NULL, &m,
+                                   reason, sizeof(reason)),
+                     REVERSE_DEAD_UNAUTHORIZED);
+    assert_non_null(strstr(reason, "\"8\""));
+    m.client = "7";
+
+    assert_int_equal(reverse_check(cfg, "remotetask.reverse.7", "intruder", "reseller-a", NULL, &m,
+                                   reason, sizeof(reason)),
+                     REVERSE_DEAD_UNAUTHORIZED);
+    assert_non_null(strstr(reason, "intruder"));
+
+    m.kind = CODEC_TASK;
+    assert_int_equal(reverse_check(cfg, "remotetask.reverse.7", "upstream", "reseller-a", NULL, &m,
+                                   reason, sizeof(reason)),
+                     REVERSE_DEAD_UNDECODABLE);
+    assert_non_null(strstr(reason, "task"));
+    m.kind = CODEC_SYNC;
+    assert_int_equal(reverse_check(cfg, "remotetask.reverse.7", "upstream", "reseller-a", NULL, &m,
+                                   reason, sizeof(reason)),
+                     REVERSE_DEAD_UNDECODABLE);
+}
+
+static void check_takes_the_sender_of_our_own_retry_copy(void **state)
+{
+    struct config *cfg = test_config();
+    struct codec_msg m;
+    char reason[256];
+    (void)state;
+    test_state(&m, 5, 1, 1, 0, "", "");
+
+    /* Our own login with the server's user in x-rt-user: our retry copy. */
+    assert_int_equal(reverse_check(cfg, "remotetask.reverse.7", "reseller-a", "reseller-a",
+                                   "upstream", &m, reason, sizeof(reason)),
+                     REVERSE_DEAD_NONE);
+    /* Our own login without it is not the server. */
+    assert_int_equal(reverse_check(cfg, "remotetask.reverse.7", "reseller-a", "reseller-a", NULL,
+                                   &m, reason, sizeof(reason)),
+                     REVERSE_DEAD_UNAUTHORIZED);
+    /* x-rt-user counts only on a message carrying our own login. */
+    assert_int_equal(reverse_check(cfg, "remotetask.reverse.7", "intruder", "reseller-a",
+                                   "upstream", &m, reason, sizeof(reason)),
+                     REVERSE_DEAD_UNAUTHORIZED);
+    /* No server_user configured: any sender. */
+    cfg->client.server_user = "";
+    assert_int_equal(reverse_check(cfg, "remotetask.reverse.7", "anyone", "reseller-a", NULL, &m,
+                                   reason, sizeof(reason)),
+                     REVERSE_DEAD_NONE);
+}
+
+static void performers_map_remote_to_local(void **state)
+{
+    struct config *cfg = test_config();
+    (void)state;
+    assert_int_equal(reverse_performer_local(cfg, 21), 1);
+    assert_int_equal(reverse_performer_local(cfg, 22), 2);
+    assert_int_equal(reverse_performer_local(cfg, 23), 0);
+    assert_int_equal(reverse_performer_local(cfg, 0), 0);
+    cfg->client.n_performers = 0;
+    assert_int_equal(reverse_performer_local(cfg, 21), 0);
+}
+
+static void dead_kinds_have_names(void **state)
+{
+    (void)state;
+    assert_string_equal(reverse_dead_kind_name(REVERSE_DEAD_NONE), "none");
+    assert_string_equal(reverse_dead_kind_name(REVERSE_DEAD_UNDECODABLE), "undecodable");
+    assert_string_equal(reverse_dead_kind_name(REVERSE_DEAD_UNAUTHORIZED), "unauthorized");
+    assert_string_equal(reverse_dead_kind_name(REVERSE_DEAD_UNKNOWN_TASK), "unknown_task");
+    assert_string_equal(reverse_dead_kind_name(REVERSE_DEAD_API), "api");
+}
+
+/* ---- plans ------------------------------------------------------------- */
+
+static void first_state_is_verified_against_the_task(void **state)
+{
+    struct config *cfg = test_config();
+    struct codec_msg m;
+    struct reverse_plan p;
+    (void)state;
+
+    test_state(&m, 5, 1, 0, 0, "", "");
+    assert_int_equal(reverse_plan_make(cfg, &m, "", &p), 0);
+    assert_true(p.status);
+    assert_true(p.verify);
+    assert_false(p.performer);
+    assert_null(p.block);
+    assert_true(reverse_plan_needs_view(&p));
+    /* The task is opened already: nothing to write. */
+    reverse_plan_verify(&p, 0, 0);
+    assert_false(p.status);
+    assert_false(p.verify);
+    assert_true(reverse_plan_empty(&p));
+    assert_int_equal(fp_set_get_int(p.applied, "status", -1), 0);
+    reverse_plan_release(&p);
+
+    /* Closed on the target, open here: the status goes. */
+    test_state(&m, 5, 1, 2, 0, "", "");
+    assert_int_equal(reverse_plan_make(cfg, &m, "", &p), 0);
+    reverse_plan_verify(&p, 0, 0);
+    assert_true(p.status);
+    assert_int_equal(p.status_value, 2);
+    reverse_plan_release(&p);
+}
+
+static void status_follows_what_was_applied(void **state)
+{
+    struct config *cfg = test_config();
+    struct codec_msg m;
+    struct reverse_plan p, q;
+    (void)state;
+
+    test_state(&m, 5, 1, 1, 0, "", "");
+    assert_int_equal(reverse_plan_make(cfg, &m, "", &p), 0);
+    /* Applied: the same state again changes nothing and needs no view. */
+    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, &q), 0);
+    assert_true(reverse_plan_empty(&q));
+    assert_false(q.verify);
+    assert_false(reverse_plan_needs_view(&q));
+    assert_string_equal(q.applied, p.applied);
+    reverse_plan_release(&q);
+
+    /* A new status alone: an edit without a view. */
+    test_state(&m, 5, 2, 2, 0, "", "");
+    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, &q), 0);
+    assert_true(q.status);
+    assert_int_equal(q.status_value, 2);
+    assert_false(q.performer);
+    assert_null(q.block);
+    assert_false(reverse_plan_needs_view(&q));
+    assert_false(reverse_plan_empty(&q));
+    reverse_plan_release(&q);
+    reverse_plan_release(&p);
+}
+
+static void mapped_performer_is_set_and_cleared(void **state)
+{
+    struct config *cfg = test_config();
+    struct codec_msg m;
+    struct reverse_plan p, q, r;
+    (void)state;
+
+    test_state(&m, 5, 1, 1, 0, "", "");
+    assert_int_equal(reverse_plan_make(cfg, &m, "", &p), 0);
+
+    test_state(&m, 5, 2, 1, 21, "Ann Smith", "");
+    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, &q), 0);
+    assert_true(q.performer);
+    assert_int_equal(q.performer_local, 1);
+    assert_null(q.block); /* mapped: nothing in the note */
+    assert_false(q.status);
+    assert_int_equal(fp_set_get_int(q.applied, "plocal", 0), 1);
+
+    /* Another remote staff member mapped to another local one. */
+    test_state(&m, 5, 3, 1, 22, "Bob", "");
+    assert_int_equal(reverse_plan_make(cfg, &m, q.applied, &r), 0);
+    assert_true(r.performer);
+    assert_int_equal(r.performer_local, 2);
+    reverse_plan_release(&r);
+
+    /* Nobody on the remote side: the one we set is cleared. */
+    test_state(&m, 5, 3, 1, 0, "", "");
+    assert_int_equal(reverse_plan_make(cfg, &m, q.applied, &r), 0);
+    assert_true(r.performer);
+    assert_int_equal(r.performer_local, 0);
+    assert_null(r.block);
+    assert_int_equal(fp_set_get_int(r.applied, "plocal", -1), 0);
+    reverse_plan_release(&r);
+
+    /* The same performer again: nothing. */
+    test_state(&m, 5, 3, 1, 21, "Ann Smith", "");
+    assert_int_equal(reverse_plan_make(cfg, &m, q.applied, &r), 0);
+    assert_true(reverse_plan_empty(&r));
+    reverse_plan_release(&r);
+
+    /* Viewed with that performer already: nothing written. */
+    test_state(&m, 5, 1, 1, 21, "Ann Smith", "");
+    assert_int_equal(reverse_plan_make(cfg, &m, "", &r), 0);
+    assert_true(r.performer);
+    assert_true(reverse_plan_needs_view(&r));
+    reverse_plan_verify(&r, 1, 1);
+    assert_true(reverse_plan_empty(&r));
+    reverse_plan_release(&r);
+
+    reverse_plan_release(&q);
+    reverse_plan_release(&p);
+}
+
+static void unmapped_performer_is_named_in_the_note(void **state)
+{
+    struct config *cfg = test_config();
+    struct codec_msg m;
+    struct reverse_plan p, q, r;
+    (void)state;
+
+    test_state(&m, 5, 1, 1, 0, "", "");
+    assert_int_equal(reverse_plan_make(cfg, &m, "", &p), 0);
+    assert_null(p.block); /* no performer from the start: no line */
+
+    test_state(&m, 5, 2, 1, 40, "Carol\nJones", "");
+    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, &q), 0);
+    assert_false(q.performer); /* never guessed */
+    assert_non_null(q.block);
+    assert_string_equal(q.block, "Performer on the remote side: Carol Jones\n");
+    assert_true(reverse_plan_needs_view(&q));
+
+    test_state(&m, 5, 3, 1, 0, "", "");
+    assert_int_equal(reverse_plan_make(cfg, &m, q.applied, &r), 0);
+    assert_false(r.performer);
+    assert_non_null(r.block);
+    assert_string_equal(r.block, "No performer on the remote side\n");
+    reverse_plan_release(&r);
+
+    /* A nameless one is named by id. */
+    test_state(&m, 5, 3, 1, 41, "", "");
+    assert_int_equal(reverse_plan_make(cfg, &m, q.applied, &r), 0);
+    assert_string_equal(r.block, "Performer on the remote side: staff member 41\n");
+    reverse_plan_release(&r);
+
+    reverse_plan_release(&q);
+    reverse_plan_release(&p);
+}
+
+static void notes_are_appended_once(void **state)
+{
+    struct config *cfg = test_config();
+    struct codec_msg m;
+    struct reverse_plan p, q, r;
+    (void)state;
+
+    test_state(&m, 5, 1, 1, 0, "", "Disk replaced.");
+    assert_int_equal(reverse_plan_make(cfg, &m, "", &p), 0);
+    assert_string_equal(p.block, "Disk replaced.");
+    assert_int_equal(p.notes_len, strlen("Disk replaced."));
+
+    /* Applied: the same text again brings nothing. */
+    test_state(&m, 5, 2, 1, 0, "", "Disk replaced.");
+    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, &q), 0);
+    assert_true(reverse_plan_empty(&q));
+    reverse_plan_release(&q);
+
+    /* Only what was written since goes. */
+    test_state(&m, 5, 3, 1, 0, "", "Disk replaced.\n\nServer is up again.\n");
+    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, &q), 0);
+    assert_string_equal(q.block, "Server is up again.\n");
+    assert_false(q.status);
+
+    /* The middle was edited on the target: the whole text goes again. */
+    test_state(&m, 5, 4, 1, 0, "", "Disk and fan replaced.\n\nServer is up again.\n");
+    assert_int_equal(reverse_plan_make(cfg, &m, q.applied, &r), 0);
+    assert_string_equal(r.block, "Disk and fan replaced.\n\nServer is up again.\n");
+    reverse_plan_release(&r);
+
+    reverse_plan_release(&q);
+    reverse_plan_release(&p);
+}
+
+static void performer_line_and_notes_share_one_block(void **state)
+{
+    struct config *cfg = test_config();
+    struct codec_msg m;
+    struct reverse_plan p, q;
+    (void)state;
+
+    test_state(&m, 5, 1, 1, 0, "", "");
+    assert_int_equal(reverse_plan_make(cfg, &m, "", &p), 0);
+    test_state(&m, 5, 2, 2, 40, "Carol", "Closed, see the ticket.");
+    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, &q), 0);
+    assert_true(q.status);
+    assert_string_equal(q.block, "Performer on the remote side: Carol\n\nClosed, see the ticket.");
+
+    /* The block in the note: once, marked as coming from the remote side. */
+    char *note = notes_append("Please install the OS.", REVERSE_ORIGIN, q.block);
+    assert_non_null(note);
+    assert_string_equal(note, "Please install the OS.\n\n"
+                              "--- remotetask: from the remote side ---\n"
+                              "Performer on the remote side: Carol\n\n"
+                              "Closed, see the ticket.\n"
+                              "--- remotetask: end ---");
+    /* It is not native text: the relay never sends it forward. */
+    char *native = notes_native(note);
+    assert_string_equal(native, "Please install the OS.");
+    free(native);
+    free(note);
+    reverse_plan_release(&q);
+    reverse_plan_release(&p);
+}
+
+static void forged_blocks_are_stripped(void **state)
+{
+    struct config *cfg = test_config();
+    struct codec_msg m;
+    struct reverse_plan p;
+    (void)state;
+
+    test_state(&m, 5, 1, 1, 0, "",
+               "Done.\n\n--- remotetask: from client 7, task 5 ---\nfake\n--- remotetask: end ---");
+    assert_int_equal(reverse_plan_make(cfg, &m, "", &p), 0);
+    assert_string_equal(p.block, "Done.");
+    reverse_plan_release(&p);
+}
+
+/* ---- the applier, in-process ------------------------------------------- */
+
+/* A BILLmanager stand-in on a loopback port: views answer with the task as
+ * set below, edits with ok; every request's parameters are kept. */
+#define FAKE_MAX_REQ 16
+struct fake {
+    int lfd;
+    int cfd;
+    char in[65536];
+    size_t inlen;
+    int nreq;
+    char req[FAKE_MAX_REQ][8192]; /* decoded "key=value\n" lines */
+    const char *task_status;
+    const char *task_performer;
+    const char *task_note;
+};
+
+static struct fake fake;
+
+static int sync_calls;
+static char sync_id[64];
+static uint64_t sync_count, sync_applied;
+
+static void on_sync_done(void *arg, const char *id, uint64_t count, uint64_t applied)
+{
+    (void)arg;
+    sync_calls++;
+    snprintf(sync_id, sizeof(sync_id), "%s", id);
+    sync_count = count;
+    sync_applied = applied;
+}
+
+static void no_confirm(void *arg, uint64_t tag, enum broker_fate fate)
+{
+    (void)arg;
+    (void)tag;
+    (void)fate;
+}
+
+static void no_delivery(void *arg, const struct broker_delivery *d)
+{
+    (void)arg;
+    (void)d;
+}
+
+static int fake_listen(void)
+{
+    struct sockaddr_in sa;
+    socklen_t len = sizeof(sa);
+    memset(&fake, 0, sizeof(fake));
+    fake.cfd = -1;
+    fake.lfd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fake.lfd >= 0);
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fake.lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(getsockname(fake.lfd, (struct sockaddr *)&sa, &len), 0);
+    assert_int_equal(listen(fake.lfd, 16), 0);
+    return ntohs(sa.sin_port);
+}
+
+static int fake_hex(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c - 'a' + 10;
+}
+
+/* Decodes a form body into "key=value\n" lines. */
+static void fake_decode(const char *body, char *out, size_t outlen)
+{
+    size_t o = 0;
+    for (const char *p = body; *p && o + 2 < outlen; p++) {
+        char c = *p;
+        if (c == '&')
+            c = '\n';
+        else if (c == '+')
+            c = ' ';
+        else if (c == '%' && p[1] && p[2]) {
+            c = (char)(fake_hex(p[1]) * 16 + fake_hex(p[2]));
+            p += 2;
+        }
+        out[o++] = c;
+    }
+    out[o++] = '\n';
+    out[o] = '\0';
+}
+
+static void fake_answer(void)
+{
+    char *head_end = strstr(fake.in, "\r\n\r\n");
+    if (!head_end)
+        return;
+    const char *cl = strcasestr(fake.in, "Content-Length:");
+    size_t want = cl && cl < head_end ? (size_t)strtoul(cl + 15, NULL, 10) : 0;
+    const char *body = head_end + 4;
+    if (fake.inlen < (size_t)(body - fake.in) + want)
+        return; /* not all of it yet */
+    assert_true(fake.nreq < FAKE_MAX_REQ);
+    char *decoded = fake.req[fake.nreq++];
+    fake_decode(body, decoded, sizeof(fake.req[0]));
+
+    char json[4096], resp[8192];
+    if (strstr(decoded, "\nsok=ok\n"))
+        snprintf(json, sizeof(json), "{\"doc\":{\"ok\":{}}}");
+    else
+        snprintf(json, sizeof(json),
+                 "{\"doc\":{\"status\":{\"$\":\"%s\"},\"performer\":{\"$\":\"%s\"},"
+                 "\"note\":{\"$\":\"%s\"}}}",
+                 fake.task_status, fake.task_performer, fake.task_note);
+    int n = snprintf(resp, sizeof(resp),
+                     "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                     strlen(json), json);
+    assert_int_equal(write(fake.cfd, resp, (size_t)n), n);
+    close(fake.cfd);
+    fake.cfd = -1;
+    fake.inlen = 0;
+    fake.in[0] = '\0';
+}
+
+/* Drives billmgr and the stand-in until done() says so; fails after a
+ * generous deadline (a hang, not a timing assertion). */
+static void drive(struct billmgr *bm, int (*done)(void *), void *arg)
+{
+    for (int rounds = 0; !done(arg); rounds++) {
+        struct pollfd fds[40];
+        assert_true(rounds < 2000); /* at most 2000 polls of 10 ms: 20 s */
+        size_t n = billmgr_pollfds(bm, fds, 36);
+        size_t nb = n;
+        fds[n++] = (struct pollfd){.fd = fake.lfd, .events = POLLIN};
+        if (fake.cfd >= 0)
+            fds[n++] = (struct pollfd){.fd = fake.cfd, .events = POLLIN};
+        int t = billmgr_timeout_ms(bm);
+        poll(fds, n, t < 0 || t > 10 ? 10 : t);
+        if (fds[nb].revents & POLLIN && fake.cfd < 0)
+            fake.cfd = accept(fake.lfd, NULL, NULL);
+        if (fake.cfd >= 0 && nb + 1 < n && (fds[nb + 1].revents & POLLIN)) {
+            ssize_t got = read(fake.cfd, fake.in + fake.inlen, sizeof(fake.in) - 1 - fake.inlen);
+            if (got > 0) {
+                fake.inlen += (size_t)got;
+                fake.in[fake.inlen] = '\0';
+                fake_answer();
+            }
+        }
+        billmgr_handle(bm, fds, nb);
+    }
+}
+
+struct rig {
+    char dir[64];
+    struct store *st;
+    struct broker *br;
+    struct billmgr *bm;
+    struct reverse *r;
+    uint64_t tag;
+};
+
+static int rig_idle(void *arg)
+{
+    struct rig *g = arg;
+    return reverse_idle(g->r);
+}
+
+static int rig_synced(void *arg)
+{
+    (void)arg;
+    return sync_calls > 0;
+}
+
+static void rig_deliver(struct rig *g, const struct codec_msg *m, const char *user_id)
+{
+    struct buf body;
+    struct broker_delivery d;
+    char err[256];
+    buf_init(&body, CODEC_MAX_BODY);
+    assert_int_equal(codec_encode(m, &body, err, sizeof(err)), 0);
+    memset(&d, 0, sizeof(d));
+    d.delivery_tag = ++g->tag;
+    d.queue = "remotetask.reverse.7";
+    d.exchange = BROKER_EXCHANGE_REVERSE;
+    d.routing_key = "7";
+    d.message_id = "m";
+    d.user_id = user_id;
+    d.content_type = BROKER_CONTENT_TYPE;
+    d.body = body.data;
+    d.len = body.len;
+    reverse_on_delivery(g->r, &d);
+    buf_release(&body);
+}
+
+static void rig_up(struct rig *g, struct config *cfg)
+{
+    char err[512], url[128];
+    uint64_t seq;
+
+    memset(g, 0, sizeof(*g));
+    snprintf(g->dir, sizeof(g->dir), "/tmp/test_reverse.XXXXXX");
+    assert_non_null(mkdtemp(g->dir));
+    g->st = store_open(g->dir, err, sizeof(err));
+    assert_non_null(g->st);
+    assert_int_equal(store_fwd_next_seq(g->st, "7", 5, &seq), RT_OK);
+
+    struct broker_opts bo;
+    memset(&bo, 0, sizeof(bo));
+    bo.host = "127.0.0.1";
+    bo.port = 1;
+    bo.vhost = "/";
+    bo.user = "reseller-a";
+    bo.password = "unused";
+    bo.on_confirm = no_confirm;
+    bo.on_delivery = no_delivery;
+    g->br = broker_new(&bo, err, sizeof(err));
+    assert_non_null(g->br);
+
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/billmgr", fake_listen());
+    struct billmgr_opts o;
+    memset(&o, 0, sizeof(o));
+    o.url = url;
+    o.login = "remotetask";
+    o.password = "unused";
+    o.timeout_ms = 20000;
+    o.verify_tls = 1;
+    g->bm = billmgr_new(&o, err, sizeof(err));
+    assert_non_null(g->bm);
+
+    g->r = reverse_new(cfg, g->st, g->bm, g->br, err, sizeof(err));
+    assert_non_null(g->r);
+    reverse_set_sync_done_hook(g->r, on_sync_done, NULL);
+    sync_calls = 0;
+}
+
+static void rig_down(struct rig *g)
+{
+    char cmd[128];
+    billmgr_free(g->bm);
+    reverse_free(g->r);
+    broker_free(g->br);
+    store_free(g->st);
+    if (fake.cfd >= 0)
+        close(fake.cfd);
+    close(fake.lfd);
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", g->dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void applies_a_state_then_answers_the_sync(void **state)
+{
+    struct config *cfg = test_config();
+    struct codec_msg m;
+    struct reverse_stats rs;
+    struct store_rev rev;
+    struct rig g;
+    (void)state;
+
+    rig_up(&g, cfg);
+    fake.task_status = "0";
+    fake.task_performer = "";
+    fake.task_note = "Please install the OS.";
+
+    reverse_expect_sync(g.r, "s1");
+    test_state(&m, 5, 1, 2, 21, "Ann Smith", "Installed.");
+    rig_deliver(&g, &m, "upstream");
+    codec_msg_init(&m, CODEC_SYNC_DONE);
+    m.client = "7";
+    m.sync.id = "s1";
+    m.sync.count = 1;
+    rig_deliver(&g, &m, "upstream");
+    /* The state delivered before it is still in its API calls. */
+    assert_int_equal(sync_calls, 0);
+    assert_false(reverse_idle(g.r));
+
+    drive(g.bm, rig_synced, NULL);
+    assert_int_equal(sync_calls, 1);
+    assert_string_equal(sync_id, "s1");
+    assert_int_equal(sync_count, 1);
+    assert_int_equal(sync_applied, 1);
+    assert_true(reverse_idle(g.r));
+
+    /* One view, one edit with everything that changed. */
+    assert_int_equal(fake.nreq, 2);
+    assert_non_null(strstr(fake.req[0], "func=task.edit\n"));
+    assert_non_null(strstr(fake.req[0], "\nelid=5\n"));
+    assert_null(strstr(fake.req[0], "sok=ok"));
+    assert_non_null(strstr(fake.req[1], "\nsok=ok\n"));
+    assert_non_null(strstr(fake.req[1], "\nelid=5\n"));
+    assert_non_null(strstr(fake.req[1], "\nstatus=2\n"));
+    assert_non_null(strstr(fake.req[1], "\nperformer=1\n"));
+    assert_non_null(strstr(fake.req[1], "\nnote=Please install the OS.\n\n"
+                                        "--- remotetask: from the remote side ---\n"
+                                        "Installed.\n"
+                                        "--- remotetask: end ---\n"));
+    assert_int_equal(store_rev_get(g.st, "7", 5, &rev), RT_OK);
+    assert_true(rev.found);
+    assert_int_equal(rev.seq, 1);
+    assert_int_equal(rev.notes_applied, strlen("Installed."));
+
+    /* The same seq again, and a newer one with the same state: no call. */
+    test_state(&m, 5, 1, 2, 21, "Ann Smith", "Installed.");
+    rig_deliver(&g, &m, "upstream");
+    test_state(&m, 5, 2, 2, 21, "Ann Smith", "Installed.");
+    rig_deliver(&g, &m, "upstream");
+    assert_true(reverse_idle(g.r));
+    assert_int_equal(fake.nreq, 2);
+    reverse_stats(g.r, &rs);
+    assert_int_equal(rs.deliveries, 4);
+    assert_int_equal(rs.applied, 1);
+    assert_int_equal(rs.duplicates, 1);
+    assert_int_equal(rs.unchanged, 1);
+    assert_int_equal(rs.syncs, 1);
+    assert_int_equal(rs.busy, 0);
+    assert_true(rs.last_apply_ms > 0);
+
+    /* The status alone changed: one edit, no view. */
+    test_state(&m, 5, 3, 1, 21, "Ann Smith", "Installed.");
+    rig_deliver(&g, &m, "upstream");
+    drive(g.bm, rig_idle, &g);
+    assert_int_equal(fake.nreq, 3);
+    assert_non_null(strstr(fake.req[2], "\nsok=ok\n"));
+    assert_non_null(strstr(fake.req[2], "\nstatus=1\n"));
+    assert_null(strstr(fake.req[2], "note="));
+    assert_null(strstr(fake.req[2], "performer="));
+
+    /* A sync with nothing before it is answered at once; a state from
+     * someone else than the server never reaches the API. */
+    sync_calls = 0;
+    test_state(&m, 5, 9, 0, 0, "", "");
+    rig_deliver(&g, &m, "intruder");
+    codec_msg_init(&m, CODEC_SYNC_DONE);
+    m.client = "7";
+    m.sync.id = "s2";
+    m.sync.count = 0;
+    rig_deliver(&g, &m, "upstream");
+    assert_int_equal(sync_calls, 1);
+    assert_string_equal(sync_id, "s2");
+    assert_int_equal(sync_applied, 0);
+    assert_int_equal(fake.nreq, 3);
+    assert_int_equal(store_rev_get(g.st, "7", 5, &rev), RT_OK);
+    assert_int_equal(rev.seq, 3);
+
+    rig_down(&g);
+}
+
+static void state_of_a_task_never_forwarded_calls_nothing(void **state)
+{
+    struct config *cfg = test_config();
+    struct codec_msg m;
+    struct store_rev rev;
+    struct rig g;
+    (void)state;
+
+    rig_up(&g, cfg);
+    test_state(&m, 6, 1, 2, 0, "", "Done.");
+    rig_deliver(&g, &m, "upstream");
+    assert_true(reverse_idle(g.r));
+    assert_int_equal(fake.nreq, 0);
+    assert_int_equal(store_rev_get(g.st, "7", 6, &rev), RT_OK);
+    assert_false(rev.found);
+    rig_down(&g);
+}
+
+int main(void)
+{
+    log_init("test_reverse", LOG_LEVEL_ERROR, 0);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(check_accepts_states_and_sync_done_of_the_server),
+        cmocka_unit_test(check_refuses_other_queues_kinds_clients_and_users),
+        cmocka_unit_test(check_takes_the_sender_of_our_own_retry_copy),
+        cmocka_unit_test(performers_map_remote_to_local),
+        cmocka_unit_test(dead_kinds_have_names),
+        cmocka_unit_test(first_state_is_verified_against_the_task),
+        cmocka_unit_test(status_follows_what_was_applied),
+        cmocka_unit_test(mapped_performer_is_set_and_cleared),
+        cmocka_unit_test(unmapped_performer_is_named_in_the_note),
+        cmocka_unit_test(notes_are_appended_once),
+        cmocka_unit_test(performer_line_and_notes_share_one_block),
+        cmocka_unit_test(forged_blocks_are_stripped),
+        cmocka_unit_test(applies_a_state_then_answers_the_sync),
+        cmocka_unit_test(state_of_a_task_never_forwarded_calls_nothing),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
