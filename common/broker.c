@@ -64,6 +64,15 @@ struct consumer {
     char tag[SHORTSTR];
 };
 
+/* Where broker_get() is in its exchange with the broker. */
+enum get_state {
+    GET_IDLE = 0,
+    GET_WAITING, /* basic.get sent, get-ok or get-empty expected */
+    GET_CONTENT, /* get-ok seen, its header and body expected */
+    GET_DONE,    /* answered: a message (get_msg, NULL if no memory) or empty */
+    GET_REFUSED, /* the broker closed the consume channel instead */
+};
+
 struct broker {
     /* Options, with the strings copied. */
     char *host, *vhost, *user, *password, *ca_file, *cert_file, *key_file;
@@ -105,6 +114,13 @@ struct broker {
 
     struct consumer consumers[MAX_CONSUMERS];
     size_t n_consumers;
+
+    /* broker_get(): the message copied for the caller, and its state. */
+    enum get_state get_state;
+    int get_nomem;
+    uint32_t get_remaining;
+    struct broker_delivery *get_msg;
+    char get_queue[SHORTSTR];
 };
 
 /* ---- names ------------------------------------------------------------ */
@@ -1155,13 +1171,37 @@ static const char *consumer_queue(struct broker *b, amqp_bytes_t tag, size_t *in
 static void dispatch_delivery(struct broker *b)
 {
     b->d.body = b->d.too_big ? NULL : (const void *)buf_cstr(&b->body);
-    if (b->on_delivery) {
+    if (b->get_state == GET_CONTENT) {
+        /* The answer to broker_get(): a copy for the caller, not a
+         * callback. */
+        b->get_msg = broker_delivery_copy(&b->d);
+        b->get_nomem = b->get_msg == NULL;
+        b->get_state = GET_DONE;
+    } else if (b->on_delivery) {
         b->depth++;
         b->on_delivery(b->cb_arg, &b->d);
         b->depth--;
     }
     buf_reset(&b->body);
     b->del_state = CONTENT_IDLE;
+}
+
+/* A basic.deliver or basic.get-ok: the content header and body follow. */
+static void delivery_begin(struct broker *b, const char *queue, uint64_t tag, int redelivered,
+                           amqp_bytes_t exchange, amqp_bytes_t routing_key)
+{
+    memset(&b->d, 0, sizeof(b->d));
+    snprintf(b->d_queue, sizeof(b->d_queue), "%s", queue ? queue : "");
+    copy_bytes(b->d_exchange, sizeof(b->d_exchange), exchange);
+    copy_bytes(b->d_key, sizeof(b->d_key), routing_key);
+    b->d.delivery_tag = tag;
+    b->d.redelivered = redelivered ? 1 : 0;
+    b->d.queue = b->d_queue;
+    b->d.exchange = b->d_exchange;
+    b->d.routing_key = b->d_key;
+    b->d.message_id = b->d.user_id = b->d.content_type = "";
+    buf_reset(&b->body);
+    b->del_state = CONTENT_HEADER;
 }
 
 static void protocol_error(struct broker *b, const char *what, amqp_channel_t ch)
@@ -1190,9 +1230,15 @@ static void handle_method(struct broker *b, amqp_channel_t ch, const amqp_method
         const amqp_channel_close_t *c = m->decoded;
         copy_bytes(text, sizeof(text), c->reply_text);
         set_err(b, "the broker closed channel %u: %u %s", (unsigned)ch, c->reply_code, text);
-        log_warning("%s", b->err);
         send_channel_close_ok(b, ch);
         mark_dead(b);
+        if (ch == CH_CONSUME && b->get_state == GET_WAITING) {
+            /* The refusal of a basic.get (no such queue, no access): the
+             * caller reports it. */
+            b->get_state = GET_REFUSED;
+            return;
+        }
+        log_warning("%s", b->err);
         return;
     }
     case AMQP_CONNECTION_BLOCKED_METHOD: {
@@ -1231,21 +1277,30 @@ static void handle_method(struct broker *b, amqp_channel_t ch, const amqp_method
             protocol_error(b, "basic.deliver", ch);
             return;
         }
-        memset(&b->d, 0, sizeof(b->d));
-        const char *q = consumer_queue(b, d->consumer_tag, NULL);
-        snprintf(b->d_queue, sizeof(b->d_queue), "%s", q ? q : "");
-        copy_bytes(b->d_exchange, sizeof(b->d_exchange), d->exchange);
-        copy_bytes(b->d_key, sizeof(b->d_key), d->routing_key);
-        b->d.delivery_tag = d->delivery_tag;
-        b->d.redelivered = d->redelivered ? 1 : 0;
-        b->d.queue = b->d_queue;
-        b->d.exchange = b->d_exchange;
-        b->d.routing_key = b->d_key;
-        b->d.message_id = b->d.user_id = b->d.content_type = "";
-        buf_reset(&b->body);
-        b->del_state = CONTENT_HEADER;
+        delivery_begin(b, consumer_queue(b, d->consumer_tag, NULL), d->delivery_tag,
+                       d->redelivered, d->exchange, d->routing_key);
         return;
     }
+    case AMQP_BASIC_GET_OK_METHOD: {
+        const amqp_basic_get_ok_t *g = m->decoded;
+        if (ch != CH_CONSUME || b->del_state != CONTENT_IDLE || b->get_state != GET_WAITING) {
+            protocol_error(b, "basic.get-ok", ch);
+            return;
+        }
+        b->get_remaining = g->message_count;
+        b->get_state = GET_CONTENT;
+        delivery_begin(b, b->get_queue, g->delivery_tag, g->redelivered, g->exchange,
+                       g->routing_key);
+        return;
+    }
+    case AMQP_BASIC_GET_EMPTY_METHOD:
+        if (ch != CH_CONSUME || b->get_state != GET_WAITING) {
+            protocol_error(b, "basic.get-empty", ch);
+            return;
+        }
+        b->get_remaining = 0;
+        b->get_state = GET_DONE;
+        return;
     case AMQP_BASIC_CANCEL_METHOD: {
         const amqp_basic_cancel_t *c = m->decoded;
         size_t i;
@@ -1345,6 +1400,20 @@ static void handle_body(struct broker *b, amqp_channel_t ch, amqp_bytes_t part)
     protocol_error(b, "unexpected content body", ch);
 }
 
+static void handle_frame(struct broker *b, const amqp_frame_t *f)
+{
+    switch (f->frame_type) {
+    case AMQP_FRAME_METHOD: handle_method(b, f->channel, &f->payload.method); break;
+    case AMQP_FRAME_HEADER: handle_header(b, f->channel, f); break;
+    case AMQP_FRAME_BODY: handle_body(b, f->channel, f->payload.body_fragment); break;
+    default: break; /* heartbeats are handled by librabbitmq */
+    }
+    /* Everything needed from the frame was copied out; frames queued by an
+     * RPC live in the same pools, so keep those until consumed. */
+    if (!b->dead && amqp_frames_enqueued(b->conn) == 0)
+        amqp_maybe_release_buffers(b->conn);
+}
+
 rt_status broker_process(struct broker *b)
 {
     if (!b)
@@ -1369,16 +1438,7 @@ rt_status broker_process(struct broker *b)
             mark_dead(b);
             break;
         }
-        switch (f.frame_type) {
-        case AMQP_FRAME_METHOD: handle_method(b, f.channel, &f.payload.method); break;
-        case AMQP_FRAME_HEADER: handle_header(b, f.channel, &f); break;
-        case AMQP_FRAME_BODY: handle_body(b, f.channel, f.payload.body_fragment); break;
-        default: break; /* heartbeats are handled by librabbitmq */
-        }
-        /* Everything needed from the frame was copied out; frames queued by
-         * an RPC live in the same pools, so keep those until consumed. */
-        if (!b->dead && amqp_frames_enqueued(b->conn) == 0)
-            amqp_maybe_release_buffers(b->conn);
+        handle_frame(b, &f);
     }
     if (b->dead) {
         teardown(b, 0);
@@ -1457,5 +1517,171 @@ rt_status broker_reject(struct broker *b, uint64_t delivery_tag, int requeue)
         mark_dead(b);
         return finish(b, RT_RETRY);
     }
+    return RT_OK;
+}
+
+/* ---- get ---------------------------------------------------------------- */
+
+struct broker_delivery *broker_delivery_copy(const struct broker_delivery *d)
+{
+    if (!d)
+        return NULL;
+    /* One block: the struct, the header array, then every string and the
+     * body, so that one free() releases it all. */
+    const char *strs[6] = {d->queue, d->exchange, d->routing_key,
+                           d->message_id, d->user_id, d->content_type};
+    size_t need = sizeof(*d) + d->n_headers * sizeof(struct broker_header);
+    for (size_t i = 0; i < 6; i++)
+        need += strlen(strs[i] ? strs[i] : "") + 1;
+    for (size_t i = 0; i < d->n_headers; i++) {
+        need += strlen(d->headers[i].key) + 1;
+        if (d->headers[i].type == BROKER_HEADER_STR)
+            need += strlen(d->headers[i].str ? d->headers[i].str : "") + 1;
+    }
+    size_t body_len = d->body && !d->too_big ? d->len : 0;
+    need += body_len + 1;
+
+    struct broker_delivery *c = malloc(need);
+    if (!c)
+        return NULL;
+    *c = *d;
+    struct broker_header *h = (struct broker_header *)(c + 1);
+    char *p = (char *)(h + d->n_headers);
+    const char **dst[6] = {&c->queue, &c->exchange, &c->routing_key,
+                           &c->message_id, &c->user_id, &c->content_type};
+    for (size_t i = 0; i < 6; i++) {
+        size_t n = strlen(strs[i] ? strs[i] : "");
+        memcpy(p, strs[i] ? strs[i] : "", n + 1);
+        *dst[i] = p;
+        p += n + 1;
+    }
+    for (size_t i = 0; i < d->n_headers; i++) {
+        h[i] = d->headers[i];
+        size_t n = strlen(d->headers[i].key);
+        memcpy(p, d->headers[i].key, n + 1);
+        h[i].key = p;
+        p += n + 1;
+        if (h[i].type == BROKER_HEADER_STR) {
+            const char *v = d->headers[i].str ? d->headers[i].str : "";
+            n = strlen(v);
+            memcpy(p, v, n + 1);
+            h[i].str = p;
+            p += n + 1;
+        }
+    }
+    c->headers = d->n_headers ? h : NULL;
+    /* The body is NUL-terminated too, as the broker's own buffer is. */
+    if (body_len)
+        memcpy(p, d->body, body_len);
+    p[body_len] = '\0';
+    c->body = d->too_big ? NULL : (const void *)p;
+    return c;
+}
+
+void broker_delivery_free(struct broker_delivery *d)
+{
+    free(d);
+}
+
+static int64_t get_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+rt_status broker_get(struct broker *b, const char *queue, struct broker_delivery **out,
+                     uint32_t *remaining)
+{
+    if (out)
+        *out = NULL;
+    if (remaining)
+        *remaining = 0;
+    if (!b || !out)
+        return RT_REJECT;
+    if (!broker_connected(b)) {
+        set_err(b, "reading a message: not connected");
+        return RT_RETRY;
+    }
+    if (b->depth) {
+        set_err(b, "broker_get called from a callback");
+        return RT_REJECT;
+    }
+    if (!queue || !*queue || strlen(queue) >= SHORTSTR) {
+        set_err(b, "reading a message: invalid queue name");
+        return RT_REJECT;
+    }
+    /* basic.get is sent by hand and its answer read frame by frame, like
+     * everything else: amqp_basic_get() followed by amqp_read_message()
+     * would wait without a deadline for the content. */
+    amqp_basic_get_t req;
+    memset(&req, 0, sizeof(req));
+    req.queue = amqp_cstring_bytes(queue);
+    req.no_ack = 0;
+    snprintf(b->get_queue, sizeof(b->get_queue), "%s", queue);
+    b->get_msg = NULL;
+    b->get_nomem = 0;
+    b->get_remaining = 0;
+    int rc = amqp_send_method(b->conn, CH_CONSUME, AMQP_BASIC_GET_METHOD, &req);
+    if (rc != AMQP_STATUS_OK) {
+        set_err(b, "reading a message from \"%s\" failed: %s", queue, amqp_error_string2(rc));
+        mark_dead(b);
+        return finish(b, RT_RETRY);
+    }
+    b->get_state = GET_WAITING;
+
+    int64_t deadline = get_now_ms() + b->connect_timeout_ms;
+    while (!b->dead && (b->get_state == GET_WAITING || b->get_state == GET_CONTENT)) {
+        int64_t left = deadline - get_now_ms();
+        if (left <= 0) {
+            /* A late answer would arrive in the middle of something else:
+             * this connection cannot be trusted any more. */
+            set_err(b, "reading a message from \"%s\": no answer within %d ms", queue,
+                    b->connect_timeout_ms);
+            mark_dead(b);
+            break;
+        }
+        amqp_frame_t f;
+        struct timeval tv = ms_to_tv((int)left);
+        rc = amqp_simple_wait_frame_noblock(b->conn, &f, &tv);
+        if (rc == AMQP_STATUS_TIMEOUT)
+            continue;
+        if (rc != AMQP_STATUS_OK) {
+            set_err(b, "AMQP connection to %s:%d lost: %s", b->host, b->port, amqp_error_string2(rc));
+            mark_dead(b);
+            break;
+        }
+        handle_frame(b, &f);
+    }
+
+    enum get_state gs = b->get_state;
+    struct broker_delivery *msg = b->get_msg;
+    b->get_state = GET_IDLE;
+    b->get_msg = NULL;
+    if (gs == GET_REFUSED) {
+        char why[sizeof(b->err)];
+        snprintf(why, sizeof(why), "%s", b->err);
+        set_err(b, "reading a message from \"%s\": %s", queue, why);
+        broker_delivery_free(msg);
+        return finish(b, RT_REJECT);
+    }
+    if (b->dead || gs != GET_DONE) {
+        broker_delivery_free(msg);
+        return finish(b, RT_RETRY);
+    }
+    if (b->get_nomem) {
+        /* The message is ours unacknowledged: give it back. */
+        set_err(b, "reading a message from \"%s\": out of memory", queue);
+        b->get_nomem = 0;
+        uint64_t tag = b->d.delivery_tag;
+        char why[sizeof(b->err)];
+        snprintf(why, sizeof(why), "%s", b->err);
+        if (broker_reject(b, tag, 1) == RT_OK)
+            set_err(b, "%s", why);
+        return RT_RETRY;
+    }
+    *out = msg;
+    if (remaining)
+        *remaining = b->get_remaining;
     return RT_OK;
 }

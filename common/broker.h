@@ -21,7 +21,7 @@
  * A callback may call broker_publish(), broker_ack(), broker_reject() and
  * the read-only functions; it must not call broker_process(),
  * broker_connect(), broker_disconnect(), broker_declare(),
- * broker_consume(), broker_queue_depth() or broker_free().
+ * broker_consume(), broker_queue_depth(), broker_get() or broker_free().
  *
  * The wire (DESIGN.md): durable direct exchanges remotetask.forward,
  * .reverse, .retry and .dead; per client C the queues remotetask.forward.C
@@ -239,6 +239,31 @@ rt_status broker_process(struct broker *b);
  * RT_REJECT when the queue does not exist, RT_RETRY on connection failure. */
 rt_status broker_queue_depth(struct broker *b, const char *queue, uint32_t *ready,
                              uint32_t *consumers);
+
+/* Fetches one message from a queue with basic.get on the consume channel,
+ * without auto-ack, waiting at most the connect timeout for the answer.
+ * Frames for the other channels that arrive meanwhile (confirms) are
+ * handled as broker_process() would, callbacks included.
+ * RT_OK: *out is the message, a copy the caller owns and frees with
+ * broker_delivery_free() (its queue is the queue asked for; its tag is for
+ * broker_ack()/broker_reject(), as for a consumed delivery), or NULL when
+ * the queue is empty. *remaining (may be NULL) receives how many messages
+ * the broker says are left after this one (0 when empty).
+ * RT_REJECT: the queue does not exist or may not be read (the broker closed
+ * the consume channel, so the connection was closed too: reconnect), or a
+ * call from a callback. RT_RETRY: not connected, no answer in time, or the
+ * connection failed; it has been torn down. *out is NULL on failure. */
+rt_status broker_get(struct broker *b, const char *queue, struct broker_delivery **out,
+                     uint32_t *remaining);
+
+/* Copies a delivery (its strings, headers and body) into one allocation
+ * the caller owns, valid after the on_delivery call returns. Returns NULL
+ * when memory ran out. Free with broker_delivery_free(). */
+struct broker_delivery *broker_delivery_copy(const struct broker_delivery *d);
+
+/* Frees a copy made by broker_delivery_copy() or broker_get(). Accepts
+ * NULL. Never pass the delivery handed to on_delivery. */
+void broker_delivery_free(struct broker_delivery *d);
 
 /* Writes the name of a client's queue for a direction into buf:
  * "remotetask.forward.C" or "remotetask.reverse.C". Returns 0, or -1 when

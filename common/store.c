@@ -112,6 +112,11 @@ enum stmt_id {
     ST_REV_PUT,
     ST_META_GET,
     ST_META_SET,
+    ST_FWD_FORGET,
+    ST_OUTBOX_ADD_KNOWN,
+    ST_LINK_FORGET_FP,
+    ST_LINK_STATE_BATCH,
+    ST_LINK_SET_APPLIED,
     ST_COUNT
 };
 
@@ -177,6 +182,26 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_META_GET] = "SELECT value FROM meta WHERE key = ?1",
     [ST_META_SET] = "INSERT INTO meta (key, value) VALUES (?1, ?2)"
                     " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    /* ?2 = 0 stands for every task of the client. */
+    [ST_FWD_FORGET] = "UPDATE fwd SET fp = '', updated = ''"
+                      " WHERE client = ?1 AND (?2 = 0 OR task = ?2)",
+    [ST_OUTBOX_ADD_KNOWN] = "INSERT INTO outbox"
+                            " (client, task, gen, events, first_ms, last_ms, attempts, next_ms)"
+                            " SELECT client, task, 1, 1, ?2, ?2, 0, ?2 FROM fwd WHERE client = ?1"
+                            " ON CONFLICT (client, task) DO UPDATE SET"
+                            " gen = gen + 1, events = events + 1, last_ms = excluded.last_ms,"
+                            " next_ms = MIN(next_ms, excluded.next_ms)",
+    /* ?1 NULL stands for every client, ?2 = 0 for every task. */
+    [ST_LINK_FORGET_FP] = "UPDATE links SET rev_fp = ''"
+                          " WHERE (?1 IS NULL OR client = ?1) AND (?2 = 0 OR src_task = ?2)",
+    /* The links whose applied set still holds a "state" key (GLOB: case
+     * sensitive, as the keys are); each batch
+     * removes the key from the rows it returns, so the next one moves on. */
+    [ST_LINK_STATE_BATCH] = "SELECT client, src_task, applied FROM links"
+                            " WHERE (?1 IS NULL OR client = ?1) AND (?2 = 0 OR src_task = ?2)"
+                            " AND (';' || applied) GLOB '*;state=*'"
+                            " ORDER BY client, src_task LIMIT ?3",
+    [ST_LINK_SET_APPLIED] = "UPDATE links SET applied = ?3 WHERE client = ?1 AND src_task = ?2",
 };
 
 struct store {
@@ -1178,4 +1203,158 @@ rt_status store_meta_set_i64(struct store *st, const char *key, int64_t value)
     char buf[32];
     snprintf(buf, sizeof buf, "%" PRId64, value);
     return store_meta_set(st, key, buf);
+}
+
+/* ---- resync ------------------------------------------------------------ */
+
+rt_status store_fwd_forget(struct store *st, const char *client, int64_t task, uint64_t *n)
+{
+    if (n)
+        *n = 0;
+    rt_status r = check_client(st, client);
+    if (r != RT_OK)
+        return r;
+    sqlite3_stmt *s = stmt(st, ST_FWD_FORGET);
+    bind_text(s, 1, client);
+    bind_i64(s, 2, task);
+    r = run(st, s, "forgetting what was sent for a task");
+    if (r == RT_OK && n)
+        *n = (uint64_t)sqlite3_changes(st->db);
+    return r;
+}
+
+rt_status store_outbox_add_known(struct store *st, const char *client, int64_t now_ms,
+                                 uint64_t *n)
+{
+    if (n)
+        *n = 0;
+    rt_status r = check_client(st, client);
+    if (r != RT_OK)
+        return r;
+    sqlite3_stmt *s = stmt(st, ST_OUTBOX_ADD_KNOWN);
+    bind_text(s, 1, client);
+    bind_i64(s, 2, now_ms);
+    r = run(st, s, "recording events for every known task");
+    if (r == RT_OK && n)
+        *n = (uint64_t)sqlite3_changes(st->db);
+    return r;
+}
+
+/* Removes every "state=..." entry from an fp set (k=v;k=v), in place. */
+static void applied_drop_state(char *set)
+{
+    static const char key[] = "state=";
+    char *out = set;
+    const char *p = set;
+    while (*p) {
+        size_t n = strcspn(p, ";");
+        if (!(n >= sizeof(key) - 1 && strncmp(p, key, sizeof(key) - 1) == 0) && n > 0) {
+            if (out != set)
+                *out++ = ';';
+            memmove(out, p, n);
+            out += n;
+        }
+        p += n;
+        if (*p == ';')
+            p++;
+    }
+    *out = '\0';
+}
+
+/* Rows handled per batch by store_link_forget_state(). */
+#define STORE_FORGET_BATCH 256
+
+struct forget_row {
+    char client[STORE_CLIENT_MAX + 1];
+    int64_t src_task;
+    char applied[STORE_APPLIED_MAX + 1];
+};
+
+/* Reads the next batch of links that still hold a "state" key. */
+static rt_status forget_batch(struct store *st, const char *client, int64_t src_task,
+                              struct forget_row *rows, size_t *n)
+{
+    *n = 0;
+    sqlite3_stmt *s = stmt(st, ST_LINK_STATE_BATCH);
+    bind_text(s, 1, client);
+    bind_i64(s, 2, src_task);
+    bind_limit(s, 3, STORE_FORGET_BATCH);
+    rt_status r = RT_OK;
+    int rc = SQLITE_DONE;
+    while (*n < STORE_FORGET_BATCH && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        struct forget_row *row = &rows[*n];
+        if (column_text(s, 0, row->client, sizeof row->client) < 0 ||
+            column_text(s, 2, row->applied, sizeof row->applied) < 0) {
+            r = reject(st, "a stored link holds a value longer than its cap");
+            break;
+        }
+        row->src_task = sqlite3_column_int64(s, 1);
+        (*n)++;
+    }
+    if (r == RT_OK && *n < STORE_FORGET_BATCH && rc != SQLITE_DONE)
+        r = db_fail(st, rc, "listing links to forget");
+    stmt_done(s);
+    return r;
+}
+
+rt_status store_link_forget_state(struct store *st, const char *client, int64_t src_task,
+                                  uint64_t *n)
+{
+    if (n)
+        *n = 0;
+    rt_status r = client ? check_client(st, client) : RT_OK;
+    if (r != RT_OK)
+        return r;
+    struct forget_row *rows = malloc(STORE_FORGET_BATCH * sizeof(*rows));
+    if (!rows)
+        return reject(st, "out of memory forgetting published state");
+    bool own_txn = !st->in_txn;
+    if (own_txn && (r = store_begin(st)) != RT_OK)
+        goto free_rows;
+
+    sqlite3_stmt *s = stmt(st, ST_LINK_FORGET_FP);
+    bind_text(s, 1, client);
+    bind_i64(s, 2, src_task);
+    if ((r = run(st, s, "forgetting published state")) != RT_OK)
+        goto rollback;
+    uint64_t touched = (uint64_t)sqlite3_changes(st->db);
+
+    for (;;) {
+        size_t got = 0;
+        if ((r = forget_batch(st, client, src_task, rows, &got)) != RT_OK)
+            goto rollback;
+        if (got == 0)
+            break;
+        for (size_t i = 0; i < got; i++) {
+            char before[STORE_APPLIED_MAX + 1];
+            memcpy(before, rows[i].applied, sizeof before);
+            applied_drop_state(rows[i].applied);
+            if (strcmp(before, rows[i].applied) == 0) {
+                /* The query and the parser disagree about the set: stop
+                 * rather than loop on the same row. */
+                r = reject(st, "cannot remove the state key of link (%s, %" PRId64 ")",
+                           rows[i].client, rows[i].src_task);
+                goto rollback;
+            }
+            s = stmt(st, ST_LINK_SET_APPLIED);
+            bind_text(s, 1, rows[i].client);
+            bind_i64(s, 2, rows[i].src_task);
+            bind_text(s, 3, rows[i].applied);
+            if ((r = run(st, s, "forgetting published state")) != RT_OK)
+                goto rollback;
+        }
+    }
+    if (own_txn && (r = store_commit(st)) != RT_OK)
+        goto free_rows;
+    if (n)
+        *n = touched;
+    free(rows);
+    return RT_OK;
+
+rollback:
+    if (own_txn)
+        store_rollback(st);
+free_rows:
+    free(rows);
+    return r;
 }

@@ -197,6 +197,21 @@ rt_status store_fwd_confirm(struct store *st, const char *client, int64_t task, 
  * not moved since. */
 rt_status store_fwd_seen(struct store *st, const char *client, int64_t task, const char *updated);
 
+/* Forgets what was last sent for a task (client side, resync): its
+ * fingerprint and its `updated` value become "", so that the relay
+ * publishes the task's current state even if it did not change, and the
+ * reconciliation sees the task as changed. The seq and fp_seq are kept, so
+ * the next message still goes after every earlier one. task 0 = every
+ * task of the client. *n (may be NULL) receives the number of tasks
+ * touched (0 when nothing was ever sent for it). */
+rt_status store_fwd_forget(struct store *st, const char *client, int64_t task, uint64_t *n);
+
+/* Records an event at now_ms, as store_outbox_add() does, for every task of
+ * the client that has a fwd row (every task ever seen or sent), in one
+ * statement. *n (may be NULL) receives the number of events recorded. */
+rt_status store_outbox_add_known(struct store *st, const char *client, int64_t now_ms,
+                                 uint64_t *n);
+
 /* ---- links (server side) --------------------------------------------- */
 
 /* Reads the link of (client, src_task); out->found is false when there is
@@ -219,6 +234,16 @@ rt_status store_link_put(struct store *st, const struct store_link *link);
  * when the link does not exist. */
 rt_status store_link_next_rev_seq(struct store *st, const char *client, int64_t src_task,
                                   uint64_t *seq);
+
+/* Forgets what was last published back for linked tasks (server side,
+ * resync): rev_fp becomes "" and the "state" key leaves applied, so that
+ * the timer publisher views each task again and publishes its state even
+ * if it did not change. The other keys of applied (what forward applied)
+ * and the seqs are kept. src_task 0 = every link of the client; client
+ * NULL = every link of every client. Runs in its own transaction unless
+ * one is open. *n (may be NULL) receives the number of links touched. */
+rt_status store_link_forget_state(struct store *st, const char *client, int64_t src_task,
+                                  uint64_t *n);
 
 /* Counts the links of one client, or of all clients when client is NULL. */
 rt_status store_link_count(struct store *st, const char *client, uint64_t *n);

@@ -63,6 +63,10 @@ struct forward {
     const struct config_billmgr_api *api;
     struct applier *ap;
     struct forward_stats stats; /* the counters this file keeps; the slots' are in ap */
+    forward_sync_fn sync_hook;
+    void *sync_arg;
+    forward_applied_fn applied_hook;
+    void *applied_arg;
 };
 
 static void slot_start(struct forward_slot *s);
@@ -125,7 +129,7 @@ enum forward_dead_kind forward_check(const struct config *cfg, const char *queue
                  queue ? queue : "");
         return FORWARD_DEAD_UNAUTHORIZED;
     }
-    if (m->kind != CODEC_TASK) {
+    if (m->kind != CODEC_TASK && m->kind != CODEC_SYNC) {
         snprintf(reason, reasonlen, "unexpected kind \"%s\"", codec_kind_name(m->kind));
         return FORWARD_DEAD_UNDECODABLE;
     }
@@ -139,7 +143,8 @@ enum forward_dead_kind forward_check(const struct config *cfg, const char *queue
                  c->id);
         return FORWARD_DEAD_UNAUTHORIZED;
     }
-    if (m->fwd.department != c->department) {
+    /* A sync request names no department: the client's own is listed. */
+    if (m->kind == CODEC_TASK && m->fwd.department != c->department) {
         snprintf(reason, reasonlen, "department %" PRId64 " is not the department of client %s",
                  m->fwd.department, c->id);
         return FORWARD_DEAD_DEPARTMENT;
@@ -371,6 +376,31 @@ done:
     return rc;
 }
 
+void forward_applied_merge(const char *stored, const struct forward_plan *plan, int same_target,
+                           char *out, size_t outlen)
+{
+    char state[STORE_FP_MAX + 1];
+
+    forward_copy(out, outlen, plan->applied);
+    if (!same_target)
+        return;
+    /* A status not sent now keeps the value stored: the reverse publisher
+     * records there the target's own status changes. */
+    if (!plan->status) {
+        int64_t kept = fp_set_get_int(stored, "status", -1);
+        if (kept >= 0)
+            fp_set_put_int(out, outlen, "status", kept); /* replaces a value: fits */
+    }
+    /* The reverse publisher's fingerprint of the state it last published
+     * stays: without it every forward apply would make its next cycle
+     * publish the same state again. */
+    if (fp_set_get(stored, FORWARD_KEY_STATE, state, sizeof(state)) == 0 &&
+        fp_set_put(out, outlen, FORWARD_KEY_STATE, state) < 0)
+        log_warning("the applied set of a link has no room for the key \"%s\": the next "
+                    "reverse cycle publishes the task's state again",
+                    FORWARD_KEY_STATE);
+}
+
 /* ---- slots ------------------------------------------------------------- */
 
 /* Acks the delivery and frees the slot (applier_ack); what this file
@@ -436,14 +466,8 @@ static rt_status slot_link_write(struct forward_slot *s, enum slot_write what)
         break;
     case SLOT_WRITE_APPLIED: {
         char applied[STORE_APPLIED_MAX + 1];
-        forward_copy(applied, sizeof(applied), s->plan.applied);
-        /* A status not sent now keeps the value stored: the reverse
-         * publisher records there the target's own status changes. */
-        if (!s->plan.status && cur.dst_task == s->link.dst_task) {
-            int64_t kept = fp_set_get_int(cur.applied, "status", -1);
-            if (kept >= 0)
-                fp_set_put_int(applied, sizeof(applied), "status", kept);
-        }
+        forward_applied_merge(cur.applied, &s->plan, cur.dst_task == s->link.dst_task, applied,
+                              sizeof(applied));
         cur.dst_task = s->link.dst_task;
         cur.last_seq = s->msg.seq;
         forward_copy(cur.applied, sizeof(cur.applied), applied);
@@ -478,6 +502,9 @@ static void slot_commit(struct forward_slot *s, uint64_t *counter, const char *w
     (*counter)++;
     log_debug("%s task %" PRId64 " of client \"%s\" (seq %" PRIu64 ") on target task %" PRId64,
               what, s->msg.task, s->client->id, s->msg.seq, s->link.dst_task);
+    if (s->f->applied_hook)
+        s->f->applied_hook(s->f->applied_arg, s->client->id, s->msg.task, s->msg.ts,
+                           s->f->stats.last_apply_ms);
     slot_ack(s);
 }
 
@@ -833,6 +860,25 @@ static void slot_start(struct forward_slot *s)
     slot_create(s);
 }
 
+/* A valid sync request: handed to the hook (which only queues a cycle),
+ * then acked. Without a hook nothing could answer it; the client's
+ * checkevent then times out, which tells its operator more than a dead
+ * letter would. */
+static void forward_sync(struct forward *f, struct forward_slot *s)
+{
+    f->stats.syncs++;
+    if (f->sync_hook) {
+        log_info("sync request \"%s\" of client \"%s\" received", s->msg.sync.id,
+                 s->client->id);
+        f->sync_hook(f->sync_arg, s->client->id, s->msg.sync.id);
+    } else {
+        log_warning("sync request \"%s\" of client \"%s\" ignored: nothing here publishes "
+                    "task states",
+                    s->msg.sync.id, s->client->id);
+    }
+    applier_ack(s->as);
+}
+
 void forward_on_delivery(struct forward *f, const struct broker_delivery *d)
 {
     char err[FORWARD_REASON_MAX];
@@ -869,6 +915,10 @@ void forward_on_delivery(struct forward *f, const struct broker_delivery *d)
                       broker_delivery_header_str(d, "x-rt-user"), &s->msg, &c, err, sizeof(err));
     if (kind != FORWARD_DEAD_NONE) {
         slot_fail(s, RT_REJECT, kind, "%s", err);
+        return;
+    }
+    if (s->msg.kind == CODEC_SYNC) {
+        forward_sync(f, s);
         return;
     }
     s->decoded = 1;
@@ -922,6 +972,32 @@ void forward_drain(struct forward *f)
 int forward_idle(const struct forward *f)
 {
     return !f || applier_idle(f->ap);
+}
+
+void forward_set_sync_hook(struct forward *f, forward_sync_fn hook, void *arg)
+{
+    f->sync_hook = hook;
+    f->sync_arg = arg;
+}
+
+void forward_set_applied_hook(struct forward *f, forward_applied_fn hook, void *arg)
+{
+    f->applied_hook = hook;
+    f->applied_arg = arg;
+}
+
+size_t forward_unacked(const struct forward *f, const char *queue)
+{
+    size_t n = 0;
+    if (!f)
+        return 0;
+    for (size_t i = 0; i < applier_count(f->ap); i++) {
+        const struct applier_slot *as = applier_slot_at(f->ap, i);
+        if (as && as->phase != APPLIER_FREE && !applier_stale(as) &&
+            strcmp(as->queue, queue) == 0)
+            n++;
+    }
+    return n;
 }
 
 void forward_stats(const struct forward *f, struct forward_stats *out)

@@ -10,8 +10,10 @@
  *
  * A delivery is taken into a slot (at most amqp.prefetch of them are busy
  * at once, which is what the broker may have unacknowledged), validated
- * (decodable, kind task, the client of its queue, the AMQP user configured
- * for that client, that client's department) and applied:
+ * (decodable, kind task or sync, the client of its queue, the AMQP user
+ * configured for that client, for a task that client's department) and
+ * applied (a sync request, the client's checkevent, is handed to the sync
+ * hook and acked at once):
  *
  *   LINK_LOOKUP -> (RECOVER_LIST -> RECOVER_VIEW)* -> CREATE | VIEW_TARGET -> EDIT
  *               -> COMMIT -> ACK
@@ -62,7 +64,7 @@
 /* Why a message went to the dead-letter queue. */
 enum forward_dead_kind {
     FORWARD_DEAD_NONE = 0,
-    FORWARD_DEAD_UNDECODABLE,  /* too big, not msgpack, not a task message */
+    FORWARD_DEAD_UNDECODABLE,  /* too big, not msgpack, not a task or sync message */
     FORWARD_DEAD_UNAUTHORIZED, /* user_id or client not those of the queue */
     FORWARD_DEAD_DEPARTMENT,   /* not the department configured for the client */
     FORWARD_DEAD_API,          /* the API refused it (value, access, missed...) */
@@ -84,11 +86,24 @@ struct forward_stats {
     uint64_t dead_department;
     uint64_t dead_api;
     uint64_t requeued;       /* retry/dead copies refused by the broker: message requeued */
+    uint64_t syncs;          /* sync requests handed to the sync hook (or ignored) */
     int64_t last_apply_ms;   /* when a message was last applied (committed), 0 = never */
     size_t busy;             /* slots holding a delivery now */
 };
 
 struct forward;
+
+/* Called for a valid sync request (kind sync, authorized as task messages
+ * are) of client (borrowed from the configuration) with the request's id
+ * (borrowed for the call). The delivery is acked right after the hook
+ * returns, so the hook must take the request over (copy what it keeps). */
+typedef void (*forward_sync_fn)(void *arg, const char *client, const char *id);
+
+/* Called each time a task message was applied and committed: client
+ * (borrowed), the source task, the message's ts (when the client recorded
+ * the change, ms since the epoch) and when the apply was committed (ms). */
+typedef void (*forward_applied_fn)(void *arg, const char *client, int64_t task, int64_t event_ms,
+                                   int64_t applied_ms);
 
 /* Makes the applier for the server role of cfg. Borrows cfg, st, bm and br,
  * which must outlive it (cfg is read for the clients and the api names).
@@ -144,6 +159,20 @@ void forward_drain(struct forward *f);
 /* 1 when no API call and no retry/dead-letter publish is in flight. */
 int forward_idle(const struct forward *f);
 
+/* Sets the hook that takes sync requests (NULL: none; a sync request is
+ * then logged and acked). The bridge hands them to the state publisher;
+ * consumer/ never includes producer/. */
+void forward_set_sync_hook(struct forward *f, forward_sync_fn hook, void *arg);
+
+/* Sets the hook told of every applied task message (NULL: none), for the
+ * forward latency histogram. */
+void forward_set_applied_hook(struct forward *f, forward_applied_fn hook, void *arg);
+
+/* Deliveries of queue this applier holds unacknowledged on the current
+ * connection (being applied, waiting behind another of their task, or
+ * waiting for the confirm of their retry or dead-letter copy). */
+size_t forward_unacked(const struct forward *f, const char *queue);
+
 /* Copies the counters into *out. */
 void forward_stats(const struct forward *f, struct forward_stats *out);
 
@@ -157,7 +186,8 @@ const char *forward_dead_kind_name(enum forward_dead_kind kind);
  * against cfg's server clients. own_user is this server's AMQP login and
  * relayed_user the x-rt-user header (NULL when absent): a message carrying
  * own_user as user_id is a retry copy this server published, whose sender
- * is relayed_user. On success returns FORWARD_DEAD_NONE and sets *client
+ * is relayed_user. Kinds task and sync pass; only a task's department is
+ * checked. On success returns FORWARD_DEAD_NONE and sets *client
  * (borrowed from cfg); otherwise the kind, with the reason in reason
  * (always NUL-terminated), and *client is set when the queue named one. */
 enum forward_dead_kind forward_check(const struct config *cfg, const char *queue,
@@ -177,6 +207,19 @@ struct forward_plan {
     char *block;  /* the text of a new note block, or NULL when none */
     char applied[STORE_APPLIED_MAX + 1]; /* the fp set once this is applied */
 };
+
+/* The fp set key in which the reverse publisher (producer/statepub)
+ * records the state it last published; kept by every forward apply. */
+#define FORWARD_KEY_STATE "state"
+
+/* The fp set a link keeps once plan is applied: plan->applied, plus, when
+ * the target task is the one stored (same_target), the stored "status"
+ * (unless the plan sends one: the reverse publisher records the target's
+ * own status there) and the stored FORWARD_KEY_STATE. Writes into out
+ * (outlen bytes, at least STORE_APPLIED_MAX + 1); a key that does not fit
+ * is left out, with a warning. */
+void forward_applied_merge(const char *stored, const struct forward_plan *plan, int same_target,
+                           char *out, size_t outlen);
 
 /* Fills *plan for message m (kind task) against applied ("" = nothing
  * applied yet, as for a create: then everything is sent). fixed_type is 1

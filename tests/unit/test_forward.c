@@ -366,6 +366,85 @@ static void adopt_without_a_matching_block_resends_the_note(void **state)
     free(note);
 }
 
+/* A sync request passes the same authorization as a task message, and
+ * carries no department to check. */
+static void check_accepts_a_sync_request_of_the_client(void **state)
+{
+    struct config cfg;
+    struct codec_msg m;
+    const struct config_server_client *c = NULL;
+    char reason[256];
+    (void)state;
+    test_config(&cfg);
+    codec_msg_init(&m, CODEC_SYNC);
+    m.client = "7";
+    m.sync.id = "abc";
+    assert_int_equal(forward_check(&cfg, "remotetask.forward.7", "reseller-a", "upstream", NULL,
+                                   &m, &c, reason, sizeof(reason)),
+                     FORWARD_DEAD_NONE);
+    assert_non_null(c);
+    assert_string_equal(c->id, "7");
+
+    /* Sent by another client's login: refused like a task would be. */
+    assert_int_equal(forward_check(&cfg, "remotetask.forward.7", "reseller-b", "upstream", NULL,
+                                   &m, &c, reason, sizeof(reason)),
+                     FORWARD_DEAD_UNAUTHORIZED);
+    m.client = "8";
+    assert_int_equal(forward_check(&cfg, "remotetask.forward.7", "reseller-a", "upstream", NULL,
+                                   &m, &c, reason, sizeof(reason)),
+                     FORWARD_DEAD_UNAUTHORIZED);
+}
+
+/* A forward apply rebuilds the link's applied set from its own keys but
+ * keeps what the reverse publisher wrote: the "state" it last published
+ * and the target's own status when no status is sent. */
+static void applied_merge_keeps_the_published_state(void **state)
+{
+    struct codec_msg m;
+    struct forward_plan plan;
+    char stored[STORE_APPLIED_MAX + 1] = "", out[STORE_APPLIED_MAX + 1], v[STORE_FP_MAX + 1];
+    (void)state;
+
+    test_msg(&m, "7", 5, "first words");
+    assert_int_equal(forward_plan_make(&m, "", 0, &plan), 0);
+    snprintf(stored, sizeof(stored), "%s", plan.applied);
+    forward_plan_release(&plan);
+    /* statepub published the target's state: closed (2), fingerprint abc. */
+    assert_int_equal(fp_set_put(stored, sizeof(stored), "state", "abc123"), 0);
+    assert_int_equal(fp_set_put_int(stored, sizeof(stored), "status", 2), 0);
+
+    /* The client renames the task and echoes the status it got back from
+     * the target (2), which the target has: the plan sends no status. */
+    m.fwd.name = "Install the OS again";
+    m.fwd.status = 2;
+    assert_int_equal(forward_plan_make(&m, stored, 0, &plan), 0);
+    assert_true(plan.name);
+    assert_false(plan.status);
+    assert_int_equal(fp_set_get(plan.applied, "state", v, sizeof(v)), -1);
+
+    forward_applied_merge(stored, &plan, 1, out, sizeof(out));
+    assert_int_equal(fp_set_get(out, "state", v, sizeof(v)), 0);
+    assert_string_equal(v, "abc123");
+    assert_int_equal(fp_set_get_int(out, "status", -1), 2);
+    assert_int_equal(fp_set_get(out, "name", v, sizeof(v)), 0);
+
+    /* Another target task (re-created): nothing of the old one is kept. */
+    forward_applied_merge(stored, &plan, 0, out, sizeof(out));
+    assert_string_equal(out, plan.applied);
+    assert_int_equal(fp_set_get(out, "state", v, sizeof(v)), -1);
+    forward_plan_release(&plan);
+
+    /* A plan that sends a status keeps the state but not the old status. */
+    m.fwd.status = 1;
+    assert_int_equal(forward_plan_make(&m, stored, 0, &plan), 0);
+    assert_true(plan.status);
+    forward_applied_merge(stored, &plan, 1, out, sizeof(out));
+    assert_int_equal(fp_set_get_int(out, "status", -1), 1);
+    assert_int_equal(fp_set_get(out, "state", v, sizeof(v)), 0);
+    assert_string_equal(v, "abc123");
+    forward_plan_release(&plan);
+}
+
 static void dead_kinds_have_names(void **state)
 {
     (void)state;
@@ -388,6 +467,8 @@ int main(void)
         cmocka_unit_test(plan_strips_forged_blocks),
         cmocka_unit_test(adopt_gives_what_the_create_applied),
         cmocka_unit_test(adopt_without_a_matching_block_resends_the_note),
+        cmocka_unit_test(check_accepts_a_sync_request_of_the_client),
+        cmocka_unit_test(applied_merge_keeps_the_published_state),
         cmocka_unit_test(dead_kinds_have_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
