@@ -2,9 +2,25 @@
  * daemon.h - remotetaskd's one event loop and the objects it drives.
  *
  * A daemon owns the configuration, the store, the BILLmanager client, the
- * broker connection, the components of its roles (producer/relay for the
- * client role, consumer/forward for the server role) and the control
- * socket server. daemon_run() is the loop: one ppoll() over the broker's
+ * broker connection, the components of its roles (producer/relay and
+ * consumer/reverse for the client role, consumer/forward and
+ * producer/statepub for the server role), the control socket server and,
+ * when metrics.listen is set, the Prometheus endpoint (bridge/metrics_http).
+ * It is the only place that knows producer/ and consumer/ both: a sync
+ * request the forward applier receives goes to statepub_sync(), and the
+ * reverse applier's sync_done answers the checkevent that waits for it.
+ *
+ * Control commands (common/ctlproto.h): ping; wake {reconcile}; checkevent
+ * {timeout} (client role: publish a sync request, answer
+ * {"ok":true,"published":N,"updated":M} on its sync_done, or an error
+ * after timeout seconds, 60 by default); status (JSON: roles, broker and
+ * BILLmanager state, per queue the depth and consumers the broker reports,
+ * asked when the command runs, and the deliveries this instance holds
+ * unacknowledged, which AMQP cannot ask the broker for; outbox, links,
+ * last times, error counts); resync (server role: a state cycle of every
+ * client now). Metrics are the components' running totals, kept across
+ * reloads so that counters never go down; queue gauges are at most 10 s
+ * old. daemon_run() is the loop: one ppoll() over the broker's
  * socket, curl's sockets and the control sockets, with the signals
  * SIGTERM, SIGINT and SIGHUP unblocked only inside it:
  *

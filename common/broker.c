@@ -1528,8 +1528,8 @@ struct broker_delivery *broker_delivery_copy(const struct broker_delivery *d)
         return NULL;
     /* One block: the struct, the header array, then every string and the
      * body, so that one free() releases it all. */
-    const char *strs[6] = {d->queue, d->exchange, d->routing_key,
-                           d->message_id, d->user_id, d->content_type};
+    const char *strs[6] = {d->queue,      d->exchange, d->routing_key,
+                           d->message_id, d->user_id,  d->content_type};
     size_t need = sizeof(*d) + d->n_headers * sizeof(struct broker_header);
     for (size_t i = 0; i < 6; i++)
         need += strlen(strs[i] ? strs[i] : "") + 1;
@@ -1547,8 +1547,8 @@ struct broker_delivery *broker_delivery_copy(const struct broker_delivery *d)
     *c = *d;
     struct broker_header *h = (struct broker_header *)(c + 1);
     char *p = (char *)(h + d->n_headers);
-    const char **dst[6] = {&c->queue, &c->exchange, &c->routing_key,
-                           &c->message_id, &c->user_id, &c->content_type};
+    const char **dst[6] = {&c->queue,      &c->exchange, &c->routing_key,
+                           &c->message_id, &c->user_id,  &c->content_type};
     for (size_t i = 0; i < 6; i++) {
         size_t n = strlen(strs[i] ? strs[i] : "");
         memcpy(p, strs[i] ? strs[i] : "", n + 1);
@@ -1647,7 +1647,8 @@ rt_status broker_get(struct broker *b, const char *queue, struct broker_delivery
         if (rc == AMQP_STATUS_TIMEOUT)
             continue;
         if (rc != AMQP_STATUS_OK) {
-            set_err(b, "AMQP connection to %s:%d lost: %s", b->host, b->port, amqp_error_string2(rc));
+            set_err(b, "AMQP connection to %s:%d lost: %s", b->host, b->port,
+                    amqp_error_string2(rc));
             mark_dead(b);
             break;
         }

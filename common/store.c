@@ -1223,8 +1223,7 @@ rt_status store_fwd_forget(struct store *st, const char *client, int64_t task, u
     return r;
 }
 
-rt_status store_outbox_add_known(struct store *st, const char *client, int64_t now_ms,
-                                 uint64_t *n)
+rt_status store_outbox_add_known(struct store *st, const char *client, int64_t now_ms, uint64_t *n)
 {
     if (n)
         *n = 0;

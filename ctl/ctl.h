@@ -36,4 +36,40 @@ int ctl_check(const struct ctl_args *args);
  * What the BILLmanager event handler runs; exit 0 once recorded. */
 int ctl_taskevent(const struct ctl_args *args);
 
+/* remotetaskctl --command dlq list|replay|purge: the dead letters of this
+ * configuration's clients (client.id, server.clients[].id) in the broker's
+ * remotetask.dead queue; other clients' letters are never touched.
+ *   list [--json] [--id X]  shows them (id, client, task, direction,
+ *                           attempts, time, reason) and leaves them there;
+ *   replay --id X | --all   republishes each to the exchange it came from
+ *                           (x-rt-attempts 0, x-rt-replayed 1, x-rt-user
+ *                           kept) and removes it once the broker confirmed
+ *                           the copy; "replayed N"; an unknown id exits 1;
+ *   purge [--id X] --yes    removes them; without --yes shows what would
+ *                           go and exits 2.
+ * Talks to the broker, not to the daemon. */
+int ctl_dlq(const struct ctl_args *args);
+
+/* remotetaskctl --command resync --elid N | --all: forgets in the store
+ * what was last published, so that the current state is published again
+ * even if unchanged, then tells the daemon (best effort). Client role: N
+ * is a local (source) task; it gets an outbox event (--all: every known
+ * task, and a reconciliation). Server role: N is a local (target) task
+ * linked to a configured client; the daemon is asked for a state cycle
+ * now. Exit 1 when N is linked nowhere (server role only) or the store
+ * refuses. */
+int ctl_resync(const struct ctl_args *args);
+
+/* remotetaskctl --command checkevent [--timeout S]: asks the server side
+ * for the state of this client's tasks now, waits for it to be applied
+ * (60 s by default) and prints "checkevent: M tasks updated (N states
+ * received)". Exit 1 with a message on timeout, or when the daemon or the
+ * broker cannot be reached. */
+int ctl_checkevent(const struct ctl_args *args);
+
+/* remotetaskctl --command status [--json]: the daemon's status as tables
+ * (or its JSON, indented). When the daemon does not answer, prints what
+ * the store tells and exits 1 with "remotetaskd is not running". */
+int ctl_status(const struct ctl_args *args);
+
 #endif

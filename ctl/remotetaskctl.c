@@ -29,6 +29,11 @@ static const struct ctl_command ctl_commands[] = {
      "verify the configuration, the BILLmanager login and departments, the broker login"},
     {"taskevent", ctl_taskevent,
      "record that local task --elid N changed (the BILLmanager event handler runs this)"},
+    {"checkevent", ctl_checkevent,
+     "fetch the server side's state of this client's tasks now [--timeout S]"},
+    {"status", ctl_status, "queues, backlog, links, last times, errors [--json]"},
+    {"dlq", ctl_dlq, "dead letters: list [--json], replay --id X|--all, purge [--id X] --yes"},
+    {"resync", ctl_resync, "publish the current state again: --elid N (a task) or --all"},
 };
 
 static void usage(FILE *to)
@@ -39,6 +44,8 @@ static void usage(FILE *to)
     for (size_t i = 0; i < sizeof(ctl_commands) / sizeof(ctl_commands[0]); i++)
         fprintf(to, "      %-14s %s\n", ctl_commands[i].name, ctl_commands[i].help);
     fprintf(to, "  --elid N            a task id (taskevent, resync)\n"
+                "  --id X, --all       the dead letter(s) to act on (dlq)\n"
+                "  --yes               really remove (dlq purge)\n"
                 "  --json              machine-readable output (status)\n"
                 "  -h, --help          this text\n");
 }

@@ -90,6 +90,7 @@ struct sp_client {
     long seen; /* rows listed in this cycle */
     int64_t started_ms;
     int64_t next_cycle_ms;
+    int again;   /* statepub_kick() during a cycle: one more right after it */
     size_t jobs; /* state jobs of this cycle not finished */
     struct sp_list waiting;
     struct sp_sync cur[STATEPUB_MAX_SYNCS]; /* answered by the running cycle */
@@ -523,6 +524,9 @@ static void cycle_maybe_end(struct sp_client *c)
             sync_add_pending(c, &later[i]);
         c->ncur = 0;
         c->next_cycle_ms = now + (c->npend ? STATEPUB_RETRY_DELAY_MS : interval);
+        if (c->again)
+            c->next_cycle_ms = now;
+        c->again = 0;
         return;
     }
     log_info("state cycle of client \"%s\" done in %" PRId64 " ms: %ld rows, %" PRIu64
@@ -531,7 +535,8 @@ static void cycle_maybe_end(struct sp_client *c)
     for (size_t i = 0; i < c->ncur; i++)
         sync_done_queue(c, &c->cur[i]);
     c->ncur = 0;
-    c->next_cycle_ms = now + interval;
+    c->next_cycle_ms = c->again ? now : now + interval;
+    c->again = 0;
     /* Requests that arrived during this cycle need one of their own. */
     if (c->npend)
         cycle_start(c, now);
@@ -1158,6 +1163,20 @@ rt_status statepub_sync(struct statepub *sp, const char *client, const char *syn
     cycle_start(c, sp_now_ms());
     sp_pump(sp);
     return RT_OK;
+}
+
+void statepub_kick(struct statepub *sp, int64_t now_ms)
+{
+    if (!sp || sp->draining)
+        return;
+    for (size_t i = 0; i < sp->nclients; i++) {
+        struct sp_client *c = &sp->clients[i];
+        if (c->running)
+            c->again = 1;
+        else
+            c->next_cycle_ms = now_ms;
+    }
+    log_info("state cycles of every client requested now");
 }
 
 void statepub_drain(struct statepub *sp)

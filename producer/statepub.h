@@ -173,6 +173,12 @@ void statepub_on_connected(struct statepub *sp);
  * than CODEC_MAX_ID, or the publisher is draining. Copies both strings. */
 rt_status statepub_sync(struct statepub *sp, const char *client, const char *sync_id);
 
+/* Makes every client's next cycle due at now_ms (a resync): the next
+ * statepub_tick() starts it, or, for a client whose cycle runs, it starts
+ * right after that one ends. No sync_done is published for it. Does
+ * nothing while draining. */
+void statepub_kick(struct statepub *sp, int64_t now_ms);
+
 /* Stops starting new work (SIGTERM): no new cycles, pages, views or
  * publishes; tasks waiting for a view or for the broker are let go, and
  * pending sync requests are dropped (their clients time out). Views,

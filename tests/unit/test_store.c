@@ -904,6 +904,204 @@ static void test_two_processes(void **state)
     store_free(st);
 }
 
+/* ---- resync: forgetting what was sent and published ------------------- */
+
+static void test_fwd_forget(void **state)
+{
+    struct fixture *f = *state;
+    struct store *st = open_ok(f);
+    struct store_fwd fw;
+    uint64_t seq = 0, n = 99;
+
+    /* Two tasks of client 7 sent and seen, one of client 8. */
+    for (int64_t task = 1; task <= 2; task++) {
+        OK(st, store_fwd_next_seq(st, "7", task, &seq));
+        OK(st, store_fwd_confirm(st, "7", task, seq, "fp-sent", 1000));
+        OK(st, store_fwd_seen(st, "7", task, "2024-01-01 10:00:00"));
+    }
+    OK(st, store_fwd_next_seq(st, "8", 1, &seq));
+    OK(st, store_fwd_confirm(st, "8", 1, seq, "fp-other", 1000));
+    OK(st, store_fwd_seen(st, "8", 1, "2024-01-01 10:00:00"));
+
+    /* One task: its fingerprint and updated go, its seqs stay. */
+    OK(st, store_fwd_forget(st, "7", 2, &n));
+    assert_int_equal(n, 1);
+    OK(st, store_fwd_get(st, "7", 2, &fw));
+    assert_true(fw.found);
+    assert_string_equal(fw.fp, "");
+    assert_string_equal(fw.updated, "");
+    assert_int_equal(fw.seq, 1);
+    assert_int_equal(fw.fp_seq, 1);
+    OK(st, store_fwd_get(st, "7", 1, &fw));
+    assert_string_equal(fw.fp, "fp-sent");
+    assert_string_equal(fw.updated, "2024-01-01 10:00:00");
+
+    /* The next message still goes after every earlier one, and its
+     * confirmation is recorded again. */
+    OK(st, store_fwd_next_seq(st, "7", 2, &seq));
+    assert_int_equal(seq, 2);
+    OK(st, store_fwd_confirm(st, "7", 2, seq, "fp-again", 2000));
+    OK(st, store_fwd_get(st, "7", 2, &fw));
+    assert_string_equal(fw.fp, "fp-again");
+
+    /* A task never sent: nothing to forget, not an error. */
+    OK(st, store_fwd_forget(st, "7", 3, &n));
+    assert_int_equal(n, 0);
+    OK(st, store_fwd_get(st, "7", 3, &fw));
+    assert_false(fw.found);
+
+    /* Task 0: every task of the client, no other client's. */
+    OK(st, store_fwd_forget(st, "7", 0, &n));
+    assert_int_equal(n, 2);
+    OK(st, store_fwd_get(st, "7", 1, &fw));
+    assert_string_equal(fw.fp, "");
+    assert_string_equal(fw.updated, "");
+    OK(st, store_fwd_get(st, "8", 1, &fw));
+    assert_string_equal(fw.fp, "fp-other");
+    assert_string_equal(fw.updated, "2024-01-01 10:00:00");
+
+    assert_int_equal(store_fwd_forget(st, "", 1, NULL), RT_REJECT);
+    store_free(st);
+}
+
+static void test_outbox_add_known(void **state)
+{
+    struct fixture *f = *state;
+    struct store *st = open_ok(f);
+    struct store_event ev[8];
+    size_t got = 0;
+    uint64_t seq = 0, n = 0;
+
+    OK(st, store_fwd_next_seq(st, "7", 10, &seq));
+    OK(st, store_fwd_seen(st, "7", 11, "2024-01-01 10:00:00"));
+    OK(st, store_fwd_next_seq(st, "8", 12, &seq));
+    /* Task 10 already waits, deferred: the new event makes it due now. */
+    OK(st, store_outbox_add(st, "7", 10, 100));
+    OK(st, store_outbox_defer(st, "7", 10, 1000000, "API down"));
+
+    OK(st, store_outbox_add_known(st, "7", 500, &n));
+    assert_int_equal(n, 2);
+    OK(st, store_outbox_due(st, 500, 8, ev, &got));
+    assert_int_equal(got, 2);
+    for (size_t i = 0; i < got; i++) {
+        assert_string_equal(ev[i].client, "7");
+        assert_true(ev[i].task == 10 || ev[i].task == 11);
+        if (ev[i].task == 10) {
+            /* Coalesced into the waiting row: its first event is kept. */
+            assert_int_equal(ev[i].events, 2);
+            assert_int_equal(ev[i].first_ms, 100);
+            assert_int_equal(ev[i].last_ms, 500);
+            assert_int_equal(ev[i].attempts, 1);
+        } else {
+            assert_int_equal(ev[i].events, 1);
+            assert_int_equal(ev[i].first_ms, 500);
+        }
+    }
+    /* A client with no known task records nothing. */
+    OK(st, store_outbox_add_known(st, "9", 600, &n));
+    assert_int_equal(n, 0);
+    assert_int_equal(backlog(st), 2);
+    store_free(st);
+}
+
+static void test_link_forget_state(void **state)
+{
+    struct fixture *f = *state;
+    struct store *st = open_ok(f);
+    struct store_link l, got;
+    uint64_t n = 0;
+
+    /* Client 7: links 100 and 101 with published state, 102 without;
+     * client 8: link 100 with published state. */
+    const struct {
+        const char *client;
+        int64_t src;
+        const char *applied;
+    } rows[] = {
+        {"7", 100, "name=aa;state=s100;status=1"},
+        {"7", 101, "state=s101"},
+        {"7", 102, "name=bb;note_len=3"},
+        {"8", 100, "status=2;state=s800"},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        l = make_link(rows[i].client, rows[i].src, rows[i].src + 9000);
+        l.rev_seq = 5;
+        l.notes_sent = 7;
+        snprintf(l.rev_fp, sizeof l.rev_fp, "lf-%s-%" PRId64, rows[i].client, rows[i].src);
+        snprintf(l.applied, sizeof l.applied, "%s", rows[i].applied);
+        OK(st, store_link_put(st, &l));
+    }
+
+    /* One link: only its rev_fp and state key go. */
+    OK(st, store_link_forget_state(st, "7", 100, &n));
+    assert_int_equal(n, 1);
+    OK(st, store_link_get(st, "7", 100, &got));
+    assert_string_equal(got.rev_fp, "");
+    assert_string_equal(got.applied, "name=aa;status=1");
+    assert_int_equal(got.rev_seq, 5);
+    assert_int_equal(got.notes_sent, 7);
+    assert_int_equal(got.last_seq, 1);
+    assert_int_equal(got.dst_task, 9100);
+    OK(st, store_link_get(st, "7", 101, &got));
+    assert_string_equal(got.rev_fp, "lf-7-101");
+    assert_string_equal(got.applied, "state=s101");
+
+    /* Every link of client 7, not client 8's. */
+    OK(st, store_link_forget_state(st, "7", 0, &n));
+    assert_int_equal(n, 3);
+    OK(st, store_link_get(st, "7", 101, &got));
+    assert_string_equal(got.rev_fp, "");
+    assert_string_equal(got.applied, "");
+    OK(st, store_link_get(st, "7", 102, &got));
+    assert_string_equal(got.rev_fp, "");
+    assert_string_equal(got.applied, "name=bb;note_len=3");
+    OK(st, store_link_get(st, "8", 100, &got));
+    assert_string_equal(got.rev_fp, "lf-8-100");
+    assert_string_equal(got.applied, "status=2;state=s800");
+
+    /* Every client; inside a caller's transaction, which it commits. */
+    OK(st, store_begin(st));
+    OK(st, store_link_forget_state(st, NULL, 0, &n));
+    assert_int_equal(n, 4);
+    OK(st, store_commit(st));
+    OK(st, store_link_get(st, "8", 100, &got));
+    assert_string_equal(got.rev_fp, "");
+    assert_string_equal(got.applied, "status=2");
+
+    /* An unknown link is not an error. */
+    OK(st, store_link_forget_state(st, "7", 555, &n));
+    assert_int_equal(n, 0);
+    store_free(st);
+}
+
+static void test_link_forget_state_many(void **state)
+{
+    struct fixture *f = *state;
+    struct store *st = open_ok(f);
+    struct store_link l, got;
+    const int total = 700; /* more than one batch */
+    uint64_t n = 0;
+
+    OK(st, store_begin(st));
+    for (int i = 1; i <= total; i++) {
+        l = make_link("7", i, 5000 + i);
+        snprintf(l.rev_fp, sizeof l.rev_fp, "lf");
+        snprintf(l.applied, sizeof l.applied, "status=1;state=s%d;name=n%d", i, i);
+        OK(st, store_link_put(st, &l));
+    }
+    OK(st, store_commit(st));
+    OK(st, store_link_forget_state(st, "7", 0, &n));
+    assert_int_equal(n, total);
+    for (int i = 1; i <= total; i++) {
+        char want[64];
+        OK(st, store_link_get(st, "7", i, &got));
+        snprintf(want, sizeof want, "status=1;name=n%d", i);
+        assert_string_equal(got.applied, want);
+        assert_string_equal(got.rev_fp, "");
+    }
+    store_free(st);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -927,6 +1125,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_transaction_rollback_and_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_two_handles, setup, teardown),
         cmocka_unit_test_setup_teardown(test_two_processes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fwd_forget, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_outbox_add_known, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_link_forget_state, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_link_forget_state_many, setup, teardown),
     };
     return cmocka_run_group_tests_name("store", tests, NULL, NULL);
 }
