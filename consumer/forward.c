@@ -14,24 +14,34 @@
 
 /* The queue of client C is FORWARD_QUEUE_PREFIX C (broker_queue_name). */
 #define FORWARD_QUEUE_PREFIX "remotetask.forward."
-#define FORWARD_REASON_MAX APPLIER_REASON_MAX
+#define FORWARD_REASON_MAX   APPLIER_REASON_MAX
 /* A recovery that lists a department gives up past this many rows and
  * creates the task: a department that large is not one client's tasks. */
 #define FORWARD_RECOVER_MAX_ROWS 1000000L
 /* The store meta key of the last successful apply. */
 #define FORWARD_META_LAST_APPLY "last_forward_apply_ms"
+/* The applied set of a link whose create is under way (dst_task 0):
+ * FORWARD_KEY_CREATING is 1 while a create may have made the task (then a
+ * later delivery looks for it), 0 once a create surely failed; absent (a
+ * link written by an older version) counts as 1. FORWARD_KEY_AFTER is the
+ * highest target task id known for the client when the create started:
+ * only tasks above it can be the one it made. */
+#define FORWARD_KEY_CREATING "creating"
+#define FORWARD_KEY_AFTER    "after"
+/* Links read at once when the highest target id of a client is computed. */
+#define FORWARD_SCAN_BATCH 256
 
 /* Where a delivery is while the applier holds it (applier.h keeps the
  * phases around it: waiting, publishing a retry or dead-letter copy). */
 enum forward_state {
     FS_NONE = 0,
-    FS_LINK_LOOKUP,   /* reading the link (synchronous, never seen from outside) */
-    FS_RECOVER_LIST,  /* listing the department after an interrupted create */
-    FS_RECOVER_VIEW,  /* viewing an unlinked task of that department */
-    FS_CREATE,        /* func_task_edit sok=ok without elid */
-    FS_VIEW_TARGET,   /* viewing the target for its current note */
-    FS_EDIT,          /* func_task_edit sok=ok elid=dst */
-    FS_COMMIT,        /* writing the link (synchronous) */
+    FS_LINK_LOOKUP,  /* reading the link (synchronous, never seen from outside) */
+    FS_RECOVER_LIST, /* listing the department after an interrupted create */
+    FS_RECOVER_VIEW, /* viewing an unlinked task of that department */
+    FS_CREATE,       /* func_task_edit sok=ok without elid */
+    FS_VIEW_TARGET,  /* viewing the target for its current note */
+    FS_EDIT,         /* func_task_edit sok=ok elid=dst */
+    FS_COMMIT,       /* writing the link (synchronous) */
 };
 
 /* What the forward applier keeps for one delivery: the priv area of its
@@ -46,7 +56,16 @@ struct forward_slot {
     char origin[NOTES_ORIGIN_MAX + 1];
     struct store_link link;
     struct forward_plan plan;
-    /* Recovery of an interrupted create: the unlinked ids of one page. */
+    /* The link holds an intent of a note edit (applier.h): the view of the
+     * target tells whether it landed. */
+    int pending;
+    int landed;            /* it did: plan against the set after it */
+    uint64_t commit_seq;   /* last_seq to commit when above msg.seq: a newer
+                              message's edit that landed */
+    const char *pend_note; /* the note about to be written, for the intent */
+    /* Recovery of an interrupted create: only ids above after can be it;
+     * the unlinked ones of one page. */
+    int64_t after;
     long page;
     long seen;
     int list_done;
@@ -63,6 +82,11 @@ struct forward {
     const struct config_billmgr_api *api;
     struct applier *ap;
     struct forward_stats stats; /* the counters this file keeps; the slots' are in ap */
+    /* Per configured client (same index as cfg->server.clients): the
+     * highest target task id of its links, once max_known says it was read
+     * from the store; this process writes every link, so it keeps it. */
+    int64_t *max_dst;
+    unsigned char *max_known;
     forward_sync_fn sync_hook;
     void *sync_arg;
     forward_applied_fn applied_hook;
@@ -72,6 +96,7 @@ struct forward {
 static void slot_start(struct forward_slot *s);
 static void slot_update(struct forward_slot *s);
 static void slot_create(struct forward_slot *s);
+static void slot_no_create(struct forward_slot *s);
 static void slot_fail(struct forward_slot *s, rt_status status, enum forward_dead_kind kind,
                       const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
@@ -86,7 +111,6 @@ static void forward_copy(char *dst, size_t size, const char *src)
 {
     snprintf(dst, size, "%s", src ? src : "");
 }
-
 
 const char *forward_dead_kind_name(enum forward_dead_kind kind)
 {
@@ -168,8 +192,7 @@ static char *forward_regarding(const struct codec_msg *m)
     line = malloc(n);
     if (!line)
         return NULL;
-    snprintf(line, n, "%s%s%s%s", FORWARD_REGARDING, item, *item && *account ? "; " : "",
-             account);
+    snprintf(line, n, "%s%s%s%s", FORWARD_REGARDING, item, *item && *account ? "; " : "", account);
     for (char *p = line; *p; p++)
         if (*p == '\n' || *p == '\r')
             *p = ' ';
@@ -427,18 +450,69 @@ static void slot_fail(struct forward_slot *s, rt_status status, enum forward_dea
  * reverse publisher wrote meanwhile (rev_seq, rev_fp, notes_sent, the
  * target's own status in applied) is kept. */
 enum slot_write {
-    SLOT_WRITE_INTENT,  /* a create is about to be made: dst_task = 0 */
-    SLOT_WRITE_ADOPT,   /* an interrupted create's task found: dst_task, applied */
-    SLOT_WRITE_APPLIED, /* the message is applied: dst_task, last_seq, applied */
+    SLOT_WRITE_INTENT,    /* a create is about to be made: dst_task = 0 */
+    SLOT_WRITE_NO_CREATE, /* that create surely made nothing: no search needed */
+    SLOT_WRITE_ADOPT,     /* an interrupted create's task found: dst_task, applied */
+    SLOT_WRITE_PENDING,   /* a note edit is about to be made: its intent */
+    SLOT_WRITE_APPLIED,   /* the message is applied: dst_task, last_seq, applied */
 };
+
+/* The index of client c in the configuration. */
+static size_t forward_client_index(const struct forward *f, const struct config_server_client *c)
+{
+    return (size_t)(c - f->cfg->server.clients);
+}
+
+/* A target task id this process saw linked or made for client c. */
+static void forward_seen_dst(struct forward *f, const struct config_server_client *c, int64_t dst)
+{
+    size_t i = forward_client_index(f, c);
+    if (dst > f->max_dst[i])
+        f->max_dst[i] = dst;
+}
+
+/* The highest target task id of client c's links: read from the store the
+ * first time (one pass over the links), then kept by forward_seen_dst. */
+static rt_status forward_max_dst(struct forward *f, const struct config_server_client *c,
+                                 int64_t *out)
+{
+    size_t i = forward_client_index(f, c);
+    if (!f->max_known[i]) {
+        struct store_link *batch = malloc(FORWARD_SCAN_BATCH * sizeof(*batch));
+        int64_t after = INT64_MIN;
+        size_t n;
+        if (!batch)
+            return RT_RETRY;
+        do {
+            rt_status st = store_link_list(f->st, c->id, after, FORWARD_SCAN_BATCH, batch, &n);
+            if (st != RT_OK) {
+                free(batch);
+                return st;
+            }
+            for (size_t k = 0; k < n; k++) {
+                forward_seen_dst(f, c, batch[k].dst_task);
+                after = batch[k].src_task;
+            }
+        } while (n == FORWARD_SCAN_BATCH);
+        free(batch);
+        f->max_known[i] = 1;
+    }
+    *out = f->max_dst[i];
+    return RT_OK;
+}
 
 static rt_status slot_link_write(struct forward_slot *s, enum slot_write what)
 {
     struct forward *f = s->f;
     struct store_link cur;
     int64_t now = forward_now_ms();
+    int64_t after = 0;
     rt_status st;
 
+    /* Task ids grow: whatever the create makes is above every target id
+     * known now, which bounds the search after an interrupted one. */
+    if (what == SLOT_WRITE_INTENT && (st = forward_max_dst(f, s->client, &after)) != RT_OK)
+        return st;
     if ((st = store_begin(f->st)) != RT_OK)
         return st;
     if ((st = store_link_get(f->st, s->client->id, s->msg.task, &cur)) != RT_OK)
@@ -459,17 +533,43 @@ static rt_status slot_link_write(struct forward_slot *s, enum slot_write what)
         cur.dst_task = 0;
         cur.last_seq = 0;
         cur.applied[0] = '\0';
+        /* Two short integers: they always fit. */
+        fp_set_put_int(cur.applied, sizeof(cur.applied), FORWARD_KEY_CREATING, 1);
+        fp_set_put_int(cur.applied, sizeof(cur.applied), FORWARD_KEY_AFTER, after);
+        break;
+    case SLOT_WRITE_NO_CREATE:
+        if (cur.dst_task != 0)
+            break; /* not an intent (cannot happen: only the create path calls this) */
+        cur.applied[0] = '\0';
+        fp_set_put_int(cur.applied, sizeof(cur.applied), FORWARD_KEY_CREATING, 0);
         break;
     case SLOT_WRITE_ADOPT:
         cur.dst_task = s->link.dst_task;
         forward_copy(cur.applied, sizeof(cur.applied), s->link.applied);
         break;
+    case SLOT_WRITE_PENDING: {
+        /* The intent goes on the set this plan was made against: the one
+         * stored, or, after an earlier intent was found to have landed,
+         * the set after that edit. What the reverse publisher wrote
+         * meanwhile (status, state) stays at the top level. */
+        char base[STORE_APPLIED_MAX + 1], set[STORE_APPLIED_MAX + 1];
+        if (applier_pend_base(cur.applied, s->landed, base, sizeof(base)) < 0)
+            forward_copy(base, sizeof(base), cur.applied);
+        /* The sets are a few fixed keys, far below the cap; should one not
+         * fit, the edit goes ahead unprotected rather than never. */
+        if (applier_pend_put(base, s->plan.applied, s->msg.seq, s->pend_note, set, sizeof(set)) < 0)
+            log_warning("no room for the intent of the note edit of task %" PRId64
+                        " of client \"%s\": a crash before its commit would append it twice",
+                        s->msg.task, s->client->id);
+        forward_copy(cur.applied, sizeof(cur.applied), set);
+        break;
+    }
     case SLOT_WRITE_APPLIED: {
         char applied[STORE_APPLIED_MAX + 1];
         forward_applied_merge(cur.applied, &s->plan, cur.dst_task == s->link.dst_task, applied,
                               sizeof(applied));
         cur.dst_task = s->link.dst_task;
-        cur.last_seq = s->msg.seq;
+        cur.last_seq = s->commit_seq > s->msg.seq ? s->commit_seq : s->msg.seq;
         forward_copy(cur.applied, sizeof(cur.applied), applied);
         break;
     }
@@ -510,6 +610,33 @@ static void slot_commit(struct forward_slot *s, uint64_t *counter, const char *w
 
 static void forward_on_reply(void *arg, const struct billmgr_reply *r);
 
+/* A create surely made no task (it never left, or the answer proves it was
+ * not done): the link's intent says so, and the next delivery creates at
+ * once instead of searching the department. Failing to record that only
+ * costs that search. */
+static void slot_no_create(struct forward_slot *s)
+{
+    if (slot_link_write(s, SLOT_WRITE_NO_CREATE) != RT_OK)
+        log_warning("cannot record that the create of task %" PRId64 " of client \"%s\" made "
+                    "nothing (its next delivery searches the department): %s",
+                    s->msg.task, s->client->id, store_strerror(s->f->st));
+}
+
+/* 1 when the failed create's answer proves that no task was made. An
+ * error document is BILLmanager refusing the call (its transaction rolled
+ * back). HTTP 503 and 429 are a server or proxy turning the request away
+ * before the application ran it. Everything else may come after the task
+ * was made: a timeout or a reset (curl's "transport" does not say whether
+ * the request was sent), another 5xx (a proxy's 502/504 once the backend
+ * had it, a 500 from a crash after the insert), an unreadable or too
+ * large answer; then the search is the only way to know. */
+static int forward_create_not_made(const struct billmgr_reply *r)
+{
+    if (r->status == RT_REJECT)
+        return strcmp(r->err_type, "toolarge") != 0;
+    return strcmp(r->err_type, "http") == 0 && (r->http_code == 503 || r->http_code == 429);
+}
+
 /* Queues an API call for the slot, which then waits in state. params are
  * released. */
 static void slot_call(struct forward_slot *s, enum forward_state state, const char *func,
@@ -518,6 +645,8 @@ static void slot_call(struct forward_slot *s, enum forward_state state, const ch
     s->state = state;
     if (!params_ok) {
         billmgr_params_release(p);
+        if (state == FS_CREATE)
+            slot_no_create(s);
         slot_fail(s, RT_REJECT, FORWARD_DEAD_API,
                   "api: cannot build the call of \"%s\" (a value over %zu bytes)", func,
                   (size_t)BILLMGR_MAX_VALUE);
@@ -525,18 +654,20 @@ static void slot_call(struct forward_slot *s, enum forward_state state, const ch
     }
     int rc = billmgr_call(s->f->bm, func, p, forward_on_reply, s);
     billmgr_params_release(p);
-    if (rc < 0)
+    if (rc < 0) {
+        if (state == FS_CREATE)
+            slot_no_create(s);
         slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "api: cannot queue the call of \"%s\"", func);
+    }
 }
 
 /* The outcome of a failed API call: a retry, or a dead letter whose
  * reason names the call and the API's error. */
-static void slot_api_failed(struct forward_slot *s, const char *what,
-                            const struct billmgr_reply *r)
+static void slot_api_failed(struct forward_slot *s, const char *what, const struct billmgr_reply *r)
 {
     slot_fail(s, r->status == RT_RETRY ? RT_RETRY : RT_REJECT, FORWARD_DEAD_API,
-              "api: %s: %s%s%s%s%s%s", what, r->err_type, *r->err_object ? " (" : "",
-              r->err_object, *r->err_object ? ")" : "", *r->message ? ": " : "", r->message);
+              "api: %s: %s%s%s%s%s%s", what, r->err_type, *r->err_object ? " (" : "", r->err_object,
+              *r->err_object ? ")" : "", *r->message ? ": " : "", r->message);
 }
 
 /* 1 when an API error says the target task is gone (not that the function
@@ -628,9 +759,16 @@ static void slot_view(struct forward_slot *s, enum forward_state state, int64_t 
 
 static void slot_update(struct forward_slot *s)
 {
+    if (applier_pend_present(s->link.applied)) {
+        /* A note edit was under way when the daemon stopped: the target
+         * tells whether it landed, and the plan is made against that. */
+        s->pending = 1;
+        slot_view(s, FS_VIEW_TARGET, s->link.dst_task);
+        return;
+    }
     forward_plan_release(&s->plan);
-    if (forward_plan_make(&s->msg, s->link.applied, s->f->api->task_type[0] != '\0',
-                          &s->plan) < 0) {
+    if (forward_plan_make(&s->msg, s->link.applied, s->f->api->task_type[0] != '\0', &s->plan) <
+        0) {
         slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "out of memory planning the update");
         return;
     }
@@ -696,7 +834,7 @@ static void slot_listed(struct forward_slot *s, json_t *doc)
         json_t *e = json_is_array(elems) ? json_array_get(elems, i) : elems;
         struct store_link other;
         long id;
-        if (billmgr_long(e, "id", &id) < 0 || id <= 0)
+        if (billmgr_long(e, "id", &id) < 0 || id <= 0 || id <= s->after)
             continue;
         if (store_link_by_dst(s->f->st, s->client->id, id, &other) != RT_OK) {
             slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "store: %s", store_strerror(s->f->st));
@@ -706,7 +844,8 @@ static void slot_listed(struct forward_slot *s, json_t *doc)
             s->cand[s->ncand++] = id;
     }
     s->seen += (long)rows;
-    s->list_done = rows == 0 || (have_total ? s->seen >= total : rows < (size_t)s->f->api->page_size);
+    s->list_done =
+        rows == 0 || (have_total ? s->seen >= total : rows < (size_t)s->f->api->page_size);
     if (!s->list_done && s->seen >= FORWARD_RECOVER_MAX_ROWS) {
         log_warning("department %ld passed %ld rows while looking for task %" PRId64
                     " of client \"%s\"; creating it",
@@ -729,7 +868,9 @@ static void slot_recover_viewed(struct forward_slot *s, json_t *doc)
     }
     billmgr_long(doc, api->field_status, &status);
     s->link.dst_task = s->cand[s->icand - 1];
-    if (forward_adopt_applied(billmgr_text(doc, api->field_name), billmgr_text(doc, api->field_type),
+    forward_seen_dst(s->f, s->client, s->link.dst_task);
+    if (forward_adopt_applied(billmgr_text(doc, api->field_name),
+                              billmgr_text(doc, api->field_type),
                               billmgr_text(doc, api->field_deadline), status, note, s->origin,
                               &s->msg, s->link.applied, sizeof(s->link.applied)) < 0)
         s->link.applied[0] = '\0'; /* cannot happen with the fixed keys: resend all */
@@ -742,6 +883,85 @@ static void slot_recover_viewed(struct forward_slot *s, json_t *doc)
              " of client \"%s\"",
              s->link.dst_task, s->msg.task, s->client->id);
     slot_update(s);
+}
+
+/* The intent of an earlier note edit found in the link (slot_update), and
+ * the target's note as it is now: which set to plan against, and the plan.
+ *
+ * The intent was written for seq P. The message in hand has seq M > the
+ * link's last_seq; usually M == P (the same message redelivered), but a
+ * newer one may come first, or an older one from a retry queue. When the
+ * note shows P's edit landed, P is applied in full (one call wrote all its
+ * fields and the note): the base is the set after it. M == P then plans
+ * nothing (committed without a call); M > P plans only what M adds to P,
+ * so P's block is never written again; M < P is older than what the
+ * target holds: nothing is sent and the link records P as applied (P's
+ * redelivery is then dropped as a duplicate). When it did not land, the
+ * base is the set before P, and M is applied as if P never ran (for
+ * M >= P that writes P's text too, once). Returns 0 when s->plan is made,
+ * -1 when the slot failed. */
+static int slot_plan_resolved(struct forward_slot *s, const char *note)
+{
+    char base[STORE_APPLIED_MAX + 1];
+    uint64_t pseq = 0;
+
+    s->pending = 0;
+    s->landed = applier_pend_landed(s->link.applied, note, &pseq);
+    if (applier_pend_base(s->link.applied, s->landed, base, sizeof(base)) < 0) {
+        slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "the applied set of the link is unreadable");
+        return -1;
+    }
+    log_info("the note edit of seq %" PRIu64 " of task %" PRId64 " of client \"%s\" was "
+             "interrupted and %s; applying seq %" PRIu64,
+             pseq, s->msg.task, s->client->id, s->landed ? "had landed" : "had not landed",
+             s->msg.seq);
+    forward_plan_release(&s->plan);
+    if (s->landed && pseq > s->msg.seq) {
+        s->commit_seq = pseq;
+        forward_copy(s->plan.applied, sizeof(s->plan.applied), base);
+        return 0;
+    }
+    if (forward_plan_make(&s->msg, base, s->f->api->task_type[0] != '\0', &s->plan) < 0) {
+        slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "out of memory planning the update");
+        return -1;
+    }
+    return 0;
+}
+
+/* The target viewed (its note as it is now): resolve an interrupted edit,
+ * then append the block, committing the intent of that edit first. */
+static void slot_target_viewed(struct forward_slot *s, const char *current)
+{
+    struct forward *f = s->f;
+
+    if (s->pending) {
+        if (slot_plan_resolved(s, current) < 0)
+            return;
+        if (forward_plan_empty(&s->plan)) {
+            slot_commit(s, s->landed ? &f->stats.updated : &f->stats.unchanged,
+                        s->landed ? "updated (before a restart)" : "nothing to change for");
+            return;
+        }
+        if (!s->plan.block) {
+            slot_edit(s, NULL);
+            return;
+        }
+    }
+    char *note = notes_append(current, s->origin, s->plan.block);
+    if (!note) {
+        slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "out of memory building the note");
+        return;
+    }
+    s->pend_note = note;
+    rt_status st = slot_link_write(s, SLOT_WRITE_PENDING);
+    s->pend_note = NULL;
+    if (st != RT_OK) {
+        free(note);
+        slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "store: %s", store_strerror(f->st));
+        return;
+    }
+    slot_edit(s, note);
+    free(note);
 }
 
 static void forward_on_reply(void *arg, const struct billmgr_reply *r)
@@ -771,6 +991,8 @@ static void forward_on_reply(void *arg, const struct billmgr_reply *r)
     case FS_CREATE: {
         long id;
         if (r->status != RT_OK) {
+            if (forward_create_not_made(r))
+                slot_no_create(s);
             slot_api_failed(s, "creating the task", r);
             return;
         }
@@ -780,6 +1002,7 @@ static void forward_on_reply(void *arg, const struct billmgr_reply *r)
             return;
         }
         s->link.dst_task = id;
+        forward_seen_dst(f, s->client, id);
         log_info("created target task %ld for task %" PRId64 " of client \"%s\"", id, s->msg.task,
                  s->client->id);
         slot_commit(s, &f->stats.created, "created");
@@ -794,14 +1017,7 @@ static void forward_on_reply(void *arg, const struct billmgr_reply *r)
             slot_api_failed(s, "viewing the target task", r);
             return;
         }
-        char *note = notes_append(billmgr_text(r->doc, f->api->field_note), s->origin,
-                                  s->plan.block);
-        if (!note) {
-            slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "out of memory building the note");
-            return;
-        }
-        slot_edit(s, note);
-        free(note);
+        slot_target_viewed(s, billmgr_text(r->doc, f->api->field_note));
         return;
     }
     case FS_EDIT:
@@ -842,11 +1058,16 @@ static void slot_start(struct forward_slot *s)
         return;
     }
     if (s->link.found && s->link.dst_task > 0) {
+        forward_seen_dst(f, s->client, s->link.dst_task);
         slot_update(s);
         return;
     }
-    if (s->link.found) {
-        /* dst_task 0: a create was started and never committed. */
+    if (s->link.found && fp_set_get_int(s->link.applied, FORWARD_KEY_CREATING, 1) != 0) {
+        /* dst_task 0: a create was started and never committed; it may
+         * have made the task. Only a task made after the intent can be
+         * it, and its id is above every id known then: listing the
+         * department costs its pages, but only those rows are viewed. */
+        s->after = fp_set_get_int(s->link.applied, FORWARD_KEY_AFTER, 0);
         s->page = 1;
         s->seen = 0;
         s->list_done = 0;
@@ -868,8 +1089,7 @@ static void forward_sync(struct forward *f, struct forward_slot *s)
 {
     f->stats.syncs++;
     if (f->sync_hook) {
-        log_info("sync request \"%s\" of client \"%s\" received", s->msg.sync.id,
-                 s->client->id);
+        log_info("sync request \"%s\" of client \"%s\" received", s->msg.sync.id, s->client->id);
         f->sync_hook(f->sync_arg, s->client->id, s->msg.sync.id);
     } else {
         log_warning("sync request \"%s\" of client \"%s\" ignored: nothing here publishes "
@@ -993,8 +1213,7 @@ size_t forward_unacked(const struct forward *f, const char *queue)
         return 0;
     for (size_t i = 0; i < applier_count(f->ap); i++) {
         const struct applier_slot *as = applier_slot_at(f->ap, i);
-        if (as && as->phase != APPLIER_FREE && !applier_stale(as) &&
-            strcmp(as->queue, queue) == 0)
+        if (as && as->phase != APPLIER_FREE && !applier_stale(as) && strcmp(as->queue, queue) == 0)
             n++;
     }
     return n;
@@ -1073,11 +1292,15 @@ struct forward *forward_new(const struct config *cfg, struct store *st, struct b
     f->bm = bm;
     f->br = br;
     f->api = &cfg->billmanager.api;
+    f->max_dst = calloc(cfg->server.n_clients, sizeof(*f->max_dst));
+    f->max_known = calloc(cfg->server.n_clients, sizeof(*f->max_known));
+    if (!f->max_dst || !f->max_known)
+        goto fail;
     /* prefetch deliveries of this connection, plus as many of an earlier
      * one whose API calls are still finishing. */
     size_t max_slots = (size_t)(cfg->amqp.prefetch > 0 ? cfg->amqp.prefetch : 1) * 2;
-    f->ap = applier_new(br, BROKER_FORWARD, max_slots, sizeof(struct forward_slot), &forward_ops,
-                        f);
+    f->ap =
+        applier_new(br, BROKER_FORWARD, max_slots, sizeof(struct forward_slot), &forward_ops, f);
     if (!f->ap)
         goto fail;
     return f;
@@ -1092,5 +1315,7 @@ void forward_free(struct forward *f)
     if (!f)
         return;
     applier_free(f->ap);
+    free(f->max_dst);
+    free(f->max_known);
     free(f);
 }

@@ -28,6 +28,19 @@
  * harmless: the link's last_seq, and for an interrupted create the origin
  * block in the created task's note, tell what was already done.
  *
+ * Interrupted creates: the link is written with dst_task 0 before the
+ * create call, holding the highest target id known for the client then.
+ * A delivery that finds such a link lists the department and views only
+ * the unlinked tasks above that id (task ids grow), looking for the origin
+ * block. A create whose failure proves that nothing was made (an API
+ * error, HTTP 503 or 429, a call that never left) marks the link so, and
+ * the next delivery creates at once: in normal operation nothing searches.
+ *
+ * Interrupted note edits: an update that appends a block commits its
+ * intent first (applier.h, "crash-safe note appends"); the next delivery
+ * for the task views the target and, when the block is there, does not
+ * write it again.
+ *
  * Retries: a transient failure (RT_RETRY from the API or the store)
  * republishes the body to remotetask.retry with x-rt-attempts + 1 and the
  * reason in x-rt-error, and the delay queue sends it back later. Such a

@@ -35,6 +35,13 @@ struct reverse_slot {
     enum reverse_step step;
     struct codec_msg msg;
     struct reverse_plan plan;
+    /* The rev row holds the intent of an earlier note edit (applier.h):
+     * the view of the task tells whether it landed. */
+    int pending;
+    int landed;                          /* it did: plan against the set after it */
+    uint64_t commit_seq;                 /* seq to commit when above msg.seq (a newer state's
+                                            edit that landed) */
+    char applied[STORE_APPLIED_MAX + 1]; /* the rev row's set as read */
 };
 
 /* A sync request registered by the bridge and not answered yet. */
@@ -432,8 +439,9 @@ static void slot_commit(struct reverse_slot *s, int changed)
     s->step = RS_COMMIT;
     if ((st = store_begin(r->st)) != RT_OK)
         goto failed;
-    if ((st = store_rev_put(r->st, client, s->msg.task, s->msg.seq, s->plan.notes_len,
-                            s->plan.applied)) != RT_OK ||
+    uint64_t seq = s->commit_seq > s->msg.seq ? s->commit_seq : s->msg.seq;
+    if ((st = store_rev_put(r->st, client, s->msg.task, seq, s->plan.notes_len, s->plan.applied)) !=
+            RT_OK ||
         (st = store_meta_set_i64(r->st, REVERSE_META_LAST_APPLY, now)) != RT_OK) {
         store_rollback(r->st);
         goto failed;
@@ -515,26 +523,110 @@ static void slot_edit(struct reverse_slot *s, const char *note)
     slot_call(s, RS_EDIT, &p, ok);
 }
 
+/* Commits the intent of the edit that writes note (applier.h) on the set
+ * the plan was made against, keeping the row's seq and notes count: after
+ * a crash the next state of the task sees whether that edit landed. */
+static rt_status slot_pend_write(struct reverse_slot *s, const char *note)
+{
+    struct reverse *r = s->r;
+    const char *client = r->cfg->client.id;
+    char base[STORE_APPLIED_MAX + 1], set[STORE_APPLIED_MAX + 1];
+    struct store_rev cur;
+    rt_status st;
+
+    if ((st = store_begin(r->st)) != RT_OK)
+        return st;
+    if ((st = store_rev_get(r->st, client, s->msg.task, &cur)) != RT_OK)
+        goto rollback;
+    if (!cur.found)
+        memset(&cur, 0, sizeof(cur));
+    if (applier_pend_base(cur.applied, s->landed, base, sizeof(base)) < 0)
+        snprintf(base, sizeof(base), "%s", cur.applied);
+    /* The sets are a few fixed keys, far below the cap; should one not
+     * fit, the edit goes ahead unprotected rather than never. */
+    if (applier_pend_put(base, s->plan.applied, s->msg.seq, note, set, sizeof(set)) < 0)
+        log_warning("no room for the intent of the note edit of task %" PRId64
+                    ": a crash before its commit would append it twice",
+                    s->msg.task);
+    if ((st = store_rev_put(r->st, client, s->msg.task, cur.seq, cur.notes_applied, set)) != RT_OK)
+        goto rollback;
+    return store_commit(r->st);
+rollback:
+    store_rollback(r->st);
+    return st;
+}
+
+/* The intent of an earlier note edit found in the rev row, and the task's
+ * note as it is now: which set to plan against, and the plan.
+ *
+ * The intent was written for seq P; the state in hand has seq M > the
+ * row's seq. When the note shows P's edit landed, P is applied in full
+ * (one call wrote its status, performer and note): the base is the set
+ * after it, so M == P (the same state redelivered) plans nothing, M > P
+ * plans only what M adds to P (P's block is never written again), and
+ * M < P (an older state back from a retry queue) is older than what the
+ * task holds: nothing is sent and the row records P (whose redelivery is
+ * then a duplicate). When it did not land, the base is the set before P
+ * and M is applied as if P never ran. Returns 0 when s->plan is made, -1
+ * when the slot failed. */
+static int slot_plan_resolved(struct reverse_slot *s, const char *note)
+{
+    char base[STORE_APPLIED_MAX + 1];
+    uint64_t pseq = 0;
+
+    s->pending = 0;
+    s->landed = applier_pend_landed(s->applied, note, &pseq);
+    if (applier_pend_base(s->applied, s->landed, base, sizeof(base)) < 0) {
+        slot_fail(s, RT_RETRY, REVERSE_DEAD_NONE, "the applied set of the task is unreadable");
+        return -1;
+    }
+    log_info("the note edit of state seq %" PRIu64 " of task %" PRId64 " was interrupted and "
+             "%s; applying seq %" PRIu64,
+             pseq, s->msg.task, s->landed ? "had landed" : "had not landed", s->msg.seq);
+    reverse_plan_release(&s->plan);
+    if (s->landed && pseq > s->msg.seq) {
+        s->commit_seq = pseq;
+        snprintf(s->plan.applied, sizeof(s->plan.applied), "%s", base);
+        int64_t len = fp_set_get_int(base, "notes_len", 0);
+        s->plan.notes_len = len > 0 ? (size_t)len : 0;
+        return 0;
+    }
+    if (reverse_plan_make(s->r->cfg, &s->msg, base, &s->plan) < 0) {
+        slot_fail(s, RT_RETRY, REVERSE_DEAD_NONE, "out of memory planning the change");
+        return -1;
+    }
+    return 0;
+}
+
 /* The source task as it is now: what the plan still has to change. */
 static void slot_viewed(struct reverse_slot *s, json_t *doc)
 {
     const struct config_billmgr_api *api = s->r->api;
+    const char *current = billmgr_text(doc, api->field_note);
     long status = -1, performer = 0;
     char *note = NULL;
 
+    if (s->pending && slot_plan_resolved(s, current) < 0)
+        return;
     if (billmgr_long(doc, api->field_status, &status) < 0)
         status = -1;
     if (billmgr_long(doc, api->field_performer, &performer) < 0)
         performer = 0; /* empty: nobody */
     reverse_plan_verify(&s->plan, status, performer);
     if (reverse_plan_empty(&s->plan)) {
-        slot_commit(s, 0);
+        /* After an edit that landed before a restart, the task did change. */
+        slot_commit(s, s->landed);
         return;
     }
     if (s->plan.block) {
-        note = notes_append(billmgr_text(doc, api->field_note), REVERSE_ORIGIN, s->plan.block);
+        note = notes_append(current, REVERSE_ORIGIN, s->plan.block);
         if (!note) {
             slot_fail(s, RT_RETRY, REVERSE_DEAD_NONE, "out of memory building the note");
+            return;
+        }
+        if (slot_pend_write(s, note) != RT_OK) {
+            free(note);
+            slot_fail(s, RT_RETRY, REVERSE_DEAD_NONE, "store: %s", store_strerror(s->r->st));
             return;
         }
     }
@@ -593,6 +685,15 @@ static void slot_start(struct reverse_slot *s)
         log_debug("dropped state seq %" PRIu64 " of task %" PRId64 ": seq %" PRIu64 " is applied",
                   s->msg.seq, s->msg.task, rev.seq);
         applier_ack(s->as);
+        return;
+    }
+    if (rev.found && applier_pend_present(rev.applied)) {
+        /* A note edit was under way when the daemon stopped: the task's
+         * note tells whether it landed, and the plan is made against that
+         * (slot_plan_resolved, once the task is viewed). */
+        snprintf(s->applied, sizeof(s->applied), "%s", rev.applied);
+        s->pending = 1;
+        slot_view(s);
         return;
     }
     if (reverse_plan_make(r->cfg, &s->msg, rev.found ? rev.applied : "", &s->plan) < 0) {

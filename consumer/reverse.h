@@ -27,7 +27,11 @@
  * (common/notes.h), so it never travels forward again. One task.edit
  * carries everything that changed; nothing changed, no call at all. The
  * first state of a task is compared with the task as viewed, so that a
- * status or performer the task already has is not written again.
+ * status or performer the task already has is not written again. An edit
+ * that appends a block commits its intent in the rev row first (applier.h,
+ * "crash-safe note appends"): after a crash between that edit and its
+ * commit, the next state of the task views it and does not append the
+ * block a second time.
  *
  * A sync_done message answers a sync request (checkevent): once every
  * delivery taken before it has finished, the sync_done hook runs with the

@@ -57,8 +57,8 @@ static void check_accepts_the_configured_client(void **state)
     (void)state;
     test_config(&cfg);
     test_msg(&m, "7", 5, "");
-    assert_int_equal(forward_check(&cfg, "remotetask.forward.7", "reseller-a", "upstream", NULL,
-                                   &m, &c, reason, sizeof(reason)),
+    assert_int_equal(forward_check(&cfg, "remotetask.forward.7", "reseller-a", "upstream", NULL, &m,
+                                   &c, reason, sizeof(reason)),
                      FORWARD_DEAD_NONE);
     assert_ptr_equal(c, &test_clients[0]);
     assert_string_equal(reason, "");
@@ -74,15 +74,15 @@ static void check_refuses_what_is_not_the_client(void **state)
     test_config(&cfg);
     test_msg(&m, "7", 5, "");
 
-    assert_int_equal(forward_check(&cfg, "remotetask.forward.9", "reseller-a", "upstream", NULL,
-                                   &m, &c, reason, sizeof(reason)),
+    assert_int_equal(forward_check(&cfg, "remotetask.forward.9", "reseller-a", "upstream", NULL, &m,
+                                   &c, reason, sizeof(reason)),
                      FORWARD_DEAD_UNAUTHORIZED);
     assert_null(c);
     assert_non_null(strstr(reason, "remotetask.forward.9"));
 
     /* Another client's user publishing into client 7's queue. */
-    assert_int_equal(forward_check(&cfg, "remotetask.forward.7", "reseller-b", "upstream", NULL,
-                                   &m, &c, reason, sizeof(reason)),
+    assert_int_equal(forward_check(&cfg, "remotetask.forward.7", "reseller-b", "upstream", NULL, &m,
+                                   &c, reason, sizeof(reason)),
                      FORWARD_DEAD_UNAUTHORIZED);
     assert_ptr_equal(c, &test_clients[0]);
     assert_string_equal(reason, "user_id \"reseller-b\" is not the AMQP user of client 7");
@@ -94,22 +94,22 @@ static void check_refuses_what_is_not_the_client(void **state)
 
     /* The message names client 8 but came through client 7's queue. */
     m.client = "8";
-    assert_int_equal(forward_check(&cfg, "remotetask.forward.7", "reseller-a", "upstream", NULL,
-                                   &m, &c, reason, sizeof(reason)),
+    assert_int_equal(forward_check(&cfg, "remotetask.forward.7", "reseller-a", "upstream", NULL, &m,
+                                   &c, reason, sizeof(reason)),
                      FORWARD_DEAD_UNAUTHORIZED);
     assert_non_null(strstr(reason, "client \"8\""));
 
     m.client = "7";
     m.fwd.department = 13;
-    assert_int_equal(forward_check(&cfg, "remotetask.forward.7", "reseller-a", "upstream", NULL,
-                                   &m, &c, reason, sizeof(reason)),
+    assert_int_equal(forward_check(&cfg, "remotetask.forward.7", "reseller-a", "upstream", NULL, &m,
+                                   &c, reason, sizeof(reason)),
                      FORWARD_DEAD_DEPARTMENT);
     assert_string_equal(reason, "department 13 is not the department of client 7");
 
     m.fwd.department = 12;
     m.kind = CODEC_STATE;
-    assert_int_equal(forward_check(&cfg, "remotetask.forward.7", "reseller-a", "upstream", NULL,
-                                   &m, &c, reason, sizeof(reason)),
+    assert_int_equal(forward_check(&cfg, "remotetask.forward.7", "reseller-a", "upstream", NULL, &m,
+                                   &c, reason, sizeof(reason)),
                      FORWARD_DEAD_UNDECODABLE);
     assert_string_equal(reason, "unexpected kind \"state\"");
 }
@@ -269,8 +269,7 @@ static void plan_strips_forged_blocks(void **state)
 }
 
 /* The note a create wrote for m, as the applier writes it. */
-static char *created_note(const struct codec_msg *m, const char *origin, char *applied,
-                          size_t len)
+static char *created_note(const struct codec_msg *m, const char *origin, char *applied, size_t len)
 {
     struct forward_plan p;
     assert_int_equal(forward_plan_make(m, "", 0, &p), 0);
@@ -379,19 +378,19 @@ static void check_accepts_a_sync_request_of_the_client(void **state)
     codec_msg_init(&m, CODEC_SYNC);
     m.client = "7";
     m.sync.id = "abc";
-    assert_int_equal(forward_check(&cfg, "remotetask.forward.7", "reseller-a", "upstream", NULL,
-                                   &m, &c, reason, sizeof(reason)),
+    assert_int_equal(forward_check(&cfg, "remotetask.forward.7", "reseller-a", "upstream", NULL, &m,
+                                   &c, reason, sizeof(reason)),
                      FORWARD_DEAD_NONE);
     assert_non_null(c);
     assert_string_equal(c->id, "7");
 
     /* Sent by another client's login: refused like a task would be. */
-    assert_int_equal(forward_check(&cfg, "remotetask.forward.7", "reseller-b", "upstream", NULL,
-                                   &m, &c, reason, sizeof(reason)),
+    assert_int_equal(forward_check(&cfg, "remotetask.forward.7", "reseller-b", "upstream", NULL, &m,
+                                   &c, reason, sizeof(reason)),
                      FORWARD_DEAD_UNAUTHORIZED);
     m.client = "8";
-    assert_int_equal(forward_check(&cfg, "remotetask.forward.7", "reseller-a", "upstream", NULL,
-                                   &m, &c, reason, sizeof(reason)),
+    assert_int_equal(forward_check(&cfg, "remotetask.forward.7", "reseller-a", "upstream", NULL, &m,
+                                   &c, reason, sizeof(reason)),
                      FORWARD_DEAD_UNAUTHORIZED);
 }
 
@@ -454,6 +453,103 @@ static void dead_kinds_have_names(void **state)
     assert_string_equal(forward_dead_kind_name(FORWARD_DEAD_API), "api");
 }
 
+/* The intent of a note edit (applier.c), as both appliers use it. */
+static void pend_intent_tells_the_set_after_a_landed_edit(void **state)
+{
+    char intent[STORE_APPLIED_MAX + 1], base[STORE_APPLIED_MAX + 1], v[64];
+    char *note_after = NULL;
+    uint64_t seq = 0;
+    const char *applied = "name=n1;status=0;note_len=3;note_fp=f1;state=s1";
+    const char *after = "name=n1;status=0;note_len=9;note_fp=f2;about=a2";
+    const char *before = "old";
+    const char *note = "old\n\n--- remotetask: from client 7, task 5 ---\nnew\n"
+                       "--- remotetask: end ---\n";
+    (void)state;
+
+    assert_false(applier_pend_present(applied));
+    assert_int_equal(applier_pend_put(applied, after, 4, note, intent, sizeof(intent)), 0);
+    assert_true(applier_pend_present(intent));
+    /* Only what the edit changes is kept for after it. */
+    assert_int_equal(fp_set_get(intent, "p.note_len", v, sizeof(v)), 0);
+    assert_string_equal(v, "9");
+    assert_int_equal(fp_set_get(intent, "p.about", v, sizeof(v)), 0);
+    assert_int_equal(fp_set_get(intent, "p.name", v, sizeof(v)), -1);
+    assert_int_equal(fp_set_get_int(intent, "note_len", -1), 3);
+
+    /* Landed, with staff text after it; or the very note. */
+    note_after = malloc(strlen(note) + 16);
+    assert_non_null(note_after);
+    sprintf(note_after, "%s\nthanks", note);
+    assert_int_equal(applier_pend_landed(intent, note_after, &seq), 1);
+    assert_int_equal(seq, 4);
+    assert_int_equal(applier_pend_landed(intent, note, NULL), 1);
+    assert_int_equal(applier_pend_base(intent, 1, base, sizeof(base)), 0);
+    assert_false(applier_pend_present(base));
+    assert_int_equal(fp_set_get_int(base, "note_len", -1), 9);
+    assert_int_equal(fp_set_get(base, "note_fp", v, sizeof(v)), 0);
+    assert_string_equal(v, "f2");
+    assert_int_equal(fp_set_get(base, "about", v, sizeof(v)), 0);
+    assert_string_equal(v, "a2");
+    assert_int_equal(fp_set_get(base, "state", v, sizeof(v)), 0);
+    assert_string_equal(v, "s1");
+    assert_int_equal(fp_set_get(base, "p.note_len", v, sizeof(v)), -1);
+
+    /* Not landed: the note as it was, or its middle edited. */
+    assert_int_equal(applier_pend_landed(intent, before, NULL), 0);
+    note_after[1] = 'X';
+    assert_int_equal(applier_pend_landed(intent, note_after, NULL), 0);
+    assert_int_equal(applier_pend_landed(intent, NULL, NULL), 0);
+    assert_int_equal(applier_pend_base(intent, 0, base, sizeof(base)), 0);
+    assert_false(applier_pend_present(base));
+    assert_int_equal(fp_set_get_int(base, "note_len", -1), 3);
+    assert_int_equal(fp_set_get(base, "about", v, sizeof(v)), -1);
+    assert_int_equal(fp_set_get(base, "state", v, sizeof(v)), 0);
+
+    /* No intent: nothing landed, the set is kept; a new intent replaces an
+     * old one; a set without room refuses one and keeps what it had. */
+    assert_int_equal(applier_pend_landed(applied, note, &seq), 0);
+    assert_int_equal(seq, 0);
+    assert_int_equal(applier_pend_put(intent, after, 5, "x", base, sizeof(base)), 0);
+    assert_int_equal(fp_set_get_int(base, "pend_seq", 0), 5);
+    assert_int_equal(fp_set_get_int(base, "pend_len", 0), 1);
+    assert_int_equal(applier_pend_put(applied, after, 4, note, base, 40), -1);
+    assert_false(applier_pend_present(base));
+    free(note_after);
+}
+
+/* Which failed creates prove that no task was made (no search after). */
+static void create_failures_that_prove_nothing_was_made(void **state)
+{
+    struct billmgr_reply r;
+    (void)state;
+    memset(&r, 0, sizeof(r));
+    r.err_object = "";
+    r.message = "";
+
+    r.status = RT_REJECT;
+    r.err_type = "value";
+    assert_true(forward_create_not_made(&r));
+    r.err_type = "toolarge"; /* the answer came: it may hold a new task */
+    assert_false(forward_create_not_made(&r));
+    r.status = RT_RETRY;
+    r.err_type = "http";
+    r.http_code = 503;
+    assert_true(forward_create_not_made(&r));
+    r.http_code = 429;
+    assert_true(forward_create_not_made(&r));
+    r.http_code = 500;
+    assert_false(forward_create_not_made(&r));
+    r.http_code = 504;
+    assert_false(forward_create_not_made(&r));
+    r.http_code = 0;
+    r.err_type = "timeout";
+    assert_false(forward_create_not_made(&r));
+    r.err_type = "transport";
+    assert_false(forward_create_not_made(&r));
+    r.err_type = "json";
+    assert_false(forward_create_not_made(&r));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -470,6 +566,8 @@ int main(void)
         cmocka_unit_test(check_accepts_a_sync_request_of_the_client),
         cmocka_unit_test(applied_merge_keeps_the_published_state),
         cmocka_unit_test(dead_kinds_have_names),
+        cmocka_unit_test(pend_intent_tells_the_set_after_a_landed_edit),
+        cmocka_unit_test(create_failures_that_prove_nothing_was_made),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

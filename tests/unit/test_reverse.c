@@ -512,18 +512,23 @@ static void fake_answer(void)
     char *decoded = fake.req[fake.nreq++];
     fake_decode(body, decoded, sizeof(fake.req[0]));
 
-    char json[4096], resp[8192];
-    if (strstr(decoded, "\nsok=ok\n"))
-        snprintf(json, sizeof(json), "{\"doc\":{\"ok\":{}}}");
-    else
-        snprintf(json, sizeof(json),
-                 "{\"doc\":{\"status\":{\"$\":\"%s\"},\"performer\":{\"$\":\"%s\"},"
-                 "\"note\":{\"$\":\"%s\"}}}",
-                 fake.task_status, fake.task_performer, fake.task_note);
+    char resp[8192];
+    /* jansson escapes the note's newlines and quotes. */
+    json_t *doc =
+        strstr(decoded, "\nsok=ok\n")
+            ? json_pack("{s:{s:{}}}", "doc", "ok")
+            : json_pack("{s:{s:{s:s},s:{s:s},s:{s:s}}}", "doc", "status", "$", fake.task_status,
+                        "performer", "$", fake.task_performer, "note", "$", fake.task_note);
+    assert_non_null(doc);
+    char *json = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+    assert_non_null(json);
     int n = snprintf(resp, sizeof(resp),
                      "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                      "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
                      strlen(json), json);
+    free(json);
+    assert_true(n > 0 && (size_t)n < sizeof(resp));
     assert_int_equal(write(fake.cfd, resp, (size_t)n), n);
     close(fake.cfd);
     fake.cfd = -1;
@@ -771,6 +776,145 @@ static void state_of_a_task_never_forwarded_calls_nothing(void **state)
     rig_down(&g);
 }
 
+/* How many times needle occurs in hay. */
+static size_t count_in(const char *hay, const char *needle)
+{
+    size_t n = 0;
+    for (const char *p = strstr(hay, needle); p; p = strstr(p + strlen(needle), needle))
+        n++;
+    return n;
+}
+
+/* Writes what a daemon killed right after its note edit leaves in the
+ * store: the intent of applying state m (against nothing applied) to a
+ * task whose note was before; returns the note that edit writes
+ * (malloc'd). */
+static char *interrupted_edit(struct rig *g, struct config *cfg, const struct codec_msg *m,
+                              const char *before)
+{
+    struct reverse_plan plan;
+    char intent[STORE_APPLIED_MAX + 1];
+    assert_int_equal(reverse_plan_make(cfg, m, "", &plan), 0);
+    assert_non_null(plan.block);
+    char *note = notes_append(before, REVERSE_ORIGIN, plan.block);
+    assert_non_null(note);
+    assert_int_equal(applier_pend_put("", plan.applied, m->seq, note, intent, sizeof(intent)), 0);
+    reverse_plan_release(&plan);
+    assert_int_equal(store_rev_put(g->st, "7", 5, 0, 0, intent), RT_OK);
+    return note;
+}
+
+static void interrupted_note_edit_that_landed_is_not_written_again(void **state)
+{
+    struct config *cfg = test_config();
+    struct codec_msg m;
+    struct store_rev rev;
+    struct rig g;
+    char buf[4096];
+    (void)state;
+
+    rig_up(&g, cfg);
+    test_state(&m, 5, 1, 2, 21, "Ann Smith", "Installed.");
+    char *note = interrupted_edit(&g, cfg, &m, "Please install the OS.");
+    /* The edit landed, and staff wrote after it. */
+    snprintf(buf, sizeof(buf), "%s\nThanks!", note);
+    fake.task_status = "2";
+    fake.task_performer = "1";
+    fake.task_note = buf;
+
+    /* The same state redelivered: one view, no edit, the row committed. */
+    rig_deliver(&g, &m, "upstream");
+    drive(g.bm, rig_idle, &g);
+    assert_int_equal(fake.nreq, 1);
+    assert_null(strstr(fake.req[0], "sok=ok"));
+    assert_int_equal(store_rev_get(g.st, "7", 5, &rev), RT_OK);
+    assert_int_equal(rev.seq, 1);
+    assert_int_equal(rev.notes_applied, strlen("Installed."));
+    assert_false(applier_pend_present(rev.applied));
+    assert_int_equal(fp_set_get_int(rev.applied, "status", -1), 2);
+
+    /* The next state appends only what it adds. */
+    test_state(&m, 5, 2, 2, 21, "Ann Smith", "Installed.\nRebooted.");
+    rig_deliver(&g, &m, "upstream");
+    drive(g.bm, rig_idle, &g);
+    assert_int_equal(fake.nreq, 3);
+    assert_non_null(strstr(fake.req[2], "\nsok=ok\n"));
+    /* "Installed." once: in the block already there; the new block has
+     * only the new line. */
+    assert_int_equal(count_in(fake.req[2], "Installed."), 1);
+    assert_int_equal(count_in(fake.req[2], "Rebooted."), 1);
+    assert_int_equal(count_in(fake.req[2], "--- remotetask: from the remote side ---"), 2);
+    assert_null(strstr(fake.req[2], "status="));
+    free(note);
+    rig_down(&g);
+}
+
+static void newer_state_after_an_interrupted_edit_that_landed_adds_only_its_part(void **state)
+{
+    struct config *cfg = test_config();
+    struct codec_msg m;
+    struct store_rev rev;
+    struct rig g;
+    (void)state;
+
+    rig_up(&g, cfg);
+    test_state(&m, 5, 1, 2, 0, "", "Installed.");
+    char *note = interrupted_edit(&g, cfg, &m, "Please install the OS.");
+    fake.task_status = "2";
+    fake.task_performer = "";
+    fake.task_note = note;
+
+    /* seq 2 comes first: seq 1's block is there, only "Rebooted." is new. */
+    test_state(&m, 5, 2, 2, 0, "", "Installed.\nRebooted.");
+    rig_deliver(&g, &m, "upstream");
+    drive(g.bm, rig_idle, &g);
+    assert_int_equal(fake.nreq, 2);
+    assert_non_null(strstr(fake.req[1], "\nsok=ok\n"));
+    assert_int_equal(count_in(fake.req[1], "Installed."), 1);
+    assert_int_equal(count_in(fake.req[1], "Rebooted."), 1);
+    assert_int_equal(store_rev_get(g.st, "7", 5, &rev), RT_OK);
+    assert_int_equal(rev.seq, 2);
+    assert_false(applier_pend_present(rev.applied));
+
+    /* seq 1 redelivered afterwards: a duplicate, no call. */
+    test_state(&m, 5, 1, 2, 0, "", "Installed.");
+    rig_deliver(&g, &m, "upstream");
+    assert_true(reverse_idle(g.r));
+    assert_int_equal(fake.nreq, 2);
+    free(note);
+    rig_down(&g);
+}
+
+static void interrupted_note_edit_that_did_not_land_is_written(void **state)
+{
+    struct config *cfg = test_config();
+    struct codec_msg m;
+    struct store_rev rev;
+    struct rig g;
+    (void)state;
+
+    rig_up(&g, cfg);
+    test_state(&m, 5, 1, 2, 0, "", "Installed.");
+    char *note = interrupted_edit(&g, cfg, &m, "Please install the OS.");
+    fake.task_status = "0";
+    fake.task_performer = "";
+    fake.task_note = "Please install the OS.";
+
+    rig_deliver(&g, &m, "upstream");
+    drive(g.bm, rig_idle, &g);
+    assert_int_equal(fake.nreq, 2);
+    assert_non_null(strstr(fake.req[1], "\nsok=ok\n"));
+    assert_non_null(strstr(fake.req[1], "\nstatus=2\n"));
+    char want[1024];
+    snprintf(want, sizeof(want), "\nnote=%s\n", note);
+    assert_non_null(strstr(fake.req[1], want));
+    assert_int_equal(store_rev_get(g.st, "7", 5, &rev), RT_OK);
+    assert_int_equal(rev.seq, 1);
+    assert_false(applier_pend_present(rev.applied));
+    free(note);
+    rig_down(&g);
+}
+
 int main(void)
 {
     log_init("test_reverse", LOG_LEVEL_ERROR, 0);
@@ -789,6 +933,9 @@ int main(void)
         cmocka_unit_test(forged_blocks_are_stripped),
         cmocka_unit_test(applies_a_state_then_answers_the_sync),
         cmocka_unit_test(state_of_a_task_never_forwarded_calls_nothing),
+        cmocka_unit_test(interrupted_note_edit_that_landed_is_not_written_again),
+        cmocka_unit_test(newer_state_after_an_interrupted_edit_that_landed_adds_only_its_part),
+        cmocka_unit_test(interrupted_note_edit_that_did_not_land_is_written),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
