@@ -167,7 +167,7 @@ static const struct item config_items[] = {
     BOOL("billmanager.verify_tls", 1, billmanager.verify_tls),
     GROUP("billmanager.api", 0, NO_FIELD),
     ENUM("billmanager.api.auth", IT_ENUM, "authinfo", "authinfo|session", billmanager.api.auth),
-    INT("billmanager.api.page_size", IT_INT, 1000, 1, 100000, billmanager.api.page_size),
+    INT("billmanager.api.page_size", IT_INT, 200, 1, 100000, billmanager.api.page_size),
     STR("billmanager.api.func_task", IT_NAME, 0, "task", 1, 64, billmanager.api.func_task, NULL),
     STR("billmanager.api.func_task_edit", IT_NAME, 0, "task.edit", 1, 64,
         billmanager.api.func_task_edit, NULL),

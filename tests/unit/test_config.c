@@ -383,7 +383,7 @@ static void test_defaults(void **state)
     assert_true(cfg->billmanager.verify_tls);
     const struct config_billmgr_api *api = &cfg->billmanager.api;
     assert_string_equal(api->auth, "authinfo");
-    assert_int_equal(api->page_size, 1000);
+    assert_int_equal(api->page_size, 200);
     assert_string_equal(api->func_task, "task");
     assert_string_equal(api->func_task_edit, "task.edit");
     assert_string_equal(api->func_department, "department");
