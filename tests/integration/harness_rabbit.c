@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <curl/curl.h>
 #include <jansson.h>
 
 #include "buf.h"
@@ -25,6 +26,11 @@
 /* A rabbitmqctl call, a kill or a restart of the node (7-13 s measured). */
 #define SCRIPT_DEADLINE_MS 120000
 #define MAX_ARGS 32
+/* A management API answer: the bindings of vhost "/" are the largest. */
+#define MGMT_ANSWER_MAX (16u * 1024 * 1024)
+/* A management API request on a busy node; a frozen one never answers. */
+#define MGMT_TIMEOUT_MS 60000L
+#define MGMT_CREDENTIALS_MAX 512
 
 void harness_rabbit_opts(struct broker_opts *o, const char *user, const char *pass)
 {
@@ -171,20 +177,151 @@ static int run_script(const char *cmd, const char *const *args, const char *stdi
     return run_script_q(cmd, args, stdin_text, out, 0);
 }
 
+/* "USER:PASSWORD" of the harness's administrator, from the file rabbitnode
+ * wrote (RT_RABBIT_MGMT_CREDENTIALS), into out. */
+static void mgmt_credentials(char *out, size_t len)
+{
+    const char *path = harness_env("RT_RABBIT_MGMT_CREDENTIALS");
+    FILE *f = fopen(path, "re");
+    if (!f)
+        fail_msg("cannot open the management credentials %s: %s", path, strerror(errno));
+    char *got = fgets(out, (int)len, f);
+    fclose(f);
+    if (!got)
+        fail_msg("the management credentials file %s is empty", path);
+    out[strcspn(out, "\r\n")] = '\0';
+    if (!strchr(out, ':'))
+        fail_msg("the management credentials file %s does not hold USER:PASSWORD", path);
+}
+
+static size_t mgmt_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    return buf_append(userdata, ptr, size * nmemb) < 0 ? 0 : size * nmemb;
+}
+
+/* One request to the node's management API as the harness's administrator:
+ * method on path (already escaped), with a JSON body or NULL. Returns the
+ * HTTP status and, when out is not NULL, the answer (malloc'ed, NUL
+ * terminated; free() it). Fails the test when there is no answer. The
+ * credentials go in the Authorization header only: error messages name
+ * the method and path, never them. */
+static long mgmt_request(const char *method, const char *path, const char *body, char **out)
+{
+    char url[2048], userpwd[MGMT_CREDENTIALS_MAX], errbuf[CURL_ERROR_SIZE] = "";
+    struct curl_slist *headers = NULL;
+    struct buf answer;
+    long code = -1;
+
+    if (out)
+        *out = NULL;
+    if ((size_t)snprintf(url, sizeof(url), "http://127.0.0.1:%s%s",
+                         harness_env("RT_RABBIT_MGMT_PORT"), path) >= sizeof(url))
+        fail_msg("management API path too long: %.100s...", path);
+    mgmt_credentials(userpwd, sizeof(userpwd));
+    /* libcurl counts these: this pair and harness_sim's may nest. */
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+        fail_msg("cannot initialise libcurl");
+    CURL *e = curl_easy_init();
+    if (!e)
+        fail_msg("out of memory");
+    buf_init(&answer, MGMT_ANSWER_MAX);
+    headers = curl_slist_append(headers, "Content-Type: application/json");
+    headers = curl_slist_append(headers, "Expect:");
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_PROXY, "");
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, MGMT_TIMEOUT_MS);
+    curl_easy_setopt(e, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
+    curl_easy_setopt(e, CURLOPT_USERPWD, userpwd);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, mgmt_write_cb);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, &answer);
+    if (body) {
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(body));
+    }
+    CURLcode res = curl_easy_perform(e);
+    explicit_bzero(userpwd, sizeof(userpwd));
+    if (res == CURLE_OK)
+        curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
+    curl_slist_free_all(headers);
+    curl_easy_cleanup(e);
+    curl_global_cleanup();
+    if (res != CURLE_OK) {
+        buf_release(&answer);
+        fail_msg("management API %s %s: %s", method, path,
+                 errbuf[0] ? errbuf : curl_easy_strerror(res));
+    }
+    if (out) {
+        *out = buf_steal(&answer);
+        if (!*out)
+            fail_msg("out of memory");
+    }
+    buf_release(&answer);
+    return code;
+}
+
+/* As mgmt_request, and fails the test unless the status is 2xx (or 404
+ * when missing_ok). Returns the status. */
+static long mgmt_expect(const char *method, const char *path, const char *body, int missing_ok)
+{
+    char *answer = NULL;
+    long code = mgmt_request(method, path, body, &answer);
+    if ((code < 200 || code > 299) && !(missing_ok && code == 404)) {
+        fprintf(stderr, "harness: the management API answered: %.500s\n", answer);
+        free(answer);
+        fail_msg("management API %s %s: HTTP %ld", method, path, code);
+    }
+    free(answer);
+    return code;
+}
+
+/* path + the percent-escaped name, into out. */
+static void mgmt_path(char *out, size_t len, const char *prefix, const char *name)
+{
+    char *esc = curl_easy_escape(NULL, name, 0);
+    if (!esc)
+        fail_msg("out of memory");
+    if ((size_t)snprintf(out, len, "%s%s", prefix, esc) >= len)
+        fail_msg("management API path too long for \"%.100s\"", name);
+    curl_free(esc);
+}
+
+/* A JSON document from a json_pack() result, for a request body (free()
+ * it). */
+static char *mgmt_body(json_t *doc)
+{
+    if (!doc)
+        fail_msg("out of memory");
+    char *text = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+    if (!text)
+        fail_msg("out of memory");
+    return text;
+}
+
 void harness_rabbit_adduser(const char *user, const char *pass)
 {
-    const char *args[] = {user, "-", NULL};
-    int rc = run_script("adduser", args, pass, NULL);
-    if (rc != 0)
-        fail_msg("rabbitnode adduser \"%s\" failed (exit %d)", user, rc);
+    char path[1024];
+    mgmt_path(path, sizeof(path), "/api/users/", user);
+    char *body = mgmt_body(json_pack("{s:s, s:s}", "password", pass, "tags", ""));
+    (void)mgmt_expect("PUT", path, body, 0);
+    explicit_bzero(body, strlen(body));
+    free(body);
+    mgmt_path(path, sizeof(path), "/api/permissions/%2F/", user);
+    body = mgmt_body(json_pack("{s:s, s:s, s:s}", "configure", ".*", "write", ".*", "read", ".*"));
+    (void)mgmt_expect("PUT", path, body, 0);
+    free(body);
 }
 
 void harness_rabbit_delete_user(const char *user)
 {
-    const char *args[] = {"-q", "delete_user", user, NULL};
-    char *out = NULL;
-    (void)run_script_q("ctl", args, NULL, &out, 1);
-    free(out);
+    char path[1024];
+    mgmt_path(path, sizeof(path), "/api/users/", user);
+    /* A user that is not there is what cleanup wants. */
+    (void)mgmt_expect("DELETE", path, NULL, 1);
 }
 
 void harness_rabbit_freeze(void)
@@ -242,12 +379,10 @@ char *harness_rabbit_ctl(const char *const *args)
 
 void harness_rabbit_delete_queue(const char *name)
 {
-    const char *args[] = {"-q", "delete_queue", name, NULL};
-    char *out = NULL;
-    /* A queue that is not there is what cleanup wants: ignore the status
-     * and rabbitmqctl's complaint. */
-    (void)run_script_q("ctl", args, NULL, &out, 1);
-    free(out);
+    char path[1024];
+    mgmt_path(path, sizeof(path), "/api/queues/%2F/", name);
+    /* A queue that is not there is what cleanup wants. */
+    (void)mgmt_expect("DELETE", path, NULL, 1);
 }
 
 static json_t *ctl_json(const char *const *args)
@@ -349,18 +484,47 @@ const char *harness_queue_arg(const struct harness_queue *q, const char *key)
 
 int harness_rabbit_has_binding(const char *exchange, const char *queue, const char *key)
 {
-    const char *args[] = {"-q", "list_bindings", "source_name", "destination_name", "routing_key",
-                          "--formatter", "json", NULL};
-    json_t *j = ctl_json(args);
+    char path[2048], tail[1024];
+    char *answer = NULL;
+    /* The bindings between exactly these two; the default exchange ("")
+     * binds every queue implicitly and has no such resource, so it is
+     * looked for in the whole list. */
+    if (exchange[0]) {
+        mgmt_path(tail, sizeof(tail), "", exchange);
+        snprintf(path, sizeof(path), "/api/bindings/%%2F/e/%s", tail);
+        mgmt_path(tail, sizeof(tail), "/q/", queue);
+        if (strlen(path) + strlen(tail) >= sizeof(path))
+            fail_msg("management API path too long for \"%.100s\"", queue);
+        strcat(path, tail);
+    } else {
+        snprintf(path, sizeof(path), "/api/bindings/%%2F");
+    }
+    long code = mgmt_request("GET", path, NULL, &answer);
+    if (code == 404) {
+        /* The exchange or the queue does not exist: no binding. */
+        free(answer);
+        return 0;
+    }
+    json_error_t e;
+    json_t *j = code == 200 ? json_loads(answer, 0, &e) : NULL;
+    if (!j || !json_is_array(j)) {
+        fprintf(stderr, "harness: the management API answered: %.500s\n", answer);
+        free(answer);
+        json_decref(j);
+        fail_msg("management API GET %s: HTTP %ld, not a JSON array", path, code);
+    }
+    free(answer);
     size_t i;
     json_t *o;
     int found = 0;
     json_array_foreach(j, i, o)
     {
-        const char *s = json_string_value(json_object_get(o, "source_name"));
-        const char *d = json_string_value(json_object_get(o, "destination_name"));
+        const char *s = json_string_value(json_object_get(o, "source"));
+        const char *d = json_string_value(json_object_get(o, "destination"));
+        const char *t = json_string_value(json_object_get(o, "destination_type"));
         const char *k = json_string_value(json_object_get(o, "routing_key"));
-        if (s && d && k && strcmp(s, exchange) == 0 && strcmp(d, queue) == 0 && strcmp(k, key) == 0) {
+        if (s && d && t && k && strcmp(t, "queue") == 0 && strcmp(s, exchange) == 0 &&
+            strcmp(d, queue) == 0 && strcmp(k, key) == 0) {
             found = 1;
             break;
         }

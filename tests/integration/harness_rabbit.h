@@ -3,11 +3,14 @@
  *
  * scripts/test starts the node with tests/harness/rabbitnode and exports
  * its env file (RT_RABBIT_DIR, RT_RABBIT_NODE, RT_AMQP_PORT, RT_AMQPS_PORT,
- * RT_TLS_DIR, RT_RABBITNODE). These helpers read that environment (a test
- * fails, never skips, when it is missing), run the script with fork/exec
- * (never through a shell), and parse rabbitmqctl's JSON output. Every
- * helper fails the running cmocka test with a clear message when the node
- * does not do what was asked.
+ * RT_TLS_DIR, RT_RABBITNODE, RT_RABBIT_MGMT_PORT,
+ * RT_RABBIT_MGMT_CREDENTIALS). These helpers read that environment (a test
+ * fails, never skips, when it is missing). Users, queue deletion and
+ * bindings go through the node's management HTTP API (libcurl, a few
+ * milliseconds a call); the node's life (kill, freeze, restart) and the
+ * queue figures go through the script, run with fork/exec (never through a
+ * shell). Every helper fails the running cmocka test with a clear message
+ * when the node does not do what was asked.
  */
 #ifndef RT_HARNESS_RABBIT_H
 #define RT_HARNESS_RABBIT_H
@@ -50,8 +53,8 @@ const char *harness_rabbit_tls_file(const char *name);
  * client ids, users and queues. Returns buf. */
 char *harness_rabbit_unique(char *buf, size_t len, const char *tag);
 
-/* Adds a user with all permissions on vhost "/". The password goes to the
- * script on stdin, never in argv. */
+/* Adds a user with all permissions on vhost "/" over the management API
+ * (the password only in the request's body, never in argv or a message). */
 void harness_rabbit_adduser(const char *user, const char *pass);
 
 /* SIGKILLs the node (a crash) and returns when it is gone. */
@@ -78,10 +81,14 @@ void harness_rabbit_ensure_up(void);
 char *harness_rabbit_ctl(const char *const *args);
 
 /* Every queue of vhost "/": returns the count and a malloc'ed array in
- * *out (free() it). */
+ * *out (free() it). The figures are rabbitmqctl list_queues', exact at the
+ * time of the call: the management API's lag behind the queues by a
+ * statistics interval or more, which tests comparing or waiting on counts
+ * cannot afford. */
 size_t harness_rabbit_list_queues(struct harness_queue **out);
 
-/* Looks one queue up: 1 with *q filled, 0 when it does not exist. */
+/* Looks one queue up: 1 with *q filled, 0 when it does not exist. Exact
+ * figures, as harness_rabbit_list_queues(). */
 int harness_rabbit_queue(const char *name, struct harness_queue *q);
 
 /* The value of a queue argument (x-queue-type, x-message-ttl, ...), or
@@ -91,10 +98,12 @@ const char *harness_queue_arg(const struct harness_queue *q, const char *key);
 /* 1 when exchange is bound to queue with routing key, else 0. */
 int harness_rabbit_has_binding(const char *exchange, const char *queue, const char *key);
 
-/* Deletes a queue if it exists (test cleanup). */
+/* Deletes a queue if it exists (test cleanup); fails the test on any other
+ * refusal. */
 void harness_rabbit_delete_queue(const char *name);
 
-/* Deletes a user if it exists (test cleanup). */
+/* Deletes a user if it exists (test cleanup); fails the test on any other
+ * refusal. */
 void harness_rabbit_delete_user(const char *user);
 
 #endif
