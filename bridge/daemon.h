@@ -1,27 +1,16 @@
 /*
  * daemon.h - remotetaskd's one event loop and the objects it drives.
  *
- * A daemon owns the configuration, the store, the BILLmanager client, the
- * broker connection, the components of its roles (producer/relay and
- * consumer/reverse for the client role, consumer/forward and
- * producer/statepub for the server role), the control socket server and,
- * when metrics.listen is set, the Prometheus endpoint (bridge/metrics_http).
- * It is the only place that knows producer/ and consumer/ both: a sync
- * request the forward applier receives goes to statepub_sync(), and the
- * reverse applier's sync_done answers the checkevent that waits for it.
+ * A daemon owns the configuration, the store, the control socket server
+ * (control.h, answering the commands of commands.h), the Prometheus
+ * endpoint when metrics.listen is set (metrics_http.h, rendering what
+ * observe.h gathers) and one core (core.h): the BILLmanager client, the
+ * broker connection and the components of the configured roles. It is
+ * where the parts are wired together: the core's hooks reach the
+ * checkevent waits and the counters through here.
  *
- * Control commands (common/ctlproto.h): ping; wake {reconcile}; checkevent
- * {timeout} (client role: publish a sync request, answer
- * {"ok":true,"published":N,"updated":M} on its sync_done, or an error
- * after timeout seconds, 60 by default); status (JSON: roles, broker and
- * BILLmanager state, per queue the depth and consumers the broker reports,
- * asked when the command runs, and the deliveries this instance holds
- * unacknowledged, which AMQP cannot ask the broker for; outbox, links,
- * last times, error counts); resync (server role: a state cycle of every
- * client now). Metrics are the components' running totals, kept across
- * reloads so that counters never go down; queue gauges are at most 10 s
- * old. daemon_run() is the loop: one ppoll() over the broker's
- * socket, curl's sockets and the control sockets, with the signals
+ * daemon_run() is the loop: one ppoll() over the broker's socket, curl's
+ * sockets, the control sockets and the metrics endpoint, with the signals
  * SIGTERM, SIGINT and SIGHUP unblocked only inside it:
  *
  *   SIGTERM, SIGINT  drain (no new work), wait up to 10 s for work in flight
@@ -30,12 +19,13 @@
  *   SIGHUP           load the configuration file again: an invalid file is
  *                    logged and the old configuration kept; a valid one is
  *                    applied after a drain of up to 5 s by rebuilding the
- *                    components, the BILLmanager client and the broker
- *                    (the store is reopened only if state_dir changed).
+ *                    core (the store is reopened only if state_dir changed,
+ *                    the control socket and the metrics endpoint only if
+ *                    their address did). Counters are carried across the
+ *                    rebuild, so that they never go down.
  *
- * The broker connection is retried forever with a backoff of 500 ms to
- * 30 s; a refused login or TLS failure is retried at the longest delay, as
- * the operator may fix the broker side without touching remotetaskd.
+ * A core that cannot be rebuilt (its parts failed to set up) is tried
+ * again every 5 s; meanwhile the control socket answers.
  */
 #ifndef RT_DAEMON_H
 #define RT_DAEMON_H

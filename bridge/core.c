@@ -1,0 +1,376 @@
+#include "core.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "billmgr.h"
+#include "config_opts.h"
+#include "log.h"
+#include "now.h"
+#include "relay.h"
+#include "statepub.h"
+
+/* ---- broker callbacks ---------------------------------------------- */
+
+static void core_on_confirm(void *arg, uint64_t tag, enum broker_fate fate)
+{
+    struct core *k = arg;
+    /* Each component keeps the tags it published and ignores the others;
+     * so does the owner for the checkevent requests it publishes itself. */
+    if (k->relay)
+        relay_on_confirm(k->relay, tag, fate);
+    if (k->rev)
+        reverse_on_confirm(k->rev, tag, fate);
+    if (k->fwd)
+        forward_on_confirm(k->fwd, tag, fate);
+    if (k->sp)
+        statepub_on_confirm(k->sp, tag, fate);
+    k->hooks.on_confirm(k->hooks.arg, k, tag, fate);
+}
+
+static int core_has_prefix(const char *s, const char *prefix)
+{
+    return s && strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+static void core_on_delivery(void *arg, const struct broker_delivery *d)
+{
+    struct core *k = arg;
+    /* The queue tells the direction: the server consumes the forward
+     * queues of its clients, the client its own reverse queue. */
+    if (k->fwd && core_has_prefix(d->queue, BROKER_EXCHANGE_FORWARD ".")) {
+        forward_on_delivery(k->fwd, d);
+        return;
+    }
+    if (k->rev && core_has_prefix(d->queue, BROKER_EXCHANGE_REVERSE ".")) {
+        reverse_on_delivery(k->rev, d);
+        return;
+    }
+    /* A delivery without a consumer of ours goes back to its queue for
+     * whoever consumes it. */
+    log_warning("delivery from queue \"%s\" with no component to take it: requeued", d->queue);
+    broker_reject(k->br, d->delivery_tag, 1);
+}
+
+static void core_on_cancel(void *arg, const char *queue)
+{
+    struct core *k = arg;
+    /* The queue was deleted under us. Reconnecting declares it again and
+     * consumes it again; that cannot be done from inside a callback. */
+    k->cancelled = 1;
+    snprintf(k->cancelled_queue, sizeof(k->cancelled_queue), "%s", queue ? queue : "");
+}
+
+/* A client's sync request reached the forward applier. */
+static void core_on_sync(void *arg, const char *client, const char *id)
+{
+    struct core *k = arg;
+    if (!k->sp)
+        return;
+    /* statepub logs why it refuses one; the client then times out. */
+    if (statepub_sync(k->sp, client, id) == RT_OK)
+        k->sp_next = 0;
+}
+
+/* ---- lifecycle ------------------------------------------------------ */
+
+void core_free(struct core *k)
+{
+    if (!k)
+        return;
+    /* The order matters (relay.h, forward.h): the broker's LOST reports go
+     * to live components; billmgr_free cancels the components' API calls
+     * without running their callbacks, so the components go last. */
+    if (k->br)
+        broker_disconnect(k->br);
+    billmgr_free(k->bm);
+    broker_free(k->br);
+    relay_free(k->relay);
+    reverse_free(k->rev);
+    forward_free(k->fwd);
+    statepub_free(k->sp);
+    free(k->clients);
+    free(k);
+}
+
+void core_disconnect(struct core *k)
+{
+    if (k && k->br)
+        broker_disconnect(k->br);
+}
+
+/* Adds id to the list to declare unless it is there already. */
+static void core_add_client(struct core *k, const char *id)
+{
+    for (size_t i = 0; i < k->n_clients; i++)
+        if (strcmp(k->clients[i], id) == 0)
+            return;
+    k->clients[k->n_clients++] = id;
+}
+
+struct core *core_new(const struct config *cfg, struct store *st, const struct core_hooks *hooks,
+                      char *err, size_t errlen)
+{
+    struct billmgr_opts bo;
+    struct broker_opts o;
+    char name[128], why[CORE_ERR_MAX];
+
+    struct core *k = calloc(1, sizeof(*k));
+    if (!k) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    k->cfg = cfg;
+    k->st = st;
+    k->hooks = *hooks;
+    backoff_init(&k->backoff, CORE_RECONNECT_BASE_MS, CORE_RECONNECT_MAX_MS, 0);
+    k->clients = calloc(cfg->server.n_clients + 1, sizeof(*k->clients));
+    if (!k->clients) {
+        snprintf(err, errlen, "out of memory");
+        goto free_core;
+    }
+    if (cfg->client.enabled)
+        core_add_client(k, cfg->client.id);
+    for (size_t i = 0; cfg->server.enabled && i < cfg->server.n_clients; i++)
+        core_add_client(k, cfg->server.clients[i].id);
+
+    config_opts_billmgr(cfg, &bo);
+    bo.on_call = hooks->on_api_call;
+    bo.on_call_arg = hooks->arg;
+    k->bm = billmgr_new(&bo, why, sizeof(why));
+    if (!k->bm) {
+        snprintf(err, errlen, "cannot set up the BILLmanager client: %s", why);
+        goto free_core;
+    }
+    config_opts_broker(cfg, &o, name, sizeof(name));
+    o.on_confirm = core_on_confirm;
+    o.on_delivery = core_on_delivery;
+    o.on_cancel = core_on_cancel;
+    o.cb_arg = k;
+    k->br = broker_new(&o, why, sizeof(why));
+    if (!k->br) {
+        snprintf(err, errlen, "cannot set up the broker connection: %s", why);
+        goto free_core;
+    }
+    if (cfg->client.enabled) {
+        k->relay = relay_new(cfg, st, k->bm, k->br, why, sizeof(why));
+        if (k->relay)
+            k->rev = reverse_new(cfg, st, k->bm, k->br, why, sizeof(why));
+        if (!k->relay || !k->rev) {
+            snprintf(err, errlen, "cannot set up the client role: %s", why);
+            goto free_core;
+        }
+        reverse_set_sync_done_hook(k->rev, hooks->on_sync_done, hooks->arg);
+    }
+    if (cfg->server.enabled) {
+        k->fwd = forward_new(cfg, st, k->bm, k->br, why, sizeof(why));
+        if (k->fwd)
+            k->sp = statepub_new(cfg, st, k->bm, k->br, why, sizeof(why));
+        if (!k->fwd || !k->sp) {
+            snprintf(err, errlen, "cannot set up the server role: %s", why);
+            goto free_core;
+        }
+        /* consumer/ and producer/ never include each other: the sync
+         * requests the applier receives reach the publisher through here. */
+        forward_set_sync_hook(k->fwd, core_on_sync, k);
+        forward_set_applied_hook(k->fwd, hooks->on_forward_applied, hooks->arg);
+    }
+    return k;
+
+free_core:
+    core_free(k);
+    return NULL;
+}
+
+/* ---- work in flight ------------------------------------------------- */
+
+int core_idle(const struct core *k)
+{
+    if (!k)
+        return 1;
+    return (!k->relay || relay_idle(k->relay)) && (!k->rev || reverse_idle(k->rev)) &&
+           (!k->fwd || forward_idle(k->fwd)) && (!k->sp || statepub_idle(k->sp));
+}
+
+void core_drain(struct core *k)
+{
+    if (!k)
+        return;
+    if (k->relay)
+        relay_drain(k->relay);
+    if (k->rev)
+        reverse_drain(k->rev);
+    if (k->fwd)
+        forward_drain(k->fwd);
+    if (k->sp)
+        statepub_drain(k->sp);
+}
+
+/* ---- the connection ------------------------------------------------- */
+
+/* The connection is gone (or must go): close what is left of it and
+ * schedule the next attempt. */
+static void core_lost(struct core *k, const char *why)
+{
+    log_warning("lost the broker connection to %s: %s; reconnecting", k->cfg->amqp.uri_redacted,
+                why);
+    broker_disconnect(k->br);
+    k->up = 0;
+    k->cancelled = 0;
+    k->failures = 0;
+    k->last_error[0] = '\0';
+    backoff_reset(&k->backoff);
+    k->reconnect_at = now_mono_ms() + backoff_next(&k->backoff);
+}
+
+/* One connection attempt: connect, declare every client's topology, then
+ * tell the components. Failures are logged per state change, not per
+ * attempt, so that a broker down for hours does not flood the log. */
+static void core_connect(struct core *k)
+{
+    const struct config *cfg = k->cfg;
+    rt_status st = broker_connect(k->br);
+    if (st == RT_OK)
+        st = broker_declare(k->br, k->clients, k->n_clients);
+    if (st == RT_OK) {
+        if (k->failures)
+            log_info("connected to the broker at %s as \"%s\" after %u failed attempts",
+                     cfg->amqp.uri_redacted, cfg->amqp.user, k->failures);
+        else
+            log_info("connected to the broker at %s as \"%s\"", cfg->amqp.uri_redacted,
+                     cfg->amqp.user);
+        k->up = 1;
+        k->failures = 0;
+        k->last_error[0] = '\0';
+        k->connects++;
+        backoff_reset(&k->backoff);
+        if (k->relay)
+            relay_on_connected(k->relay);
+        if (k->rev)
+            reverse_on_connected(k->rev);
+        if (k->fwd)
+            forward_on_connected(k->fwd);
+        if (k->sp)
+            statepub_on_connected(k->sp);
+        k->relay_next = 0;
+        k->rev_next = 0;
+        k->fwd_next = 0;
+        k->sp_next = 0;
+        return;
+    }
+
+    const char *why = broker_strerror(k->br);
+    int changed = strcmp(why, k->last_error) != 0;
+    k->failures++;
+    unsigned delay = st == RT_REJECT ? CORE_RECONNECT_MAX_MS : backoff_next(&k->backoff);
+    if (st == RT_REJECT && (changed || k->failures % CORE_RECONNECT_REMIND == 0))
+        log_error("the broker at %s refused \"%s\": %s; fix the broker or the configuration, "
+                  "retrying every %u s",
+                  cfg->amqp.uri_redacted, cfg->amqp.user, why, CORE_RECONNECT_MAX_MS / 1000);
+    else if (st != RT_REJECT && (changed || k->failures <= CORE_RECONNECT_LOUD))
+        log_warning("cannot connect to the broker at %s: %s; retrying in %u ms",
+                    cfg->amqp.uri_redacted, why, delay);
+    else if (k->failures % CORE_RECONNECT_REMIND == 0)
+        log_warning("still cannot connect to the broker at %s after %u attempts: %s",
+                    cfg->amqp.uri_redacted, k->failures, why);
+    else
+        log_debug("cannot connect to the broker at %s (attempt %u): %s", cfg->amqp.uri_redacted,
+                  k->failures, why);
+    snprintf(k->last_error, sizeof(k->last_error), "%s", why);
+    broker_disconnect(k->br);
+    k->reconnect_at = now_mono_ms() + delay;
+}
+
+void core_maintain(struct core *k, int allow_connect)
+{
+    if (k->up && !broker_connected(k->br)) {
+        core_lost(k, broker_strerror(k->br));
+    } else if (k->up && k->cancelled) {
+        char why[BROKER_NAME_MAX + 64];
+        snprintf(why, sizeof(why), "the broker cancelled the consumer of \"%s\"",
+                 k->cancelled_queue);
+        core_lost(k, why);
+    }
+    if (!k->up && allow_connect && now_mono_ms() >= k->reconnect_at)
+        core_connect(k);
+}
+
+void core_process(struct core *k)
+{
+    /* broker_process() never blocks: the loop calls it on every turn, so
+     * that heartbeats and buffered frames are never late, whichever of the
+     * fds or the timeout ended the wait. */
+    if (k->up && broker_process(k->br) != RT_OK)
+        core_lost(k, broker_strerror(k->br));
+}
+
+/* ---- the loop's schedule -------------------------------------------- */
+
+void core_tick(struct core *k)
+{
+    int64_t now = now_wall_ms();
+    if (k->relay && now >= k->relay_next)
+        k->relay_next = relay_tick(k->relay, now);
+    if (k->rev && now >= k->rev_next)
+        k->rev_next = reverse_tick(k->rev, now);
+    if (k->fwd && now >= k->fwd_next)
+        k->fwd_next = forward_tick(k->fwd, now);
+    if (k->sp && now >= k->sp_next)
+        k->sp_next = statepub_tick(k->sp, now);
+}
+
+/* Lowers *best (-1 = none yet) to the wait until a deadline in ms. */
+static void core_wait_min(int64_t *best, int64_t wait)
+{
+    if (wait < 0)
+        wait = 0;
+    if (*best < 0 || wait < *best)
+        *best = wait;
+}
+
+int64_t core_timeout_ms(const struct core *k, int connecting)
+{
+    int64_t best = -1, mono = now_mono_ms(), wall = now_wall_ms();
+
+    if (k->up) {
+        if (broker_wants_read_now(k->br))
+            return 0;
+        int t = broker_timeout_ms(k->br);
+        if (t >= 0)
+            core_wait_min(&best, t);
+    } else if (connecting) {
+        core_wait_min(&best, k->reconnect_at - mono);
+    }
+    int t = billmgr_timeout_ms(k->bm);
+    if (t >= 0)
+        core_wait_min(&best, t);
+    if (k->relay)
+        core_wait_min(&best, k->relay_next - wall);
+    if (k->fwd)
+        core_wait_min(&best, k->fwd_next - wall);
+    if (k->rev)
+        core_wait_min(&best, k->rev_next - wall);
+    if (k->sp)
+        core_wait_min(&best, k->sp_next - wall);
+    return best;
+}
+
+/* ---- what the status command asks ----------------------------------- */
+
+size_t core_unacked(const struct core *k, const char *queue)
+{
+    struct reverse_stats rs;
+
+    if (k->fwd && core_has_prefix(queue, BROKER_EXCHANGE_FORWARD "."))
+        return forward_unacked(k->fwd, queue);
+    if (k->rev && core_has_prefix(queue, BROKER_EXCHANGE_REVERSE ".")) {
+        char mine[BROKER_NAME_MAX];
+        if (broker_queue_name(mine, sizeof(mine), BROKER_REVERSE, k->cfg->client.id) < 0 ||
+            strcmp(mine, queue) != 0)
+            return 0;
+        reverse_stats(k->rev, &rs);
+        return rs.busy;
+    }
+    return 0; /* retry and dead queues are never consumed here */
+}

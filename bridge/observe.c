@@ -1,0 +1,542 @@
+#include "observe.h"
+
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bridge.h"
+#include "log.h"
+#include "now.h"
+
+/* Meta keys the components keep (read here for the status command). */
+#define OBSERVE_META_LAST_FORWARD_APPLY   "last_forward_apply_ms"
+#define OBSERVE_META_LAST_FORWARD_PUBLISH "last_forward_publish_ms"
+#define OBSERVE_META_LAST_REVERSE_APPLY   "last_reverse_apply_ms"
+
+/* ---- lifecycle ------------------------------------------------------ */
+
+int observe_init(struct observe *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->started_ms = now_wall_ms();
+    o->started_mono = now_mono_ms();
+    o->api_last_ok = -1;
+    o->metrics = metrics_new();
+    if (!o->metrics || metrics_describe_remotetask(o->metrics) < 0) {
+        observe_release(o);
+        return -1;
+    }
+    return 0;
+}
+
+void observe_release(struct observe *o)
+{
+    metrics_free(o->metrics);
+    o->metrics = NULL;
+    free(o->queues);
+    o->queues = NULL;
+    o->n_queues = 0;
+}
+
+/* ---- hooks ---------------------------------------------------------- */
+
+void observe_on_api_call(struct observe *o, const char *func, rt_status status,
+                         const char *err_type, double seconds)
+{
+    const char *outcome = status == RT_OK ? "ok" : status == RT_RETRY ? "retry" : "reject";
+
+    o->api_calls++;
+    metrics_counter_add(o->metrics, METRICS_API_CALLS, 1, func, outcome, NULL);
+    if (seconds >= 0)
+        metrics_histogram_observe(o->metrics, METRICS_API_CALL_DURATION, seconds, func, NULL);
+    if (status == RT_OK) {
+        o->api_last_ok = 1;
+        o->api_last_ok_ms = now_wall_ms();
+        return;
+    }
+    o->api_errors++;
+    o->api_last_ok = 0;
+    o->api_last_error_ms = now_wall_ms();
+    snprintf(o->api_last_error, sizeof(o->api_last_error), "%s: %s", func,
+             err_type && *err_type ? err_type : "error");
+    for (size_t i = 0; i < OBSERVE_API_ERR_KINDS; i++) {
+        struct observe_api_err *e = &o->api_errs[i];
+        if (e->count && strcmp(e->type, err_type) == 0) {
+            e->count++;
+            return;
+        }
+        if (!e->count) {
+            snprintf(e->type, sizeof(e->type), "%s", err_type && *err_type ? err_type : "error");
+            e->count = 1;
+            return;
+        }
+    }
+    o->api_errs_other++;
+}
+
+void observe_on_forward_applied(struct observe *o, int64_t event_ms, int64_t applied_ms)
+{
+    /* Messages of older clients carry no time of the event. */
+    if (event_ms <= 0)
+        return;
+    double latency = (double)(applied_ms - event_ms) / 1000.0;
+    metrics_histogram_observe(o->metrics, METRICS_FORWARD_LATENCY, latency > 0 ? latency : 0, NULL);
+}
+
+/* ---- totals --------------------------------------------------------- */
+
+/* Adds the counters of a component's stats to a total; gauges and times
+ * are not summed (the current core's are the ones that mean something). */
+static void observe_add_relay(struct relay_stats *to, const struct relay_stats *from)
+{
+    to->taken += from->taken;
+    to->published += from->published;
+    to->confirmed += from->confirmed;
+    to->unchanged += from->unchanged;
+    to->deferred += from->deferred;
+    to->dropped += from->dropped;
+    to->reconciliations += from->reconciliations;
+    to->reconcile_failed += from->reconcile_failed;
+    to->reconcile_enqueued += from->reconcile_enqueued;
+}
+
+static void observe_add_forward(struct forward_stats *to, const struct forward_stats *from)
+{
+    to->deliveries += from->deliveries;
+    to->created += from->created;
+    to->adopted += from->adopted;
+    to->updated += from->updated;
+    to->unchanged += from->unchanged;
+    to->duplicates += from->duplicates;
+    to->superseded += from->superseded;
+    to->retried += from->retried;
+    to->dead += from->dead;
+    to->dead_undecodable += from->dead_undecodable;
+    to->dead_unauthorized += from->dead_unauthorized;
+    to->dead_department += from->dead_department;
+    to->dead_api += from->dead_api;
+    to->requeued += from->requeued;
+    to->syncs += from->syncs;
+}
+
+static void observe_add_reverse(struct reverse_stats *to, const struct reverse_stats *from)
+{
+    to->deliveries += from->deliveries;
+    to->applied += from->applied;
+    to->unchanged += from->unchanged;
+    to->duplicates += from->duplicates;
+    to->superseded += from->superseded;
+    to->syncs += from->syncs;
+    to->retried += from->retried;
+    to->dead += from->dead;
+    to->dead_undecodable += from->dead_undecodable;
+    to->dead_unauthorized += from->dead_unauthorized;
+    to->dead_unknown_task += from->dead_unknown_task;
+    to->dead_api += from->dead_api;
+    to->requeued += from->requeued;
+}
+
+static void observe_add_statepub(struct statepub_stats *to, const struct statepub_stats *from)
+{
+    to->cycles += from->cycles;
+    to->cycles_failed += from->cycles_failed;
+    to->rows_seen += from->rows_seen;
+    to->views += from->views;
+    to->view_failed += from->view_failed;
+    to->published += from->published;
+    to->confirmed += from->confirmed;
+    to->publish_failed += from->publish_failed;
+    to->unchanged += from->unchanged;
+    to->syncs_requested += from->syncs_requested;
+    to->syncs_served += from->syncs_served;
+}
+
+/* The totals so far: the cores already retired plus k, the running one
+ * (or NULL), whose gauges (busy slots, unconfirmed publishes...) are the
+ * ones reported. */
+static void observe_totals_now(const struct observe *o, const struct core *k,
+                               struct observe_totals *t)
+{
+    struct observe_totals cur;
+
+    *t = o->base;
+    memset(&cur, 0, sizeof(cur));
+    t->relay.in_progress = t->relay.unconfirmed = 0;
+    t->fwd.busy = t->rev.busy = 0;
+    t->sp.running = t->sp.viewing = t->sp.waiting = t->sp.unconfirmed = 0;
+    if (!k)
+        return;
+    if (k->relay) {
+        relay_stats(k->relay, &cur.relay);
+        observe_add_relay(&t->relay, &cur.relay);
+        t->relay.in_progress = cur.relay.in_progress;
+        t->relay.unconfirmed = cur.relay.unconfirmed;
+    }
+    if (k->fwd) {
+        forward_stats(k->fwd, &cur.fwd);
+        observe_add_forward(&t->fwd, &cur.fwd);
+        t->fwd.busy = cur.fwd.busy;
+    }
+    if (k->rev) {
+        reverse_stats(k->rev, &cur.rev);
+        observe_add_reverse(&t->rev, &cur.rev);
+        t->rev.busy = cur.rev.busy;
+    }
+    if (k->sp) {
+        statepub_stats(k->sp, &cur.sp);
+        observe_add_statepub(&t->sp, &cur.sp);
+        t->sp.running = cur.sp.running;
+        t->sp.viewing = cur.sp.viewing;
+        t->sp.waiting = cur.sp.waiting;
+        t->sp.unconfirmed = cur.sp.unconfirmed;
+    }
+}
+
+/* Broker connections established over the daemon's life, all cores. */
+static uint64_t observe_reconnects(const struct observe *o, const struct core *k)
+{
+    uint64_t connects = o->base_connects + (k ? k->connects : 0);
+    return connects > 1 ? connects - 1 : 0;
+}
+
+void observe_retire(struct observe *o, const struct core *k)
+{
+    struct observe_totals t;
+
+    if (!k)
+        return;
+    memset(&t, 0, sizeof(t));
+    if (k->relay)
+        relay_stats(k->relay, &t.relay);
+    if (k->fwd)
+        forward_stats(k->fwd, &t.fwd);
+    if (k->rev)
+        reverse_stats(k->rev, &t.rev);
+    if (k->sp)
+        statepub_stats(k->sp, &t.sp);
+    observe_add_relay(&o->base.relay, &t.relay);
+    observe_add_forward(&o->base.fwd, &t.fwd);
+    observe_add_reverse(&o->base.rev, &t.rev);
+    observe_add_statepub(&o->base.sp, &t.sp);
+    o->base_connects += k->connects;
+}
+
+/* ---- queues ----------------------------------------------------------- */
+
+/* Adds a queue name to the list unless it is there already. */
+static void observe_queue_add(struct observe_queue *q, size_t *n, size_t cap, const char *name)
+{
+    for (size_t i = 0; i < *n; i++)
+        if (strcmp(q[i].name, name) == 0)
+            return;
+    if (*n >= cap)
+        return;
+    memset(&q[*n], 0, sizeof(q[*n]));
+    snprintf(q[*n].name, sizeof(q[*n].name), "%s", name);
+    (*n)++;
+}
+
+/* Adds a client's forward and reverse queues and the retry delay queues of
+ * the direction this instance consumes for it (its applier's retries). */
+static void observe_queue_add_client(struct observe_queue *q, size_t *n, size_t cap,
+                                     const char *client, enum broker_dir consumed)
+{
+    char name[BROKER_NAME_MAX];
+    if (broker_queue_name(name, sizeof(name), BROKER_FORWARD, client) == 0)
+        observe_queue_add(q, n, cap, name);
+    if (broker_queue_name(name, sizeof(name), BROKER_REVERSE, client) == 0)
+        observe_queue_add(q, n, cap, name);
+    for (unsigned tier = 0; tier < BROKER_RETRY_TIERS; tier++)
+        if (broker_retry_queue_name(name, sizeof(name), consumed, client, tier) == 0)
+            observe_queue_add(q, n, cap, name);
+}
+
+/* The queues this instance uses, in a stable order: per client its
+ * forward, reverse and retry queues, then remotetask.dead. Returns -1 when
+ * memory ran out. */
+static int observe_queues_list(struct observe *o, const struct config *cfg)
+{
+    size_t cap = (1 + cfg->server.n_clients) * (2 + BROKER_RETRY_TIERS) + 1, n = 0;
+    struct observe_queue *q = calloc(cap, sizeof(*q));
+    if (!q)
+        return -1;
+    if (cfg->client.enabled)
+        observe_queue_add_client(q, &n, cap, cfg->client.id, BROKER_REVERSE);
+    for (size_t i = 0; cfg->server.enabled && i < cfg->server.n_clients; i++)
+        observe_queue_add_client(q, &n, cap, cfg->server.clients[i].id, BROKER_FORWARD);
+    observe_queue_add(q, &n, cap, BROKER_QUEUE_DEAD);
+    /* Keep what the broker said last for the queues still used. */
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < o->n_queues; j++)
+            if (strcmp(q[i].name, o->queues[j].name) == 0)
+                q[i] = o->queues[j];
+    free(o->queues);
+    o->queues = q;
+    o->n_queues = n;
+    return 0;
+}
+
+/* Asks the broker for the depth of every queue, unless it was asked less
+ * than max_age_ms ago. Each question is a passive declare on a throwaway
+ * channel, bounded by amqp.connect_timeout; the loop waits for them, which
+ * is why they are only asked when someone looks. */
+static void observe_queues_refresh(struct observe *o, const struct config *cfg, struct core *k,
+                                   int64_t max_age_ms)
+{
+    int64_t mono = now_mono_ms();
+
+    if (o->queues_mono && mono - o->queues_mono < max_age_ms && o->n_queues)
+        return;
+    if (observe_queues_list(o, cfg) < 0)
+        return;
+    int up = k && k->up && broker_connected(k->br);
+    for (size_t i = 0; i < o->n_queues; i++) {
+        struct observe_queue *q = &o->queues[i];
+        if (!up) {
+            q->known = 0;
+            continue;
+        }
+        rt_status st = broker_queue_depth(k->br, q->name, &q->ready, &q->consumers);
+        q->known = st == RT_OK;
+        if (st == RT_RETRY) {
+            /* The connection failed: the loop notices and reconnects. */
+            up = 0;
+        }
+    }
+    o->queues_mono = now_mono_ms();
+}
+
+/* ---- metrics ---------------------------------------------------------- */
+
+static void observe_metrics_dead(struct metrics *m, const char *direction, uint64_t undecodable,
+                                 uint64_t unauthorized, uint64_t department, uint64_t api,
+                                 uint64_t other)
+{
+    metrics_counter_set(m, METRICS_DEAD_LETTERED, (double)undecodable, direction, "undecodable",
+                        NULL);
+    metrics_counter_set(m, METRICS_DEAD_LETTERED, (double)unauthorized, direction, "unauthorized",
+                        NULL);
+    metrics_counter_set(m, METRICS_DEAD_LETTERED, (double)department, direction, "department",
+                        NULL);
+    metrics_counter_set(m, METRICS_DEAD_LETTERED, (double)api, direction, "api", NULL);
+    metrics_counter_set(m, METRICS_DEAD_LETTERED, (double)other, direction, "other", NULL);
+}
+
+/* Copies the running totals and the gauges into the registry. */
+static void observe_metrics_update(struct daemon *d)
+{
+    struct observe *o = &d->obs;
+    struct metrics *m = o->metrics;
+    struct core *k = d->core;
+    struct observe_totals t;
+    uint64_t backlog = 0, links = 0;
+    int64_t oldest = 0;
+
+    observe_totals_now(o, k, &t);
+    metrics_counter_set(m, METRICS_EVENTS_RECORDED, (double)t.relay.taken, NULL);
+    metrics_counter_set(m, METRICS_MESSAGES_PUBLISHED, (double)t.relay.published, "task", NULL);
+    metrics_counter_set(m, METRICS_MESSAGES_CONFIRMED, (double)t.relay.confirmed, "task", NULL);
+    metrics_counter_set(m, METRICS_MESSAGES_PUBLISHED, (double)t.sp.published, "state", NULL);
+    metrics_counter_set(m, METRICS_MESSAGES_CONFIRMED, (double)t.sp.confirmed, "state", NULL);
+    metrics_counter_set(m, METRICS_MESSAGES_PUBLISHED, (double)d->cmds.sync_published, "sync",
+                        NULL);
+    metrics_counter_set(m, METRICS_MESSAGES_CONFIRMED, (double)d->cmds.sync_confirmed, "sync",
+                        NULL);
+    /* The publisher counts sync_done messages once confirmed only. */
+    metrics_counter_set(m, METRICS_MESSAGES_PUBLISHED, (double)t.sp.syncs_served, "sync_done",
+                        NULL);
+    metrics_counter_set(m, METRICS_MESSAGES_CONFIRMED, (double)t.sp.syncs_served, "sync_done",
+                        NULL);
+    /* The appliers count their retry and dead-letter copies once
+     * confirmed (and requeue the delivery otherwise). */
+    uint64_t retried = t.fwd.retried + t.rev.retried, dead = t.fwd.dead + t.rev.dead;
+    metrics_counter_set(m, METRICS_MESSAGES_PUBLISHED, (double)retried, "retry", NULL);
+    metrics_counter_set(m, METRICS_MESSAGES_CONFIRMED, (double)retried, "retry", NULL);
+    metrics_counter_set(m, METRICS_MESSAGES_PUBLISHED, (double)dead, "dead", NULL);
+    metrics_counter_set(m, METRICS_MESSAGES_CONFIRMED, (double)dead, "dead", NULL);
+
+    metrics_counter_set(m, METRICS_APPLIED, (double)(t.fwd.created + t.fwd.adopted), "forward",
+                        "created", NULL);
+    metrics_counter_set(m, METRICS_APPLIED, (double)t.fwd.updated, "forward", "updated", NULL);
+    metrics_counter_set(m, METRICS_APPLIED, (double)t.fwd.unchanged, "forward", "unchanged", NULL);
+    metrics_counter_set(m, METRICS_APPLIED, (double)(t.fwd.duplicates + t.fwd.superseded),
+                        "forward", "duplicate", NULL);
+    metrics_counter_set(m, METRICS_APPLIED, (double)t.rev.applied, "reverse", "updated", NULL);
+    metrics_counter_set(m, METRICS_APPLIED, (double)t.rev.unchanged, "reverse", "unchanged", NULL);
+    metrics_counter_set(m, METRICS_APPLIED, (double)(t.rev.duplicates + t.rev.superseded),
+                        "reverse", "duplicate", NULL);
+    metrics_counter_set(m, METRICS_RETRIED, (double)t.fwd.retried, "forward", NULL);
+    metrics_counter_set(m, METRICS_RETRIED, (double)t.rev.retried, "reverse", NULL);
+    observe_metrics_dead(m, "forward", t.fwd.dead_undecodable, t.fwd.dead_unauthorized,
+                         t.fwd.dead_department, t.fwd.dead_api, 0);
+    observe_metrics_dead(m, "reverse", t.rev.dead_undecodable, t.rev.dead_unauthorized, 0,
+                         t.rev.dead_api, t.rev.dead_unknown_task);
+    metrics_counter_set(m, METRICS_BROKER_RECONNECTS, (double)observe_reconnects(o, k), NULL);
+
+    observe_queues_refresh(o, d->cfg, k, OBSERVE_QUEUES_METRICS_AGE_MS);
+    metrics_reset(m, METRICS_QUEUE_READY);
+    metrics_reset(m, METRICS_QUEUE_CONSUMERS);
+    for (size_t i = 0; i < o->n_queues; i++) {
+        if (!o->queues[i].known)
+            continue;
+        metrics_gauge_set(m, METRICS_QUEUE_READY, o->queues[i].ready, o->queues[i].name, NULL);
+        metrics_gauge_set(m, METRICS_QUEUE_CONSUMERS, o->queues[i].consumers, o->queues[i].name,
+                          NULL);
+    }
+    if (store_outbox_backlog(d->st, &backlog, &oldest) == RT_OK) {
+        int64_t age = oldest ? now_wall_ms() - oldest : 0;
+        metrics_gauge_set(m, METRICS_OUTBOX_BACKLOG, (double)backlog, NULL);
+        metrics_gauge_set(m, METRICS_OUTBOX_OLDEST_AGE, age > 0 ? (double)age / 1000.0 : 0, NULL);
+    }
+    if (store_link_count(d->st, NULL, &links) == RT_OK)
+        metrics_gauge_set(m, METRICS_LINKS, (double)links, NULL);
+    metrics_gauge_set(m, METRICS_INFLIGHT, k ? (double)billmgr_inflight(k->bm) : 0, "api_calls",
+                      NULL);
+    metrics_gauge_set(m, METRICS_INFLIGHT, k && k->up ? (double)broker_unconfirmed(k->br) : 0,
+                      "unconfirmed", NULL);
+    metrics_gauge_set(m, METRICS_INFLIGHT, (double)(t.fwd.busy + t.rev.busy), "slots", NULL);
+    metrics_gauge_set(m, METRICS_UP, k && k->up ? 1 : 0, NULL);
+
+    uint64_t refused = metrics_refused(m);
+    if (refused > o->metrics_refused) {
+        log_warning("metrics: %" PRIu64 " series refused so far (label values too long or "
+                    "caps reached)",
+                    refused);
+        o->metrics_refused = refused;
+    }
+}
+
+int observe_metrics_render(struct daemon *d, struct buf *out)
+{
+    observe_metrics_update(d);
+    return metrics_render(d->obs.metrics, out);
+}
+
+/* ---- status ----------------------------------------------------------- */
+
+/* A meta time of the store, 0 when unknown. */
+static json_int_t observe_meta_ms(struct store *st, const char *key)
+{
+    int64_t v = 0;
+    bool found = false;
+    if (store_meta_get_i64(st, key, &v, &found) != RT_OK || !found)
+        return 0;
+    return (json_int_t)v;
+}
+
+/* The counters of the status command's "errors" member. */
+static json_t *observe_status_errors(const struct observe *o, const struct core *k,
+                                     const struct observe_totals *t)
+{
+    json_t *api = json_object();
+    for (size_t i = 0; i < OBSERVE_API_ERR_KINDS && o->api_errs[i].count; i++)
+        json_object_set_new(api, o->api_errs[i].type,
+                            json_integer((json_int_t)o->api_errs[i].count));
+    if (o->api_errs_other)
+        json_object_set_new(api, "other", json_integer((json_int_t)o->api_errs_other));
+    return json_pack(
+        "{s:{s:{s:I,s:I,s:I,s:I},s:{s:I,s:I,s:I,s:I}},s:{s:I,s:I},s:o,s:I,s:I,s:I}",
+        "dead_lettered", "forward", "undecodable", (json_int_t)t->fwd.dead_undecodable,
+        "unauthorized", (json_int_t)t->fwd.dead_unauthorized, "department",
+        (json_int_t)t->fwd.dead_department, "api", (json_int_t)t->fwd.dead_api, "reverse",
+        "undecodable", (json_int_t)t->rev.dead_undecodable, "unauthorized",
+        (json_int_t)t->rev.dead_unauthorized, "unknown_task",
+        (json_int_t)t->rev.dead_unknown_task, "api", (json_int_t)t->rev.dead_api, "retried",
+        "forward", (json_int_t)t->fwd.retried, "reverse", (json_int_t)t->rev.retried, "api", api,
+        "reconnects", (json_int_t)observe_reconnects(o, k), "requeued",
+        (json_int_t)(t->fwd.requeued + t->rev.requeued), "outbox_deferred",
+        (json_int_t)t->relay.deferred);
+}
+
+json_t *observe_status(struct daemon *d)
+{
+    struct observe *o = &d->obs;
+    struct core *k = d->core;
+    struct observe_totals t;
+    uint64_t backlog = 0, links = 0;
+    int64_t oldest = 0, now = now_wall_ms();
+    json_t *roles = json_array(), *queues = json_array();
+
+    observe_totals_now(o, k, &t);
+    observe_queues_refresh(o, d->cfg, k, OBSERVE_QUEUES_STATUS_AGE_MS);
+    if (d->cfg->client.enabled)
+        json_array_append_new(roles, json_string("client"));
+    if (d->cfg->server.enabled)
+        json_array_append_new(roles, json_string("server"));
+    for (size_t i = 0; i < o->n_queues; i++) {
+        const struct observe_queue *q = &o->queues[i];
+        json_t *jq = json_pack("{s:s,s:I}", "name", q->name, "unacked",
+                               (json_int_t)(k ? core_unacked(k, q->name) : 0));
+        if (q->known) {
+            json_object_set_new(jq, "ready", json_integer(q->ready));
+            json_object_set_new(jq, "consumers", json_integer(q->consumers));
+        } else {
+            json_object_set_new(jq, "ready", json_null());
+            json_object_set_new(jq, "consumers", json_null());
+        }
+        json_array_append_new(queues, jq);
+    }
+    int outbox_ok = store_outbox_backlog(d->st, &backlog, &oldest) == RT_OK;
+    int links_ok = store_link_count(d->st, NULL, &links) == RT_OK;
+    const char *broker_state = k && k->up ? "connected" : "disconnected";
+    const char *api_state = o->api_last_ok < 0 ? "unknown" : o->api_last_ok ? "ok" : "failing";
+
+    json_t *resp = json_pack(
+        "{s:b,s:s,s:I,s:s,s:o,s:I,s:I,"
+        "s:{s:s,s:b,s:b,s:I,s:s,s:s},"
+        "s:{s:s,s:s,s:I,s:I,s:s,s:I},"
+        "s:o,s:I,"
+        "s:{s:I,s:I,s:I,s:I,s:I}}",
+        "ok", 1, "instance", d->cfg->instance, "pid", (json_int_t)getpid(), "version", RT_VERSION,
+        "roles", roles, "started_ms", (json_int_t)o->started_ms, "uptime_s",
+        (json_int_t)((now_mono_ms() - o->started_mono) / 1000),
+        "broker", "state", broker_state, "connected", k && k->up, "blocked",
+        k && k->up && broker_blocked(k->br), "reconnects", (json_int_t)observe_reconnects(o, k),
+        "last_error", k ? k->last_error : "the components are not running", "uri",
+        d->cfg->amqp.uri_redacted,
+        "billmanager", "state", api_state, "url", d->cfg->billmanager.url, "calls",
+        (json_int_t)o->api_calls, "last_ok_ms", (json_int_t)o->api_last_ok_ms, "last_error",
+        o->api_last_error, "last_error_ms", (json_int_t)o->api_last_error_ms,
+        "queues", queues, "queues_age_ms",
+        (json_int_t)(o->queues_mono ? now_mono_ms() - o->queues_mono : -1),
+        "last", "forward_apply_ms", observe_meta_ms(d->st, OBSERVE_META_LAST_FORWARD_APPLY),
+        "forward_publish_ms", observe_meta_ms(d->st, OBSERVE_META_LAST_FORWARD_PUBLISH),
+        "reverse_cycle_ms", observe_meta_ms(d->st, STATEPUB_META_LAST_CYCLE),
+        "reverse_apply_ms", observe_meta_ms(d->st, OBSERVE_META_LAST_REVERSE_APPLY), "now_ms",
+        (json_int_t)now);
+    if (!resp)
+        return NULL;
+    if (outbox_ok)
+        json_object_set_new(resp, "outbox",
+                            json_pack("{s:I,s:I,s:I}", "backlog", (json_int_t)backlog,
+                                      "oldest_ms", (json_int_t)oldest, "oldest_age_s",
+                                      (json_int_t)(oldest ? (now - oldest) / 1000 : 0)));
+    else
+        json_object_set_new(resp, "outbox", json_pack("{s:s}", "error", store_strerror(d->st)));
+    if (links_ok)
+        json_object_set_new(resp, "links", json_integer((json_int_t)links));
+    else
+        json_object_set_new(resp, "links", json_null());
+    json_object_set_new(resp, "inflight",
+                        json_pack("{s:I,s:I,s:I,s:I}", "api_calls",
+                                  (json_int_t)(k ? billmgr_inflight(k->bm) : 0), "unconfirmed",
+                                  (json_int_t)(k && k->up ? broker_unconfirmed(k->br) : 0),
+                                  "slots", (json_int_t)(t.fwd.busy + t.rev.busy), "checkevents",
+                                  (json_int_t)commands_waiting(&d->cmds)));
+    json_object_set_new(
+        resp, "counters",
+        json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "events_recorded",
+                  (json_int_t)t.relay.taken, "tasks_published", (json_int_t)t.relay.confirmed,
+                  "reconciliations", (json_int_t)t.relay.reconciliations, "forward_created",
+                  (json_int_t)(t.fwd.created + t.fwd.adopted), "forward_updated",
+                  (json_int_t)t.fwd.updated, "forward_unchanged", (json_int_t)t.fwd.unchanged,
+                  "reverse_cycles", (json_int_t)t.sp.cycles, "states_published",
+                  (json_int_t)t.sp.confirmed, "syncs_served", (json_int_t)t.sp.syncs_served,
+                  "reverse_updated", (json_int_t)t.rev.applied, "reverse_unchanged",
+                  (json_int_t)t.rev.unchanged, "syncs_done", (json_int_t)t.rev.syncs));
+    json_object_set_new(resp, "errors", observe_status_errors(o, k, &t));
+    return resp;
+}

@@ -1,0 +1,126 @@
+/*
+ * observe.h - what remotetaskd shows of itself: the status command's JSON
+ * and the Prometheus metrics.
+ *
+ * Both are built from the same numbers: the components' counters summed
+ * over every core this daemon ran (a reload rebuilds the components with
+ * counters at zero, and Prometheus counters must never go down), the
+ * current core's gauges, what the BILLmanager calls found, the store's
+ * outbox and links, and the depth of every queue this instance uses.
+ *
+ * Queue depths are asked from the broker (one passive declare per queue,
+ * each bounded by amqp.connect_timeout, which the loop waits for) only
+ * when someone looks: the status command reuses them for up to
+ * OBSERVE_QUEUES_STATUS_AGE_MS, a scrape of the metrics for up to
+ * OBSERVE_QUEUES_METRICS_AGE_MS, so that a scraper cannot make the loop
+ * talk to the broker more often. AMQP cannot ask the broker how many
+ * deliveries are unacknowledged; "unacked" is what this instance holds.
+ */
+#ifndef RT_OBSERVE_H
+#define RT_OBSERVE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "billmgr.h"
+#include "broker.h"
+#include "buf.h"
+#include "forward.h"
+#include "metrics.h"
+#include "relay.h"
+#include "reverse.h"
+#include "rt.h"
+#include "statepub.h"
+
+#define OBSERVE_QUEUES_STATUS_AGE_MS  1000
+#define OBSERVE_QUEUES_METRICS_AGE_MS 10000
+/* Kinds of API errors counted one by one for the status command; more
+ * kinds count as "other". The kinds come from the remote API's answers. */
+#define OBSERVE_API_ERR_KINDS 16
+
+struct core;
+struct daemon;
+
+/* One queue of the status command and the metrics, as the broker last
+ * reported it. */
+struct observe_queue {
+    char name[BROKER_NAME_MAX];
+    uint32_t ready;
+    uint32_t consumers;
+    int known; /* 0: the broker could not say (not connected, no such queue) */
+};
+
+/* Counters of the components, summed over cores. */
+struct observe_totals {
+    struct relay_stats relay;
+    struct forward_stats fwd;
+    struct reverse_stats rev;
+    struct statepub_stats sp;
+};
+
+/* API errors of one kind ($type, or http, timeout, transport...). */
+struct observe_api_err {
+    char type[BILLMGR_ERR_TYPE_MAX];
+    uint64_t count;
+};
+
+struct observe {
+    int64_t started_ms;   /* wall clock */
+    int64_t started_mono; /* for the uptime */
+
+    struct observe_totals base; /* counters of the cores already retired */
+    uint64_t base_connects;     /* broker connections of those cores */
+
+    struct observe_queue *queues;
+    size_t n_queues;
+    int64_t queues_mono; /* when they were asked, monotonic ms; 0 = never */
+
+    /* The BILLmanager as the calls found it. */
+    uint64_t api_calls;
+    uint64_t api_errors;
+    struct observe_api_err api_errs[OBSERVE_API_ERR_KINDS];
+    uint64_t api_errs_other;
+    int api_last_ok; /* the last call succeeded; -1 = no call yet */
+    int64_t api_last_ok_ms;
+    int64_t api_last_error_ms;
+    char api_last_error[BILLMGR_ERR_TYPE_MAX + 128];
+
+    struct metrics *metrics; /* the registry /metrics renders */
+    uint64_t metrics_refused;
+};
+
+/* Zeroes o, notes the start time and makes the metrics registry with
+ * remotetask's families. Returns -1 (out of memory) with o released. */
+int observe_init(struct observe *o);
+
+/* Frees the registry and the queue list. Accepts a zeroed or half-built
+ * o. */
+void observe_release(struct observe *o);
+
+/* Counts a completed BILLmanager call (the billmgr_opts.on_call hook):
+ * the api metrics and the status command's view of the BILLmanager. */
+void observe_on_api_call(struct observe *o, const char *func, rt_status status,
+                         const char *err_type, double seconds);
+
+/* Observes the latency of an applied forward message (event to apply),
+ * when the message carried the time of its event. */
+void observe_on_forward_applied(struct observe *o, int64_t event_ms, int64_t applied_ms);
+
+/* Adds the counters of k, a core about to be freed, to the totals carried
+ * across reloads. Call it after core_disconnect(k): the broker's LOST
+ * reports still move counters. Accepts NULL. */
+void observe_retire(struct observe *o, const struct core *k);
+
+/* Copies the running totals and the gauges of d into d's registry and
+ * renders it (metrics_render()) into out: the body of one scrape. Returns
+ * 0, or -1 when out's cap was reached. */
+int observe_metrics_render(struct daemon *d, struct buf *out);
+
+/* The status command's answer for d, a new reference, or NULL when memory
+ * ran out. Asks the broker for queue depths older than
+ * OBSERVE_QUEUES_STATUS_AGE_MS. */
+json_t *observe_status(struct daemon *d);
+
+#endif
