@@ -319,6 +319,7 @@ int codec_msg_equal(const struct codec_msg *a, const struct codec_msg *b)
                codec_streq(a->fwd.item, b->fwd.item) && codec_streq(a->fwd.account, b->fwd.account);
     case CODEC_STATE:
         if (a->state.status != b->state.status || a->state.performer_id != b->state.performer_id ||
+            a->state.fwd_seq != b->state.fwd_seq ||
             !codec_streq(a->state.performer, b->state.performer) ||
             a->state.nnotes != b->state.nnotes)
             return 0;
@@ -382,7 +383,7 @@ static int codec_pack(msgpack_packer *pk, const struct codec_msg *m)
 {
     static const size_t nkeys[] = {
         [CODEC_TASK] = 6 + 8,
-        [CODEC_STATE] = 6 + 4,
+        [CODEC_STATE] = 6 + 5,
         [CODEC_SYNC] = 6 + 1,
         [CODEC_SYNC_DONE] = 6 + 2,
     };
@@ -417,7 +418,7 @@ static int codec_pack(msgpack_packer *pk, const struct codec_msg *m)
             if (codec_pack_str(pk, m->state.notes[i]) < 0)
                 return -1;
         }
-        return 0;
+        return codec_pack_kv_uint(pk, "fwd_seq", m->state.fwd_seq);
     case CODEC_SYNC: return codec_pack_kv_str(pk, "id", m->sync.id);
     case CODEC_SYNC_DONE:
         if (codec_pack_kv_str(pk, "id", m->sync.id) < 0 ||
@@ -498,6 +499,7 @@ enum codec_key {
     CK_NOTES,
     CK_ID,
     CK_COUNT,
+    CK_FWD_SEQ,
     CK_NKEYS
 };
 
@@ -521,6 +523,7 @@ static const char *const codec_key_names[CK_NKEYS] = {
     [CK_NOTES] = "notes",
     [CK_ID] = "id",
     [CK_COUNT] = "count",
+    [CK_FWD_SEQ] = "fwd_seq",
 };
 
 /* Where each known key's value starts, from the first pass. */
@@ -1034,6 +1037,11 @@ static int codec_read(const struct codec_rd *body, const struct codec_keys *keys
             codec_get_int(body, keys, CK_PERFORMER_ID, &m->state.performer_id, err, errlen) < 0 ||
             codec_get_str(body, keys, CK_PERFORMER, &m->state.performer, err, errlen) < 0 ||
             codec_get_notes(body, keys, &m->state, err, errlen) < 0)
+            return -1;
+        /* Optional: a server older than the key does not send it, and its
+         * state then says nothing about which task message it had seen. */
+        if (keys->at[CK_FWD_SEQ] &&
+            codec_get_uint(body, keys, CK_FWD_SEQ, &m->state.fwd_seq, err, errlen) < 0)
             return -1;
         return 0;
     case CODEC_SYNC: return codec_get_str(body, keys, CK_ID, &m->sync.id, err, errlen);

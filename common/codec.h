@@ -26,6 +26,10 @@
  *               "performer" str  display name, "" = none, <= 1 KiB
  *               "notes"   array of str, oldest first, <= 1000 entries of
  *                                <= 64 KiB each
+ *               "fwd_seq" uint   OPTIONAL: the seq of the last task message
+ *                                the server had applied to the task when it
+ *                                read the state; absent (a server older
+ *                                than this key) decodes as 0 = unknown
  *   sync        "id"      str    request id, 1..64 bytes
  *   sync_done   "id"      str    the id of the sync being answered
  *               "count"   uint   tasks published for that sync
@@ -38,7 +42,10 @@
  * nesting and size caps), and rejects a missing, duplicated or ill-typed
  * required key, an integer out of range, text that is not UTF-8 or holds a
  * NUL byte, and anything after the map. Keys that belong to another kind
- * count as unknown keys. Encoder and decoder apply the same checks, so what
+ * count as unknown keys. An optional key may be absent (it then reads as
+ * its zero value), but when present it is checked like any other; the
+ * encoder always writes it, so that a peer ignoring it still reads the
+ * rest, and one message keeps one encoding. Encoder and decoder apply the same checks, so what
  * one accepts the other accepts too.
  */
 #ifndef RT_CODEC_H
@@ -95,6 +102,12 @@ struct codec_state {
     char *performer;      /* display name, "" = none */
     char **notes;         /* nnotes entries, oldest first */
     size_t nnotes;
+    /* The seq of the last task message the server had applied to the task
+     * when it read this state, 0 = unknown. The client applies the status
+     * only from a state that had seen its last confirmed task message
+     * (consumer/reverse.c): an older one may carry a status the client's
+     * own change is about to replace. */
+    uint64_t fwd_seq;
 };
 
 /* A sync request (CODEC_SYNC) or its end marker (CODEC_SYNC_DONE). */

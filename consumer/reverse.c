@@ -38,9 +38,10 @@ struct reverse_slot {
     /* The rev row holds the intent of an earlier note edit (applier.h):
      * the view of the task tells whether it landed. */
     int pending;
-    int landed;                          /* it did: plan against the set after it */
-    uint64_t commit_seq;                 /* seq to commit when above msg.seq (a newer state's
-                                            edit that landed) */
+    int landed;             /* it did: plan against the set after it */
+    uint64_t commit_seq;    /* seq to commit when above msg.seq (a newer state's
+                               edit that landed) */
+    uint64_t fwd_confirmed; /* the task's last confirmed forward seq when the plan was made */
     char applied[STORE_APPLIED_MAX + 1]; /* the rev row's set as read */
 };
 
@@ -151,7 +152,9 @@ int reverse_plan_empty(const struct reverse_plan *plan)
 
 int reverse_plan_needs_view(const struct reverse_plan *plan)
 {
-    return plan->block || (plan->verify && (plan->status || plan->performer));
+    /* A status is planned only against a known one (reverse_plan_status),
+     * so only the performer of a first state needs the task as it is. */
+    return plan->block || (plan->verify && plan->performer);
 }
 
 void reverse_plan_verify(struct reverse_plan *plan, long status, long performer)
@@ -248,8 +251,65 @@ static char *reverse_plan_performer(const struct config *cfg, const struct codec
     return line;
 }
 
+/* The status part of a plan: whether the state's status is a change made
+ * on the target, and the status the client then knows the target has.
+ *
+ * Key "status" of the set is that known status: the status of the last
+ * task message the relay had confirmed (producer/relay.c records it in the
+ * same transaction) or of the last state applied here, whichever came
+ * last. A state's status is a change made on the target only when
+ *
+ *  1. the server had applied the client's last confirmed task message when
+ *     it read the target (state fwd_seq >= fwd_confirmed): an older state
+ *     shows the target before the client's own change reached it, and
+ *     writing it back would undo that change on the source (an operator
+ *     closes a task while the client is down; the first state after the
+ *     restart still says "open"). fwd_seq 0 comes from a server that does
+ *     not say: only rule 2 can be applied then;
+ *  2. it differs from the known status: the same status is the target
+ *     merely holding what the client forwarded, or what was applied here.
+ *
+ * With no known status at all (a task forwarded before the relay recorded
+ * it) the first state cannot tell an echo from a change: it is recorded as
+ * the baseline and not written. A stale state records nothing: the known
+ * status stays what the relay forwarded.
+ *
+ * Why this cannot ping-pong: each side writes only what the other side
+ * changed. The client writes a status here only when it differs from what
+ * it knows the target has, i.e. when target staff changed it, and records
+ * it as known; the relay then forwards the source's status (now the same),
+ * which the forward applier compares with the status statepub published
+ * and does not write. The server publishes a state only when the target's
+ * state fingerprint moved; the forward applier's own status write makes the
+ * next state carry the status the client forwarded (and its fwd_seq), which
+ * rule 2 finds equal to the known status. So a value crosses at most once
+ * each way per change, and a stale copy is never applied: rule 1 drops it. */
+static int reverse_plan_status(const struct codec_msg *m, const char *applied,
+                               uint64_t fwd_confirmed, struct reverse_plan *plan)
+{
+    int64_t known = fp_set_get_int(applied, "status", -1);
+    int fresh = m->state.fwd_seq == 0 || m->state.fwd_seq >= fwd_confirmed;
+    int64_t record = known;
+
+    plan->status_value = m->state.status;
+    if (known < 0 || known > 2)
+        known = -1;
+    if (!fresh) {
+        plan->stale = 1;
+    } else if (known < 0) {
+        record = m->state.status; /* the baseline */
+    } else if (known != m->state.status) {
+        plan->status = 1;
+        record = m->state.status;
+    }
+    if (record >= 0 && record <= 2 &&
+        fp_set_put_int(plan->applied, sizeof(plan->applied), "status", record) < 0)
+        return -1;
+    return 0;
+}
+
 int reverse_plan_make(const struct config *cfg, const struct codec_msg *m, const char *applied,
-                      struct reverse_plan *plan)
+                      uint64_t fwd_confirmed, struct reverse_plan *plan)
 {
     char *native = NULL, *line = NULL;
     char fp[FP_HEX_LEN + 1], applied_fp[FP_HEX_LEN + 1];
@@ -261,11 +321,11 @@ int reverse_plan_make(const struct config *cfg, const struct codec_msg *m, const
              (size_t)CODEC_MAX_NOTES * (CODEC_MAX_NOTE_ENTRY + 1) + CODEC_MAX_PERFORMER + 64);
     applied = applied ? applied : "";
 
-    int64_t prev_status = fp_set_get_int(applied, "status", -1);
-    plan->verify = prev_status < 0;
-    plan->status_value = m->state.status;
-    plan->status = prev_status != m->state.status;
-    if (fp_set_put_int(plan->applied, sizeof(plan->applied), "status", m->state.status) < 0)
+    /* The first state of the task: the performer part is compared with the
+     * task as viewed ("pname" is written with every state applied; the
+     * relay writes only "status"). */
+    plan->verify = fp_set_get(applied, "pname", fp, sizeof(fp)) < 0;
+    if (reverse_plan_status(m, applied, fwd_confirmed, plan) < 0)
         goto fail;
 
     if (!(line = reverse_plan_performer(cfg, m, applied, plan)))
@@ -427,6 +487,31 @@ static void slot_api_failed(struct reverse_slot *s, const char *what, const stru
               *r->err_object ? ")" : "", *r->message ? ": " : "", r->message);
 }
 
+/* Inside the commit's transaction: the set to write, the plan's, except
+ * that when the relay confirmed a newer task message while this state was
+ * being applied, the status it recorded stays (it is newer than what this
+ * state knew: the target is about to take it). */
+static rt_status slot_commit_set(struct reverse_slot *s, char *set, size_t setlen)
+{
+    struct reverse *r = s->r;
+    const char *client = r->cfg->client.id;
+    struct store_fwd fwd;
+    struct store_rev cur;
+    rt_status st;
+
+    snprintf(set, setlen, "%s", s->plan.applied);
+    if ((st = store_fwd_get(r->st, client, s->msg.task, &fwd)) != RT_OK)
+        return st;
+    if (fwd.fp_seq == s->fwd_confirmed)
+        return RT_OK;
+    if ((st = store_rev_get(r->st, client, s->msg.task, &cur)) != RT_OK)
+        return st;
+    int64_t known = cur.found ? fp_set_get_int(cur.applied, "status", -1) : -1;
+    if (known >= 0 && fp_set_put_int(set, setlen, "status", known) < 0)
+        return RT_REJECT;
+    return RT_OK;
+}
+
 /* The state is applied (or had nothing to change): the rev row and the
  * time of the last apply in one transaction, then the ack. */
 static void slot_commit(struct reverse_slot *s, int changed)
@@ -439,9 +524,13 @@ static void slot_commit(struct reverse_slot *s, int changed)
     s->step = RS_COMMIT;
     if ((st = store_begin(r->st)) != RT_OK)
         goto failed;
+    char set[STORE_APPLIED_MAX + 1];
+    if ((st = slot_commit_set(s, set, sizeof(set))) != RT_OK) {
+        store_rollback(r->st);
+        goto failed;
+    }
     uint64_t seq = s->commit_seq > s->msg.seq ? s->commit_seq : s->msg.seq;
-    if ((st = store_rev_put(r->st, client, s->msg.task, seq, s->plan.notes_len, s->plan.applied)) !=
-            RT_OK ||
+    if ((st = store_rev_put(r->st, client, s->msg.task, seq, s->plan.notes_len, set)) != RT_OK ||
         (st = store_meta_set_i64(r->st, REVERSE_META_LAST_APPLY, now)) != RT_OK) {
         store_rollback(r->st);
         goto failed;
@@ -591,7 +680,7 @@ static int slot_plan_resolved(struct reverse_slot *s, const char *note)
         s->plan.notes_len = len > 0 ? (size_t)len : 0;
         return 0;
     }
-    if (reverse_plan_make(s->r->cfg, &s->msg, base, &s->plan) < 0) {
+    if (reverse_plan_make(s->r->cfg, &s->msg, base, s->fwd_confirmed, &s->plan) < 0) {
         slot_fail(s, RT_RETRY, REVERSE_DEAD_NONE, "out of memory planning the change");
         return -1;
     }
@@ -680,6 +769,7 @@ static void slot_start(struct reverse_slot *s)
                   s->msg.task);
         return;
     }
+    s->fwd_confirmed = fwd.fp_seq;
     if (rev.found && rev.seq >= s->msg.seq) {
         r->stats.duplicates++;
         log_debug("dropped state seq %" PRIu64 " of task %" PRId64 ": seq %" PRIu64 " is applied",
@@ -696,10 +786,15 @@ static void slot_start(struct reverse_slot *s)
         slot_view(s);
         return;
     }
-    if (reverse_plan_make(r->cfg, &s->msg, rev.found ? rev.applied : "", &s->plan) < 0) {
+    if (reverse_plan_make(r->cfg, &s->msg, rev.found ? rev.applied : "", s->fwd_confirmed,
+                          &s->plan) < 0) {
         slot_fail(s, RT_RETRY, REVERSE_DEAD_NONE, "out of memory planning the change");
         return;
     }
+    if (s->plan.stale)
+        log_debug("state seq %" PRIu64 " of task %" PRId64 " was read before task message %" PRIu64
+                  " was applied (it had seen %" PRIu64 "): its status is not applied",
+                  s->msg.seq, s->msg.task, s->fwd_confirmed, s->msg.state.fwd_seq);
     if (reverse_plan_empty(&s->plan)) {
         slot_commit(s, 0);
         return;

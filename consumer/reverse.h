@@ -18,16 +18,22 @@
  *   REV lookup -> [VIEW T] -> [EDIT T] -> COMMIT rev -> ACK
  *
  * What changed is computed against the fp set of what was applied before
- * (store_rev.applied): the status; the performer, set through
- * client.performers when the remote staff member is mapped (cleared when
- * the remote side has none and a mapped one was set by us), and otherwise
- * never guessed: a line "Performer on the remote side: NAME" goes into the
- * note instead; and the part of the remote native note text not appended
- * yet. Text goes into the source note as one block from REVERSE_ORIGIN
+ * (store_rev.applied): the status, when the target changed it (below);
+ * the performer, set through client.performers when the remote staff
+ * member is mapped (cleared when the remote side has none and a mapped
+ * one was set by us), and otherwise never guessed: a line "Performer on
+ * the remote side: NAME" goes into the note instead; and the part of the
+ * remote native note text not appended yet. Text goes into the source note as one block from REVERSE_ORIGIN
  * (common/notes.h), so it never travels forward again. One task.edit
- * carries everything that changed; nothing changed, no call at all. The
- * first state of a task is compared with the task as viewed, so that a
- * status or performer the task already has is not written again. An edit
+ * carries everything that changed; nothing changed, no call at all.
+ *
+ * The status of a state is written only when it is a change made on the
+ * target: the server had applied the client's last confirmed task message
+ * when it read the target (the state's fwd_seq), and the status differs
+ * from the one the client knows the target has (key "status" of the rev
+ * set, which the relay also sets to every status it forwards). The first
+ * state of a task with no known status only records it. A status or
+ * performer the source task already has is not written again. An edit
  * that appends a block commits its intent in the rev row first (applier.h,
  * "crash-safe note appends"): after a crash between that edit and its
  * commit, the next state of the task views it and does not append the
@@ -185,17 +191,22 @@ struct reverse_plan {
     int performer;        /* send field_performer = performer_local */
     long performer_local; /* the local staff id to set, 0 = none ("") */
     int verify;           /* first state of the task: compare with the task as viewed */
+    int stale;            /* the state was read before the last confirmed task message was
+                             applied: its status says nothing about the target */
     char *block;          /* the text of a new note block, or NULL when none */
     size_t notes_len;     /* bytes of the remote native text applied once done */
     char applied[STORE_APPLIED_MAX + 1]; /* the fp set once this is applied */
 };
 
 /* Fills *plan for state message m (kind state) against applied, with the
- * performer mapping of cfg. Returns 0, or -1 when memory ran out or the
- * set does not fit (plan is then released). Release with
- * reverse_plan_release(). */
+ * performer mapping of cfg. fwd_confirmed is the seq of the task's last
+ * confirmed task message (store_fwd.fp_seq): the status is planned only
+ * when m's fwd_seq is 0 (unknown) or >= it, and differs from applied's
+ * "status" (the status known on the target); with no "status" in applied
+ * it is only recorded. Returns 0, or -1 when memory ran out or the set does
+ * not fit (plan is then released). Release with reverse_plan_release(). */
 int reverse_plan_make(const struct config *cfg, const struct codec_msg *m, const char *applied,
-                      struct reverse_plan *plan);
+                      uint64_t fwd_confirmed, struct reverse_plan *plan);
 
 /* With the source task as viewed (its status, -1 when unknown; its
  * performer, 0 = none): drops the status and the performer from the plan
@@ -204,7 +215,7 @@ int reverse_plan_make(const struct config *cfg, const struct codec_msg *m, const
 void reverse_plan_verify(struct reverse_plan *plan, long status, long performer);
 
 /* 1 when the plan needs a view of the source task first (a block to append
- * to its current note, or a first state to verify). */
+ * to its current note, or the performer of a first state to verify). */
 int reverse_plan_needs_view(const struct reverse_plan *plan);
 
 /* 1 when the plan changes nothing on the source task. */

@@ -43,6 +43,7 @@ struct relay_slot {
     struct store_event ev;
     uint64_t seq;
     uint64_t tag;
+    int status; /* the status the message carries */
     char fp[FP_HEX_LEN + 1];
     char updated[STORE_UPDATED_MAX + 1];
     char message_id[RELAY_MESSAGE_ID_MAX + 1];
@@ -291,9 +292,39 @@ static void slot_publish(struct relay_slot *s)
     slot_defer(s, RELAY_REJECT_DELAY_MS, reason);
 }
 
-/* Records a confirmed message: fingerprint, updated value and the end of
- * the row, together or not at all. On RT_RETRY the slot stays ACKED and
- * relay_tick tries again. */
+/* Inside the transaction of a confirmed message: when it is the newest
+ * confirmed one of the task, its status becomes the status the client
+ * knows the target has (key "status" of the task's rev set, the one the
+ * reverse applier compares a state's status with, consumer/reverse.c).
+ * The target takes this status when the server applies the message, so a
+ * state still showing the older status is not a change made there. The
+ * rest of the rev row (seq, notes, every other key, an intent) is kept. */
+static rt_status slot_record_status(struct relay_slot *s)
+{
+    struct relay *r = s->r;
+    struct store_fwd fwd;
+    struct store_rev rev;
+    rt_status st;
+
+    if ((st = store_fwd_get(r->st, s->ev.client, s->ev.task, &fwd)) != RT_OK)
+        return st;
+    if (fwd.fp_seq != s->seq)
+        return RT_OK; /* a newer message was confirmed first: its status counts */
+    if ((st = store_rev_get(r->st, s->ev.client, s->ev.task, &rev)) != RT_OK)
+        return st;
+    if (!rev.found)
+        memset(&rev, 0, sizeof rev);
+    if (fp_set_put_int(rev.applied, sizeof rev.applied, "status", s->status) < 0) {
+        /* The set is a few short keys, far below its cap. */
+        log_warning("no room to record the status forwarded for task %" PRId64, s->ev.task);
+        return RT_OK;
+    }
+    return store_rev_put(r->st, s->ev.client, s->ev.task, rev.seq, rev.notes_applied, rev.applied);
+}
+
+/* Records a confirmed message: fingerprint, updated value, the status the
+ * target is to have, and the end of the row, together or not at all. On
+ * RT_RETRY the slot stays ACKED and relay_tick tries again. */
 static void slot_commit(struct relay_slot *s)
 {
     struct relay *r = s->r;
@@ -303,6 +334,8 @@ static void slot_commit(struct relay_slot *s)
     rt_status st = store_begin(r->st);
     if (st == RT_OK)
         st = store_fwd_confirm(r->st, s->ev.client, s->ev.task, s->seq, s->fp, now);
+    if (st == RT_OK)
+        st = slot_record_status(s);
     if (st == RT_OK)
         st = store_fwd_seen(r->st, s->ev.client, s->ev.task, s->updated);
     if (st == RT_OK)
@@ -396,6 +429,7 @@ static void slot_prepare(struct relay_slot *s, const struct relay_fields *f)
     m.fwd.item = f->item;
     m.fwd.account = f->account;
     m.fwd.status = f->status;
+    s->status = f->status;
     buf_reset(&s->body);
     if (codec_encode(&m, &s->body, err, sizeof err) < 0) {
         /* The same fields will not encode later either; an operator must

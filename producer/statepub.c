@@ -70,6 +70,7 @@ struct sp_job {
     char *pname;             /* the performer's display name in the list */
     int status;              /* the status published */
     size_t notes_len;        /* bytes of native note published */
+    uint64_t fwd_seq;        /* the link's last_seq when the view was asked for */
     uint64_t seq;
     uint64_t tag;
     struct sp_sync sync; /* JOB_SYNC_DONE */
@@ -601,6 +602,7 @@ static long page_rows(struct sp_client *c, json_t *doc)
         }
         j->src_task = link.src_task;
         j->dst_task = id;
+        j->fwd_seq = link.last_seq;
         memcpy(j->lf, lf, sizeof j->lf);
         j->state = JOB_WAITING;
         list_push_tail(&c->waiting, j);
@@ -751,6 +753,7 @@ static void job_prepare(struct sp_job *j, const struct statepub_state *s)
     m.state.performer = s->performer;
     m.state.notes = s->native_len ? notes : NULL;
     m.state.nnotes = s->native_len ? 1 : 0;
+    m.state.fwd_seq = j->fwd_seq;
     buf_reset(&j->body);
     if (codec_encode(&m, &j->body, err, sizeof err) < 0) {
         log_error("cannot publish the state of task %" PRId64 " of client \"%s\" (source task "
@@ -872,6 +875,14 @@ static void views_start(struct statepub *sp)
             return;
         struct sp_job *j = c->waiting.head;
         struct billmgr_params p;
+        struct store_link link;
+        /* The task messages the forward applier had applied before this
+         * view: their edits are in what the view reads. Read now, not when
+         * the answer comes, since an edit committed meanwhile may have
+         * landed after the view read the task; on a store error the value
+         * from the list, older and so never too new, stays. */
+        if (store_link_get(sp->st, c->cc->id, j->src_task, &link) == RT_OK && link.found)
+            j->fwd_seq = link.last_seq;
         billmgr_params_init(&p);
         int bad = billmgr_params_addf(&p, "elid", "%" PRId64, j->dst_task);
         if (bad == 0)

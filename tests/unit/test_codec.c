@@ -63,6 +63,7 @@ static void golden_msg(struct codec_msg *m, enum codec_kind kind)
         m->state.performer = "Иван Петров";
         m->state.notes = (char **)golden_notes;
         m->state.nnotes = sizeof(golden_notes) / sizeof(golden_notes[0]);
+        m->state.fwd_seq = 300;
         break;
     case CODEC_SYNC:
         m->ts = 1700000400000;
@@ -248,6 +249,7 @@ static size_t msg_fields(const struct codec_msg *m, struct field *f)
         w_arr(&notes->val, m->state.nnotes);
         for (size_t i = 0; i < m->state.nnotes; i++)
             w_str(&notes->val, m->state.notes[i]);
+        w_uint(&add_field(f, &n, "fwd_seq")->val, m->state.fwd_seq);
         break;
     }
     case CODEC_SYNC: w_str(&add_field(f, &n, "id")->val, m->sync.id); break;
@@ -920,12 +922,55 @@ static void test_missing_each_key(void **state)
         for (size_t k = 0; k < n; k++) {
             char why[64];
             struct mutation mu = {.omit = f[k].key};
+            if (strcmp(f[k].key, "fwd_seq") == 0)
+                continue; /* optional: test_optional_fwd_seq */
             snprintf(why, sizeof(why), "missing required key \"%s\"", f[k].key);
             expect_build_reject(&m, &mu, why);
         }
         for (size_t k = 0; k < n; k++)
             buf_release(&f[k].val);
     }
+}
+
+/* "fwd_seq" is optional: a state from a server older than the key decodes
+ * with 0 (unknown); when present it must be a non-negative integer, and it
+ * is part of what makes two states equal. */
+static void test_optional_fwd_seq(void **state)
+{
+    struct codec_msg m, other;
+    struct mutation omit = {.omit = "fwd_seq"};
+    static const uint8_t neg[] = {0xff};
+
+    golden_msg(&m, CODEC_STATE);
+    m.state.fwd_seq = 0;
+    expect_build_ok(&m, &omit);
+    m.state.fwd_seq = 300;
+    /* Omitted, it does not decode as the golden message's 300. */
+    struct buf b;
+    struct codec_msg got;
+    char err[256] = "";
+    buf_init(&b, 65536);
+    build(&b, &m, &omit);
+    assert_int_equal(codec_decode(b.data, b.len, &got, err, sizeof(err)), RT_OK);
+    assert_int_equal(got.state.fwd_seq, 0);
+    assert_false(codec_msg_equal(&got, &m));
+    codec_msg_release(&got);
+    buf_release(&b);
+
+    struct mutation big = {
+        .replace = "fwd_seq", .raw = "\xcf\xff\xff\xff\xff\xff\xff\xff\xff", .rawlen = 9};
+    m.state.fwd_seq = UINT64_MAX;
+    expect_build_ok(&m, &big);
+    roundtrip(&m);
+
+    struct mutation negative = {.replace = "fwd_seq", .raw = neg, .rawlen = sizeof(neg)};
+    expect_build_reject(&m, &negative, "key \"fwd_seq\" is -1, must be >= 0");
+
+    golden_msg(&m, CODEC_STATE);
+    golden_msg(&other, CODEC_STATE);
+    other.state.fwd_seq = m.state.fwd_seq + 1;
+    assert_false(codec_msg_equal(&m, &other));
+    (void)state;
 }
 
 /* Every key, given a value of each type it must not have. */
@@ -1550,6 +1595,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_golden_vectors),
         cmocka_unit_test(test_golden_task_by_hand),
         cmocka_unit_test(test_missing_each_key),
+        cmocka_unit_test(test_optional_fwd_seq),
         cmocka_unit_test(test_wrong_types),
         cmocka_unit_test(test_integer_encodings),
         cmocka_unit_test(test_version),

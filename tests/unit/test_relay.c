@@ -781,6 +781,73 @@ static void lost_and_retry_publish_again_without_a_view(void **state)
     assert_true(relay_idle(fx->r));
 }
 
+/* The status of a confirmed message becomes the status the client knows
+ * the target has (rev key "status", which the reverse applier compares a
+ * state's status with); the rest of the rev row is kept. */
+static void confirm_records_the_forwarded_status(void **state)
+{
+    struct fixture *fx = *state;
+    struct store_rev rev;
+    settle(fx);
+    assert_int_equal(store_rev_put(fx->st, "7", 5, 4, 10, "status=0;performer=21;notes_len=10"),
+                     RT_OK);
+    sim_task(5, 3, "Set up VPS", "", "2024-05-01 10:00:00");
+    pthread_mutex_lock(&sim.lock);
+    sim.tasks[5].status = 2;
+    pthread_mutex_unlock(&sim.lock);
+    add_event(fx, 5);
+    run_until(fx, one_published, "the publish");
+    assert_int_equal(fake_broker.pub[0].msg.fwd.status, 2);
+
+    /* Not before the broker's ack. */
+    assert_int_equal(store_rev_get(fx->st, "7", 5, &rev), RT_OK);
+    assert_int_equal(fp_set_get_int(rev.applied, "status", -1), 0);
+    relay_on_confirm(fx->r, fake_broker.pub[0].tag, BROKER_ACKED);
+    assert_int_equal(store_rev_get(fx->st, "7", 5, &rev), RT_OK);
+    assert_true(rev.found);
+    assert_int_equal(fp_set_get_int(rev.applied, "status", -1), 2);
+    assert_int_equal(rev.seq, 4);
+    assert_int_equal(rev.notes_applied, 10);
+    assert_int_equal(fp_set_get_int(rev.applied, "performer", -1), 21);
+    assert_int_equal(fp_set_get_int(rev.applied, "notes_len", -1), 10);
+
+    /* A confirm older than the one recorded changes nothing: the newer
+     * message's status counts. */
+    sim_task(5, 3, "Set up VPS today", "", "2024-05-01 11:00:00");
+    add_event(fx, 5);
+    run_until(fx, two_published, "the publish of the change");
+    assert_int_equal(fake_broker.pub[1].msg.fwd.status, 0);
+    assert_int_equal(fake_broker.pub[1].msg.seq, 2);
+    assert_int_equal(store_fwd_confirm(fx->st, "7", 5, 9, "newer", 1), RT_OK);
+    relay_on_confirm(fx->r, fake_broker.pub[1].tag, BROKER_ACKED);
+    assert_int_equal(backlog(fx), 0);
+    assert_int_equal(store_rev_get(fx->st, "7", 5, &rev), RT_OK);
+    assert_int_equal(fp_set_get_int(rev.applied, "status", -1), 2);
+}
+
+/* A task never seen by the reverse applier gets a rev row holding only the
+ * status, so that the first state that shows it is not taken for a change. */
+static void confirm_creates_the_rev_row(void **state)
+{
+    struct fixture *fx = *state;
+    struct store_rev rev;
+    settle(fx);
+    sim_task(6, 3, "Reinstall", "", "2024-05-01 10:00:00");
+    pthread_mutex_lock(&sim.lock);
+    sim.tasks[6].status = 1;
+    pthread_mutex_unlock(&sim.lock);
+    add_event(fx, 6);
+    run_until(fx, one_published, "the publish");
+    assert_int_equal(store_rev_get(fx->st, "7", 6, &rev), RT_OK);
+    assert_false(rev.found);
+    relay_on_confirm(fx->r, fake_broker.pub[0].tag, BROKER_ACKED);
+    assert_int_equal(store_rev_get(fx->st, "7", 6, &rev), RT_OK);
+    assert_true(rev.found);
+    assert_int_equal(rev.seq, 0);
+    assert_int_equal(rev.notes_applied, 0);
+    assert_string_equal(rev.applied, "status=1");
+}
+
 static void event_during_publish_is_published_again(void **state)
 {
     struct fixture *fx = *state;
@@ -890,6 +957,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(failures_defer_with_backoff, setup, teardown),
         cmocka_unit_test_setup_teardown(lost_and_retry_publish_again_without_a_view, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(confirm_records_the_forwarded_status, setup, teardown),
+        cmocka_unit_test_setup_teardown(confirm_creates_the_rev_row, setup, teardown),
         cmocka_unit_test_setup_teardown(event_during_publish_is_published_again, setup, teardown),
         cmocka_unit_test_setup_teardown(reconciliation_pages_and_skips_seen_tasks, setup, teardown),
         cmocka_unit_test_setup_teardown(drain_lets_go_and_free_is_safe_in_flight, setup, teardown),

@@ -190,27 +190,145 @@ static void first_state_is_verified_against_the_task(void **state)
     struct reverse_plan p;
     (void)state;
 
-    test_state(&m, 5, 1, 0, 0, "", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, "", &p), 0);
-    assert_true(p.status);
+    /* No known status (a task forwarded before the relay recorded one):
+     * the first state cannot tell an echo from a change, so its status is
+     * only recorded, whatever it is. */
+    test_state(&m, 5, 1, 2, 0, "", "");
+    assert_int_equal(reverse_plan_make(cfg, &m, "", 0, &p), 0);
+    assert_false(p.status);
+    assert_false(p.stale);
     assert_true(p.verify);
     assert_false(p.performer);
     assert_null(p.block);
-    assert_true(reverse_plan_needs_view(&p));
-    /* The task is opened already: nothing to write. */
-    reverse_plan_verify(&p, 0, 0);
-    assert_false(p.status);
-    assert_false(p.verify);
     assert_true(reverse_plan_empty(&p));
-    assert_int_equal(fp_set_get_int(p.applied, "status", -1), 0);
+    assert_false(reverse_plan_needs_view(&p));
+    assert_int_equal(fp_set_get_int(p.applied, "status", -1), 2);
     reverse_plan_release(&p);
 
-    /* Closed on the target, open here: the status goes. */
-    test_state(&m, 5, 1, 2, 0, "", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, "", &p), 0);
-    reverse_plan_verify(&p, 0, 0);
+    /* The same with a fwd_seq: still only the baseline. */
+    test_state(&m, 5, 1, 1, 0, "", "");
+    m.state.fwd_seq = 3;
+    assert_int_equal(reverse_plan_make(cfg, &m, "", 3, &p), 0);
+    assert_false(p.status);
+    assert_int_equal(fp_set_get_int(p.applied, "status", -1), 1);
+    reverse_plan_release(&p);
+
+    /* A mapped performer on the first state is compared with the task. */
+    test_state(&m, 5, 1, 0, 21, "Ann Smith", "");
+    assert_int_equal(reverse_plan_make(cfg, &m, "status=0", 0, &p), 0);
+    assert_true(p.verify);
+    assert_true(p.performer);
+    assert_true(reverse_plan_needs_view(&p));
+    reverse_plan_verify(&p, 0, 1);
+    assert_false(p.performer);
+    assert_false(p.verify);
+    assert_true(reverse_plan_empty(&p));
+    reverse_plan_release(&p);
+}
+
+/* The defect of it_forward test_client_stop: the source task is closed
+ * while the client is down and forwarded when it starts; a state the
+ * server read before it applied that message still says "open". */
+static void stale_state_never_reverts_a_forwarded_status(void **state)
+{
+    struct config *cfg = test_config();
+    struct codec_msg m;
+    struct reverse_plan p;
+    (void)state;
+
+    /* The relay confirmed seq 2 (status 2, closed); the state had seen
+     * seq 1 only and shows the target still open. */
+    test_state(&m, 5, 1, 0, 0, "", "");
+    m.state.fwd_seq = 1;
+    assert_int_equal(reverse_plan_make(cfg, &m, "status=2", 2, &p), 0);
+    assert_true(p.stale);
+    assert_false(p.status);
+    assert_true(reverse_plan_empty(&p));
+    /* The known status stays the forwarded one. */
+    assert_int_equal(fp_set_get_int(p.applied, "status", -1), 2);
+    reverse_plan_release(&p);
+
+    /* Stale with no known status: nothing is recorded either. */
+    assert_int_equal(reverse_plan_make(cfg, &m, "", 2, &p), 0);
+    assert_true(p.stale);
+    assert_false(p.status);
+    assert_int_equal(fp_set_get_int(p.applied, "status", -1), -1);
+    reverse_plan_release(&p);
+
+    /* Once the server applied seq 2 the target is closed too: the state
+     * that says so is not a change. */
+    test_state(&m, 5, 2, 2, 0, "", "");
+    m.state.fwd_seq = 2;
+    assert_int_equal(reverse_plan_make(cfg, &m, "status=2", 2, &p), 0);
+    assert_false(p.stale);
+    assert_false(p.status);
+    assert_true(reverse_plan_empty(&p));
+    reverse_plan_release(&p);
+
+    /* Newer than what the client confirmed (its next message is still
+     * unconfirmed): fresh. */
+    test_state(&m, 5, 3, 2, 0, "", "");
+    m.state.fwd_seq = 3;
+    assert_int_equal(reverse_plan_make(cfg, &m, "status=2", 2, &p), 0);
+    assert_false(p.stale);
+    assert_false(p.status);
+    reverse_plan_release(&p);
+}
+
+/* The state's status equals the one the client knows the target has: an
+ * echo of the client's own forward, never written. */
+static void equal_status_is_not_written(void **state)
+{
+    struct config *cfg = test_config();
+    struct codec_msg m;
+    struct reverse_plan p;
+    (void)state;
+
+    for (int st = 0; st <= 2; st++) {
+        char applied[32];
+        snprintf(applied, sizeof(applied), "status=%d", st);
+        test_state(&m, 5, 4, st, 0, "", "");
+        m.state.fwd_seq = 7;
+        assert_int_equal(reverse_plan_make(cfg, &m, applied, 7, &p), 0);
+        assert_false(p.status);
+        assert_true(reverse_plan_empty(&p));
+        assert_int_equal(fp_set_get_int(p.applied, "status", -1), st);
+        reverse_plan_release(&p);
+    }
+}
+
+/* Target staff changed the status after the server applied every task
+ * message the client sent: the source takes it. */
+static void target_change_is_applied(void **state)
+{
+    struct config *cfg = test_config();
+    struct codec_msg m;
+    struct reverse_plan p, q;
+    (void)state;
+
+    test_state(&m, 5, 4, 2, 0, "", "");
+    m.state.fwd_seq = 7;
+    assert_int_equal(reverse_plan_make(cfg, &m, "status=0", 7, &p), 0);
+    assert_false(p.stale);
     assert_true(p.status);
     assert_int_equal(p.status_value, 2);
+    assert_int_equal(fp_set_get_int(p.applied, "status", -1), 2);
+    /* The relay's key alone is not a first state for the status: no view
+     * is needed to write it. */
+    assert_false(reverse_plan_needs_view(&p));
+
+    /* The same state again: applied already. */
+    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, 7, &q), 0);
+    assert_true(reverse_plan_empty(&q));
+    reverse_plan_release(&q);
+    reverse_plan_release(&p);
+
+    /* A server that does not send fwd_seq: the known status alone. */
+    test_state(&m, 5, 5, 1, 0, "", "");
+    assert_int_equal(reverse_plan_make(cfg, &m, "status=0;performer=0", 9, &p), 0);
+    assert_false(p.stale);
+    assert_true(p.status);
+    assert_int_equal(p.status_value, 1);
     reverse_plan_release(&p);
 }
 
@@ -222,9 +340,10 @@ static void status_follows_what_was_applied(void **state)
     (void)state;
 
     test_state(&m, 5, 1, 1, 0, "", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, "", &p), 0);
+    assert_int_equal(reverse_plan_make(cfg, &m, "", 0, &p), 0);
+    assert_false(p.status); /* the baseline */
     /* Applied: the same state again changes nothing and needs no view. */
-    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, &q), 0);
+    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, 0, &q), 0);
     assert_true(reverse_plan_empty(&q));
     assert_false(q.verify);
     assert_false(reverse_plan_needs_view(&q));
@@ -233,7 +352,7 @@ static void status_follows_what_was_applied(void **state)
 
     /* A new status alone: an edit without a view. */
     test_state(&m, 5, 2, 2, 0, "", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, &q), 0);
+    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, 0, &q), 0);
     assert_true(q.status);
     assert_int_equal(q.status_value, 2);
     assert_false(q.performer);
@@ -252,10 +371,10 @@ static void mapped_performer_is_set_and_cleared(void **state)
     (void)state;
 
     test_state(&m, 5, 1, 1, 0, "", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, "", &p), 0);
+    assert_int_equal(reverse_plan_make(cfg, &m, "", 0, &p), 0);
 
     test_state(&m, 5, 2, 1, 21, "Ann Smith", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, &q), 0);
+    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, 0, &q), 0);
     assert_true(q.performer);
     assert_int_equal(q.performer_local, 1);
     assert_null(q.block); /* mapped: nothing in the note */
@@ -264,14 +383,14 @@ static void mapped_performer_is_set_and_cleared(void **state)
 
     /* Another remote staff member mapped to another local one. */
     test_state(&m, 5, 3, 1, 22, "Bob", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, q.applied, &r), 0);
+    assert_int_equal(reverse_plan_make(cfg, &m, q.applied, 0, &r), 0);
     assert_true(r.performer);
     assert_int_equal(r.performer_local, 2);
     reverse_plan_release(&r);
 
     /* Nobody on the remote side: the one we set is cleared. */
     test_state(&m, 5, 3, 1, 0, "", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, q.applied, &r), 0);
+    assert_int_equal(reverse_plan_make(cfg, &m, q.applied, 0, &r), 0);
     assert_true(r.performer);
     assert_int_equal(r.performer_local, 0);
     assert_null(r.block);
@@ -280,13 +399,13 @@ static void mapped_performer_is_set_and_cleared(void **state)
 
     /* The same performer again: nothing. */
     test_state(&m, 5, 3, 1, 21, "Ann Smith", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, q.applied, &r), 0);
+    assert_int_equal(reverse_plan_make(cfg, &m, q.applied, 0, &r), 0);
     assert_true(reverse_plan_empty(&r));
     reverse_plan_release(&r);
 
     /* Viewed with that performer already: nothing written. */
     test_state(&m, 5, 1, 1, 21, "Ann Smith", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, "", &r), 0);
+    assert_int_equal(reverse_plan_make(cfg, &m, "", 0, &r), 0);
     assert_true(r.performer);
     assert_true(reverse_plan_needs_view(&r));
     reverse_plan_verify(&r, 1, 1);
@@ -305,18 +424,18 @@ static void unmapped_performer_is_named_in_the_note(void **state)
     (void)state;
 
     test_state(&m, 5, 1, 1, 0, "", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, "", &p), 0);
+    assert_int_equal(reverse_plan_make(cfg, &m, "", 0, &p), 0);
     assert_null(p.block); /* no performer from the start: no line */
 
     test_state(&m, 5, 2, 1, 40, "Carol\nJones", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, &q), 0);
+    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, 0, &q), 0);
     assert_false(q.performer); /* never guessed */
     assert_non_null(q.block);
     assert_string_equal(q.block, "Performer on the remote side: Carol Jones\n");
     assert_true(reverse_plan_needs_view(&q));
 
     test_state(&m, 5, 3, 1, 0, "", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, q.applied, &r), 0);
+    assert_int_equal(reverse_plan_make(cfg, &m, q.applied, 0, &r), 0);
     assert_false(r.performer);
     assert_non_null(r.block);
     assert_string_equal(r.block, "No performer on the remote side\n");
@@ -324,7 +443,7 @@ static void unmapped_performer_is_named_in_the_note(void **state)
 
     /* A nameless one is named by id. */
     test_state(&m, 5, 3, 1, 41, "", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, q.applied, &r), 0);
+    assert_int_equal(reverse_plan_make(cfg, &m, q.applied, 0, &r), 0);
     assert_string_equal(r.block, "Performer on the remote side: staff member 41\n");
     reverse_plan_release(&r);
 
@@ -340,25 +459,25 @@ static void notes_are_appended_once(void **state)
     (void)state;
 
     test_state(&m, 5, 1, 1, 0, "", "Disk replaced.");
-    assert_int_equal(reverse_plan_make(cfg, &m, "", &p), 0);
+    assert_int_equal(reverse_plan_make(cfg, &m, "", 0, &p), 0);
     assert_string_equal(p.block, "Disk replaced.");
     assert_int_equal(p.notes_len, strlen("Disk replaced."));
 
     /* Applied: the same text again brings nothing. */
     test_state(&m, 5, 2, 1, 0, "", "Disk replaced.");
-    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, &q), 0);
+    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, 0, &q), 0);
     assert_true(reverse_plan_empty(&q));
     reverse_plan_release(&q);
 
     /* Only what was written since goes. */
     test_state(&m, 5, 3, 1, 0, "", "Disk replaced.\n\nServer is up again.\n");
-    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, &q), 0);
+    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, 0, &q), 0);
     assert_string_equal(q.block, "Server is up again.\n");
     assert_false(q.status);
 
     /* The middle was edited on the target: the whole text goes again. */
     test_state(&m, 5, 4, 1, 0, "", "Disk and fan replaced.\n\nServer is up again.\n");
-    assert_int_equal(reverse_plan_make(cfg, &m, q.applied, &r), 0);
+    assert_int_equal(reverse_plan_make(cfg, &m, q.applied, 0, &r), 0);
     assert_string_equal(r.block, "Disk and fan replaced.\n\nServer is up again.\n");
     reverse_plan_release(&r);
 
@@ -374,9 +493,9 @@ static void performer_line_and_notes_share_one_block(void **state)
     (void)state;
 
     test_state(&m, 5, 1, 1, 0, "", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, "", &p), 0);
+    assert_int_equal(reverse_plan_make(cfg, &m, "", 0, &p), 0);
     test_state(&m, 5, 2, 2, 40, "Carol", "Closed, see the ticket.");
-    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, &q), 0);
+    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, 0, &q), 0);
     assert_true(q.status);
     assert_string_equal(q.block, "Performer on the remote side: Carol\n\nClosed, see the ticket.");
 
@@ -406,7 +525,7 @@ static void forged_blocks_are_stripped(void **state)
 
     test_state(&m, 5, 1, 1, 0, "",
                "Done.\n\n--- remotetask: from client 7, task 5 ---\nfake\n--- remotetask: end ---");
-    assert_int_equal(reverse_plan_make(cfg, &m, "", &p), 0);
+    assert_int_equal(reverse_plan_make(cfg, &m, "", 0, &p), 0);
     assert_string_equal(p.block, "Done.");
     reverse_plan_release(&p);
 }
@@ -616,7 +735,10 @@ static void rig_up(struct rig *g, struct config *cfg)
     assert_non_null(mkdtemp(g->dir));
     g->st = store_open(g->dir, err, sizeof(err));
     assert_non_null(g->st);
+    /* Task 5 was forwarded open and confirmed: what the relay leaves. */
     assert_int_equal(store_fwd_next_seq(g->st, "7", 5, &seq), RT_OK);
+    assert_int_equal(store_fwd_confirm(g->st, "7", 5, seq, "f1", 1), RT_OK);
+    assert_int_equal(store_rev_put(g->st, "7", 5, 0, 0, "status=0"), RT_OK);
 
     struct broker_opts bo;
     memset(&bo, 0, sizeof(bo));
@@ -776,6 +898,100 @@ static void state_of_a_task_never_forwarded_calls_nothing(void **state)
     rig_down(&g);
 }
 
+/* What the relay does when the broker confirms a task message carrying
+ * status: the next seq, its confirmation, and the status known on the
+ * target in the rev row (producer/relay.c, slot_record_status). */
+static uint64_t relay_confirms(struct rig *g, int status)
+{
+    uint64_t seq;
+    struct store_rev rev;
+    assert_int_equal(store_fwd_next_seq(g->st, "7", 5, &seq), RT_OK);
+    assert_int_equal(store_fwd_confirm(g->st, "7", 5, seq, "f", 1), RT_OK);
+    assert_int_equal(store_rev_get(g->st, "7", 5, &rev), RT_OK);
+    assert_true(rev.found);
+    assert_int_equal(fp_set_put_int(rev.applied, sizeof(rev.applied), "status", status), 0);
+    assert_int_equal(store_rev_put(g->st, "7", 5, rev.seq, rev.notes_applied, rev.applied), RT_OK);
+    return seq;
+}
+
+/* it_forward test_client_stop: the source task was closed while the client
+ * was down, and the relay confirmed that (seq 2). The server's state read
+ * before it applied seq 2 still says "open": the source stays closed. */
+static void stale_state_leaves_the_source_alone(void **state)
+{
+    struct config *cfg = test_config();
+    struct codec_msg m;
+    struct store_rev rev;
+    struct rig g;
+    (void)state;
+
+    rig_up(&g, cfg);
+    fake.task_status = "2";
+    fake.task_performer = "";
+    fake.task_note = "";
+    assert_int_equal(relay_confirms(&g, 2), 2);
+
+    test_state(&m, 5, 1, 0, 0, "", "");
+    m.state.fwd_seq = 1;
+    rig_deliver(&g, &m, "upstream");
+    drive(g.bm, rig_idle, &g);
+    assert_int_equal(fake.nreq, 0);
+    assert_int_equal(store_rev_get(g.st, "7", 5, &rev), RT_OK);
+    assert_int_equal(rev.seq, 1);
+    assert_int_equal(fp_set_get_int(rev.applied, "status", -1), 2);
+
+    /* The server applied seq 2: the target is closed as well. */
+    test_state(&m, 5, 2, 2, 0, "", "");
+    m.state.fwd_seq = 2;
+    rig_deliver(&g, &m, "upstream");
+    drive(g.bm, rig_idle, &g);
+    assert_int_equal(fake.nreq, 0);
+
+    /* Target staff reopen it into work afterwards: that is a change. */
+    test_state(&m, 5, 3, 1, 0, "", "");
+    m.state.fwd_seq = 2;
+    rig_deliver(&g, &m, "upstream");
+    drive(g.bm, rig_idle, &g);
+    assert_int_equal(fake.nreq, 1);
+    assert_non_null(strstr(fake.req[0], "\nsok=ok\n"));
+    assert_non_null(strstr(fake.req[0], "\nstatus=1\n"));
+    assert_int_equal(store_rev_get(g.st, "7", 5, &rev), RT_OK);
+    assert_int_equal(fp_set_get_int(rev.applied, "status", -1), 1);
+    rig_down(&g);
+}
+
+/* The relay confirms a newer task message while a state is being applied:
+ * the status it recorded is newer than the state's and stays. */
+static void relay_confirm_during_an_apply_keeps_its_status(void **state)
+{
+    struct config *cfg = test_config();
+    struct codec_msg m;
+    struct store_rev rev;
+    struct rig g;
+    (void)state;
+
+    rig_up(&g, cfg);
+    fake.task_status = "0";
+    fake.task_performer = "";
+    fake.task_note = "Please install the OS.";
+
+    /* Closed on the target, with a note: a view, then an edit. */
+    test_state(&m, 5, 1, 2, 0, "", "Done.");
+    m.state.fwd_seq = 1;
+    rig_deliver(&g, &m, "upstream");
+    assert_false(reverse_idle(g.r));
+    relay_confirms(&g, 1);
+    drive(g.bm, rig_idle, &g);
+    assert_int_equal(fake.nreq, 2);
+    assert_non_null(strstr(fake.req[1], "\nstatus=2\n"));
+    assert_int_equal(store_rev_get(g.st, "7", 5, &rev), RT_OK);
+    assert_int_equal(rev.seq, 1);
+    assert_false(applier_pend_present(rev.applied));
+    assert_int_equal(fp_set_get_int(rev.applied, "status", -1), 1);
+    assert_int_equal(rev.notes_applied, strlen("Done."));
+    rig_down(&g);
+}
+
 /* How many times needle occurs in hay. */
 static size_t count_in(const char *hay, const char *needle)
 {
@@ -786,7 +1002,8 @@ static size_t count_in(const char *hay, const char *needle)
 }
 
 /* Writes what a daemon killed right after its note edit leaves in the
- * store: the intent of applying state m (against nothing applied) to a
+ * store: the intent of applying state m (against the status the relay
+ * recorded, nothing else applied) to a
  * task whose note was before; returns the note that edit writes
  * (malloc'd). */
 static char *interrupted_edit(struct rig *g, struct config *cfg, const struct codec_msg *m,
@@ -794,11 +1011,12 @@ static char *interrupted_edit(struct rig *g, struct config *cfg, const struct co
 {
     struct reverse_plan plan;
     char intent[STORE_APPLIED_MAX + 1];
-    assert_int_equal(reverse_plan_make(cfg, m, "", &plan), 0);
+    assert_int_equal(reverse_plan_make(cfg, m, "status=0", 0, &plan), 0);
     assert_non_null(plan.block);
     char *note = notes_append(before, REVERSE_ORIGIN, plan.block);
     assert_non_null(note);
-    assert_int_equal(applier_pend_put("", plan.applied, m->seq, note, intent, sizeof(intent)), 0);
+    assert_int_equal(
+        applier_pend_put("status=0", plan.applied, m->seq, note, intent, sizeof(intent)), 0);
     reverse_plan_release(&plan);
     assert_int_equal(store_rev_put(g->st, "7", 5, 0, 0, intent), RT_OK);
     return note;
@@ -925,6 +1143,9 @@ int main(void)
         cmocka_unit_test(performers_map_remote_to_local),
         cmocka_unit_test(dead_kinds_have_names),
         cmocka_unit_test(first_state_is_verified_against_the_task),
+        cmocka_unit_test(stale_state_never_reverts_a_forwarded_status),
+        cmocka_unit_test(equal_status_is_not_written),
+        cmocka_unit_test(target_change_is_applied),
         cmocka_unit_test(status_follows_what_was_applied),
         cmocka_unit_test(mapped_performer_is_set_and_cleared),
         cmocka_unit_test(unmapped_performer_is_named_in_the_note),
@@ -933,6 +1154,8 @@ int main(void)
         cmocka_unit_test(forged_blocks_are_stripped),
         cmocka_unit_test(applies_a_state_then_answers_the_sync),
         cmocka_unit_test(state_of_a_task_never_forwarded_calls_nothing),
+        cmocka_unit_test(stale_state_leaves_the_source_alone),
+        cmocka_unit_test(relay_confirm_during_an_apply_keeps_its_status),
         cmocka_unit_test(interrupted_note_edit_that_landed_is_not_written_again),
         cmocka_unit_test(newer_state_after_an_interrupted_edit_that_landed_adds_only_its_part),
         cmocka_unit_test(interrupted_note_edit_that_did_not_land_is_written),

@@ -813,6 +813,10 @@ static void first_cycle_publishes_linked_tasks_and_commits(void **state)
     assert_string_equal(p->msg.state.performer, "");
     assert_int_equal(p->msg.state.nnotes, 1);
     assert_string_equal(p->msg.state.notes[0], "please set it up"); /* native only */
+    /* The task message the forward applier had applied when the task was
+     * read: the client applies a status only from a state that saw its
+     * last one. */
+    assert_int_equal(p->msg.state.fwd_seq, 1);
 
     p = find_pub("7:102:r1");
     assert_int_equal(p->msg.state.status, 1);
@@ -913,6 +917,10 @@ static void later_cycles_view_only_changed_rows(void **state)
     /* A real change: one view, one state with the next seq, then its
      * sync_done counting it. */
     sim_touch(3, 1, 22, "Rebooted.", "2024-05-02 10:00:00");
+    /* The forward applier applied seq 4 meanwhile: the state says so. */
+    struct store_link fl = link_of(fx, "7", 103);
+    fl.last_seq = 4;
+    assert_int_equal(store_link_put(fx->st, &fl), RT_OK);
     assert_int_equal(statepub_sync(fx->sp, "7", "s4"), RT_OK);
     want_published = 8;
     run_until(fx, published_n, "the changed state");
@@ -925,6 +933,7 @@ static void later_cycles_view_only_changed_rows(void **state)
     assert_int_equal(p->msg.state.performer_id, 22);
     assert_string_equal(p->msg.state.performer, "Staff 22");
     assert_string_equal(p->msg.state.notes[0], "Rebooted.");
+    assert_int_equal(p->msg.state.fwd_seq, 4);
     assert_int_equal(sim_count(&sim.views), views + 2);
     confirm_all(fx, BROKER_ACKED);
     assert_int_equal(fake_broker.n, 9);

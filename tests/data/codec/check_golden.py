@@ -34,6 +34,7 @@ EXPECTED = {
         ("ts", 1700000300456), ("status", 2), ("performer_id", 21),
         ("performer", "Иван Петров"),
         ("notes", ["first note", "вторая заметка\nс переводом строки", ""]),
+        ("fwd_seq", 300),
     ],
     "sync": [
         ("v", 1), ("kind", "sync"), ("client", "7"), ("task", 0), ("seq", 0),
