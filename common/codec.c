@@ -313,6 +313,7 @@ int codec_msg_equal(const struct codec_msg *a, const struct codec_msg *b)
     switch (a->kind) {
     case CODEC_TASK:
         return a->fwd.department == b->fwd.department && a->fwd.status == b->fwd.status &&
+               a->fwd.rev_seq == b->fwd.rev_seq &&
                codec_streq(a->fwd.name, b->fwd.name) && codec_streq(a->fwd.type, b->fwd.type) &&
                codec_streq(a->fwd.note, b->fwd.note) &&
                codec_streq(a->fwd.deadline, b->fwd.deadline) &&
@@ -382,7 +383,7 @@ static int codec_pack_kv_uint(msgpack_packer *pk, const char *key, uint64_t v)
 static int codec_pack(msgpack_packer *pk, const struct codec_msg *m)
 {
     static const size_t nkeys[] = {
-        [CODEC_TASK] = 6 + 8,
+        [CODEC_TASK] = 6 + 9,
         [CODEC_STATE] = 6 + 5,
         [CODEC_SYNC] = 6 + 1,
         [CODEC_SYNC_DONE] = 6 + 2,
@@ -405,7 +406,8 @@ static int codec_pack(msgpack_packer *pk, const struct codec_msg *m)
             codec_pack_kv_str(pk, "deadline", m->fwd.deadline) < 0 ||
             codec_pack_kv_str(pk, "item", m->fwd.item) < 0 ||
             codec_pack_kv_str(pk, "account", m->fwd.account) < 0 ||
-            codec_pack_kv_int(pk, "status", m->fwd.status) < 0)
+            codec_pack_kv_int(pk, "status", m->fwd.status) < 0 ||
+            codec_pack_kv_uint(pk, "rev_seq", m->fwd.rev_seq) < 0)
             return -1;
         return 0;
     case CODEC_STATE:
@@ -500,6 +502,7 @@ enum codec_key {
     CK_ID,
     CK_COUNT,
     CK_FWD_SEQ,
+    CK_REV_SEQ,
     CK_NKEYS
 };
 
@@ -524,6 +527,7 @@ static const char *const codec_key_names[CK_NKEYS] = {
     [CK_ID] = "id",
     [CK_COUNT] = "count",
     [CK_FWD_SEQ] = "fwd_seq",
+    [CK_REV_SEQ] = "rev_seq",
 };
 
 /* Where each known key's value starts, from the first pass. */
@@ -1030,6 +1034,11 @@ static int codec_read(const struct codec_rd *body, const struct codec_keys *keys
             codec_get_str(body, keys, CK_ITEM, &m->fwd.item, err, errlen) < 0 ||
             codec_get_str(body, keys, CK_ACCOUNT, &m->fwd.account, err, errlen) < 0 ||
             codec_get_status(body, keys, &m->fwd.status, err, errlen) < 0)
+            return -1;
+        /* Optional: a client older than the key does not send it, and its
+         * message then says nothing about which state it had seen. */
+        if (keys->at[CK_REV_SEQ] &&
+            codec_get_uint(body, keys, CK_REV_SEQ, &m->fwd.rev_seq, err, errlen) < 0)
             return -1;
         return 0;
     case CODEC_STATE:

@@ -21,6 +21,11 @@
  *               "item"    str    description of the service, <= 4 KiB
  *               "account" str    description of the customer, <= 4 KiB
  *               "status"  int    0 opened, 1 in work, 2 closed
+ *               "rev_seq" uint   OPTIONAL: the seq of the last state
+ *                                message the client had applied to the
+ *                                task when it read the task; absent (a
+ *                                client older than this key) decodes as
+ *                                0 = unknown
  *   state       "status"  int    0..2
  *               "performer_id" int  target staff id, 0 = none, >= 0
  *               "performer" str  display name, "" = none, <= 1 KiB
@@ -93,6 +98,12 @@ struct codec_task {
     char *item;
     char *account;
     int status; /* 0..2, the source task's status */
+    /* The seq of the last state message the client had applied to the task
+     * when it read it, 0 = unknown. The server applies the status only from
+     * a message that had seen the last state it published
+     * (consumer/forward.c): an older one may carry a status the target's
+     * own change has replaced. */
+    uint64_t rev_seq;
 };
 
 /* What the target side did with a task (kind CODEC_STATE). */

@@ -225,6 +225,47 @@ static int forward_plan_field(const char *set, const char *key, const char *valu
     return changed;
 }
 
+/* The status part of a plan: whether the message's status is written to
+ * the target, and the status the link then records as the target's.
+ *
+ * The conflict rule: when the status changes on both sides at once, the
+ * target's wins. The relay reads the source task and builds its message
+ * at one moment; if target staff changed the status before that moment
+ * reached the client (statepub published the change, the client had not
+ * applied it yet), the message still carries the source's older status,
+ * and writing it would undo the target's change. The message says which
+ * state the client had applied when it read the task ("rev_seq"); the
+ * link says which confirmed state last carried a status the target changed
+ * itself (FORWARD_KEY_REV_PUB; states that only moved the performer or the
+ * notes don't count, so they never make the client's own status change
+ * stale). A message that had not seen that state is stale:
+ * its status is left alone, and "status" keeps the target's. The client
+ * then receives the target's state and, by the reverse rule
+ * (consumer/reverse.c), writes it to the source: statepub publishes again
+ * once this message's seq is applied (its state then carries a fwd_seq the
+ * client accepts), so both sides end with the target's status. The other
+ * fields of a stale message are applied: the target changed only its
+ * status.
+ *
+ * rev_seq 0 is a client that does not say (older than the key), and no
+ * FORWARD_KEY_REV_PUB is a link no state was confirmed for: the message's
+ * status is then compared with the known one as before. */
+static int forward_plan_status(const struct codec_msg *m, const char *applied,
+                               struct forward_plan *plan)
+{
+    int64_t known = fp_set_get_int(applied, "status", -1);
+    int64_t rev_pub = fp_set_get_int(applied, FORWARD_KEY_REV_PUB, 0);
+    int64_t record = m->fwd.status;
+
+    plan->stale = m->fwd.rev_seq != 0 && rev_pub > 0 && m->fwd.rev_seq < (uint64_t)rev_pub &&
+                  known >= 0;
+    if (plan->stale)
+        record = known;
+    else
+        plan->status = known != m->fwd.status;
+    return fp_set_put_int(plan->applied, sizeof(plan->applied), "status", record);
+}
+
 int forward_plan_make(const struct codec_msg *m, const char *applied, int fixed_type,
                       struct forward_plan *plan)
 {
@@ -249,8 +290,7 @@ int forward_plan_make(const struct codec_msg *m, const char *applied, int fixed_
                                 sizeof(plan->applied))) < 0)
         goto fail;
     plan->deadline = r;
-    plan->status = fp_set_get_int(applied, "status", -1) != m->fwd.status;
-    if (fp_set_put_int(plan->applied, sizeof(plan->applied), "status", m->fwd.status) < 0)
+    if (forward_plan_status(m, applied, plan) < 0)
         goto fail;
 
     /* The source sends its native note; removing blocks again keeps a
@@ -422,6 +462,15 @@ void forward_applied_merge(const char *stored, const struct forward_plan *plan, 
         log_warning("the applied set of a link has no room for the key \"%s\": the next "
                     "reverse cycle publishes the task's state again",
                     FORWARD_KEY_STATE);
+    /* Its record of the last state confirmed, and of the forward seq that
+     * state had seen, stay too: they are what tells a stale message
+     * (forward_plan_status) and when to publish again. */
+    static const char *const keep[] = {FORWARD_KEY_REV_PUB, FORWARD_KEY_PUB_FWD};
+    for (size_t i = 0; i < sizeof(keep) / sizeof(keep[0]); i++) {
+        int64_t v = fp_set_get_int(stored, keep[i], -1);
+        if (v >= 0 && fp_set_put_int(out, outlen, keep[i], v) < 0)
+            log_warning("the applied set of a link has no room for the key \"%s\"", keep[i]);
+    }
 }
 
 /* ---- slots ------------------------------------------------------------- */
@@ -757,6 +806,19 @@ static void slot_view(struct forward_slot *s, enum forward_state state, int64_t 
     slot_call(s, state, s->f->api->func_task_edit, &p, ok);
 }
 
+/* Logs a message whose status lost to a newer change on the target
+ * (forward_plan_status): an operator reading the log sees why the source's
+ * status did not reach the target. */
+static void slot_log_stale(const struct forward_slot *s)
+{
+    if (s->plan.stale)
+        log_info("task message seq %" PRIu64 " of task %" PRId64 " of client \"%s\" was read "
+                 "before the client applied state %" PRId64 " (it had seen %" PRIu64 "): the "
+                 "target's status is kept",
+                 s->msg.seq, s->msg.task, s->client->id,
+                 fp_set_get_int(s->link.applied, FORWARD_KEY_REV_PUB, 0), s->msg.fwd.rev_seq);
+}
+
 static void slot_update(struct forward_slot *s)
 {
     if (applier_pend_present(s->link.applied)) {
@@ -772,6 +834,7 @@ static void slot_update(struct forward_slot *s)
         slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "out of memory planning the update");
         return;
     }
+    slot_log_stale(s);
     if (forward_plan_empty(&s->plan)) {
         slot_commit(s, &s->f->stats.unchanged, "nothing to change for");
         return;
@@ -925,6 +988,7 @@ static int slot_plan_resolved(struct forward_slot *s, const char *note)
         slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "out of memory planning the update");
         return -1;
     }
+    slot_log_stale(s);
     return 0;
 }
 

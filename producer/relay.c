@@ -44,6 +44,9 @@ struct relay_slot {
     uint64_t seq;
     uint64_t tag;
     int status; /* the status the message carries */
+    /* The last state the client had applied to the task before the view
+     * was asked for (0 = none, or unknown): the message's "rev_seq". */
+    uint64_t rev_seq;
     char fp[FP_HEX_LEN + 1];
     char updated[STORE_UPDATED_MAX + 1];
     char message_id[RELAY_MESSAGE_ID_MAX + 1];
@@ -314,6 +317,12 @@ static rt_status slot_record_status(struct relay_slot *s)
         return st;
     if (!rev.found)
         memset(&rev, 0, sizeof rev);
+    /* A state applied after the task was read is newer than the message:
+     * the server keeps the target's status over a message that had not
+     * seen it (consumer/forward.c), so the status the client knows the
+     * target has is the one that state recorded. */
+    if (s->rev_seq && rev.seq > s->rev_seq)
+        return RT_OK;
     if (fp_set_put_int(rev.applied, sizeof rev.applied, "status", s->status) < 0) {
         /* The set is a few short keys, far below its cap. */
         log_warning("no room to record the status forwarded for task %" PRId64, s->ev.task);
@@ -429,6 +438,7 @@ static void slot_prepare(struct relay_slot *s, const struct relay_fields *f)
     m.fwd.item = f->item;
     m.fwd.account = f->account;
     m.fwd.status = f->status;
+    m.fwd.rev_seq = s->rev_seq;
     s->status = f->status;
     buf_reset(&s->body);
     if (codec_encode(&m, &s->body, err, sizeof err) < 0) {
@@ -533,8 +543,22 @@ static int slot_take(struct relay *r, struct relay_slot *s, const struct store_e
     s->ev = *ev;
     s->seq = 0;
     s->tag = 0;
+    s->rev_seq = 0;
     s->state = SLOT_VIEWING;
     r->used++;
+    /* Read before the view, never after: a state applied in between may
+     * already be in what the view reads (then the message only looks
+     * older than it is, and the server keeps the target's status, which
+     * the source has too), but a state the view cannot have seen must not
+     * be counted as seen, or the server would write the source's older
+     * status over the target's change. A store error leaves 0: unknown,
+     * the behaviour of a client without the key. */
+    struct store_rev rev;
+    if (store_rev_get(r->st, ev->client, ev->task, &rev) == RT_OK)
+        s->rev_seq = rev.found ? rev.seq : 0;
+    else
+        log_warning("cannot read the state applied to task %" PRId64 ": %s", ev->task,
+                    store_strerror(r->st));
     billmgr_params_init(&p);
     int bad = billmgr_params_addf(&p, "elid", "%" PRId64, ev->task);
     if (bad == 0)

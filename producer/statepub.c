@@ -17,6 +17,13 @@
  * others, and reads "status" to skip the client's echo of a status. */
 #define SP_KEY_STATE  "state"
 #define SP_KEY_STATUS "status"
+/* The seq of the last state whose publish was confirmed: the forward
+ * applier keeps the target's status over a task message that had not seen
+ * it (FORWARD_KEY_REV_PUB of consumer/forward.h; the same name, spelled
+ * here since producer/ does not include consumer/). */
+#define SP_KEY_REV_PUB "rev_pub"
+/* The "fwd_seq" that state carried (FORWARD_KEY_PUB_FWD). */
+#define SP_KEY_PUB_FWD "pub_fwd"
 /* "<client>:<task>:r<seq>" or "<client>:sync_done:<id>". */
 #define SP_MESSAGE_ID_MAX (STORE_CLIENT_MAX + CODEC_MAX_ID + 2 * 21 + 16)
 
@@ -543,6 +550,22 @@ static void cycle_maybe_end(struct sp_client *c)
         cycle_start(c, now);
 }
 
+
+/* 1 when the forward applier applied a task message the last state
+ * published had not seen (fwd_seq is the link's last_seq now): that state
+ * may have reached the client after the client confirmed the message, and
+ * the client drops the status of such a state (consumer/reverse.c), so a
+ * target status change would wait for the next one to reach the source.
+ * The state is then published again, with the newer fwd_seq. A forward
+ * apply that edited the target moved its `updated`, so the view was due
+ * anyway and this costs a message; one that changed nothing costs a view
+ * too. A link with no record of it (never published, or published by an
+ * older version) says 0. */
+static int sp_fwd_moved(const struct store_link *link, uint64_t fwd_seq)
+{
+    int64_t pub_fwd = fp_set_get_int(link->applied, SP_KEY_PUB_FWD, -1);
+    return pub_fwd >= 0 && fwd_seq > (uint64_t)pub_fwd;
+}
 /* Takes the changed rows of one page as jobs. Returns the number of rows
  * on the page, or -1 when the store or memory failed (logged). */
 static long page_rows(struct sp_client *c, json_t *doc)
@@ -589,7 +612,7 @@ static long page_rows(struct sp_client *c, json_t *doc)
         int blind = !updated || !*updated;
         if (blind)
             c->cyc_blind = 1;
-        else if (strcmp(lf, link.rev_fp) == 0)
+        else if (strcmp(lf, link.rev_fp) == 0 && !sp_fwd_moved(&link, link.last_seq))
             continue;
         struct sp_job *j = job_new(c, JOB_STATE);
         const char *pname = billmgr_text(e, col_performer);
@@ -840,7 +863,7 @@ static void view_done(void *arg, const struct billmgr_reply *rep)
         goto pump;
     }
     if (fp_set_get(link.applied, SP_KEY_STATE, applied_state, sizeof applied_state) == 0 &&
-        strcmp(applied_state, j->sf) == 0) {
+        strcmp(applied_state, j->sf) == 0 && !sp_fwd_moved(&link, j->fwd_seq)) {
         job_record_unchanged(j);
         sp->stats.unchanged++;
         c->cyc_unchanged++;
@@ -922,8 +945,34 @@ static void sp_pump(struct statepub *sp)
 
 /* ---- confirms and commits -------------------------------------------- */
 
-/* Records a confirmed state message: rev_fp, applied "state" and "status",
- * notes_sent, in one transaction that re-reads the link and keeps what
+/* Records in a link's applied set which task message a confirmed state had
+ * seen (its fwd_seq, SP_KEY_PUB_FWD) and, when the state carried a status
+ * the target changed itself (status_changed: it differs from the status
+ * the link held, which is what the forward applier last wrote or statepub
+ * last published), that state's seq (SP_KEY_REV_PUB). The forward applier
+ * leaves the target's status alone for a task message that had not seen
+ * that state; a state that only moved the performer or the notes must not
+ * make the client's status changes stale. Neither value ever moves back: a
+ * job confirmed after a newer one of the same task says less. Returns 0,
+ * or -1 when the set is full (what fit stays). */
+static int job_record_seqs(const struct sp_job *j, int status_changed, char *applied, size_t len)
+{
+    int64_t pub = fp_set_get_int(applied, SP_KEY_REV_PUB, 0);
+    int64_t fwd = fp_set_get_int(applied, SP_KEY_PUB_FWD, 0);
+    if (status_changed && (int64_t)j->seq > pub &&
+        fp_set_put_int(applied, len, SP_KEY_REV_PUB, (int64_t)j->seq) < 0)
+        return -1;
+    if ((int64_t)j->fwd_seq > fwd &&
+        fp_set_put_int(applied, len, SP_KEY_PUB_FWD, (int64_t)j->fwd_seq) < 0)
+        return -1;
+    if (fp_set_get_int(applied, SP_KEY_PUB_FWD, -1) < 0 &&
+        fp_set_put_int(applied, len, SP_KEY_PUB_FWD, (int64_t)j->fwd_seq) < 0)
+        return -1;
+    return 0;
+}
+
+/* Records a confirmed state message: rev_fp, applied "state", "status",
+ * SP_KEY_REV_PUB and SP_KEY_PUB_FWD, notes_sent, in one transaction that re-reads the link and keeps what
  * the forward applier wrote. On RT_RETRY the job waits in the acked list
  * and statepub_tick() tries again. */
 static void job_commit(struct sp_job *j)
@@ -943,8 +992,10 @@ static void job_commit(struct sp_job *j)
     }
     if (st == RT_OK && !stale) {
         snprintf(cur.rev_fp, sizeof cur.rev_fp, "%s", j->lf);
+        int status_changed = fp_set_get_int(cur.applied, SP_KEY_STATUS, -1) != j->status;
         if (statepub_applied_update(cur.applied, j->sf, j->status, cur.applied,
-                                    sizeof cur.applied) < 0)
+                                    sizeof cur.applied) < 0 ||
+            job_record_seqs(j, status_changed, cur.applied, sizeof cur.applied) < 0)
             log_error("cannot record the published state of task %" PRId64 " of client "
                       "\"%s\": its applied set is full",
                       j->dst_task, c->cc->id);

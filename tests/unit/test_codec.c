@@ -53,6 +53,7 @@ static void golden_msg(struct codec_msg *m, enum codec_kind kind)
         m->fwd.item = "VPS-1 (vps1.example.com)";
         m->fwd.account = "ООО «Ромашка» <acct 55>";
         m->fwd.status = 1;
+        m->fwd.rev_seq = 200;
         break;
     case CODEC_STATE:
         m->task = 1042;
@@ -240,6 +241,7 @@ static size_t msg_fields(const struct codec_msg *m, struct field *f)
         w_str(&add_field(f, &n, "item")->val, m->fwd.item);
         w_str(&add_field(f, &n, "account")->val, m->fwd.account);
         w_int(&add_field(f, &n, "status")->val, m->fwd.status);
+        w_uint(&add_field(f, &n, "rev_seq")->val, m->fwd.rev_seq);
         break;
     case CODEC_STATE: {
         w_int(&add_field(f, &n, "status")->val, m->state.status);
@@ -871,7 +873,7 @@ static void test_golden_vectors(void **state)
 static void test_golden_task_by_hand(void **state)
 {
     static const uint8_t head[] = {
-        0x8e,                                                 /* fixmap, 14 pairs */
+        0x8f,                                                 /* fixmap, 15 pairs */
         0xa1, 'v',  0x01,                                     /* "v": 1 */
         0xa4, 'k',  'i',  'n',  'd',                          /* "kind": */
         0xa4, 't',  'a',  's',  'k',                          /*   "task" */
@@ -886,7 +888,11 @@ static void test_golden_task_by_hand(void **state)
         0xa4, 'n',  'a',  'm',  'e',                                          /* "name": */
         0xd9, /*   str8 (the name is over 31 bytes) */
     };
-    static const uint8_t tail[] = {0xa6, 's', 't', 'a', 't', 'u', 's', 0x01}; /* "status": 1 */
+    static const uint8_t tail[] = {
+        0xa6, 's', 't', 'a', 't', 'u', 's', 0x01,      /* "status": 1 */
+        0xa7, 'r', 'e', 'v', '_', 's', 'e', 'q', 0xcc, /* "rev_seq": */
+        0xc8,                                          /*   uint8 200 */
+    };
     static const uint8_t sync_done_head[] = {0x88, 0xa1, 'v', 0x01};          /* fixmap, 8 pairs */
     struct buf file;
     char path[512];
@@ -922,8 +928,8 @@ static void test_missing_each_key(void **state)
         for (size_t k = 0; k < n; k++) {
             char why[64];
             struct mutation mu = {.omit = f[k].key};
-            if (strcmp(f[k].key, "fwd_seq") == 0)
-                continue; /* optional: test_optional_fwd_seq */
+            if (strcmp(f[k].key, "fwd_seq") == 0 || strcmp(f[k].key, "rev_seq") == 0)
+                continue; /* optional: test_optional_fwd_seq, test_optional_rev_seq */
             snprintf(why, sizeof(why), "missing required key \"%s\"", f[k].key);
             expect_build_reject(&m, &mu, why);
         }
@@ -969,6 +975,48 @@ static void test_optional_fwd_seq(void **state)
     golden_msg(&m, CODEC_STATE);
     golden_msg(&other, CODEC_STATE);
     other.state.fwd_seq = m.state.fwd_seq + 1;
+    assert_false(codec_msg_equal(&m, &other));
+    (void)state;
+}
+
+/* "rev_seq" is optional the same way: a task message from a client older
+ * than the key decodes with 0 (unknown); when present it must be a
+ * non-negative integer, and it is part of what makes two messages equal. */
+static void test_optional_rev_seq(void **state)
+{
+    struct codec_msg m, other;
+    struct mutation omit = {.omit = "rev_seq"};
+    static const uint8_t neg[] = {0xff};
+
+    golden_msg(&m, CODEC_TASK);
+    m.fwd.rev_seq = 0;
+    expect_build_ok(&m, &omit);
+    m.fwd.rev_seq = 200;
+    /* Omitted, it does not decode as the golden message's 200. */
+    struct buf b;
+    struct codec_msg got;
+    char err[256] = "";
+    buf_init(&b, 65536);
+    build(&b, &m, &omit);
+    assert_int_equal(codec_decode(b.data, b.len, &got, err, sizeof(err)), RT_OK);
+    assert_int_equal(got.fwd.rev_seq, 0);
+    assert_int_equal(got.fwd.status, 1);
+    assert_false(codec_msg_equal(&got, &m));
+    codec_msg_release(&got);
+    buf_release(&b);
+
+    struct mutation big = {
+        .replace = "rev_seq", .raw = "\xcf\xff\xff\xff\xff\xff\xff\xff\xff", .rawlen = 9};
+    m.fwd.rev_seq = UINT64_MAX;
+    expect_build_ok(&m, &big);
+    roundtrip(&m);
+
+    struct mutation negative = {.replace = "rev_seq", .raw = neg, .rawlen = sizeof(neg)};
+    expect_build_reject(&m, &negative, "key \"rev_seq\" is -1, must be >= 0");
+
+    golden_msg(&m, CODEC_TASK);
+    golden_msg(&other, CODEC_TASK);
+    other.fwd.rev_seq = m.fwd.rev_seq + 1;
     assert_false(codec_msg_equal(&m, &other));
     (void)state;
 }
@@ -1388,19 +1436,19 @@ static void test_structure(void **state)
     struct mutation mu = {.extra = extra.data, .extralen = extra.len, .nextra = 1};
     expect_build_reject(&m, &mu, "duplicate key \"seq\"");
 
-    /* 65 pairs: 14 known, 51 unknown. */
+    /* 65 pairs: 15 known, 50 unknown. */
     buf_reset(&extra);
-    for (int i = 0; i < 51; i++) {
+    for (int i = 0; i < 50; i++) {
         char key[16];
         snprintf(key, sizeof(key), "x%d", i);
         w_str(&extra, key);
         w_uint(&extra, (uint64_t)i);
     }
-    mu = (struct mutation){.extra = extra.data, .extralen = extra.len, .nextra = 51};
+    mu = (struct mutation){.extra = extra.data, .extralen = extra.len, .nextra = 50};
     expect_build_reject(&m, &mu, "map of 65 keys at byte 0, cap 64");
     /* 64 pairs are fine. */
-    mu.nextra = 50;
-    mu.extralen -= 5; /* the last pair is "x50": 50, 4 + 1 bytes */
+    mu.nextra = 49;
+    mu.extralen -= 5; /* the last pair is "x49": 49, 4 + 1 bytes */
     expect_build_ok(&m, &mu);
     buf_release(&extra);
 }
@@ -1596,6 +1644,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_golden_task_by_hand),
         cmocka_unit_test(test_missing_each_key),
         cmocka_unit_test(test_optional_fwd_seq),
+        cmocka_unit_test(test_optional_rev_seq),
         cmocka_unit_test(test_wrong_types),
         cmocka_unit_test(test_integer_encodings),
         cmocka_unit_test(test_version),

@@ -165,6 +165,63 @@ static void plan_of_a_create_sends_everything(void **state)
     forward_plan_release(&p);
 }
 
+/* A message read before the client applied the last state statepub
+ * confirmed (rev_seq below "rev_pub") carries a status the target's own
+ * change replaced: the target's status stays, the other fields apply. */
+static void plan_keeps_the_target_status_over_a_stale_message(void **state)
+{
+    struct codec_msg m;
+    struct forward_plan p, q;
+    (void)state;
+    test_msg(&m, "7", 5, "first line");
+    assert_int_equal(forward_plan_make(&m, "", 0, &p), 0);
+    /* Target staff closed the task; statepub published state 3 and
+     * recorded it (what statepub writes on a confirm). */
+    char set[STORE_APPLIED_MAX + 1];
+    snprintf(set, sizeof(set), "%s", p.applied);
+    assert_int_equal(fp_set_put_int(set, sizeof(set), "status", 2), 0);
+    assert_int_equal(fp_set_put_int(set, sizeof(set), FORWARD_KEY_REV_PUB, 3), 0);
+    assert_int_equal(fp_set_put_int(set, sizeof(set), FORWARD_KEY_PUB_FWD, 1), 0);
+
+    /* Stale: renamed at the source, still open there. */
+    m.fwd.name = "Renamed";
+    m.fwd.status = 0;
+    m.fwd.rev_seq = 2;
+    assert_int_equal(forward_plan_make(&m, set, 0, &q), 0);
+    assert_true(q.stale);
+    assert_false(q.status);
+    assert_true(q.name);
+    assert_int_equal(fp_set_get_int(q.applied, "status", -1), 2);
+    char merged[STORE_APPLIED_MAX + 1];
+    forward_applied_merge(set, &q, 1, merged, sizeof(merged));
+    assert_int_equal(fp_set_get_int(merged, "status", -1), 2);
+    assert_int_equal(fp_set_get_int(merged, FORWARD_KEY_REV_PUB, -1), 3);
+    assert_int_equal(fp_set_get_int(merged, FORWARD_KEY_PUB_FWD, -1), 1);
+    forward_plan_release(&q);
+
+    /* Having seen state 3, the source's status is a real change. */
+    m.fwd.rev_seq = 3;
+    assert_int_equal(forward_plan_make(&m, set, 0, &q), 0);
+    assert_false(q.stale);
+    assert_true(q.status);
+    assert_int_equal(fp_set_get_int(q.applied, "status", -1), 0);
+    forward_plan_release(&q);
+
+    /* A client that does not say (rev_seq 0): as before the key. */
+    m.fwd.rev_seq = 0;
+    assert_int_equal(forward_plan_make(&m, set, 0, &q), 0);
+    assert_false(q.stale);
+    assert_true(q.status);
+    forward_plan_release(&q);
+
+    /* No state confirmed yet: nothing can be stale. */
+    m.fwd.rev_seq = 1;
+    assert_int_equal(forward_plan_make(&m, p.applied, 0, &q), 0);
+    assert_false(q.stale);
+    forward_plan_release(&q);
+    forward_plan_release(&p);
+}
+
 static void plan_sends_only_what_changed(void **state)
 {
     struct codec_msg m;
@@ -558,6 +615,7 @@ int main(void)
         cmocka_unit_test(check_takes_the_sender_of_our_own_retry_copy),
         cmocka_unit_test(plan_of_a_create_sends_everything),
         cmocka_unit_test(plan_sends_only_what_changed),
+        cmocka_unit_test(plan_keeps_the_target_status_over_a_stale_message),
         cmocka_unit_test(plan_status_follows_the_stored_value),
         cmocka_unit_test(plan_describes_service_and_account_once),
         cmocka_unit_test(plan_strips_forged_blocks),

@@ -798,6 +798,9 @@ static void confirm_records_the_forwarded_status(void **state)
     add_event(fx, 5);
     run_until(fx, one_published, "the publish");
     assert_int_equal(fake_broker.pub[0].msg.fwd.status, 2);
+    /* The last state applied before the task was read: the server keeps
+     * the target's status over a message that had not seen its newest. */
+    assert_int_equal(fake_broker.pub[0].msg.fwd.rev_seq, 4);
 
     /* Not before the broker's ack. */
     assert_int_equal(store_rev_get(fx->st, "7", 5, &rev), RT_OK);
@@ -825,6 +828,29 @@ static void confirm_records_the_forwarded_status(void **state)
     assert_int_equal(fp_set_get_int(rev.applied, "status", -1), 2);
 }
 
+/* A state applied between the read of the task and the confirm is newer
+ * than the message: the server keeps the target's status over it, so the
+ * status that state recorded stays the one the client knows. */
+static void confirm_after_a_newer_state_keeps_its_status(void **state)
+{
+    struct fixture *fx = *state;
+    struct store_rev rev;
+    settle(fx);
+    assert_int_equal(store_rev_put(fx->st, "7", 5, 4, 0, "status=0"), RT_OK);
+    sim_task(5, 3, "Set up VPS", "", "2024-05-01 10:00:00");
+    add_event(fx, 5);
+    run_until(fx, one_published, "the publish");
+    assert_int_equal(fake_broker.pub[0].msg.fwd.rev_seq, 4);
+    assert_int_equal(fake_broker.pub[0].msg.fwd.status, 0);
+    /* The reverse applier applies state 5 (the target closed the task). */
+    assert_int_equal(store_rev_put(fx->st, "7", 5, 5, 0, "status=2"), RT_OK);
+    relay_on_confirm(fx->r, fake_broker.pub[0].tag, BROKER_ACKED);
+    assert_int_equal(backlog(fx), 0);
+    assert_int_equal(store_rev_get(fx->st, "7", 5, &rev), RT_OK);
+    assert_int_equal(rev.seq, 5);
+    assert_int_equal(fp_set_get_int(rev.applied, "status", -1), 2);
+}
+
 /* A task never seen by the reverse applier gets a rev row holding only the
  * status, so that the first state that shows it is not taken for a change. */
 static void confirm_creates_the_rev_row(void **state)
@@ -838,6 +864,7 @@ static void confirm_creates_the_rev_row(void **state)
     pthread_mutex_unlock(&sim.lock);
     add_event(fx, 6);
     run_until(fx, one_published, "the publish");
+    assert_int_equal(fake_broker.pub[0].msg.fwd.rev_seq, 0); /* no state applied yet */
     assert_int_equal(store_rev_get(fx->st, "7", 6, &rev), RT_OK);
     assert_false(rev.found);
     relay_on_confirm(fx->r, fake_broker.pub[0].tag, BROKER_ACKED);
@@ -958,6 +985,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(lost_and_retry_publish_again_without_a_view, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(confirm_records_the_forwarded_status, setup, teardown),
+        cmocka_unit_test_setup_teardown(confirm_after_a_newer_state_keeps_its_status, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(confirm_creates_the_rev_row, setup, teardown),
         cmocka_unit_test_setup_teardown(event_during_publish_is_published_again, setup, teardown),
         cmocka_unit_test_setup_teardown(reconciliation_pages_and_skips_seen_tasks, setup, teardown),

@@ -947,6 +947,47 @@ static void later_cycles_view_only_changed_rows(void **state)
     assert_int_equal(s.syncs_served, 4);
     assert_int_equal(s.confirmed, 5);
     assert_int_equal(s.cycles, 6);
+
+    /* The confirm recorded which state was published and which task
+     * message it had seen: the forward applier reads both. */
+    fl = link_of(fx, "7", 103);
+    assert_int_equal(fp_set_get_int(fl.applied, "rev_pub", -1), 2);
+    assert_int_equal(fp_set_get_int(fl.applied, "pub_fwd", -1), 4);
+
+    /* The forward applier applies seq 5 without an edit (its status was
+     * stale): `updated` did not move, yet the client may have dropped
+     * state 2's status as older than seq 5. The same state goes again,
+     * now saying it saw seq 5: one view, one message. */
+    fl.last_seq = 5;
+    assert_int_equal(store_link_put(fx->st, &fl), RT_OK);
+    assert_int_equal(statepub_sync(fx->sp, "7", "s5"), RT_OK);
+    want_published = 10;
+    run_until(fx, published_n, "the state published again");
+    run_until(fx, calls_done, "the views");
+    p = &fake_broker.pub[9];
+    assert_string_equal(p->message_id, "7:103:r3");
+    assert_int_equal(p->msg.state.status, 1);
+    assert_string_equal(p->msg.state.notes[0], "Rebooted.");
+    assert_int_equal(p->msg.state.fwd_seq, 5);
+    assert_int_equal(sim_count(&sim.views), views + 3);
+    confirm_all(fx, BROKER_ACKED);
+    assert_int_equal(fake_broker.n, 11);
+    assert_int_equal(fake_broker.pub[10].msg.sync.count, 1);
+    confirm_all(fx, BROKER_ACKED);
+    /* rev_pub stays at state 2, the last that changed the status: state 3
+     * repeats it, and must not make the client's own status changes look
+     * stale. pub_fwd moves on. */
+    fl = link_of(fx, "7", 103);
+    assert_int_equal(fp_set_get_int(fl.applied, "rev_pub", -1), 2);
+    assert_int_equal(fp_set_get_int(fl.applied, "pub_fwd", -1), 5);
+
+    /* Once: the next cycle views nothing and publishes nothing. */
+    assert_int_equal(statepub_sync(fx->sp, "7", "s6"), RT_OK);
+    want_published = 12;
+    run_until(fx, published_n, "the sixth sync_done");
+    assert_int_equal(fake_broker.pub[11].msg.sync.count, 0);
+    assert_int_equal(sim_count(&sim.views), views + 3);
+    confirm_all(fx, BROKER_ACKED);
 }
 
 static void sync_during_a_cycle_queues_one_more(void **state)

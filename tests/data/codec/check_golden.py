@@ -27,7 +27,7 @@ EXPECTED = {
         ("name", "Настроить VPS #1 & = + % ?"), ("type", "postopen"),
         ("note", "line one\nline two\r\n\ttabbed"), ("deadline", "2024-05-01 12:30:00"),
         ("item", "VPS-1 (vps1.example.com)"), ("account", "ООО «Ромашка» <acct 55>"),
-        ("status", 1),
+        ("status", 1), ("rev_seq", 200),
     ],
     "state": [
         ("v", 1), ("kind", "state"), ("client", "7"), ("task", 1042), ("seq", 9),
