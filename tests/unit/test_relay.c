@@ -17,12 +17,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <arpa/inet.h>
 #include <ftw.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
-#include <sys/socket.h>
 
 #include <cmocka.h>
 
@@ -30,6 +27,7 @@
 
 #include "config.h"
 #include "config_opts.h"
+#include "http_stub.h"
 #include "log.h"
 
 /* ---- the broker stand-in -------------------------------------------- */
@@ -115,9 +113,7 @@ struct fake_task {
 
 static struct {
     pthread_mutex_t lock;
-    int fd;
-    int stop;
-    pthread_t thread;
+    struct http_stub *stub;
     struct fake_task tasks[MAX_TASKS];
     int views;      /* func=task.view calls answered */
     int lists;      /* func=task.list calls answered */
@@ -186,10 +182,12 @@ static json_t *task_doc(const struct fake_task *t)
     return d;
 }
 
-/* Answers one request body; returns the HTTP status and sets *out to the
- * JSON text (malloc'd) for a 200. */
-static int sim_answer(const char *body, char **out)
+/* Answers one request body (http_stub's answer, on its thread); returns the
+ * HTTP status and sets *out to the JSON text (malloc'd) for a 200, to no
+ * body for any other status. */
+static int sim_answer(void *arg, const char *body, char **out)
 {
+    (void)arg;
     char func[64], v[64];
     json_t *doc = json_object();
     int code = 200;
@@ -252,87 +250,29 @@ static int sim_answer(const char *body, char **out)
             json_pack("{s:s,s:s,s:{s:s}}", "$type", "missed", "$object", "func", "msg", "$", func));
     }
     pthread_mutex_unlock(&sim.lock);
+    if (code != 200) {
+        json_decref(doc);
+        return code;
+    }
     json_t *root = json_pack("{s:o}", "doc", doc);
     *out = json_dumps(root, JSON_COMPACT);
     json_decref(root);
     return code;
 }
 
-/* Serves one request per connection (Connection: close), until stopped. */
-static void *sim_main(void *arg)
-{
-    (void)arg;
-    for (;;) {
-        struct pollfd p = {.fd = sim.fd, .events = POLLIN};
-        if (poll(&p, 1, 50) < 0)
-            break;
-        pthread_mutex_lock(&sim.lock);
-        int stop = sim.stop;
-        pthread_mutex_unlock(&sim.lock);
-        if (stop)
-            break;
-        if (!(p.revents & POLLIN))
-            continue;
-        int c = accept(sim.fd, NULL, NULL);
-        if (c < 0)
-            continue;
-        char req[16384];
-        size_t n = 0;
-        char *hdr_end = NULL;
-        long clen = 0;
-        for (;;) {
-            ssize_t k = read(c, req + n, sizeof req - 1 - n);
-            if (k <= 0)
-                break;
-            n += (size_t)k;
-            req[n] = '\0';
-            if (!hdr_end && (hdr_end = strstr(req, "\r\n\r\n")) != NULL) {
-                const char *cl = strcasestr(req, "Content-Length:");
-                clen = cl ? atol(cl + 15) : 0;
-            }
-            if (hdr_end && (long)(n - (size_t)(hdr_end + 4 - req)) >= clen)
-                break;
-        }
-        if (hdr_end) {
-            char *json = NULL;
-            int code = sim_answer(hdr_end + 4, &json);
-            char head[256];
-            size_t jl = code == 200 ? strlen(json) : 0;
-            int hl = snprintf(head, sizeof head,
-                              "HTTP/1.1 %d X\r\nContent-Type: application/json\r\n"
-                              "Content-Length: %zu\r\nConnection: close\r\n\r\n",
-                              code, jl);
-            if (write(c, head, (size_t)hl) < 0 || (jl && write(c, json, jl) < 0))
-                fprintf(stderr, "sim: write failed\n");
-            free(json);
-        }
-        close(c);
-    }
-    return NULL;
-}
-
 static int sim_start(void)
 {
-    struct sockaddr_in a = {.sin_family = AF_INET};
-    socklen_t al = sizeof a;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    sim.fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(sim.fd >= 0);
-    assert_int_equal(bind(sim.fd, (struct sockaddr *)&a, sizeof a), 0);
-    assert_int_equal(listen(sim.fd, 64), 0);
-    assert_int_equal(getsockname(sim.fd, (struct sockaddr *)&a, &al), 0);
-    sim.stop = 0;
-    assert_int_equal(pthread_create(&sim.thread, NULL, sim_main, NULL), 0);
-    return ntohs(a.sin_port);
+    char err[256];
+    sim.stub = http_stub_start(sim_answer, NULL, err, sizeof err);
+    if (!sim.stub)
+        fail_msg("%s", err);
+    return http_stub_port(sim.stub);
 }
 
 static void sim_stop(void)
 {
-    pthread_mutex_lock(&sim.lock);
-    sim.stop = 1;
-    pthread_mutex_unlock(&sim.lock);
-    pthread_join(sim.thread, NULL);
-    close(sim.fd);
+    http_stub_stop(sim.stub);
+    sim.stub = NULL;
 }
 
 static void sim_task(long id, long dept, const char *name, const char *note, const char *upd)

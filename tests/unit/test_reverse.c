@@ -17,16 +17,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
+#include <pthread.h>
 
 #include <cmocka.h>
 
 #include "../../consumer/applier.c"
 #include "../../consumer/reverse.c"
+
+#include "http_stub.h"
 
 static struct config_performer_map test_performers[] = {
     {.remote = 21, .local = 1},
@@ -532,14 +531,17 @@ static void forged_blocks_are_stripped(void **state)
 
 /* ---- the applier, in-process ------------------------------------------- */
 
-/* A BILLmanager stand-in on a loopback port: views answer with the task as
- * set below, edits with ok; every request's parameters are kept. */
+/* A BILLmanager stand-in on a loopback port (http_stub, on a thread of its
+ * own): views answer with the task as set by fake_task(), edits with ok;
+ * every request's parameters are kept. The lock guards all of it between
+ * that thread and the test's; a request the stand-in could not take
+ * (FAKE_MAX_REQ reached, an answer jansson would not build) is answered
+ * 500 and marks it broken, which rig_down() fails on. */
 #define FAKE_MAX_REQ 16
 struct fake {
-    int lfd;
-    int cfd;
-    char in[65536];
-    size_t inlen;
+    pthread_mutex_t lock;
+    struct http_stub *stub;
+    int broken;
     int nreq;
     char req[FAKE_MAX_REQ][8192]; /* decoded "key=value\n" lines */
     const char *task_status;
@@ -547,7 +549,7 @@ struct fake {
     const char *task_note;
 };
 
-static struct fake fake;
+static struct fake fake = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static int sync_calls;
 static char sync_id[64];
@@ -575,23 +577,6 @@ static void no_delivery(void *arg, const struct broker_delivery *d)
     (void)d;
 }
 
-static int fake_listen(void)
-{
-    struct sockaddr_in sa;
-    socklen_t len = sizeof(sa);
-    memset(&fake, 0, sizeof(fake));
-    fake.cfd = -1;
-    fake.lfd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(fake.lfd >= 0);
-    memset(&sa, 0, sizeof(sa));
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(bind(fake.lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    assert_int_equal(getsockname(fake.lfd, (struct sockaddr *)&sa, &len), 0);
-    assert_int_equal(listen(fake.lfd, 16), 0);
-    return ntohs(sa.sin_port);
-}
-
 static int fake_hex(char c)
 {
     return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c - 'a' + 10;
@@ -617,69 +602,84 @@ static void fake_decode(const char *body, char *out, size_t outlen)
     out[o] = '\0';
 }
 
-static void fake_answer(void)
+/* Answers one request body (http_stub's answer, on its thread). */
+static int fake_answer(void *arg, const char *body, char **out)
 {
-    char *head_end = strstr(fake.in, "\r\n\r\n");
-    if (!head_end)
-        return;
-    const char *cl = strcasestr(fake.in, "Content-Length:");
-    size_t want = cl && cl < head_end ? (size_t)strtoul(cl + 15, NULL, 10) : 0;
-    const char *body = head_end + 4;
-    if (fake.inlen < (size_t)(body - fake.in) + want)
-        return; /* not all of it yet */
-    assert_true(fake.nreq < FAKE_MAX_REQ);
+    int code = 500;
+    (void)arg;
+    pthread_mutex_lock(&fake.lock);
+    if (fake.nreq >= FAKE_MAX_REQ) {
+        fake.broken = 1;
+        goto unlock;
+    }
     char *decoded = fake.req[fake.nreq++];
     fake_decode(body, decoded, sizeof(fake.req[0]));
 
-    char resp[8192];
     /* jansson escapes the note's newlines and quotes. */
     json_t *doc =
         strstr(decoded, "\nsok=ok\n")
             ? json_pack("{s:{s:{}}}", "doc", "ok")
             : json_pack("{s:{s:{s:s},s:{s:s},s:{s:s}}}", "doc", "status", "$", fake.task_status,
                         "performer", "$", fake.task_performer, "note", "$", fake.task_note);
-    assert_non_null(doc);
-    char *json = json_dumps(doc, JSON_COMPACT);
+    *out = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
     json_decref(doc);
-    assert_non_null(json);
-    int n = snprintf(resp, sizeof(resp),
-                     "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
-                     strlen(json), json);
-    free(json);
-    assert_true(n > 0 && (size_t)n < sizeof(resp));
-    assert_int_equal(write(fake.cfd, resp, (size_t)n), n);
-    close(fake.cfd);
-    fake.cfd = -1;
-    fake.inlen = 0;
-    fake.in[0] = '\0';
+    if (!*out) {
+        fake.broken = 1;
+        goto unlock;
+    }
+    code = 200;
+unlock:
+    pthread_mutex_unlock(&fake.lock);
+    return code;
 }
 
-/* Drives billmgr and the stand-in until done() says so; fails after a
- * generous deadline (a hang, not a timing assertion). */
+/* Starts the stand-in with no request seen and no task set; returns its
+ * port. */
+static int fake_start(void)
+{
+    char err[256];
+    pthread_mutex_lock(&fake.lock);
+    fake.broken = 0;
+    fake.nreq = 0;
+    fake.task_status = fake.task_performer = fake.task_note = NULL;
+    pthread_mutex_unlock(&fake.lock);
+    fake.stub = http_stub_start(fake_answer, NULL, err, sizeof(err));
+    if (!fake.stub)
+        fail_msg("%s", err);
+    return http_stub_port(fake.stub);
+}
+
+/* Sets the task the views show (the strings are borrowed, not copied). */
+static void fake_task(const char *status, const char *performer, const char *note)
+{
+    pthread_mutex_lock(&fake.lock);
+    fake.task_status = status;
+    fake.task_performer = performer;
+    fake.task_note = note;
+    pthread_mutex_unlock(&fake.lock);
+}
+
+/* How many requests the stand-in has taken; fake.req[0 .. that - 1] are
+ * then theirs to read, as the stand-in writes no slot twice. */
+static int fake_nreq(void)
+{
+    pthread_mutex_lock(&fake.lock);
+    int n = fake.nreq;
+    pthread_mutex_unlock(&fake.lock);
+    return n;
+}
+
+/* Drives billmgr until done() says so (the stand-in serves on its own);
+ * fails after a generous deadline (a hang, not a timing assertion). */
 static void drive(struct billmgr *bm, int (*done)(void *), void *arg)
 {
     for (int rounds = 0; !done(arg); rounds++) {
-        struct pollfd fds[40];
+        struct pollfd fds[36];
         assert_true(rounds < 2000); /* at most 2000 polls of 10 ms: 20 s */
         size_t n = billmgr_pollfds(bm, fds, 36);
-        size_t nb = n;
-        fds[n++] = (struct pollfd){.fd = fake.lfd, .events = POLLIN};
-        if (fake.cfd >= 0)
-            fds[n++] = (struct pollfd){.fd = fake.cfd, .events = POLLIN};
         int t = billmgr_timeout_ms(bm);
         poll(fds, n, t < 0 || t > 10 ? 10 : t);
-        if (fds[nb].revents & POLLIN && fake.cfd < 0)
-            fake.cfd = accept(fake.lfd, NULL, NULL);
-        if (fake.cfd >= 0 && nb + 1 < n && (fds[nb + 1].revents & POLLIN)) {
-            ssize_t got = read(fake.cfd, fake.in + fake.inlen, sizeof(fake.in) - 1 - fake.inlen);
-            if (got > 0) {
-                fake.inlen += (size_t)got;
-                fake.in[fake.inlen] = '\0';
-                fake_answer();
-            }
-        }
-        billmgr_handle(bm, fds, nb);
+        billmgr_handle(bm, fds, n);
     }
 }
 
@@ -752,7 +752,7 @@ static void rig_up(struct rig *g, struct config *cfg)
     g->br = broker_new(&bo, err, sizeof(err));
     assert_non_null(g->br);
 
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d/billmgr", fake_listen());
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/billmgr", fake_start());
     struct billmgr_opts o;
     memset(&o, 0, sizeof(o));
     o.url = url;
@@ -776,11 +776,11 @@ static void rig_down(struct rig *g)
     reverse_free(g->r);
     broker_free(g->br);
     store_free(g->st);
-    if (fake.cfd >= 0)
-        close(fake.cfd);
-    close(fake.lfd);
+    http_stub_stop(fake.stub);
+    fake.stub = NULL;
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", g->dir);
     assert_int_equal(system(cmd), 0);
+    assert_false(fake.broken);
 }
 
 static void applies_a_state_then_answers_the_sync(void **state)
@@ -793,9 +793,7 @@ static void applies_a_state_then_answers_the_sync(void **state)
     (void)state;
 
     rig_up(&g, cfg);
-    fake.task_status = "0";
-    fake.task_performer = "";
-    fake.task_note = "Please install the OS.";
+    fake_task("0", "", "Please install the OS.");
 
     reverse_expect_sync(g.r, "s1");
     test_state(&m, 5, 1, 2, 21, "Ann Smith", "Installed.");
@@ -817,7 +815,7 @@ static void applies_a_state_then_answers_the_sync(void **state)
     assert_true(reverse_idle(g.r));
 
     /* One view, one edit with everything that changed. */
-    assert_int_equal(fake.nreq, 2);
+    assert_int_equal(fake_nreq(), 2);
     assert_non_null(strstr(fake.req[0], "func=task.edit\n"));
     assert_non_null(strstr(fake.req[0], "\nelid=5\n"));
     assert_null(strstr(fake.req[0], "sok=ok"));
@@ -840,7 +838,7 @@ static void applies_a_state_then_answers_the_sync(void **state)
     test_state(&m, 5, 2, 2, 21, "Ann Smith", "Installed.");
     rig_deliver(&g, &m, "upstream");
     assert_true(reverse_idle(g.r));
-    assert_int_equal(fake.nreq, 2);
+    assert_int_equal(fake_nreq(), 2);
     reverse_stats(g.r, &rs);
     assert_int_equal(rs.deliveries, 4);
     assert_int_equal(rs.applied, 1);
@@ -854,7 +852,7 @@ static void applies_a_state_then_answers_the_sync(void **state)
     test_state(&m, 5, 3, 1, 21, "Ann Smith", "Installed.");
     rig_deliver(&g, &m, "upstream");
     drive(g.bm, rig_idle, &g);
-    assert_int_equal(fake.nreq, 3);
+    assert_int_equal(fake_nreq(), 3);
     assert_non_null(strstr(fake.req[2], "\nsok=ok\n"));
     assert_non_null(strstr(fake.req[2], "\nstatus=1\n"));
     assert_null(strstr(fake.req[2], "note="));
@@ -873,7 +871,7 @@ static void applies_a_state_then_answers_the_sync(void **state)
     assert_int_equal(sync_calls, 1);
     assert_string_equal(sync_id, "s2");
     assert_int_equal(sync_applied, 0);
-    assert_int_equal(fake.nreq, 3);
+    assert_int_equal(fake_nreq(), 3);
     assert_int_equal(store_rev_get(g.st, "7", 5, &rev), RT_OK);
     assert_int_equal(rev.seq, 3);
 
@@ -892,7 +890,7 @@ static void state_of_a_task_never_forwarded_calls_nothing(void **state)
     test_state(&m, 6, 1, 2, 0, "", "Done.");
     rig_deliver(&g, &m, "upstream");
     assert_true(reverse_idle(g.r));
-    assert_int_equal(fake.nreq, 0);
+    assert_int_equal(fake_nreq(), 0);
     assert_int_equal(store_rev_get(g.st, "7", 6, &rev), RT_OK);
     assert_false(rev.found);
     rig_down(&g);
@@ -926,16 +924,14 @@ static void stale_state_leaves_the_source_alone(void **state)
     (void)state;
 
     rig_up(&g, cfg);
-    fake.task_status = "2";
-    fake.task_performer = "";
-    fake.task_note = "";
+    fake_task("2", "", "");
     assert_int_equal(relay_confirms(&g, 2), 2);
 
     test_state(&m, 5, 1, 0, 0, "", "");
     m.state.fwd_seq = 1;
     rig_deliver(&g, &m, "upstream");
     drive(g.bm, rig_idle, &g);
-    assert_int_equal(fake.nreq, 0);
+    assert_int_equal(fake_nreq(), 0);
     assert_int_equal(store_rev_get(g.st, "7", 5, &rev), RT_OK);
     assert_int_equal(rev.seq, 1);
     assert_int_equal(fp_set_get_int(rev.applied, "status", -1), 2);
@@ -945,14 +941,14 @@ static void stale_state_leaves_the_source_alone(void **state)
     m.state.fwd_seq = 2;
     rig_deliver(&g, &m, "upstream");
     drive(g.bm, rig_idle, &g);
-    assert_int_equal(fake.nreq, 0);
+    assert_int_equal(fake_nreq(), 0);
 
     /* Target staff reopen it into work afterwards: that is a change. */
     test_state(&m, 5, 3, 1, 0, "", "");
     m.state.fwd_seq = 2;
     rig_deliver(&g, &m, "upstream");
     drive(g.bm, rig_idle, &g);
-    assert_int_equal(fake.nreq, 1);
+    assert_int_equal(fake_nreq(), 1);
     assert_non_null(strstr(fake.req[0], "\nsok=ok\n"));
     assert_non_null(strstr(fake.req[0], "\nstatus=1\n"));
     assert_int_equal(store_rev_get(g.st, "7", 5, &rev), RT_OK);
@@ -971,9 +967,7 @@ static void relay_confirm_during_an_apply_keeps_its_status(void **state)
     (void)state;
 
     rig_up(&g, cfg);
-    fake.task_status = "0";
-    fake.task_performer = "";
-    fake.task_note = "Please install the OS.";
+    fake_task("0", "", "Please install the OS.");
 
     /* Closed on the target, with a note: a view, then an edit. */
     test_state(&m, 5, 1, 2, 0, "", "Done.");
@@ -982,7 +976,7 @@ static void relay_confirm_during_an_apply_keeps_its_status(void **state)
     assert_false(reverse_idle(g.r));
     relay_confirms(&g, 1);
     drive(g.bm, rig_idle, &g);
-    assert_int_equal(fake.nreq, 2);
+    assert_int_equal(fake_nreq(), 2);
     assert_non_null(strstr(fake.req[1], "\nstatus=2\n"));
     assert_int_equal(store_rev_get(g.st, "7", 5, &rev), RT_OK);
     assert_int_equal(rev.seq, 1);
@@ -1036,14 +1030,12 @@ static void interrupted_note_edit_that_landed_is_not_written_again(void **state)
     char *note = interrupted_edit(&g, cfg, &m, "Please install the OS.");
     /* The edit landed, and staff wrote after it. */
     snprintf(buf, sizeof(buf), "%s\nThanks!", note);
-    fake.task_status = "2";
-    fake.task_performer = "1";
-    fake.task_note = buf;
+    fake_task("2", "1", buf);
 
     /* The same state redelivered: one view, no edit, the row committed. */
     rig_deliver(&g, &m, "upstream");
     drive(g.bm, rig_idle, &g);
-    assert_int_equal(fake.nreq, 1);
+    assert_int_equal(fake_nreq(), 1);
     assert_null(strstr(fake.req[0], "sok=ok"));
     assert_int_equal(store_rev_get(g.st, "7", 5, &rev), RT_OK);
     assert_int_equal(rev.seq, 1);
@@ -1055,7 +1047,7 @@ static void interrupted_note_edit_that_landed_is_not_written_again(void **state)
     test_state(&m, 5, 2, 2, 21, "Ann Smith", "Installed.\nRebooted.");
     rig_deliver(&g, &m, "upstream");
     drive(g.bm, rig_idle, &g);
-    assert_int_equal(fake.nreq, 3);
+    assert_int_equal(fake_nreq(), 3);
     assert_non_null(strstr(fake.req[2], "\nsok=ok\n"));
     /* "Installed." once: in the block already there; the new block has
      * only the new line. */
@@ -1078,15 +1070,13 @@ static void newer_state_after_an_interrupted_edit_that_landed_adds_only_its_part
     rig_up(&g, cfg);
     test_state(&m, 5, 1, 2, 0, "", "Installed.");
     char *note = interrupted_edit(&g, cfg, &m, "Please install the OS.");
-    fake.task_status = "2";
-    fake.task_performer = "";
-    fake.task_note = note;
+    fake_task("2", "", note);
 
     /* seq 2 comes first: seq 1's block is there, only "Rebooted." is new. */
     test_state(&m, 5, 2, 2, 0, "", "Installed.\nRebooted.");
     rig_deliver(&g, &m, "upstream");
     drive(g.bm, rig_idle, &g);
-    assert_int_equal(fake.nreq, 2);
+    assert_int_equal(fake_nreq(), 2);
     assert_non_null(strstr(fake.req[1], "\nsok=ok\n"));
     assert_int_equal(count_in(fake.req[1], "Installed."), 1);
     assert_int_equal(count_in(fake.req[1], "Rebooted."), 1);
@@ -1098,7 +1088,7 @@ static void newer_state_after_an_interrupted_edit_that_landed_adds_only_its_part
     test_state(&m, 5, 1, 2, 0, "", "Installed.");
     rig_deliver(&g, &m, "upstream");
     assert_true(reverse_idle(g.r));
-    assert_int_equal(fake.nreq, 2);
+    assert_int_equal(fake_nreq(), 2);
     free(note);
     rig_down(&g);
 }
@@ -1114,13 +1104,11 @@ static void interrupted_note_edit_that_did_not_land_is_written(void **state)
     rig_up(&g, cfg);
     test_state(&m, 5, 1, 2, 0, "", "Installed.");
     char *note = interrupted_edit(&g, cfg, &m, "Please install the OS.");
-    fake.task_status = "0";
-    fake.task_performer = "";
-    fake.task_note = "Please install the OS.";
+    fake_task("0", "", "Please install the OS.");
 
     rig_deliver(&g, &m, "upstream");
     drive(g.bm, rig_idle, &g);
-    assert_int_equal(fake.nreq, 2);
+    assert_int_equal(fake_nreq(), 2);
     assert_non_null(strstr(fake.req[1], "\nsok=ok\n"));
     assert_non_null(strstr(fake.req[1], "\nstatus=2\n"));
     char want[1024];
