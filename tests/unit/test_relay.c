@@ -27,6 +27,7 @@
 
 #include "config.h"
 #include "config_opts.h"
+#include "fake_doc.h"
 #include "http_stub.h"
 #include "log.h"
 
@@ -123,62 +124,21 @@ static struct {
     char last_filter[64];
 } sim;
 
-/* The value of key in a form body, decoded (only %XX and plain bytes). */
-static int form_get(const char *body, const char *key, char *out, size_t outlen)
-{
-    size_t kl = strlen(key);
-    const char *p = body;
-    while (p && *p) {
-        if (strncmp(p, key, kl) == 0 && p[kl] == '=') {
-            const char *v = p + kl + 1;
-            size_t o = 0;
-            while (*v && *v != '&' && o + 1 < outlen) {
-                if (*v == '%' && v[1] && v[2]) {
-                    char hex[3] = {v[1], v[2], 0};
-                    out[o++] = (char)strtol(hex, NULL, 16);
-                    v += 3;
-                } else {
-                    out[o++] = *v++;
-                }
-            }
-            out[o] = '\0';
-            return 0;
-        }
-        p = strchr(p, '&');
-        if (p)
-            p++;
-    }
-    out[0] = '\0';
-    return -1;
-}
-
-static void add_text(json_t *obj, const char *key, const char *value)
-{
-    json_object_set_new(obj, key, json_pack("{s:s}", "$", value));
-}
-
-static void add_long(json_t *obj, const char *key, long value)
-{
-    char s[32];
-    snprintf(s, sizeof s, "%ld", value);
-    add_text(obj, key, s);
-}
-
 /* The task as the view (func "task.view") shows it, with the custom field
  * names the test config sets. */
 static json_t *task_doc(const struct fake_task *t)
 {
     json_t *d = json_object();
-    add_long(d, "id", t->id);
-    add_long(d, "dept", t->department);
-    add_text(d, "subject", t->name);
-    add_text(d, "type", "postopen");
-    add_text(d, "note", t->note);
-    add_text(d, "mtime", t->updated);
-    add_long(d, "state", t->status);
+    fake_doc_long(d, "id", t->id);
+    fake_doc_long(d, "dept", t->department);
+    fake_doc_text(d, "subject", t->name);
+    fake_doc_text(d, "type", "postopen");
+    fake_doc_text(d, "note", t->note);
+    fake_doc_text(d, "mtime", t->updated);
+    fake_doc_long(d, "state", t->status);
     if (t->item)
-        add_long(d, "item", t->item);
-    add_long(d, "client", 5);
+        fake_doc_long(d, "item", t->item);
+    fake_doc_long(d, "client", 5);
     return d;
 }
 
@@ -192,11 +152,11 @@ static int sim_answer(void *arg, const char *body, char **out)
     json_t *doc = json_object();
     int code = 200;
 
-    form_get(body, "func", func, sizeof func);
+    fake_doc_form_get(body, "func", func, sizeof func);
     pthread_mutex_lock(&sim.lock);
     if (strcmp(func, "task.view") == 0) {
         sim.views++;
-        form_get(body, "elid", v, sizeof v);
+        fake_doc_form_get(body, "elid", v, sizeof v);
         long id = atol(v);
         if (sim.fail_views > 0) {
             sim.fail_views--;
@@ -216,10 +176,10 @@ static int sim_answer(void *arg, const char *body, char **out)
     } else if (strcmp(func, "task.list") == 0) {
         sim.lists++;
         char filter[8], cnt[16], num[16];
-        form_get(body, "filter", filter, sizeof filter);
-        form_get(body, "dept", sim.last_filter, sizeof sim.last_filter);
-        form_get(body, "p_cnt", cnt, sizeof cnt);
-        form_get(body, "p_num", num, sizeof num);
+        fake_doc_form_get(body, "filter", filter, sizeof filter);
+        fake_doc_form_get(body, "dept", sim.last_filter, sizeof sim.last_filter);
+        fake_doc_form_get(body, "p_cnt", cnt, sizeof cnt);
+        fake_doc_form_get(body, "p_num", num, sizeof num);
         long dept = atol(sim.last_filter), pc = atol(cnt), pn = atol(num);
         sim.last_p_num = pn;
         json_t *elems = json_array();
@@ -230,9 +190,9 @@ static int sim_answer(void *arg, const char *body, char **out)
                 continue;
             if (total >= (pn - 1) * pc && total < pn * pc) {
                 json_t *e = json_object();
-                add_long(e, "id", t->id);
-                add_text(e, "dept", "Upstream"); /* lists show names */
-                add_text(e, "mtime", t->updated);
+                fake_doc_long(e, "id", t->id);
+                fake_doc_text(e, "dept", "Upstream"); /* lists show names */
+                fake_doc_text(e, "mtime", t->updated);
                 json_array_append_new(elems, e);
             }
             total++;
@@ -241,9 +201,9 @@ static int sim_answer(void *arg, const char *body, char **out)
             json_object_set_new(doc, "elem", elems);
         else
             json_decref(elems);
-        add_long(doc, "p_elems", total);
-        add_long(doc, "p_num", pn);
-        add_long(doc, "p_cnt", pc);
+        fake_doc_long(doc, "p_elems", total);
+        fake_doc_long(doc, "p_num", pn);
+        fake_doc_long(doc, "p_cnt", pc);
     } else {
         json_object_set_new(
             doc, "error",
@@ -539,7 +499,7 @@ static void fields_read_with_configured_names(void **state)
     t.department = 3;
     json_decref(doc);
     doc = task_doc(&t);
-    add_text(doc, "state", "open");
+    fake_doc_text(doc, "state", "open");
     assert_int_equal(relay_fields_from_doc(fx->cfg, doc, &g), 1);
     assert_int_equal(g.status, -1);
     relay_fields_release(&g);

@@ -29,6 +29,7 @@
 
 #include "config.h"
 #include "config_opts.h"
+#include "fake_doc.h"
 #include "http_stub.h"
 #include "log.h"
 
@@ -125,62 +126,21 @@ static struct {
     char last_filter[64];
 } sim;
 
-/* The value of key in a form body, decoded (only %XX and plain bytes). */
-static int form_get(const char *body, const char *key, char *out, size_t outlen)
-{
-    size_t kl = strlen(key);
-    const char *p = body;
-    while (p && *p) {
-        if (strncmp(p, key, kl) == 0 && p[kl] == '=') {
-            const char *v = p + kl + 1;
-            size_t o = 0;
-            while (*v && *v != '&' && o + 1 < outlen) {
-                if (*v == '%' && v[1] && v[2]) {
-                    char hex[3] = {v[1], v[2], 0};
-                    out[o++] = (char)strtol(hex, NULL, 16);
-                    v += 3;
-                } else {
-                    out[o++] = *v++;
-                }
-            }
-            out[o] = '\0';
-            return 0;
-        }
-        p = strchr(p, '&');
-        if (p)
-            p++;
-    }
-    out[0] = '\0';
-    return -1;
-}
-
-static void add_text(json_t *obj, const char *key, const char *value)
-{
-    json_object_set_new(obj, key, json_pack("{s:s}", "$", value));
-}
-
-static void add_long(json_t *obj, const char *key, long value)
-{
-    char s[32];
-    snprintf(s, sizeof s, "%ld", value);
-    add_text(obj, key, s);
-}
-
 /* The task as the view ("task.view") shows it: ids, with the custom field
  * names of the test config. */
 static json_t *task_doc(const struct fake_task *t)
 {
     json_t *d = json_object();
-    add_long(d, "id", t->id);
-    add_long(d, "dept", t->department);
-    add_text(d, "subject", "a task");
-    add_text(d, "remark", t->note);
-    add_text(d, "mtime", t->updated);
-    add_long(d, "state", t->status);
+    fake_doc_long(d, "id", t->id);
+    fake_doc_long(d, "dept", t->department);
+    fake_doc_text(d, "subject", "a task");
+    fake_doc_text(d, "remark", t->note);
+    fake_doc_text(d, "mtime", t->updated);
+    fake_doc_long(d, "state", t->status);
     if (t->performer)
-        add_long(d, "staff", t->performer);
+        fake_doc_long(d, "staff", t->performer);
     else
-        add_text(d, "staff", "");
+        fake_doc_text(d, "staff", "");
     return d;
 }
 
@@ -188,17 +148,17 @@ static json_t *task_doc(const struct fake_task *t)
 static json_t *task_row(const struct fake_task *t)
 {
     json_t *e = json_object();
-    add_long(e, "id", t->id);
-    add_text(e, "dept", "Reseller tasks");
-    add_long(e, "state", t->status);
+    fake_doc_long(e, "id", t->id);
+    fake_doc_text(e, "dept", "Reseller tasks");
+    fake_doc_long(e, "state", t->status);
     if (t->performer) {
         char name[32];
         snprintf(name, sizeof name, "Staff %ld", t->performer);
-        add_text(e, "staff", name);
+        fake_doc_text(e, "staff", name);
     }
     if (!sim.no_updated)
-        add_text(e, "mtime", t->updated);
-    add_text(e, "subject", "a task");
+        fake_doc_text(e, "mtime", t->updated);
+    fake_doc_text(e, "subject", "a task");
     return e;
 }
 
@@ -217,11 +177,11 @@ static int sim_answer(void *arg, const char *body, char **out)
     json_t *doc = json_object();
     int code = 200;
 
-    form_get(body, "func", func, sizeof func);
+    fake_doc_form_get(body, "func", func, sizeof func);
     pthread_mutex_lock(&sim.lock);
     if (strcmp(func, "task.view") == 0) {
         sim.views++;
-        form_get(body, "elid", v, sizeof v);
+        fake_doc_form_get(body, "elid", v, sizeof v);
         long id = atol(v);
         if (sim.fail_views > 0) {
             sim.fail_views--;
@@ -235,10 +195,10 @@ static int sim_answer(void *arg, const char *body, char **out)
     } else if (strcmp(func, "task.list") == 0) {
         sim.lists++;
         char filter[8], cnt[16], num[16];
-        form_get(body, "filter", filter, sizeof filter);
-        form_get(body, "dept", sim.last_filter, sizeof sim.last_filter);
-        form_get(body, "p_cnt", cnt, sizeof cnt);
-        form_get(body, "p_num", num, sizeof num);
+        fake_doc_form_get(body, "filter", filter, sizeof filter);
+        fake_doc_form_get(body, "dept", sim.last_filter, sizeof sim.last_filter);
+        fake_doc_form_get(body, "p_cnt", cnt, sizeof cnt);
+        fake_doc_form_get(body, "p_num", num, sizeof num);
         long dept = atol(sim.last_filter), pc = atol(cnt), pn = atol(num);
         if (sim.fail_lists > 0) {
             sim.fail_lists--;
@@ -258,9 +218,9 @@ static int sim_answer(void *arg, const char *body, char **out)
             json_object_set_new(doc, "elem", elems);
         else
             json_decref(elems);
-        add_long(doc, "p_elems", total);
-        add_long(doc, "p_num", pn);
-        add_long(doc, "p_cnt", pc);
+        fake_doc_long(doc, "p_elems", total);
+        fake_doc_long(doc, "p_num", pn);
+        fake_doc_long(doc, "p_cnt", pc);
     } else {
         json_object_set_new(doc, "error", api_error("missed", "func", func));
     }
@@ -590,17 +550,17 @@ static void row_fp_covers_status_performer_updated(void **state)
     statepub_row_fp(fx->cfg, row, a);
     assert_int_equal(strlen(a), FP_HEX_LEN);
     /* Columns that are not part of the state do not count. */
-    add_text(row, "subject", "renamed");
-    add_text(row, "dept", "Elsewhere");
+    fake_doc_text(row, "subject", "renamed");
+    fake_doc_text(row, "dept", "Elsewhere");
     statepub_row_fp(fx->cfg, row, b);
     assert_string_equal(a, b);
     /* Each of the three does. */
-    add_text(row, "state", "2");
+    fake_doc_text(row, "state", "2");
     statepub_row_fp(fx->cfg, row, b);
     assert_string_not_equal(a, b);
     json_decref(row);
     row = task_row(&t);
-    add_text(row, "staff", "Staff 22");
+    fake_doc_text(row, "staff", "Staff 22");
     statepub_row_fp(fx->cfg, row, b);
     assert_string_not_equal(a, b);
     json_object_del(row, "staff");
@@ -608,7 +568,7 @@ static void row_fp_covers_status_performer_updated(void **state)
     assert_string_not_equal(a, b);
     json_decref(row);
     row = task_row(&t);
-    add_text(row, "mtime", "2024-01-02 03:04:06");
+    fake_doc_text(row, "mtime", "2024-01-02 03:04:06");
     statepub_row_fp(fx->cfg, row, b);
     assert_string_not_equal(a, b);
     json_decref(row);
@@ -664,12 +624,12 @@ static void state_read_from_view(void **state)
     assert_int_equal(statepub_state_from_doc(fx->cfg, doc, NULL, &g, err, sizeof err), 0);
     assert_int_equal(g.status, 0);
     statepub_state_release(&g);
-    add_text(doc, "state", "3");
+    fake_doc_text(doc, "state", "3");
     assert_int_equal(statepub_state_from_doc(fx->cfg, doc, NULL, &g, err, sizeof err), -1);
     assert_non_null(strstr(err, "state"));
     statepub_state_release(&g);
-    add_text(doc, "state", "1");
-    add_text(doc, "staff", "bob");
+    fake_doc_text(doc, "state", "1");
+    fake_doc_text(doc, "staff", "bob");
     assert_int_equal(statepub_state_from_doc(fx->cfg, doc, NULL, &g, err, sizeof err), -1);
     assert_non_null(strstr(err, "staff"));
     statepub_state_release(&g);
@@ -684,7 +644,7 @@ static void state_read_from_view(void **state)
     note[CODEC_MAX_NOTE_ENTRY] = '\xA9';
     note[big] = '\0';
     doc = json_object();
-    add_text(doc, "remark", note);
+    fake_doc_text(doc, "remark", note);
     assert_int_equal(statepub_state_from_doc(fx->cfg, doc, "", &g, err, sizeof err), 0);
     assert_true(g.cut);
     assert_int_equal(g.native_len, CODEC_MAX_NOTE_ENTRY - 1);
