@@ -113,13 +113,30 @@ struct broker_delivery {
     size_t n_headers;
 };
 
+/* One node of a broker cluster (amqp.uri as a list). */
+struct broker_node {
+    const char *host;
+    int port;
+    int ssl; /* amqps:// */
+};
+
+/* At most this many nodes in one broker object. */
+#define BROKER_MAX_NODES 16
+
 struct broker_opts {
+    /* The node to connect to; ignored when n_nodes > 0. */
     const char *host;
     int port;
     const char *vhost;
     const char *user;
     const char *password; /* never logged, never in an error string */
     int ssl;
+    /* The nodes of a cluster, 1 to BROKER_MAX_NODES, or n_nodes = 0 for
+     * the one of host, port and ssl above. The broker tries them in an
+     * order shuffled once at broker_new(), starting after the one it last
+     * lost. TLS settings apply to every node that uses TLS. */
+    const struct broker_node *nodes;
+    size_t n_nodes;
     const char *ca_file;   /* NULL or "" = the system's CA bundle */
     const char *cert_file; /* NULL or "" = no client certificate */
     const char *key_file;
