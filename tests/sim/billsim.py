@@ -7,7 +7,9 @@ task.delete, department, department.edit, user, account and auth, answered in
 BILLmanager's out=json shapes. State lives in SQLite so a test can stop and
 restart the emulator without losing tasks. A second, plain-HTTP listener (the
 admin API) lets a test inject faults (latency, HTTP errors, hangs, a down
-switch), read the call log, and edit tasks directly as an operator would.
+switch, and bad answers: HTTP 200 with a body that is not JSON, JSON of the
+wrong shape, a login page, 100 MB, one byte a second, or a reset halfway),
+read the call log, and edit tasks directly as an operator would.
 
 Standard library only. See tests/sim/README.md for the command line, the admin
 API and the choices made where the contract is silent.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import fcntl
 import hashlib
 import hmac
 import json
@@ -30,7 +33,9 @@ import signal
 import socket
 import sqlite3
 import ssl
+import struct
 import sys
+import termios
 import threading
 import time
 import urllib.parse
@@ -51,6 +56,44 @@ IDLE_TIMEOUT_S = 120.0
 # An upper bound for POST /tasks/bulk: large enough for any benchmark, small
 # enough that a typo cannot fill the disk.
 MAX_BULK = 1_000_000
+
+# Bad answers (the "bad_answer" fault): HTTP 200 with a body no API would
+# send. See README.md, "Bad answers".
+BAD_ANSWERS = ("invalid_json", "wrong_shape", "html_login", "huge", "trickle", "reset")
+# The wrong_shape variants, taken in turn unless bad_variant picks one.
+WRONG_SHAPES = ("doc_array", "top_array", "elem_string", "error_string", "fields_numbers",
+                "fields_arrays")
+# The settings a bad answer reads, copied per request under the lock.
+BAD_KEYS = ("bad_answer", "bad_variant", "huge_bytes", "huge_chunked", "trickle_interval_s",
+            "trickle_s", "reset_after")
+# The default and the largest size of a "huge" answer. It is generated as
+# it is sent, so neither is ever held in memory.
+HUGE_BYTES = 100 * 1024 * 1024
+MAX_HUGE = 1 << 36
+HUGE_CHUNK = 64 * 1024
+# How long a "reset" answer waits for the client to acknowledge the part
+# it was sent before the connection is reset.
+RESET_DRAIN_S = 2.0
+# What a login wall in front of the API (an expired SSO session, a proxy
+# that lost its routing) answers instead: BILLmanager's own login form.
+LOGIN_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>BILLmanager - Log in</title>
+<link rel="stylesheet" href="/manimg/orion/main.css">
+</head>
+<body class="b-login">
+<form class="b-login__form" method="post" action="/billmgr">
+<input type="hidden" name="func" value="auth">
+<label>Username <input type="text" name="username" autocomplete="username"></label>
+<label>Password <input type="password" name="password" autocomplete="current-password"></label>
+<button type="submit">Log in</button>
+</form>
+<p class="b-login__footer">Session expired or not authorized. Please log in again.</p>
+</body>
+</html>
+"""
 
 API_PATHS = ("/billmgr", "/manager/billmgr")
 TASK_FIELDS = ("department", "type", "name", "note", "item", "client",
@@ -768,6 +811,79 @@ def to_xml(doc: dict[str, Any]) -> bytes:
     return ('<?xml version="1.0" encoding="UTF-8"?>\n' + "".join(out) + "\n").encode("utf-8")
 
 
+def render(doc: dict[str, Any], params: dict[str, str]) -> tuple[bytes, str]:
+    """The body and Content-Type of an answer: JSON for out=json, else XML."""
+    if params.get("out") == "json":
+        return (json.dumps({"doc": doc}, ensure_ascii=False).encode("utf-8"),
+                "application/json; charset=utf-8")
+    return to_xml(doc), "text/xml; charset=utf-8"
+
+
+def wrong_shape(variant: str, doc: dict[str, Any]) -> bytes:
+    """Valid JSON of a shape no API answer has (see WRONG_SHAPES)."""
+    answer: Any
+    if variant == "doc_array":
+        answer = {"doc": []}
+    elif variant == "top_array":
+        answer = [1, 2]
+    elif variant == "elem_string":
+        answer = {"doc": {"elem": "x"}}
+    elif variant == "error_string":
+        answer = {"doc": {"error": "x"}}
+    elif variant == "fields_numbers":
+        answer = {"doc": _retype(doc, numbers=True)}
+    else:
+        answer = {"doc": _retype(doc, numbers=False)}
+    return json.dumps(answer, ensure_ascii=False).encode("utf-8")
+
+
+def _retype(doc: dict[str, Any], numbers: bool) -> dict[str, Any]:
+    """doc with every text field ({"$": text}, also in list rows) turned
+    into a number (the text's value, or its length when it is not one) or
+    into a one-element array of itself."""
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        if key == "elem" and isinstance(value, list):
+            out[key] = [_retype(r, numbers) if isinstance(r, dict) else r for r in value]
+        elif isinstance(value, dict) and set(value) == {"$"}:
+            txt = str(value["$"])
+            if numbers:
+                out[key] = int(txt) if re.fullmatch(r"-?\d{1,18}", txt) else len(txt)
+            else:
+                out[key] = [{"$": txt}]
+        else:
+            out[key] = value
+    return out
+
+
+def huge_body(total: int) -> Iterable[bytes]:
+    """total bytes of a JSON-looking answer, in chunks of HUGE_CHUNK: a
+    list's start, a name padded with "x" and, if there is room, the end."""
+    head = b'{"doc": {"elem": [{"id": {"$": "1"}, "name": {"$": "'
+    tail = b'"}}]}}'
+    if total < len(head) + len(tail):
+        yield head[:total]
+        return
+    yield head
+    pad = b"x" * HUGE_CHUNK
+    left = total - len(head) - len(tail)
+    while left > 0:
+        n = min(left, HUGE_CHUNK)
+        yield pad if n == HUGE_CHUNK else pad[:n]
+        left -= n
+    yield tail
+
+
+def unacked_bytes(sock: socket.socket) -> int:
+    """Bytes sent on sock that the peer has not acknowledged yet (Linux's
+    SIOCOUTQ); 0 when the kernel cannot tell."""
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, struct.pack("i", 0))
+        return int(struct.unpack("i", raw)[0])
+    except (OSError, ValueError):
+        return 0
+
+
 # ---------------------------------------------------------------------------
 # Faults
 
@@ -778,12 +894,21 @@ class Faults:
 
     DEFAULTS: dict[str, Any] = {"latency_ms": [0, 0], "error_rate": 0.0, "error_status": 503,
                                 "hang_rate": 0.0, "hang_s": 3600.0, "error_next": 0,
-                                "hang_next": 0, "funcs": []}
+                                "hang_next": 0, "funcs": [],
+                                # Bad answers: HTTP 200 with a body no API would send.
+                                "bad_answer": "", "bad_rate": 1.0, "bad_next": 0,
+                                "bad_funcs": [], "bad_variant": "",
+                                "huge_bytes": HUGE_BYTES, "huge_chunked": False,
+                                "trickle_interval_s": 1.0, "trickle_s": 3600.0,
+                                "reset_after": -1}
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.cfg: dict[str, Any] = json.loads(json.dumps(self.DEFAULTS))
         self.rng = random.Random()
+        # Which wrong_shape variant the next bad answer uses when none is
+        # chosen: they take turns, so a test sees every one.
+        self.variant_turn = 0
 
     def get(self) -> dict[str, Any]:
         with self.lock:
@@ -805,30 +930,70 @@ class Faults:
         for key, value in data.items():
             new[key] = _check_fault(key, value)
         with self.lock:
+            if new.get("bad_answer", self.cfg["bad_answer"]) == "":
+                # Switching bad answers off also ends a pending bad_next.
+                new.setdefault("bad_next", 0)
             self.cfg.update(new)
+            if "bad_answer" in new or "bad_variant" in new:
+                self.variant_turn = 0
             return json.loads(json.dumps(self.cfg))
 
-    def decide(self, func: str) -> tuple[float, str, int, float]:
-        """(latency in s, action "answer"/"error"/"hang", HTTP status, hang
-        time in s) for one main-port request calling func."""
+    def bad_off(self) -> dict[str, Any]:
+        """Switches bad answers off (the other faults stay) and answers the
+        settings."""
+        with self.lock:
+            self.cfg["bad_answer"] = ""
+            self.cfg["bad_next"] = 0
+            return json.loads(json.dumps(self.cfg))
+
+    def decide(self, func: str) -> "Decision":
+        """What to do with one main-port request calling func: the latency,
+        then answer, error, hang or a bad answer (see Decision)."""
         with self.lock:
             cfg = self.cfg
             if cfg["funcs"] and func not in cfg["funcs"]:
-                return 0.0, "answer", 200, 0.0
+                return Decision()
             lo, hi = cfg["latency_ms"]
             latency = self.rng.uniform(lo, hi) / 1000.0 if hi > 0 else 0.0
             if cfg["hang_next"] > 0:
                 cfg["hang_next"] -= 1
-                return latency, "hang", 0, cfg["hang_s"]
+                return Decision(latency, "hang", hang_s=cfg["hang_s"])
             if cfg["error_next"] > 0:
                 cfg["error_next"] -= 1
-                return latency, "error", cfg["error_status"], 0.0
+                return Decision(latency, "error", status=cfg["error_status"])
             draw = self.rng.random()
             if draw < cfg["hang_rate"]:
-                return latency, "hang", 0, cfg["hang_s"]
+                return Decision(latency, "hang", hang_s=cfg["hang_s"])
             if draw < cfg["hang_rate"] + cfg["error_rate"]:
-                return latency, "error", cfg["error_status"], 0.0
-            return latency, "answer", 200, 0.0
+                return Decision(latency, "error", status=cfg["error_status"])
+            if cfg["bad_answer"] and (not cfg["bad_funcs"] or func in cfg["bad_funcs"]):
+                bad = False
+                if cfg["bad_next"] > 0:
+                    cfg["bad_next"] -= 1
+                    bad = True
+                elif cfg["bad_rate"] > 0 and self.rng.random() < cfg["bad_rate"]:
+                    bad = True
+                if bad:
+                    bad_cfg = {k: cfg[k] for k in BAD_KEYS}
+                    if cfg["bad_answer"] == "wrong_shape" and not cfg["bad_variant"]:
+                        bad_cfg["bad_variant"] = WRONG_SHAPES[self.variant_turn % len(WRONG_SHAPES)]
+                        self.variant_turn += 1
+                    return Decision(latency, "bad", bad=bad_cfg)
+            return Decision(latency)
+
+
+class Decision:
+    """The fate of one main-port request: a latency in seconds, then an
+    action ("answer", "error" with an HTTP status, "hang" for hang_s
+    seconds, or "bad": a bad answer as the settings in bad say)."""
+
+    def __init__(self, latency: float = 0.0, action: str = "answer", status: int = 200,
+                 hang_s: float = 0.0, bad: Optional[dict[str, Any]] = None) -> None:
+        self.latency = latency
+        self.action = action
+        self.status = status
+        self.hang_s = hang_s
+        self.bad = bad or {}
 
 
 def _number(value: Any) -> bool:
@@ -859,10 +1024,44 @@ def _check_fault(key: str, value: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
         raise ValueError(f"{key} must be an integer >= 0")
-    if key == "funcs":
+    if key in ("funcs", "bad_funcs"):
         if isinstance(value, list) and all(isinstance(f, str) for f in value):
             return list(value)
-        raise ValueError("funcs must be a list of function names")
+        raise ValueError(f"{key} must be a list of function names")
+    if key == "bad_answer":
+        if value is None or value in ("", "off"):
+            return ""
+        if value in BAD_ANSWERS:
+            return value
+        raise ValueError("bad_answer must be one of " + ", ".join(BAD_ANSWERS) + " or \"off\"")
+    if key == "bad_rate":
+        if _number(value) and 0.0 <= value <= 1.0:
+            return float(value)
+        raise ValueError("bad_rate must be a number in 0..1")
+    if key == "bad_next":
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        raise ValueError("bad_next must be an integer >= 0")
+    if key == "bad_variant":
+        if value is None or value == "" or value in WRONG_SHAPES:
+            return value or ""
+        raise ValueError("bad_variant must be one of " + ", ".join(WRONG_SHAPES) + " or \"\"")
+    if key == "huge_bytes":
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_HUGE:
+            return value
+        raise ValueError(f"huge_bytes must be an integer in 1..{MAX_HUGE}")
+    if key == "huge_chunked":
+        if isinstance(value, bool):
+            return value
+        raise ValueError("huge_chunked must be true or false")
+    if key in ("trickle_interval_s", "trickle_s"):
+        if _number(value) and 0 < value <= 86400:
+            return float(value)
+        raise ValueError(f"{key} must be a number in (0, 86400]")
+    if key == "reset_after":
+        if isinstance(value, int) and not isinstance(value, bool) and value >= -1:
+            return value
+        raise ValueError("reset_after must be an integer >= 0, or -1 for half the body")
     raise ValueError(f"unknown fault setting {key}")
 
 
@@ -1133,25 +1332,26 @@ class MainHandler(Handler):
                 return
             func = params.get("func", "")
             write = params.get("sok") == "ok"
-            latency, action, status, hang_s = sim.faults.decide(func)
-            if latency > 0 and self.server.closing.wait(latency):
+            decision = sim.faults.decide(func)
+            if decision.latency > 0 and self.server.closing.wait(decision.latency):
                 self.close_connection = True
                 return
-            if action == "hang":
+            if decision.action == "hang":
                 sim.store.call_log(func, mask_params(params), "hang", write)
-                LOG.info("hang %s func=%s for up to %.1fs", path, func, hang_s)
-                self._hang(hang_s)
+                LOG.info("hang %s func=%s for up to %.1fs", path, func, decision.hang_s)
+                self._hang(decision.hang_s)
                 return
-            if action == "error":
+            if decision.action == "error":
+                status = decision.status
                 self._plain_outcome(status, f"{status} {_reason(status)}\n", func, params, write)
+                return
+            if decision.action == "bad":
+                self._bad_answer(decision.bad, func, params, write)
                 return
             doc, outcome = self._answer(func, params)
             sim.store.call_log(func, mask_params(params), outcome, write)
-            if params.get("out") == "json":
-                body = json.dumps({"doc": doc}, ensure_ascii=False).encode("utf-8")
-                self.send_bytes(200, body, "application/json; charset=utf-8")
-            else:
-                self.send_bytes(200, to_xml(doc), "text/xml; charset=utf-8")
+            body, ctype = render(doc, params)
+            self.send_bytes(200, body, ctype)
             LOG.info("%s %s func=%s -> %s (%.0f ms)", self.command, path, func, outcome,
                      (time.monotonic() - started) * 1000)
         except (BrokenPipeError, ConnectionResetError, socket.timeout):
@@ -1170,6 +1370,100 @@ class MainHandler(Handler):
         self.server.sim.store.call_log(func, mask_params(params), f"http{int(status)}", write)
         LOG.info("%s %s func=%s -> http%d", self.command, self.url_path(), func, int(status))
         self.send_plain(status, msg)
+
+    def _bad_answer(self, bad: dict[str, Any], func: str, params: dict[str, str],
+                    write: bool) -> None:
+        """Answers HTTP 200 with a body no API would send (the bad_answer
+        fault). Behind a login wall the call never reaches the API; in
+        every other mode the API runs it and what it answered is spoiled
+        on the way back, so a write may have happened."""
+        sim = self.server.sim
+        mode = bad["bad_answer"]
+        what = mode + (":" + bad["bad_variant"] if mode == "wrong_shape" else "")
+        if mode == "html_login":
+            sim.store.call_log(func, mask_params(params), mode, write)
+            LOG.info("%s %s func=%s -> bad answer %s", self.command, self.url_path(), func, what)
+            self.send_bytes(200, LOGIN_PAGE.encode("utf-8"), "text/html; charset=utf-8")
+            return
+        doc, _ = self._answer(func, params)
+        sim.store.call_log(func, mask_params(params), mode, write)
+        LOG.info("%s %s func=%s -> bad answer %s", self.command, self.url_path(), func, what)
+        body, ctype = render(doc, params)
+        if mode == "invalid_json":
+            # Half of a JSON object is never JSON: its closing brace is gone.
+            self.send_bytes(200, body[:max(1, len(body) // 2)], ctype)
+        elif mode == "wrong_shape":
+            self.send_bytes(200, wrong_shape(bad["bad_variant"], doc),
+                            "application/json; charset=utf-8")
+        elif mode == "huge":
+            self._send_huge(bad["huge_bytes"], bad["huge_chunked"])
+        elif mode == "trickle":
+            self._send_trickle(body, ctype, bad["trickle_interval_s"], bad["trickle_s"])
+        elif mode == "reset":
+            self._send_reset(body, ctype, bad["reset_after"])
+
+    def _send_huge(self, total: int, chunked: bool) -> None:
+        """A JSON-looking answer of total bytes, generated while it is sent
+        (never held in memory), with a Content-Length or chunked."""
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(total))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        for chunk in huge_body(total):
+            if self.server.closing.is_set():
+                return
+            if chunked:
+                self.wfile.write(b"%x\r\n" % len(chunk))
+                self.wfile.write(chunk)
+                self.wfile.write(b"\r\n")
+            else:
+                self.wfile.write(chunk)
+        if chunked:
+            self.wfile.write(b"0\r\n\r\n")
+
+    def _send_trickle(self, body: bytes, ctype: str, interval_s: float, limit_s: float) -> None:
+        """The whole answer's Content-Length, then its body one byte every
+        interval_s, until it is sent, the client goes away (a write fails),
+        limit_s passes or the listener goes down."""
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        deadline = time.monotonic() + limit_s
+        for i in range(len(body)):
+            self.wfile.write(body[i:i + 1])
+            if i + 1 == len(body) or time.monotonic() >= deadline:
+                return
+            if self.server.closing.wait(interval_s):
+                return
+
+    def _send_reset(self, body: bytes, ctype: str, after: int) -> None:
+        """The whole answer's Content-Length, part of its body, then a TCP
+        reset (SO_LINGER 0) instead of the rest."""
+        sent = len(body) // 2 if after < 0 else after
+        sent = max(0, min(sent, len(body) - 1))
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[:sent])
+        sock = self.connection
+        # A reset discards what the kernel has not delivered yet: wait until
+        # the client acknowledged the part, so that it really gets it.
+        deadline = time.monotonic() + RESET_DRAIN_S
+        while unacked_bytes(sock) > 0 and time.monotonic() < deadline:
+            if self.server.closing.wait(0.005):
+                break
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
 
     def _answer(self, func: str, params: dict[str, str]) -> tuple[dict[str, Any], str]:
         """The document and the outcome for the call log."""
@@ -1364,6 +1658,12 @@ class AdminHandler(Handler):
             except ValueError as e:
                 raise AdminError(400, str(e)) from None
             LOG.info("admin: faults set to %s", json.dumps(faults))
+            return 200, {"ok": True, "faults": faults}
+        if path == "/faults/bad/off":
+            need("POST")
+            self._json_body(required=False)
+            faults = sim.faults.bad_off()
+            LOG.info("admin: bad answers off")
             return 200, {"ok": True, "faults": faults}
         if path == "/faults/reset":
             need("POST")

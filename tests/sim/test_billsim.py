@@ -164,6 +164,15 @@ class Sim:
         return answer
 
 
+def vm_hwm_kb(pid: int) -> int:
+    """The peak resident set size of process pid, in kB."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
+
+
 def error_of(doc: dict[str, Any]) -> tuple[str, str]:
     err = doc.get("error")
     if err is None:
@@ -634,6 +643,183 @@ class ApiTest(unittest.TestCase):
         started = time.monotonic()
         self.sim.api({"func": "department"})
         self.assertGreaterEqual(time.monotonic() - started, 0.25)
+
+    # -- bad answers (HTTP 200, a body no API would send) ------------------
+
+    def raw(self, params: dict[str, str]) -> http.client.HTTPResponse:
+        """A POST to the API whose answer is left unread: the caller reads
+        it as it likes and closes the returned response's connection."""
+        p = {"out": "json", "authinfo": f"{LOGIN}:{PASSWORD}", **params}
+        conn = http.client.HTTPConnection("127.0.0.1", self.sim.info["port"], timeout=10)
+        conn.request("POST", "/billmgr", body=urllib.parse.urlencode(p),
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+        resp = conn.getresponse()
+        self.addCleanup(conn.close)
+        return resp
+
+    def last_outcome(self) -> str:
+        return str(self.sim.ok("GET", "/calls")["calls"][-1]["outcome"])
+
+    def task_count(self) -> int:
+        return len(self.sim.ok("GET", "/tasks?department=3")["tasks"])
+
+    def test_bad_invalid_json(self) -> None:
+        tid = self.create(department="3", name="cut short", note="n" * 300)
+        healthy = self.sim.request({"func": "task.edit", "elid": str(tid)})[1]
+        self.sim.ok("POST", "/faults", {"bad_answer": "invalid_json"})
+        status, body = self.sim.request({"func": "task.edit", "elid": str(tid)})
+        self.assertEqual(status, 200)
+        with self.assertRaises(ValueError):
+            json.loads(body)
+        # The start of the real answer, cut.
+        self.assertTrue(0 < len(body) < len(healthy) and healthy.startswith(body))
+        self.assertEqual(self.last_outcome(), "invalid_json")
+        # The API ran the call: a create under a bad answer is made.
+        before = self.task_count()
+        self.sim.request({"func": "task.edit", "sok": "ok", "department": "3", "name": "made"})
+        self.assertEqual(self.task_count(), before + 1)
+        # The explicit off; the other faults stay.
+        self.sim.ok("POST", "/faults", {"latency_ms": 1})
+        faults = self.sim.ok("POST", "/faults/bad/off")["faults"]
+        self.assertEqual(faults["bad_answer"], "")
+        self.assertEqual(faults["latency_ms"], [1.0, 1.0])
+        self.assertEqual(self.sim.request({"func": "task.edit", "elid": str(tid)})[1], healthy)
+
+    def test_bad_wrong_shape(self) -> None:
+        tid = self.create(department="3", name="Shape 7", note="typed", status="1")
+        self.sim.ok("POST", "/faults", {"bad_answer": "wrong_shape", "bad_funcs": ["task.edit"]})
+        seen = {}
+        for _ in range(6):  # the variants take turns
+            status, body = self.sim.request({"func": "task.edit", "elid": str(tid)})
+            self.assertEqual(status, 200)
+            seen[len(seen)] = json.loads(body)
+            # Functions not listed in bad_funcs answer normally.
+            self.assertIn("p_elems", self.sim.api({"func": "department"}))
+        self.assertEqual(seen[0], {"doc": []})
+        self.assertEqual(seen[1], [1, 2])
+        self.assertEqual(seen[2], {"doc": {"elem": "x"}})
+        self.assertEqual(seen[3], {"doc": {"error": "x"}})
+        numbers, arrays = seen[4]["doc"], seen[5]["doc"]
+        self.assertEqual(numbers["id"], tid)
+        self.assertEqual(numbers["status"], 1)
+        self.assertEqual(numbers["name"], len("Shape 7"))
+        self.assertEqual(arrays["name"], [{"$": "Shape 7"}])
+        self.assertEqual(arrays["note"], [{"$": "typed"}])
+        calls = self.sim.ok("GET", "/calls/count?func=task.edit&outcome=wrong_shape")
+        self.assertEqual(calls["count"], 6)
+        # A chosen variant stays; a list's rows are retyped too.
+        self.sim.ok("POST", "/faults", {"bad_variant": "fields_arrays", "bad_funcs": []})
+        for _ in range(2):
+            doc = self.sim.api({"func": "task", "p_cnt": "2"})
+            self.assertIsInstance(doc["elem"][0]["id"], list)
+            self.assertIsInstance(doc["p_elems"], list)
+
+    def test_bad_html_login(self) -> None:
+        self.sim.ok("POST", "/faults", {"bad_answer": "html_login"})
+        before = self.task_count()
+        resp = self.raw({"func": "task.edit", "sok": "ok", "department": "3", "name": "walled"})
+        body = resp.read()
+        self.assertEqual(resp.status, 200)
+        self.assertTrue(resp.getheader("Content-Type", "").startswith("text/html"))
+        self.assertIn(b"<title>BILLmanager", body)
+        self.assertIn(b'type="password"', body)
+        self.assertNotIn(PASSWORD.encode(), body)
+        # A login wall stops the call before the API: nothing was made.
+        self.assertEqual(self.task_count(), before)
+        self.assertEqual(self.last_outcome(), "html_login")
+        self.assertTrue(self.sim.ok("GET", "/calls")["calls"][-1]["write"])
+
+    def test_bad_huge(self) -> None:
+        # With a Content-Length: the client may give up on the header alone.
+        self.sim.ok("POST", "/faults", {"bad_answer": "huge"})
+        resp = self.raw({"func": "task"})
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(resp.getheader("Content-Length"), str(100 * 1024 * 1024))
+        self.assertTrue(resp.read(64 * 1024).startswith(b'{"doc": {"elem": [{"id": {"$": "1"}'))
+        resp.close()
+        self.assertEqual(self.last_outcome(), "huge")
+        # Chunked, read to the end: 100 MiB arrive, and the emulator's memory
+        # does not grow by anything near that (it generates as it sends).
+        pid = self.sim.info["pid"]
+        hwm_before = vm_hwm_kb(pid)
+        self.sim.ok("POST", "/faults", {"huge_chunked": True})
+        resp = self.raw({"func": "task"})
+        self.assertEqual(resp.getheader("Transfer-Encoding"), "chunked")
+        total = 0
+        while True:
+            chunk = resp.read(1 << 20)
+            if not chunk:
+                break
+            total += len(chunk)
+        self.assertEqual(total, 100 * 1024 * 1024)
+        grown_kb = vm_hwm_kb(pid) - hwm_before
+        self.assertLess(grown_kb, 32 * 1024, f"the emulator's peak RSS grew by {grown_kb} kB")
+        # Small enough to read whole, the padding ends as valid JSON.
+        self.sim.ok("POST", "/faults", {"huge_bytes": 1000, "huge_chunked": False})
+        status, body = self.sim.request({"func": "task"})
+        self.assertEqual((status, len(body)), (200, 1000))
+        self.assertEqual(json.loads(body)["doc"]["elem"][0]["id"], {"$": "1"})
+
+    def test_bad_trickle(self) -> None:
+        healthy = self.sim.request({"func": "no.such.func"})[1]
+        self.sim.ok("POST", "/faults", {"bad_answer": "trickle", "bad_rate": 0.0, "bad_next": 1,
+                                        "trickle_interval_s": 0.05})
+        resp = self.raw({"func": "task"})
+        self.assertEqual(resp.status, 200)
+        length = int(resp.getheader("Content-Length", "0"))
+        self.assertGreater(length, 10)
+        first = resp.read(3)
+        self.assertEqual(first, b'{"d')
+        self.assertEqual(self.last_outcome(), "trickle")
+        # A trickle holds only its own thread: the next request (bad_next
+        # was 1) is answered at once and whole.
+        self.assertIn("p_elems", self.sim.api({"func": "department"}))
+        resp.close()  # the client gives up; the emulator's next write fails
+        # Read to the end at a faster pace, it is the real answer.
+        self.sim.ok("POST", "/faults", {"bad_next": 1, "trickle_interval_s": 0.001})
+        resp = self.raw({"func": "no.such.func"})
+        self.assertEqual(resp.read(), healthy)
+        # trickle_s ends a trickle that nobody gives up on.
+        self.sim.ok("POST", "/faults", {"bad_next": 1, "trickle_interval_s": 0.01,
+                                        "trickle_s": 0.1})
+        resp = self.raw({"func": "task"})
+        with self.assertRaises(http.client.IncompleteRead):
+            resp.read()
+
+    def test_bad_reset(self) -> None:
+        healthy = self.sim.request({"func": "department"})[1]
+        self.sim.ok("POST", "/faults", {"bad_answer": "reset", "reset_after": 10})
+        resp = self.raw({"func": "department"})
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(resp.getheader("Content-Length"), str(len(healthy)))
+        self.assertEqual(resp.read(10), healthy[:10])
+        with self.assertRaises((ConnectionResetError, http.client.IncompleteRead)):
+            resp.read()
+        self.assertEqual(self.last_outcome(), "reset")
+        # The default: half of the body.
+        self.sim.ok("POST", "/faults", {"reset_after": -1})
+        resp = self.raw({"func": "department"})
+        self.assertEqual(resp.read(len(healthy) // 2), healthy[:len(healthy) // 2])
+        with self.assertRaises((ConnectionResetError, http.client.IncompleteRead)):
+            resp.read()
+        # /faults/reset ends bad answers too.
+        self.sim.ok("POST", "/faults/reset")
+        self.assertEqual(self.sim.request({"func": "department"})[1], healthy)
+
+    def test_bad_rate_and_validation(self) -> None:
+        self.sim.ok("POST", "/faults", {"bad_answer": "invalid_json", "bad_rate": 0.0})
+        self.assertIn("p_elems", self.sim.api({"func": "department"}))
+        self.sim.ok("POST", "/faults", {"bad_rate": 1.0})
+        with self.assertRaises(ValueError):
+            self.sim.api({"func": "department"})
+        # "off" (or null, or "") switches them off as /faults/bad/off does.
+        self.sim.ok("POST", "/faults", {"bad_answer": "off"})
+        self.assertIn("p_elems", self.sim.api({"func": "department"}))
+        for body in ({"bad_answer": "bogus"}, {"bad_rate": 2}, {"bad_variant": "nope"},
+                     {"huge_bytes": 0}, {"huge_chunked": 1}, {"trickle_interval_s": 0},
+                     {"reset_after": -2}, {"bad_funcs": "task"}):
+            with self.subTest(body=body):
+                self.assertEqual(self.sim.admin("POST", "/faults", body)[0], 400)
 
     def test_faults_validation(self) -> None:
         for body in ({"error_rate": 2}, {"latency_ms": [5, 1]}, {"latency_ms": "x"},
