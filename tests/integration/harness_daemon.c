@@ -663,14 +663,17 @@ static void hd_write_config(const struct harness_scenario *s, const struct harne
                      o->billmgr_timeout && o->billmgr_timeout < 5 ? o->billmgr_timeout : 5,
                      o->max_inflight ? o->max_inflight : 16);
     if (!server) {
+        /* server_user is required: the server daemon's login, the only
+         * sender whose states the client applies. */
         rc |= buf_printf(&b,
                          "client: {\n"
                          "  id = \"%s\";\n"
                          "  poll_interval = %d;\n"
+                         "  server_user = \"%s\";\n"
                          "  departments = ( { local = %ld; remote = %ld; } );\n"
                          "};\n",
-                         s->client_id, o->poll_interval ? o->poll_interval : 5, s->src_dept,
-                         s->dst_dept);
+                         s->client_id, o->poll_interval ? o->poll_interval : 5, s->server_user,
+                         s->src_dept, s->dst_dept);
     } else {
         rc |= buf_printf(&b,
                          "server: {\n"
