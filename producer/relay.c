@@ -65,9 +65,10 @@ struct relay {
     struct store_event *due; /* scratch for store_outbox_due, nslots rows */
 
     int draining;
-    int in_pump;  /* relay_pump is on the stack: do not re-enter it */
-    int woken;    /* scan the outbox at the next pump */
-    int more_due; /* the last scan filled its batch: more rows may be due */
+    int func_missing; /* the view function was reported missing (logged once) */
+    int in_pump;      /* relay_pump is on the stack: do not re-enter it */
+    int woken;        /* scan the outbox at the next pump */
+    int more_due;     /* the last scan filled its batch: more rows may be due */
     int64_t next_scan_ms;
 
     /* Reconciliation: one chain of page calls at a time. */
@@ -456,6 +457,31 @@ static void slot_prepare(struct relay_slot *s, const struct relay_fields *f)
     slot_publish(s);
 }
 
+/* What a view's failure says about the task. A missed error names the
+ * missing object in $object: the element (elid, or the task) means the
+ * task was deleted; "func", or the function's own name, is BILLmanager's
+ * answer to a function it does not have, which says nothing about the
+ * task. A missed error naming anything else (or nothing) is not read as a
+ * deletion either: an event is never dropped on a guess. */
+enum relay_missed {
+    RELAY_MISSED_NO,   /* not a missed error */
+    RELAY_MISSED_TASK, /* the task was deleted */
+    RELAY_MISSED_FUNC, /* the view function does not exist */
+    RELAY_MISSED_OTHER,
+};
+
+static enum relay_missed relay_missed_what(const struct relay *r, const struct billmgr_reply *rep)
+{
+    const char *o = rep->err_object;
+    if (rep->status != RT_REJECT || strcmp(rep->err_type, "missed") != 0)
+        return RELAY_MISSED_NO;
+    if (strcmp(o, "elid") == 0 || strcmp(o, "task") == 0)
+        return RELAY_MISSED_TASK;
+    if (strcmp(o, "func") == 0 || strcmp(o, r->cfg->billmanager.api.func_task_edit) == 0)
+        return RELAY_MISSED_FUNC;
+    return RELAY_MISSED_OTHER;
+}
+
 /* The answer of a task view. */
 static void view_done(void *arg, const struct billmgr_reply *rep)
 {
@@ -468,10 +494,31 @@ static void view_done(void *arg, const struct billmgr_reply *rep)
 
     if (s->state != SLOT_VIEWING)
         return;
-    if (rep->status == RT_REJECT && strcmp(rep->err_type, "missed") == 0) {
+    enum relay_missed missed = relay_missed_what(r, rep);
+    if (missed == RELAY_MISSED_TASK) {
         log_info("task %" PRId64 " is gone: nothing to forward", s->ev.task);
         r->stats.dropped++;
         slot_done(s);
+        goto pump;
+    }
+    if (missed == RELAY_MISSED_FUNC) {
+        const char *func = r->cfg->billmanager.api.func_task_edit;
+        snprintf(reason, sizeof reason,
+                 "viewing the task failed: the function \"%s\" does not exist on this "
+                 "BILLmanager (missed, object \"%s\")",
+                 func, rep->err_object);
+        /* One line for the cause, not one per task every 5 minutes: every
+         * event fails the same way until the configuration is fixed. */
+        if (!r->func_missing)
+            log_error("the function \"%s\" does not exist on this BILLmanager (it answers "
+                      "missed, object \"%s\"): check billmanager.api.func_task_edit; task "
+                      "events stay in the outbox and are retried every %d s",
+                      func, rep->err_object, RELAY_REJECT_DELAY_MS / 1000);
+        else
+            log_debug("cannot view task %" PRId64 ", retrying in %d s: %s", s->ev.task,
+                      RELAY_REJECT_DELAY_MS / 1000, reason);
+        r->func_missing = 1;
+        slot_defer(s, RELAY_REJECT_DELAY_MS, reason);
         goto pump;
     }
     if (rep->status != RT_OK) {
@@ -494,6 +541,7 @@ static void view_done(void *arg, const struct billmgr_reply *rep)
         goto pump;
     }
 
+    r->func_missing = 0;
     int got = relay_fields_from_doc(r->cfg, rep->doc, &f);
     if (got < 0) {
         log_warning("cannot read the view of task %" PRId64 ": out of memory", s->ev.task);

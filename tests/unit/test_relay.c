@@ -120,6 +120,9 @@ static struct {
     int lists;      /* func=task.list calls answered */
     int fail_views; /* answer this many views with HTTP 503 */
     int deny_views; /* answer views with an access error */
+    /* Answer views with a missed error naming this object ("" = no):
+     * "func" is what BILLmanager says of a function it does not have. */
+    char view_missed_object[32];
     long last_p_num;
     char last_filter[64];
 } sim;
@@ -161,6 +164,10 @@ static int sim_answer(void *arg, const char *body, char **out)
         if (sim.fail_views > 0) {
             sim.fail_views--;
             code = 503;
+        } else if (sim.view_missed_object[0]) {
+            json_object_set_new(doc, "error",
+                                json_pack("{s:s,s:s,s:{s:s}}", "$type", "missed", "$object",
+                                          sim.view_missed_object, "msg", "$", "unknown"));
         } else if (sim.deny_views) {
             json_object_set_new(doc, "error",
                                 json_pack("{s:s,s:s,s:{s:s}}", "$type", "access", "$object",
@@ -285,7 +292,7 @@ static struct config *load_config(const char *dir, int port, int poll_interval)
         "    field_name = \"subject\"; field_department = \"dept\"; field_updated = \"mtime\";\n"
         "    field_status = \"state\"; };\n"
         "};\n"
-        "client: { id = \"7\"; poll_interval = %d;\n"
+        "client: { id = \"7\"; server_user = \"srv\"; poll_interval = %d;\n"
         "  departments = ( { local = 3; remote = 12; }, { local = 8; remote = 13; } ); };\n",
         dir, dir, port, poll_interval);
     fclose(f);
@@ -304,6 +311,7 @@ static int setup(void **state)
     assert_non_null(mkdtemp(fx->dir));
     memset(sim.tasks, 0, sizeof sim.tasks);
     sim.views = sim.lists = sim.fail_views = sim.deny_views = 0;
+    sim.view_missed_object[0] = '\0';
     int port = sim_start();
     fx->cfg = load_config(fx->dir, port, 3600);
     fx->st = store_open(fx->cfg->state_dir, err, sizeof err);
@@ -605,6 +613,94 @@ static void gone_and_unmapped_are_dropped(void **state)
     assert_int_equal(s.dropped, 2);
 }
 
+/* Runs fn(fx) with the log's lines (level error and above, as main sets
+ * it) going to a file, and returns how many of them hold needle. */
+static int count_log_lines(struct fixture *fx, void (*fn)(struct fixture *), const char *needle)
+{
+    char path[] = "/tmp/test_relay_log.XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    int saved = dup(STDERR_FILENO);
+    assert_true(saved >= 0);
+    fflush(stderr);
+    assert_true(dup2(fd, STDERR_FILENO) >= 0);
+    fn(fx);
+    fflush(stderr);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+
+    static char text[64 * 1024];
+    ssize_t n = pread(fd, text, sizeof text - 1, 0);
+    close(fd);
+    unlink(path);
+    text[n > 0 ? n : 0] = '\0';
+    int count = 0;
+    for (const char *p = text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        count++;
+    return count;
+}
+
+static void view_two_tasks(struct fixture *fx)
+{
+    add_event(fx, 5);
+    add_event(fx, 6);
+    run_until(fx, calls_done, "the views");
+}
+
+/* A missed error whose $object is the function (BILLmanager's answer to a
+ * func it does not have, e.g. a misspelt api.func_task_edit) says nothing
+ * about the task: the events stay in the outbox like any configuration
+ * error, and the cause is logged at error once, not once per task. */
+static void missing_view_function_is_not_a_deleted_task(void **state)
+{
+    struct fixture *fx = *state;
+    struct store_event ev[4];
+    size_t n;
+    struct relay_stats s;
+    settle(fx);
+    sim_task(5, 3, "kept", "", "2024-05-01 10:00:00");
+    sim_task(6, 3, "kept too", "", "2024-05-01 10:00:00");
+
+    const char *objects[] = {"func", "task.view"};
+    for (size_t i = 0; i < 2; i++) {
+        snprintf(sim.view_missed_object, sizeof sim.view_missed_object, "%s", objects[i]);
+        int lines = count_log_lines(fx, view_two_tasks, "does not exist");
+        assert_int_equal(lines, 1);
+        assert_int_equal(fake_broker.n, 0);
+        assert_int_equal(backlog(fx), 2);
+        relay_stats(fx->r, &s);
+        assert_int_equal(s.dropped, 0);
+        /* Deferred as a configuration error, not dropped. */
+        assert_int_equal(store_outbox_due(fx->st, relay_now_ms() + 60000, 4, ev, &n), RT_OK);
+        assert_int_equal(n, 0);
+        assert_int_equal(
+            store_outbox_due(fx->st, relay_now_ms() + RELAY_REJECT_DELAY_MS + 1000, 4, ev, &n),
+            RT_OK);
+        assert_int_equal(n, 2);
+        /* Once the function answers again, the events go out, and a later
+         * loss of it is logged again. */
+        sim.view_missed_object[0] = '\0';
+        add_event(fx, 5);
+        add_event(fx, 6);
+        run_until(fx, two_published, "the publishes");
+        for (size_t k = 0; k < fake_broker.n; k++)
+            relay_on_confirm(fx->r, fake_broker.pub[k].tag, BROKER_ACKED);
+        assert_int_equal(backlog(fx), 0);
+        fake_broker_reset();
+        /* Changed, so that the next round publishes again. */
+        sim_task(5, 3, "kept, changed", "", "2024-05-01 10:00:01");
+        sim_task(6, 3, "kept too, changed", "", "2024-05-01 10:00:01");
+    }
+
+    /* A missed task is still a deleted one. */
+    sim.tasks[5].exists = 0;
+    add_event(fx, 5);
+    run_until(fx, calls_done, "the view of the deleted task");
+    relay_stats(fx->r, &s);
+    assert_int_equal(s.dropped, 1);
+    assert_int_equal(backlog(fx), 0);
+}
+
 static void failures_defer_with_backoff(void **state)
 {
     struct fixture *fx = *state;
@@ -881,6 +977,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(fields_read_with_configured_names, setup, teardown),
         cmocka_unit_test_setup_teardown(publishes_then_commits_on_ack, setup, teardown),
         cmocka_unit_test_setup_teardown(gone_and_unmapped_are_dropped, setup, teardown),
+        cmocka_unit_test_setup_teardown(missing_view_function_is_not_a_deleted_task, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(failures_defer_with_backoff, setup, teardown),
         cmocka_unit_test_setup_teardown(lost_and_retry_publish_again_without_a_view, setup,
                                         teardown),
