@@ -1,5 +1,6 @@
 #include "harness_daemon.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -955,4 +956,223 @@ int harness_free_port(void)
     }
     close(fd);
     return ntohs(sa.sin_port);
+}
+
+/* ---- looking at a running daemon (the fault suite, issue 9) --------- */
+
+/* A status line of /proc/PID/status is short; the file is a few KiB. */
+#define PROC_STATUS_MAX 16384
+/* Log windows read at once: a debug log of a busy minute is a few MiB. */
+#define LOG_SINCE_DEFAULT ((size_t)1024 * 1024)
+#define LOG_CHUNK         ((size_t)256 * 1024)
+
+const char *harness_daemon_config(const struct harness_daemon *d)
+{
+    return d->config;
+}
+
+int harness_daemon_try_stop(struct harness_daemon *d, char *why, size_t len)
+{
+    int status = 0;
+    if (d->pid <= 0)
+        return 0;
+    pid_t pid = d->pid;
+    if (!hd_reap(d, &status)) {
+        snprintf(why, len, "the %s daemon (pid %d) had already ended (%s %d)", d->name, (int)pid,
+                 WIFSIGNALED(status) ? "signal" : "status",
+                 WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+        return -1;
+    }
+    hd_log_mark(d, "SIGTERM to");
+    status = hd_signal_wait(d, SIGTERM, HARNESS_DAEMON_STOP_MS);
+    if (status == -1) {
+        snprintf(why, len, "the %s daemon did not exit within %d ms of SIGTERM (killed)", d->name,
+                 HARNESS_DAEMON_STOP_MS);
+        return -1;
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        snprintf(why, len, "the %s daemon ended with %s %d after SIGTERM, not status 0", d->name,
+                 WIFSIGNALED(status) ? "signal" : "status",
+                 WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+        return -1;
+    }
+    return 0;
+}
+
+/* Reads a small /proc file whole into buf (NUL-terminated); -1 when it
+ * cannot. */
+static int hd_read_proc(const char *path, char *buf, size_t len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    size_t got = 0;
+    ssize_t n;
+    while (got < len - 1 && (n = read(fd, buf + got, len - 1 - got)) > 0)
+        got += (size_t)n;
+    close(fd);
+    buf[got] = '\0';
+    return got ? 0 : -1;
+}
+
+/* The value in kB of a "Key:   N kB" line of /proc/PID/status, or -1. */
+static long hd_status_kb(const char *text, const char *key)
+{
+    const char *p = strstr(text, key);
+    if (!p)
+        return -1;
+    return strtol(p + strlen(key), NULL, 10);
+}
+
+int harness_daemon_proc(const struct harness_daemon *d, struct harness_proc *p)
+{
+    char path[64], text[PROC_STATUS_MAX];
+    memset(p, 0, sizeof(*p));
+    if (d->pid <= 0)
+        return -1;
+    p->at_ms = harness_now_ms();
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)d->pid);
+    if (hd_read_proc(path, text, sizeof(text)) < 0)
+        goto fail;
+    p->rss_kb = hd_status_kb(text, "\nVmRSS:");
+    p->hwm_kb = hd_status_kb(text, "\nVmHWM:");
+    /* A zombie has no memory lines: it is not running. */
+    if (p->rss_kb < 0 || p->hwm_kb < 0)
+        goto fail;
+
+    /* utime and stime are the 14th and 15th fields; the second, the
+     * command name in parentheses, may hold spaces, so count from the
+     * last ')'. */
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)d->pid);
+    if (hd_read_proc(path, text, sizeof(text)) < 0)
+        goto fail;
+    const char *at = strrchr(text, ')');
+    if (!at)
+        goto fail;
+    at++;
+    for (int field = 3; field < 14; field++) {
+        at += strspn(at, " ");
+        at += strcspn(at, " ");
+    }
+    char *end;
+    unsigned long long utime = strtoull(at, &end, 10);
+    unsigned long long stime = strtoull(end, NULL, 10);
+    long ticks = sysconf(_SC_CLK_TCK);
+    p->cpu_s = (double)(utime + stime) / (double)(ticks > 0 ? ticks : 100);
+
+    snprintf(path, sizeof(path), "/proc/%d/fd", (int)d->pid);
+    DIR *dir = opendir(path);
+    if (!dir)
+        goto fail;
+    struct dirent *e;
+    while ((e = readdir(dir)) != NULL)
+        if (e->d_name[0] != '.')
+            p->fds++;
+    closedir(dir);
+    return 0;
+
+fail:
+    memset(p, 0, sizeof(*p));
+    return -1;
+}
+
+double harness_proc_cpu_percent(const struct harness_proc *a, const struct harness_proc *b)
+{
+    if (b->at_ms <= a->at_ms)
+        return -1;
+    return 100.0 * (b->cpu_s - a->cpu_s) / ((double)(b->at_ms - a->at_ms) / 1000.0);
+}
+
+void harness_daemon_status(const struct harness_daemon *d, struct harness_status *out)
+{
+    static const char *const args[] = {"--command", "status", "--json", NULL};
+    memset(out, 0, sizeof(*out));
+    long long t0 = harness_now_ms();
+    out->exit_code = harness_ctl(d->config, args, NULL, &out->output);
+    out->took_ms = harness_now_ms() - t0;
+    if (!out->output && !(out->output = strdup("")))
+        fail_msg("out of memory");
+    /* The document may follow other lines (a warning first). */
+    const char *p = strchr(out->output, '{');
+    if (p) {
+        json_error_t e;
+        out->doc = json_loadb(p, strlen(p), JSON_DISABLE_EOF_CHECK, &e);
+    }
+}
+
+void harness_status_release(struct harness_status *st)
+{
+    if (!st)
+        return;
+    json_decref(st->doc);
+    free(st->output);
+    memset(st, 0, sizeof(*st));
+}
+
+size_t harness_daemon_log_mark(const struct harness_daemon *d)
+{
+    struct stat sb;
+    if (stat(d->log, &sb) != 0)
+        return 0;
+    return (size_t)sb.st_size;
+}
+
+/* Reads up to max bytes of the log from offset from into a malloc'ed,
+ * NUL-terminated string; *got receives how many were read. */
+static char *hd_read_range(const struct harness_daemon *d, size_t from, size_t max, size_t *got)
+{
+    char *text = malloc(max + 1);
+    if (!text)
+        fail_msg("out of memory");
+    *got = 0;
+    int fd = open(d->log, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ssize_t n;
+        while (*got < max && (n = pread(fd, text + *got, max - *got, (off_t)(from + *got))) > 0)
+            *got += (size_t)n;
+        close(fd);
+    }
+    text[*got] = '\0';
+    return text;
+}
+
+char *harness_daemon_log_since(const struct harness_daemon *d, size_t mark, size_t max)
+{
+    size_t got;
+    char *text = hd_read_range(d, mark, max ? max : LOG_SINCE_DEFAULT, &got);
+    /* A line being written (or cut by the cap) is left for the next look. */
+    char *nl = strrchr(text, '\n');
+    if (nl)
+        nl[1] = '\0';
+    else
+        text[0] = '\0';
+    return text;
+}
+
+size_t harness_daemon_log_count_since(const struct harness_daemon *d, size_t mark,
+                                      const char *needle)
+{
+    size_t count = 0, at = mark, got;
+    for (;;) {
+        char *text = hd_read_range(d, at, LOG_CHUNK, &got);
+        char *nl = strrchr(text, '\n');
+        if (!nl) {
+            /* Nothing, or one unfinished (or huge) line: done. */
+            free(text);
+            break;
+        }
+        nl[1] = '\0';
+        at += (size_t)(nl + 1 - text);
+        for (char *line = text; *line;) {
+            char *end = strchr(line, '\n');
+            *end = '\0';
+            if (strstr(line, needle))
+                count++;
+            line = end + 1;
+        }
+        free(text);
+        if (got < LOG_CHUNK)
+            break;
+    }
+    return count;
 }

@@ -199,4 +199,72 @@ void harness_config_append(const char *path, const char *text);
  * closed), for a listener a daemon opens (metrics.listen). */
 int harness_free_port(void);
 
+/* ---- looking at a running daemon (the fault suite, issue 9) --------- */
+
+/* The configuration file the daemon runs with (owned by d). */
+const char *harness_daemon_config(const struct harness_daemon *d);
+
+/* As harness_daemon_stop, without failing the test: returns 0 when the
+ * daemon exited with status 0 within HARNESS_DAEMON_STOP_MS of SIGTERM (or
+ * was not running because the harness had stopped it), -1 with the reason
+ * in why otherwise (it ended by itself before, it ended with another
+ * status or a signal, it had to be killed). For a caller that records the
+ * outcome as one of several checks. */
+int harness_daemon_try_stop(struct harness_daemon *d, char *why, size_t len);
+
+/* One reading of a process from /proc. */
+struct harness_proc {
+    long long at_ms; /* harness_now_ms() when it was read */
+    long rss_kb;     /* VmRSS: resident now */
+    long hwm_kb;     /* VmHWM: the peak resident set so far */
+    long fds;        /* open file descriptors (entries of /proc/PID/fd) */
+    double cpu_s;    /* utime + stime of /proc/PID/stat, in seconds */
+};
+
+/* Reads the running daemon's VmRSS and VmHWM (/proc/PID/status), its CPU
+ * time (/proc/PID/stat) and its open descriptors (/proc/PID/fd) into *p.
+ * Returns 0, or -1 with *p zeroed when the daemon is not running or /proc
+ * could not be read. Never fails the test: a caller that needs the figure
+ * asserts on the result. */
+int harness_daemon_proc(const struct harness_daemon *d, struct harness_proc *p);
+
+/* The CPU the process used between readings a and b (b taken later), in
+ * percent of one core over the wall time between them; -1 when b is not
+ * later than a. */
+double harness_proc_cpu_percent(const struct harness_proc *a, const struct harness_proc *b);
+
+/* What `remotetaskctl --command status --json` said about a daemon. */
+struct harness_status {
+    int exit_code;     /* remotetaskctl's exit status (1: the daemon is not running) */
+    long long took_ms; /* how long remotetaskctl ran, start to exit */
+    json_t *doc;       /* the parsed document, NULL when it printed none */
+    char *output;      /* everything it printed, NUL-terminated (malloc'ed) */
+};
+
+/* Runs remotetaskctl -c <the daemon's configuration> --command status
+ * --json, times it and parses the JSON document it prints into *out
+ * (release with harness_status_release). Fails the test only when
+ * remotetaskctl cannot run or does not exit within 30 s (harness_ctl);
+ * a missing document or a non-zero exit is the caller's to judge. */
+void harness_daemon_status(const struct harness_daemon *d, struct harness_status *out);
+
+/* Frees what harness_daemon_status filled and zeroes *st. Accepts a zeroed
+ * struct. */
+void harness_status_release(struct harness_status *st);
+
+/* The current size of the daemon's log: a mark, so that a test can later
+ * read or count only what the daemon logged after it. The log is appended
+ * to across restarts, so a mark stays valid. */
+size_t harness_daemon_log_mark(const struct harness_daemon *d);
+
+/* What the daemon logged since mark: at most max bytes (0 = 1 MiB) from
+ * the mark on, cut at the last whole line, NUL-terminated (malloc'ed).
+ * Never NULL (an empty string when nothing was logged). */
+char *harness_daemon_log_since(const struct harness_daemon *d, size_t mark, size_t max);
+
+/* Counts the lines logged since mark that contain needle (the whole rest
+ * of the log is read, in pieces). */
+size_t harness_daemon_log_count_since(const struct harness_daemon *d, size_t mark,
+                                      const char *needle);
+
 #endif

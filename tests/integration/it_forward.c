@@ -49,6 +49,7 @@
 #include "codec.h"
 #include "harness.h"
 #include "harness_daemon.h"
+#include "harness_flow.h"
 #include "harness_rabbit.h"
 #include "harness_sim.h"
 #include "notes.h"
@@ -191,232 +192,8 @@ static long long sim_bulk(struct harness_sim *sim, long dept, int count, const c
 
 /* ---- matching source tasks to target tasks ------------------------------ */
 
-struct flow_count {
-    size_t sent;       /* source tasks */
-    size_t applied;    /* source tasks that have a target task */
-    size_t lost;       /* source tasks that have none */
-    size_t duplicated; /* target tasks beyond one per source task */
-    size_t stale;      /* source tasks whose target task has other fields */
-    size_t foreign;    /* target tasks in the department without our origin */
-    char first_stale[512];
-    long long first_stale_id; /* the source task of first_stale */
-    long long first_lost;
-};
-
-/* The source task a target note names as its origin for client, or 0. */
-static long long note_origin(const char *note, const char *client)
-{
-    char prefix[160], origin[NOTES_ORIGIN_MAX + 1];
-    snprintf(prefix, sizeof(prefix), "--- remotetask: from client %s, task ", client);
-    const char *p = strstr(note, prefix);
-    if (!p)
-        return 0;
-    long long task = strtoll(p + strlen(prefix), NULL, 10);
-    notes_origin_forward(origin, sizeof(origin), client, task);
-    return task > 0 && notes_has_origin(note, origin) ? task : 0;
-}
-
-static int cmp_ll(const void *a, const void *b)
-{
-    long long x = *(const long long *)a, y = *(const long long *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* 1 when the target task carries the final forward fields of the source
- * task: name, type, deadline, status equal, and the source's note text in
- * the target's note. Writes what differs into why. */
-static int fields_match(const json_t *src, const json_t *dst, char *why, size_t len)
-{
-    static const char *const keys[] = {"name", "type", "deadline"};
-    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
-        if (strcmp(jstr(src, keys[i]), jstr(dst, keys[i])) != 0) {
-            snprintf(why, len, "task %lld -> %lld: %s \"%s\" on the target, \"%s\" on the source",
-                     jint(src, "id"), jint(dst, "id"), keys[i], jstr(dst, keys[i]),
-                     jstr(src, keys[i]));
-            return 0;
-        }
-    }
-    if (jint(src, "status") != jint(dst, "status")) {
-        snprintf(why, len, "task %lld -> %lld: status %lld on the target, %lld on the source",
-                 jint(src, "id"), jint(dst, "id"), jint(dst, "status"), jint(src, "status"));
-        return 0;
-    }
-    /* The note arrives in blocks (one per change of the source's text):
-     * every line of the source's note must be in the target's note. */
-    const char *note = jstr(src, "note"), *target = jstr(dst, "note");
-    while (*note) {
-        size_t n = strcspn(note, "\n");
-        char line[1024];
-        if (n && n < sizeof(line)) {
-            memcpy(line, note, n);
-            line[n] = '\0';
-            if (!strstr(target, line)) {
-                snprintf(why, len, "task %lld -> %lld: the target's note lacks \"%s\"",
-                         jint(src, "id"), jint(dst, "id"), line);
-                return 0;
-            }
-        }
-        note += n + (note[n] == '\n');
-    }
-    return 1;
-}
-
-static void flow_count(const char *client, json_t *src, json_t *dst, struct flow_count *c)
-{
-    size_t n = json_array_size(src);
-    memset(c, 0, sizeof(*c));
-    c->sent = n;
-    long long *ids = calloc(n ? n : 1, sizeof(*ids));
-    size_t *hits = calloc(n ? n : 1, sizeof(*hits));
-    json_t **first = calloc(n ? n : 1, sizeof(*first));
-    json_t **by_id = calloc(n ? n : 1, sizeof(*by_id));
-    assert_true(ids && hits && first && by_id);
-    for (size_t i = 0; i < n; i++)
-        ids[i] = jint(json_array_get(src, i), "id");
-    qsort(ids, n, sizeof(*ids), cmp_ll);
-    for (size_t i = 0; i < n; i++) {
-        json_t *t = json_array_get(src, i);
-        long long *k = bsearch(&(long long){jint(t, "id")}, ids, n, sizeof(*ids), cmp_ll);
-        by_id[k - ids] = t;
-    }
-    size_t i;
-    json_t *t;
-    json_array_foreach(dst, i, t)
-    {
-        long long origin = note_origin(jstr(t, "note"), client);
-        long long *k = origin ? bsearch(&origin, ids, n, sizeof(*ids), cmp_ll) : NULL;
-        if (!k) {
-            c->foreign++;
-            continue;
-        }
-        size_t at = (size_t)(k - ids);
-        if (hits[at]++ == 0)
-            first[at] = t;
-    }
-    for (size_t j = 0; j < n; j++) {
-        if (!hits[j]) {
-            if (!c->lost)
-                c->first_lost = ids[j];
-            c->lost++;
-            continue;
-        }
-        c->applied++;
-        c->duplicated += hits[j] - 1;
-        char why[512];
-        if (!fields_match(by_id[j], first[j], why, sizeof(why))) {
-            if (!c->stale) {
-                snprintf(c->first_stale, sizeof(c->first_stale), "%s", why);
-                c->first_stale_id = ids[j];
-            }
-            c->stale++;
-        }
-    }
-    free(ids);
-    free(hits);
-    free(first);
-    free(by_id);
-}
-
-struct flow_wait {
-    const char *client;
-    json_t *src;
-    struct flow_count count;
-};
-
-static int flow_done(json_t *dst, void *arg)
-{
-    struct flow_wait *w = arg;
-    flow_count(w->client, w->src, dst, &w->count);
-    return w->count.lost == 0 && w->count.stale == 0;
-}
-
-/* Waits until every task of the source's mapped department is on the
- * target with its current fields, prints the scenario's line and asserts
- * that nothing was lost or duplicated. Returns the source task count. */
-static size_t expect_all_applied(struct harness_scenario *s, const char *scenario,
-                                 long long timeout_ms)
-{
-    struct flow_wait w = {.client = s->client_id};
-    w.src = harness_sim_tasks(s->src, s->src_dept);
-    long long t0 = harness_now_ms();
-    int met = 0;
-    json_t *dst = harness_wait_tasks(s->dst, s->dst_dept, flow_done, &w, timeout_ms, &met);
-    const struct flow_count *c = &w.count;
-    printf("%s: sent=%zu applied=%zu lost=%zu duplicated=%zu\n", scenario, c->sent, c->applied,
-           c->lost, c->duplicated);
-    printf("%s: waited %lld ms for the target; stale=%zu foreign=%zu\n", scenario,
-           harness_now_ms() - t0, c->stale, c->foreign);
-    fflush(stdout);
-    if (!met || c->duplicated || c->foreign) {
-        if (c->lost)
-            fprintf(stderr, "%s: first lost source task: %lld\n", scenario, c->first_lost);
-        if (c->stale) {
-            /* The expected fields are those the test gave the source; say
-             * too what the source holds now, in case something else (the
-             * reverse path) changed it since. */
-            json_t *now = harness_sim_tasks(s->src, s->src_dept);
-            json_t *t = task_by_id(now, c->first_stale_id);
-            fprintf(stderr,
-                    "%s: first stale task: %s; source task %lld now has name \"%s\" status %lld "
-                    "deadline \"%s\"\n",
-                    scenario, c->first_stale, c->first_stale_id, t ? jstr(t, "name") : "?",
-                    t ? jint(t, "status") : -1, t ? jstr(t, "deadline") : "?");
-            json_decref(now);
-        }
-    }
-    json_decref(dst);
-    json_decref(w.src);
-    EXPECT(s, c->lost == 0, "%s: %zu source tasks never reached the target within %lld ms",
-           scenario, c->lost, timeout_ms);
-    EXPECT(s, c->stale == 0, "%s: %zu target tasks do not hold their final fields (%s)", scenario,
-           c->stale, c->first_stale);
-    EXPECT(s, c->duplicated == 0, "%s: %zu duplicated target tasks", scenario, c->duplicated);
-    EXPECT(s, c->foreign == 0, "%s: %zu target tasks without a known origin", scenario, c->foreign);
-    return c->sent;
-}
-
-/* How many target tasks carry an origin of this scenario now. */
-static size_t target_count(struct harness_scenario *s)
-{
-    json_t *dst = harness_sim_tasks(s->dst, s->dst_dept);
-    size_t n = 0, i;
-    json_t *t;
-    json_array_foreach(dst, i, t)
-    {
-        if (note_origin(jstr(t, "note"), s->client_id))
-            n++;
-    }
-    json_decref(dst);
-    return n;
-}
-
-struct count_wait {
-    const char *client;
-    size_t at_least;
-};
-
-static int count_done(json_t *dst, void *arg)
-{
-    struct count_wait *w = arg;
-    size_t n = 0, i;
-    json_t *t;
-    json_array_foreach(dst, i, t)
-    {
-        if (note_origin(jstr(t, "note"), w->client))
-            n++;
-    }
-    return n >= w->at_least;
-}
-
-/* Waits until the target holds at least n tasks of this scenario. */
-static void wait_target_count(struct harness_scenario *s, size_t n, long long timeout_ms)
-{
-    struct count_wait w = {.client = s->client_id, .at_least = n};
-    int met = 0;
-    json_decref(harness_wait_tasks(s->dst, s->dst_dept, count_done, &w, timeout_ms, &met));
-    EXPECT(s, met, "the target did not get %zu tasks within %lld ms (it has %zu)", n, timeout_ms,
-           target_count(s));
-}
+/* The counting lives in tests/integration/harness_flow.c, shared with the
+ * fault suite. */
 
 /* Runs remotetaskctl taskevent for task id (with --elid, or through
  * PARAM_elid as BILLmanager's handler does) and asserts it exits 0. */
@@ -683,7 +460,7 @@ static json_t *target_of(struct harness_scenario *s, json_t *dst, long long id)
     json_t *t, *found = NULL;
     json_array_foreach(dst, i, t)
     {
-        if (note_origin(jstr(t, "note"), s->client_id) == id) {
+        if (harness_flow_note_origin(jstr(t, "note"), s->client_id) == id) {
             EXPECT(s, !found, "source task %lld has two target tasks", id);
             found = t;
         }
@@ -707,7 +484,7 @@ static int note_done(json_t *dst, void *arg)
     json_t *t;
     json_array_foreach(dst, i, t)
     {
-        if (note_origin(jstr(t, "note"), w->s->client_id) != w->id)
+        if (harness_flow_note_origin(jstr(t, "note"), w->s->client_id) != w->id)
             continue;
         return strcmp(jstr(t, "name"), w->name) == 0 && jint(t, "status") == w->status &&
                (!w->note || strcmp(jstr(t, "note"), w->note) == 0);
@@ -754,7 +531,7 @@ static void test_flows(void **state)
     ctl_taskevent(s, a, 0);
     ctl_taskevent(s, b, 1);
     ctl_taskevent(s, c, 0);
-    expect_all_applied(s, "flows-create", SHORT_DEADLINE_MS);
+    harness_flow_expect_all_applied(s, "flows-create", SHORT_DEADLINE_MS);
 
     /* Field by field, the note exactly as the design makes it. */
     json_t *src = harness_sim_tasks(s->src, s->src_dept);
@@ -810,7 +587,7 @@ static void test_flows(void **state)
     sim_change(s->src, b, json_pack("{s:i}", "status", 2));
     ctl_taskevent(s, b, 1);
     wait_task_state(s, b, "plain = 1 + 1 & 100%", 2, NULL);
-    expect_all_applied(s, "flows-change-close", SHORT_DEADLINE_MS);
+    harness_flow_expect_all_applied(s, "flows-change-close", SHORT_DEADLINE_MS);
 
     /* An unchanged task's event makes no write on the target: the relay
      * views it, finds the fields it last sent, and publishes nothing. */
@@ -904,9 +681,9 @@ static void test_broker_kills(void **state)
         sim_bulk(s->src, s->src_dept, 1000, "bk-", bulk_fields("bulk note & = + %\nline 2"));
     harness_record_events(s->client_state, s->client_id, first, first + 399);
     harness_daemon_wake(s->client, 0);
-    wait_target_count(s, 50, APPLY_DEADLINE_MS);
+    harness_flow_wait_target_count(s, 50, APPLY_DEADLINE_MS);
 
-    size_t before = target_count(s);
+    size_t before = harness_flow_target_count(s);
     broker_kill();
     printf("broker-kills: broker killed (1) with %zu tasks on the target\n", before);
     /* Events recorded while the broker is dead, and changes on top. */
@@ -924,8 +701,8 @@ static void test_broker_kills(void **state)
 
     /* The second kill once the flow has moved on again. */
     size_t next = before + 50 < 1000 ? before + 50 : 1000;
-    wait_target_count(s, next, APPLY_DEADLINE_MS);
-    before = target_count(s);
+    harness_flow_wait_target_count(s, next, APPLY_DEADLINE_MS);
+    before = harness_flow_target_count(s);
     broker_kill();
     printf("broker-kills: broker killed (2) with %zu tasks on the target\n", before);
     int64_t moved[143];
@@ -937,7 +714,7 @@ static void test_broker_kills(void **state)
     broker_restart();
     printf("broker-kills: broker restarted (2)\n");
 
-    size_t sent = expect_all_applied(s, "broker-kills", APPLY_DEADLINE_MS);
+    size_t sent = harness_flow_expect_all_applied(s, "broker-kills", APPLY_DEADLINE_MS);
     assert_int_equal(sent, 1000);
     EXPECT(s, harness_daemon_running(s->client), "the client daemon died");
     EXPECT(s, harness_daemon_running(s->server), "the server daemon died");
@@ -966,10 +743,11 @@ static void test_api_outage(void **state)
     long long left = down_at + OUTAGE_MS - harness_now_ms();
     if (left > 0)
         poll(NULL, 0, (int)left);
-    EXPECT(s, target_count(s) == 0, "tasks were applied while the target API was down");
+    EXPECT(s, harness_flow_target_count(s) == 0,
+           "tasks were applied while the target API was down");
     json_decref(harness_sim_admin_ok(s->dst, "POST", "/up", NULL));
     printf("api-down-30s: target API up again after %lld ms\n", harness_now_ms() - down_at);
-    expect_all_applied(s, "api-down-30s", APPLY_DEADLINE_MS);
+    harness_flow_expect_all_applied(s, "api-down-30s", APPLY_DEADLINE_MS);
 
     /* 20% of calls answered 503 while 100 new tasks are tried and retried.
      * The faults last until the target answered at least 10 calls with 503
@@ -1003,7 +781,7 @@ static void test_api_outage(void **state)
     json_decref(harness_sim_admin_ok(s->dst, "POST", "/faults/reset", NULL));
     printf("api-503-20pct: %lld of %lld calls answered 503 while the faults were on\n", n503,
            calls);
-    expect_all_applied(s, "api-503-20pct", APPLY_DEADLINE_MS);
+    harness_flow_expect_all_applied(s, "api-503-20pct", APPLY_DEADLINE_MS);
     expect_settled(s, "api-outage");
     harness_scenario_stop(s);
     passed = 1;
@@ -1026,13 +804,13 @@ static void test_server_kills(void **state)
     for (int k = 1; k <= 6; k++) {
         /* 1 to 2 s between kills: the pace of the scenario. */
         poll(NULL, 0, 1000 + (k * 337) % 1000);
-        size_t n = target_count(s);
+        size_t n = harness_flow_target_count(s);
         EXPECT(s, harness_daemon_running(s->server), "the server daemon died by itself");
         harness_daemon_kill(s->server);
         printf("server-kills: SIGKILL %d with %zu tasks on the target\n", k, n);
         harness_daemon_start(s->server);
     }
-    size_t sent = expect_all_applied(s, "server-kills", APPLY_DEADLINE_MS);
+    size_t sent = harness_flow_expect_all_applied(s, "server-kills", APPLY_DEADLINE_MS);
     assert_int_equal(sent, 500);
     /* How many kills landed between a create and its commit (the task was
      * then found by its origin block instead of being created again):
@@ -1058,15 +836,16 @@ static void test_client_stop(void **state)
         ctl_taskevent(s, first + i, i == 1);
     harness_record_events(s->client_state, s->client_id, first + 3, first + 19);
     harness_daemon_wake(s->client, 0);
-    expect_all_applied(s, "client-stop-before", SHORT_DEADLINE_MS);
+    harness_flow_expect_all_applied(s, "client-stop-before", SHORT_DEADLINE_MS);
 
     /* SIGTERM while the relay works on 200 fresh events. */
     long long second = sim_bulk(s->src, s->src_dept, 200, "cs2-", bulk_fields("in flight"));
     harness_record_events(s->client_state, s->client_id, second, second + 199);
     harness_daemon_wake(s->client, 0);
-    wait_target_count(s, 30, SHORT_DEADLINE_MS);
+    harness_flow_wait_target_count(s, 30, SHORT_DEADLINE_MS);
     harness_daemon_stop(s->client);
-    printf("client-stop: client stopped with %zu tasks on the target\n", target_count(s));
+    printf("client-stop: client stopped with %zu tasks on the target\n",
+           harness_flow_target_count(s));
     EXPECT(s, harness_daemon_wake(s->client, 0) == RT_RETRY,
            "the control socket still answers after the client stopped");
 
@@ -1086,7 +865,7 @@ static void test_client_stop(void **state)
            (unsigned long long)harness_outbox_backlog(s->client_state));
 
     harness_daemon_start(s->client);
-    size_t sent = expect_all_applied(s, "client-stop", APPLY_DEADLINE_MS);
+    size_t sent = harness_flow_expect_all_applied(s, "client-stop", APPLY_DEADLINE_MS);
     assert_int_equal(sent, 250);
     wait_outbox_empty(s, SHORT_DEADLINE_MS);
     expect_settled(s, "client-stop");
@@ -1144,7 +923,7 @@ static void test_dead_letters(void **state)
 
     /* Nothing of them was applied: only the valid task is on the target,
      * and the other client's department is empty. */
-    expect_all_applied(s, "dead-letters", SHORT_DEADLINE_MS);
+    harness_flow_expect_all_applied(s, "dead-letters", SHORT_DEADLINE_MS);
     json_t *other = harness_sim_tasks(s->dst, HARNESS_SIM_DEPT_A);
     EXPECT(s, json_array_size(other) == 0, "%zu tasks landed in the other client's department",
            json_array_size(other));
@@ -1212,10 +991,11 @@ static void test_interrupted_create(void **state)
     harness_daemon_start(s->server);
 
     /* The server must find the task it made, not make a second one. */
-    struct flow_wait w = {.client = s->client_id};
+    struct harness_flow_wait w = {.client = s->client_id};
     w.src = harness_sim_tasks(s->src, s->src_dept);
     int met = 0;
-    json_t *dst = harness_wait_tasks(s->dst, s->dst_dept, flow_done, &w, SHORT_DEADLINE_MS, &met);
+    json_t *dst =
+        harness_wait_tasks(s->dst, s->dst_dept, harness_flow_done, &w, SHORT_DEADLINE_MS, &met);
     printf("interrupted-create: sent=%zu applied=%zu lost=%zu duplicated=%zu\n", w.count.sent,
            w.count.applied, w.count.lost, w.count.duplicated);
     json_t *t = target_of(s, dst, src_id);
@@ -1230,7 +1010,7 @@ static void test_interrupted_create(void **state)
     EXPECT_INT(s, json_array_size(dst), 2);
     EXPECT(s,
            task_by_id(dst, staff) &&
-               !note_origin(jstr(task_by_id(dst, staff), "note"), s->client_id),
+               !harness_flow_note_origin(jstr(task_by_id(dst, staff), "note"), s->client_id),
            "the staff's task was changed");
     EXPECT(s, harness_daemon_log_count(s->server, "of the interrupted create of task") > 0,
            "the server's log does not say it found the interrupted create");
