@@ -6,9 +6,9 @@
  * Loading walks the file once to refuse unknown settings, then walks the
  * table to read, default and check every value, then runs the few checks
  * that involve more than one setting (password sources, duplicate
- * departments). The three lists (client.departments, client.performers,
- * server.clients) have small readers of their own that report errors the
- * same way.
+ * departments, the server's user). The four lists (amqp.uri,
+ * client.departments, client.performers, server.clients) have small
+ * readers of their own that report errors the same way.
  */
 #include "config.h"
 
@@ -22,12 +22,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "broker.h"
 #include "redact.h"
 #include "rmq.h"
+
+_Static_assert(CONFIG_MAX_AMQP_NODES <= BROKER_MAX_NODES,
+               "every node of amqp.uri must fit in one broker object");
 
 /* Caps on what is read from outside: the file itself, one password file,
  * one string setting. */
@@ -38,6 +43,20 @@
 /* A path in an error message, or a setting's path with a list index. */
 #define CONFIG_PATH_MAX 128
 
+/* At most this many lists named "uri" have the lines of their entries
+ * recorded (amqp.uri is one; others are errors found later). */
+#define CONFIG_URI_LISTS 4
+
+/* The lines on which the entries of a list named "uri" start, as the
+ * prescan saw them: libconfig dates a list entry by the token after it, so
+ * the last entry of a list whose ")" stands on a line of its own would be
+ * reported one line too late. */
+struct uri_lines {
+    int name_line; /* the line of "uri", which libconfig gets right */
+    int n;         /* entries seen, counted past the cap */
+    int line[CONFIG_MAX_AMQP_NODES];
+};
+
 /* The state of one config_load call. */
 struct loader {
     const char *file; /* as the caller named it: errors show it */
@@ -46,6 +65,8 @@ struct loader {
     int lc_ready;
     struct config *cfg;
     char *uri_password; /* the password found in amqp.uri, if any */
+    struct uri_lines uri_lines[CONFIG_URI_LISTS];
+    int n_uri_lines;
     char *err;
     size_t errlen;
 };
@@ -89,9 +110,10 @@ struct item {
 };
 
 static int check_socket_path(struct loader *l, const struct item *it, const config_setting_t *s);
-static int check_amqp_uri(struct loader *l, const struct item *it, const config_setting_t *s);
+static int check_server_user(struct loader *l, const struct item *it, const config_setting_t *s);
 static int check_http_url(struct loader *l, const struct item *it, const config_setting_t *s);
 static int check_listen(struct loader *l, const struct item *it, const config_setting_t *s);
+static int read_amqp_uri(struct loader *l, const struct item *it, const config_setting_t *s);
 static int read_departments(struct loader *l, const struct item *it, const config_setting_t *s);
 static int read_performers(struct loader *l, const struct item *it, const config_setting_t *s);
 static int read_clients(struct loader *l, const struct item *it, const config_setting_t *s);
@@ -135,8 +157,8 @@ static const struct item config_items[] = {
     ENUM("log_level", IT_LOG_LEVEL, "info", "error|warning|info|debug", log_level),
 
     GROUP("amqp", ITEM_REQUIRED, NO_FIELD),
-    STR("amqp.uri", IT_STRING, ITEM_REQUIRED | ITEM_WIPE, NULL, 1, CONFIG_STRING_MAX, amqp.uri,
-        check_amqp_uri),
+    /* A string or a list of strings, read whole by read_amqp_uri. */
+    LIST("amqp.uri", ITEM_REQUIRED, read_amqp_uri),
     STR("amqp.password", IT_SECRET, 0, NULL, 1, CONFIG_PASSWORD_MAX, amqp.password, NULL),
     STR("amqp.password_file", IT_PATH, 0, "", 0, CONFIG_STRING_MAX, amqp.password_file, NULL),
     INT("amqp.heartbeat", IT_INT, 30, 0, 3600, amqp.heartbeat),
@@ -192,7 +214,7 @@ static const struct item config_items[] = {
     GROUP("client", 0, F(client.enabled)),
     STR("client.id", IT_ID, ITEM_REQUIRED, NULL, 1, 64, client.id, NULL),
     INT("client.poll_interval", IT_INT, 60, 5, 86400, client.poll_interval),
-    STR("client.server_user", IT_STRING, 0, "", 0, 255, client.server_user, NULL),
+    STR("client.server_user", IT_STRING, 0, "", 0, 255, client.server_user, check_server_user),
     LIST("client.departments", ITEM_REQUIRED, read_departments),
     LIST("client.performers", 0, read_performers),
 
@@ -215,14 +237,15 @@ static const struct item config_items[] = {
 static int fail(struct loader *l, const config_setting_t *where, const char *setting,
                 const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
-static int fail(struct loader *l, const config_setting_t *where, const char *setting,
-                const char *fmt, ...)
+static int vfail(struct loader *l, const config_setting_t *where, int line, const char *setting,
+                 const char *fmt, va_list ap) __attribute__((format(printf, 5, 0)));
+
+static int vfail(struct loader *l, const config_setting_t *where, int line, const char *setting,
+                 const char *fmt, va_list ap)
 {
     char msg[CONFIG_ERR_MAX];
     char at[CONFIG_ERR_MAX];
     const char *file = l->file;
-    int line = 0;
-    va_list ap;
 
     if (!l->err || !l->errlen)
         return -1;
@@ -230,19 +253,43 @@ static int fail(struct loader *l, const config_setting_t *where, const char *set
         const char *f = config_setting_source_file(where);
         if (f)
             file = f;
-        line = (int)config_setting_source_line(where);
+        if (line <= 0)
+            line = (int)config_setting_source_line(where);
     }
     if (line > 0)
         snprintf(at, sizeof(at), "%s:%d", file, line);
     else
         snprintf(at, sizeof(at), "%s", file);
-    va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
     if (setting)
         snprintf(l->err, l->errlen, "%s: %s: %s", at, setting, msg);
     else
         snprintf(l->err, l->errlen, "%s: %s", at, msg);
+    return -1;
+}
+
+static int fail(struct loader *l, const config_setting_t *where, const char *setting,
+                const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vfail(l, where, 0, setting, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* Like fail, on a line known better than libconfig knows it (line > 0;
+ * otherwise where's line). */
+static int fail_at(struct loader *l, const config_setting_t *where, int line, const char *setting,
+                   const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+static int fail_at(struct loader *l, const config_setting_t *where, int line, const char *setting,
+                   const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vfail(l, where, line, setting, fmt, ap);
+    va_end(ap);
     return -1;
 }
 
@@ -425,12 +472,69 @@ close_fd:
 
 /* ---- the file -------------------------------------------------------- */
 
+/* A token of the prescan, for uri_scan_token: a punctuation character
+ * itself, or one of these. */
+#define URI_TOK_URI   256 /* the name "uri" */
+#define URI_TOK_VALUE 257 /* a string, a number, another name */
+
+/* Follows `uri = ( ... );` through the tokens of the prescan, recording the
+ * line on which each entry of the list starts (struct uri_lines). */
+struct uri_scan {
+    int state; /* 0 elsewhere, 1 after "uri", 2 after "uri =", 3 in its list */
+    int depth; /* brackets open inside the list */
+    int name_line;
+};
+
+static void uri_scan_token(struct loader *l, struct uri_scan *u, int tok, int line)
+{
+    struct uri_lines *rec;
+
+    switch (u->state) {
+    case 1:
+        if (tok == '=' || tok == ':') {
+            u->state = 2;
+            return;
+        }
+        break;
+    case 2:
+        if ((tok == '(' || tok == '[') && l->n_uri_lines < CONFIG_URI_LISTS) {
+            rec = &l->uri_lines[l->n_uri_lines++];
+            rec->name_line = u->name_line;
+            rec->n = 0;
+            u->state = 3;
+            u->depth = 0;
+            return;
+        }
+        break;
+    case 3:
+        rec = &l->uri_lines[l->n_uri_lines - 1];
+        if (tok == '(' || tok == '[' || tok == '{') {
+            u->depth++;
+        } else if (tok == ')' || tok == ']' || tok == '}') {
+            if (u->depth-- == 0)
+                u->state = 0;
+        } else if ((tok == URI_TOK_VALUE || tok == URI_TOK_URI) && u->depth == 0) {
+            if (rec->n < CONFIG_MAX_AMQP_NODES)
+                rec->line[rec->n] = line;
+            rec->n++;
+        }
+        return;
+    default: break;
+    }
+    u->state = 0;
+    if (tok == URI_TOK_URI) {
+        u->state = 1;
+        u->name_line = line;
+    }
+}
+
 /* Refuses what libconfig 1.5 accepts silently but wrongly: an integer that
  * does not fit in 32 bits without an L suffix is wrapped (99999999999 reads
  * as 1215752191), which would turn a typo into a plausible value; and
  * @include, which would make the configuration more than the one file that
  * SIGHUP re-reads. A small lexer skips strings and comments so that
- * neither is mistaken for a number. */
+ * neither is mistaken for a number; on the way it dates the entries of a
+ * list named "uri" (struct uri_lines). */
 static int prescan(struct loader *l, const char *text, size_t len)
 {
     int line = 1;
@@ -438,6 +542,7 @@ static int prescan(struct loader *l, const char *text, size_t len)
     size_t i = 0;
     const char *name = "?"; /* the last name seen: the setting a number belongs to */
     size_t name_len = 1;
+    struct uri_scan uri = {0};
 
     while (i < len) {
         char c = text[i];
@@ -457,6 +562,7 @@ static int prescan(struct loader *l, const char *text, size_t len)
                              "@include is not supported: keep the configuration in one file");
         line_start = 0;
         if (c == '"') {
+            uri_scan_token(l, &uri, URI_TOK_VALUE, line);
             for (i++; i < len && text[i] != '"'; i++) {
                 if (text[i] == '\\' && i + 1 < len)
                     i++;
@@ -477,8 +583,12 @@ static int prescan(struct loader *l, const char *text, size_t len)
             while (i < len && (is_name_char(text[i]) || text[i] == '*'))
                 i++;
             name_len = (size_t)(text + i - name);
+            uri_scan_token(
+                l, &uri,
+                name_len == 3 && strncmp(name, "uri", 3) == 0 ? URI_TOK_URI : URI_TOK_VALUE, line);
         } else if (c >= '0' && c <= '9') {
             size_t start = i;
+            uri_scan_token(l, &uri, URI_TOK_VALUE, line);
             int hex = c == '0' && (next == 'x' || next == 'X');
             unsigned long long v = 0;
             int big = 0;
@@ -522,6 +632,7 @@ static int prescan(struct loader *l, const char *text, size_t len)
                                  (int)(name_len > 64 ? 64 : name_len), name, negative ? "-" : "",
                                  limit);
         } else {
+            uri_scan_token(l, &uri, (unsigned char)c, line);
             i++;
         }
     }
@@ -812,79 +923,291 @@ static void uri_authority(const char *uri, const char **start, size_t *len)
     *len = strcspn(p, "/?#");
 }
 
-/* Parses amqp.uri with librabbitmq's own parser, so that the daemon and the
- * library agree on what the uri means, and fills host, port, vhost, user
- * and ssl. librabbitmq quietly defaults a missing user or password to
- * "guest"; both are looked for in the text first so that a missing user is
- * an error and a missing password comes from password_file instead. */
-static int check_amqp_uri(struct loader *l, const struct item *it, const config_setting_t *s)
+/* One entry of amqp.uri, parsed. */
+struct uri_entry {
+    char *redacted; /* the entry with any password replaced by "***" */
+    char *host;
+    int port;
+    char *vhost;
+    char *user;
+    bool ssl;
+    char *password; /* NULL when the entry holds none; never shown */
+};
+
+static void uri_entry_release(struct uri_entry *u)
 {
-    struct config_amqp *a = &l->cfg->amqp;
+    free(u->redacted);
+    free(u->host);
+    free(u->vhost);
+    free(u->user);
+    if (u->password) {
+        explicit_bzero(u->password, strlen(u->password));
+        free(u->password);
+    }
+    memset(u, 0, sizeof(*u));
+}
+
+/* Parses one entry of amqp.uri (e, the setting holding it, dated on line
+ * when line > 0) with librabbitmq's own parser, so that the daemon and the
+ * library agree on what it means. librabbitmq quietly defaults a missing
+ * user or password to "guest"; both are looked for in the text first so
+ * that a missing user is an error and a missing password comes from
+ * password_file instead. path names the entry in errors; in a list, errors
+ * show the entry's redacted text so that the operator sees which node. */
+static int parse_amqp_uri(struct loader *l, const config_setting_t *e, int line, const char *path,
+                          int in_list, struct uri_entry *out)
+{
     struct amqp_connection_info ci;
     const char *auth;
     size_t auth_len;
     int rc = -1;
 
-    size_t rlen = strlen(a->uri) + 8;
-    a->uri_redacted = malloc(rlen);
-    if (!a->uri_redacted)
-        return fail(l, s, it->path, "out of memory");
-    redact_uri(a->uri, a->uri_redacted, rlen);
+    if (config_setting_type(e) != CONFIG_TYPE_STRING)
+        return fail_at(l, e, line, path, "must be a string (in double quotes)");
+    const char *uri = config_setting_get_string(e);
+    size_t len = strlen(uri);
+    if (has_control(uri))
+        return fail_at(l, e, line, path, "must not hold control characters");
+    if (len == 0)
+        return fail_at(l, e, line, path, "must not be empty");
+    if (len > CONFIG_STRING_MAX)
+        return fail_at(l, e, line, path, "must be at most %d characters long", CONFIG_STRING_MAX);
 
-    if (strncmp(a->uri, "amqp://", 7) != 0 && strncmp(a->uri, "amqps://", 8) != 0)
-        return fail(l, s, it->path, "must start with amqp:// or amqps://");
-    uri_authority(a->uri, &auth, &auth_len);
+    out->redacted = malloc(len + 8);
+    if (!out->redacted)
+        return fail_at(l, e, line, path, "out of memory");
+    redact_uri(uri, out->redacted, len + 8);
+
+    if (strncmp(uri, "amqp://", 7) != 0 && strncmp(uri, "amqps://", 8) != 0) {
+        if (in_list)
+            return fail_at(l, e, line, path, "\"%s\" must start with amqp:// or amqps://",
+                           out->redacted);
+        return fail_at(l, e, line, path, "must start with amqp:// or amqps://");
+    }
+    uri_authority(uri, &auth, &auth_len);
     const char *at = NULL;
     for (const char *p = auth; p < auth + auth_len; p++)
         if (*p == '@')
             at = p;
     if (!at || at == auth || *auth == ':')
-        return fail(l, s, it->path, "\"%s\" names no user: write amqp://USER@HOST:PORT/VHOST",
-                    a->uri_redacted);
+        return fail_at(l, e, line, path, "\"%s\" names no user: write amqp://USER@HOST:PORT/VHOST",
+                       out->redacted);
     int has_password = memchr(auth, ':', (size_t)(at - auth)) != NULL;
 
-    char *copy = strdup(a->uri);
+    char *copy = strdup(uri);
     if (!copy)
-        return fail(l, s, it->path, "out of memory");
+        return fail_at(l, e, line, path, "out of memory");
     int r = amqp_parse_url(copy, &ci);
     if (r != AMQP_STATUS_OK) {
-        fail(l, s, it->path, "\"%s\" is not a valid AMQP URI (amqp://USER@HOST:PORT/VHOST)",
-             a->uri_redacted);
+        fail_at(l, e, line, path, "\"%s\" is not a valid AMQP URI (amqp://USER@HOST:PORT/VHOST)",
+                out->redacted);
         goto wipe_copy;
     }
     if (!ci.user[0]) {
-        fail(l, s, it->path, "\"%s\" names no user", a->uri_redacted);
+        fail_at(l, e, line, path, "\"%s\" names no user", out->redacted);
         goto wipe_copy;
     }
     if (!ci.host[0]) {
-        fail(l, s, it->path, "\"%s\" names no host", a->uri_redacted);
+        fail_at(l, e, line, path, "\"%s\" names no host", out->redacted);
         goto wipe_copy;
     }
     if (!ci.vhost[0]) {
-        fail(l, s, it->path, "\"%s\" names an empty virtual host; write /%%2f for \"/\"",
-             a->uri_redacted);
+        fail_at(l, e, line, path, "\"%s\" names an empty virtual host; write /%%2f for \"/\"",
+                out->redacted);
         goto wipe_copy;
     }
-    a->host = strdup(ci.host);
-    a->vhost = strdup(ci.vhost);
-    a->user = strdup(ci.user);
-    a->port = ci.port;
-    a->ssl = ci.ssl != 0;
+    out->host = strdup(ci.host);
+    out->vhost = strdup(ci.vhost);
+    out->user = strdup(ci.user);
+    out->port = ci.port;
+    out->ssl = ci.ssl != 0;
     if (has_password)
-        l->uri_password = strdup(ci.password);
-    if (!a->host || !a->vhost || !a->user || (has_password && !l->uri_password)) {
-        fail(l, s, it->path, "out of memory");
+        out->password = strdup(ci.password);
+    if (!out->host || !out->vhost || !out->user || (has_password && !out->password)) {
+        fail_at(l, e, line, path, "out of memory");
         goto wipe_copy;
     }
-    if (has_password && !l->uri_password[0]) {
-        fail(l, s, it->path, "\"%s\" holds an empty password", a->uri_redacted);
+    if (has_password && !out->password[0]) {
+        fail_at(l, e, line, path, "\"%s\" holds an empty password", out->redacted);
+        goto wipe_copy;
+    }
+    /* Several copies of one secret are more places to leak it, and one
+     * password file changes it for every node at once. */
+    if (has_password && in_list) {
+        fail_at(l, e, line, path,
+                "\"%s\" holds a password: in a list of nodes, give the one password of every "
+                "node with amqp.password_file (or amqp.password)",
+                out->redacted);
         goto wipe_copy;
     }
     rc = 0;
 wipe_copy:
-    explicit_bzero(copy, strlen(a->uri));
+    explicit_bzero(copy, len);
     free(copy);
     return rc;
+}
+
+/* Checks entry u (amqp.uri[i]) against the entries before it: one cluster
+ * is logged in to with one user and one password, serves one virtual
+ * host, and lists each node once. */
+static int check_amqp_node(struct loader *l, const config_setting_t *e, int line, const char *path,
+                           size_t i, const struct uri_entry *u, const struct uri_entry *first)
+{
+    struct config_amqp *a = &l->cfg->amqp;
+
+    /* The one password goes to every node: a node without TLS would hand
+     * it, in clear text, to anyone on the path to that node. */
+    if (u->ssl != first->ssl)
+        return fail_at(l, e, line, path,
+                       "\"%s\" uses %s but amqp.uri[0] uses %s: use one scheme for every node "
+                       "(the same password goes to each, so one node without TLS exposes it)",
+                       u->redacted, u->ssl ? "amqps://" : "amqp://",
+                       first->ssl ? "amqps://" : "amqp://");
+    if (strcmp(u->user, first->user) != 0)
+        return fail_at(l, e, line, path,
+                       "\"%s\" names another user than amqp.uri[0] (\"%s\"): every node is "
+                       "logged in to as the same user",
+                       u->redacted, first->redacted);
+    if (strcmp(u->vhost, first->vhost) != 0)
+        return fail_at(l, e, line, path,
+                       "\"%s\" names another virtual host than amqp.uri[0] (\"%s\"): the nodes "
+                       "of one cluster serve the same virtual host",
+                       u->redacted, first->redacted);
+    for (size_t j = 0; j < i; j++) {
+        const struct config_amqp_node *o = &a->nodes[j];
+        if (o->port == u->port && strcasecmp(o->host, u->host) == 0)
+            return fail_at(l, e, line, path,
+                           "\"%s\" names the same host and port as amqp.uri[%zu] (\"%s\"): list "
+                           "each node once",
+                           u->redacted, j, o->uri_redacted);
+    }
+    return 0;
+}
+
+/* The line on which entry i of the list s starts, from the prescan, or 0
+ * when it is not known better than libconfig knows it. */
+static int uri_entry_line(const struct loader *l, const config_setting_t *s, int i)
+{
+    int name_line = (int)config_setting_source_line(s);
+    int n = config_setting_length(s);
+    for (int k = 0; k < l->n_uri_lines; k++) {
+        const struct uri_lines *u = &l->uri_lines[k];
+        if (u->name_line == name_line && u->n == n && i < CONFIG_MAX_AMQP_NODES)
+            return u->line[i];
+    }
+    return 0;
+}
+
+/* Joins the redacted entries with ", " into a->uris_redacted. */
+static int join_redacted(struct config_amqp *a)
+{
+    size_t len = 1;
+    for (size_t i = 0; i < a->n_nodes; i++)
+        len += strlen(a->nodes[i].uri_redacted) + 2;
+    a->uris_redacted = malloc(len);
+    if (!a->uris_redacted)
+        return -1;
+    a->uris_redacted[0] = '\0';
+    for (size_t i = 0; i < a->n_nodes; i++) {
+        if (i > 0)
+            strcat(a->uris_redacted, ", ");
+        strcat(a->uris_redacted, a->nodes[i].uri_redacted);
+    }
+    return 0;
+}
+
+/* amqp.uri: one URI, or a list of them (one per node of a cluster), into
+ * a->nodes and the first entry's fields. The password of a single URI is
+ * kept in l->uri_password for password_source. */
+static int read_amqp_uri(struct loader *l, const struct item *it, const config_setting_t *s)
+{
+    static const char like[] =
+        "( \"amqps://USER@node1:5671/%2f\", \"amqps://USER@node2:5671/%2f\" )";
+    struct config_amqp *a = &l->cfg->amqp;
+    struct uri_entry first = {0};
+    struct uri_entry u = {0};
+    int rc = -1;
+
+    if (!s)
+        return fail(l, config_lookup(&l->lc, "amqp"), it->path, "required setting is missing");
+    int t = config_setting_type(s);
+    int in_list = t == CONFIG_TYPE_LIST || t == CONFIG_TYPE_ARRAY;
+    int n = in_list ? config_setting_length(s) : 1;
+    if (t == CONFIG_TYPE_GROUP || (!in_list && t != CONFIG_TYPE_STRING))
+        return fail(l, s, it->path,
+                    "must be a string, or a list of strings for the nodes of a cluster, like %s",
+                    like);
+    if (n == 0)
+        return fail(l, s, it->path, "must not be empty: list at least one node, like %s", like);
+    if (n > CONFIG_MAX_AMQP_NODES)
+        return fail(l, s, it->path, "has %d entries; at most %d are allowed", n,
+                    CONFIG_MAX_AMQP_NODES);
+
+    a->nodes = calloc((size_t)n, sizeof(*a->nodes));
+    a->broker_nodes = calloc((size_t)n, sizeof(*a->broker_nodes));
+    if (!a->nodes || !a->broker_nodes)
+        return fail(l, s, it->path, "out of memory");
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = in_list ? config_setting_get_elem(s, (unsigned)i) : s;
+        int line = in_list ? uri_entry_line(l, s, i) : 0;
+        char path[CONFIG_PATH_MAX];
+        if (in_list)
+            snprintf(path, sizeof(path), "%s[%d]", it->path, i);
+        else
+            snprintf(path, sizeof(path), "%s", it->path);
+        struct uri_entry *cur = i == 0 ? &first : &u;
+        if (parse_amqp_uri(l, e, line, path, in_list, cur) < 0 ||
+            (i > 0 && check_amqp_node(l, e, line, path, (size_t)i, cur, &first) < 0))
+            goto release_entries;
+        struct config_amqp_node *node = &a->nodes[i];
+        node->uri_redacted = strdup(cur->redacted);
+        node->host = strdup(cur->host);
+        node->port = cur->port;
+        node->ssl = cur->ssl;
+        a->n_nodes = (size_t)i + 1;
+        if (!node->uri_redacted || !node->host) {
+            fail_at(l, e, line, path, "out of memory");
+            goto release_entries;
+        }
+        a->broker_nodes[i].host = node->host;
+        a->broker_nodes[i].port = node->port;
+        a->broker_nodes[i].ssl = node->ssl;
+        if (i > 0)
+            uri_entry_release(&u);
+    }
+
+    /* The first entry is what code that knows one node uses. */
+    const config_setting_t *e0 = in_list ? config_setting_get_elem(s, 0) : s;
+    a->uri = strdup(config_setting_get_string(e0));
+    a->uri_redacted = strdup(first.redacted);
+    a->host = strdup(first.host);
+    a->vhost = strdup(first.vhost);
+    a->user = strdup(first.user);
+    a->port = first.port;
+    a->ssl = first.ssl;
+    if (!a->uri || !a->uri_redacted || !a->host || !a->vhost || !a->user || join_redacted(a) < 0) {
+        fail(l, s, it->path, "out of memory");
+        goto release_entries;
+    }
+    l->uri_password = first.password;
+    first.password = NULL;
+    rc = 0;
+release_entries:
+    uri_entry_release(&first);
+    uri_entry_release(&u);
+    return rc;
+}
+
+/* A client applies the state messages of one sender only, its server
+ * side: without that check any other client of the same broker could
+ * publish states for this one (through the retry exchange, for one). */
+static int check_server_user(struct loader *l, const struct item *it, const config_setting_t *s)
+{
+    if (!l->cfg->client.enabled || l->cfg->client.server_user[0])
+        return 0;
+    return fail(l, s ? s : config_lookup(&l->lc, "client"), it->path,
+                "is required: the AMQP user of the server side, the only one allowed to send "
+                "this client its tasks' states");
 }
 
 static int check_http_url(struct loader *l, const struct item *it, const config_setting_t *s)
@@ -1165,8 +1488,9 @@ static int read_clients(struct loader *l, const struct item *it, const config_se
             entry_id(l, e, epath, "department", &c->department) < 0)
             return -1;
         if (strchr(c->id, '.'))
-            return fail(l, config_setting_get_member(e, "id"), epath,
-                        "id may hold only letters, digits, '_' and '-' (it is part of queue names)");
+            return fail(
+                l, config_setting_get_member(e, "id"), epath,
+                "id may hold only letters, digits, '_' and '-' (it is part of queue names)");
         for (int j = 0; j < i; j++) {
             const struct config_server_client *o = &sv->clients[j];
             if (strcmp(o->id, c->id) == 0)
@@ -1227,6 +1551,20 @@ static int check_across(struct loader *l)
     if (!cfg->client.enabled && !cfg->server.enabled)
         return fail(l, NULL, NULL,
                     "neither client: nor server: is present: configure at least one role");
+
+    /* With both roles in one process, this file's own user is the server
+     * side's. Without a server: section, nothing this client should trust
+     * publishes as its own user: the setting would make it apply states it
+     * published itself, and is most likely amqp.uri's user copied by
+     * mistake, which would dead-letter every state of the real server. */
+    if (cfg->client.enabled && !cfg->server.enabled &&
+        strcmp(cfg->client.server_user, cfg->amqp.user) == 0) {
+        const char *su = cfg->client.server_user;
+        return fail(l, config_lookup(&l->lc, "client.server_user"), "client.server_user",
+                    "\"%s\" is this file's own AMQP user (amqp.uri) and the file has no server: "
+                    "section: set the AMQP user the server side logs in as",
+                    showable(su) ? su : "?");
+    }
     if (password_source(l, "amqp", &cfg->amqp.password, cfg->amqp.password_file, &l->uri_password) <
         0)
         return -1;
@@ -1273,17 +1611,30 @@ static int check_across(struct loader *l)
 
 /* ---- the exported functions ------------------------------------------ */
 
+static void wipe_string(const config_setting_t *s)
+{
+    if (s && config_setting_type(s) == CONFIG_TYPE_STRING) {
+        char *v = (char *)(uintptr_t)config_setting_get_string(s);
+        if (v)
+            explicit_bzero(v, strlen(v));
+    }
+}
+
 /* libconfig keeps its own copies of the strings it parsed; those holding
- * secrets are wiped before the tree is freed. */
+ * secrets are wiped before the tree is freed, every entry of a list too
+ * (amqp.uri: a list entry with a password is refused, but was parsed). */
 static void wipe_tree(struct loader *l)
 {
     static const char *const secret_paths[] = {"amqp.uri", "amqp.password", "billmanager.password"};
     for (size_t i = 0; i < sizeof(secret_paths) / sizeof(secret_paths[0]); i++) {
         config_setting_t *s = config_lookup(&l->lc, secret_paths[i]);
-        if (s && config_setting_type(s) == CONFIG_TYPE_STRING) {
-            char *v = (char *)(uintptr_t)config_setting_get_string(s);
-            if (v)
-                explicit_bzero(v, strlen(v));
+        int t = s ? config_setting_type(s) : CONFIG_TYPE_NONE;
+        if (t == CONFIG_TYPE_LIST || t == CONFIG_TYPE_ARRAY) {
+            int n = config_setting_length(s);
+            for (int k = 0; k < n; k++)
+                wipe_string(config_setting_get_elem(s, (unsigned)k));
+        } else {
+            wipe_string(s);
         }
     }
 }
@@ -1402,7 +1753,15 @@ void config_free(struct config *cfg)
         }
     }
     free(cfg->file);
+    free_wiped(cfg->amqp.uri);
     free(cfg->amqp.uri_redacted);
+    free(cfg->amqp.uris_redacted);
+    for (size_t i = 0; cfg->amqp.nodes && i < cfg->amqp.n_nodes; i++) {
+        free(cfg->amqp.nodes[i].uri_redacted);
+        free(cfg->amqp.nodes[i].host);
+    }
+    free(cfg->amqp.nodes);
+    free(cfg->amqp.broker_nodes);
     free(cfg->amqp.host);
     free(cfg->amqp.vhost);
     free(cfg->amqp.user);

@@ -32,6 +32,10 @@ void config_opts_broker(const struct config *cfg, struct broker_opts *out, char 
     out->user = a->user;
     out->password = a->password;
     out->ssl = a->ssl;
+    /* Every node of amqp.uri; host, port and ssl above stay the first
+     * node's for a broker that knows one node only. */
+    out->nodes = a->broker_nodes;
+    out->n_nodes = a->n_nodes;
     out->ca_file = a->tls.ca_file;
     out->cert_file = a->tls.cert_file;
     out->key_file = a->tls.key_file;

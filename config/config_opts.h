@@ -17,7 +17,9 @@
 void config_opts_billmgr(const struct config *cfg, struct billmgr_opts *out);
 
 /* The broker connection of this instance; callbacks and their arg are left
- * NULL for the caller to set. connection_name is "remotetask <instance>". */
+ * NULL for the caller to set. connection_name is "remotetask <instance>".
+ * nodes and n_nodes are every entry of amqp.uri (at least one), borrowed
+ * from the config like the strings; host, port and ssl are the first's. */
 void config_opts_broker(const struct config *cfg, struct broker_opts *out, char *name_buf,
                         size_t name_len);
 

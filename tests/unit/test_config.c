@@ -1,7 +1,8 @@
 /*
  * test_config.c - config_load: the examples, the defaults, every bound,
  * unknown settings, syntax errors, password files, duplicates, missing
- * settings and the AMQP uri.
+ * settings, the AMQP uri (one node or a list of them) and the client's
+ * server_user.
  *
  * Valid files are written into a fresh temporary directory per test, with
  * their password files created beside them (mode 0600), because git does
@@ -25,7 +26,9 @@
 
 #include <cmocka.h>
 
+#include "broker.h"
 #include "config.h"
+#include "config_opts.h"
 
 #define DATA_DIR    RT_TEST_DATA_DIR "/config"
 #define EXAMPLE_DIR RT_TEST_DATA_DIR "/../../config"
@@ -150,7 +153,9 @@ static struct config *expect_load(const char *path)
  * on a line of its own, so an error's line is known. */
 struct parts {
     const char *top, *amqp_uri, *amqp_pw, *amqp, *tls, *bm_pw, *bm, *api;
-    const char *client_deps, *client, *server_clients, *server, *metrics;
+    /* server_user: the rest of the client's id line; NULL = the default
+     * server_user = "upstream" (amqp.uri's user is "rt"). */
+    const char *server_user, *client_deps, *client, *server_clients, *server, *metrics;
     int no_client, no_server;
 };
 
@@ -164,6 +169,7 @@ enum {
     L_BM = 13,
     L_API = 14,
     L_CLIENT = 16,
+    L_CLIENT_ID = 17, /* id and server_user */
     L_CLIENT_DEPS = 18,
     L_CLIENT_EXTRA = 19,
     L_SERVER = 21,
@@ -184,7 +190,8 @@ static void write_conf(struct fixture *fx, const struct parts *p)
         snprintf(client, sizeof(client), "#\n#\n#\n#\n#\n");
     else
         snprintf(client, sizeof(client),
-                 "client: {\n  id = \"7\";\n  departments = %s;\n  %s\n};\n",
+                 "client: {\n  id = \"7\"; %s\n  departments = %s;\n  %s\n};\n",
+                 OR(p->server_user, "server_user = \"upstream\";"),
                  OR(p->client_deps, "( { local = 3; remote = 12; } )"), OR(p->client, ""));
     if (p->no_server)
         snprintf(server, sizeof(server), "#\n#\n#\n#\n");
@@ -209,7 +216,7 @@ static void write_conf(struct fixture *fx, const struct parts *p)
              "  %s\n"                                        /* 13 */
              "  api: { %s };\n"                              /* 14 */
              "};\n"                                          /* 15 */
-             "%s"                                            /* 16..20 client */
+             "%s"                                            /* 16..20 client, 17 id */
              "%s"                                            /* 21..24 server */
              "metrics: { %s };\n",                           /* 25 */
              OR(p->top, ""), OR(p->amqp_uri, "\"amqp://rt@127.0.0.1:5672/%2f\""),
@@ -257,6 +264,10 @@ static void test_client_example_loads(void **state)
     assert_true(cfg->client.enabled);
     assert_false(cfg->server.enabled);
     assert_string_equal(cfg->client.id, "7");
+    /* The server example's AMQP user. */
+    assert_string_equal(cfg->client.server_user, "upstream");
+    assert_int_equal(cfg->amqp.n_nodes, 1);
+    assert_string_equal(cfg->amqp.uris_redacted, "amqp://reseller-a@127.0.0.1:5672/%2f");
     assert_int_equal(cfg->client.n_departments, 1);
     assert_int_equal(cfg->client.departments[0].local, 3);
     assert_int_equal(cfg->client.departments[0].remote, 12);
@@ -719,7 +730,8 @@ static void test_client_id_integer(void **state)
     write_file(fx->dir, "test.conf",
                "amqp: { uri = \"amqp://rt@h/%2f\"; password = \"" AMQP_PW "\"; };\n"
                "billmanager: { url = \"http://h/\"; login = \"l\"; password = \"" BM_PW "\"; };\n"
-               "client: { id = 42; departments = ( { local = 1; remote = 2; } ); };\n",
+               "client: { id = 42; server_user = \"up\";\n"
+               "  departments = ( { local = 1; remote = 2; } ); };\n",
                0600);
     struct config *cfg = expect_load(fx->path);
     assert_string_equal(cfg->client.id, "42");
@@ -727,7 +739,8 @@ static void test_client_id_integer(void **state)
     write_file(fx->dir, "test.conf",
                "amqp: { uri = \"amqp://rt@h/%2f\"; password = \"" AMQP_PW "\"; };\n"
                "billmanager: { url = \"http://h/\"; login = \"l\"; password = \"" BM_PW "\"; };\n"
-               "client: { id = 4.2; departments = ( { local = 1; remote = 2; } ); };\n",
+               "client: { id = 4.2; server_user = \"up\";\n"
+               "  departments = ( { local = 1; remote = 2; } ); };\n",
                0600);
     expect_error(fx->path, 3, "client.id: must be a string or an integer");
 }
@@ -930,6 +943,338 @@ static void test_uri_refused(void **state)
     }
 }
 
+/* ---- amqp.uri as a list of nodes ------------------------------------- */
+
+/* The list form of an example: its commented "#uri = ( ... );" block in
+ * place of its single uri, so that the form the example documents is
+ * known to load. */
+static void uncomment_uri_list(struct fixture *fx, const char *example)
+{
+    char src[600];
+    snprintf(src, sizeof(src), "%s/%s", EXAMPLE_DIR, example);
+    char *text = read_whole(src);
+    char *out = calloc(1, strlen(text) + 16);
+    assert_non_null(out);
+    int in_list = 0, found = 0;
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        const char *t = line + strspn(line, " ");
+        if (strncmp(t, "uri = \"", 7) == 0) {
+            strcat(out, "#");
+        } else if (strncmp(t, "#uri = (", 8) == 0 || in_list) {
+            char *hash = strchr(line, '#');
+            memmove(hash, hash + 1, strlen(hash));
+            in_list = !strstr(line, ");");
+            found = 1;
+        }
+        strcat(out, line);
+        strcat(out, "\n");
+    }
+    if (!found)
+        fail_msg("%s shows no list form of amqp.uri", example);
+    write_file(fx->dir, "test.conf", out, 0644);
+    write_file(fx->dir, "amqp.password", "amqp-from-file\n", 0600);
+    write_file(fx->dir, "billmgr.password", "billmgr-from-file\n", 0600);
+    free(out);
+    free(text);
+}
+
+static void test_examples_uri_list_loads(void **state)
+{
+    struct fixture *fx = *state;
+    static const char *const names[] = {"client.conf.example", "server.conf.example"};
+    static const char *const users[] = {"reseller-a", "upstream"};
+    for (int e = 0; e < 2; e++) {
+        uncomment_uri_list(fx, names[e]);
+        struct config *cfg = expect_load(fx->path);
+        assert_int_equal(cfg->amqp.n_nodes, 3);
+        assert_string_equal(cfg->amqp.user, users[e]);
+        assert_string_equal(cfg->amqp.host, "mq1.example.net");
+        assert_string_equal(cfg->amqp.nodes[2].host, "mq3.example.net");
+        assert_true(cfg->amqp.nodes[2].ssl);
+        assert_string_equal(cfg->amqp.password, "amqp-from-file");
+        config_free(cfg);
+    }
+}
+
+static struct config *load_uri_list(struct fixture *fx, const char *list)
+{
+    struct parts p = {.amqp_uri = list};
+    write_conf(fx, &p);
+    return expect_load(fx->path);
+}
+
+static void test_uri_list_parsed(void **state)
+{
+    struct fixture *fx = *state;
+    struct config *cfg = load_uri_list(fx, "(\n"
+                                           "    \"amqps://rt@node1:5671/%2f\",\n"
+                                           "    \"amqps://rt@node2/%2f\",\n"
+                                           "    \"amqps://rt@node3:5673/%2f\"\n"
+                                           "  )");
+    const struct config_amqp *a = &cfg->amqp;
+    assert_int_equal(a->n_nodes, 3);
+    /* The fields of one node are the first entry's. */
+    assert_string_equal(a->host, "node1");
+    assert_int_equal(a->port, 5671);
+    assert_true(a->ssl);
+    assert_string_equal(a->user, "rt");
+    assert_string_equal(a->vhost, "/");
+    assert_string_equal(a->uri, "amqps://rt@node1:5671/%2f");
+    assert_string_equal(a->uri_redacted, "amqps://rt@node1:5671/%2f");
+    assert_string_equal(a->uris_redacted, "amqps://rt@node1:5671/%2f, amqps://rt@node2/%2f, "
+                                          "amqps://rt@node3:5673/%2f");
+    assert_string_equal(a->nodes[1].host, "node2");
+    assert_int_equal(a->nodes[1].port, 5671);
+    assert_string_equal(a->nodes[1].uri_redacted, "amqps://rt@node2/%2f");
+    assert_string_equal(a->nodes[2].host, "node3");
+    assert_int_equal(a->nodes[2].port, 5673);
+    assert_true(a->nodes[2].ssl);
+    /* The password comes from the password setting, once for all. */
+    assert_string_equal(a->password, AMQP_PW);
+
+    /* What the broker gets: every node, and the first as its one node. */
+    struct broker_opts bo;
+    char name[128];
+    config_opts_broker(cfg, &bo, name, sizeof(name));
+    assert_int_equal(bo.n_nodes, 3);
+    assert_non_null(bo.nodes);
+    for (size_t i = 0; i < 3; i++) {
+        assert_string_equal(bo.nodes[i].host, a->nodes[i].host);
+        assert_int_equal(bo.nodes[i].port, a->nodes[i].port);
+        assert_int_equal(bo.nodes[i].ssl, 1);
+    }
+    assert_string_equal(bo.host, "node1");
+    assert_int_equal(bo.port, 5671);
+    assert_int_equal(bo.ssl, 1);
+    assert_string_equal(bo.user, "rt");
+    assert_string_equal(bo.password, AMQP_PW);
+    config_free(cfg);
+
+    /* An array ([ ]) is a list too, and one entry is a cluster of one. */
+    cfg = load_uri_list(fx, "[ \"amqp://rt@node1/%2fprod\" ]");
+    assert_int_equal(cfg->amqp.n_nodes, 1);
+    assert_string_equal(cfg->amqp.host, "node1");
+    assert_int_equal(cfg->amqp.port, 5672);
+    assert_false(cfg->amqp.ssl);
+    assert_string_equal(cfg->amqp.vhost, "/prod");
+    assert_string_equal(cfg->amqp.uris_redacted, "amqp://rt@node1/%2fprod");
+    config_free(cfg);
+
+    /* A host named twice on other ports is two nodes; so are 16 entries. */
+    char list[2048] = "(";
+    for (int i = 0; i < 16; i++) {
+        char e[64];
+        snprintf(e, sizeof(e), "%s\"amqp://rt@127.0.0.1:%d/%%2f\"", i ? ", " : " ", 5000 + i);
+        strcat(list, e);
+    }
+    strcat(list, " )");
+    cfg = load_uri_list(fx, list);
+    assert_int_equal(cfg->amqp.n_nodes, 16);
+    assert_int_equal(cfg->amqp.nodes[15].port, 5015);
+    config_opts_broker(cfg, &bo, name, sizeof(name));
+    assert_int_equal(bo.n_nodes, 16);
+    assert_int_equal(bo.nodes[15].port, 5015);
+    config_free(cfg);
+}
+
+/* The single string is a list of one: the nodes the broker gets. */
+static void test_uri_string_is_one_node(void **state)
+{
+    struct fixture *fx = *state;
+    struct config *cfg = load_uri(fx, "amqp://rt:" URI_PW "@broker.example:5673/%2f", "#");
+    const struct config_amqp *a = &cfg->amqp;
+    assert_int_equal(a->n_nodes, 1);
+    assert_string_equal(a->nodes[0].host, "broker.example");
+    assert_int_equal(a->nodes[0].port, 5673);
+    assert_false(a->nodes[0].ssl);
+    assert_string_equal(a->nodes[0].uri_redacted, "amqp://rt:***@broker.example:5673/%2f");
+    assert_string_equal(a->uris_redacted, a->uri_redacted);
+    assert_string_equal(a->password, URI_PW);
+    struct broker_opts bo;
+    char name[128];
+    config_opts_broker(cfg, &bo, name, sizeof(name));
+    assert_int_equal(bo.n_nodes, 1);
+    assert_string_equal(bo.nodes[0].host, "broker.example");
+    assert_int_equal(bo.nodes[0].port, 5673);
+    assert_int_equal(bo.nodes[0].ssl, 0);
+    assert_string_equal(bo.host, "broker.example");
+    config_free(cfg);
+}
+
+static void test_uri_list_refused(void **state)
+{
+    struct fixture *fx = *state;
+    static const struct {
+        const char *list; /* the value of uri, starting on L_AMQP_URI */
+        int line;         /* the line of the error, from L_AMQP_URI */
+        const char *want;
+    } cases[] = {
+        /* A password in a list entry, also in a list of one. */
+        {"(\n  \"amqp://rt@n1/%2f\",\n  \"amqp://rt:" URI_PW "@n2/%2f\"\n)", 2,
+         "amqp.uri[1]: \"amqp://rt:***@n2/%2f\" holds a password: in a list of nodes, give the "
+         "one password of every node with amqp.password_file (or amqp.password)"},
+        {"( \"amqp://rt:" URI_PW "@n1/%2f\" )", 0,
+         "amqp.uri[0]: \"amqp://rt:***@n1/%2f\" holds a password"},
+        {"( \"amqp://rt:@n1/%2f\" )", 0,
+         "amqp.uri[0]: \"amqp://rt:***@n1/%2f\" holds an empty "
+         "password"},
+        /* Schemes are not mixed. */
+        {"( \"amqp://rt@n1/%2f\",\n  \"amqps://rt@n2/%2f\" )", 1,
+         "amqp.uri[1]: \"amqps://rt@n2/%2f\" uses amqps:// but amqp.uri[0] uses amqp://: use one "
+         "scheme for every node (the same password goes to each, so one node without TLS "
+         "exposes it)"},
+        {"( \"amqps://rt@n1/%2f\", \"amqps://rt@n2/%2f\",\n  \"amqp://rt@n3/%2f\" )", 1,
+         "amqp.uri[2]: \"amqp://rt@n3/%2f\" uses amqp:// but amqp.uri[0] uses amqps://"},
+        /* One user, one virtual host. */
+        {"( \"amqp://rt@n1/%2f\",\n  \"amqp://other@n2/%2f\" )", 1,
+         "amqp.uri[1]: \"amqp://other@n2/%2f\" names another user than amqp.uri[0] "
+         "(\"amqp://rt@n1/%2f\"): every node is logged in to as the same user"},
+        {"( \"amqp://rt@n1/%2f\",\n  \"amqp://rt@n2/prod\" )", 1,
+         "amqp.uri[1]: \"amqp://rt@n2/prod\" names another virtual host than amqp.uri[0] "
+         "(\"amqp://rt@n1/%2f\"): the nodes of one cluster serve the same virtual host"},
+        /* Each node once: the default port is the port, a host name is
+         * not case-sensitive. */
+        {"( \"amqp://rt@n1/%2f\", \"amqp://rt@n2/%2f\",\n  \"amqp://rt@N1:5672/%2f\" )", 1,
+         "amqp.uri[2]: \"amqp://rt@N1:5672/%2f\" names the same host and port as amqp.uri[0] "
+         "(\"amqp://rt@n1/%2f\"): list each node once"},
+        /* Every entry is checked as a single uri is. */
+        {"( \"amqp://rt@n1/%2f\",\n  \"http://rt@n2/%2f\" )", 1,
+         "amqp.uri[1]: \"http://rt@n2/%2f\" must start with amqp:// or amqps://"},
+        {"( \"amqp://rt@n1/%2f\",\n  \"amqp://n2/%2f\" )", 1,
+         "amqp.uri[1]: \"amqp://n2/%2f\" names no user: write amqp://USER@HOST:PORT/VHOST"},
+        {"( \"amqp://rt@n1/%2f\",\n  \"amqp://rt@n2:99999/%2f\" )", 1,
+         "amqp.uri[1]: \"amqp://rt@n2:99999/%2f\" is not a valid AMQP URI"},
+        {"( \"amqp://rt@n1/%2f\",\n  \"amqp://rt@n2/\" )", 1,
+         "amqp.uri[1]: \"amqp://rt@n2/\" names an empty virtual host"},
+        {"( \"amqp://rt@n1/%2f\",\n  \"\" )", 1, "amqp.uri[1]: must not be empty"},
+        {"( \"amqp://rt@n1/%2f\",\n  5672 )", 1,
+         "amqp.uri[1]: must be a string (in double quotes)"},
+        {"( \"amqp://rt@n1/%2f\",\n  ( \"amqp://rt@n2/%2f\" ) )", 1,
+         "amqp.uri[1]: must be a string (in double quotes)"},
+        /* The list itself. */
+        {"( )", 0,
+         "amqp.uri: must not be empty: list at least one node, like ( "
+         "\"amqps://USER@node1:5671/%2f\", \"amqps://USER@node2:5671/%2f\" )"},
+        {"5672", 0, "amqp.uri: must be a string, or a list of strings for the nodes of a cluster"},
+        {"{ host = \"n1\"; }", 0,
+         "amqp.uri: must be a string, or a list of strings for the nodes of a cluster"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct parts p = {.amqp_uri = cases[i].list};
+        write_conf(fx, &p);
+        expect_error(fx->path, L_AMQP_URI + cases[i].line, cases[i].want);
+    }
+
+    /* 17 entries are one too many. */
+    char list[2048] = "(";
+    for (int i = 0; i < 17; i++) {
+        char e[64];
+        snprintf(e, sizeof(e), "%s\"amqp://rt@n%d/%%2f\"", i ? ", " : " ", i);
+        strcat(list, e);
+    }
+    strcat(list, " )");
+    struct parts p = {.amqp_uri = list};
+    write_conf(fx, &p);
+    expect_error(fx->path, L_AMQP_URI, "amqp.uri: has 17 entries; at most 16 are allowed");
+}
+
+/* An error names the line where its entry starts, also for the last
+ * entry of a list closed on a line of its own (libconfig would date it by
+ * the ")"), and for entries that span lines or share one. */
+static void test_uri_list_error_lines(void **state)
+{
+    struct fixture *fx = *state;
+    static const struct {
+        const char *list;
+        int line;
+        const char *want;
+    } cases[] = {
+        {"(\n  \"amqp://rt@n1/%2f\",\n  \"amqp://other@n2/%2f\"\n\n)", 2, "amqp.uri[1]: "},
+        {"[\n  \"amqp://rt@n1/%2f\", \"amqp://rt@n2/%2f\",\n  # a comment: \"x\", 99999999\n"
+         "  \"amqp://rt@n1/%2f\"\n  ]",
+         3, "amqp.uri[2]: "},
+        {"( \"amqp://rt@n1/%2f\",\n  \"amqp://rt@n1/%2f\" /* uri = ( \"a\" ) */\n)", 1,
+         "amqp.uri[1]: "},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct parts p = {.amqp_uri = cases[i].list,
+                          .top = "# uri = ( \"amqp://rt@elsewhere/%2f\" );"};
+        write_conf(fx, &p);
+        expect_error(fx->path, L_AMQP_URI + cases[i].line, cases[i].want);
+    }
+
+    /* Another list named "uri" before amqp: (a mistake inside a list
+     * entry, found later) does not lend its lines to amqp.uri. */
+    struct parts decoy = {
+        .top = "client: { id = \"7\"; server_user = \"up\"; departments = ( { local = 3; "
+               "remote = 12; uri = ( \"a\", \"b\" ); } ); };",
+        .amqp_uri = "( \"amqp://rt@n1/%2f\",\n  \"amqp://other@n2/%2f\"\n)",
+        .no_client = 1,
+    };
+    write_conf(fx, &decoy);
+    expect_error(fx->path, L_AMQP_URI + 1, "amqp.uri[1]: ");
+}
+
+/* ---- client.server_user ---------------------------------------------- */
+
+static void test_server_user_required(void **state)
+{
+    struct fixture *fx = *state;
+    static const char want[] =
+        "client.server_user: is required: the AMQP user of the server side, the only one "
+        "allowed to send this client its tasks' states";
+
+    /* Missing: the error names the line of the client group. */
+    struct parts missing = {.server_user = "#"};
+    write_conf(fx, &missing);
+    expect_error(fx->path, L_CLIENT, want);
+
+    struct parts empty = {.server_user = "server_user = \"\";"};
+    write_conf(fx, &empty);
+    expect_error(fx->path, L_CLIENT_ID, want);
+
+    struct parts present = {.server_user = "server_user = \"provider\";"};
+    write_conf(fx, &present);
+    struct config *cfg = expect_load(fx->path);
+    assert_string_equal(cfg->client.server_user, "provider");
+    config_free(cfg);
+
+    /* Without a client section nothing asks for it. */
+    struct parts server_only = {.no_client = 1};
+    write_conf(fx, &server_only);
+    cfg = expect_load(fx->path);
+    assert_false(cfg->client.enabled);
+    config_free(cfg);
+}
+
+/* server_user equal to amqp.uri's own user: right for one process with
+ * both roles, refused for a client alone, which would apply states it
+ * published itself. */
+static void test_server_user_own_user(void **state)
+{
+    struct fixture *fx = *state;
+    struct parts client_only = {.server_user = "server_user = \"rt\";", .no_server = 1};
+    write_conf(fx, &client_only);
+    expect_error(fx->path, L_CLIENT_ID,
+                 "client.server_user: \"rt\" is this file's own AMQP user (amqp.uri) and the file "
+                 "has no server: section: set the AMQP user the server side logs in as");
+
+    struct parts both = {.server_user = "server_user = \"rt\";"};
+    write_conf(fx, &both);
+    struct config *cfg = expect_load(fx->path);
+    assert_true(cfg->client.enabled);
+    assert_true(cfg->server.enabled);
+    assert_string_equal(cfg->client.server_user, cfg->amqp.user);
+    config_free(cfg);
+
+    /* The same with the user of a list. */
+    struct parts list = {.amqp_uri = "( \"amqp://rt@n1/%2f\", \"amqp://rt@n2/%2f\" )",
+                         .server_user = "server_user = \"rt\";",
+                         .no_server = 1};
+    write_conf(fx, &list);
+    expect_error(fx->path, L_CLIENT_ID, "client.server_user: \"rt\" is this file's own AMQP user");
+}
+
 static void test_billmanager_url_refused(void **state)
 {
     struct fixture *fx = *state;
@@ -950,7 +1295,8 @@ static void test_billmanager_url_refused(void **state)
                  "billmanager: {\n"
                  "  url = \"%s\";\n"
                  "  login = \"l\"; password = \"" BM_PW "\"; };\n"
-                 "client: { id = 1; departments = ( { local = 1; remote = 2; } ); };\n",
+                 "client: { id = 1; server_user = \"up\";\n"
+                 "  departments = ( { local = 1; remote = 2; } ); };\n",
                  cases[i].url);
         write_file(fx->dir, "test.conf", text, 0600);
         expect_error(fx->path, 3, cases[i].want);
@@ -1034,6 +1380,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_uri_parsed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_uri_password, setup, teardown),
         cmocka_unit_test_setup_teardown(test_uri_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_examples_uri_list_loads, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_uri_list_parsed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_uri_string_is_one_node, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_uri_list_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_uri_list_error_lines, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_server_user_required, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_server_user_own_user, setup, teardown),
         cmocka_unit_test_setup_teardown(test_billmanager_url_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tls_files, setup, teardown),
         cmocka_unit_test(test_free_and_find_accept_null),
