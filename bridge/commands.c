@@ -294,16 +294,63 @@ static void commands_resync(void *arg, struct control_client *cl, json_t *req)
     control_reply(cl, json_pack("{s:b}", "ok", 1));
 }
 
-static void commands_status(void *arg, struct control_client *cl, json_t *req)
+static void commands_status_reply(struct daemon *d, struct control_client *cl)
 {
-    struct daemon *d = arg;
-    (void)req;
     json_t *resp = observe_status(d);
     if (!resp) {
         control_reply_error(cl, "out of memory");
         return;
     }
     control_reply(cl, resp);
+}
+
+static void commands_status_gone(void *arg, struct control_client *cl)
+{
+    struct commands *c = arg;
+    for (size_t i = 0; i < CONTROL_MAX_CLIENTS; i++)
+        if (c->status_cl[i] == cl)
+            c->status_cl[i] = NULL;
+}
+
+int64_t commands_status_flush(struct daemon *d, int64_t mono)
+{
+    struct commands *c = &d->cmds;
+    int64_t next = -1;
+    int answered = observe_queues_answered(&d->obs);
+    for (size_t i = 0; i < CONTROL_MAX_CLIENTS; i++) {
+        struct control_client *cl = c->status_cl[i];
+        if (!cl)
+            continue;
+        if (answered || mono >= c->status_deadline[i]) {
+            c->status_cl[i] = NULL;
+            commands_status_reply(d, cl);
+        } else if (next < 0 || c->status_deadline[i] < next) {
+            next = c->status_deadline[i];
+        }
+    }
+    return next;
+}
+
+static void commands_status(void *arg, struct control_client *cl, json_t *req)
+{
+    struct daemon *d = arg;
+    struct commands *c = &d->cmds;
+    (void)req;
+    observe_queues_refresh(&d->obs, d->cfg, d->core, OBSERVE_QUEUES_STATUS_AGE_MS);
+    if (observe_queues_answered(&d->obs)) {
+        commands_status_reply(d, cl);
+        return;
+    }
+    for (size_t i = 0; i < CONTROL_MAX_CLIENTS; i++) {
+        if (c->status_cl[i])
+            continue;
+        c->status_cl[i] = cl;
+        c->status_deadline[i] = now_mono_ms() + COMMANDS_STATUS_WAIT_MS;
+        control_defer(cl, COMMANDS_STATUS_WAIT_MS + COMMANDS_CHECKEVENT_SLACK_MS,
+                      commands_status_gone, c);
+        return;
+    }
+    commands_status_reply(d, cl); /* never: one slot per control client */
 }
 
 /* The commands of the control socket, one line each. */

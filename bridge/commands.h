@@ -9,7 +9,11 @@
  *               {"ok":true,"published":N,"updated":M} on its sync_done,
  *               or an error after timeout seconds (60 by default, at
  *               most 3600).
- *   status      the JSON that observe_status() builds.
+ *   status      the JSON that observe_status() builds, with queue depths
+ *               at most OBSERVE_QUEUES_STATUS_AGE_MS old: when they are
+ *               older, the broker is asked and the answer waits for its
+ *               answers, at most COMMANDS_STATUS_WAIT_MS (a broker that
+ *               does not answer leaves them unknown, never the status).
  *   resync      server role: a state cycle of every client now.
  *
  * A checkevent is a wait: its entry in struct commands keeps the control
@@ -33,10 +37,14 @@
 #define COMMANDS_CHECKEVENT_DEFAULT_S 60
 #define COMMANDS_CHECKEVENT_MAX_S     3600
 #define COMMANDS_CHECKEVENT_SLACK_MS  2000
+/* How long a status waits for fresh queue depths before it answers with
+ * what it has. */
+#define COMMANDS_STATUS_WAIT_MS 500
 /* Random bytes of a sync request's id (hex: twice as many characters). */
 #define COMMANDS_SYNC_ID_BYTES 16
 
 struct core;
+struct daemon;
 
 /* A checkevent waiting for the server's sync_done. */
 struct commands_wait {
@@ -53,6 +61,10 @@ struct commands_wait {
  * start state; it owns nothing, so it needs no release. */
 struct commands {
     struct commands_wait waits[CONTROL_MAX_CLIENTS];
+    /* Status commands waiting for queue depths: client and deadline
+     * (monotonic ms); cl NULL = free. */
+    struct control_client *status_cl[CONTROL_MAX_CLIENTS];
+    int64_t status_deadline[CONTROL_MAX_CLIENTS];
     uint64_t sync_published; /* checkevent requests published, confirmed */
     uint64_t sync_confirmed;
 };
@@ -74,6 +86,11 @@ void commands_on_sync_done(struct commands *c, const char *id, uint64_t count, u
 /* Answers the checkevents whose time ran out at mono (monotonic ms);
  * returns the nearest deadline left (monotonic ms), or -1. */
 int64_t commands_expire(struct commands *c, int64_t mono);
+
+/* Answers the status commands waiting for queue depths once the answers
+ * are in or their wait at mono (monotonic ms) is over; returns the nearest
+ * deadline left (monotonic ms), or -1. */
+int64_t commands_status_flush(struct daemon *d, int64_t mono);
 
 /* How many checkevents are waiting. */
 size_t commands_waiting(const struct commands *c);

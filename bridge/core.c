@@ -62,6 +62,13 @@ static void core_on_cancel(void *arg, const char *queue)
     snprintf(k->cancelled_queue, sizeof(k->cancelled_queue), "%s", queue ? queue : "");
 }
 
+static void core_on_depth(void *arg, const char *queue, int found, uint32_t ready,
+                          uint32_t consumers)
+{
+    struct core *k = arg;
+    k->hooks.on_depth(k->hooks.arg, queue, found, ready, consumers);
+}
+
 /* A client's sync request reached the forward applier. */
 static void core_on_sync(void *arg, const char *client, const char *id)
 {
@@ -147,6 +154,7 @@ struct core *core_new(const struct config *cfg, struct store *st, const struct c
     o.on_confirm = core_on_confirm;
     o.on_delivery = core_on_delivery;
     o.on_cancel = core_on_cancel;
+    o.on_depth = core_on_depth;
     o.cb_arg = k;
     k->br = broker_new(&o, why, sizeof(why));
     if (!k->br) {
@@ -224,45 +232,16 @@ static void core_lost(struct core *k, const char *why)
     k->reconnect_at = now_mono_ms() + backoff_next(&k->backoff);
 }
 
-/* One connection attempt: connect, declare every client's topology, then
- * tell the components. Failures are logged per state change, not per
- * attempt, so that a broker down for hours does not flood the log. */
-static void core_connect(struct core *k)
+/* An attempt failed (st is RT_RETRY or RT_REJECT, the reason in the
+ * broker): schedule the next. Failures are logged per state change, not
+ * per attempt, so that a broker down for hours does not flood the log. */
+static void core_connect_failed(struct core *k, rt_status st)
 {
     const struct config *cfg = k->cfg;
-    rt_status st = broker_connect(k->br);
-    if (st == RT_OK)
-        st = broker_declare(k->br, k->clients, k->n_clients);
-    if (st == RT_OK) {
-        if (k->failures)
-            log_info("connected to the broker at %s as \"%s\" after %u failed attempts",
-                     cfg->amqp.uri_redacted, cfg->amqp.user, k->failures);
-        else
-            log_info("connected to the broker at %s as \"%s\"", cfg->amqp.uri_redacted,
-                     cfg->amqp.user);
-        k->up = 1;
-        k->failures = 0;
-        k->last_error[0] = '\0';
-        k->connects++;
-        backoff_reset(&k->backoff);
-        if (k->relay)
-            relay_on_connected(k->relay);
-        if (k->rev)
-            reverse_on_connected(k->rev);
-        if (k->fwd)
-            forward_on_connected(k->fwd);
-        if (k->sp)
-            statepub_on_connected(k->sp);
-        k->relay_next = 0;
-        k->rev_next = 0;
-        k->fwd_next = 0;
-        k->sp_next = 0;
-        return;
-    }
-
     const char *why = broker_strerror(k->br);
     int changed = strcmp(why, k->last_error) != 0;
     k->failures++;
+    k->last_verdict = st;
     unsigned delay = st == RT_REJECT ? CORE_RECONNECT_MAX_MS : backoff_next(&k->backoff);
     if (st == RT_REJECT && (changed || k->failures % CORE_RECONNECT_REMIND == 0))
         log_error("the broker at %s refused \"%s\": %s; fix the broker or the configuration, "
@@ -282,6 +261,42 @@ static void core_connect(struct core *k)
     k->reconnect_at = now_mono_ms() + delay;
 }
 
+/* The broker connection is up: declare every client's topology, then
+ * tell the components. */
+static void core_connected(struct core *k)
+{
+    const struct config *cfg = k->cfg;
+    rt_status st = broker_declare(k->br, k->clients, k->n_clients);
+    if (st != RT_OK) {
+        core_connect_failed(k, st);
+        return;
+    }
+    if (k->failures)
+        log_info("connected to the broker at %s (node %s) as \"%s\" after %u failed attempts",
+                 cfg->amqp.uri_redacted, broker_node(k->br), cfg->amqp.user, k->failures);
+    else
+        log_info("connected to the broker at %s (node %s) as \"%s\"", cfg->amqp.uri_redacted,
+                 broker_node(k->br), cfg->amqp.user);
+    k->up = 1;
+    k->failures = 0;
+    k->last_verdict = RT_OK;
+    k->last_error[0] = '\0';
+    k->connects++;
+    backoff_reset(&k->backoff);
+    if (k->relay)
+        relay_on_connected(k->relay);
+    if (k->rev)
+        reverse_on_connected(k->rev);
+    if (k->fwd)
+        forward_on_connected(k->fwd);
+    if (k->sp)
+        statepub_on_connected(k->sp);
+    k->relay_next = 0;
+    k->rev_next = 0;
+    k->fwd_next = 0;
+    k->sp_next = 0;
+}
+
 void core_maintain(struct core *k, int allow_connect)
 {
     if (k->up && !broker_connected(k->br)) {
@@ -292,8 +307,10 @@ void core_maintain(struct core *k, int allow_connect)
                  k->cancelled_queue);
         core_lost(k, why);
     }
-    if (!k->up && allow_connect && now_mono_ms() >= k->reconnect_at)
-        core_connect(k);
+    if (!k->up && !broker_connecting(k->br) && allow_connect && now_mono_ms() >= k->reconnect_at)
+        broker_connect_async(k->br);
+    if (!allow_connect && broker_connecting(k->br))
+        broker_disconnect(k->br); /* stopping: no new connection */
 }
 
 void core_process(struct core *k)
@@ -301,8 +318,33 @@ void core_process(struct core *k)
     /* broker_process() never blocks: the loop calls it on every turn, so
      * that heartbeats and buffered frames are never late, whichever of the
      * fds or the timeout ended the wait. */
+    if (broker_connecting(k->br)) {
+        rt_status st = broker_process(k->br);
+        if (broker_connected(k->br))
+            core_connected(k);
+        else if (!broker_connecting(k->br))
+            core_connect_failed(k, st == RT_OK ? RT_RETRY : st);
+        return;
+    }
     if (k->up && broker_process(k->br) != RT_OK)
         core_lost(k, broker_strerror(k->br));
+}
+
+const char *core_broker_state(const struct core *k)
+{
+    if (!k)
+        return "disconnected";
+    if (k->up) {
+        int hb = k->cfg->amqp.heartbeat;
+        if (broker_blocked(k->br))
+            return "blocked";
+        if (hb > 0 && broker_silent_ms(k->br) > (int64_t)hb * 1000)
+            return "unreachable";
+        return "connected";
+    }
+    if (k->connects == 0 && k->failures == 0)
+        return "connecting";
+    return k->last_verdict == RT_REJECT ? "refused" : "unreachable";
 }
 
 /* ---- the loop's schedule -------------------------------------------- */
@@ -333,7 +375,7 @@ int64_t core_timeout_ms(const struct core *k, int connecting)
 {
     int64_t best = -1, mono = now_mono_ms(), wall = now_wall_ms();
 
-    if (k->up) {
+    if (k->up || broker_connecting(k->br)) {
         if (broker_wants_read_now(k->br))
             return 0;
         int t = broker_timeout_ms(k->br);

@@ -6,9 +6,11 @@
  *
  * The core connects and reconnects the broker (backoff of 500 ms to 30 s;
  * a refused login or TLS failure waits the longest delay at once, as the
- * operator may fix the broker side without touching remotetaskd),
- * declares every client's topology on each connect, hands confirms and
- * deliveries to the components and runs their ticks. It is the broker's
+ * operator may fix the broker side without touching remotetaskd) without
+ * ever blocking the loop on a silent node: an attempt probes every node of
+ * amqp.uri (broker_connect_async()) and connects to the first that
+ * answers. It declares every client's topology on each connect, hands
+ * confirms and deliveries to the components and runs their ticks. It is the broker's
  * callback argument, so that a broker being torn down reports its lost
  * publishes to the components built with it and to no others.
  *
@@ -63,6 +65,9 @@ struct core_hooks {
     reverse_sync_done_fn on_sync_done;
     /* The forward applier applied a message (forward.h). */
     forward_applied_fn on_forward_applied;
+    /* The answer to a queue depth question (broker_opts.on_depth). */
+    void (*on_depth)(void *arg, const char *queue, int found, uint32_t ready,
+                     uint32_t consumers);
 };
 
 struct core {
@@ -80,6 +85,7 @@ struct core {
 
     int up;            /* connected and declared */
     uint64_t connects; /* broker connections this core established */
+    rt_status last_verdict; /* of the last failed attempt: RETRY or REJECT */
     int cancelled;     /* the broker cancelled a consumer: reconnect */
     char cancelled_queue[BROKER_NAME_MAX];
     struct backoff backoff;
@@ -122,14 +128,14 @@ void core_drain(struct core *k);
 
 /* Notices a connection that died outside core_process() (inside a
  * publish, or a consumer cancelled) and, when allow_connect is set and
- * the backoff allows, makes one connection attempt: connect, declare,
- * tell the components. Failures are logged per change of reason, not per
- * attempt. */
+ * the backoff allows, starts one connection attempt, which
+ * core_process() carries on: probe, connect, declare, tell the
+ * components. Failures are logged per change of reason, not per attempt. */
 void core_maintain(struct core *k, int allow_connect);
 
 /* Reads what the broker sent (confirms, deliveries, heartbeats) without
- * blocking; a failed connection is closed and its reconnect scheduled.
- * Call it on every turn of the loop while the core is up. */
+ * blocking, or advances a connection attempt; a failed connection is
+ * closed and its reconnect scheduled. Call it on every turn of the loop. */
 void core_process(struct core *k);
 
 /* Runs the component ticks that are due. */
@@ -140,6 +146,14 @@ void core_tick(struct core *k);
  * when connecting is set), the BILLmanager client's timers, the
  * components' ticks; 0 when it is due now, -1 when nothing is scheduled. */
 int64_t core_timeout_ms(const struct core *k, int connecting);
+
+/* What status and the metrics say of the broker connection: "connected",
+ * "blocked" (a resource alarm), "unreachable" (connected, but the node has
+ * sent nothing for longer than the heartbeat; or not connected and the
+ * last attempt failed for a reason that may pass), "refused" (the last
+ * attempt failed for a reason that needs a person: login, certificate,
+ * topology), or "connecting" (the first attempt after start or a loss). */
+const char *core_broker_state(const struct core *k);
 
 /* Deliveries this instance holds unacknowledged on queue: the forward
  * applier's per queue, the reverse applier's on this client's reverse

@@ -57,6 +57,16 @@ static void daemon_on_sync_done(void *arg, const char *id, uint64_t count, uint6
     commands_on_sync_done(&d->cmds, id, count, applied);
 }
 
+static void daemon_on_depth(void *arg, const char *queue, int found, uint32_t ready,
+                            uint32_t consumers)
+{
+    struct daemon *d = arg;
+    observe_on_depth(&d->obs, queue, found, ready, consumers);
+    /* A status waiting for these answers goes out as soon as they are in. */
+    if (observe_queues_answered(&d->obs))
+        commands_status_flush(d, now_mono_ms());
+}
+
 static void daemon_on_forward_applied(void *arg, const char *client, int64_t task, int64_t event_ms,
                                       int64_t applied_ms)
 {
@@ -84,6 +94,7 @@ static struct core *daemon_core_new(struct daemon *d, const struct config *cfg, 
         .on_confirm = daemon_on_confirm,
         .on_sync_done = daemon_on_sync_done,
         .on_forward_applied = daemon_on_forward_applied,
+        .on_depth = daemon_on_depth,
     };
     return core_new(cfg, st, &hooks, err, errlen);
 }
@@ -332,6 +343,9 @@ static int64_t daemon_timeout(struct daemon *d)
     int64_t w = commands_expire(&d->cmds, mono);
     if (w >= 0)
         daemon_wait_min(&best, w - mono);
+    w = commands_status_flush(d, mono);
+    if (w >= 0)
+        daemon_wait_min(&best, w - mono);
     if (d->stopping)
         daemon_wait_min(&best, d->stop_deadline - mono);
     if (d->pending)
@@ -346,12 +360,17 @@ static int daemon_iterate(struct daemon *d, const sigset_t *wait_mask)
     struct core *k = d->core;
     size_t n = 0, bm_off = 0, n_bm = 0, ctl_off, n_ctl;
 
-    if (k && k->up && broker_fd(k->br) >= 0) {
-        if (daemon_fds_reserve(d, 1) < 0)
-            goto no_memory;
-        d->fds[n++] = (struct pollfd){.fd = broker_fd(k->br), .events = POLLIN};
-    }
     if (k) {
+        for (;;) {
+            size_t room = d->fds_cap - n;
+            size_t n_br = broker_pollfds(k->br, d->fds + n, room);
+            if (n_br <= room) {
+                n += n_br;
+                break;
+            }
+            if (daemon_fds_reserve(d, n + n_br) < 0)
+                goto no_memory;
+        }
         bm_off = n;
         for (;;) {
             size_t room = d->fds_cap - n;
@@ -391,6 +410,7 @@ static int daemon_iterate(struct daemon *d, const sigset_t *wait_mask)
     if (d->mh)
         metrics_http_handle(d->mh);
     commands_expire(&d->cmds, now_mono_ms());
+    commands_status_flush(d, now_mono_ms());
     if (d->core)
         core_tick(d->core);
     return 0;

@@ -24,6 +24,7 @@ int observe_init(struct observe *o)
     o->started_ms = now_wall_ms();
     o->started_mono = now_mono_ms();
     o->api_last_ok = -1;
+    o->api_reachable = -1;
     o->metrics = metrics_new();
     if (!o->metrics || metrics_describe_remotetask(o->metrics) < 0) {
         observe_release(o);
@@ -49,6 +50,9 @@ void observe_on_api_call(struct observe *o, const char *func, rt_status status,
     const char *outcome = status == RT_OK ? "ok" : status == RT_RETRY ? "retry" : "reject";
 
     o->api_calls++;
+    /* An API error is an answer of the API: it is reachable. Only a call
+     * that ended in transport (RT_RETRY) says it is not. */
+    o->api_reachable = status != RT_RETRY;
     metrics_counter_add(o->metrics, METRICS_API_CALLS, 1, func, outcome, NULL);
     if (seconds >= 0)
         metrics_histogram_observe(o->metrics, METRICS_API_CALL_DURATION, seconds, func, NULL);
@@ -239,8 +243,9 @@ static void observe_queue_add(struct observe_queue *q, size_t *n, size_t cap, co
     (*n)++;
 }
 
-/* Adds a client's forward and reverse queues and the retry delay queues of
- * the direction this instance consumes for it (its applier's retries). */
+/* Adds a client's forward and reverse queues, and the retry delay queues
+ * and the dead-letter queue of the direction this instance consumes for it
+ * (its applier's retries and dead letters). */
 static void observe_queue_add_client(struct observe_queue *q, size_t *n, size_t cap,
                                      const char *client, enum broker_dir consumed)
 {
@@ -252,14 +257,16 @@ static void observe_queue_add_client(struct observe_queue *q, size_t *n, size_t 
     for (unsigned tier = 0; tier < BROKER_RETRY_TIERS; tier++)
         if (broker_retry_queue_name(name, sizeof(name), consumed, client, tier) == 0)
             observe_queue_add(q, n, cap, name);
+    if (broker_dead_queue_name(name, sizeof(name), consumed, client) == 0)
+        observe_queue_add(q, n, cap, name);
 }
 
 /* The queues this instance uses, in a stable order: per client its
- * forward, reverse and retry queues, then remotetask.dead. Returns -1 when
- * memory ran out. */
+ * forward, reverse, retry and dead-letter queues. Returns -1 when memory
+ * ran out. */
 static int observe_queues_list(struct observe *o, const struct config *cfg)
 {
-    size_t cap = (1 + cfg->server.n_clients) * (2 + BROKER_RETRY_TIERS) + 1, n = 0;
+    size_t cap = (1 + cfg->server.n_clients) * (3 + BROKER_RETRY_TIERS), n = 0;
     struct observe_queue *q = calloc(cap, sizeof(*q));
     if (!q)
         return -1;
@@ -267,7 +274,6 @@ static int observe_queues_list(struct observe *o, const struct config *cfg)
         observe_queue_add_client(q, &n, cap, cfg->client.id, BROKER_REVERSE);
     for (size_t i = 0; cfg->server.enabled && i < cfg->server.n_clients; i++)
         observe_queue_add_client(q, &n, cap, cfg->server.clients[i].id, BROKER_FORWARD);
-    observe_queue_add(q, &n, cap, BROKER_QUEUE_DEAD);
     /* Keep what the broker said last for the queues still used. */
     for (size_t i = 0; i < n; i++)
         for (size_t j = 0; j < o->n_queues; j++)
@@ -279,34 +285,65 @@ static int observe_queues_list(struct observe *o, const struct config *cfg)
     return 0;
 }
 
-/* Asks the broker for the depth of every queue, unless it was asked less
- * than max_age_ms ago. Each question is a passive declare on a throwaway
- * channel, bounded by amqp.connect_timeout; the loop waits for them, which
- * is why they are only asked when someone looks. */
-static void observe_queues_refresh(struct observe *o, const struct config *cfg, struct core *k,
-                                   int64_t max_age_ms)
+void observe_queues_refresh(struct observe *o, const struct config *cfg, struct core *k,
+                            int64_t max_age_ms)
 {
     int64_t mono = now_mono_ms();
 
     if (o->queues_mono && mono - o->queues_mono < max_age_ms && o->n_queues)
         return;
+    /* Questions out for less than the wait of a status: their answers are
+     * on the way (or the broker is silent, which status then shows). */
+    if (o->queues_asking && mono - o->queues_asked_mono < OBSERVE_QUEUES_ASK_TIMEOUT_MS)
+        return;
     if (observe_queues_list(o, cfg) < 0)
         return;
+    o->queues_asking = 0;
     int up = k && k->up && broker_connected(k->br);
     for (size_t i = 0; i < o->n_queues; i++) {
         struct observe_queue *q = &o->queues[i];
+        q->asked = 0;
         if (!up) {
             q->known = 0;
             continue;
         }
-        rt_status st = broker_queue_depth(k->br, q->name, &q->ready, &q->consumers);
-        q->known = st == RT_OK;
-        if (st == RT_RETRY) {
-            /* The connection failed: the loop notices and reconnects. */
-            up = 0;
+        /* Answered later, through observe_on_depth(): the loop never waits
+         * for the broker. */
+        rt_status st = broker_depth_ask(k->br, q->name);
+        if (st == RT_OK) {
+            q->asked = 1;
+            o->queues_asking++;
+        } else {
+            up = 0; /* not connected, or not reading: ask again next time */
         }
     }
-    o->queues_mono = now_mono_ms();
+    o->queues_asked_mono = mono;
+    if (!o->queues_asking)
+        o->queues_mono = mono;
+}
+
+void observe_on_depth(struct observe *o, const char *queue, int found, uint32_t ready,
+                      uint32_t consumers)
+{
+    for (size_t i = 0; i < o->n_queues; i++) {
+        struct observe_queue *q = &o->queues[i];
+        if (!q->asked || strcmp(q->name, queue) != 0)
+            continue;
+        q->asked = 0;
+        q->known = found > 0;
+        if (found > 0) {
+            q->ready = ready;
+            q->consumers = consumers;
+        }
+        if (o->queues_asking && --o->queues_asking == 0)
+            o->queues_mono = now_mono_ms();
+        return;
+    }
+}
+
+int observe_queues_answered(const struct observe *o)
+{
+    return o->queues_asking == 0;
 }
 
 /* ---- metrics ---------------------------------------------------------- */
@@ -399,6 +436,17 @@ static void observe_metrics_update(struct daemon *d)
                       "unconfirmed", NULL);
     metrics_gauge_set(m, METRICS_INFLIGHT, (double)(t.fwd.busy + t.rev.busy), "slots", NULL);
     metrics_gauge_set(m, METRICS_UP, k && k->up ? 1 : 0, NULL);
+    static const char *const states[] = {"connected", "blocked", "unreachable", "refused",
+                                         "connecting"};
+    const char *state = core_broker_state(k);
+    for (size_t i = 0; i < sizeof(states) / sizeof(states[0]); i++)
+        metrics_gauge_set(m, METRICS_BROKER_STATE, strcmp(states[i], state) == 0 ? 1 : 0,
+                          states[i], NULL);
+    metrics_reset(m, METRICS_BROKER_NODE);
+    if (k)
+        metrics_gauge_set(m, METRICS_BROKER_NODE, 1, broker_node(k->br), NULL);
+    if (o->api_reachable >= 0)
+        metrics_gauge_set(m, METRICS_API_UP, o->api_reachable, NULL);
 
     uint64_t refused = metrics_refused(m);
     if (refused > o->metrics_refused) {
@@ -461,7 +509,6 @@ json_t *observe_status(struct daemon *d)
     json_t *roles = json_array(), *queues = json_array();
 
     observe_totals_now(o, k, &t);
-    observe_queues_refresh(o, d->cfg, k, OBSERVE_QUEUES_STATUS_AGE_MS);
     if (d->cfg->client.enabled)
         json_array_append_new(roles, json_string("client"));
     if (d->cfg->server.enabled)
@@ -481,7 +528,7 @@ json_t *observe_status(struct daemon *d)
     }
     int outbox_ok = store_outbox_backlog(d->st, &backlog, &oldest) == RT_OK;
     int links_ok = store_link_count(d->st, NULL, &links) == RT_OK;
-    const char *broker_state = k && k->up ? "connected" : "disconnected";
+    const char *broker_state = core_broker_state(k);
     const char *api_state = o->api_last_ok < 0 ? "unknown" : o->api_last_ok ? "ok" : "failing";
 
     json_t *resp = json_pack(
@@ -516,6 +563,14 @@ json_t *observe_status(struct daemon *d)
                                       (json_int_t)(oldest ? (now - oldest) / 1000 : 0)));
     else
         json_object_set_new(resp, "outbox", json_pack("{s:s}", "error", store_strerror(d->st)));
+    json_t *jb = json_object_get(resp, "broker");
+    if (jb && k) {
+        json_object_set_new(jb, "node", json_string(broker_node(k->br)));
+        json_object_set_new(jb, "silent_ms", json_integer((json_int_t)broker_silent_ms(k->br)));
+    }
+    json_t *japi = json_object_get(resp, "billmanager");
+    if (japi && o->api_reachable >= 0)
+        json_object_set_new(japi, "reachable", json_boolean(o->api_reachable));
     if (links_ok)
         json_object_set_new(resp, "links", json_integer((json_int_t)links));
     else

@@ -9,12 +9,15 @@
  * outbox and links, and the depth of every queue this instance uses.
  *
  * Queue depths are asked from the broker (one passive declare per queue,
- * each bounded by amqp.connect_timeout, which the loop waits for) only
- * when someone looks: the status command reuses them for up to
- * OBSERVE_QUEUES_STATUS_AGE_MS, a scrape of the metrics for up to
- * OBSERVE_QUEUES_METRICS_AGE_MS, so that a scraper cannot make the loop
- * talk to the broker more often. AMQP cannot ask the broker how many
- * deliveries are unacknowledged; "unacked" is what this instance holds.
+ * broker_depth_ask(): the loop never waits for the answers, which come
+ * back through observe_on_depth()) only when someone looks: the status
+ * command reuses them for up to OBSERVE_QUEUES_STATUS_AGE_MS and waits up
+ * to COMMANDS_STATUS_WAIT_MS for fresh ones, a scrape of the metrics
+ * serves what it has and asks again after OBSERVE_QUEUES_METRICS_AGE_MS,
+ * so that a scraper cannot make the loop talk to the broker more often. A
+ * broker that does not answer leaves the depths unknown (null), never the
+ * daemon stuck. AMQP cannot ask the broker how many deliveries are
+ * unacknowledged; "unacked" is what this instance holds.
  */
 #ifndef RT_OBSERVE_H
 #define RT_OBSERVE_H
@@ -36,6 +39,8 @@
 
 #define OBSERVE_QUEUES_STATUS_AGE_MS  1000
 #define OBSERVE_QUEUES_METRICS_AGE_MS 10000
+/* Questions unanswered for this long are asked again. */
+#define OBSERVE_QUEUES_ASK_TIMEOUT_MS 5000
 /* Kinds of API errors counted one by one for the status command; more
  * kinds count as "other". The kinds come from the remote API's answers. */
 #define OBSERVE_API_ERR_KINDS 16
@@ -50,6 +55,7 @@ struct observe_queue {
     uint32_t ready;
     uint32_t consumers;
     int known; /* 0: the broker could not say (not connected, no such queue) */
+    int asked; /* a question about it is out */
 };
 
 /* Counters of the components, summed over cores. */
@@ -75,7 +81,9 @@ struct observe {
 
     struct observe_queue *queues;
     size_t n_queues;
-    int64_t queues_mono; /* when they were asked, monotonic ms; 0 = never */
+    int64_t queues_mono; /* when the last answers were complete, monotonic ms; 0 = never */
+    size_t queues_asking;     /* questions out */
+    int64_t queues_asked_mono; /* when they were asked */
 
     /* The BILLmanager as the calls found it. */
     uint64_t api_calls;
@@ -83,6 +91,7 @@ struct observe {
     struct observe_api_err api_errs[OBSERVE_API_ERR_KINDS];
     uint64_t api_errs_other;
     int api_last_ok; /* the last call succeeded; -1 = no call yet */
+    int api_reachable; /* the last call got an answer of the API; -1 = no call yet */
     int64_t api_last_ok_ms;
     int64_t api_last_error_ms;
     char api_last_error[BILLMGR_ERR_TYPE_MAX + 128];
@@ -107,6 +116,21 @@ void observe_on_api_call(struct observe *o, const char *func, rt_status status,
 /* Observes the latency of an applied forward message (event to apply),
  * when the message carried the time of its event. */
 void observe_on_forward_applied(struct observe *o, int64_t event_ms, int64_t applied_ms);
+
+/* Asks the broker, without waiting, for the depth of every queue this
+ * instance uses, unless the answers are younger than max_age_ms or
+ * questions are already out. Marks every queue unknown when k's broker is
+ * not connected. */
+void observe_queues_refresh(struct observe *o, const struct config *cfg, struct core *k,
+                            int64_t max_age_ms);
+
+/* An answer to one of those questions (the broker's on_depth, through the
+ * core's hook): found 1, 0 (no such queue) or -1 (connection lost). */
+void observe_on_depth(struct observe *o, const char *queue, int found, uint32_t ready,
+                      uint32_t consumers);
+
+/* 1 when no question is waiting for its answer. */
+int observe_queues_answered(const struct observe *o);
 
 /* Adds the counters of k, a core about to be freed, to the totals carried
  * across reloads. Call it after core_disconnect(k): the broker's LOST

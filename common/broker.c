@@ -8,12 +8,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <linux/sockios.h>
+
 #include "buf.h"
+#include "codec.h"
 #include "log.h"
+#include "netprobe.h"
 #include "rmq.h"
 
 /* Channel numbers: the publish channel is in confirm mode, the consume
@@ -23,12 +28,22 @@
 #define CH_PUBLISH 1
 #define CH_CONSUME 2
 #define CH_SCRATCH 3
+/* Depth questions of the daemon (broker_depth_ask), asked without waiting:
+ * a missing queue closes this channel only. */
+#define CH_QUERY 4
 
 #define DEFAULT_CONNECT_TIMEOUT_MS 10000
-#define DEFAULT_MAX_MESSAGE (8u * 1024 * 1024)
+#define DEFAULT_MAX_MESSAGE ((size_t)CODEC_MAX_BODY)
 #define DEFAULT_MAX_UNCONFIRMED 65536
 #define FRAME_MAX 131072
-#define MAX_CONSUMERS 64
+/* A write goes to the socket only while the kernel's send queue holds less
+ * than this fraction of the socket's buffer: a node that stopped reading
+ * (frozen, blackholed) then never makes a write block. */
+#define SEND_QUEUE_FRACTION 4
+/* Room for a reason (broker_strerror). */
+#define ERR_MAX 512
+/* Room for "host:port" of a node. */
+#define NODE_NAME_MAX (SHORTSTR + 8)
 /* broker_process() handles at most this many frames per call so that one
  * busy connection cannot starve the rest of the event loop; what is left
  * is reported by broker_wants_read_now() or by poll(). */
@@ -64,6 +79,39 @@ struct consumer {
     char tag[SHORTSTR];
 };
 
+/* One node of the cluster, as configured. */
+struct node {
+    char *host;
+    int port;
+    int ssl;
+    char name[NODE_NAME_MAX]; /* "host:port" */
+};
+
+/* An ack or reject that waits until the node reads again. */
+enum ack_op {
+    ACK_ACK = 0,
+    ACK_REJECT,
+    ACK_REQUEUE,
+};
+
+struct pending_ack {
+    uint64_t tag;
+    enum ack_op op;
+};
+
+/* A question of broker_depth_ask(). */
+struct depth_question {
+    char queue[SHORTSTR];
+    int sent; /* on the query channel as it is now */
+};
+
+/* The query channel: open, or closed by the broker and being opened. */
+enum query_state {
+    QUERY_CLOSED = 0,
+    QUERY_OPEN,
+    QUERY_OPENING,
+};
+
 /* Where broker_get() is in its exchange with the broker. */
 enum get_state {
     GET_IDLE = 0,
@@ -75,20 +123,36 @@ enum get_state {
 
 struct broker {
     /* Options, with the strings copied. */
-    char *host, *vhost, *user, *password, *ca_file, *cert_file, *key_file;
+    char *vhost, *user, *password, *ca_file, *cert_file, *key_file;
     char *queue_type, *connection_name;
-    int port, ssl, verify_peer, verify_hostname, heartbeat, prefetch, connect_timeout_ms;
+    int verify_peer, verify_hostname, heartbeat, prefetch, connect_timeout_ms;
     size_t max_message, max_unconfirmed;
     void (*on_confirm)(void *arg, uint64_t tag, enum broker_fate fate);
     void (*on_delivery)(void *arg, const struct broker_delivery *d);
     void (*on_cancel)(void *arg, const char *queue);
+    void (*on_depth)(void *arg, const char *queue, int found, uint32_t ready, uint32_t consumers);
     void *cb_arg;
+
+    /* The nodes in the order they are tried (shuffled once), and the one
+     * connected to or last connected to; host, port and ssl are its. */
+    struct node nodes[BROKER_MAX_NODES];
+    size_t n_nodes;
+    size_t node;
+    int had_node; /* a connection was made: the next attempt starts after node */
+    const char *host;
+    int port, ssl;
+
+    /* broker_connect_async(): one probe per node while connecting. */
+    struct netprobe *probes[BROKER_MAX_NODES];
+    int connecting;
+    size_t probe_start; /* the node tried first in this attempt */
 
     amqp_connection_state_t conn; /* NULL when not connected */
     int dead;    /* the connection failed; torn down at the next safe point */
     int depth;   /* > 0 while a callback runs */
     int blocked; /* connection.blocked received */
-    char err[512];
+    int64_t last_frame_ms; /* monotonic: when the node last sent anything */
+    char err[ERR_MAX];
 
     /* Publishes awaiting a confirm: pend[i] is delivery tag pend_base + i;
      * entries before pend_head are done. */
@@ -112,8 +176,17 @@ struct broker {
     struct broker_header d_headers[BROKER_MAX_HEADERS];
     char d_arena[HEADER_ARENA];
 
-    struct consumer consumers[MAX_CONSUMERS];
-    size_t n_consumers;
+    struct consumer *consumers;
+    size_t n_consumers, consumers_cap;
+
+    /* Acks and rejects that wait for the node to read again. */
+    struct pending_ack *acks;
+    size_t n_acks, acks_cap;
+
+    /* Depth questions, oldest first; answered in order on CH_QUERY. */
+    struct depth_question *dq;
+    size_t dq_head, dq_len, dq_cap;
+    enum query_state query;
 
     /* broker_get(): the message copied for the caller, and its state. */
     enum get_state get_state;
@@ -174,6 +247,11 @@ int broker_queue_name(char *buf, size_t len, enum broker_dir dir, const char *cl
     return name_printf(buf, len, "%s.%s", broker_exchange(dir), client);
 }
 
+const char *broker_dir_name(enum broker_dir dir)
+{
+    return dir_name(dir);
+}
+
 unsigned broker_retry_tier(unsigned attempt)
 {
     if (attempt <= 1)
@@ -191,13 +269,18 @@ static const char *tier_name(unsigned tier)
     return retry_tier_names[tier < BROKER_RETRY_TIERS ? tier : BROKER_RETRY_TIERS - 1];
 }
 
-int broker_retry_key(char *buf, size_t len, enum broker_dir dir, const char *client,
-                     unsigned attempt)
+int broker_retry_exchange(char *buf, size_t len, const char *client)
 {
     if (!buf || !broker_client_valid(client))
         return -1;
-    return name_printf(buf, len, "%s.%s.%s", client, dir_name(dir),
-                       tier_name(broker_retry_tier(attempt)));
+    return name_printf(buf, len, "%s.%s", BROKER_RETRY_PREFIX, client);
+}
+
+int broker_retry_key(char *buf, size_t len, enum broker_dir dir, unsigned attempt)
+{
+    if (!buf)
+        return -1;
+    return name_printf(buf, len, "%s.%s", dir_name(dir), tier_name(broker_retry_tier(attempt)));
 }
 
 int broker_retry_queue_name(char *buf, size_t len, enum broker_dir dir, const char *client,
@@ -205,8 +288,22 @@ int broker_retry_queue_name(char *buf, size_t len, enum broker_dir dir, const ch
 {
     if (!buf || !broker_client_valid(client))
         return -1;
-    return name_printf(buf, len, "%s.%s.%s.%s", BROKER_EXCHANGE_RETRY, client, dir_name(dir),
+    return name_printf(buf, len, "%s.%s.%s.%s", BROKER_RETRY_PREFIX, client, dir_name(dir),
                        tier_name(tier));
+}
+
+int broker_dead_exchange(char *buf, size_t len, const char *client)
+{
+    if (!buf || !broker_client_valid(client))
+        return -1;
+    return name_printf(buf, len, "%s.%s", BROKER_DEAD_PREFIX, client);
+}
+
+int broker_dead_queue_name(char *buf, size_t len, enum broker_dir dir, const char *client)
+{
+    if (!buf || !broker_client_valid(client))
+        return -1;
+    return name_printf(buf, len, "%s.%s.%s", BROKER_DEAD_PREFIX, client, dir_name(dir));
 }
 
 int broker_delivery_header_int(const struct broker_delivery *d, const char *key, int64_t *out)
@@ -278,6 +375,13 @@ static struct timeval ms_to_tv(int ms)
     return tv;
 }
 
+static int64_t get_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 /* Marks the connection as failed; it is torn down by the outermost call
  * (never from inside a callback, whose caller still walks our state). */
 static void mark_dead(struct broker *b)
@@ -287,16 +391,69 @@ static void mark_dead(struct broker *b)
 
 /* ---- lifecycle -------------------------------------------------------- */
 
+/* Checks and copies the nodes of the options: the list, or the one of
+ * host and port. Returns 0, or -1 with the reason in err. */
+static int copy_nodes(struct broker *b, const struct broker_opts *o, char *err, size_t errlen)
+{
+    struct broker_node one = {o->host, o->port, o->ssl};
+    const struct broker_node *list = o->n_nodes ? o->nodes : &one;
+    size_t n = o->n_nodes ? o->n_nodes : 1;
+
+    if (n > BROKER_MAX_NODES || !list) {
+        snprintf(err, errlen, "broker: 1 to %d nodes are allowed", BROKER_MAX_NODES);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!list[i].host || !*list[i].host || strlen(list[i].host) >= SHORTSTR) {
+            snprintf(err, errlen, "broker: node %zu has no host", i + 1);
+            return -1;
+        }
+        if (list[i].port <= 0 || list[i].port > 65535) {
+            snprintf(err, errlen, "broker: port %d of node %zu is out of range", list[i].port, i + 1);
+            return -1;
+        }
+        b->nodes[i].host = strdup(list[i].host);
+        if (!b->nodes[i].host) {
+            snprintf(err, errlen, "broker: out of memory");
+            return -1;
+        }
+        b->nodes[i].port = list[i].port;
+        b->nodes[i].ssl = list[i].ssl;
+        snprintf(b->nodes[i].name, sizeof(b->nodes[i].name), "%s:%d", list[i].host, list[i].port);
+        b->n_nodes = i + 1;
+    }
+    /* Like RabbitMQ's own clients, every process starts at a random node,
+     * so that a fleet of daemons spreads over the cluster. */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t r = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^ (uint64_t)getpid() << 40;
+    for (size_t i = n; i > 1; i--) {
+        r ^= r << 13;
+        r ^= r >> 7;
+        r ^= r << 17;
+        size_t j = (size_t)(r % i);
+        struct node t = b->nodes[i - 1];
+        b->nodes[i - 1] = b->nodes[j];
+        b->nodes[j] = t;
+    }
+    b->node = 0;
+    b->host = b->nodes[0].host;
+    b->port = b->nodes[0].port;
+    b->ssl = b->nodes[0].ssl;
+    return 0;
+}
+
 struct broker *broker_new(const struct broker_opts *o, char *err, size_t errlen)
 {
+    char why[256];
     if (err && errlen)
         err[0] = '\0';
-    if (!o || !o->host || !*o->host || !o->user || !*o->user) {
+    if (!o || (!o->n_nodes && (!o->host || !*o->host)) || !o->user || !*o->user) {
         if (err)
             snprintf(err, errlen, "broker: host and user are required");
         return NULL;
     }
-    if (o->port <= 0 || o->port > 65535) {
+    if (!o->n_nodes && (o->port <= 0 || o->port > 65535)) {
         if (err)
             snprintf(err, errlen, "broker: port %d is out of range", o->port);
         return NULL;
@@ -322,7 +479,12 @@ struct broker *broker_new(const struct broker_opts *o, char *err, size_t errlen)
     struct broker *b = calloc(1, sizeof(*b));
     if (!b)
         goto fail_alloc;
-    b->host = strdup(o->host);
+    if (copy_nodes(b, o, why, sizeof(why)) < 0) {
+        if (err)
+            snprintf(err, errlen, "%s", why);
+        broker_free(b);
+        return NULL;
+    }
     b->vhost = strdup(o->vhost && *o->vhost ? o->vhost : "/");
     b->user = strdup(o->user);
     b->password = dup_or_empty(o->password);
@@ -332,11 +494,9 @@ struct broker *broker_new(const struct broker_opts *o, char *err, size_t errlen)
     b->queue_type = strdup(qt);
     b->connection_name =
         strdup(o->connection_name && *o->connection_name ? o->connection_name : "remotetask");
-    if (!b->host || !b->vhost || !b->user || !b->password || !b->ca_file || !b->cert_file ||
+    if (!b->vhost || !b->user || !b->password || !b->ca_file || !b->cert_file ||
         !b->key_file || !b->queue_type || !b->connection_name)
         goto fail_alloc;
-    b->port = o->port;
-    b->ssl = o->ssl;
     b->verify_peer = o->verify_peer;
     b->verify_hostname = o->verify_hostname;
     b->heartbeat = o->heartbeat;
@@ -347,6 +507,7 @@ struct broker *broker_new(const struct broker_opts *o, char *err, size_t errlen)
     b->on_confirm = o->on_confirm;
     b->on_delivery = o->on_delivery;
     b->on_cancel = o->on_cancel;
+    b->on_depth = o->on_depth;
     b->cb_arg = o->cb_arg;
     buf_init(&b->body, b->max_message);
     set_err(b, "not connected");
@@ -360,6 +521,7 @@ fail_alloc:
 }
 
 static void teardown(struct broker *b, int polite);
+static int send_room(struct broker *b, size_t need);
 
 void broker_free(struct broker *b)
 {
@@ -367,9 +529,15 @@ void broker_free(struct broker *b)
         return;
     if (b->conn)
         teardown(b, !b->dead);
+    for (size_t i = 0; i < b->n_nodes; i++) {
+        netprobe_free(b->probes[i]);
+        free(b->nodes[i].host);
+    }
     free(b->pend);
+    free(b->consumers);
+    free(b->acks);
+    free(b->dq);
     buf_release(&b->body);
-    free(b->host);
     free(b->vhost);
     free(b->user);
     if (b->password) {
@@ -393,7 +561,9 @@ void broker_free(struct broker *b)
 static void teardown(struct broker *b, int polite)
 {
     if (b->conn) {
-        if (polite) {
+        /* A node that stopped reading would hold the close RPC until its
+         * timeout: then the connection is just dropped. */
+        if (polite && send_room(b, 64)) {
             amqp_rpc_reply_t r = amqp_connection_close(b->conn, AMQP_REPLY_SUCCESS);
             if (r.reply_type != AMQP_RESPONSE_NORMAL)
                 log_debug("closing the AMQP connection to %s:%d was not acknowledged", b->host,
@@ -408,6 +578,20 @@ static void teardown(struct broker *b, int polite)
     b->del_state = CONTENT_IDLE;
     buf_reset(&b->body);
     b->n_consumers = 0;
+    b->n_acks = 0; /* unsent acks die with the connection: redelivered */
+    b->query = QUERY_CLOSED;
+    /* Depth questions that will never be answered: their owner learns it
+     * (found -1), after the state is reset. */
+    struct depth_question *dq = b->dq;
+    size_t dq_head = b->dq_head, dq_len = b->dq_len;
+    b->dq = NULL;
+    b->dq_head = b->dq_len = b->dq_cap = 0;
+    for (size_t i = dq_head; i < dq_len && b->on_depth; i++) {
+        b->depth++;
+        b->on_depth(b->cb_arg, dq[i].queue, -1, 0, 0);
+        b->depth--;
+    }
+    free(dq);
 
     struct pending *pend = b->pend;
     size_t head = b->pend_head, len = b->pend_len;
@@ -438,10 +622,13 @@ static rt_status finish(struct broker *b, rt_status st)
     return st;
 }
 
+static void stop_probes(struct broker *b);
+
 void broker_disconnect(struct broker *b)
 {
     if (!b || b->depth)
         return;
+    stop_probes(b);
     if (b->conn) {
         log_info("closing the AMQP connection to %s:%d", b->host, b->port);
         teardown(b, !b->dead);
@@ -474,12 +661,73 @@ int broker_wants_read_now(const struct broker *b)
 
 int broker_timeout_ms(const struct broker *b)
 {
+    if (b && b->connecting) {
+        int best = -1;
+        for (size_t i = 0; i < b->n_nodes; i++) {
+            int t = netprobe_timeout_ms(b->probes[i]);
+            if (t >= 0 && (best < 0 || t < best))
+                best = t;
+        }
+        return best;
+    }
     if (!broker_connected(b))
         return -1;
     int hb = amqp_get_heartbeat(b->conn);
     if (hb <= 0)
         return -1;
     return hb * 1000 / 2;
+}
+
+size_t broker_pollfds(const struct broker *b, struct pollfd *fds, size_t room)
+{
+    size_t n = 0;
+    if (!b)
+        return 0;
+    if (b->connecting) {
+        for (size_t i = 0; i < b->n_nodes; i++) {
+            int fd = netprobe_fd(b->probes[i]);
+            if (fd < 0)
+                continue;
+            if (n < room)
+                fds[n] = (struct pollfd){.fd = fd, .events = netprobe_events(b->probes[i])};
+            n++;
+        }
+        return n;
+    }
+    if (!broker_connected(b))
+        return 0;
+    if (room)
+        fds[0] = (struct pollfd){.fd = amqp_get_sockfd(b->conn),
+                                 .events = (short)(POLLIN | (b->n_acks ? POLLOUT : 0))};
+    return 1;
+}
+
+int broker_connecting(const struct broker *b)
+{
+    return b && b->connecting;
+}
+
+const char *broker_node(const struct broker *b)
+{
+    return b && b->n_nodes ? b->nodes[b->node].name : "";
+}
+
+/* Whether need more bytes can be written now without blocking. The kernel
+ * queues what the peer has not acknowledged; a peer that stopped reading
+ * fills the queue and a blocking write would wait for it (librabbitmq 0.11
+ * writes with no deadline). An empty queue always takes a write. */
+static int send_room(struct broker *b, size_t need)
+{
+    if (!b->conn)
+        return 0;
+    int fd = amqp_get_sockfd(b->conn), outq = 0, sndbuf = 0;
+    socklen_t len = sizeof(sndbuf);
+    if (fd < 0 || ioctl(fd, SIOCOUTQ, &outq) < 0 ||
+        getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &len) < 0)
+        return 1; /* cannot tell: behave as before */
+    if (outq <= 0)
+        return 1;
+    return (size_t)outq + need < (size_t)sndbuf / SEND_QUEUE_FRACTION;
 }
 
 size_t broker_unconfirmed(const struct broker *b)
@@ -719,19 +967,52 @@ static rt_status open_channels(struct broker *b)
     st = rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_CONSUME, "basic.qos", NULL);
     if (st != RT_OK)
         return RT_RETRY;
+    amqp_channel_open(b->conn, CH_QUERY);
+    st = rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_QUERY, "opening the query channel", NULL);
+    if (st != RT_OK)
+        return RT_RETRY;
+    b->query = QUERY_OPEN;
     return RT_OK;
 }
 
-rt_status broker_connect(struct broker *b)
+/* The options of a probe of node i. */
+static void probe_opts(const struct broker *b, size_t i, struct netprobe_opts *po)
 {
-    if (!b)
-        return RT_REJECT;
-    if (b->depth) {
-        set_err(b, "broker_connect called from a callback");
-        return RT_REJECT;
-    }
-    if (b->conn)
-        teardown(b, !b->dead);
+    memset(po, 0, sizeof(*po));
+    po->host = b->nodes[i].host;
+    po->port = b->nodes[i].port;
+    po->ssl = b->nodes[i].ssl;
+    po->ca_file = b->ca_file;
+    po->cert_file = b->cert_file;
+    po->key_file = b->key_file;
+    po->verify_peer = b->verify_peer;
+    po->verify_hostname = b->verify_hostname;
+    po->timeout_ms = b->connect_timeout_ms;
+}
+
+/* librabbitmq says only "SSL peer verification failed": a probe of the
+ * same node with the same settings names the cause (expired, unknown CA,
+ * another host name). Blocks up to the connect timeout, but only after a
+ * verification failure, which the node answered at once. */
+static void explain_tls_failure(struct broker *b)
+{
+    struct netprobe_opts po;
+    char why[128];
+    probe_opts(b, b->node, &po);
+    struct netprobe *p = netprobe_new(&po, why, sizeof(why));
+    if (p && netprobe_run(p) == NETPROBE_FAILED && netprobe_verdict(p) == RT_REJECT)
+        set_err(b, "cannot connect to %s", netprobe_strerror(p));
+    netprobe_free(p);
+}
+
+/* Connects to node i, blocking up to the connect timeout per step. */
+static rt_status connect_node(struct broker *b, size_t i)
+{
+    b->node = i;
+    b->host = b->nodes[i].host;
+    b->port = b->nodes[i].port;
+    b->ssl = b->nodes[i].ssl;
+    b->query = QUERY_CLOSED;
 
     rt_status st = RT_RETRY;
     b->conn = amqp_new_connection();
@@ -762,6 +1043,8 @@ rt_status broker_connect(struct broker *b)
         st = (rc == AMQP_STATUS_SSL_PEER_VERIFY_FAILED || rc == AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED)
                  ? RT_REJECT
                  : RT_RETRY;
+        if (st == RT_REJECT)
+            explain_tls_failure(b);
         goto fail_conn;
     }
     set_socket_options(b);
@@ -772,6 +1055,7 @@ rt_status broker_connect(struct broker *b)
 
     b->dead = 0;
     b->blocked = 0;
+    b->last_frame_ms = get_now_ms();
     b->next_tag = 1;
     b->pend_base = 1;
     b->pend_head = b->pend_len = 0;
@@ -787,6 +1071,119 @@ fail_conn:
     b->conn = NULL;
     b->dead = 0;
     return st;
+}
+
+/* Where an attempt starts: after the node last connected to (the one just
+ * lost, usually), or at the first of the shuffled order. */
+static size_t first_node(const struct broker *b)
+{
+    return b->had_node ? (b->node + 1) % b->n_nodes : 0;
+}
+
+/* The reasons of several failed nodes, joined, into b->err. */
+static void join_reasons(struct broker *b, char reasons[][ERR_MAX], size_t n)
+{
+    char all[sizeof(b->err)];
+    size_t used = 0;
+    all[0] = '\0';
+    for (size_t i = 0; i < n && used + 4 < sizeof(all); i++) {
+        int w = snprintf(all + used, sizeof(all) - used, "%s%s", i ? "; " : "", reasons[i]);
+        if (w < 0)
+            break;
+        used += (size_t)w < sizeof(all) - used ? (size_t)w : sizeof(all) - used - 1;
+    }
+    set_err(b, "%s%s", n > 1 ? "no node answered: " : "", all);
+}
+
+static void stop_probes(struct broker *b)
+{
+    for (size_t i = 0; i < b->n_nodes; i++) {
+        netprobe_free(b->probes[i]);
+        b->probes[i] = NULL;
+    }
+    b->connecting = 0;
+}
+
+rt_status broker_connect(struct broker *b)
+{
+    char reasons[BROKER_MAX_NODES][ERR_MAX];
+    if (!b)
+        return RT_REJECT;
+    if (b->depth) {
+        set_err(b, "broker_connect called from a callback");
+        return RT_REJECT;
+    }
+    stop_probes(b);
+    if (b->conn)
+        teardown(b, !b->dead);
+    size_t start = first_node(b);
+    int all_reject = 1;
+    for (size_t k = 0; k < b->n_nodes; k++) {
+        size_t i = (start + k) % b->n_nodes;
+        rt_status st = connect_node(b, i);
+        if (st == RT_OK) {
+            b->had_node = 1;
+            return RT_OK;
+        }
+        all_reject &= st == RT_REJECT;
+        snprintf(reasons[k], sizeof(reasons[k]), "%s", b->err);
+    }
+    join_reasons(b, reasons, b->n_nodes);
+    return all_reject ? RT_REJECT : RT_RETRY;
+}
+
+void broker_connect_async(struct broker *b)
+{
+    char why[128];
+    if (!b || b->connecting || b->conn || b->depth)
+        return;
+    b->probe_start = first_node(b);
+    for (size_t i = 0; i < b->n_nodes; i++) {
+        struct netprobe_opts po;
+        probe_opts(b, i, &po);
+        b->probes[i] = netprobe_new(&po, why, sizeof(why));
+    }
+    b->connecting = 1;
+    set_err(b, "connecting");
+}
+
+/* One turn of an attempt of broker_connect_async(): RT_OK while it runs
+ * or once connected (broker_connected() tells), else its verdict. */
+static rt_status connect_progress(struct broker *b)
+{
+    char reasons[BROKER_MAX_NODES][ERR_MAX];
+    size_t running = 0, n_failed = 0;
+    int all_reject = 1;
+
+    for (size_t i = 0; i < b->n_nodes; i++)
+        if (b->probes[i])
+            (void)netprobe_step(b->probes[i]);
+    /* The first node in this attempt's order that answered gets the
+     * connection; nodes still silent are not waited for. */
+    for (size_t k = 0; k < b->n_nodes; k++) {
+        size_t i = (b->probe_start + k) % b->n_nodes;
+        struct netprobe *p = b->probes[i];
+        enum netprobe_state ps = p ? netprobe_state(p) : NETPROBE_FAILED;
+        if (ps == NETPROBE_ALIVE) {
+            stop_probes(b);
+            rt_status st = connect_node(b, i);
+            if (st == RT_OK)
+                b->had_node = 1;
+            return st;
+        }
+        if (ps == NETPROBE_RUNNING) {
+            running++;
+            continue;
+        }
+        all_reject &= p ? netprobe_verdict(p) == RT_REJECT : 0;
+        snprintf(reasons[n_failed++], sizeof(reasons[0]), "%s",
+                 p ? netprobe_strerror(p) : "out of memory for a probe");
+    }
+    if (running)
+        return RT_OK;
+    stop_probes(b);
+    join_reasons(b, reasons, n_failed);
+    return all_reject ? RT_REJECT : RT_RETRY;
 }
 
 /* ---- topology --------------------------------------------------------- */
@@ -805,75 +1202,179 @@ static rt_status close_scratch(struct broker *b)
     return rpc_verdict(b, r, CH_SCRATCH, "closing a channel", NULL) == RT_OK ? RT_OK : RT_RETRY;
 }
 
-static rt_status declare_exchange(struct broker *b, const char *name)
+/* How a declaration went. The broker closes the scratch channel on a
+ * refusal; rpc_verdict answered close-ok, so it can be opened again. */
+struct declare_ctx {
+    int passive;   /* only check that things exist (no permission to declare) */
+    int refused;   /* a declaration was refused with ACCESS_REFUSED */
+    int code;      /* the reply code of the last refusal */
+    char name[SHORTSTR];
+};
+
+/* After a refusal: remembers it, reopens the scratch channel. */
+static rt_status declare_refused(struct broker *b, struct declare_ctx *c, rt_status st, int code,
+                                 const char *name)
+{
+    c->code = code;
+    snprintf(c->name, sizeof(c->name), "%s", name);
+    if (st != RT_REJECT)
+        return st;
+    if (code == AMQP_ACCESS_REFUSED)
+        c->refused = 1;
+    if (open_scratch(b) != RT_OK)
+        return RT_RETRY;
+    return RT_REJECT;
+}
+
+static rt_status declare_exchange(struct broker *b, struct declare_ctx *c, const char *name)
 {
     char what[SHORTSTR + 32];
-    snprintf(what, sizeof(what), "declaring exchange \"%s\"", name);
+    int code;
+    snprintf(what, sizeof(what), "%s exchange \"%s\"", c->passive ? "looking up" : "declaring",
+             name);
     amqp_exchange_declare(b->conn, CH_SCRATCH, amqp_cstring_bytes(name), amqp_cstring_bytes("direct"),
-                          0, 1, 0, 0, amqp_empty_table);
-    return rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_SCRATCH, what, NULL);
+                          c->passive, 1, 0, 0, amqp_empty_table);
+    rt_status st = rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_SCRATCH, what, &code);
+    return st == RT_OK ? RT_OK : declare_refused(b, c, st, code, name);
 }
 
-static rt_status declare_queue(struct broker *b, const char *name, amqp_table_entry_t *args,
-                               int n_args)
+static rt_status declare_queue(struct broker *b, struct declare_ctx *c, const char *name,
+                               amqp_table_entry_t *args, int n_args)
 {
     char what[SHORTSTR + 32];
-    snprintf(what, sizeof(what), "declaring queue \"%s\"", name);
-    amqp_table_t t = {n_args, args};
-    amqp_queue_declare(b->conn, CH_SCRATCH, amqp_cstring_bytes(name), 0, 1, 0, 0, t);
-    return rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_SCRATCH, what, NULL);
+    int code;
+    snprintf(what, sizeof(what), "%s queue \"%s\"", c->passive ? "looking up" : "declaring", name);
+    amqp_table_t t = {c->passive ? 0 : n_args, c->passive ? NULL : args};
+    amqp_queue_declare(b->conn, CH_SCRATCH, amqp_cstring_bytes(name), c->passive, 1, 0, 0, t);
+    rt_status st = rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_SCRATCH, what, &code);
+    if (st == RT_OK)
+        return RT_OK;
+    st = declare_refused(b, c, st, code, name);
+    if (st == RT_REJECT && code == AMQP_PRECONDITION_FAILED) {
+        /* The arguments of a queue never change in place (a classic queue
+         * meeting queue_type = "quorum", or an older remotetask's
+         * topology): say what to do instead of reconnecting for ever. */
+        char why[ERR_MAX];
+        snprintf(why, sizeof(why), "%s", b->err);
+        set_err(b,
+                "queue \"%s\" exists with other arguments than remotetask declares (%s, "
+                "amqp.queue_type \"%s\"); a queue's type and arguments cannot change in place: "
+                "let it drain (remotetaskctl status shows 0 ready), delete it "
+                "(rabbitmqctl delete_queue %s) and restart remotetaskd, or set queue_type back",
+                name, why, b->queue_type, name);
+    }
+    return st;
 }
 
-static rt_status bind_queue(struct broker *b, const char *queue, const char *exchange,
-                            const char *key)
+static rt_status bind_queue(struct broker *b, struct declare_ctx *c, const char *queue,
+                            const char *exchange, const char *key)
 {
     char what[2 * SHORTSTR + 64];
+    int code;
+    if (c->passive)
+        return RT_OK; /* a binding cannot be looked up over AMQP */
     snprintf(what, sizeof(what), "binding queue \"%s\" to \"%s\"", queue, exchange);
     amqp_queue_bind(b->conn, CH_SCRATCH, amqp_cstring_bytes(queue), amqp_cstring_bytes(exchange),
                     amqp_cstring_bytes(key), amqp_empty_table);
-    return rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_SCRATCH, what, NULL);
+    rt_status st = rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_SCRATCH, what, &code);
+    return st == RT_OK ? RT_OK : declare_refused(b, c, st, code, queue);
 }
 
-static rt_status declare_client(struct broker *b, const char *client)
+/* The arguments every queue a client may write to carries; n entries of
+ * args are used. quorum adds what quorum queues need: at-least-once
+ * dead-lettering (which needs reject-publish) and, for queues that are
+ * consumed, a delivery limit. */
+static int queue_caps(const struct broker *b, amqp_table_entry_t *args, int n, int consumed,
+                      int dead_letters)
+{
+    int quorum = strcmp(b->queue_type, "quorum") == 0;
+    args[n++] = str_entry("x-queue-type", b->queue_type);
+    args[n++] = int_entry("x-max-length", BROKER_QUEUE_MAX_LENGTH);
+    args[n++] = int_entry("x-max-length-bytes", BROKER_QUEUE_MAX_BYTES);
+    args[n++] = str_entry("x-overflow", "reject-publish");
+    if (quorum && consumed)
+        args[n++] = int_entry("x-delivery-limit", BROKER_DELIVERY_LIMIT);
+    if (quorum && dead_letters)
+        args[n++] = str_entry("x-dead-letter-strategy", "at-least-once");
+    return n;
+}
+
+/* One client's per-direction queues: the main queue, its delay queues and
+ * its dead-letter queue. */
+static rt_status declare_client_dir(struct broker *b, struct declare_ctx *c, const char *client,
+                                    enum broker_dir dir, const char *retry_x, const char *dead_x)
 {
     char queue[BROKER_NAME_MAX], key[BROKER_NAME_MAX];
+    const char *dn = dir_name(dir);
+    amqp_table_entry_t args[12];
     rt_status st;
-    for (int dir = BROKER_FORWARD; dir <= BROKER_REVERSE; dir++) {
-        amqp_table_entry_t args[] = {
-            str_entry("x-queue-type", b->queue_type),
-            bool_entry("x-single-active-consumer", 1),
-        };
-        if (broker_queue_name(queue, sizeof(queue), (enum broker_dir)dir, client) != 0)
+
+    if (broker_dead_queue_name(queue, sizeof(queue), dir, client) != 0)
+        return RT_REJECT;
+    int n = queue_caps(b, args, 0, 0, 0);
+    if ((st = declare_queue(b, c, queue, args, n)) != RT_OK ||
+        (st = bind_queue(b, c, queue, dead_x, dn)) != RT_OK)
+        return st;
+
+    if (broker_queue_name(queue, sizeof(queue), dir, client) != 0)
+        return RT_REJECT;
+    n = queue_caps(b, args, 0, 1, 1);
+    args[n++] = bool_entry("x-single-active-consumer", 1);
+    args[n++] = str_entry("x-dead-letter-exchange", dead_x);
+    args[n++] = str_entry("x-dead-letter-routing-key", dn);
+    if ((st = declare_queue(b, c, queue, args, n)) != RT_OK ||
+        (st = bind_queue(b, c, queue, broker_exchange(dir), client)) != RT_OK ||
+        (st = bind_queue(b, c, queue, retry_x, dn)) != RT_OK)
+        return st;
+
+    /* A delay queue holds a message until its TTL, then dead-letters it
+     * back through the client's retry exchange to the main queue. */
+    for (unsigned tier = 0; tier < BROKER_RETRY_TIERS; tier++) {
+        if (broker_retry_queue_name(queue, sizeof(queue), dir, client, tier) ||
+            name_printf(key, sizeof(key), "%s.%s", dn, tier_name(tier)))
             return RT_REJECT;
-        if ((st = declare_queue(b, queue, args, 2)) != RT_OK)
+        n = queue_caps(b, args, 0, 0, 1);
+        args[n++] = int_entry("x-message-ttl", retry_delays_ms[tier]);
+        args[n++] = str_entry("x-dead-letter-exchange", retry_x);
+        args[n++] = str_entry("x-dead-letter-routing-key", dn);
+        if ((st = declare_queue(b, c, queue, args, n)) != RT_OK ||
+            (st = bind_queue(b, c, queue, retry_x, key)) != RT_OK)
             return st;
-        if ((st = bind_queue(b, queue, broker_exchange((enum broker_dir)dir), client)) != RT_OK)
-            return st;
-        /* Delay queues only hold a message until its TTL sends it back
-         * through the dead-letter exchange: classic in any case, because
-         * their arguments must be the same whatever queue_type says. */
-        for (unsigned tier = 0; tier < BROKER_RETRY_TIERS; tier++) {
-            amqp_table_entry_t rargs[] = {
-                str_entry("x-queue-type", "classic"),
-                int_entry("x-message-ttl", retry_delays_ms[tier]),
-                str_entry("x-dead-letter-exchange", broker_exchange((enum broker_dir)dir)),
-                str_entry("x-dead-letter-routing-key", client),
-            };
-            if (broker_retry_queue_name(queue, sizeof(queue), (enum broker_dir)dir, client, tier) ||
-                name_printf(key, sizeof(key), "%s.%s.%s", client, dir_name((enum broker_dir)dir),
-                            tier_name(tier)))
-                return RT_REJECT;
-            if ((st = declare_queue(b, queue, rargs, 4)) != RT_OK)
-                return st;
-            if ((st = bind_queue(b, queue, BROKER_EXCHANGE_RETRY, key)) != RT_OK)
-                return st;
-        }
     }
-    return bind_queue(b, BROKER_QUEUE_DEAD, BROKER_EXCHANGE_DEAD, client);
+    return RT_OK;
+}
+
+static rt_status declare_client(struct broker *b, struct declare_ctx *c, const char *client)
+{
+    char retry_x[BROKER_NAME_MAX], dead_x[BROKER_NAME_MAX];
+    rt_status st;
+    if (broker_retry_exchange(retry_x, sizeof(retry_x), client) ||
+        broker_dead_exchange(dead_x, sizeof(dead_x), client))
+        return RT_REJECT;
+    if ((st = declare_exchange(b, c, retry_x)) != RT_OK ||
+        (st = declare_exchange(b, c, dead_x)) != RT_OK)
+        return st;
+    for (int dir = BROKER_FORWARD; dir <= BROKER_REVERSE; dir++)
+        if ((st = declare_client_dir(b, c, client, (enum broker_dir)dir, retry_x, dead_x)) != RT_OK)
+            return st;
+    return RT_OK;
+}
+
+/* Declares (or, passive, looks up) the whole topology. */
+static rt_status declare_all(struct broker *b, struct declare_ctx *c, const char *const *clients,
+                             size_t n_clients)
+{
+    rt_status st = declare_exchange(b, c, BROKER_EXCHANGE_FORWARD);
+    if (st == RT_OK)
+        st = declare_exchange(b, c, BROKER_EXCHANGE_REVERSE);
+    for (size_t i = 0; i < n_clients && st == RT_OK; i++)
+        st = declare_client(b, c, clients[i]);
+    return st;
 }
 
 rt_status broker_declare(struct broker *b, const char *const *clients, size_t n_clients)
 {
+    struct declare_ctx c;
     if (!broker_connected(b)) {
         if (b)
             set_err(b, "declaring the topology: not connected");
@@ -893,21 +1394,36 @@ rt_status broker_declare(struct broker *b, const char *const *clients, size_t n_
     if (open_scratch(b) != RT_OK)
         return finish(b, RT_RETRY);
 
-    static const char *const exchanges[] = {BROKER_EXCHANGE_FORWARD, BROKER_EXCHANGE_REVERSE,
-                                            BROKER_EXCHANGE_RETRY, BROKER_EXCHANGE_DEAD};
-    rt_status st = RT_OK;
-    for (size_t i = 0; i < sizeof(exchanges) / sizeof(exchanges[0]) && st == RT_OK; i++)
-        st = declare_exchange(b, exchanges[i]);
-    if (st == RT_OK) {
-        amqp_table_entry_t dargs[] = {str_entry("x-queue-type", b->queue_type)};
-        st = declare_queue(b, BROKER_QUEUE_DEAD, dargs, 1);
+    memset(&c, 0, sizeof(c));
+    rt_status st = declare_all(b, &c, clients, n_clients);
+    if (st == RT_REJECT && c.refused && !b->dead) {
+        /* A least-privilege user (broker-setup) may not declare: the
+         * server side, whose user may, declares every client's topology. */
+        log_info("user \"%s\" may not declare \"%s\" (%s); checking that the topology exists",
+                 b->user, c.name, b->err);
+        c.passive = 1;
+        c.refused = 0;
+        st = declare_all(b, &c, clients, n_clients);
+        if (st == RT_REJECT && c.code == AMQP_NOT_FOUND) {
+            set_err(b,
+                    "\"%s\" does not exist and user \"%s\" may not declare it: start the server "
+                    "side first (it declares every client's queues) or give the user the "
+                    "permissions of remotetaskctl --command broker-setup",
+                    c.name, b->user);
+            st = RT_RETRY;
+        }
     }
-    for (size_t i = 0; i < n_clients && st == RT_OK; i++)
-        st = declare_client(b, clients[i]);
-    if (st == RT_OK)
-        st = close_scratch(b);
-    /* On RT_REJECT the broker closed the scratch channel and rpc_verdict
-     * answered close-ok: the connection itself is fine. */
+    /* After a refusal the scratch channel was opened again: close it too
+     * (unless the connection itself failed). */
+    if (!b->dead) {
+        char why[ERR_MAX];
+        snprintf(why, sizeof(why), "%s", b->err);
+        rt_status cs = close_scratch(b);
+        if (st == RT_OK)
+            st = cs;
+        else
+            set_err(b, "%s", why);
+    }
     if (st != RT_OK)
         log_warning("declaring the AMQP topology failed: %s", b->err);
     return finish(b, st);
@@ -944,6 +1460,113 @@ rt_status broker_queue_depth(struct broker *b, const char *queue, uint32_t *read
         st = close_scratch(b);
     }
     return finish(b, st);
+}
+
+static void protocol_error(struct broker *b, const char *what, amqp_channel_t ch);
+
+/* Sends the depth questions not sent on the query channel as it is now. */
+static void flush_depth(struct broker *b)
+{
+    for (size_t i = b->dq_head; i < b->dq_len && b->query == QUERY_OPEN && !b->dead; i++) {
+        struct depth_question *q = &b->dq[i];
+        if (q->sent)
+            continue;
+        if (!send_room(b, 64 + strlen(q->queue)))
+            return;
+        amqp_queue_declare_t req;
+        memset(&req, 0, sizeof(req));
+        req.queue = amqp_cstring_bytes(q->queue);
+        req.passive = 1;
+        req.durable = 1;
+        req.arguments = amqp_empty_table;
+        if (amqp_send_method(b->conn, CH_QUERY, AMQP_QUEUE_DECLARE_METHOD, &req) != AMQP_STATUS_OK) {
+            set_err(b, "asking the depth of \"%s\" failed", q->queue);
+            mark_dead(b);
+            return;
+        }
+        q->sent = 1;
+    }
+}
+
+rt_status broker_depth_ask(struct broker *b, const char *queue)
+{
+    if (!b || !b->on_depth || !queue || !*queue || strlen(queue) >= SHORTSTR) {
+        if (b)
+            set_err(b, "queue depth: no on_depth callback or an invalid queue name");
+        return RT_REJECT;
+    }
+    if (!broker_connected(b)) {
+        set_err(b, "queue depth: not connected");
+        return RT_RETRY;
+    }
+    if (b->dq_head == b->dq_len)
+        b->dq_head = b->dq_len = 0;
+    if (b->dq_len == b->dq_cap) {
+        if (b->dq_head > 0) {
+            memmove(b->dq, b->dq + b->dq_head, (b->dq_len - b->dq_head) * sizeof(*b->dq));
+            b->dq_len -= b->dq_head;
+            b->dq_head = 0;
+        }
+        if (b->dq_len == b->dq_cap) {
+            size_t cap = b->dq_cap ? b->dq_cap * 2 : 16;
+            struct depth_question *q = realloc(b->dq, cap * sizeof(*q));
+            if (!q) {
+                set_err(b, "queue depth: out of memory");
+                return RT_RETRY;
+            }
+            b->dq = q;
+            b->dq_cap = cap;
+        }
+    }
+    struct depth_question *q = &b->dq[b->dq_len++];
+    snprintf(q->queue, sizeof(q->queue), "%s", queue);
+    q->sent = 0;
+    flush_depth(b);
+    return finish(b, RT_OK);
+}
+
+size_t broker_depth_pending(const struct broker *b)
+{
+    return b ? b->dq_len - b->dq_head : 0;
+}
+
+/* The answer to the oldest depth question. */
+static void depth_answer(struct broker *b, int found, uint32_t ready, uint32_t consumers)
+{
+    if (b->dq_head == b->dq_len || !b->dq[b->dq_head].sent) {
+        protocol_error(b, "an answer to a depth question never asked", CH_QUERY);
+        return;
+    }
+    char queue[SHORTSTR];
+    snprintf(queue, sizeof(queue), "%s", b->dq[b->dq_head].queue);
+    b->dq_head++;
+    if (b->on_depth) {
+        b->depth++;
+        b->on_depth(b->cb_arg, queue, found, ready, consumers);
+        b->depth--;
+    }
+}
+
+/* The broker closed the query channel: the oldest question is answered
+ * by the refusal (a missing queue), the broker dropped those sent after
+ * it, so they are asked again once the channel is open again. */
+static void query_closed(struct broker *b, const amqp_channel_close_t *c)
+{
+    char text[SHORTSTR];
+    copy_bytes(text, sizeof(text), c->reply_text);
+    send_channel_close_ok(b, CH_QUERY);
+    if (c->reply_code != AMQP_NOT_FOUND)
+        log_warning("the broker refused a queue depth question: %u %s", c->reply_code, text);
+    depth_answer(b, 0, 0, 0);
+    for (size_t i = b->dq_head; i < b->dq_len; i++)
+        b->dq[i].sent = 0;
+    amqp_channel_open_t open;
+    memset(&open, 0, sizeof(open));
+    if (b->dead || amqp_send_method(b->conn, CH_QUERY, AMQP_CHANNEL_OPEN_METHOD, &open) != AMQP_STATUS_OK) {
+        mark_dead(b);
+        return;
+    }
+    b->query = QUERY_OPENING;
 }
 
 /* ---- publish ---------------------------------------------------------- */
@@ -997,6 +1620,14 @@ rt_status broker_publish(struct broker *b, const char *exchange, const char *rou
     }
     if (b->unconfirmed >= b->max_unconfirmed) {
         set_err(b, "publishing: %zu messages already await a confirm", b->unconfirmed);
+        return RT_RETRY;
+    }
+    if (!send_room(b, len + 512)) {
+        /* The node stopped reading (frozen, its link blackholed): nothing
+         * is written, and two heartbeats without a frame end the
+         * connection. */
+        set_err(b, "publishing: the broker at %s:%d is not reading (its socket is full)", b->host,
+                b->port);
         return RT_RETRY;
     }
     if (pend_reserve(b) != 0) {
@@ -1225,9 +1856,13 @@ static void handle_method(struct broker *b, amqp_channel_t ch, const amqp_method
         return;
     }
     case AMQP_CHANNEL_CLOSE_METHOD: {
-        /* Either channel closing leaves the connection unable to do its job
-         * (confirms or deliveries would stop): start over on a new one. */
         const amqp_channel_close_t *c = m->decoded;
+        if (ch == CH_QUERY) {
+            query_closed(b, c);
+            return;
+        }
+        /* Either other channel closing leaves the connection unable to do
+         * its job (confirms or deliveries would stop): start over. */
         copy_bytes(text, sizeof(text), c->reply_text);
         set_err(b, "the broker closed channel %u: %u %s", (unsigned)ch, c->reply_code, text);
         send_channel_close_ok(b, ch);
@@ -1248,6 +1883,24 @@ static void handle_method(struct broker *b, amqp_channel_t ch, const amqp_method
         log_warning("AMQP broker blocked publishing: %s", text);
         return;
     }
+    case AMQP_QUEUE_DECLARE_OK_METHOD:
+        if (ch != CH_QUERY) {
+            protocol_error(b, "queue.declare-ok", ch);
+            return;
+        }
+        {
+            const amqp_queue_declare_ok_t *ok = m->decoded;
+            depth_answer(b, 1, ok->message_count, ok->consumer_count);
+        }
+        return;
+    case AMQP_CHANNEL_OPEN_OK_METHOD:
+        if (ch != CH_QUERY || b->query != QUERY_OPENING) {
+            protocol_error(b, "channel.open-ok", ch);
+            return;
+        }
+        b->query = QUERY_OPEN;
+        flush_depth(b);
+        return;
     case AMQP_CONNECTION_UNBLOCKED_METHOD:
         b->blocked = 0;
         log_info("AMQP broker unblocked publishing");
@@ -1414,6 +2067,9 @@ static void handle_frame(struct broker *b, const amqp_frame_t *f)
         amqp_maybe_release_buffers(b->conn);
 }
 
+static void flush_acks(struct broker *b);
+static void flush_depth(struct broker *b);
+
 rt_status broker_process(struct broker *b)
 {
     if (!b)
@@ -1422,10 +2078,14 @@ rt_status broker_process(struct broker *b)
         set_err(b, "broker_process called from a callback");
         return RT_REJECT;
     }
+    if (b->connecting)
+        return connect_progress(b);
     if (!b->conn) {
         set_err(b, "not connected");
         return RT_RETRY;
     }
+    flush_acks(b);
+    flush_depth(b);
     for (int n = 0; n < MAX_FRAMES_PER_CALL && !b->dead; n++) {
         amqp_frame_t f;
         struct timeval zero = {0, 0};
@@ -1438,6 +2098,7 @@ rt_status broker_process(struct broker *b)
             mark_dead(b);
             break;
         }
+        b->last_frame_ms = get_now_ms();
         handle_frame(b, &f);
     }
     if (b->dead) {
@@ -1445,6 +2106,14 @@ rt_status broker_process(struct broker *b)
         return RT_RETRY;
     }
     return RT_OK;
+}
+
+int64_t broker_silent_ms(const struct broker *b)
+{
+    if (!broker_connected(b))
+        return 0;
+    int64_t d = get_now_ms() - b->last_frame_ms;
+    return d > 0 ? d : 0;
 }
 
 /* ---- consume ---------------------------------------------------------- */
@@ -1464,9 +2133,20 @@ rt_status broker_consume(struct broker *b, const char *queue)
         set_err(b, "consuming: a queue name and an on_delivery callback are required");
         return RT_REJECT;
     }
-    if (b->n_consumers == MAX_CONSUMERS) {
-        set_err(b, "consuming \"%s\": already %d consumers on this connection", queue, MAX_CONSUMERS);
+    if (b->n_consumers == BROKER_MAX_CONSUMERS) {
+        set_err(b, "consuming \"%s\": already %d consumers on this connection", queue,
+                BROKER_MAX_CONSUMERS);
         return RT_REJECT;
+    }
+    if (b->n_consumers == b->consumers_cap) {
+        size_t cap = b->consumers_cap ? b->consumers_cap * 2 : 8;
+        struct consumer *cs = realloc(b->consumers, cap * sizeof(*cs));
+        if (!cs) {
+            set_err(b, "consuming \"%s\": out of memory", queue);
+            return RT_RETRY;
+        }
+        b->consumers = cs;
+        b->consumers_cap = cap;
     }
     char what[SHORTSTR + 32];
     snprintf(what, sizeof(what), "consuming queue \"%s\"", queue);
@@ -1488,36 +2168,66 @@ rt_status broker_consume(struct broker *b, const char *queue)
     return RT_OK;
 }
 
-rt_status broker_ack(struct broker *b, uint64_t delivery_tag)
+/* Sends one ack or reject now. 0, or -1 when the connection failed. */
+static int send_ack(struct broker *b, uint64_t tag, enum ack_op op)
+{
+    int rc = op == ACK_ACK ? amqp_basic_ack(b->conn, CH_CONSUME, tag, 0)
+                           : amqp_basic_reject(b->conn, CH_CONSUME, tag, op == ACK_REQUEUE);
+    if (rc != AMQP_STATUS_OK) {
+        set_err(b, "%s failed: %s", op == ACK_ACK ? "ack" : "reject", amqp_error_string2(rc));
+        mark_dead(b);
+        return -1;
+    }
+    return 0;
+}
+
+/* An ack or reject: sent now, or kept in order behind those that wait for
+ * the node to read again. */
+static rt_status queue_ack(struct broker *b, uint64_t tag, enum ack_op op)
 {
     if (!broker_connected(b)) {
         if (b)
-            set_err(b, "ack: not connected");
+            set_err(b, "%s: not connected", op == ACK_ACK ? "ack" : "reject");
         return RT_RETRY;
     }
-    int rc = amqp_basic_ack(b->conn, CH_CONSUME, delivery_tag, 0);
-    if (rc != AMQP_STATUS_OK) {
-        set_err(b, "ack failed: %s", amqp_error_string2(rc));
-        mark_dead(b);
-        return finish(b, RT_RETRY);
+    if (b->n_acks == 0 && send_room(b, 64))
+        return send_ack(b, tag, op) == 0 ? RT_OK : finish(b, RT_RETRY);
+    if (b->n_acks == b->acks_cap) {
+        size_t cap = b->acks_cap ? b->acks_cap * 2 : 64;
+        struct pending_ack *a = realloc(b->acks, cap * sizeof(*a));
+        if (!a) {
+            set_err(b, "out of memory for an ack");
+            return RT_RETRY; /* the delivery stays unacked: redelivered later */
+        }
+        b->acks = a;
+        b->acks_cap = cap;
     }
+    b->acks[b->n_acks++] = (struct pending_ack){tag, op};
     return RT_OK;
+}
+
+static void flush_acks(struct broker *b)
+{
+    size_t i = 0;
+    while (i < b->n_acks && !b->dead && send_room(b, 64)) {
+        if (send_ack(b, b->acks[i].tag, b->acks[i].op) < 0)
+            break;
+        i++;
+    }
+    if (i) {
+        memmove(b->acks, b->acks + i, (b->n_acks - i) * sizeof(*b->acks));
+        b->n_acks -= i;
+    }
+}
+
+rt_status broker_ack(struct broker *b, uint64_t delivery_tag)
+{
+    return queue_ack(b, delivery_tag, ACK_ACK);
 }
 
 rt_status broker_reject(struct broker *b, uint64_t delivery_tag, int requeue)
 {
-    if (!broker_connected(b)) {
-        if (b)
-            set_err(b, "reject: not connected");
-        return RT_RETRY;
-    }
-    int rc = amqp_basic_reject(b->conn, CH_CONSUME, delivery_tag, requeue ? 1 : 0);
-    if (rc != AMQP_STATUS_OK) {
-        set_err(b, "reject failed: %s", amqp_error_string2(rc));
-        mark_dead(b);
-        return finish(b, RT_RETRY);
-    }
-    return RT_OK;
+    return queue_ack(b, delivery_tag, requeue ? ACK_REQUEUE : ACK_REJECT);
 }
 
 /* ---- get ---------------------------------------------------------------- */
@@ -1583,12 +2293,6 @@ void broker_delivery_free(struct broker_delivery *d)
     free(d);
 }
 
-static int64_t get_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 rt_status broker_get(struct broker *b, const char *queue, struct broker_delivery **out,
                      uint32_t *remaining)

@@ -23,15 +23,45 @@
  * broker_connect(), broker_disconnect(), broker_declare(),
  * broker_consume(), broker_queue_depth(), broker_get() or broker_free().
  *
- * The wire (DESIGN.md): durable direct exchanges remotetask.forward,
- * .reverse, .retry and .dead; per client C the queues remotetask.forward.C
- * and remotetask.reverse.C (routing key C), delay queues
- * remotetask.retry.C.<dir>.<tier> that dead-letter back to their exchange
- * with routing key C, and the shared queue remotetask.dead.
+ * Connecting: broker_connect() connects at once, blocking up to the
+ * connect timeout per step (for command-line tools and tests). The daemon
+ * uses broker_connect_async(): it probes every node without blocking
+ * (netprobe.h: TCP, TLS, the AMQP header) inside the caller's poll loop
+ * (broker_pollfds(), broker_process()) and connects to the first node that
+ * answers, so that a frozen or blackholed node never stops the loop.
+ *
+ * Writes never block either: before anything is written the kernel's send
+ * queue is checked, and a node that stopped reading makes publishes return
+ * RT_RETRY while acks wait in the broker object; the heartbeat timeout
+ * (two heartbeats without a frame) then declares the connection lost.
+ *
+ * The wire (DESIGN.md, topology v2), per client C (routing key C on the
+ * shared exchanges):
+ *   remotetask.forward          exchange, shared: clients publish tasks
+ *   remotetask.reverse          exchange, shared: the server publishes states
+ *   remotetask.forward.C        queue (classic or quorum, single active
+ *   remotetask.reverse.C        consumer), bound to the shared exchange with
+ *                               key C and to remotetask.retry.C with key
+ *                               "forward" / "reverse"; what the broker itself
+ *                               dead-letters goes to remotetask.dead.C
+ *   remotetask.retry.C          exchange of C's retries: key "<dir>.<tier>"
+ *                               into the delay queue, whose TTL sends it back
+ *                               through the same exchange with key "<dir>"
+ *   remotetask.retry.C.<dir>.<tier>  delay queues (classic, or quorum with
+ *                               at-least-once dead-lettering)
+ *   remotetask.dead.C           exchange of C's dead letters, key "<dir>"
+ *   remotetask.dead.C.forward   dead letters of task messages (the server's)
+ *   remotetask.dead.C.reverse   dead letters of states (the client's)
+ * Every queue a client can write to is capped (x-max-length, overflow
+ * reject-publish: a full queue refuses, it never drops). Per-client
+ * exchanges let an operator give each client's AMQP user write access to
+ * its own retry and dead-letter exchanges only (broker-setup), so that no
+ * client can aim a retry or a dead letter at another.
  */
 #ifndef RT_BROKER_H
 #define RT_BROKER_H
 
+#include <poll.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -39,9 +69,9 @@
 
 #define BROKER_EXCHANGE_FORWARD "remotetask.forward"
 #define BROKER_EXCHANGE_REVERSE "remotetask.reverse"
-#define BROKER_EXCHANGE_RETRY "remotetask.retry"
-#define BROKER_EXCHANGE_DEAD "remotetask.dead"
-#define BROKER_QUEUE_DEAD "remotetask.dead"
+/* Per-client exchanges and queues are named "<prefix>.<client>...". */
+#define BROKER_RETRY_PREFIX "remotetask.retry"
+#define BROKER_DEAD_PREFIX "remotetask.dead"
 #define BROKER_CONTENT_TYPE "application/x-msgpack"
 
 /* A client id becomes part of queue names and routing keys: 1 to
@@ -49,10 +79,20 @@
 #define BROKER_CLIENT_MAX 64
 /* Enough for any name or key the helpers below produce. */
 #define BROKER_NAME_MAX 256
+/* At most this many queues are consumed on one connection. */
+#define BROKER_MAX_CONSUMERS 1024
 /* At most this many headers are sent with, or kept from, one message. */
 #define BROKER_MAX_HEADERS 16
 /* Number of retry delay tiers (1 s, 5 s, 30 s, 2 min, 10 min). */
 #define BROKER_RETRY_TIERS 5
+/* Every queue a client can write to holds at most this many messages and
+ * bytes; past that the broker refuses publishes (nacks them), so that one
+ * client cannot fill the broker's disk. */
+#define BROKER_QUEUE_MAX_LENGTH 1000000
+#define BROKER_QUEUE_MAX_BYTES  (1024LL * 1024 * 1024)
+/* Quorum queues: deliveries of one message before the broker dead-letters
+ * it (a redelivery after a lost connection counts). */
+#define BROKER_DELIVERY_LIMIT 50
 
 enum broker_dir {
     BROKER_FORWARD = 0, /* client -> server: tasks */
@@ -147,12 +187,17 @@ struct broker_opts {
     const char *queue_type;   /* "classic" (NULL) or "quorum" */
     int connect_timeout_ms;   /* TCP connect, TLS and AMQP handshake, each RPC; 0 = 10000 */
     const char *connection_name; /* shown by the management UI; NULL = "remotetask" */
-    size_t max_message;       /* cap on a received body; 0 = 8 MiB */
+    size_t max_message;       /* cap on a received body; 0 = CODEC_MAX_BODY */
     size_t max_unconfirmed;   /* cap on publishes awaiting a confirm; 0 = 65536 */
 
     void (*on_confirm)(void *arg, uint64_t tag, enum broker_fate fate);
     void (*on_delivery)(void *arg, const struct broker_delivery *d);
     void (*on_cancel)(void *arg, const char *queue); /* may be NULL */
+    /* The answer to broker_depth_ask(): found 1 with the figures, 0 when
+     * the queue does not exist, -1 when the connection went before the
+     * answer came. May be NULL when broker_depth_ask() is never used. */
+    void (*on_depth)(void *arg, const char *queue, int found, uint32_t ready,
+                     uint32_t consumers);
     void *cb_arg;
 };
 
@@ -180,6 +225,26 @@ void broker_free(struct broker *b);
  * problem). A call while connected disconnects first. */
 rt_status broker_connect(struct broker *b);
 
+/* Starts a connection attempt that never blocks: a probe (netprobe.h) to
+ * every node at once. The caller then polls broker_pollfds() and calls
+ * broker_process() until broker_connecting() is 0: the first node that
+ * answers the AMQP header gets the connection (broker_connect()'s steps,
+ * which a live node answers in milliseconds), and broker_process()
+ * returns RT_OK with broker_connected() 1; when every probe failed it
+ * returns RT_RETRY or RT_REJECT (RT_REJECT only when every node failed for
+ * a reason that needs a person: a certificate, a refused login) with every
+ * node's reason in broker_strerror(). Nodes are tried in an order shuffled
+ * at broker_new(), starting after the node this broker last lost. Does
+ * nothing while an attempt runs or the connection is up. */
+void broker_connect_async(struct broker *b);
+
+/* 1 while an attempt of broker_connect_async() runs. */
+int broker_connecting(const struct broker *b);
+
+/* "host:port" of the node the connection is to, or of the node it was to
+ * last (before any connection: the first node of the order). Never NULL. */
+const char *broker_node(const struct broker *b);
+
 /* Closes the connection (politely when it is still up) and reports LOST
  * for every unconfirmed publish. Safe to call when not connected. */
 void broker_disconnect(struct broker *b);
@@ -190,13 +255,18 @@ int broker_connected(const struct broker *b);
 /* The reason for the last failure, never NULL, never the password. */
 const char *broker_strerror(const struct broker *b);
 
-/* Declares the whole topology for these clients, idempotently: the four
- * exchanges, each client's forward and reverse queues (queue_type, single
- * active consumer) bound with the client id, its retry delay queues (always
- * classic: they only hold messages for a while) and its binding on
- * remotetask.dead. RT_REJECT when a client id is invalid or a queue exists
- * with different arguments (the broker says which); RT_RETRY when the
- * connection failed (it is then closed, see broker_process). */
+/* Declares the whole topology for these clients (see the wire above),
+ * idempotently, with queue_type for every queue: quorum queues get a
+ * delivery limit and at-least-once dead-lettering.
+ * A user without the permission to declare (a client's least-privilege
+ * user, broker-setup) gets ACCESS_REFUSED: then each exchange and queue is
+ * only checked to exist (a passive declare needs no permission), which is
+ * RT_OK when the server side (or the operator) declared them, RT_RETRY
+ * naming the first one missing otherwise.
+ * RT_REJECT when a client id is invalid or a queue exists with other
+ * arguments (PRECONDITION_FAILED: the reason names the queue and how to
+ * migrate); RT_RETRY when the connection failed (it is then closed, see
+ * broker_process). */
 rt_status broker_declare(struct broker *b, const char *const *clients, size_t n_clients);
 
 /* Publishes one message on the confirm channel and returns at once with its
@@ -217,15 +287,25 @@ size_t broker_unconfirmed(const struct broker *b);
 /* 1 while the broker has blocked publishing on this connection. */
 int broker_blocked(const struct broker *b);
 
+/* Milliseconds since the node last sent a frame (heartbeats included), 0
+ * when not connected: longer than the heartbeat means the node has gone
+ * silent, which librabbitmq turns into a lost connection at twice the
+ * heartbeat. */
+int64_t broker_silent_ms(const struct broker *b);
+
 /* Starts consuming a queue with manual acks on the consume channel;
- * deliveries arrive through on_delivery. RT_REJECT when the queue does not
- * exist or may not be consumed (the broker closes the consume channel, so
- * the connection is closed too: reconnect), RT_RETRY on connection
- * failure. At most 64 queues per connection. */
+ * deliveries arrive through on_delivery, at most prefetch unacknowledged
+ * per queue. RT_REJECT when the queue does not exist or may not be
+ * consumed (the broker closes the consume channel, so the connection is
+ * closed too: reconnect), RT_RETRY on connection failure. At most
+ * BROKER_MAX_CONSUMERS queues per connection. */
 rt_status broker_consume(struct broker *b, const char *queue);
 
 /* Acknowledges a delivery: the broker forgets the message. RT_RETRY when
- * the connection is down (the message will be redelivered). */
+ * the connection is down (the message will be redelivered). When the
+ * broker is not reading (its socket's send queue is full) the ack waits in
+ * the broker object and is sent by broker_process() once it can be; it is
+ * then RT_OK, and lost with the connection like any unsent ack. */
 rt_status broker_ack(struct broker *b, uint64_t delivery_tag);
 
 /* Rejects a delivery: requeue = 1 puts it back in its queue, 0 drops it
@@ -235,27 +315,49 @@ rt_status broker_reject(struct broker *b, uint64_t delivery_tag, int requeue);
 /* The socket to poll for input, or -1 when not connected. */
 int broker_fd(const struct broker *b);
 
+/* Fills fds[0..room) with what to poll: the connection's socket (POLLIN,
+ * and POLLOUT while acks wait for room) or, during broker_connect_async(),
+ * one entry per running probe. Returns how many entries it needs, which
+ * may be more than room (call again with more room). */
+size_t broker_pollfds(const struct broker *b, struct pollfd *fds, size_t room);
+
 /* 1 when librabbitmq already holds received data or frames: the caller must
  * call broker_process() without polling first. */
 int broker_wants_read_now(const struct broker *b);
 
 /* The longest the caller may wait before calling broker_process() again,
- * in milliseconds (half the heartbeat), or -1 when there is no deadline. */
+ * in milliseconds (half the heartbeat, or the nearest probe deadline while
+ * connecting), or -1 when there is no deadline. */
 int broker_timeout_ms(const struct broker *b);
 
 /* Reads and dispatches every frame available now, without blocking: confirms,
- * returns, deliveries, blocked/unblocked, consumer cancellations; sends a
- * heartbeat when one is due. RT_OK: still connected. RT_RETRY: the
- * connection is lost or was closed by the broker (the reason is in
- * broker_strerror()); it has been torn down and LOST reported for every
- * unconfirmed publish: reconnect after a backoff. */
+ * returns, deliveries, blocked/unblocked, consumer cancellations, depth
+ * answers; sends waiting acks and a heartbeat when one is due. RT_OK: still
+ * connected. RT_RETRY: the connection is lost or was closed by the broker
+ * (the reason is in broker_strerror()); it has been torn down and LOST
+ * reported for every unconfirmed publish: reconnect after a backoff.
+ * During broker_connect_async() it advances the probes instead (see
+ * there). */
 rt_status broker_process(struct broker *b);
 
 /* Asks the broker how many messages are ready in a queue and how many
- * consumers it has (a passive declare on a throwaway channel).
+ * consumers it has (a passive declare on a throwaway channel), waiting for
+ * the answer up to the connect timeout: for tools, not for the daemon's
+ * loop (broker_depth_ask()).
  * RT_REJECT when the queue does not exist, RT_RETRY on connection failure. */
 rt_status broker_queue_depth(struct broker *b, const char *queue, uint32_t *ready,
                              uint32_t *consumers);
+
+/* Asks the same without waiting: a passive declare on a channel of its
+ * own, answered later through on_depth, in the order asked (a missing
+ * queue makes the broker close that channel, which is opened again for
+ * the questions after it). RT_OK: asked. RT_RETRY: not connected, or the
+ * node is not reading (ask again later). RT_REJECT: no on_depth callback
+ * or an invalid name. */
+rt_status broker_depth_ask(struct broker *b, const char *queue);
+
+/* Questions of broker_depth_ask() not answered yet. */
+size_t broker_depth_pending(const struct broker *b);
 
 /* Fetches one message from a queue with basic.get on the consume channel,
  * without auto-ack, waiting at most the connect timeout for the answer.
@@ -290,6 +392,10 @@ int broker_queue_name(char *buf, size_t len, enum broker_dir dir, const char *cl
 /* The exchange of a direction: BROKER_EXCHANGE_FORWARD or _REVERSE. */
 const char *broker_exchange(enum broker_dir dir);
 
+/* "forward" or "reverse": the routing key of a direction on a client's
+ * retry and dead-letter exchanges. */
+const char *broker_dir_name(enum broker_dir dir);
+
 /* The retry tier for a delivery attempt: attempt 1 (the first retry) waits
  * in tier 0, ... attempts past the last tier stay in the last. */
 unsigned broker_retry_tier(unsigned attempt);
@@ -297,15 +403,32 @@ unsigned broker_retry_tier(unsigned attempt);
 /* The delay of a tier in milliseconds; tiers past the last are the last. */
 unsigned broker_retry_delay_ms(unsigned tier);
 
-/* Writes the routing key on remotetask.retry that delays a message for
- * this attempt: "C.forward.5s". Returns 0, or -1 as broker_queue_name. */
-int broker_retry_key(char *buf, size_t len, enum broker_dir dir, const char *client,
-                     unsigned attempt);
+/* Writes the name of a client's retry exchange: "remotetask.retry.C".
+ * Returns 0, or -1 as broker_queue_name. */
+int broker_retry_exchange(char *buf, size_t len, const char *client);
+
+/* Writes the routing key on the client's retry exchange that delays a
+ * message for this attempt: "forward.5s". (The key "forward" or
+ * "reverse", broker_dir_name(), sends a message straight back to the
+ * client's queue: what the delay queues do, and what replays use.)
+ * Returns 0, or -1 when buf is too small. */
+int broker_retry_key(char *buf, size_t len, enum broker_dir dir, unsigned attempt);
 
 /* Writes the name of a delay queue: "remotetask.retry.C.forward.5s".
  * Returns 0, or -1 as broker_queue_name. */
 int broker_retry_queue_name(char *buf, size_t len, enum broker_dir dir, const char *client,
                             unsigned tier);
+
+/* Writes the name of a client's dead-letter exchange: "remotetask.dead.C"
+ * (routing key: broker_dir_name()). Returns 0, or -1 as broker_queue_name. */
+int broker_dead_exchange(char *buf, size_t len, const char *client);
+
+/* Writes the name of a client's dead-letter queue for a direction:
+ * "remotetask.dead.C.forward" (task messages the server could not apply,
+ * read by the server's dlq commands) or "remotetask.dead.C.reverse"
+ * (states the client could not apply, read by the client's). Returns 0,
+ * or -1 as broker_queue_name. */
+int broker_dead_queue_name(char *buf, size_t len, enum broker_dir dir, const char *client);
 
 /* 1 when a client id is usable in names (see BROKER_CLIENT_MAX), else 0. */
 int broker_client_valid(const char *client);

@@ -442,6 +442,14 @@ static const struct {
      "Work in progress: API calls, unconfirmed publishes, held deliveries."},
     {METRICS_LINKS, METRICS_GAUGE, NULL, "Source task to target task links in the store."},
     {METRICS_UP, METRICS_GAUGE, NULL, "1 while the daemon runs with its broker connected."},
+    {METRICS_BROKER_STATE, METRICS_GAUGE, "state",
+     "1 for the broker connection's state (connected, blocked, unreachable, refused, "
+     "connecting), 0 for the others."},
+    {METRICS_BROKER_NODE, METRICS_GAUGE, "node",
+     "1 for the broker node (host:port) the daemon is connected to, or was last."},
+    {METRICS_API_UP, METRICS_GAUGE, NULL,
+     "1 when the last BILLmanager API call got an answer from the API (success or an API "
+     "error), 0 when it failed in transport (refused, timeout, HTTP error, not JSON)."},
     {METRICS_API_CALL_DURATION, METRICS_HISTOGRAM, "func",
      "Time from queuing a BILLmanager API call to its completion, in seconds."},
     {METRICS_FORWARD_LATENCY, METRICS_HISTOGRAM, NULL,

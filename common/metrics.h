@@ -118,6 +118,9 @@
 #define METRICS_INFLIGHT           "remotetask_inflight"
 #define METRICS_LINKS              "remotetask_links"
 #define METRICS_UP                 "remotetask_up"
+#define METRICS_BROKER_STATE       "remotetask_broker_state"
+#define METRICS_BROKER_NODE        "remotetask_broker_node_info"
+#define METRICS_API_UP             "remotetask_api_up"
 #define METRICS_API_CALL_DURATION  "remotetask_api_call_duration_seconds"
 #define METRICS_FORWARD_LATENCY    "remotetask_forward_latency_seconds"
 

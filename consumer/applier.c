@@ -115,16 +115,18 @@ static void applier_publish(struct applier_slot *s)
     struct applier *a = s->a;
     struct broker_header h[8];
     struct broker_props props;
-    char key[BROKER_NAME_MAX], mid[APPLIER_SHORT_MAX + 48];
-    const char *exchange;
+    char key[BROKER_NAME_MAX], mid[APPLIER_SHORT_MAX + 48], exchange[BROKER_NAME_MAX];
     size_t n = 0;
     int dead = s->phase == APPLIER_DEAD_PUBLISH;
 
     memset(&props, 0, sizeof(props));
     memset(h, 0, sizeof(h));
+    /* Each client has its own retry and dead-letter exchanges, so that a
+     * copy can only ever reach that client's queues. */
+    key[0] = exchange[0] = '\0';
     if (dead) {
-        exchange = BROKER_EXCHANGE_DEAD;
-        applier_copy(key, sizeof(key), s->client);
+        if (broker_dead_exchange(exchange, sizeof(exchange), s->client) == 0)
+            applier_copy(key, sizeof(key), broker_dir_name(a->dir));
         h[n++] = (struct broker_header){"x-rt-reason", BROKER_HEADER_STR, s->reason, 0};
         h[n++] = (struct broker_header){"x-rt-kind", BROKER_HEADER_STR,
                                         s->dead_kind_name ? s->dead_kind_name : "", 0};
@@ -135,8 +137,8 @@ static void applier_publish(struct applier_slot *s)
         h[n++] = (struct broker_header){"x-rt-message-id", BROKER_HEADER_STR, s->message_id, 0};
         h[n++] = (struct broker_header){"x-rt-user", BROKER_HEADER_STR, s->user, 0};
     } else {
-        exchange = BROKER_EXCHANGE_RETRY;
-        if (broker_retry_key(key, sizeof(key), a->dir, s->client, (unsigned)(s->attempts + 1)) < 0)
+        if (broker_retry_exchange(exchange, sizeof(exchange), s->client) < 0 ||
+            broker_retry_key(key, sizeof(key), a->dir, (unsigned)(s->attempts + 1)) < 0)
             key[0] = '\0';
         h[n++] = (struct broker_header){"x-rt-attempts", BROKER_HEADER_INT, NULL, s->attempts + 1};
         h[n++] = (struct broker_header){"x-rt-error", BROKER_HEADER_STR, s->reason, 0};
@@ -193,9 +195,10 @@ void applier_fail(struct applier_slot *s, rt_status status, int kind, const char
                     s->task, s->client, s->attempts + 1, s->reason);
         s->phase = APPLIER_RETRY_PUBLISH;
     } else {
-        log_error("message %s of queue \"%s\" (task %" PRId64 " of client \"%s\") goes to %s: %s",
+        log_error("message %s of queue \"%s\" (task %" PRId64 " of client \"%s\") goes to "
+                  "%s.%s.%s: %s",
                   s->message_id[0] ? s->message_id : "without id", s->queue, s->task, s->client,
-                  BROKER_QUEUE_DEAD, s->reason);
+                  BROKER_DEAD_PREFIX, s->client, broker_dir_name(s->a->dir), s->reason);
         s->dead_kind = kind;
         s->dead_kind_name = kind_name;
         s->phase = APPLIER_DEAD_PUBLISH;

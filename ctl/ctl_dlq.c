@@ -2,19 +2,36 @@
  * remotetaskctl --command dlq list|replay|purge: the dead letters of this
  * configuration's clients.
  *
- * Dead letters wait in one durable queue, remotetask.dead, shared by every
- * client of the broker; each carries its reason and origin in x-rt-*
- * headers (consumer/applier.c writes them). This command talks to the
- * broker directly, not to the daemon, so that it works while the daemon is
- * down. It takes a snapshot: as many messages as the queue held when it
- * started (at most DLQ_MAX_MESSAGES) are fetched with basic.get and held
- * unacknowledged, so that each is seen once; then the chosen ones are
- * acked (purge), or republished and acked once the broker confirmed the
- * copy (replay), and every other one is given back to the queue in its
- * place. Messages of clients this configuration does not name are never
- * touched. If this process dies half-way, the broker puts back everything
- * it held: nothing is lost, at worst a replay is published twice, which
- * the appliers drop as a duplicate by its seq.
+ * Dead letters wait in per-client, per-direction queues: the server role
+ * reads remotetask.dead.C.forward of each of its clients C (task messages
+ * it could not apply), the client role remotetask.dead.C.reverse of its own
+ * id (states it could not apply). An operator's AMQP users can be given
+ * read access to exactly those (broker-setup), so no tenant sees or
+ * removes another's. Each letter carries its reason and origin in x-rt-*
+ * headers (consumer/applier.c writes them), or, when the broker itself
+ * dead-lettered it (a quorum queue's delivery limit, a full queue), the
+ * broker's x-first-death-reason.
+ *
+ * What is replayed is trusted only as far as the broker vouches for it:
+ * the letter's user_id, which RabbitMQ checks against the publisher's
+ * login. A letter written by this side (user_id = its own login) was made
+ * by its applier, so its x-rt-user names the original sender; a letter
+ * whose user_id is the peer's (the client's user for forward letters, the
+ * server's for reverse ones) is the peer's own message, dead-lettered by
+ * the broker. Anything else was planted by someone else: it is listed,
+ * marked untrusted, and never replayed (purge removes it). A replay goes
+ * back through the client's own retry exchange (remotetask.retry.C, key
+ * "forward" or "reverse"), so it can only reach that client's queue.
+ *
+ * This command talks to the broker directly, not to the daemon, so that it
+ * works while the daemon is down. It takes a snapshot: as many messages as
+ * each queue held when it started (at most DLQ_MAX_MESSAGES in all) are
+ * fetched with basic.get and held unacknowledged, so that each is seen
+ * once; then the chosen ones are acked (purge), or republished and acked
+ * once the broker confirmed the copy (replay), and every other one is given
+ * back to its queue in its place. If this process dies half-way, the
+ * broker puts back everything it held: nothing is lost, at worst a replay
+ * is published twice, which the appliers drop as a duplicate by its seq.
  */
 #include <inttypes.h>
 #include <poll.h>
@@ -45,12 +62,15 @@ enum dlq_sub { DLQ_LIST, DLQ_REPLAY, DLQ_PURGE };
 struct dlq_letter {
     struct broker_delivery *d; /* owned; kept while it may be replayed */
     uint64_t tag;              /* on the consume channel */
-    int mine;                  /* a client of this configuration */
     int chosen;                /* matched by the command's filter */
+    int trusted;               /* written by this side or by the peer (see above) */
+    enum broker_dir dir;       /* of the queue it was read from */
     int settled;               /* acked or requeued already */
     char id[DLQ_TEXT_MAX];
-    char client[DLQ_TEXT_MAX];
-    char queue[DLQ_TEXT_MAX];
+    char client[DLQ_TEXT_MAX]; /* of the queue it was read from */
+    char queue[DLQ_TEXT_MAX];  /* the queue it was dead-lettered from */
+    char by[DLQ_TEXT_MAX];     /* its user_id: who wrote it, as the broker checked */
+    char sender[DLQ_TEXT_MAX]; /* the original sender, for a trusted letter */
     char reason[DLQ_TEXT_MAX];
     char kind[DLQ_TEXT_MAX];
     int64_t task;
@@ -89,17 +109,6 @@ static void dlq_copy_text(char *dst, size_t size, const char *src)
     dst[i] = '\0';
 }
 
-static const char *dlq_direction(const char *queue)
-{
-    size_t fl = strlen(BROKER_EXCHANGE_FORWARD ".");
-    size_t rl = strlen(BROKER_EXCHANGE_REVERSE ".");
-    if (strncmp(queue, BROKER_EXCHANGE_FORWARD ".", fl) == 0 && queue[fl])
-        return "forward";
-    if (strncmp(queue, BROKER_EXCHANGE_REVERSE ".", rl) == 0 && queue[rl])
-        return "reverse";
-    return "unknown";
-}
-
 static void dlq_time(int64_t ts, char *out, size_t len)
 {
     struct tm tm;
@@ -115,14 +124,33 @@ static int64_t dlq_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* 1 when id is client.id or one of server.clients[].id. */
-static int dlq_client_ours(const struct config *cfg, const char *id)
+/* Who may have written a letter of client's dir queue and what the
+ * original sender was: 1 with sender filled when the broker vouches for it
+ * (see the top of this file), else 0. */
+static int dlq_trust(const struct config *cfg, enum broker_dir dir, const char *client,
+                     const struct broker_delivery *d, char *sender, size_t len)
 {
-    if (!*id)
-        return 0;
-    if (cfg->client.enabled && strcmp(cfg->client.id, id) == 0)
+    const char *by = d->user_id ? d->user_id : "";
+    const char *peer = NULL;
+    sender[0] = '\0';
+    if (dir == BROKER_FORWARD) {
+        const struct config_server_client *sc = config_server_client_find(cfg, client);
+        peer = sc ? sc->amqp_user : NULL;
+    } else {
+        peer = cfg->client.server_user;
+    }
+    if (*by && strcmp(by, cfg->amqp.user) == 0) {
+        const char *relayed = broker_delivery_header_str(d, "x-rt-user");
+        if (!relayed || !*relayed)
+            return 0;
+        snprintf(sender, len, "%s", relayed);
         return 1;
-    return cfg->server.enabled && config_server_client_find(cfg, id) != NULL;
+    }
+    if (*by && peer && *peer && strcmp(by, peer) == 0) {
+        snprintf(sender, len, "%s", peer);
+        return 1;
+    }
+    return 0;
 }
 
 /* ---- broker callbacks --------------------------------------------------- */
@@ -160,7 +188,8 @@ static void dlq_on_delivery(void *arg, const struct broker_delivery *d)
 /* Keeps what is shown of a fetched message; the message itself is kept
  * only when it may be replayed. Returns 0, or -1 when memory ran out (the
  * message is then given back). */
-static int dlq_keep(struct dlq *q, struct broker_delivery *d, enum dlq_sub sub, const char *want_id)
+static int dlq_keep(struct dlq *q, struct broker_delivery *d, enum dlq_sub sub, const char *want_id,
+                    enum broker_dir dir, const char *client)
 {
     if (q->n == q->cap) {
         size_t cap = q->cap ? q->cap * 2 : 64;
@@ -176,24 +205,40 @@ static int dlq_keep(struct dlq *q, struct broker_delivery *d, enum dlq_sub sub, 
     struct dlq_letter *l = &q->letters[q->n++];
     memset(l, 0, sizeof(*l));
     l->tag = d->delivery_tag;
-    const char *client = broker_delivery_header_str(d, "x-rt-client");
-    if (!client || !*client)
-        client = d->routing_key; /* the dead exchange routes by client id */
-    const char *mid = broker_delivery_header_str(d, "x-rt-message-id");
+    l->dir = dir;
+    char sender[DLQ_TEXT_MAX];
+    l->trusted = dlq_trust(q->cfg, dir, client, d, sender, sizeof(sender));
+    dlq_copy_text(l->sender, sizeof(l->sender), sender);
+    dlq_copy_text(l->by, sizeof(l->by), d->user_id);
+    /* The x-rt-* headers mean something only in a letter this side wrote:
+     * anyone else could have put anything there. */
+    int ours = l->trusted && strcmp(d->user_id, q->cfg->amqp.user) == 0;
+    const char *mid = ours ? broker_delivery_header_str(d, "x-rt-message-id") : NULL;
     if (!mid || !*mid)
         mid = d->message_id;
     dlq_copy_text(l->id, sizeof(l->id), mid);
     dlq_copy_text(l->client, sizeof(l->client), client);
-    dlq_copy_text(l->queue, sizeof(l->queue), broker_delivery_header_str(d, "x-rt-queue"));
-    dlq_copy_text(l->reason, sizeof(l->reason), broker_delivery_header_str(d, "x-rt-reason"));
-    dlq_copy_text(l->kind, sizeof(l->kind), broker_delivery_header_str(d, "x-rt-kind"));
-    if (broker_delivery_header_int(d, "x-rt-task", &l->task) < 0)
-        l->task = 0;
-    if (broker_delivery_header_int(d, "x-rt-attempts", &l->attempts) < 0)
-        l->attempts = 0;
+    if (ours) {
+        dlq_copy_text(l->queue, sizeof(l->queue), broker_delivery_header_str(d, "x-rt-queue"));
+        dlq_copy_text(l->reason, sizeof(l->reason), broker_delivery_header_str(d, "x-rt-reason"));
+        dlq_copy_text(l->kind, sizeof(l->kind), broker_delivery_header_str(d, "x-rt-kind"));
+        if (broker_delivery_header_int(d, "x-rt-task", &l->task) < 0)
+            l->task = 0;
+        if (broker_delivery_header_int(d, "x-rt-attempts", &l->attempts) < 0)
+            l->attempts = 0;
+    } else {
+        const char *why = broker_delivery_header_str(d, "x-first-death-reason");
+        char reason[DLQ_TEXT_MAX];
+        if (l->trusted)
+            snprintf(reason, sizeof(reason), "broker: %s", why && *why ? why : "dead-lettered");
+        else
+            snprintf(reason, sizeof(reason), "untrusted: written by \"%.200s\", not by this side "
+                     "or the peer", d->user_id[0] ? d->user_id : "(no user_id)");
+        dlq_copy_text(l->reason, sizeof(l->reason), reason);
+        broker_queue_name(l->queue, sizeof(l->queue), dir, client);
+    }
     l->timestamp = d->timestamp;
-    l->mine = dlq_client_ours(q->cfg, client ? client : "");
-    l->chosen = l->mine && (!want_id || strcmp(want_id, l->id) == 0);
+    l->chosen = !want_id || strcmp(want_id, l->id) == 0;
     if (sub == DLQ_REPLAY && l->chosen)
         l->d = d;
     else
@@ -201,50 +246,77 @@ static int dlq_keep(struct dlq *q, struct broker_delivery *d, enum dlq_sub sub, 
     return 0;
 }
 
-/* Fetches the snapshot. Returns 0, or -1 after printing why not; *missing
- * is set when the queue does not exist at all. */
-static int dlq_fetch(struct dlq *q, enum dlq_sub sub, const char *want_id, int *missing,
-                     int *capped)
+/* Fetches the snapshot of one dead-letter queue. Returns 0, or -1 after
+ * printing why not; *missing is set when the queue does not exist. */
+static int dlq_fetch_queue(struct dlq *q, enum dlq_sub sub, const char *want_id,
+                           enum broker_dir dir, const char *client, int *missing, int *capped)
 {
+    char name[BROKER_NAME_MAX];
     uint32_t ready = 0, consumers = 0;
     *missing = 0;
-    *capped = 0;
-    rt_status st = broker_queue_depth(q->b, BROKER_QUEUE_DEAD, &ready, &consumers);
+    if (broker_dead_queue_name(name, sizeof(name), dir, client) < 0) {
+        fprintf(stderr, "remotetaskctl: client id \"%s\" is not usable in queue names\n", client);
+        return -1;
+    }
+    rt_status st = broker_queue_depth(q->b, name, &ready, &consumers);
     if (st == RT_REJECT) {
         *missing = 1;
         return 0;
     }
     if (st != RT_OK) {
-        fprintf(stderr, "remotetaskctl: cannot read queue %s: %s\n", BROKER_QUEUE_DEAD,
-                broker_strerror(q->b));
+        fprintf(stderr, "remotetaskctl: cannot read queue %s: %s\n", name, broker_strerror(q->b));
         return -1;
     }
     /* Only what was there at the start: a replay that fails again comes
      * back to the queue, and must not be replayed again by this run. */
     size_t limit = ready;
-    if (limit > DLQ_MAX_MESSAGES) {
-        limit = DLQ_MAX_MESSAGES;
+    if (q->n + limit > DLQ_MAX_MESSAGES) {
+        limit = q->n < DLQ_MAX_MESSAGES ? DLQ_MAX_MESSAGES - q->n : 0;
         *capped = 1;
     }
     for (size_t i = 0; i < limit; i++) {
         struct broker_delivery *d = NULL;
-        st = broker_get(q->b, BROKER_QUEUE_DEAD, &d, NULL);
+        st = broker_get(q->b, name, &d, NULL);
         if (st == RT_REJECT && i == 0) {
             *missing = 1;
             return 0;
         }
         if (st != RT_OK) {
-            fprintf(stderr, "remotetaskctl: cannot read queue %s: %s\n", BROKER_QUEUE_DEAD,
+            fprintf(stderr, "remotetaskctl: cannot read queue %s: %s\n", name,
                     broker_strerror(q->b));
             return -1;
         }
         if (!d)
             break; /* someone else took the rest meanwhile */
-        if (dlq_keep(q, d, sub, want_id) < 0) {
-            fprintf(stderr, "remotetaskctl: out of memory reading queue %s\n", BROKER_QUEUE_DEAD);
+        if (dlq_keep(q, d, sub, want_id, dir, client) < 0) {
+            fprintf(stderr, "remotetaskctl: out of memory reading queue %s\n", name);
             return -1;
         }
     }
+    return 0;
+}
+
+/* Fetches the snapshot of every dead-letter queue this configuration
+ * reads. Returns 0, or -1 after printing why not; *missing is set when
+ * none of them exists (no daemon declared the topology yet). */
+static int dlq_fetch(struct dlq *q, enum dlq_sub sub, const char *want_id, int *missing,
+                     int *capped)
+{
+    const struct config *cfg = q->cfg;
+    int found = 0, miss;
+    *capped = 0;
+    for (size_t i = 0; cfg->server.enabled && i < cfg->server.n_clients; i++) {
+        if (dlq_fetch_queue(q, sub, want_id, BROKER_FORWARD, cfg->server.clients[i].id, &miss,
+                            capped) < 0)
+            return -1;
+        found |= !miss;
+    }
+    if (cfg->client.enabled) {
+        if (dlq_fetch_queue(q, sub, want_id, BROKER_REVERSE, cfg->client.id, &miss, capped) < 0)
+            return -1;
+        found |= !miss;
+    }
+    *missing = !found;
     return 0;
 }
 
@@ -295,7 +367,7 @@ static void dlq_print_table(const struct dlq *q)
             continue;
         dlq_time(l->timestamp, when, sizeof(when));
         printf("%-32s %-12s %-10" PRId64 " %-9s %-8" PRId64 " %-20s %s\n", l->id[0] ? l->id : "-",
-               l->client, l->task, dlq_direction(l->queue), l->attempts, when,
+               l->client, l->task, broker_dir_name(l->dir), l->attempts, when,
                l->reason[0] ? l->reason : "-");
     }
 }
@@ -314,10 +386,11 @@ static int dlq_print_json(const struct dlq *q)
             continue;
         dlq_time(l->timestamp, when, sizeof(when));
         json_t *o =
-            json_pack("{s:s,s:s,s:I,s:s,s:s,s:s,s:s,s:I,s:s,s:I}", "id", l->id, "client", l->client,
-                      "task", (json_int_t)l->task, "direction", dlq_direction(l->queue), "queue",
-                      l->queue, "reason", l->reason, "kind", l->kind, "attempts",
-                      (json_int_t)l->attempts, "time", when, "timestamp", (json_int_t)l->timestamp);
+            json_pack("{s:s,s:s,s:I,s:s,s:s,s:s,s:s,s:I,s:s,s:I,s:s,s:b}", "id", l->id, "client",
+                      l->client, "task", (json_int_t)l->task, "direction",
+                      broker_dir_name(l->dir), "queue", l->queue, "reason", l->reason, "kind",
+                      l->kind, "attempts", (json_int_t)l->attempts, "time", when, "timestamp",
+                      (json_int_t)l->timestamp, "written_by", l->by, "trusted", l->trusted);
         if (!o || json_array_append_new(arr, o) < 0) {
             json_decref(arr);
             return -1;
@@ -348,8 +421,8 @@ static int dlq_list(struct dlq *q, const struct ctl_args *args, int capped)
         dlq_print_table(q);
     }
     if (capped)
-        fprintf(stderr, "remotetaskctl: only the first %d messages of %s were read\n",
-                DLQ_MAX_MESSAGES, BROKER_QUEUE_DEAD);
+        fprintf(stderr, "remotetaskctl: only the first %d dead letters were read\n",
+                DLQ_MAX_MESSAGES);
     dlq_requeue_rest(q);
     return rc;
 }
@@ -384,48 +457,45 @@ static int dlq_purge(struct dlq *q, const struct ctl_args *args, int capped)
     }
     dlq_requeue_rest(q);
     if (capped)
-        fprintf(stderr, "remotetaskctl: only the first %d messages of %s were read: run again\n",
-                DLQ_MAX_MESSAGES, BROKER_QUEUE_DEAD);
+        fprintf(stderr, "remotetaskctl: only the first %d dead letters were read: run again\n",
+                DLQ_MAX_MESSAGES);
     printf("purged %zu\n", removed);
     return 0;
 }
 
-/* Republishes one dead letter to the exchange it came from. Returns 0, or
- * -1 after printing why it cannot be (it stays a dead letter). */
+/* Republishes one dead letter to its client's queue, through the client's
+ * own retry exchange. Returns 0, or -1 after printing why it cannot be
+ * (it stays a dead letter). */
 static int dlq_publish(struct dlq *q, struct dlq_letter *l)
 {
-    const char *dir = dlq_direction(l->queue);
-    const char *exchange = strcmp(dir, "forward") == 0   ? BROKER_EXCHANGE_FORWARD
-                           : strcmp(dir, "reverse") == 0 ? BROKER_EXCHANGE_REVERSE
-                                                         : NULL;
-    if (!exchange) {
-        fprintf(stderr,
-                "remotetaskctl: %s: cannot replay: its queue \"%s\" is not a forward or "
-                "reverse queue\n",
-                l->id, l->queue);
+    char exchange[BROKER_NAME_MAX];
+    if (!l->trusted) {
+        fprintf(stderr, "remotetaskctl: %s: not replayed: %s\n", l->id[0] ? l->id : "(no id)",
+                l->reason);
         return -1;
     }
-    if (!l->d || l->d->too_big || !broker_client_valid(l->client) || !l->id[0]) {
+    if (!l->d || l->d->too_big || broker_retry_exchange(exchange, sizeof(exchange), l->client) < 0 ||
+        !l->id[0]) {
         fprintf(stderr, "remotetaskctl: %s: cannot replay: no body, id or valid client id\n",
                 l->id[0] ? l->id : "(no id)");
         return -1;
     }
     /* The appliers take a copy published under this process's login only
-     * with the original sender in x-rt-user (RabbitMQ checks user_id). */
+     * with the original sender in x-rt-user (RabbitMQ checks user_id), and
+     * that sender comes from what the broker vouched for, never from a
+     * header someone else could have written. */
     struct broker_header h[3];
     size_t nh = 0;
     h[nh++] = (struct broker_header){"x-rt-attempts", BROKER_HEADER_INT, NULL, 0};
     h[nh++] = (struct broker_header){"x-rt-replayed", BROKER_HEADER_INT, NULL, 1};
-    const char *user = broker_delivery_header_str(l->d, "x-rt-user");
-    if (user && *user)
-        h[nh++] = (struct broker_header){"x-rt-user", BROKER_HEADER_STR, user, 0};
+    h[nh++] = (struct broker_header){"x-rt-user", BROKER_HEADER_STR, l->sender, 0};
     struct broker_props props;
     memset(&props, 0, sizeof(props));
     props.message_id = l->id;
     props.headers = h;
     props.n_headers = nh;
-    if (broker_publish(q->b, exchange, l->client, &props, l->d->body, l->d->len, &l->pub_tag) !=
-        RT_OK) {
+    if (broker_publish(q->b, exchange, broker_dir_name(l->dir), &props, l->d->body, l->d->len,
+                       &l->pub_tag) != RT_OK) {
         fprintf(stderr, "remotetaskctl: %s: cannot replay: %s\n", l->id, broker_strerror(q->b));
         return -1;
     }
@@ -513,8 +583,8 @@ static int dlq_replay(struct dlq *q, const struct ctl_args *args, int capped)
     }
     dlq_requeue_rest(q);
     if (capped)
-        fprintf(stderr, "remotetaskctl: only the first %d messages of %s were read: run again\n",
-                DLQ_MAX_MESSAGES, BROKER_QUEUE_DEAD);
+        fprintf(stderr, "remotetaskctl: only the first %d dead letters were read: run again\n",
+                DLQ_MAX_MESSAGES);
     printf("replayed %zu\n", replayed);
     if (failed)
         fprintf(stderr, "remotetaskctl: %zu dead letter%s not replayed\n", failed,
@@ -606,7 +676,8 @@ int ctl_dlq(const struct ctl_args *args)
         if (sub == DLQ_LIST && args->json) {
             printf("[]\n");
         } else {
-            printf("no dead letters: queue %s does not exist on this broker\n", BROKER_QUEUE_DEAD);
+            printf("no dead letters: no dead-letter queue of this configuration's clients "
+                   "exists on this broker\n");
         }
         rc = sub == DLQ_REPLAY && args->id ? 1 : 0;
         if (rc)

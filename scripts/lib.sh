@@ -12,7 +12,7 @@ RT_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RT_PACKAGES=(
   build-essential cmake pkg-config clang libclang-rt-14-dev
   librabbitmq-dev libmsgpack-dev libcurl4-openssl-dev libconfig-dev libjansson-dev
-  libsqlite3-dev libmicrohttpd-dev libcmocka-dev libxxhash-dev
+  libsqlite3-dev libmicrohttpd-dev libcmocka-dev libxxhash-dev libssl-dev
   rabbitmq-server openssl python3 sqlite3 procps prometheus dpkg-dev groff-base man-db systemd binutils
 )
 

@@ -220,6 +220,8 @@ static void drop_client(const char *client)
             assert_int_equal(broker_retry_queue_name(q, sizeof(q), (enum broker_dir)dir, client, t), 0);
             harness_rabbit_delete_queue(q);
         }
+        assert_int_equal(broker_dead_queue_name(q, sizeof(q), (enum broker_dir)dir, client), 0);
+        harness_rabbit_delete_queue(q);
     }
 }
 
@@ -248,35 +250,67 @@ static long queue_messages(const char *name)
 
 /* ---- tests ------------------------------------------------------------ */
 
+/* The caps every queue carries (broker.h): a full queue refuses. */
+static void check_caps(const struct harness_queue *hq)
+{
+    char v[32];
+    snprintf(v, sizeof(v), "%d", BROKER_QUEUE_MAX_LENGTH);
+    assert_string_equal(harness_queue_arg(hq, "x-max-length"), v);
+    snprintf(v, sizeof(v), "%lld", BROKER_QUEUE_MAX_BYTES);
+    assert_string_equal(harness_queue_arg(hq, "x-max-length-bytes"), v);
+    assert_string_equal(harness_queue_arg(hq, "x-overflow"), "reject-publish");
+}
+
 static void check_topology(const char *client, const char *queue_type)
 {
-    char q[BROKER_NAME_MAX], key[BROKER_NAME_MAX];
+    char q[BROKER_NAME_MAX], key[BROKER_NAME_MAX], retry_x[BROKER_NAME_MAX], dead_x[BROKER_NAME_MAX];
     struct harness_queue hq;
+    int quorum = strcmp(queue_type, "quorum") == 0;
+    broker_retry_exchange(retry_x, sizeof(retry_x), client);
+    broker_dead_exchange(dead_x, sizeof(dead_x), client);
     for (int dir = BROKER_FORWARD; dir <= BROKER_REVERSE; dir++) {
+        const char *dn = broker_dir_name((enum broker_dir)dir);
         broker_queue_name(q, sizeof(q), (enum broker_dir)dir, client);
         if (!harness_rabbit_queue(q, &hq))
             fail_msg("queue \"%s\" was not declared", q);
         assert_string_equal(hq.type, queue_type);
         assert_string_equal(harness_queue_arg(&hq, "x-queue-type"), queue_type);
         assert_string_equal(harness_queue_arg(&hq, "x-single-active-consumer"), "true");
+        assert_string_equal(harness_queue_arg(&hq, "x-dead-letter-exchange"), dead_x);
+        assert_string_equal(harness_queue_arg(&hq, "x-dead-letter-routing-key"), dn);
+        check_caps(&hq);
+        if (quorum) {
+            char limit[16];
+            snprintf(limit, sizeof(limit), "%d", BROKER_DELIVERY_LIMIT);
+            assert_string_equal(harness_queue_arg(&hq, "x-delivery-limit"), limit);
+            assert_string_equal(harness_queue_arg(&hq, "x-dead-letter-strategy"), "at-least-once");
+        }
         assert_true(harness_rabbit_has_binding(broker_exchange((enum broker_dir)dir), q, client));
+        assert_true(harness_rabbit_has_binding(retry_x, q, dn));
         for (unsigned t = 0; t < BROKER_RETRY_TIERS; t++) {
             char ttl[32];
             broker_retry_queue_name(q, sizeof(q), (enum broker_dir)dir, client, t);
             if (!harness_rabbit_queue(q, &hq))
                 fail_msg("delay queue \"%s\" was not declared", q);
-            assert_string_equal(hq.type, "classic");
+            assert_string_equal(hq.type, queue_type);
             snprintf(ttl, sizeof(ttl), "%u", broker_retry_delay_ms(t));
             assert_string_equal(harness_queue_arg(&hq, "x-message-ttl"), ttl);
-            assert_string_equal(harness_queue_arg(&hq, "x-dead-letter-exchange"),
-                                broker_exchange((enum broker_dir)dir));
-            assert_string_equal(harness_queue_arg(&hq, "x-dead-letter-routing-key"), client);
-            broker_retry_key(key, sizeof(key), (enum broker_dir)dir, client, t + 1);
-            assert_true(harness_rabbit_has_binding(BROKER_EXCHANGE_RETRY, q, key));
+            assert_string_equal(harness_queue_arg(&hq, "x-dead-letter-exchange"), retry_x);
+            assert_string_equal(harness_queue_arg(&hq, "x-dead-letter-routing-key"), dn);
+            check_caps(&hq);
+            if (quorum)
+                assert_string_equal(harness_queue_arg(&hq, "x-dead-letter-strategy"),
+                                    "at-least-once");
+            broker_retry_key(key, sizeof(key), (enum broker_dir)dir, t + 1);
+            assert_true(harness_rabbit_has_binding(retry_x, q, key));
         }
+        broker_dead_queue_name(q, sizeof(q), (enum broker_dir)dir, client);
+        if (!harness_rabbit_queue(q, &hq))
+            fail_msg("dead-letter queue \"%s\" was not declared", q);
+        assert_string_equal(hq.type, queue_type);
+        check_caps(&hq);
+        assert_true(harness_rabbit_has_binding(dead_x, q, dn));
     }
-    assert_true(harness_rabbit_queue(BROKER_QUEUE_DEAD, &hq));
-    assert_true(harness_rabbit_has_binding(BROKER_EXCHANGE_DEAD, BROKER_QUEUE_DEAD, client));
 }
 
 static void test_topology_idempotent(void **state)
@@ -637,6 +671,8 @@ static void test_tls_wrong_ca_rejected(void **state)
 
 static void test_heartbeat_keeps_idle_connection(void **state)
 {
+    char client[64];
+    harness_rabbit_unique(client, sizeof(client), "idle");
     struct ctx *c = *state;
     struct broker_opts o;
     harness_rabbit_opts(&o, "guest", "guest");
@@ -654,7 +690,11 @@ static void test_heartbeat_keeps_idle_connection(void **state)
     }
     assert_true(broker_connected(c->b));
     /* Still usable, not just believed up. */
-    assert_int_equal(broker_queue_depth(c->b, BROKER_QUEUE_DEAD, NULL, NULL), RT_OK);
+    char q[BROKER_NAME_MAX];
+    declare_one(c, client);
+    broker_queue_name(q, sizeof(q), BROKER_FORWARD, client);
+    assert_int_equal(broker_queue_depth(c->b, q, NULL, NULL), RT_OK);
+    drop_client(client);
 }
 
 static void set_watermark(const char *value)
@@ -663,13 +703,6 @@ static void set_watermark(const char *value)
     free(harness_rabbit_ctl(args));
 }
 
-/* Leaves the node as the other tests expect it, whatever the test did. */
-static int quorum_teardown(void **state)
-{
-    /* The shared dead queue goes back to the classic the others declare. */
-    harness_rabbit_delete_queue(BROKER_QUEUE_DEAD);
-    return ctx_teardown(state);
-}
 
 static int crash_teardown(void **state)
 {
@@ -693,14 +726,14 @@ static void test_quorum(void **state)
     harness_rabbit_opts(&o, "guest", "guest");
     o.queue_type = "quorum";
     open_broker(c, &o);
-    /* remotetask.dead is shared by all clients, so its x-queue-type must
-     * be the same for every declarer (as in production, where both sides
-     * configure the same queue_type). The other tests declared it classic:
-     * this one takes it over as quorum and hands it back deleted. */
-    harness_rabbit_delete_queue(BROKER_QUEUE_DEAD);
     declare_one(c, client);
     declare_one(c, client);
+    /* Looking at every queue takes rabbitmqctl a while, longer than two
+     * heartbeats of a connection nobody reads: a fresh one goes on. */
+    broker_free(c->b);
+    c->b = NULL;
     check_topology(client, "quorum");
+    open_broker(c, &o);
     broker_queue_name(q, sizeof(q), BROKER_FORWARD, client);
     assert_int_equal(publish_one(c, BROKER_EXCHANGE_FORWARD, client, "q-1", "quorum body", NULL), RT_OK);
     pump_until(c, fates_at_least, 1, "a confirm from a quorum queue");
@@ -832,7 +865,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tls, ctx_setup, ctx_teardown),
         cmocka_unit_test_setup_teardown(test_tls_wrong_ca_rejected, ctx_setup, ctx_teardown),
         cmocka_unit_test_setup_teardown(test_heartbeat_keeps_idle_connection, ctx_setup, ctx_teardown),
-        cmocka_unit_test_setup_teardown(test_quorum, ctx_setup, quorum_teardown),
+        cmocka_unit_test_setup_teardown(test_quorum, ctx_setup, ctx_teardown),
         cmocka_unit_test_setup_teardown(test_missing_queue_and_cancel, ctx_setup, ctx_teardown),
         cmocka_unit_test_setup_teardown(test_too_big_and_guards, ctx_setup, ctx_teardown),
         cmocka_unit_test_setup_teardown(test_connection_blocked, ctx_setup, blocked_teardown),

@@ -122,38 +122,6 @@ static void tconn_publish(struct tconn *t, const char *exchange, const char *key
         fail_msg("the broker did not take %s", id);
 }
 
-/* Reads the queue through (as many messages as it held), acks the ones
- * whose message_id is ack_id (when not NULL), requeues the rest. Returns
- * how many had message_id want_id. */
-static int tconn_find(struct tconn *t, const char *queue, const char *want_id, int ack)
-{
-    uint32_t ready = 0;
-    int found = 0;
-    uint64_t tags[4096];
-    size_t n = 0;
-    if (broker_queue_depth(t->b, queue, &ready, NULL) != RT_OK)
-        fail_msg("depth of %s: %s", queue, broker_strerror(t->b));
-    for (uint32_t i = 0; i < ready && n < sizeof(tags) / sizeof(tags[0]); i++) {
-        struct broker_delivery *d = NULL;
-        if (broker_get(t->b, queue, &d, NULL) != RT_OK)
-            fail_msg("broker_get(%s): %s", queue, broker_strerror(t->b));
-        if (!d)
-            break;
-        if (strcmp(d->message_id, want_id) == 0) {
-            found++;
-            if (ack) {
-                assert_int_equal(broker_ack(t->b, d->delivery_tag), RT_OK);
-                broker_delivery_free(d);
-                continue;
-            }
-        }
-        tags[n++] = d->delivery_tag;
-        broker_delivery_free(d);
-    }
-    for (size_t i = 0; i < n; i++)
-        assert_int_equal(broker_reject(t->b, tags[i], 1), RT_OK);
-    return found;
-}
 
 /* ---- 1. broker_get ------------------------------------------------------ */
 
@@ -377,10 +345,10 @@ static void sim_seed_user(struct harness_sim *sim, int deny_edit)
 
 static void test_dlq_and_resync(void **state)
 {
-    struct harness_scenario_opts o = {.poll_interval = 5};
+    struct harness_scenario_opts o = {.poll_interval = 5, .other_client = 1};
     struct harness_scenario *s = harness_scenario_new("itdlq", &o, &current);
-    char *out = NULL, elid[32], dst_elid[32], foreign_id[128], purge_id[128], fq[BROKER_NAME_MAX];
-    char foreign_client[64];
+    char *out = NULL, elid[32], dst_elid[32], forged_id[128], purge_id[128], fq[BROKER_NAME_MAX];
+    char dead_x[BROKER_NAME_MAX];
     int rc;
 
     /* The cause: the target's API user may not call task.edit. */
@@ -414,11 +382,13 @@ static void test_dlq_and_resync(void **state)
     EXPECT(s, rc == 0, "taskevent exited %d: %s", rc, out);
     free(out);
 
+    /* Task messages the server could not apply are the server's letters:
+     * they wait in remotetask.dead.C.forward, which its dlq commands read. */
     json_t *arr = NULL, *letter = NULL;
     long long deadline = harness_now_ms() + DEADLINE_MS;
     for (;;) {
         json_decref(arr);
-        arr = dlq_list(s, s->client_conf);
+        arr = dlq_list(s, s->server_conf);
         if ((letter = letter_by_task(arr, task)) != NULL)
             break;
         EXPECT(s, harness_now_ms() < deadline, "task %lld never became a dead letter", task);
@@ -427,11 +397,13 @@ static void test_dlq_and_resync(void **state)
     char dead_id[256];
     snprintf(dead_id, sizeof(dead_id), "%s", json_string_value(json_object_get(letter, "id")));
     const char *reason = json_string_value(json_object_get(letter, "reason"));
-    printf("dead letter %s: client %s task %lld direction %s attempts %lld time %s reason \"%s\"\n",
+    printf("dead letter %s: client %s task %lld direction %s attempts %lld time %s reason \"%s\" "
+           "written by %s\n",
            dead_id, json_string_value(json_object_get(letter, "client")), task,
            json_string_value(json_object_get(letter, "direction")),
            json_integer_value(json_object_get(letter, "attempts")),
-           json_string_value(json_object_get(letter, "time")), reason);
+           json_string_value(json_object_get(letter, "time")), reason,
+           json_string_value(json_object_get(letter, "written_by")));
     EXPECT(s, strcmp(json_string_value(json_object_get(letter, "client")), s->client_id) == 0,
            "the letter's client is wrong");
     EXPECT(s, strcmp(json_string_value(json_object_get(letter, "direction")), "forward") == 0,
@@ -440,58 +412,74 @@ static void test_dlq_and_resync(void **state)
            reason ? reason : "");
     EXPECT(s, strcmp(json_string_value(json_object_get(letter, "kind")), "api") == 0,
            "the letter's kind is not api");
+    EXPECT(s, json_is_true(json_object_get(letter, "trusted")), "the server's own letter is untrusted");
     EXPECT(s, json_string_value(json_object_get(letter, "time"))[0] == '2',
            "the letter has no time");
     json_decref(arr);
     arr = NULL;
     EXPECT(s, target_copies(s, task, 0) == 0, "the dead task was applied anyway");
 
-    /* The server's configuration sees the same letter; the table too. */
-    arr = dlq_list(s, s->server_conf);
-    EXPECT(s, letter_by_id(arr, dead_id), "the server configuration does not list %s", dead_id);
-    json_decref(arr);
-    rc = ctl(s->client_conf, &out, "--command", "dlq", "list", (const char *)NULL);
+    /* The table too; and the client's configuration reads only its own
+     * reverse letters: none. */
+    rc = ctl(s->server_conf, &out, "--command", "dlq", "list", (const char *)NULL);
     EXPECT(s, rc == 0 && strstr(out, dead_id) && strstr(out, "REASON"),
            "dlq list exited %d with:\n%s", rc, out);
     printf("dlq list:\n%s", out);
     free(out);
+    arr = dlq_list(s, s->client_conf);
+    EXPECT(s, json_array_size(arr) == 0, "the client's configuration lists %zu forward letters",
+           json_array_size(arr));
+    json_decref(arr);
 
-    /* Two letters of our own making: one of another client (in the shared
-     * queue, through the default exchange), one of this client. */
-    struct tconn t;
+    /* Two letters planted in this client's forward dead-letter queue: one
+     * by the client's own user (garbage: its own message, which the broker
+     * vouches for), one forged by another client's user, claiming to come
+     * from this client (x-rt-* headers anyone can write). */
+    struct tconn t, f;
     tconn_open(&t, s->client_user, s->amqp_password);
-    harness_rabbit_unique(foreign_client, sizeof(foreign_client), "itdlqforeign");
-    snprintf(foreign_id, sizeof(foreign_id), "%s:1:1", foreign_client);
+    tconn_open(&f, s->other_user, s->amqp_password);
+    assert_int_equal(broker_dead_exchange(dead_x, sizeof(dead_x), s->client_id), 0);
+    snprintf(forged_id, sizeof(forged_id), "%s:%lld:999", s->client_id, task);
     snprintf(purge_id, sizeof(purge_id), "%s:777:1", s->client_id);
     snprintf(fq, sizeof(fq), "remotetask.forward.%s", s->client_id);
     struct broker_header fh[] = {
-        {"x-rt-reason", BROKER_HEADER_STR, "not ours", 0},
-        {"x-rt-client", BROKER_HEADER_STR, foreign_client, 0},
-        {"x-rt-queue", BROKER_HEADER_STR, "remotetask.forward.elsewhere", 0},
-        {"x-rt-message-id", BROKER_HEADER_STR, foreign_id, 0},
-    };
-    tconn_publish(&t, "", BROKER_QUEUE_DEAD, foreign_id, fh, 4, "foreign");
-    struct broker_header ph[] = {
-        {"x-rt-reason", BROKER_HEADER_STR, "test: purge me", 0},
+        {"x-rt-reason", BROKER_HEADER_STR, "forged", 0},
         {"x-rt-client", BROKER_HEADER_STR, s->client_id, 0},
         {"x-rt-queue", BROKER_HEADER_STR, fq, 0},
-        {"x-rt-task", BROKER_HEADER_INT, NULL, 777},
-        {"x-rt-message-id", BROKER_HEADER_STR, purge_id, 0},
+        {"x-rt-user", BROKER_HEADER_STR, s->client_user, 0},
+        {"x-rt-message-id", BROKER_HEADER_STR, forged_id, 0},
     };
-    tconn_publish(&t, BROKER_EXCHANGE_DEAD, s->client_id, purge_id, ph, 5, "\xc1");
-    arr = dlq_list(s, s->client_conf);
-    EXPECT(s, letter_by_id(arr, purge_id), "dlq list does not show %s", purge_id);
-    EXPECT(s, !letter_by_id(arr, foreign_id), "dlq list shows another client's letter");
+    tconn_publish(&f, dead_x, "forward", forged_id, fh, 5, "forged body");
+    tconn_publish(&t, dead_x, "forward", purge_id, NULL, 0, "\xc1");
+    arr = dlq_list(s, s->server_conf);
+    letter = letter_by_id(arr, purge_id);
+    EXPECT(s, letter && json_is_true(json_object_get(letter, "trusted")),
+           "the client's own letter is not listed as trusted");
+    letter = letter_by_id(arr, forged_id);
+    EXPECT(s, letter && json_is_false(json_object_get(letter, "trusted")),
+           "the forged letter is not listed as untrusted");
+    printf("forged letter: reason \"%s\"\n",
+           letter ? json_string_value(json_object_get(letter, "reason")) : "(none)");
     json_decref(arr);
 
-    /* Unknown id: exit 1, nothing replayed. */
+    /* Unknown id: exit 1, nothing replayed. The forged one: never replayed. */
     rc = ctl(s->server_conf, &out, "--command", "dlq", "replay", "--id", "no-such-id",
              (const char *)NULL);
     EXPECT(s, rc == 1, "replay of an unknown id exited %d: %s", rc, out);
     free(out);
+    rc = ctl(s->server_conf, &out, "--command", "dlq", "replay", "--id", forged_id,
+             (const char *)NULL);
+    printf("dlq replay --id %s (forged): exit %d: %s", forged_id, rc, out);
+    EXPECT(s, rc == 1 && strstr(out, "replayed 0") && strstr(out, "not replayed"),
+           "the forged letter's replay exited %d: %s", rc, out);
+    free(out);
+    arr = dlq_list(s, s->server_conf);
+    EXPECT(s, letter_by_id(arr, forged_id), "the forged letter vanished when refused");
+    json_decref(arr);
 
-    /* Fix the cause, replay from the server side (x-rt-user is kept, so
-     * the forward applier accepts the copy under the server's login). */
+    /* Fix the cause, replay from the server side: the copy goes through
+     * the client's retry exchange with x-rt-user from what the broker
+     * vouched for, and the forward applier takes it. */
     sim_seed_user(s->dst, 0);
     long writes_before = harness_sim_count(s->dst, "func=task.edit&write=1");
     rc = ctl(s->server_conf, &out, "--command", "dlq", "replay", "--id", dead_id,
@@ -508,10 +496,16 @@ static void test_dlq_and_resync(void **state)
     EXPECT(s, harness_sim_count(s->dst, "func=task.edit&write=1") == writes_before + 1,
            "the replay made %ld writes, not one",
            harness_sim_count(s->dst, "func=task.edit&write=1") - writes_before);
-    arr = dlq_list(s, s->client_conf);
+    arr = dlq_list(s, s->server_conf);
     EXPECT(s, !letter_by_id(arr, dead_id), "%s is still listed after its replay", dead_id);
     EXPECT(s, letter_by_id(arr, purge_id), "%s vanished", purge_id);
     json_decref(arr);
+
+    /* The forged letter goes with purge --id. */
+    rc = ctl(s->server_conf, &out, "--command", "dlq", "purge", "--id", forged_id, "--yes",
+             (const char *)NULL);
+    EXPECT(s, rc == 0 && strstr(out, "purged 1"), "purge --id exited %d: %s", rc, out);
+    free(out);
 
     /* replay --all takes what the queue held when it started: the garbage
      * letter goes forward once, dies again as undecodable, and is not
@@ -522,7 +516,7 @@ static void test_dlq_and_resync(void **state)
     free(out);
     deadline = harness_now_ms() + DEADLINE_MS;
     for (;;) {
-        arr = dlq_list(s, s->client_conf);
+        arr = dlq_list(s, s->server_conf);
         letter = letter_by_id(arr, purge_id);
         reason = letter ? json_string_value(json_object_get(letter, "reason")) : NULL;
         int again = reason && strstr(reason, "undecodable");
@@ -534,25 +528,24 @@ static void test_dlq_and_resync(void **state)
     }
     EXPECT(s, target_copies(s, task, 0) == 1, "replay --all made a second target task");
 
-    /* Purge: without --yes it only tells; with it, ours go, not others'. */
-    rc = ctl(s->client_conf, &out, "--command", "dlq", "purge", (const char *)NULL);
+    /* Purge: without --yes it only tells; with it, the letters go. */
+    rc = ctl(s->server_conf, &out, "--command", "dlq", "purge", (const char *)NULL);
     EXPECT(s, rc == 2 && strstr(out, purge_id) && strstr(out, "--yes"),
            "purge without --yes exited %d: %s", rc, out);
     free(out);
-    arr = dlq_list(s, s->client_conf);
+    arr = dlq_list(s, s->server_conf);
     EXPECT(s, letter_by_id(arr, purge_id), "purge without --yes removed %s", purge_id);
     json_decref(arr);
-    rc = ctl(s->client_conf, &out, "--command", "dlq", "purge", "--yes", (const char *)NULL);
+    rc = ctl(s->server_conf, &out, "--command", "dlq", "purge", "--yes", (const char *)NULL);
     printf("dlq purge --yes: exit %d: %s", rc, out);
     EXPECT(s, rc == 0 && strstr(out, "purged 1"), "purge --yes exited %d: %s", rc, out);
     free(out);
-    arr = dlq_list(s, s->client_conf);
+    arr = dlq_list(s, s->server_conf);
     EXPECT(s, json_array_size(arr) == 0, "%zu letters of this client are left after purge",
            json_array_size(arr));
     json_decref(arr);
-    EXPECT(s, tconn_find(&t, BROKER_QUEUE_DEAD, foreign_id, 1) == 1,
-           "another client's dead letter was removed by purge");
     broker_free(t.b);
+    broker_free(f.b);
 
     /* resync on the client: the task goes out again with a new seq, and
      * the server applies nothing (nothing changed). */

@@ -251,13 +251,13 @@ static void start_both(struct harness_scenario *s)
     harness_daemon_start(s->client);
 }
 
-/* ---- our own AMQP connections: publishing, reading remotetask.dead ---- */
+/* ---- our own AMQP connections: publishing, reading dead letters ---- */
 
 #define DEAD_MAX 8
 
 struct amqp_test {
     int acked, failed;       /* confirms received */
-    const char *const *want; /* message ids looked for in remotetask.dead */
+    const char *const *want; /* message ids looked for in dead letters */
     size_t n_want;
     int found[DEAD_MAX]; /* how many copies of each arrived */
     char reason[DEAD_MAX][512];
@@ -265,7 +265,7 @@ struct amqp_test {
     uint64_t ack_tags[64];
     size_t n_ack;
     const char *client;   /* count the dead letters of this client */
-    size_t seen;          /* deliveries from remotetask.dead */
+    size_t seen;          /* dead-letter deliveries seen */
     size_t client_dead;   /* of them, for client */
     char first_dead[512]; /* the reason of the first of them */
 };
@@ -285,7 +285,8 @@ static void amqp_test_delivery(void *arg, const struct broker_delivery *d)
     t->seen++;
     if (t->client) {
         const char *who = broker_delivery_header_str(d, "x-rt-client");
-        if (strcmp(d->routing_key, t->client) == 0 || (who && strcmp(who, t->client) == 0)) {
+        /* Every letter of the client's own dead-letter queue is its. */
+        if (strcmp(d->routing_key, "forward") == 0 || (who && strcmp(who, t->client) == 0)) {
             const char *reason = broker_delivery_header_str(d, "x-rt-reason");
             if (!t->client_dead++)
                 snprintf(t->first_dead, sizeof(t->first_dead), "%s: %s", d->message_id,
@@ -374,19 +375,27 @@ static void publish_as(struct harness_scenario *s, const char *user, const char 
     EXPECT(s, t.acked == 1, "the broker did not take message %s", mid);
 }
 
-/* Finds the messages ids[0..n) in remotetask.dead (consuming it as the
- * server's user), acks them, and fills reasons and queues. */
+/* The scenario client's forward dead-letter queue. */
+static const char *dead_queue(struct harness_scenario *s, char *buf, size_t len)
+{
+    assert_int_equal(broker_dead_queue_name(buf, len, BROKER_FORWARD, s->client_id), 0);
+    return buf;
+}
+
+/* Finds the messages ids[0..n) in the client's forward dead-letter queue
+ * (consuming it as the server's user), acks them, and fills reasons and
+ * queues. */
 static void read_dead(struct harness_scenario *s, const char *const *ids, size_t n,
                       struct amqp_test *t)
 {
+    char dq[BROKER_NAME_MAX];
     memset(t, 0, sizeof(*t));
     t->want = ids;
     t->n_want = n;
-    /* Unlimited prefetch: the dead-letter queue is shared, and messages of
-     * other tests before ours must not hide them. */
+    /* Unlimited prefetch: messages before ours must not hide them. */
     struct broker *b = amqp_test_open(s, s->server_user, 0, t);
-    EXPECT(s, broker_consume(b, BROKER_QUEUE_DEAD) == RT_OK, "cannot consume %s: %s",
-           BROKER_QUEUE_DEAD, broker_strerror(b));
+    EXPECT(s, broker_consume(b, dead_queue(s, dq, sizeof(dq))) == RT_OK, "cannot consume %s: %s",
+           dq, broker_strerror(b));
     amqp_test_pump(s, b, t, amqp_test_all_found, SHORT_DEADLINE_MS);
     for (size_t i = 0; i < t->n_ack; i++)
         EXPECT(s, broker_ack(b, t->ack_tags[i]) == RT_OK, "broker_ack: %s", broker_strerror(b));
@@ -401,29 +410,31 @@ static int amqp_test_seen_all(const struct amqp_test *t)
 }
 
 /* The end of a scenario: the client's outbox is empty, the forward queue
- * holds nothing (every delivery acked), and remotetask.dead holds no
- * message of this client (all of it is read, and given back). */
+ * holds nothing (every delivery acked), and the client's forward
+ * dead-letter queue holds no message (all of it is read, and given back). */
 static void expect_settled(struct harness_scenario *s, const char *scenario)
 {
     struct harness_queue q;
     struct amqp_test t = {0};
+    char dq[BROKER_NAME_MAX];
     wait_outbox_empty(s, SHORT_DEADLINE_MS);
     wait_queue_drained(s, SHORT_DEADLINE_MS);
-    EXPECT(s, harness_rabbit_queue(BROKER_QUEUE_DEAD, &q), "%s does not exist", BROKER_QUEUE_DEAD);
+    dead_queue(s, dq, sizeof(dq));
+    EXPECT(s, harness_rabbit_queue(dq, &q), "%s does not exist", dq);
     if (q.messages > 0) {
         dead_expected = (size_t)q.messages;
         t.client = s->client_id;
         struct broker *b = amqp_test_open(s, s->server_user, 0, &t);
-        EXPECT(s, broker_consume(b, BROKER_QUEUE_DEAD) == RT_OK, "cannot consume %s: %s",
-               BROKER_QUEUE_DEAD, broker_strerror(b));
+        EXPECT(s, broker_consume(b, dq) == RT_OK, "cannot consume %s: %s", dq,
+               broker_strerror(b));
         amqp_test_pump(s, b, &t, amqp_test_seen_all, SHORT_DEADLINE_MS);
         broker_free(b);
     }
     printf("%s: settled: outbox empty, forward queue empty, %zu dead letters of this client "
            "(of %ld in %s)\n",
-           scenario, t.client_dead, q.messages, BROKER_QUEUE_DEAD);
+           scenario, t.client_dead, q.messages, dq);
     EXPECT(s, t.client_dead == 0, "%s: %zu messages went to %s (first: %s)", scenario,
-           t.client_dead, BROKER_QUEUE_DEAD, t.first_dead);
+           t.client_dead, dq, t.first_dead);
 }
 
 static void encode_task(struct harness_scenario *s, struct buf *out, const char *client,
