@@ -607,6 +607,8 @@ void faults_tap_close(struct harness_scenario *s, const char *name)
 
 /* ---- a case's result -------------------------------------------------- */
 
+static int faults_append(json_t *o, char *path, size_t len);
+
 /* The log marks taken at fault_start, per daemon. */
 static struct {
     const struct harness_daemon *d;
@@ -637,6 +639,18 @@ void fault_begin(struct fault_result *r, struct harness_scenario *s, const char 
     r->notes = faults_new_array();
     r->checks = faults_new_array();
     n_marks = 0;
+    /* A case that dies before its report (a harness failure, a crash)
+     * still shows in the report: its last line says it did not finish. */
+    char path[PATH_MAX], line[256];
+    snprintf(line, sizeof(line), "fault %s: did not finish", r->name);
+    json_t *o = json_pack("{s:s,s:i,s:s,s:s,s:i,s:i,s:i,s:i,s:n,s:b,s:b,s:I}", "case", r->name,
+                          "number", r->number, "title", r->title, "line", line, "sent", 0,
+                          "applied", 0, "lost", 0, "duplicated", 0, "recovered_in", "passed", 0,
+                          "unfinished", 1, "finished", (json_int_t)time(NULL));
+    if (!o)
+        fail_msg("out of memory");
+    if (!faults_append(o, path, sizeof(path)))
+        fail_msg("cannot append to %s: %s", path, strerror(errno));
 }
 
 void fault_start(struct fault_result *r)
@@ -927,6 +941,27 @@ static void faults_out_path(char *out, size_t len)
     snprintf(out, len, "%s/faults.jsonl", dirname(self));
 }
 
+/* Appends o (taken) as one line to the results file, whose path goes to
+ * path; 1 when it was written. */
+static int faults_append(json_t *o, char *path, size_t len)
+{
+    char *text = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);
+    json_decref(o);
+    if (!text)
+        fail_msg("out of memory");
+    faults_out_path(path, len);
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    size_t n = strlen(text);
+    /* One write of the whole line: appends from one case never
+     * interleave with another's. */
+    text[n] = '\n';
+    int written = fd >= 0 && write(fd, text, n + 1) == (ssize_t)(n + 1);
+    if (fd >= 0)
+        close(fd);
+    free(text);
+    return written;
+}
+
 static void faults_release(struct fault_result *r)
 {
     json_decref(r->logged);
@@ -967,21 +1002,7 @@ void fault_report(struct fault_result *r)
                   r->status, "notes", r->notes, "checks", r->checks, "failures", failures);
     if (!o)
         fail_msg("out of memory");
-    char *text = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);
-    json_decref(o);
-    if (!text)
-        fail_msg("out of memory");
-    faults_out_path(path, sizeof(path));
-    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    size_t len = strlen(text);
-    /* One write of the whole line: appends from one case never
-     * interleave with another's. */
-    text[len] = '\n';
-    int written = fd >= 0 && write(fd, text, len + 1) == (ssize_t)(len + 1);
-    text[len] = '\0';
-    if (fd >= 0)
-        close(fd);
-    free(text);
+    int written = faults_append(o, path, sizeof(path));
 
     printf("%s\n", line);
     printf("fault %s: ran %.1f s; %zu checks failed\n", r->name, run_s, r->failed);
