@@ -1,5 +1,6 @@
 #include "billmgr.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <sys/types.h>
 #include <limits.h>
@@ -7,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include <curl/curl.h>
@@ -50,6 +52,9 @@ struct billmgr_xfer {
     struct buf body;           /* form + credentials; wiped after sending */
     struct buf resp;           /* the answer, capped at max_response */
     int toolarge;
+    int tooslow;          /* the body came slower than BILLMGR_MIN_BODY_RATE */
+    curl_off_t announced; /* the answer's Content-Length; -1 = none */
+    long long body_t0_ms; /* when the first byte of the body came; 0 = none yet */
     char errbuf[CURL_ERROR_SIZE];
     double t0;
     /* A call that failed before any transfer (deferred to billmgr_handle,
@@ -77,6 +82,8 @@ struct billmgr {
     int verify_tls;
     int page_size;
     size_t max_queued;
+    size_t max_values;   /* the prescan's cap on one document's values */
+    long slow_window_ms; /* the body's rate is checked from this far in */
     void (*on_call)(void *arg, const char *func, rt_status status, const char *err_type,
                     double seconds);
     void *on_call_arg;
@@ -191,6 +198,23 @@ static void billmgr_scrub(char *s, size_t size, const char *secret)
         p[mlen + tail] = '\0';
         p += mlen;
     }
+}
+
+/* Takes the credentials out of an error's texts. A server may echo what
+ * it was sent, raw or URL-encoded as it travelled. */
+static void billmgr_scrub_secrets(struct billmgr *bm, struct billmgr_error *e)
+{
+    struct buf enc;
+    buf_init(&enc, 4096);
+    if (bm->password[0] && billmgr_urlencode(&enc, bm->password) == 0 &&
+        strcmp(buf_cstr(&enc), bm->password) != 0) {
+        billmgr_scrub(e->message, sizeof(e->message), buf_cstr(&enc));
+        billmgr_scrub(e->object, sizeof(e->object), buf_cstr(&enc));
+    }
+    billmgr_wipe_buf(&enc);
+    billmgr_scrub(e->message, sizeof(e->message), bm->password);
+    billmgr_scrub(e->message, sizeof(e->message), bm->session);
+    billmgr_scrub(e->object, sizeof(e->object), bm->password);
 }
 
 /* ---- lists ---- */
@@ -403,34 +427,375 @@ int billmgr_long(json_t *obj, const char *key, long *out)
     return 0;
 }
 
-rt_status billmgr_parse_reply(long http_code, const char *body, size_t len, json_t **doc_out,
+int billmgr_text_field(json_t *obj, const char *key, const char **out)
+{
+    *out = NULL;
+    if (!json_is_object(obj))
+        return -1;
+    json_t *v = json_object_get(obj, key);
+    if (!v)
+        return 0;
+    if (json_is_string(v)) {
+        *out = json_string_value(v);
+        return 1;
+    }
+    if (!json_is_object(v))
+        return -1;
+    json_t *t = json_object_get(v, "$");
+    if (t) {
+        if (!json_is_string(t))
+            return -1;
+        *out = json_string_value(t);
+        return 1;
+    }
+    /* No text: an empty element, or one with attributes only ("$name"
+     * keys), reads as ""; one with elements inside is not text at all. */
+    const char *k;
+    json_t *m;
+    json_object_foreach(v, k, m)
+    {
+        if (k[0] != '$')
+            return -1;
+    }
+    *out = "";
+    return 1;
+}
+
+/* ---- hostile answers ---- */
+
+/* The length of the UTF-8 sequence at p (at most n bytes there) when it is
+ * a well-formed, shortest-form encoding of a character that is not a
+ * control character (C1 included); 0 otherwise. */
+static size_t billmgr_utf8_char(const unsigned char *p, size_t n)
+{
+    unsigned c = p[0];
+    size_t len;
+    unsigned cp;
+    if (c < 0xC2 || c > 0xF4)
+        return 0;
+    len = c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+    if (n < len)
+        return 0;
+    cp = c & (0x3F >> (len - 1));
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (p[i] & 0x3F);
+    }
+    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
+        (cp >= 0xD800 && cp <= 0xDFFF) || (cp >= 0x80 && cp <= 0x9F))
+        return 0;
+    return len;
+}
+
+/* Writes into out (outlen bytes, NUL-terminated) at most max bytes of
+ * text[0..len): leading blanks skipped, every run of blanks and control
+ * characters as one space, invalid UTF-8 as '?', and "..." when cut. What
+ * comes out is safe to put in a log line or an error string, but for the
+ * secrets that billmgr_finish scrubs. */
+static void billmgr_excerpt(char *out, size_t outlen, const char *text, size_t len, size_t max)
+{
+    const unsigned char *p = (const unsigned char *)text;
+    size_t i = 0, o = 0;
+    int space = 0;
+    if (max > outlen - 4)
+        max = outlen - 4;
+    while (i < len && (p[i] <= 0x20 || p[i] == 0x7F))
+        i++;
+    while (i < len) {
+        if (p[i] <= 0x20 || p[i] == 0x7F) {
+            space = 1;
+            i++;
+            continue;
+        }
+        size_t n = p[i] < 0x80 ? 1 : billmgr_utf8_char(p + i, len - i);
+        if (o + space + (n ? n : 1) > max) {
+            memcpy(out + o, "...", 3);
+            o += 3;
+            break;
+        }
+        if (space)
+            out[o++] = ' ';
+        space = 0;
+        if (n) {
+            memcpy(out + o, p + i, n);
+            o += n;
+            i += n;
+        } else {
+            out[o++] = '?';
+            i++;
+        }
+    }
+    out[o] = '\0';
+}
+
+/* Finds needle (lower case) in hay[0..len) ignoring ASCII case. Returns
+ * its offset, or -1. */
+static ssize_t billmgr_find_nocase(const char *hay, size_t len, const char *needle)
+{
+    size_t n = strlen(needle);
+    for (size_t i = 0; n <= len && i <= len - n; i++) {
+        size_t k = 0;
+        while (k < n && tolower((unsigned char)hay[i + k]) == needle[k])
+            k++;
+        if (k == n)
+            return (ssize_t)i;
+    }
+    return -1;
+}
+
+/* What to quote of an answer that is not an API document: the title of
+ * an HTML page (a login wall says what it is there), else its start. Any
+ * text that names a credential is withheld whole: a server that echoes
+ * the request would echo authinfo. */
+static void billmgr_quote(char *out, size_t outlen, const char *body, size_t len)
+{
+    char ex[BILLMGR_EXCERPT_MAX + 4];
+    size_t head = len < 4096 ? len : 4096;
+    ssize_t t = billmgr_find_nocase(body, head, "<title");
+    const char *gt = t >= 0 ? memchr(body + t, '>', head - (size_t)t) : NULL;
+    if (gt) {
+        size_t from = (size_t)(gt + 1 - body);
+        ssize_t end = billmgr_find_nocase(body + from, head - from, "</title");
+        size_t n = end >= 0 ? (size_t)end : head - from;
+        billmgr_excerpt(ex, sizeof(ex), body + from, n, BILLMGR_EXCERPT_MAX);
+        snprintf(out, outlen, "a page titled \"%s\"", ex);
+    } else {
+        billmgr_excerpt(ex, sizeof(ex), body, len, BILLMGR_EXCERPT_MAX);
+        snprintf(out, outlen, "it begins %s", ex);
+    }
+    static const char *const creds[] = {"authinfo", "password", "passwd", "auth="};
+    for (size_t i = 0; i < sizeof(creds) / sizeof(creds[0]); i++)
+        if (billmgr_find_nocase(out, strlen(out), creds[i]) >= 0) {
+            snprintf(out, outlen, "(the text is withheld: it names a credential)");
+            return;
+        }
+}
+
+/* The Content-Type and size of an answer, for messages: printable ASCII
+ * only, cut. */
+static void billmgr_describe(char *out, size_t outlen, const char *content_type, size_t len)
+{
+    char ct[48];
+    size_t o = 0;
+    for (const char *c = content_type; c && *c && o < sizeof(ct) - 1; c++)
+        ct[o++] = (*c > 0x20 && *c < 0x7F) || *c == ' ' ? *c : '?';
+    ct[o] = '\0';
+    snprintf(out, outlen, "%s, %zu bytes", o ? ct : "no Content-Type", len);
+}
+
+/* One pass over a body before it is parsed: fails (with the reason in why)
+ * when it nests deeper than BILLMGR_MAX_DEPTH or holds more than
+ * max_values values, so that a document built to inflate in memory is
+ * refused before jansson builds it. Anything that is not JSON passes, for
+ * jansson to name. */
+static int billmgr_prescan(const char *body, size_t len, size_t max_values, char *why,
+                           size_t whylen)
+{
+    size_t values = 0;
+    int depth = 0, in_string = 0, escape = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = body[i];
+        if (in_string) {
+            if (escape)
+                escape = 0;
+            else if (c == '\\')
+                escape = 1;
+            else if (c == '"')
+                in_string = 0;
+            continue;
+        }
+        switch (c) {
+        case '"': in_string = 1; break;
+        case '{':
+        case '[':
+            if (++depth > BILLMGR_MAX_DEPTH) {
+                snprintf(why, whylen, "it nests deeper than %d levels", BILLMGR_MAX_DEPTH);
+                return -1;
+            }
+            /* fall through */
+        case ':':
+        case ',':
+            if (++values > max_values) {
+                snprintf(why, whylen, "it holds more than %zu values", max_values);
+                return -1;
+            }
+            break;
+        case '}':
+        case ']': depth--; break;
+        default: break;
+        }
+    }
+    return 0;
+}
+
+/* A key of a hostile document as it may appear in a message: an
+ * identifier of at most 24 bytes, or "?". */
+static const char *billmgr_safe_key(const char *key)
+{
+    size_t n = strlen(key);
+    if (n == 0 || n > 24)
+        return "?";
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)key[i]) && !strchr("_.$-", key[i]))
+            return "?";
+    return key;
+}
+
+static const char *billmgr_json_kind(const json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "an array";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER:
+    case JSON_REAL: return "a number";
+    case JSON_TRUE: return "true";
+    case JSON_FALSE: return "false";
+    default: return "null";
+    }
+}
+
+/* Checks that v, found at path (a NUL-terminated string in a buffer of
+ * size bytes, restored on return), holds only what an API document holds
+ * (see the top of billmgr.h). Returns 0, or -1 with the reason in why.
+ * The recursion is as deep as the document, which the prescan capped. */
+static int billmgr_walk(json_t *v, char *path, size_t size, char *why, size_t whylen)
+{
+    size_t plen = strlen(path);
+    int rc = 0;
+    if (json_is_object(v)) {
+        const char *key;
+        json_t *m;
+        json_object_foreach(v, key, m)
+        {
+            snprintf(path + plen, size - plen, ".%s", billmgr_safe_key(key));
+            if (billmgr_walk(m, path, size, why, whylen) < 0) {
+                rc = -1;
+                break;
+            }
+        }
+    } else if (json_is_array(v)) {
+        size_t i;
+        json_t *m;
+        json_array_foreach(v, i, m)
+        {
+            snprintf(path + plen, size - plen, "[%zu]", i);
+            if (!json_is_object(m)) {
+                snprintf(why, whylen, "%s is %s, not an element", path, billmgr_json_kind(m));
+                rc = -1;
+                break;
+            }
+            if (billmgr_walk(m, path, size, why, whylen) < 0) {
+                rc = -1;
+                break;
+            }
+        }
+    } else if (!json_is_string(v)) {
+        snprintf(why, whylen, "%s is %s", path, billmgr_json_kind(v));
+        rc = -1;
+    }
+    path[plen] = '\0';
+    return rc;
+}
+
+/* Checks the parts of doc whose type the API fixes. Returns 0, or -1 with
+ * the reason in why. */
+static int billmgr_check_doc(json_t *doc, char *why, size_t whylen)
+{
+    char path[128] = "doc";
+    json_t *elem = json_object_get(doc, "elem");
+    json_t *error = json_object_get(doc, "error");
+    if (elem && !json_is_array(elem) && !json_is_object(elem)) {
+        snprintf(why, whylen, "doc.elem is %s, not a list", billmgr_json_kind(elem));
+        return -1;
+    }
+    if (error && !json_is_object(error)) {
+        snprintf(why, whylen, "doc.error is %s, not an error", billmgr_json_kind(error));
+        return -1;
+    }
+    if (error) {
+        json_t *type = json_object_get(error, "$type");
+        json_t *object = json_object_get(error, "$object");
+        if ((type && !json_is_string(type)) || (object && !json_is_string(object))) {
+            snprintf(why, whylen, "doc.error has a $type or $object that is not text");
+            return -1;
+        }
+    }
+    return billmgr_walk(doc, path, sizeof(path), why, whylen);
+}
+
+static const char *billmgr_json_error(const json_error_t *e)
+{
+    switch (json_error_code(e)) {
+    case json_error_premature_end_of_input: return "it ends early";
+    case json_error_end_of_input_expected: return "text after the document";
+    case json_error_invalid_utf8: return "invalid UTF-8";
+    case json_error_null_character: return "a NUL character in a string";
+    case json_error_null_byte_in_key: return "a NUL character in a key";
+    case json_error_duplicate_key: return "a key that appears twice";
+    case json_error_stack_overflow: return "it nests too deep";
+    case json_error_numeric_overflow: return "a number out of range";
+    case json_error_out_of_memory: return "out of memory";
+    default: return "invalid syntax";
+    }
+}
+
+/* Control characters in an API error's texts become spaces: they are
+ * the server's words, kept whole, but must not break a log line or a
+ * dead letter's header. */
+static void billmgr_uncontrol(char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7F)
+            *s = ' ';
+}
+
+rt_status billmgr_parse_reply(long http_code, const char *content_type, const char *body,
+                              size_t len, size_t max_values, json_t **doc_out,
                               struct billmgr_error *err)
 {
     json_error_t jerr;
+    char what[96], why[160], quote[BILLMGR_EXCERPT_MAX + 64];
     *doc_out = NULL;
     billmgr_clear_error(err);
+    if (!max_values)
+        max_values = BILLMGR_VALUES_BASE + BILLMGR_VALUES_PER_ROW * BILLMGR_DEFAULT_PAGE_SIZE;
     if (http_code != 200) {
         billmgr_set_error(err, "http", "", "HTTP status %ld", http_code);
         return RT_RETRY;
     }
+    billmgr_describe(what, sizeof(what), content_type, body ? len : 0);
     if (!body || !len) {
-        billmgr_set_error(err, "json", "", "empty answer");
+        billmgr_set_error(err, "json", "", "answer is empty (%s)", what);
         return RT_RETRY;
     }
-    /* Flags 0: the top level must be an object or an array, strings with
-     * NUL bytes are refused (every text stays a C string), and nesting is
-     * capped by jansson's own depth limit. The error text is not used: it
-     * quotes the answer, which is not ours to echo into logs. */
-    json_t *root = json_loadb(body, len, 0, &jerr);
+    if (billmgr_prescan(body, len, max_values, why, sizeof(why)) < 0) {
+        billmgr_set_error(err, "json", "", "answer is not an API document (%s): %s", what, why);
+        return RT_RETRY;
+    }
+    /* Strings with NUL bytes are refused (every text stays a C string) and
+     * so are repeated keys. jansson's own error text is not used: it
+     * quotes the answer, which is not ours to echo. */
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
-        billmgr_set_error(err, "json", "", "answer is not JSON (line %d, column %d)", jerr.line,
-                          jerr.column);
+        billmgr_quote(quote, sizeof(quote), body, len);
+        billmgr_set_error(err, "json", "", "answer is not JSON (%s, %s at byte %d): %s", what,
+                          billmgr_json_error(&jerr), jerr.position, quote);
         return RT_RETRY;
     }
     json_t *doc = json_object_get(root, "doc");
     if (!json_is_object(doc)) {
+        const char *kind = !json_is_object(root) ? "the answer is not an object"
+                           : doc                 ? "its doc is not an object"
+                                                 : "it has no doc";
+        billmgr_set_error(err, "json", "", "answer is not an API document (%s): %s", what, kind);
         json_decref(root);
-        billmgr_set_error(err, "json", "", "answer has no doc object");
+        return RT_RETRY;
+    }
+    if (billmgr_check_doc(doc, why, sizeof(why)) < 0) {
+        billmgr_set_error(err, "json", "", "answer is not an API document (%s): %s", what, why);
+        json_decref(root);
         return RT_RETRY;
     }
     json_t *error = json_object_get(doc, "error");
@@ -442,6 +807,9 @@ rt_status billmgr_parse_reply(long http_code, const char *body, size_t len, json
             msg = json_string_value(json_object_get(error, "$"));
         billmgr_set_error(err, type && *type ? type : "unknown", object ? object : "", "%s",
                           msg ? msg : "");
+        billmgr_uncontrol(err->type);
+        billmgr_uncontrol(err->object);
+        billmgr_uncontrol(err->message);
         json_decref(root);
         return RT_REJECT;
     }
@@ -503,6 +871,39 @@ static size_t billmgr_write_cb(char *ptr, size_t size, size_t nmemb, void *userd
         if (n > x->resp.max || x->resp.len > x->resp.max - n)
             x->toolarge = 1;
         return 0;
+    }
+    /* A body that trickles would hold its slot until the total timeout; one
+     * that has fallen below the rate once its window has passed ends now.
+     * Time before the first byte is not counted: a server may think long
+     * before it answers. */
+    long long now = billmgr_now_ms();
+    if (!x->body_t0_ms)
+        x->body_t0_ms = now;
+    long long took = now - x->body_t0_ms;
+    if (took >= x->bm->slow_window_ms &&
+        (double)x->resp.len < (double)BILLMGR_MIN_BODY_RATE * (double)took / 1000.0) {
+        x->tooslow = 1;
+        return 0;
+    }
+    return n;
+}
+
+/* Keeps the Content-Length of the answer, which curl forgets when the
+ * transfer fails on it (over max_response): the message names the size. */
+static size_t billmgr_header_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    struct billmgr_xfer *x = userdata;
+    size_t n = size * nmemb;
+    static const char name[] = "content-length:";
+    if (n > sizeof(name) && strncasecmp(ptr, name, sizeof(name) - 1) == 0) {
+        curl_off_t v = 0;
+        size_t i = sizeof(name) - 1;
+        while (i < n && (ptr[i] == ' ' || ptr[i] == '\t'))
+            i++;
+        size_t digits = 0;
+        for (; i < n && ptr[i] >= '0' && ptr[i] <= '9' && digits < 18; i++, digits++)
+            v = v * 10 + (ptr[i] - '0');
+        x->announced = digits ? v : -1;
     }
     return n;
 }
@@ -567,6 +968,8 @@ static int billmgr_xfer_setup(struct billmgr *bm, struct billmgr_xfer *x)
     bad |= curl_easy_setopt(e, CURLOPT_HTTPHEADER, bm->headers) != CURLE_OK;
     bad |= curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, billmgr_write_cb) != CURLE_OK;
     bad |= curl_easy_setopt(e, CURLOPT_WRITEDATA, x) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, billmgr_header_cb) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_HEADERDATA, x) != CURLE_OK;
     bad |= curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, bm->timeout_ms) != CURLE_OK;
     bad |= curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, bm->connect_timeout_ms) != CURLE_OK;
     /* A Content-Length over the cap fails the transfer before the body. */
@@ -601,6 +1004,9 @@ static int billmgr_xfer_start(struct billmgr *bm, struct billmgr_xfer *x)
     buf_init(&x->body, BILLMGR_MAX_BODY);
     buf_reset(&x->resp);
     x->toolarge = 0;
+    x->tooslow = 0;
+    x->body_t0_ms = 0;
+    x->announced = -1;
     x->errbuf[0] = '\0';
     rc = buf_append_str(&x->body, x->form);
     if (x->is_login) {
@@ -712,20 +1118,51 @@ static void billmgr_finish(struct billmgr *bm, struct billmgr_xfer *x, CURLcode 
     struct billmgr_error e;
     json_t *doc = NULL;
     long code = 0;
+    char *ctype = NULL;
+    curl_off_t length = x->announced;
     rt_status st;
 
     curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
+    curl_easy_getinfo(x->easy, CURLINFO_CONTENT_TYPE, &ctype);
     billmgr_wipe_buf(&x->body);
     billmgr_clear_error(&e);
     if (res == CURLE_OK) {
-        st = billmgr_parse_reply(code, x->resp.data, x->resp.len, &doc, &e);
+        st = billmgr_parse_reply(code, ctype, x->resp.data, x->resp.len, bm->max_values, &doc, &e);
     } else if (x->toolarge || res == CURLE_FILESIZE_EXCEEDED) {
-        st = RT_REJECT;
-        billmgr_set_error(&e, "toolarge", "", "answer larger than %zu bytes", bm->max_response);
+        /* Retried, not rejected: see "toolarge" at the top of billmgr.h. */
+        st = RT_RETRY;
+        if (length >= 0)
+            billmgr_set_error(&e, "toolarge", "",
+                              "answer of %" CURL_FORMAT_CURL_OFF_T " bytes is larger than "
+                              "billmanager.max_response (%zu bytes)",
+                              length, bm->max_response);
+        else
+            billmgr_set_error(&e, "toolarge", "",
+                              "answer is larger than billmanager.max_response (%zu bytes)",
+                              bm->max_response);
+    } else if (x->tooslow) {
+        st = RT_RETRY;
+        billmgr_set_error(&e, "timeout", "",
+                          "answer arrives too slowly: %zu bytes of its body in %.1f s, under "
+                          "%d bytes/s",
+                          x->resp.len, (double)(billmgr_now_ms() - x->body_t0_ms) / 1000.0,
+                          BILLMGR_MIN_BODY_RATE);
     } else if (res == CURLE_OPERATION_TIMEDOUT) {
         st = RT_RETRY;
         billmgr_set_error(&e, "timeout", "", "%s",
                           x->errbuf[0] ? x->errbuf : curl_easy_strerror(res));
+    } else if (x->body_t0_ms) {
+        /* A reset or a close in the middle of the body: the server may
+         * have done the work, the answer is lost. */
+        st = RT_RETRY;
+        if (length >= 0)
+            billmgr_set_error(&e, "transport", "",
+                              "answer cut off after %zu of %" CURL_FORMAT_CURL_OFF_T " bytes: %s",
+                              x->resp.len, length,
+                              x->errbuf[0] ? x->errbuf : curl_easy_strerror(res));
+        else
+            billmgr_set_error(&e, "transport", "", "answer cut off after %zu bytes: %s",
+                              x->resp.len, x->errbuf[0] ? x->errbuf : curl_easy_strerror(res));
     } else {
         st = RT_RETRY;
         billmgr_set_error(&e, "transport", "", "%s",
@@ -733,9 +1170,12 @@ static void billmgr_finish(struct billmgr *bm, struct billmgr_xfer *x, CURLcode 
     }
     buf_release(&x->resp);
     buf_init(&x->resp, bm->max_response);
-    billmgr_scrub(e.message, sizeof(e.message), bm->password);
-    billmgr_scrub(e.message, sizeof(e.message), bm->session);
-    billmgr_scrub(e.object, sizeof(e.object), bm->password);
+    if (st != RT_OK && st != RT_REJECT) {
+        /* Every failure that is not the API's own answer names the call. */
+        struct billmgr_error plain = e;
+        billmgr_set_error(&e, plain.type, plain.object, "%s: %s", x->func, plain.message);
+    }
+    billmgr_scrub_secrets(bm, &e);
 
     if (x->is_login) {
         billmgr_login_done(bm, x, st, doc, &e);
@@ -899,6 +1339,9 @@ struct billmgr *billmgr_new(const struct billmgr_opts *opts, char *err, size_t e
     bm->verify_tls = opts->verify_tls ? 1 : 0;
     bm->page_size = opts->page_size > 0 ? opts->page_size : BILLMGR_DEFAULT_PAGE_SIZE;
     bm->max_queued = opts->max_queued ? opts->max_queued : BILLMGR_DEFAULT_MAX_QUEUED;
+    bm->max_values = BILLMGR_VALUES_BASE + BILLMGR_VALUES_PER_ROW * (size_t)bm->page_size;
+    bm->slow_window_ms =
+        bm->timeout_ms / 4 < BILLMGR_SLOW_BODY_MS ? bm->timeout_ms / 4 : BILLMGR_SLOW_BODY_MS;
     bm->on_call = opts->on_call;
     bm->on_call_arg = opts->on_call_arg;
     if (!bm->url || !bm->login || !bm->password ||
@@ -1184,9 +1627,11 @@ rt_status billmgr_list_sync(struct billmgr *bm, const char *func,
         if (have_total ? seen >= total : rows < (size_t)bm->page_size)
             return RT_OK;
         if (seen >= BILLMGR_LIST_MAX_ROWS) {
+            /* A server that pages forever misbehaves like one whose answer
+             * is too large: retried, see the top of billmgr.h. */
             billmgr_set_error(err, "toolarge", "", "list \"%s\" passed %ld rows", func,
                               BILLMGR_LIST_MAX_ROWS);
-            return RT_REJECT;
+            return RT_RETRY;
         }
     }
 }

@@ -16,19 +16,80 @@
  * never in the URL, a log line, an error string or a reply.
  *
  * Outcomes (BILLMANAGER-API.md §2):
- *   HTTP 200, JSON, doc without error     RT_OK
- *   doc.error of any $type                RT_REJECT, type/object/msg kept
+ *   HTTP 200, an API document without error    RT_OK
+ *   doc.error, an object                       RT_REJECT, type/object/msg kept
  *     (type auth in session mode: one re-login and one retry of the call
  *      first; a second auth error, or a failed login, is RT_REJECT)
- *   HTTP status other than 200            RT_RETRY, type "http"
- *   connect failure, reset, DNS, TLS      RT_RETRY, type "transport"
- *   total or connect timeout              RT_RETRY, type "timeout"
- *   body not JSON, or no "doc" object     RT_RETRY, type "json"
- *   answer larger than max_response       RT_REJECT, type "toolarge"
- * An answer that is too large is rejected rather than retried because the
- * same call will get the same answer again: retrying would block the
- * caller's queue forever, while a rejection dead-letters the message with
- * a reason an operator can act on (raise max_response, then replay).
+ *   HTTP status other than 200                 RT_RETRY, type "http"
+ *   connect failure, reset, DNS, TLS, or an
+ *     answer cut off before its end            RT_RETRY, type "transport"
+ *   total or connect timeout, or a body that
+ *     arrives too slowly (below)               RT_RETRY, type "timeout"
+ *   body not JSON (an HTML login page, a
+ *     truncated text), or not an API document
+ *     (below)                                  RT_RETRY, type "json"
+ *   answer larger than max_response            RT_RETRY, type "toolarge"
+ *
+ * Only a well-formed API error is a refusal of this call. Everything else
+ * is an API that misbehaves (a proxy, an outage, a login wall in front of
+ * it, a broken link), which says nothing against the call: it is worth
+ * trying again once the API is healthy, so a transient fault never sends
+ * a message to the dead-letter queue for good. (Nor may a caller count
+ * such a failure as "not done": the API may have run a write whose answer
+ * was lost on the way; consumer/forward.c searches for a create whose
+ * answer it never read before it creates again.)
+ *
+ * "toolarge" is retried too. With a cap far above anything the bridge
+ * reads (BILLMGR_DEFAULT_MAX_RESPONSE), an answer over it is a server or
+ * proxy misbehaving far more often than a real answer. When it is a real
+ * answer after all, the retries keep failing loudly, with the size in the
+ * message, until an operator raises billmanager.max_response; then they
+ * succeed and nothing is lost. A retry of an oversized answer costs at
+ * most max_response bytes, or nothing when the Content-Length announces
+ * the size.
+ *
+ * What a hostile answer can cost (per call in flight, so at most
+ * max_inflight times these):
+ * - bytes: the body is buffered up to max_response (a Content-Length
+ *   over it ends the transfer before the body; a longer body ends it when
+ *   the cap is reached);
+ * - time: the call ends within timeout_ms (curl's total timeout, which
+ *   runs on the owner's poll loop through billmgr_timeout_ms even on an
+ *   idle connection); a body that has started but arrives slower than
+ *   BILLMGR_MIN_BODY_RATE bytes/s over the first min(timeout_ms / 4,
+ *   BILLMGR_SLOW_BODY_MS) after its first byte ends sooner, as "timeout";
+ * - the parse: before jansson builds a tree, one pass over the body
+ *   counts its values (every "{", "[", ":" and "," outside strings) and
+ *   its nesting; more than BILLMGR_MAX_DEPTH levels, or more values than
+ *   BILLMGR_VALUES_BASE + BILLMGR_VALUES_PER_ROW x page_size, is refused
+ *   unparsed. jansson is given JSON_REJECT_DUPLICATES (BILLmanager's JSON
+ *   mirrors its XML, where repeated elements become arrays, so a repeated
+ *   key is ambiguous, never meant). The tree of a body within these caps
+ *   takes at most about 150 bytes per value plus a copy of its strings:
+ *   with page_size 200 (the configuration's default; 29,696 values) under
+ *   5 MB, with 1000 (this module's default) under 20 MB, plus at most
+ *   max_response for the strings, on top of the max_response buffer.
+ *   Answers are parsed one at a time, as their transfers complete, and a
+ *   tree outlives its callback only when the caller keeps a reference.
+ * An API document is what BILLmanager's out=json gives: a root object
+ * holding a "doc" object, in which every value is text (a string, as
+ * "$" or a "$attribute" or bare), an object or an array of objects
+ * (repeated elements); "elem", when present, is a list (an array, or one
+ * row as an object); "error", when present, is an object whose "$type"
+ * and "$object" are text. A number, true, false or null anywhere, an
+ * array holding anything but objects, or an "elem" or "error" of another
+ * type is not an API document: BILLmanager never writes those, so such an
+ * answer comes from something else, and reading it as one would turn a
+ * field of the wrong type into an empty value.
+ *
+ * Messages of these failures start with the function ("task.edit: answer
+ * is not JSON (text/html; charset=utf-8, 621 bytes, invalid syntax at byte
+ * 1): a page titled \"BILLmanager - Log in\"") and quote at most
+ * BILLMGR_EXCERPT_MAX bytes of the answer, with control characters,
+ * invalid UTF-8 and anything that looks like a credential (the password,
+ * plain or URL-encoded, the session id, or text naming authinfo, password
+ * or auth=) taken out. An API error's own texts are kept, cut to their
+ * fields' sizes, with control characters turned into spaces.
  *
  * Not thread-safe: one struct billmgr belongs to one thread.
  */
@@ -47,14 +108,34 @@
 #define BILLMGR_DEFAULT_TIMEOUT_MS         30000L
 #define BILLMGR_DEFAULT_CONNECT_TIMEOUT_MS 10000L
 #define BILLMGR_DEFAULT_MAX_INFLIGHT       16
-#define BILLMGR_DEFAULT_MAX_RESPONSE       ((size_t)16 * 1024 * 1024)
-#define BILLMGR_DEFAULT_PAGE_SIZE          1000
-#define BILLMGR_DEFAULT_MAX_QUEUED         ((size_t)65536)
+/* 4 MiB: the largest answers the bridge reads are one task's view and one
+ * list page. The emulator's view of a task with a 64 KiB note is 66 KB,
+ * a page of 200 task rows 72 KB; a note at the codec's cap (1 MiB) fits
+ * even with every character JSON-escaped to three times its size. */
+#define BILLMGR_DEFAULT_MAX_RESPONSE ((size_t)4 * 1024 * 1024)
+#define BILLMGR_DEFAULT_PAGE_SIZE    1000
+#define BILLMGR_DEFAULT_MAX_QUEUED   ((size_t)65536)
 
 /* Caps on what one call may carry: parameters are built by the bridge, but
  * their values (names, notes) come from the other side. */
 #define BILLMGR_MAX_PARAMS 256
 #define BILLMGR_MAX_VALUE  ((size_t)4 * 1024 * 1024)
+
+/* Caps on the parse of one answer (see the top of this file): nesting, and
+ * the values a document may hold, by the page size a list asks for. The
+ * emulator's task rows take 51 values each; real rows may have more
+ * columns. */
+#define BILLMGR_MAX_DEPTH      16
+#define BILLMGR_VALUES_BASE    ((size_t)4096)
+#define BILLMGR_VALUES_PER_ROW ((size_t)128)
+
+/* A body that has started must keep coming at this rate, measured over the
+ * first min(timeout_ms / 4, BILLMGR_SLOW_BODY_MS) after its first byte. */
+#define BILLMGR_MIN_BODY_RATE 1024
+#define BILLMGR_SLOW_BODY_MS  10000L
+
+/* The most bytes of an answer quoted in an error message. */
+#define BILLMGR_EXCERPT_MAX 64
 
 /* Caps on the error texts kept from an answer; longer texts are cut. */
 #define BILLMGR_ERR_TYPE_MAX    32
@@ -73,10 +154,11 @@ struct billmgr_opts {
     long timeout_ms;         /* whole transfer; 0 = BILLMGR_DEFAULT_TIMEOUT_MS */
     long connect_timeout_ms; /* 0 = the smaller of 10 s and timeout_ms */
     int max_inflight;        /* concurrent transfers; 0 = 16 */
-    size_t max_response;     /* cap on one answer's body; 0 = 16 MiB */
+    size_t max_response;     /* cap on one answer's body; 0 = 4 MiB */
     const char *ca_file;     /* NULL or "" = the system's CA store */
     int verify_tls;          /* 1 = verify the peer and its name (do this) */
-    int page_size;           /* p_cnt for billmgr_list_sync; 0 = 1000 */
+    int page_size;           /* p_cnt of billmgr_list_sync, and the rows of
+                                a page the parse allows for; 0 = 1000 */
     size_t max_queued;       /* cap on calls waiting to start; 0 = 65536 */
     /* Optional observer, for metrics: called once per completed call
      * (billmgr_call and the sync helpers alike), just before the call's
@@ -213,7 +295,8 @@ rt_status billmgr_call_sync(struct billmgr *bm, const char *func,
  * while listing (created or deleted meanwhile) may be missed or seen twice:
  * callers that need every row reconcile again later. Returns the first
  * failing page's status with its reason in err; rows already handed to
- * each() stay handed. */
+ * each() stay handed. A list that passes 10,000,000 rows (a server that
+ * ignores p_num) ends as RT_RETRY, type "toolarge". */
 rt_status billmgr_list_sync(struct billmgr *bm, const char *func,
                             const struct billmgr_params *filter, billmgr_elem_fn each, void *arg,
                             struct billmgr_error *err);
@@ -221,8 +304,23 @@ rt_status billmgr_list_sync(struct billmgr *bm, const char *func,
 /* ---- JSON helpers ---- */
 
 /* obj.key.$ as a C string borrowed from obj, or NULL when obj is not an
- * object, the key is missing or holds no text. */
+ * object, the key is missing or holds no text. It cannot tell a missing
+ * field from one of the wrong type: a caller that writes what it reads
+ * to the other side uses billmgr_text_field instead. */
 const char *billmgr_text(json_t *obj, const char *key);
+
+/* Reads obj.key as text, telling the three cases apart:
+ *   1   *out is the text, borrowed from obj: {"$": "..."}, a bare string,
+ *       or "" for an element without text ({}, or "$attribute" keys
+ *       only, which is how an empty field can come);
+ *   0   *out = NULL: obj is an object without the key (the API leaves out
+ *       fields that have no value);
+ *  -1   *out = NULL: the key holds something else (a number, an array, an
+ *       object whose "$" is not a string, or one holding elements rather
+ *       than text), or obj is not an object. A
+ *       caller must refuse such an answer rather than read the field as
+ *       empty: writing "" to the other side would erase a name or a note. */
+int billmgr_text_field(json_t *obj, const char *key, const char **out);
 
 /* obj.key.$ parsed as a whole decimal number into *out. Returns 0, or -1
  * (and leaves *out alone) when the text is missing, empty, not a number or
@@ -242,13 +340,19 @@ int billmgr_urlencode(struct buf *out, const char *s);
 int billmgr_form_build(struct buf *out, const char *func, const struct billmgr_params *params,
                        const char *cred_key, const char *cred_value);
 
-/* Maps one HTTP answer (status code and body) to the call's outcome as the
- * table at the top says, except "toolarge", "timeout" and "transport",
- * which only the transfer can tell. On RT_OK *doc_out is a new reference to
- * the doc object (caller json_decref's) and err is all ""; otherwise
- * *doc_out is NULL and err holds the reason. doc_out and err must not be
- * NULL. */
-rt_status billmgr_parse_reply(long http_code, const char *body, size_t len, json_t **doc_out,
+/* Maps one HTTP answer (status code, Content-Type, body) to the call's
+ * outcome as the top of this file says, except "toolarge", "timeout" and
+ * "transport", which only the transfer can tell. content_type (may be
+ * NULL) is only quoted in messages: an answer is read as JSON whatever it
+ * says. max_values caps the values of the document (0 = BILLMGR_VALUES_BASE
+ * + BILLMGR_VALUES_PER_ROW x BILLMGR_DEFAULT_PAGE_SIZE). The messages do
+ * not name the function (billmgr_call's replies add it) and are not
+ * scrubbed of the credentials, which this function does not know. On
+ * RT_OK *doc_out is a new reference to the doc object (caller
+ * json_decref's) and err is all ""; otherwise *doc_out is NULL and err
+ * holds the reason. doc_out and err must not be NULL. */
+rt_status billmgr_parse_reply(long http_code, const char *content_type, const char *body,
+                              size_t len, size_t max_values, json_t **doc_out,
                               struct billmgr_error *err);
 
 #endif

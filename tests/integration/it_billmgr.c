@@ -1,15 +1,21 @@
 /* Integration tests of common/billmgr against the BILLmanager emulator
  * (tests/sim/billsim.py): round trips of awkward text, every error type,
- * paging, session auth, faults, concurrency limits and secrets. One
- * emulator serves the whole group; every test starts from cleared faults
- * and an empty call log. */
+ * paging, session auth, faults, bad answers (not JSON, the wrong shape, a
+ * login page, 100 MB, a trickle, a reset halfway) with the memory they
+ * cost, concurrency limits and secrets. One emulator serves the whole
+ * group; every test starts from cleared faults and an empty call log. */
+#include <errno.h>
+#include <poll.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -477,7 +483,7 @@ static void emulator_down_is_transport_retry(void **state)
     billmgr_free(bm);
 }
 
-static void answer_over_cap_is_toolarge(void **state)
+static void answer_over_cap_is_toolarge_retry(void **state)
 {
     struct billmgr *bm = default_client();
     size_t big = 200 * 1024;
@@ -493,11 +499,381 @@ static void answer_over_cap_is_toolarge(void **state)
     struct billmgr_params p;
     billmgr_params_init(&p);
     billmgr_params_addf(&p, "elid", "%ld", id);
-    expect_failure(bm, "task.edit", &p, RT_REJECT, "toolarge", NULL);
+    expect_failure(bm, "task.edit", &p, RT_RETRY, "toolarge", NULL);
     billmgr_params_release(&p);
     /* The client is still usable for answers under the cap. */
     struct billmgr_error e;
     assert_int_equal(billmgr_call_sync(bm, "department", NULL, NULL, &e), RT_OK);
+    billmgr_free(bm);
+}
+
+/* ---- bad answers ---- */
+
+static long status_kb(const char *field)
+{
+    char line[256];
+    long kb = -1;
+    size_t n = strlen(field);
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof(line), f))
+        if (strncmp(line, field, n) == 0 && line[n] == ':')
+            kb = strtol(line + n + 1, NULL, 10);
+    fclose(f);
+    return kb;
+}
+
+/* The most a process may have resident while it receives a bad answer:
+ * the client buffers at most max_response (4 MiB) of it. */
+#define BAD_ANSWER_MAX_RSS_KB (32L * 1024)
+
+/* The probe: this program run again as "it_billmgr --rss-probe URL FUNC
+ * ELID TIMEOUT_MS", with the password on its stdin (never in argv). It
+ * makes one call in a fresh process, so that its peak RSS (VmHWM) is what
+ * a process that receives the answer needs, not what the earlier tests
+ * of this one left resident, and writes one line: STATUS TAB TYPE TAB
+ * PEAK_KB TAB MESSAGE. */
+static int rss_probe(int argc, char **argv)
+{
+    char password[256], err[256];
+    if (argc != 6 || !fgets(password, sizeof(password), stdin))
+        return 2;
+    password[strcspn(password, "\n")] = '\0';
+    struct billmgr_opts o;
+    memset(&o, 0, sizeof(o));
+    o.url = argv[2];
+    o.login = HARNESS_SIM_LOGIN;
+    o.password = password;
+    o.timeout_ms = strtol(argv[5], NULL, 10);
+    o.verify_tls = 1;
+    struct billmgr *bm = billmgr_new(&o, err, sizeof(err));
+    if (!bm)
+        return 2;
+    struct billmgr_params p;
+    struct billmgr_error e;
+    billmgr_params_init(&p);
+    billmgr_params_add(&p, "elid", argv[4]);
+    json_t *doc = NULL;
+    rt_status st = billmgr_call_sync(bm, argv[3], &p, &doc, &e);
+    json_decref(doc);
+    billmgr_params_release(&p);
+    billmgr_free(bm);
+    explicit_bzero(password, sizeof(password));
+    printf("%d\t%s\t%ld\t%s\n", (int)st, e.type, status_kb("VmHWM"), e.message);
+    return 0;
+}
+
+/* Runs the probe for one call of func on task id and fills what it saw.
+ * Fails the test when it cannot be run or does not answer in 60 s. */
+static void run_probe(const char *func, long id, long timeout_ms, rt_status *st,
+                      struct billmgr_error *e, long *peak_kb)
+{
+    char elid[32], timeout[32], line[1024];
+    int in[2], out[2];
+    snprintf(elid, sizeof(elid), "%ld", id);
+    snprintf(timeout, sizeof(timeout), "%ld", timeout_ms);
+    if (pipe(in) < 0 || pipe(out) < 0)
+        fail_msg("pipe: %s", strerror(errno));
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        fail_msg("fork: %s", strerror(errno));
+    if (pid == 0) {
+        dup2(in[0], STDIN_FILENO);
+        dup2(out[1], STDOUT_FILENO);
+        close(in[0]);
+        close(in[1]);
+        close(out[0]);
+        close(out[1]);
+        execl("/proc/self/exe", "it_billmgr", "--rss-probe", harness_sim_url(sim), func, elid,
+              timeout, (char *)NULL);
+        _exit(127);
+    }
+    close(in[0]);
+    close(out[1]);
+    if (write(in[1], HARNESS_SIM_PASSWORD "\n", strlen(HARNESS_SIM_PASSWORD) + 1) < 0)
+        fail_msg("cannot hand the probe its password: %s", strerror(errno));
+    close(in[1]);
+    size_t n = 0;
+    long long deadline = harness_now_ms() + 60000;
+    for (;;) {
+        struct pollfd pfd = {.fd = out[0], .events = POLLIN};
+        long long left = deadline - harness_now_ms();
+        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0) {
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+            fail_msg("the probe did not answer within 60 s");
+        }
+        ssize_t k = read(out[0], line + n, sizeof(line) - 1 - n);
+        if (k <= 0)
+            break;
+        n += (size_t)k;
+        if (n == sizeof(line) - 1)
+            break;
+    }
+    line[n] = '\0';
+    close(out[0]);
+    int wstatus;
+    waitpid(pid, &wstatus, 0);
+    if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0)
+        fail_msg("the probe failed (status %d): %s", wstatus, line);
+    char *f[4];
+    char *cur = line;
+    for (int i = 0; i < 3; i++) {
+        f[i] = cur;
+        cur = strchr(cur, '\t');
+        if (!cur)
+            fail_msg("the probe wrote \"%s\"", line);
+        *cur++ = '\0';
+    }
+    f[3] = cur;
+    f[3][strcspn(f[3], "\n")] = '\0';
+    *st = (rt_status)atoi(f[0]);
+    snprintf(e->type, sizeof(e->type), "%s", f[1]);
+    e->object[0] = '\0';
+    snprintf(e->message, sizeof(e->message), "%s", f[3]);
+    *peak_kb = strtol(f[2], NULL, 10);
+}
+
+/* Makes one call of func (on task id when id > 0, with params p, which
+ * may be NULL, otherwise) with bm under the emulator's current faults,
+ * expects status and type, prints what a report needs; the message must
+ * name the call (prefix, NULL = "func: ") and hold want (may be NULL).
+ * With measure, the call runs in a fresh process (see rss_probe) with
+ * bm's timeout, whose peak RSS must stay under BAD_ANSWER_MAX_RSS_KB. */
+static void bad_call(struct billmgr *bm, const char *mode, const char *func, long id,
+                     struct billmgr_params *p, rt_status status, const char *type,
+                     const char *prefix, const char *want, long measure_timeout_ms)
+{
+    struct billmgr_error e;
+    rt_status st;
+    long peak = 0;
+    long long t0 = harness_now_ms();
+    if (measure_timeout_ms) {
+        run_probe(func, id, measure_timeout_ms, &st, &e, &peak);
+    } else {
+        struct billmgr_params own;
+        json_t *doc = (json_t *)1;
+        if (id > 0) {
+            billmgr_params_init(&own);
+            assert_int_equal(billmgr_params_addf(&own, "elid", "%ld", id), 0);
+            p = &own;
+        }
+        st = billmgr_call_sync(bm, func, p, &doc, &e);
+        if (id > 0)
+            billmgr_params_release(&own);
+        if (st != RT_OK)
+            assert_null(doc);
+        json_decref(st == RT_OK ? doc : NULL);
+    }
+    long long took = harness_now_ms() - t0;
+    remember_error(e.type, e.object, e.message);
+    printf("bad answer %-22s %s %s in %lld ms: %s", mode, rt_status_name(st), e.type, took,
+           e.message);
+    if (measure_timeout_ms)
+        printf(" [peak RSS of the process %ld kB]", peak);
+    printf("\n");
+    if (st != status || strcmp(e.type, type) != 0)
+        fail_msg("%s: want %s %s, got %s %s: %s", mode, rt_status_name(status), type,
+                 rt_status_name(st), e.type, e.message);
+    char own_prefix[64];
+    snprintf(own_prefix, sizeof(own_prefix), "%s: ", func);
+    if (!prefix)
+        prefix = own_prefix;
+    if (strncmp(e.message, prefix, strlen(prefix)) != 0)
+        fail_msg("%s: the message does not start with \"%s\": %s", mode, prefix, e.message);
+    if (want && !strstr(e.message, want))
+        fail_msg("%s: the message lacks \"%s\": %s", mode, want, e.message);
+    for (const char *c = e.message; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7F)
+            fail_msg("%s: a control character in the message", mode);
+    if (measure_timeout_ms && (peak <= 0 || peak >= BAD_ANSWER_MAX_RSS_KB))
+        fail_msg("%s: the peak RSS was %ld kB (limit %ld kB)", mode, peak, BAD_ANSWER_MAX_RSS_KB);
+}
+
+static void set_bad(const char *json)
+{
+    json_decref(harness_sim_admin_ok(sim, "POST", "/faults", json));
+}
+
+static void bad_off(void)
+{
+    json_decref(harness_sim_admin_ok(sim, "POST", "/faults/bad/off", NULL));
+}
+
+static struct billmgr_params *elid_params(struct billmgr_params *p, long id)
+{
+    billmgr_params_init(p);
+    assert_int_equal(billmgr_params_addf(p, "elid", "%ld", id), 0);
+    return p;
+}
+
+static long task_count_in(long dept)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/tasks?department=%ld", dept);
+    json_t *r = harness_sim_admin_ok(sim, "GET", path, NULL);
+    long n = (long)json_array_size(json_object_get(r, "tasks"));
+    json_decref(r);
+    return n;
+}
+
+/* After a bad answer the same client, unchanged, reads the task whole:
+ * nothing was lost on the client's side. */
+static void healthy_again(struct billmgr *bm, long id, const char *name)
+{
+    bad_off();
+    json_t *doc = view_task(bm, id);
+    assert_string_equal(billmgr_text(doc, "name"), name);
+    json_decref(doc);
+}
+
+static void bad_invalid_json_is_json_retry(void **state)
+{
+    struct billmgr *bm = default_client();
+    struct billmgr_params p;
+    long id = create_task(bm, "cut short", NOTE_AWKWARD, HARNESS_SIM_DEPT_A);
+    set_bad("{\"bad_answer\": \"invalid_json\"}");
+    bad_call(bm, "invalid_json", "task.edit", id, NULL, RT_RETRY, "json", NULL,
+             "bytes, it ends early at byte", 0);
+    bad_call(bm, "invalid_json (list)", "task", 0, NULL, RT_RETRY, "json", NULL,
+             "it begins {\"doc\": {\"elem\": [{\"id\": {\"$\": ", 0);
+
+    /* A write under it: the API made the task, the answer was lost. The
+     * caller cannot tell, which is why it retries and searches. */
+    long before = task_count_in(HARNESS_SIM_DEPT_A);
+    billmgr_params_init(&p);
+    billmgr_params_add(&p, "sok", "ok");
+    billmgr_params_addf(&p, "department", "%d", HARNESS_SIM_DEPT_A);
+    billmgr_params_add(&p, "name", "made under a bad answer");
+    bad_call(bm, "invalid_json (create)", "task.edit", 0, &p, RT_RETRY, "json", NULL, NULL, 0);
+    billmgr_params_release(&p);
+    long made = task_count_in(HARNESS_SIM_DEPT_A) - before;
+    printf("invalid_json create: %ld task made, 0 answers read\n", made);
+    assert_int_equal(made, 1);
+    assert_int_equal(harness_sim_count(sim, "outcome=invalid_json"), 3);
+    healthy_again(bm, id, "cut short");
+    billmgr_free(bm);
+}
+
+static void bad_wrong_shape_is_json_retry(void **state)
+{
+    struct billmgr *bm = default_client();
+    struct billmgr_params p;
+    long id = create_task(bm, "Shape", "the note", HARNESS_SIM_DEPT_A);
+    /* The variants take turns: doc_array, top_array, elem_string,
+     * error_string, fields_numbers, fields_arrays. */
+    set_bad("{\"bad_answer\": \"wrong_shape\", \"bad_funcs\": [\"task.edit\"]}");
+    static const struct {
+        const char *mode, *want;
+    } shapes[] = {
+        {"wrong_shape:doc_array", "its doc is not an object"},
+        {"wrong_shape:top_array", "the answer is not an object"},
+        {"wrong_shape:elem_string", "doc.elem is a string, not a list"},
+        {"wrong_shape:error_string", "doc.error is a string, not an error"},
+        {"wrong_shape:fields_numbers", "doc.id is a number"},
+    };
+    for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++)
+        bad_call(bm, shapes[i].mode, "task.edit", id, NULL, RT_RETRY, "json", NULL, shapes[i].want,
+                 0);
+    /* Repeated elements where text belongs: an API document still, which
+     * the caller's field reader must refuse rather than read as "". */
+    json_t *doc = NULL;
+    struct billmgr_error e;
+    assert_int_equal(billmgr_call_sync(bm, "task.edit", elid_params(&p, id), &doc, &e), RT_OK);
+    billmgr_params_release(&p);
+    const char *t = "x";
+    assert_null(billmgr_text(doc, "name"));
+    assert_int_equal(billmgr_text_field(doc, "name", &t), -1);
+    assert_int_equal(billmgr_text_field(doc, "note", &t), -1);
+    assert_null(t);
+    printf("bad answer %-22s ok: billmgr_text(doc, \"name\") = NULL, "
+           "billmgr_text_field(doc, \"name\") = -1\n",
+           "wrong_shape:fields_arrays");
+    json_decref(doc);
+    assert_int_equal(harness_sim_count(sim, "outcome=wrong_shape"), 6);
+    /* Other functions were not touched. */
+    assert_int_equal(billmgr_call_sync(bm, "department", NULL, NULL, &e), RT_OK);
+    healthy_again(bm, id, "Shape");
+    billmgr_free(bm);
+}
+
+static void bad_html_login_is_json_retry(void **state)
+{
+    struct billmgr *bm = default_client();
+    struct billmgr_params p;
+    long id = create_task(bm, "walled", "", HARNESS_SIM_DEPT_A);
+    set_bad("{\"bad_answer\": \"html_login\"}");
+    bad_call(bm, "html_login", "task.edit", id, NULL, RT_RETRY, "json", NULL,
+             "answer is not JSON (text/html; charset=utf-8, ", 0);
+    /* The login wall kept the write from the API: nothing was made. */
+    long before = task_count_in(HARNESS_SIM_DEPT_A);
+    billmgr_params_init(&p);
+    billmgr_params_add(&p, "sok", "ok");
+    billmgr_params_addf(&p, "department", "%d", HARNESS_SIM_DEPT_A);
+    billmgr_params_add(&p, "name", "stopped by the wall");
+    bad_call(bm, "html_login (create)", "task.edit", 0, &p, RT_RETRY, "json", NULL,
+             "a page titled \"BILLmanager - Log in\"", 0);
+    billmgr_params_release(&p);
+    assert_int_equal(task_count_in(HARNESS_SIM_DEPT_A), before);
+    /* In session mode the login itself meets the wall, and says so. */
+    struct billmgr *sbm = new_client(HARNESS_SIM_PASSWORD, 1, 30000, 8, 0);
+    bad_call(sbm, "html_login (session)", "task", 0, NULL, RT_RETRY, "json",
+             "login failed: auth: ", "a page titled \"BILLmanager - Log in\"", 0);
+    billmgr_free(sbm);
+    healthy_again(bm, id, "walled");
+    billmgr_free(bm);
+}
+
+static void bad_huge_is_toolarge_retry_in_bounded_memory(void **state)
+{
+    struct billmgr *bm = default_client();
+    long id = create_task(bm, "huge", "", HARNESS_SIM_DEPT_A);
+    set_bad("{\"bad_answer\": \"huge\"}");
+    bad_call(bm, "huge (Content-Length)", "task.edit", id, NULL, RT_RETRY, "toolarge", NULL,
+             "answer of 104857600 bytes is larger than billmanager.max_response (4194304 bytes)",
+             30000);
+    set_bad("{\"huge_chunked\": true}");
+    bad_call(bm, "huge (chunked)", "task.edit", id, NULL, RT_RETRY, "toolarge", NULL,
+             "answer is larger than billmanager.max_response (4194304 bytes)", 30000);
+    /* The same in this process, for the record and for the sanitizers. */
+    bad_call(bm, "huge (chunked, here)", "task.edit", id, NULL, RT_RETRY, "toolarge", NULL, NULL,
+             0);
+    assert_int_equal(harness_sim_count(sim, "outcome=huge"), 3);
+    healthy_again(bm, id, "huge");
+    billmgr_free(bm);
+}
+
+static void bad_trickle_ends_within_the_timeout(void **state)
+{
+    /* A 4 s timeout: the body's rate is checked from 1 s after its first
+     * byte, and one byte a second is far below it. */
+    struct billmgr *bm = new_client(HARNESS_SIM_PASSWORD, 0, 4000, 8, 0);
+    long id = create_task(bm, "trickled", NOTE_AWKWARD, HARNESS_SIM_DEPT_A);
+    set_bad("{\"bad_answer\": \"trickle\"}");
+    bad_call(bm, "trickle (1 byte/s)", "task.edit", id, NULL, RT_RETRY, "timeout", NULL,
+             "answer arrives too slowly: ", 4000);
+    /* Slower than the rate window: the total timeout ends it. */
+    set_bad("{\"trickle_interval_s\": 10}");
+    bad_call(bm, "trickle (1 byte/10 s)", "task.edit", id, NULL, RT_RETRY, "timeout", NULL,
+             "Operation timed out after ", 4000);
+    bad_call(bm, "trickle (1 byte/10 s, here)", "task.edit", id, NULL, RT_RETRY, "timeout", NULL,
+             "Operation timed out after ", 0);
+    assert_int_equal(harness_sim_count(sim, "outcome=trickle"), 3);
+    healthy_again(bm, id, "trickled");
+    billmgr_free(bm);
+}
+
+static void bad_reset_is_transport_retry(void **state)
+{
+    struct billmgr *bm = default_client();
+    long id = create_task(bm, "reset", NOTE_AWKWARD, HARNESS_SIM_DEPT_A);
+    set_bad("{\"bad_answer\": \"reset\", \"reset_after\": 40}");
+    bad_call(bm, "reset", "task.edit", id, NULL, RT_RETRY, "transport", NULL,
+             "answer cut off after 40 of ", 0);
+    assert_int_equal(harness_sim_count(sim, "outcome=reset"), 1);
+    healthy_again(bm, id, "reset");
     billmgr_free(bm);
 }
 
@@ -692,8 +1068,10 @@ static void password_never_leaks(void **state)
     }
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc > 1 && strcmp(argv[1], "--rss-probe") == 0)
+        return rss_probe(argc, argv);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(task_text_round_trips, test_setup),
         cmocka_unit_test_setup(api_errors_are_rejects, test_setup),
@@ -704,7 +1082,13 @@ int main(void)
         cmocka_unit_test_setup(http_503_is_retry, test_setup),
         cmocka_unit_test_setup(hang_is_timeout_retry, test_setup),
         cmocka_unit_test_setup(emulator_down_is_transport_retry, test_setup),
-        cmocka_unit_test_setup(answer_over_cap_is_toolarge, test_setup),
+        cmocka_unit_test_setup(answer_over_cap_is_toolarge_retry, test_setup),
+        cmocka_unit_test_setup(bad_huge_is_toolarge_retry_in_bounded_memory, test_setup),
+        cmocka_unit_test_setup(bad_trickle_ends_within_the_timeout, test_setup),
+        cmocka_unit_test_setup(bad_invalid_json_is_json_retry, test_setup),
+        cmocka_unit_test_setup(bad_wrong_shape_is_json_retry, test_setup),
+        cmocka_unit_test_setup(bad_html_login_is_json_retry, test_setup),
+        cmocka_unit_test_setup(bad_reset_is_transport_retry, test_setup),
         cmocka_unit_test_setup(concurrent_calls_respect_max_inflight, test_setup),
         cmocka_unit_test_setup(session_expiry_under_load_logs_in_once, test_setup),
         cmocka_unit_test_setup(restart_keeps_tasks_and_url, test_setup),
