@@ -11,6 +11,8 @@ looking at a test run by hand. Standard library only.
     simctl.py ADMIN first --department 12       # the lowest task id there
     simctl.py ADMIN wait --department 12 --count N [--field F (--value V | --contains S)]
                          [--timeout S]
+    simctl.py ADMIN bad MODE [--rate R] [--next N] [--funcs F,G] [--variant V]
+                                                # bad answers (README.md), MODE "off" ends them
 
 ADMIN is the emulator's admin URL, e.g. http://127.0.0.1:40001.
 """
@@ -66,6 +68,13 @@ def main(argv):
     w.add_argument("--value")
     w.add_argument("--contains")
     w.add_argument("--timeout", type=float, default=60)
+    b = sub.add_parser("bad")
+    b.add_argument("mode", choices=["invalid_json", "wrong_shape", "html_login", "huge",
+                                    "trickle", "reset", "off"])
+    b.add_argument("--rate", type=float)
+    b.add_argument("--next", type=int)
+    b.add_argument("--funcs", help="comma-separated function names; \"\" for all")
+    b.add_argument("--variant", help="a wrong_shape variant; \"\" to take turns")
     a = ap.parse_args(argv)
 
     if a.cmd == "create":
@@ -92,6 +101,21 @@ def main(argv):
         if not ts:
             return 1
         print(min(t["id"] for t in ts))
+    elif a.cmd == "bad":
+        if a.mode == "off":
+            faults = call(a.admin, "POST", "/faults/bad/off", {})["faults"]
+        else:
+            body = {"bad_answer": a.mode}
+            if a.rate is not None:
+                body["bad_rate"] = a.rate
+            if a.next is not None:
+                body["bad_next"] = a.next
+            if a.funcs is not None:
+                body["bad_funcs"] = [f for f in a.funcs.split(",") if f]
+            if a.variant is not None:
+                body["bad_variant"] = a.variant
+            faults = call(a.admin, "POST", "/faults", body)["faults"]
+        print(json.dumps({k: v for k, v in faults.items() if k.startswith("bad_")}))
     elif a.cmd == "get":
         print(call(a.admin, "GET", f"/tasks/{a.id}").get(a.field))
     elif a.cmd == "wait":
