@@ -1255,13 +1255,13 @@ static rt_status declare_queue(struct broker *b, struct declare_ctx *c, const ch
          * meeting queue_type = "quorum", or an older remotetask's
          * topology): say what to do instead of reconnecting for ever. */
         char why[ERR_MAX];
-        snprintf(why, sizeof(why), "%s", b->err);
+        const char *p = strstr(b->err, "inequivalent arg");
+        snprintf(why, sizeof(why), "%.120s", p ? p : b->err);
         set_err(b,
-                "queue \"%s\" exists with other arguments than remotetask declares (%s, "
-                "amqp.queue_type \"%s\"); a queue's type and arguments cannot change in place: "
-                "let it drain (remotetaskctl status shows 0 ready), delete it "
-                "(rabbitmqctl delete_queue %s) and restart remotetaskd, or set queue_type back",
-                name, why, b->queue_type, name);
+                "queue \"%s\" exists with other arguments than amqp.queue_type \"%s\" asks for "
+                "(%s); a queue cannot change in place: let it drain (status shows 0 ready), "
+                "rabbitmqctl delete_queue %s, restart remotetaskd; or set queue_type back",
+                name, b->queue_type, why, name);
     }
     return st;
 }

@@ -4,8 +4,12 @@
  * Every test uses its own client id (and so its own queues) and deletes
  * them at the end, so the tests neither see nor disturb each other.
  */
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <setjmp.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -128,6 +132,16 @@ static void open_broker(struct ctx *c, struct broker_opts *o)
         fail_msg("broker_connect: %s (%s)", broker_strerror(c->b), rt_status_name(st));
 }
 
+/* A new broker for c, not connected. */
+static void open_broker_nowait(struct ctx *c, struct broker_opts *o)
+{
+    char err[256];
+    with_callbacks(o, c);
+    c->b = broker_new(o, err, sizeof(err));
+    if (!c->b)
+        fail_msg("broker_new: %s", err);
+}
+
 /* cmocka setup and teardown: a failing test longjmps out, so what it
  * holds is freed here, not at its end. */
 static int ctx_setup(void **state)
@@ -161,6 +175,35 @@ static void wait_io(struct broker *b, int max_ms)
     struct pollfd p = {.fd = broker_fd(b), .events = POLLIN};
     if (p.fd >= 0)
         (void)poll(&p, 1, t);
+}
+
+/* Drives an attempt of broker_connect_async() to its end, as the daemon's
+ * loop would, and returns its verdict (RT_OK: connected). *turns (may be
+ * NULL) receives how many broker_process() calls returned while it ran:
+ * more than one shows the attempt never held the loop. */
+static rt_status pump_connect_turns(struct broker *b, size_t *turns)
+{
+    long long deadline = harness_now_ms() + WAIT_MS;
+    size_t n = 0;
+    rt_status st = RT_OK;
+    while (broker_connecting(b)) {
+        if (harness_now_ms() > deadline)
+            fail_msg("a connection attempt is still running after %d ms", WAIT_MS);
+        struct pollfd fds[BROKER_MAX_NODES];
+        size_t nf = broker_pollfds(b, fds, BROKER_MAX_NODES);
+        int t = broker_timeout_ms(b);
+        (void)poll(fds, nf, t < 0 || t > 100 ? 100 : t);
+        st = broker_process(b);
+        n++;
+    }
+    if (turns)
+        *turns = n;
+    return broker_connected(b) ? RT_OK : st;
+}
+
+static rt_status pump_connect(struct broker *b)
+{
+    return pump_connect_turns(b, NULL);
 }
 
 typedef int (*cond_fn)(struct ctx *c, size_t n);
@@ -550,6 +593,278 @@ static void test_wrong_password_rejected(void **state)
     harness_rabbit_delete_user(user);
 }
 
+/* A TCP listener that never accepts: the kernel completes the handshake
+ * and the peer then says nothing, like a blackholed or frozen node. */
+static int silent_listener(int *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    assert_true(fd >= 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(fd, 16), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
+/* amqp.uri as a list: a node that refuses, a node that never answers, and
+ * the live one. The attempt takes the live one without waiting for the
+ * silent one, and the loop is never held; with only the dead ones it fails
+ * with every node's reason, without blocking either. */
+static void test_nodes_and_async_connect(void **state)
+{
+    struct ctx *c = *state;
+    struct broker_opts o;
+    char err[256];
+    int silent_port, closed_port, silent = silent_listener(&silent_port);
+    int closed = silent_listener(&closed_port);
+    close(closed); /* nothing listens there any more: refused */
+    harness_rabbit_opts(&o, "guest", "guest");
+    o.connect_timeout_ms = 3000;
+    struct broker_node nodes[] = {
+        {"127.0.0.1", closed_port, 0},
+        {"127.0.0.1", silent_port, 0},
+        {"127.0.0.1", o.port, 0},
+    };
+    o.nodes = nodes;
+    o.n_nodes = 3;
+    with_callbacks(&o, c);
+    c->b = broker_new(&o, err, sizeof(err));
+    assert_non_null(c->b);
+    long long t0 = harness_now_ms();
+    broker_connect_async(c->b);
+    assert_true(broker_connecting(c->b));
+    assert_false(broker_connected(c->b));
+    rt_status st = pump_connect(c->b);
+    if (st != RT_OK)
+        fail_msg("async connect: %s", broker_strerror(c->b));
+    char live[64];
+    snprintf(live, sizeof(live), "127.0.0.1:%d", o.port);
+    printf("connected to %s in %lld ms (the silent node's probe waits %d ms)\n",
+           broker_node(c->b), harness_now_ms() - t0, o.connect_timeout_ms);
+    assert_string_equal(broker_node(c->b), live);
+    broker_free(c->b);
+
+    /* Only the refusing and the silent node. */
+    o.n_nodes = 2;
+    c->b = broker_new(&o, err, sizeof(err));
+    assert_non_null(c->b);
+    broker_connect_async(c->b);
+    size_t turns = 0;
+    st = pump_connect_turns(c->b, &turns);
+    printf("no node: %s after %zu turns of the loop: %s\n", rt_status_name(st), turns,
+           broker_strerror(c->b));
+    assert_int_equal(st, RT_RETRY);
+    assert_true(turns > 1);
+    assert_non_null(strstr(broker_strerror(c->b), "no answer within 3000 ms"));
+    assert_non_null(strstr(broker_strerror(c->b), "cannot connect"));
+    assert_false(broker_connected(c->b));
+    close(silent);
+}
+
+/* Queue depths asked without waiting: answered in order, a missing queue
+ * included (which closes the query channel, opened again for the rest). */
+struct depth_answers {
+    size_t n;
+    char queue[8][BROKER_NAME_MAX];
+    int found[8];
+    uint32_t ready[8];
+};
+
+static void on_depth(void *arg, const char *queue, int found, uint32_t ready, uint32_t consumers)
+{
+    struct depth_answers *a = arg;
+    (void)consumers;
+    if (a->n < 8) {
+        snprintf(a->queue[a->n], sizeof(a->queue[0]), "%s", queue);
+        a->found[a->n] = found;
+        a->ready[a->n] = ready;
+    }
+    a->n++;
+}
+
+static void test_depth_ask(void **state)
+{
+    char client[64], fq[BROKER_NAME_MAX], rq[BROKER_NAME_MAX], err[256];
+    harness_rabbit_unique(client, sizeof(client), "depth");
+    struct ctx *c = *state;
+    struct broker_opts o;
+    struct depth_answers a = {0};
+    harness_rabbit_opts(&o, "guest", "guest");
+    open_broker(c, &o);
+    declare_one(c, client);
+    for (int i = 0; i < 3; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "d-%d", i);
+        assert_int_equal(publish_one(c, BROKER_EXCHANGE_FORWARD, client, id, "x", NULL), RT_OK);
+    }
+    pump_until(c, fates_at_least, 3, "three confirms");
+    broker_free(c->b);
+    /* A broker of its own whose callback argument is the answers. */
+    with_callbacks(&o, c);
+    o.on_depth = on_depth;
+    o.cb_arg = &a;
+    o.on_confirm = NULL;
+    c->b = broker_new(&o, err, sizeof(err));
+    assert_non_null(c->b);
+    assert_int_equal(broker_connect(c->b), RT_OK);
+    broker_queue_name(fq, sizeof(fq), BROKER_FORWARD, client);
+    broker_queue_name(rq, sizeof(rq), BROKER_REVERSE, client);
+    assert_int_equal(broker_depth_ask(c->b, fq), RT_OK);
+    assert_int_equal(broker_depth_ask(c->b, "no-such-queue-at-all"), RT_OK);
+    assert_int_equal(broker_depth_ask(c->b, rq), RT_OK);
+    assert_int_equal(broker_depth_ask(c->b, fq), RT_OK);
+    assert_int_equal(broker_depth_pending(c->b), 4);
+    long long deadline = harness_now_ms() + WAIT_MS;
+    while (a.n < 4) {
+        if (harness_now_ms() > deadline)
+            fail_msg("only %zu of 4 depth answers came", a.n);
+        wait_io(c->b, 100);
+        assert_int_equal(broker_process(c->b), RT_OK);
+    }
+    assert_int_equal(a.n, 4);
+    assert_int_equal(broker_depth_pending(c->b), 0);
+    assert_string_equal(a.queue[0], fq);
+    assert_int_equal(a.found[0], 1);
+    assert_int_equal(a.ready[0], 3);
+    assert_string_equal(a.queue[1], "no-such-queue-at-all");
+    assert_int_equal(a.found[1], 0);
+    assert_string_equal(a.queue[2], rq);
+    assert_int_equal(a.found[2], 1);
+    assert_int_equal(a.ready[2], 0);
+    assert_string_equal(a.queue[3], fq);
+    assert_int_equal(a.ready[3], 3);
+    /* The connection itself never noticed. */
+    assert_true(broker_connected(c->b));
+    /* Questions out when the connection goes are answered "unknown". */
+    assert_int_equal(broker_depth_ask(c->b, fq), RT_OK);
+    broker_disconnect(c->b);
+    assert_int_equal(a.n, 5);
+    assert_int_equal(a.found[4], -1);
+    drop_client(client);
+}
+
+/* A least-privilege user (no configure permission) cannot declare: the
+ * topology another user declared is looked up instead; one nobody
+ * declared is reported, naming what is missing. A queue declared with
+ * other arguments names itself and how to migrate. */
+static void test_least_privilege_and_precondition(void **state)
+{
+    char client[64], other[64], user[64], err[256];
+    const char *pass = "lp-throwaway";
+    harness_rabbit_unique(client, sizeof(client), "lp");
+    harness_rabbit_unique(other, sizeof(other), "lpnone");
+    harness_rabbit_unique(user, sizeof(user), "lpuser");
+    struct ctx *c = *state;
+    struct broker_opts o;
+    harness_rabbit_opts(&o, "guest", "guest");
+    open_broker(c, &o);
+    declare_one(c, client);
+    broker_free(c->b);
+    c->b = NULL;
+
+    harness_rabbit_adduser(user, pass);
+    const char *perm[] = {"-q", "set_permissions", "-p", "/", user, "^$", ".*", ".*", NULL};
+    free(harness_rabbit_ctl(perm));
+    harness_rabbit_opts(&o, user, pass);
+    open_broker(c, &o);
+    const char *mine[] = {client};
+    rt_status st = broker_declare(c->b, mine, 1);
+    if (st != RT_OK)
+        fail_msg("declare as a least-privilege user: %s", broker_strerror(c->b));
+    const char *missing[] = {other};
+    st = broker_declare(c->b, missing, 1);
+    printf("least privilege, nothing declared: %s: %s\n", rt_status_name(st),
+           broker_strerror(c->b));
+    assert_int_equal(st, RT_RETRY);
+    assert_non_null(strstr(broker_strerror(c->b), "does not exist"));
+    assert_true(broker_connected(c->b));
+    /* Still usable: the scratch channel was closed after the refusals. */
+    assert_int_equal(broker_declare(c->b, mine, 1), RT_OK);
+    broker_free(c->b);
+    c->b = NULL;
+
+    /* The same client's classic queues meet queue_type = "quorum". */
+    harness_rabbit_opts(&o, "guest", "guest");
+    o.queue_type = "quorum";
+    with_callbacks(&o, c);
+    c->b = broker_new(&o, err, sizeof(err));
+    assert_non_null(c->b);
+    assert_int_equal(broker_connect(c->b), RT_OK);
+    st = broker_declare(c->b, mine, 1);
+    printf("classic meets quorum: %s: %s\n", rt_status_name(st), broker_strerror(c->b));
+    assert_int_equal(st, RT_REJECT);
+    assert_non_null(strstr(broker_strerror(c->b), "delete_queue"));
+    assert_non_null(strstr(broker_strerror(c->b), "quorum"));
+    assert_true(broker_connected(c->b));
+    harness_rabbit_delete_user(user);
+    drop_client(client);
+}
+
+/* A frozen node never holds a write: once its socket stops taking bytes,
+ * publishes say so (RT_RETRY) instead of blocking, and the missed
+ * heartbeats end the connection. */
+static void test_frozen_node_never_blocks(void **state)
+{
+    char client[64];
+    static char big[256 * 1024];
+    harness_rabbit_unique(client, sizeof(client), "frozen");
+    struct ctx *c = *state;
+    struct broker_opts o;
+    harness_rabbit_opts(&o, "guest", "guest");
+    o.heartbeat = 2;
+    o.max_unconfirmed = MAX_TAGS - 1;
+    open_broker(c, &o);
+    declare_one(c, client);
+    memset(big, 'b', sizeof(big) - 1);
+    harness_rabbit_freeze();
+    size_t sent = 0, refused = 0;
+    rt_status st = RT_OK;
+    long long deadline = harness_now_ms() + WAIT_MS;
+    while (broker_connected(c->b)) {
+        if (harness_now_ms() > deadline)
+            fail_msg("still connected to a frozen node after %d ms", WAIT_MS);
+        char id[32];
+        snprintf(id, sizeof(id), "big-%zu", sent + refused);
+        struct broker_props p = {.message_id = id};
+        st = broker_publish(c->b, BROKER_EXCHANGE_FORWARD, client, &p, big, sizeof(big) - 1, NULL);
+        if (st == RT_OK) {
+            sent++;
+        } else {
+            refused++;
+            assert_int_equal(st, RT_RETRY);
+            if (broker_connected(c->b))
+                assert_non_null(strstr(broker_strerror(c->b), "not reading"));
+            wait_io(c->b, 50);
+        }
+        if (broker_process(c->b) != RT_OK)
+            break;
+    }
+    printf("frozen node: %zu publishes of 256 KiB written, %zu refused without blocking, then: "
+           "%s\n",
+           sent, refused, broker_strerror(c->b));
+    assert_true(refused > 0);
+    assert_false(broker_connected(c->b));
+    /* An attempt against the frozen node fails on its own deadline. */
+    o.connect_timeout_ms = 2000;
+    broker_free(c->b);
+    open_broker_nowait(c, &o);
+    broker_connect_async(c->b);
+    size_t turns = 0;
+    st = pump_connect_turns(c->b, &turns);
+    printf("connecting to the frozen node: %s after %zu turns: %s\n", rt_status_name(st), turns,
+           broker_strerror(c->b));
+    assert_int_equal(st, RT_RETRY);
+    assert_true(turns > 1);
+    harness_rabbit_thaw();
+    broker_connect_async(c->b);
+    st = pump_connect(c->b);
+    if (st != RT_OK)
+        fail_msg("connecting to the thawed node: %s", broker_strerror(c->b));
+    drop_client(client);
+}
+
 static void test_kill_and_restart(void **state)
 {
     enum { BEFORE = 100, AFTER = 5 };
@@ -667,6 +982,14 @@ static void test_tls_wrong_ca_rejected(void **state)
     if (st != RT_REJECT)
         fail_msg("expected REJECT, got %s: %s", rt_status_name(st), broker_strerror(c->b));
     assert_false(broker_connected(c->b));
+    /* The reason names the cause, not only "peer verification failed". */
+    printf("wrong CA: %s\n", broker_strerror(c->b));
+    assert_non_null(strstr(broker_strerror(c->b), "certificate verify failed"));
+    /* The same through the probe of a non-blocking attempt. */
+    broker_connect_async(c->b);
+    st = pump_connect(c->b);
+    assert_int_equal(st, RT_REJECT);
+    assert_non_null(strstr(broker_strerror(c->b), "certificate verify failed"));
 }
 
 static void test_heartbeat_keeps_idle_connection(void **state)
@@ -869,6 +1192,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_missing_queue_and_cancel, ctx_setup, ctx_teardown),
         cmocka_unit_test_setup_teardown(test_too_big_and_guards, ctx_setup, ctx_teardown),
         cmocka_unit_test_setup_teardown(test_connection_blocked, ctx_setup, blocked_teardown),
+        cmocka_unit_test_setup_teardown(test_nodes_and_async_connect, ctx_setup, ctx_teardown),
+        cmocka_unit_test_setup_teardown(test_depth_ask, ctx_setup, ctx_teardown),
+        cmocka_unit_test_setup_teardown(test_least_privilege_and_precondition, ctx_setup,
+                                        ctx_teardown),
+        cmocka_unit_test_setup_teardown(test_frozen_node_never_blocks, ctx_setup, crash_teardown),
         cmocka_unit_test_setup_teardown(test_kill_and_restart, ctx_setup, crash_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
