@@ -18,6 +18,11 @@
 
 /* The longest command name quoted back in an error. */
 #define CONTROL_CMD_SHOWN 64
+/* The listen backlog: connections past CONTROL_MAX_CLIENTS wait there. */
+#define CONTROL_BACKLOG 64
+/* Refused uids remembered so that each is logged once; a uid past this
+ * many is logged at debug level only, so that the log stays bounded. */
+#define CONTROL_REFUSED_UIDS 32
 
 enum control_state {
     CONTROL_READING = 0, /* waiting for the request line */
@@ -50,6 +55,10 @@ struct control {
     size_t n_commands;
     void *arg;
     struct control_client *clients[CONTROL_MAX_CLIENTS];
+    uid_t self; /* the daemon's effective uid, which may connect besides root */
+    uint64_t refused;
+    uid_t refused_uids[CONTROL_REFUSED_UIDS]; /* logged already */
+    size_t n_refused_uids;
 };
 
 static int64_t control_now_ms(void)
@@ -131,6 +140,7 @@ struct control *control_new(const char *path, const struct control_command *comm
         return NULL;
     }
     c->fd = -1;
+    c->self = geteuid();
     c->commands = commands;
     c->n_commands = n_commands;
     c->arg = arg;
@@ -170,7 +180,7 @@ struct control *control_new(const char *path, const struct control_command *comm
                  strerror(errno));
         goto free_control;
     }
-    if (listen(c->fd, 64) < 0) {
+    if (listen(c->fd, CONTROL_BACKLOG) < 0) {
         snprintf(err, errlen, "cannot listen on the control socket \"%s\": %s", path,
                  strerror(errno));
         goto free_control;
@@ -246,6 +256,11 @@ void control_free(struct control *c)
 const char *control_path(const struct control *c)
 {
     return c->path;
+}
+
+uint64_t control_refused(const struct control *c)
+{
+    return c->refused;
 }
 
 size_t control_pollfds(struct control *c, struct pollfd *fds, size_t max)
@@ -433,13 +448,71 @@ static void control_client_read(struct control *c, struct control_client *cl)
     }
 }
 
+/* Logs a refused uid the first time it is seen (up to
+ * CONTROL_REFUSED_UIDS uids), at debug level after that. */
+static void control_log_refused(struct control *c, uid_t uid, pid_t pid)
+{
+    for (size_t i = 0; i < c->n_refused_uids; i++) {
+        if (c->refused_uids[i] == uid) {
+            log_debug("control connection refused from uid %u (pid %d) again", (unsigned)uid,
+                      (int)pid);
+            return;
+        }
+    }
+    if (c->n_refused_uids == CONTROL_REFUSED_UIDS) {
+        log_debug("control connection refused from uid %u (pid %d)", (unsigned)uid, (int)pid);
+        return;
+    }
+    c->refused_uids[c->n_refused_uids++] = uid;
+    log_warning("control connection refused from uid %u (pid %d): only root and the daemon's "
+                "user (uid %u) may use the control socket \"%s\"; further refusals of this uid "
+                "are not logged",
+                (unsigned)uid, (int)pid, (unsigned)c->self, c->path);
+}
+
+/* Is the peer of a connection just accepted root or the daemon's own user?
+ * Otherwise the connection is answered with one error line, without
+ * reading the request, and closed: the file's mode is the first gate, and
+ * this one holds even when the mode or the directory was loosened. */
+static int control_peer_allowed(struct control *c, int fd)
+{
+    static const char refusal[] = "{\"ok\":false,\"error\":\"permission denied: only root and "
+                                  "the daemon's user may use the control socket\"}\n";
+    struct ucred peer;
+    socklen_t len = sizeof(peer);
+
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &len) < 0 || len != sizeof(peer)) {
+        log_warning("control connection dropped: cannot tell who it is from: %s", strerror(errno));
+        c->refused++;
+        close(fd);
+        return 0;
+    }
+    if (peer.uid == 0 || peer.uid == c->self)
+        return 1;
+    c->refused++;
+    control_log_refused(c, peer.uid, peer.pid);
+    /* What the peer sent already is discarded first, so that the close
+     * does not reset the connection before the line is read. */
+    char scratch[4096];
+    for (int i = 0; i < 16; i++)
+        if (recv(fd, scratch, sizeof(scratch), MSG_DONTWAIT) <= 0)
+            break;
+    (void)send(fd, refusal, sizeof(refusal) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+    close(fd);
+    return 0;
+}
+
 static void control_accept(struct control *c)
 {
-    for (size_t slot = 0; slot < CONTROL_MAX_CLIENTS; slot++) {
-        /* Only free slots take a connection: the others wait in the
-         * backlog, so the number accepted per call is bounded too. */
-        if (c->clients[slot])
-            continue;
+    /* Only free slots take a connection: the others wait in the backlog.
+     * Refused peers take no slot, so the number of connections taken per
+     * call is bounded on its own: a flood of them cannot hold the loop. */
+    for (int taken = 0; taken < CONTROL_BACKLOG; taken++) {
+        size_t slot = 0;
+        while (slot < CONTROL_MAX_CLIENTS && c->clients[slot])
+            slot++;
+        if (slot == CONTROL_MAX_CLIENTS)
+            return;
         int fd;
         do
             fd = accept4(c->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -450,6 +523,8 @@ static void control_accept(struct control *c)
                             strerror(errno));
             return;
         }
+        if (!control_peer_allowed(c, fd))
+            continue;
         struct control_client *cl = calloc(1, sizeof(*cl));
         if (!cl) {
             log_warning("control connection dropped: out of memory");

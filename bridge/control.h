@@ -3,6 +3,24 @@
  *
  * A Unix stream socket at the configured path, mode 0660. Each connection
  * carries one request line and gets one response line, then is closed.
+ *
+ * Who may talk to it. The daemon creates the socket file, so it is owned
+ * by the daemon's effective uid and gid (the directory's group instead if
+ * the directory is set-group-ID; the unit's /run/remotetask is not): the
+ * mode lets the daemon's user and group connect. Every accepted connection
+ * is then checked with SO_PEERCRED: uid 0 and the daemon's own effective
+ * uid are served; any other uid, members of the daemon's group included,
+ * is refused, as issue 9 asks: the peer gets one line,
+ * {"ok":false,"error":"permission denied: ..."}, without its request being
+ * read, and the connection is closed; no slot is taken. Each refused uid
+ * is logged once at warning level with the uid and the pid (the first
+ * CONTROL_REFUSED_UIDS uids; later ones at debug level) and every refusal
+ * is counted (control_refused()). The group is refused because every
+ * command of the socket acts on the daemon (checkevent publishes, resync
+ * republishes) and BILLmanager's handlers, the only automated callers,
+ * run as root; an operator who is not root uses sudo. taskevent needs no
+ * socket for its effect (it writes the store; telling the daemon is best
+ * effort), so a group member who may write the store still records events.
  * Everything is non-blocking and driven by the daemon's poll loop through
  * control_pollfds(), control_timeout_ms() and control_handle(). At most
  * CONTROL_MAX_CLIENTS connections are served at once (more wait in the
@@ -21,6 +39,7 @@
 
 #include <poll.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <jansson.h>
 
@@ -64,6 +83,12 @@ void control_free(struct control *c);
 
 /* The path it listens on, as given to control_new(). */
 const char *control_path(const struct control *c);
+
+/* Connections refused by the peer check (another uid, or a peer whose
+ * credentials could not be read) since this server was made. A reload
+ * that keeps the socket keeps the server and its count; one that moves
+ * the socket starts a new count. */
+uint64_t control_refused(const struct control *c);
 
 /* Fills fds (at most max entries; CONTROL_MAX_POLLFDS is always enough)
  * with the listener and the client sockets, revents zeroed, and returns
