@@ -15,9 +15,19 @@
 #include <microhttpd.h>
 
 #include "log.h"
+#include "now.h"
 
 #define METRICS_HTTP_PATH         "/metrics"
 #define METRICS_HTTP_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
+
+/* A connection libmicrohttpd holds, and when its current request must be
+ * done (see METRICS_HTTP_REQUEST_S). */
+struct metrics_http_conn {
+    struct MHD_Connection *conn; /* NULL: the entry is free */
+    int fd;
+    int64_t deadline; /* monotonic ms */
+    int cut;          /* shut down already; libmicrohttpd closes it next */
+};
 
 struct metrics_http {
     struct MHD_Daemon *mhd;
@@ -28,6 +38,9 @@ struct metrics_http {
     /* The last message libmicrohttpd logged: it says why a start failed
      * (errno is not reliable after MHD_start_daemon). */
     char last_log[256];
+    /* One entry per connection: libmicrohttpd holds at most
+     * METRICS_HTTP_MAX_CONNECTIONS. */
+    struct metrics_http_conn conns[METRICS_HTTP_MAX_CONNECTIONS];
 };
 
 /* libmicrohttpd's log lines. At run time they are about peers (a
@@ -122,6 +135,76 @@ static enum MHD_Result metrics_http_access(void *cls, struct MHD_Connection *c, 
     return metrics_http_scrape(h, c);
 }
 
+/* A connection starts: its first request is due within
+ * METRICS_HTTP_REQUEST_S. A connection closes: its entry is free again. */
+static void metrics_http_notify(void *cls, struct MHD_Connection *c, void **socket_context,
+                                enum MHD_ConnectionNotificationCode toe)
+{
+    struct metrics_http *h = cls;
+    struct metrics_http_conn *e = *socket_context;
+
+    if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+        if (e)
+            memset(e, 0, sizeof(*e));
+        *socket_context = NULL;
+        return;
+    }
+    const union MHD_ConnectionInfo *fdi =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    for (size_t i = 0; i < METRICS_HTTP_MAX_CONNECTIONS && fdi; i++) {
+        if (h->conns[i].conn)
+            continue;
+        h->conns[i] = (struct metrics_http_conn){
+            .conn = c,
+            .fd = fdi->connect_fd,
+            .deadline = now_mono_ms() + (int64_t)METRICS_HTTP_REQUEST_S * 1000,
+        };
+        *socket_context = &h->conns[i];
+        return;
+    }
+    /* More connections than libmicrohttpd's limit, or no fd: cannot
+     * happen; such a connection has only the idle timeout. */
+    *socket_context = NULL;
+}
+
+/* A request is done (answered, or ended by an error): the next one on the
+ * same connection has METRICS_HTTP_REQUEST_S again. */
+static void metrics_http_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                                   enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)con_cls;
+    (void)toe;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    struct metrics_http_conn *e = ci ? ci->socket_context : NULL;
+    if (e && e->conn == c)
+        e->deadline = now_mono_ms() + (int64_t)METRICS_HTTP_REQUEST_S * 1000;
+}
+
+/* Shuts down the connections whose request is overdue. libmicrohttpd only
+ * closes a connection that has been idle for METRICS_HTTP_TIMEOUT_S, so a
+ * peer that sends a byte now and then (slowloris) would hold its slot for
+ * ever, and with every slot held no scrape would get in. shutdown() leaves
+ * the fd to libmicrohttpd, which sees the end of the stream and closes the
+ * connection itself. Returns how many were cut. */
+static int metrics_http_cut_overdue(struct metrics_http *h)
+{
+    int64_t now = now_mono_ms();
+    int cut = 0;
+    for (size_t i = 0; i < METRICS_HTTP_MAX_CONNECTIONS; i++) {
+        struct metrics_http_conn *e = &h->conns[i];
+        if (!e->conn || e->cut || now < e->deadline)
+            continue;
+        log_debug("metrics endpoint: a request took more than %d s: connection closed",
+                  METRICS_HTTP_REQUEST_S);
+        shutdown(e->fd, SHUT_RDWR);
+        e->cut = 1;
+        cut++;
+    }
+    return cut;
+}
+
 /* Fills sa from host and port. Returns its length, or 0 when host is not
  * an IP literal nor "localhost". */
 static socklen_t metrics_http_addr(const char *host, int port, struct sockaddr_storage *sa)
@@ -179,8 +262,12 @@ struct metrics_http *metrics_http_new(const char *host, int port, metrics_http_r
     h->mhd = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, metrics_http_access, h,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)METRICS_HTTP_MAX_CONNECTIONS,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)METRICS_HTTP_MAX_PER_IP,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)METRICS_HTTP_TIMEOUT_S,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)METRICS_HTTP_MEMORY_LIMIT,
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int)METRICS_HTTP_BACKLOG,
+        MHD_OPTION_NOTIFY_CONNECTION, metrics_http_notify, h,
+        MHD_OPTION_NOTIFY_COMPLETED, metrics_http_completed, h,
         MHD_OPTION_EXTERNAL_LOGGER, metrics_http_logger, h,
         MHD_OPTION_END);
     /* clang-format on */
@@ -227,16 +314,29 @@ int metrics_http_pollfd(const struct metrics_http *h)
 int metrics_http_timeout_ms(const struct metrics_http *h)
 {
     MHD_UNSIGNED_LONG_LONG t;
-    if (MHD_get_timeout(h->mhd, &t) != MHD_YES)
-        return -1;
-    return t > (MHD_UNSIGNED_LONG_LONG)INT_MAX ? INT_MAX : (int)t;
+    int64_t best = -1;
+    if (MHD_get_timeout(h->mhd, &t) == MHD_YES)
+        best = t > (MHD_UNSIGNED_LONG_LONG)INT_MAX ? INT_MAX : (int64_t)t;
+    int64_t now = now_mono_ms();
+    for (size_t i = 0; i < METRICS_HTTP_MAX_CONNECTIONS; i++) {
+        const struct metrics_http_conn *e = &h->conns[i];
+        if (!e->conn || e->cut)
+            continue;
+        int64_t left = e->deadline > now ? e->deadline - now : 0;
+        if (best < 0 || left < best)
+            best = left;
+    }
+    return (int)best;
 }
 
 void metrics_http_handle(struct metrics_http *h)
 {
     /* In external epoll mode MHD_run never blocks: it takes what epoll
-     * reports ready and returns. */
+     * reports ready and returns. A connection cut here is reported by
+     * epoll at once, so a second run closes it and frees its slot. */
     MHD_run(h->mhd);
+    if (metrics_http_cut_overdue(h))
+        MHD_run(h->mhd);
 }
 
 int metrics_http_port(const struct metrics_http *h)

@@ -14,10 +14,23 @@
  * methods on /metrics give 405; any other path gives 404; a render that
  * fails gives 500. What a scraper can make the process hold is bounded:
  * at most METRICS_HTTP_MAX_CONNECTIONS connections (libmicrohttpd stops
- * accepting at the limit: more wait in the kernel's listen queue until one
- * closes), METRICS_HTTP_MEMORY_LIMIT bytes of request per
- * connection, idle connections closed after METRICS_HTTP_TIMEOUT_S
- * seconds, and a body of at most METRICS_HTTP_MAX_BODY bytes.
+ * accepting at the limit: more wait in the kernel's listen queue, of
+ * METRICS_HTTP_BACKLOG, until one closes), of which at most
+ * METRICS_HTTP_MAX_PER_IP from one address (so that one remote host cannot
+ * take every slot; more from it are closed at once),
+ * METRICS_HTTP_MEMORY_LIMIT bytes of request per connection (longer
+ * request lines or headers get 414 or 431), idle connections closed after
+ * METRICS_HTTP_TIMEOUT_S seconds, and a body of at most
+ * METRICS_HTTP_MAX_BODY bytes. A request body is never read: the answer
+ * goes out on the headers and the connection is closed after it.
+ *
+ * Every request must also be received and answered within
+ * METRICS_HTTP_REQUEST_S seconds of the connection's start or of the end
+ * of its previous request, or its connection is closed: the idle timeout
+ * alone lets a peer that sends one byte now and then (slowloris) hold a
+ * slot for ever, and 16 such peers keep every scrape out. Longer than the
+ * idle timeout, so that a request that starts just before a kept-alive
+ * connection would go idle still has time to finish.
  */
 #ifndef RT_METRICS_HTTP_H
 #define RT_METRICS_HTTP_H
@@ -27,7 +40,10 @@
 #include "buf.h"
 
 #define METRICS_HTTP_MAX_CONNECTIONS 16
-#define METRICS_HTTP_TIMEOUT_S       10
+#define METRICS_HTTP_MAX_PER_IP      8
+#define METRICS_HTTP_BACKLOG         64
+#define METRICS_HTTP_TIMEOUT_S       5
+#define METRICS_HTTP_REQUEST_S       10
 #define METRICS_HTTP_MEMORY_LIMIT    ((size_t)32 * 1024)
 #define METRICS_HTTP_MAX_BODY        ((size_t)8 * 1024 * 1024)
 
@@ -57,11 +73,13 @@ void metrics_http_free(struct metrics_http *h);
 int metrics_http_pollfd(const struct metrics_http *h);
 
 /* Milliseconds until metrics_http_handle() must run even if the fd is not
- * readable (a connection's idle timeout): 0 = now, -1 = no deadline. */
+ * readable (a connection's idle timeout or request deadline): 0 = now,
+ * -1 = no deadline. */
 int metrics_http_timeout_ms(const struct metrics_http *h);
 
 /* Accepts connections, reads requests and writes answers that are ready,
- * without blocking, and closes idle connections. Call it after poll() when
+ * without blocking, and closes idle connections and those whose request
+ * is overdue. Call it after poll() when
  * the fd was readable or the timeout expired; calling it more often is
  * harmless. */
 void metrics_http_handle(struct metrics_http *h);

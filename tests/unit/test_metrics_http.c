@@ -4,6 +4,7 @@
  * making the requests), and the body checked by Prometheus' own promtool.
  * promtool comes from Debian's prometheus package; without it the test
  * fails, it does not skip. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -394,17 +395,29 @@ static void failed_render_is_500(void **state)
     assert_int_equal(fx->renders, 2);
 }
 
-static int connect_port(int port)
+/* A TCP connection to 127.0.0.1:port from the loopback address from (all
+ * of 127.0.0.0/8 is this host: a second address is a second "peer" for
+ * the per-address limit). */
+static int connect_from(const char *from, int port)
 {
-    struct sockaddr_in sa;
+    struct sockaddr_in sa, src;
     memset(&sa, 0, sizeof(sa));
     sa.sin_family = AF_INET;
     sa.sin_port = htons((uint16_t)port);
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    memset(&src, 0, sizeof(src));
+    src.sin_family = AF_INET;
+    assert_int_equal(inet_pton(AF_INET, from, &src.sin_addr), 1);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     assert_true(fd >= 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)&src, sizeof(src)), 0);
     assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
     return fd;
+}
+
+static int connect_port(int port)
+{
+    return connect_from("127.0.0.1", port);
 }
 
 /* Drives the server until fd is readable or closed; fails after the
@@ -438,6 +451,31 @@ static int answered_after_a_while(struct metrics_http *h, int fd)
     return p.revents != 0;
 }
 
+/* Connection i of a full house: METRICS_HTTP_MAX_PER_IP from each of
+ * 127.0.0.1, 127.0.0.2, ... */
+static const char *house_addr(size_t i)
+{
+    static const char *const addrs[] = {"127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"};
+    size_t k = i / METRICS_HTTP_MAX_PER_IP;
+    assert_true(k < sizeof(addrs) / sizeof(addrs[0]));
+    return addrs[k];
+}
+
+/* Drives the server until it holds connections (its timeout becomes a
+ * deadline once it holds any), then a few turns more so that it takes
+ * every one waiting. */
+static void wait_held(struct fixture *fx)
+{
+    int64_t deadline = now_ms() + DEADLINE_MS;
+    while (metrics_http_timeout_ms(fx->h) < 0) {
+        if (now_ms() > deadline)
+            fail_msg("the metrics endpoint took no connection within %d ms", DEADLINE_MS);
+        drive(fx->h, NULL, 50);
+    }
+    for (int i = 0; i < 20; i++)
+        drive(fx->h, NULL, 5);
+}
+
 static void connections_are_capped(void **state)
 {
     struct fixture *fx = *state;
@@ -449,26 +487,23 @@ static void connections_are_capped(void **state)
     /* No connection, no deadline. */
     assert_int_equal(metrics_http_timeout_ms(fx->h), -1);
 
-    /* The server takes the first connections up to its limit; it takes
-     * them from the kernel's accept queue in order. Every one of them sends
-     * half a request, so that the server holds it. */
+    /* The server takes the first connections up to its limit, at most
+     * METRICS_HTTP_MAX_PER_IP from one address; it takes them from the
+     * kernel's accept queue in order. Every one of them sends half a
+     * request, so that the server holds it. */
     for (size_t i = 0; i < METRICS_HTTP_MAX_CONNECTIONS; i++) {
-        fds[i] = connect_port(port);
+        fds[i] = connect_from(house_addr(i), port);
         assert_int_equal(send(fds[i], "GET /metrics HTTP/1.1\r\n", 23, MSG_NOSIGNAL), 23);
     }
-    int64_t deadline = now_ms() + DEADLINE_MS;
-    while (metrics_http_timeout_ms(fx->h) < 0) {
-        if (now_ms() > deadline)
-            fail_msg("the metrics endpoint took no connection within %d ms", DEADLINE_MS);
-        drive(fx->h, NULL, 50);
-    }
+    wait_held(fx);
     /* The held connections have their idle timeout as the deadline. */
     int t = metrics_http_timeout_ms(fx->h);
     assert_true(t >= 0 && t <= METRICS_HTTP_TIMEOUT_S * 1000);
 
-    /* One more is left waiting (in the kernel's queue or closed at once,
-     * depending on the libmicrohttpd version): never served meanwhile. */
-    int extra = connect_port(port);
+    /* One more, from an address that has none yet, is left waiting (in
+     * the kernel's queue or closed at once, depending on the
+     * libmicrohttpd version): never served meanwhile. */
+    int extra = connect_from(house_addr(METRICS_HTTP_MAX_CONNECTIONS), port);
     assert_int_equal(send(extra, req, strlen(req), MSG_NOSIGNAL), (ssize_t)strlen(req));
     int answered = answered_after_a_while(fx->h, extra);
     if (answered) {
@@ -495,6 +530,257 @@ static void connections_are_capped(void **state)
     close(extra);
     for (size_t i = 1; i < METRICS_HTTP_MAX_CONNECTIONS; i++)
         close(fds[i]);
+    struct reply r;
+    fetch(fx->h, "GET", "/metrics", &r);
+    assert_int_equal(r.code, 200);
+    reply_release(&r);
+}
+
+/* One address holds at most METRICS_HTTP_MAX_PER_IP connections: one more
+ * from it is closed at once, while another address is served. */
+static void one_address_cannot_take_every_slot(void **state)
+{
+    struct fixture *fx = *state;
+    int port = metrics_http_port(fx->h);
+    int fds[METRICS_HTTP_MAX_PER_IP];
+    char data[4096];
+    static const char req[] = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+
+    for (size_t i = 0; i < METRICS_HTTP_MAX_PER_IP; i++) {
+        fds[i] = connect_from("127.0.0.2", port);
+        assert_int_equal(send(fds[i], "GET /metrics HTTP/1.1\r\n", 23, MSG_NOSIGNAL), 23);
+    }
+    wait_held(fx);
+    int more = connect_from("127.0.0.2", port);
+    send(more, req, strlen(req), MSG_NOSIGNAL);
+    ssize_t n = wait_readable(fx->h, more, data, sizeof(data) - 1);
+    assert_true(n <= 0); /* closed without an answer */
+    close(more);
+
+    struct reply r;
+    fetch(fx->h, "GET", "/metrics", &r); /* from 127.0.0.1 */
+    assert_int_equal(r.code, 200);
+    reply_release(&r);
+    for (size_t i = 0; i < METRICS_HTTP_MAX_PER_IP; i++)
+        close(fds[i]);
+}
+
+/* ---- the worst requests ---- */
+
+static size_t count_fds(void)
+{
+    size_t n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    assert_non_null(d);
+    while (readdir(d))
+        n++;
+    closedir(d);
+    return n;
+}
+
+/* Sends data on a new connection (as much as the server takes: it may
+ * close first), then reads until the server closes; returns the first
+ * bytes of what came back (malloc'ed, NUL-terminated) and in *answers how
+ * many status lines it held. */
+static char *raw_exchange(struct fixture *fx, const void *data, size_t len, int *answers)
+{
+    int fd = connect_port(metrics_http_port(fx->h));
+    assert_int_equal(fcntl(fd, F_SETFL, O_NONBLOCK), 0);
+    struct buf in;
+    buf_init(&in, 8 * 1024 * 1024);
+    size_t off = 0;
+    int writing = 1;
+    int64_t deadline = now_ms() + DEADLINE_MS;
+    for (;;) {
+        if (now_ms() > deadline)
+            fail_msg("the metrics endpoint did not close within %d ms (%zu of %zu bytes sent)",
+                     DEADLINE_MS, off, len);
+        while (writing && off < len) {
+            ssize_t n = send(fd, (const char *)data + off, len - off, MSG_NOSIGNAL);
+            if (n > 0) {
+                off += (size_t)n;
+                continue;
+            }
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+                break;
+            writing = 0;
+        }
+        char chunk[16384];
+        ssize_t n = recv(fd, chunk, sizeof(chunk), 0);
+        if (n > 0) {
+            assert_int_equal(buf_append(&in, chunk, (size_t)n), 0);
+            continue;
+        }
+        if (n == 0 || (n < 0 && errno == ECONNRESET))
+            break;
+        assert_true(errno == EAGAIN || errno == EWOULDBLOCK);
+        drive(fx->h, NULL, 10);
+    }
+    close(fd);
+    int count = 0;
+    for (const char *p = buf_cstr(&in); (p = strstr(p, "HTTP/1.1 ")) != NULL; p += 9)
+        count++;
+    *answers = count;
+    return buf_steal(&in);
+}
+
+/* The answer to data starts with want ("" = the connection is closed
+ * without an answer). */
+static void expect_answer(struct fixture *fx, const void *data, size_t len, const char *want)
+{
+    int answers = 0;
+    char *got = raw_exchange(fx, data, len, &answers);
+    if (*want ? strncmp(got, want, strlen(want)) != 0 : *got != '\0')
+        fail_msg("wanted \"%s\", got \"%.100s\"", want, got);
+    free(got);
+}
+
+static void worst_requests(void **state)
+{
+    struct fixture *fx = *state;
+    size_t fds_before = count_fds();
+    int answers = 0;
+
+    /* Headers past the connection's memory limit: 431, however they
+     * come (one huge header, or thousands of small ones). */
+    size_t big_len = 4 * METRICS_HTTP_MEMORY_LIMIT;
+    char *big = malloc(big_len + 256);
+    assert_non_null(big);
+    int h = snprintf(big, 256, "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: ");
+    memset(big + h, 'a', big_len);
+    memcpy(big + h + big_len, "\r\n\r\n", 4);
+    expect_answer(fx, big, (size_t)h + big_len + 4, "HTTP/1.1 431");
+    size_t off = (size_t)snprintf(big, 256, "GET /metrics HTTP/1.1\r\nHost: x\r\n");
+    while (off + 16 < big_len) {
+        memcpy(big + off, "X-A: b\r\n", 8);
+        off += 8;
+    }
+    memcpy(big + off, "\r\n", 2);
+    expect_answer(fx, big, off + 2, "HTTP/1.1 431");
+    /* A request line past it: 414. */
+    memcpy(big, "GET /", 5);
+    memset(big + 5, 'a', big_len);
+    memcpy(big + 5 + big_len, " HTTP/1.1\r\n\r\n", 13);
+    expect_answer(fx, big, 5 + big_len + 13, "HTTP/1.1 414");
+    free(big);
+
+    /* A body of 100 MB announced, 2 MB of it sent: the answer goes out on
+     * the headers and the connection is closed; the body is not read. */
+    size_t body_len = 2 * 1024 * 1024;
+    char *post = malloc(body_len + 256);
+    assert_non_null(post);
+    h = snprintf(post, 256, "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n",
+                 100 * 1024 * 1024);
+    memset(post + h, 'b', body_len);
+    expect_answer(fx, post, (size_t)h + body_len, "HTTP/1.1 405");
+    h = snprintf(post, 256, "GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n",
+                 100 * 1024 * 1024);
+    memset(post + h, 'b', body_len);
+    char *got = raw_exchange(fx, post, (size_t)h + body_len, &answers);
+    assert_int_equal(answers, 1);
+    free(got);
+    free(post);
+
+    /* Bad request lines, binary, other methods and paths. */
+    static const char garbage[] = "GARBAGE\r\n\r\n";
+    expect_answer(fx, garbage, sizeof(garbage) - 1, "");
+    static const char http09[] = "GET /metrics\r\n\r\n";
+    expect_answer(fx, http09, sizeof(http09) - 1, "HTTP/1.1 400");
+    static const char binary[] = "\x00\x01\xff\xfe\r\n\x80\x81\r\n\r\n";
+    got = raw_exchange(fx, binary, sizeof(binary) - 1, &answers);
+    assert_true(answers == 0 || strncmp(got, "HTTP/1.1 400", 12) == 0);
+    free(got);
+    static const char del[] = "DELETE /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    expect_answer(fx, del, sizeof(del) - 1, "HTTP/1.1 405");
+    static const char up[] =
+        "GET /../../etc/passwd HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    expect_answer(fx, up, sizeof(up) - 1, "HTTP/1.1 404");
+    static const char chunked[] =
+        "POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "ffffffffffffffff\r\nxxxx";
+    expect_answer(fx, chunked, sizeof(chunked) - 1, "HTTP/1.1 404");
+
+    /* Pipelined requests: libmicrohttpd 0.9.75 answers the first and
+     * closes the connection ("Connection: close"), dropping the rest; a
+     * version that serves pipelines answers each in order. Either way one
+     * render per answered scrape, and the connection ends. */
+    struct buf pipe;
+    buf_init(&pipe, 64 * 1024);
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(buf_append_str(&pipe, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"), 0);
+    assert_int_equal(
+        buf_append_str(&pipe, "GET /nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), 0);
+    int renders = fx->renders;
+    got = raw_exchange(fx, pipe.data, pipe.len, &answers);
+    assert_true(answers >= 1 && answers <= 21);
+    assert_int_equal(strncmp(got, "HTTP/1.1 200", 12), 0);
+    assert_int_equal(fx->renders, renders + (answers < 20 ? answers : 20));
+    assert_true(answers < 21 || strstr(got, "HTTP/1.1 404"));
+    free(got);
+    buf_release(&pipe);
+
+    /* A reset in the middle of a request. */
+    int fd = connect_port(metrics_http_port(fx->h));
+    assert_int_equal(send(fd, "GET /metrics HTTP/1.1\r\nHo", 26, MSG_NOSIGNAL), 26);
+    for (int i = 0; i < 10; i++)
+        drive(fx->h, NULL, 5);
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
+    close(fd);
+
+    /* Afterwards: every connection closed, no descriptor more than before,
+     * and a scrape is served. */
+    int64_t deadline = now_ms() + DEADLINE_MS;
+    while (metrics_http_timeout_ms(fx->h) >= 0 || count_fds() != fds_before) {
+        if (now_ms() > deadline)
+            fail_msg("the endpoint still holds connections (%zu fds, %zu before)", count_fds(),
+                     fds_before);
+        drive(fx->h, NULL, 50);
+    }
+    struct reply r;
+    fetch(fx->h, "GET", "/metrics", &r);
+    assert_int_equal(r.code, 200);
+    reply_release(&r);
+}
+
+/* A peer that sends a byte now and then is never idle, so the idle
+ * timeout alone would let it hold its slot for ever; the request deadline
+ * closes it. */
+static void slowloris_is_cut_at_the_request_deadline(void **state)
+{
+    struct fixture *fx = *state;
+    int fd = connect_port(metrics_http_port(fx->h));
+    assert_int_equal(fcntl(fd, F_SETFL, O_NONBLOCK), 0);
+    static const char req[] = "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+    assert_int_equal(send(fd, req, sizeof(req) - 1, MSG_NOSIGNAL), (ssize_t)(sizeof(req) - 1));
+
+    /* One byte every 200 ms, well inside the idle timeout, until the
+     * server closes the connection. */
+    int64_t start = now_ms(), next = start;
+    int64_t deadline =
+        start + (METRICS_HTTP_REQUEST_S + METRICS_HTTP_TIMEOUT_S) * 1000 + DEADLINE_MS;
+    size_t sent = 0;
+    for (;;) {
+        if (now_ms() > deadline)
+            fail_msg("a connection trickling one byte every 200 ms was still open after %lld ms",
+                     (long long)(now_ms() - start));
+        if (now_ms() >= next) {
+            if (send(fd, "a", 1, MSG_NOSIGNAL) != 1)
+                break; /* reset: closed */
+            sent++;
+            next = now_ms() + 200;
+        }
+        char c;
+        ssize_t n = recv(fd, &c, 1, 0);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
+            break;
+        assert_true(n < 0); /* no answer to half a request */
+        drive(fx->h, NULL, 20);
+    }
+    close(fd);
+    /* It was kept past the idle timeout: the idle timeout did not close it
+     * (a byte came every 200 ms), the request deadline did. */
+    assert_true(sent > (size_t)METRICS_HTTP_TIMEOUT_S * 5);
     struct reply r;
     fetch(fx->h, "GET", "/metrics", &r);
     assert_int_equal(r.code, 200);
@@ -688,6 +974,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(other_paths_and_methods, setup, teardown),
         cmocka_unit_test_setup_teardown(failed_render_is_500, setup, teardown),
         cmocka_unit_test_setup_teardown(connections_are_capped, setup, teardown),
+        cmocka_unit_test_setup_teardown(one_address_cannot_take_every_slot, setup, teardown),
+        cmocka_unit_test_setup_teardown(worst_requests, setup, teardown),
+        cmocka_unit_test_setup_teardown(slowloris_is_cut_at_the_request_deadline, setup, teardown),
         cmocka_unit_test_setup_teardown(addresses, setup, teardown),
         cmocka_unit_test_setup_teardown(api_call_observed_once_across_relogin, setup, teardown),
     };
