@@ -22,6 +22,11 @@
 
 struct daemon {
     struct config *cfg; /* the running configuration, owned */
+    /* The exclusive lock on <state_dir>/remotetaskd.lock: one daemon works
+     * a store at a time; another on the same state_dir stands by. */
+    int lock_fd;
+    int standby; /* the lock is another process's: waiting for it */
+    int64_t standby_next; /* monotonic ms: the next try */
     struct store *st;
     struct control *ctl;
     struct metrics_http *mh; /* NULL when metrics.listen is not set */

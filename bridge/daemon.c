@@ -1,7 +1,11 @@
 #include "daemon.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +24,10 @@
 #define DAEMON_MAX_WAIT_MS 5000
 /* How soon a failed rebuild of the components is tried again. */
 #define DAEMON_REBUILD_RETRY_MS 5000
+/* How often a standby daemon tries the lock of the active one. The kernel
+ * drops a lock the moment its holder dies, so this is the takeover time. */
+#define DAEMON_STANDBY_POLL_MS 250
+#define DAEMON_LOCK_NAME "remotetaskd.lock"
 
 /* Set by the signal handlers, read by the loop: the only thing a handler
  * does. Signals are blocked outside ppoll(), so they are seen at once. */
@@ -111,13 +119,102 @@ static void daemon_core_retire(struct daemon *d)
     d->core = NULL;
 }
 
+/* ---- the one active daemon of a state_dir --------------------------- */
+
+/* Creates dir and its missing parents (mode 0750), as store_open() does. */
+static int daemon_mkdirs(const char *dir)
+{
+    char path[4096];
+    if (snprintf(path, sizeof(path), "%s", dir) >= (int)sizeof(path))
+        return -1;
+    for (char *p = path + 1;; p++) {
+        if (*p == '/' || !*p) {
+            char c = *p;
+            *p = '\0';
+            if (mkdir(path, 0750) < 0 && errno != EEXIST)
+                return -1;
+            if (!c)
+                return 0;
+            *p = c;
+        }
+    }
+}
+
+/* Opens the lock file of the state_dir. Returns the fd, or -1 with err. */
+static int daemon_lock_open(const char *state_dir, char *err, size_t errlen)
+{
+    char path[4096];
+    if (daemon_mkdirs(state_dir) < 0 ||
+        snprintf(path, sizeof(path), "%s/%s", state_dir, DAEMON_LOCK_NAME) >= (int)sizeof(path)) {
+        snprintf(err, errlen, "cannot create the state directory \"%s\": %s", state_dir,
+                 strerror(errno));
+        return -1;
+    }
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+    if (fd < 0)
+        snprintf(err, errlen, "cannot open \"%s\": %s", path, strerror(errno));
+    return fd;
+}
+
+/* Takes the lock if it is free: 1 taken, 0 held by another process. The
+ * holder writes its pid into the file for the standby's log line. */
+static int daemon_lock_try(int fd)
+{
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0)
+        return 0;
+    char pid[32];
+    int n = snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) == 0 && pwrite(fd, pid, (size_t)n, 0) != n)
+        log_debug("cannot write the pid into the lock file");
+    return 1;
+}
+
+/* The pid the lock file names, 0 when unknown. */
+static long daemon_lock_holder(int fd)
+{
+    char buf[32] = {0};
+    ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+    return n > 0 ? strtol(buf, NULL, 10) : 0;
+}
+
 /* ---- lifecycle ------------------------------------------------------ */
 
-struct daemon *daemon_new(struct config *cfg, char *err, size_t errlen)
+/* What the active daemon opens once it holds the lock: the store, the
+ * control socket, the metrics endpoint and the core. */
+static int daemon_open(struct daemon *d, char *err, size_t errlen)
 {
     char why[CORE_ERR_MAX];
     const struct control_command *commands;
     size_t n_commands;
+    const struct config *cfg = d->cfg;
+
+    d->st = store_open(cfg->state_dir, why, sizeof(why));
+    if (!d->st) {
+        snprintf(err, errlen, "cannot open the store in \"%s\": %s", cfg->state_dir, why);
+        return -1;
+    }
+    commands = commands_table(&n_commands);
+    d->ctl = control_new(cfg->control_socket, commands, n_commands, d, why, sizeof(why));
+    if (!d->ctl) {
+        snprintf(err, errlen, "%s", why);
+        return -1;
+    }
+    if (cfg->metrics.enabled) {
+        d->mh = metrics_http_new(cfg->metrics.host, cfg->metrics.port, daemon_metrics_render, d,
+                                 why, sizeof(why));
+        if (!d->mh) {
+            snprintf(err, errlen, "metrics.listen: %s", why);
+            return -1;
+        }
+    }
+    d->core = daemon_core_new(d, cfg, d->st, err, errlen);
+    if (!d->core)
+        return -1;
+    return 0;
+}
+
+struct daemon *daemon_new(struct config *cfg, char *err, size_t errlen)
+{
     struct daemon *d = calloc(1, sizeof(*d));
     if (!d) {
         snprintf(err, errlen, "out of memory");
@@ -125,37 +222,82 @@ struct daemon *daemon_new(struct config *cfg, char *err, size_t errlen)
         return NULL;
     }
     d->cfg = cfg;
+    d->lock_fd = -1;
     if (observe_init(&d->obs) < 0) {
         snprintf(err, errlen, "out of memory");
         goto free_daemon;
     }
-    d->st = store_open(cfg->state_dir, why, sizeof(why));
-    if (!d->st) {
-        snprintf(err, errlen, "cannot open the store in \"%s\": %s", cfg->state_dir, why);
+    d->lock_fd = daemon_lock_open(cfg->state_dir, err, errlen);
+    if (d->lock_fd < 0)
         goto free_daemon;
+    if (!daemon_lock_try(d->lock_fd)) {
+        /* Another remotetaskd works this store (an active one of a pair on
+         * one host): this one waits, holding nothing, and takes over the
+         * moment the other one ends. */
+        d->standby = 1;
+        return d;
     }
-    commands = commands_table(&n_commands);
-    d->ctl = control_new(cfg->control_socket, commands, n_commands, d, why, sizeof(why));
-    if (!d->ctl) {
-        snprintf(err, errlen, "%s", why);
-        goto free_daemon;
-    }
-    if (cfg->metrics.enabled) {
-        d->mh = metrics_http_new(cfg->metrics.host, cfg->metrics.port, daemon_metrics_render, d,
-                                 why, sizeof(why));
-        if (!d->mh) {
-            snprintf(err, errlen, "metrics.listen: %s", why);
-            goto free_daemon;
-        }
-    }
-    d->core = daemon_core_new(d, cfg, d->st, err, errlen);
-    if (!d->core)
+    if (daemon_open(d, err, errlen) < 0)
         goto free_daemon;
     return d;
 
 free_daemon:
     daemon_free(d);
     return NULL;
+}
+
+int daemon_standby(const struct daemon *d)
+{
+    return d && d->standby;
+}
+
+/* SIGHUP while standing by: the new file is checked and kept for the
+ * takeover; an invalid one changes nothing. */
+static void daemon_standby_reload(struct daemon *d)
+{
+    char err[CONFIG_ERR_MAX];
+    struct config *cfg = config_load(d->cfg->file, err, sizeof(err));
+    if (!cfg) {
+        log_error("configuration not reloaded, keeping the running one: %s", err);
+        return;
+    }
+    if (strcmp(cfg->state_dir, d->cfg->state_dir) != 0)
+        log_warning("state_dir changed to \"%s\": a standby keeps waiting for \"%s\" until it "
+                    "restarts",
+                    cfg->state_dir, d->cfg->state_dir);
+    config_free(d->pending);
+    d->pending = NULL;
+    struct config *old = d->cfg;
+    /* The lock stays the one of the old state_dir. */
+    free(cfg->state_dir);
+    cfg->state_dir = strdup(old->state_dir);
+    if (!cfg->state_dir) {
+        config_free(cfg);
+        return;
+    }
+    d->cfg = cfg;
+    config_free(old);
+    log_set_level(cfg->log_level);
+    log_info("configuration reloaded from \"%s\" (standing by)", cfg->file);
+}
+
+/* A standby's turn of the loop: try the lock; once it is ours, open
+ * everything as a starting daemon would. Returns -1 when that fails. */
+static int daemon_standby_step(struct daemon *d, int64_t now)
+{
+    char err[CORE_ERR_MAX];
+    if (now < d->standby_next)
+        return 0;
+    d->standby_next = now + DAEMON_STANDBY_POLL_MS;
+    if (!daemon_lock_try(d->lock_fd))
+        return 0;
+    d->standby = 0;
+    log_info("the active remotetaskd of \"%s\" is gone: taking over", d->cfg->state_dir);
+    if (daemon_open(d, err, sizeof(err)) < 0) {
+        log_error("cannot take over: %s", err);
+        return -1;
+    }
+    return 0;
 }
 
 void daemon_free(struct daemon *d)
@@ -168,6 +310,8 @@ void daemon_free(struct daemon *d)
     metrics_http_free(d->mh);
     observe_release(&d->obs);
     store_free(d->st);
+    if (d->lock_fd >= 0)
+        close(d->lock_fd); /* releases the lock for a standby */
     config_free(d->pending);
     config_free(d->cfg);
     free(d->fds);
@@ -466,9 +610,33 @@ int daemon_run(struct daemon *d)
     sigemptyset(&ign.sa_mask);
     sigaction(SIGPIPE, &ign, &old_pipe);
 
-    daemon_log_start(d);
+    if (d->standby)
+        log_info("remotetaskd %s standing by: another remotetaskd (pid %ld) works \"%s\"; "
+                 "taking over when it ends",
+                 RT_VERSION, daemon_lock_holder(d->lock_fd), d->cfg->state_dir);
+    else
+        daemon_log_start(d);
     for (;;) {
         int64_t now = now_mono_ms();
+        if (d->standby) {
+            /* Holding nothing: no socket, no store, no broker. */
+            if (daemon_sig_stop)
+                break;
+            if (daemon_sig_hup) {
+                daemon_sig_hup = 0;
+                daemon_standby_reload(d);
+            }
+            if (daemon_standby_step(d, now) < 0) {
+                status = 1;
+                break;
+            }
+            if (d->standby) {
+                struct timespec ts = {.tv_sec = 0, .tv_nsec = DAEMON_STANDBY_POLL_MS * 1000000L};
+                (void)ppoll(NULL, 0, &ts, &wait_mask);
+                continue;
+            }
+            daemon_log_start(d);
+        }
         if (daemon_sig_stop && !d->stopping) {
             d->stopping = 1;
             d->stop_deadline = now + DAEMON_STOP_DRAIN_MS;

@@ -26,6 +26,16 @@
  *
  * A core that cannot be rebuilt (its parts failed to set up) is tried
  * again every 5 s; meanwhile the control socket answers.
+ *
+ * One daemon works a store at a time: it holds an exclusive lock on
+ * <state_dir>/remotetaskd.lock (flock) for its life. A second daemon
+ * started on the same state_dir (an active/standby pair on one host, the
+ * same configuration file) stands by: it opens nothing (no store, no
+ * control socket, no metrics endpoint, no broker connection, so it holds
+ * no delivery), tries the lock every 250 ms and, the moment the kernel
+ * drops it (the active one stopped or died), opens everything and works
+ * as a daemon that just started. SIGTERM ends a standby at once, SIGHUP
+ * checks and keeps the file for the takeover.
  */
 #ifndef RT_DAEMON_H
 #define RT_DAEMON_H
@@ -41,13 +51,18 @@
 struct daemon;
 
 /* Builds a daemon from cfg, which it takes over (freed by daemon_free, or
- * replaced on reload): opens the store in cfg->state_dir, makes the
+ * replaced on reload): takes the state_dir's lock (when another daemon
+ * holds it, the daemon stands by and opens the rest when it takes over:
+ * see above), opens the store in cfg->state_dir, makes the
  * BILLmanager client, the broker object (not connected yet), the
  * components of the configured roles and binds the control socket.
  * Returns NULL with a reason in err when any of these fails (the store
  * cannot be opened, the control socket cannot be bound or another daemon
  * answers on it); cfg is then freed too. */
 struct daemon *daemon_new(struct config *cfg, char *err, size_t errlen);
+
+/* 1 while the daemon stands by for another one on its state_dir. */
+int daemon_standby(const struct daemon *d);
 
 /* Runs the loop until SIGTERM or SIGINT. Blocks SIGTERM, SIGINT and SIGHUP
  * outside ppoll(), installs flag-setting handlers for them, ignores
