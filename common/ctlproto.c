@@ -164,10 +164,15 @@ static rt_status ctlproto_connect(int fd, const struct sockaddr_un *addr, int64_
     }
 }
 
+/* Sends all of data before deadline. *peer_closed is set when the daemon
+ * closed the connection first (EPIPE, ECONNRESET): it may have answered
+ * before it did. */
 static rt_status ctlproto_send_all(int fd, const char *data, size_t len, int64_t deadline,
-                                   const char *path, int timeout_ms, char *err, size_t errlen)
+                                   const char *path, int timeout_ms, int *peer_closed, char *err,
+                                   size_t errlen)
 {
     size_t off = 0;
+    *peer_closed = 0;
     while (off < len) {
         ssize_t n = send(fd, data + off, len - off, MSG_NOSIGNAL);
         if (n > 0) {
@@ -186,6 +191,7 @@ static rt_status ctlproto_send_all(int fd, const char *data, size_t len, int64_t
                 return RT_RETRY;
             }
         }
+        *peer_closed = errno == EPIPE || errno == ECONNRESET;
         snprintf(err, errlen, "cannot send to remotetaskd on \"%s\": %s", path, strerror(errno));
         return RT_RETRY;
     }
@@ -245,6 +251,7 @@ rt_status ctlproto_request(const char *socket_path, const json_t *req, json_t **
     struct buf in;
     size_t req_len, line_len = 0;
     char why[CTLPROTO_ERR_MAX];
+    int peer_closed = 0;
     rt_status st;
 
     *resp = NULL;
@@ -269,12 +276,22 @@ rt_status ctlproto_request(const char *socket_path, const json_t *req, json_t **
     st = ctlproto_connect(fd, &addr, deadline, err, errlen);
     if (st != RT_OK)
         goto close_fd;
-    st = ctlproto_send_all(fd, line, req_len, deadline, socket_path, timeout_ms, err, errlen);
-    if (st != RT_OK)
-        goto close_fd;
-    st = ctlproto_read_line(fd, &in, &line_len, deadline, socket_path, timeout_ms, err, errlen);
-    if (st != RT_OK)
-        goto close_fd;
+    st = ctlproto_send_all(fd, line, req_len, deadline, socket_path, timeout_ms, &peer_closed, err,
+                           errlen);
+    if (st != RT_OK) {
+        /* A daemon that refuses a connection (a peer it does not serve)
+         * answers and closes as soon as it accepts, which is often before
+         * the request is sent: its answer says why, which is worth more
+         * than the send error. Without an answer the send error stands. */
+        char read_err[CTLPROTO_ERR_MAX];
+        if (!peer_closed || ctlproto_read_line(fd, &in, &line_len, deadline, socket_path,
+                                               timeout_ms, read_err, sizeof(read_err)) != RT_OK)
+            goto close_fd;
+    } else {
+        st = ctlproto_read_line(fd, &in, &line_len, deadline, socket_path, timeout_ms, err, errlen);
+        if (st != RT_OK)
+            goto close_fd;
+    }
     st = ctlproto_decode(in.data, line_len, resp, why, sizeof(why));
     if (st != RT_OK)
         snprintf(err, errlen, "remotetaskd on \"%s\" answered a bad line: %s", socket_path, why);

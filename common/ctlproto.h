@@ -64,7 +64,9 @@ int ctlproto_addr(const char *path, struct sockaddr_un *addr, char *err, size_t 
 /* Sends one request to the daemon listening on socket_path and waits for
  * its answer, all of it within timeout_ms (connect, write and read).
  * RT_OK: *resp is a new reference to the answer object (json_decref it);
- * whether the command worked is in its "ok" member.
+ * whether the command worked is in its "ok" member. A daemon may answer
+ * and close before it has read the request (a peer it does not serve):
+ * that answer is returned as RT_OK too.
  * RT_RETRY: the daemon is not there (no socket file, nothing listening),
  * did not answer in time, or closed without an answer; err says which in a
  * sentence an operator can act on.
