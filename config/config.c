@@ -184,7 +184,7 @@ static const struct item config_items[] = {
     /* Its upper bound is billmanager.timeout, checked in check_billmgr. */
     INT("billmanager.connect_timeout", IT_INT, 10, 1, 3600, billmanager.connect_timeout),
     INT("billmanager.max_inflight", IT_INT, 16, 1, 256, billmanager.max_inflight),
-    INT("billmanager.max_response", IT_SIZE, 16777216, 65536, 1073741824, billmanager.max_response),
+    INT("billmanager.max_response", IT_SIZE, 4194304, 65536, 1073741824, billmanager.max_response),
     STR("billmanager.ca_file", IT_FILE, 0, "", 0, CONFIG_STRING_MAX, billmanager.ca_file, NULL),
     BOOL("billmanager.verify_tls", 1, billmanager.verify_tls),
     GROUP("billmanager.api", 0, NO_FIELD),

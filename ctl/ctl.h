@@ -60,6 +60,13 @@ int ctl_dlq(const struct ctl_args *args);
  * refuses. */
 int ctl_resync(const struct ctl_args *args);
 
+/* remotetaskctl --command broker-setup: prints, for this configuration,
+ * the rabbitmqctl commands that create every AMQP user it names (each
+ * add_user reads its password from standard input) with least-privilege
+ * permissions per role (ctl_broker_setup.c says which). Runs nothing,
+ * prints no secret. */
+int ctl_broker_setup(const struct ctl_args *args);
+
 /* remotetaskctl --command checkevent [--timeout S]: asks the server side
  * for the state of this client's tasks now, waits for it to be applied
  * (60 s by default) and prints "checkevent: M tasks updated (N states

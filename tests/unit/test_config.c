@@ -389,7 +389,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->billmanager.timeout, 30);
     assert_int_equal(cfg->billmanager.connect_timeout, 10);
     assert_int_equal(cfg->billmanager.max_inflight, 16);
-    assert_int_equal(cfg->billmanager.max_response, 16777216);
+    assert_int_equal(cfg->billmanager.max_response, 4194304);
     assert_string_equal(cfg->billmanager.ca_file, "");
     assert_true(cfg->billmanager.verify_tls);
     const struct config_billmgr_api *api = &cfg->billmanager.api;
