@@ -10,7 +10,9 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -36,6 +38,10 @@
 /* remotetaskctl's output kept when it printed no JSON. */
 #define FAULTS_OUTPUT_KEEP 400
 #define FAULTS_CONFIRM_MS  30000
+/* remotetaskctl status, as harness_ctl allows any command. */
+#define FAULTS_STATUS_MS 30000
+/* An integrity check of a small store, or a checkpoint. */
+#define FAULTS_SQLITE_MS 60000
 /* A scrape of /metrics is a few KiB. */
 #define FAULTS_SCRAPE_MAX ((size_t)4 * 1024 * 1024)
 
@@ -51,6 +57,9 @@ static struct {
     char taps[FAULTS_MAX_TAPS][BROKER_NAME_MAX];
     size_t n_taps;
     int passed; /* set by a fault_report that found nothing wrong */
+    /* The records of a case begun and not reported yet (the fault_result
+     * itself lives on the case's stack, gone when the case failed). */
+    json_t *running[4];
 } faults;
 
 /* ---- the node, scenarios and clean-up ------------------------------ */
@@ -142,6 +151,11 @@ int faults_teardown(void **state)
     }
     faults.n_scenarios = 0;
     faults.passed = 0;
+    /* A case that failed before its report still holds its records. */
+    for (size_t i = 0; i < 4; i++) {
+        json_decref(faults.running[i]);
+        faults.running[i] = NULL;
+    }
     return 0;
 }
 
@@ -319,6 +333,75 @@ int faults_ctl(const char *config, const char *const *args, char **out)
         text[--n] = '\0';
     *out = text;
     return rc;
+}
+
+/* ---- the stores -------------------------------------------------------- */
+
+char *faults_store_path(char *buf, size_t len, const char *state_dir)
+{
+    snprintf(buf, len, "%s/remotetask.db", state_dir);
+    return buf;
+}
+
+int faults_sqlite(const char *db, const char *sql, char *out, size_t len)
+{
+    int outp[2];
+    if (pipe2(outp, O_CLOEXEC) != 0)
+        fail_msg("pipe: %s", strerror(errno));
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        fail_msg("fork: %s", strerror(errno));
+    if (pid == 0) {
+        dup2(outp[1], STDOUT_FILENO);
+        dup2(outp[1], STDERR_FILENO);
+        int devnull = open("/dev/null", O_RDONLY);
+        if (devnull >= 0)
+            dup2(devnull, STDIN_FILENO);
+        /* The daemons write the store meanwhile: wait for their locks as
+         * they wait for each other's. */
+        execlp("sqlite3", "sqlite3", "-batch", "-cmd", ".timeout 10000", db, sql, (char *)NULL);
+        fprintf(stderr, "cannot run sqlite3: %s\n", strerror(errno));
+        _exit(127);
+    }
+    close(outp[1]);
+    size_t got = 0;
+    long long deadline = harness_now_ms() + FAULTS_SQLITE_MS;
+    for (;;) {
+        long long left = deadline - harness_now_ms();
+        struct pollfd p = {.fd = outp[0], .events = POLLIN};
+        if (left <= 0 || poll(&p, 1, (int)left) <= 0) {
+            kill(pid, SIGKILL);
+            break;
+        }
+        char chunk[1024];
+        ssize_t n = read(outp[0], chunk, sizeof(chunk));
+        if (n <= 0)
+            break;
+        size_t keep = got + (size_t)n < len ? (size_t)n : len - 1 - got;
+        memcpy(out + got, chunk, keep);
+        got += keep;
+    }
+    close(outp[0]);
+    out[got] = '\0';
+    while (got && (out[got - 1] == '\n' || out[got - 1] == ' '))
+        out[--got] = '\0';
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    if (harness_now_ms() >= deadline)
+        fail_msg("sqlite3 on %s did not end within %d ms", db, FAULTS_SQLITE_MS);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 127)
+        fail_msg("cannot run sqlite3 (Debian's sqlite3 package): %s", out);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+int faults_store_ok(const char *state_dir, char *out, size_t len)
+{
+    char db[PATH_MAX];
+    faults_store_path(db, sizeof(db), state_dir);
+    int rc = faults_sqlite(db, "PRAGMA integrity_check;", out, len);
+    return rc == 0 && strcmp(out, "ok") == 0;
 }
 
 /* ---- metrics ------------------------------------------------------------ */
@@ -639,6 +722,10 @@ void fault_begin(struct fault_result *r, struct harness_scenario *s, const char 
     r->notes = faults_new_array();
     r->checks = faults_new_array();
     n_marks = 0;
+    faults.running[0] = r->logged;
+    faults.running[1] = r->status;
+    faults.running[2] = r->notes;
+    faults.running[3] = r->checks;
     /* A case that dies before its report (a harness failure, a crash)
      * still shows in the report: its last line says it did not finish. */
     char path[PATH_MAX], line[256];
@@ -822,10 +909,25 @@ json_t *faults_json_path(json_t *doc, const char *path)
 json_t *fault_status(struct fault_result *r, const char *who, const struct harness_daemon *d,
                      const char *when, const char *const *members)
 {
+    return fault_status_within(r, who, d, when, members, FAULTS_STATUS_MS);
+}
+
+json_t *fault_status_within(struct fault_result *r, const char *who, const struct harness_daemon *d,
+                            const char *when, const char *const *members, long long timeout_ms)
+{
     struct harness_status st;
     struct harness_proc p;
     int have_proc = harness_daemon_proc(d, &p) == 0;
-    harness_daemon_status(d, &st);
+    harness_daemon_status_within(d, &st, timeout_ms);
+    if (st.exit_code == -1) {
+        /* What it printed before it was killed is kept below. */
+        char killed[FAULTS_OUTPUT_KEEP];
+        snprintf(killed, sizeof(killed), "no answer within %lld ms (killed)%s%.300s", timeout_ms,
+                 st.output[0] ? "; it had printed: " : "", st.output);
+        free(st.output);
+        if (!(st.output = strdup(killed)))
+            fail_msg("out of memory");
+    }
     json_t *m = json_object();
     if (!m)
         fail_msg("out of memory");
@@ -964,6 +1066,7 @@ static int faults_append(json_t *o, char *path, size_t len)
 
 static void faults_release(struct fault_result *r)
 {
+    memset(faults.running, 0, sizeof(faults.running));
     json_decref(r->logged);
     json_decref(r->status);
     json_decref(r->notes);

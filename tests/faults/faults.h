@@ -144,6 +144,21 @@ int faults_wait_outbox_empty(struct harness_scenario *s, long long timeout_ms);
  * run or does not exit within 30 s. */
 int faults_ctl(const char *config, const char *const *args, char **out);
 
+/* ---- the stores -------------------------------------------------------- */
+
+/* The store file under a state_dir, into buf; returns buf. */
+char *faults_store_path(char *buf, size_t len, const char *state_dir);
+
+/* Runs the sqlite3 command-line tool on db with one SQL text (no shell)
+ * and returns its exit status; what it printed (stdout and stderr, cut to
+ * len, without trailing blank space) goes to out. Fails the test when
+ * sqlite3 cannot run or does not end within 60 s. */
+int faults_sqlite(const char *db, const char *sql, char *out, size_t len);
+
+/* `PRAGMA integrity_check` on the store under state_dir: 1 when SQLite
+ * says "ok", else 0 with its answer in out. */
+int faults_store_ok(const char *state_dir, char *out, size_t len);
+
 /* ---- metrics ------------------------------------------------------------ */
 
 /* Adds `metrics: { listen = "127.0.0.1:PORT"; };` to a configuration file
@@ -267,6 +282,12 @@ size_t fault_expect_log(struct fault_result *r, const char *who, const struct ha
  * reference; NULL when none was printed) for the case's own checks. */
 json_t *fault_status(struct fault_result *r, const char *who, const struct harness_daemon *d,
                      const char *when, const char *const *members);
+
+/* As fault_status, giving remotetaskctl at most timeout_ms (fault_status
+ * gives it 30 s): when it has not answered by then it is killed and the
+ * record says so (exit -1), without failing the test. */
+json_t *fault_status_within(struct fault_result *r, const char *who, const struct harness_daemon *d,
+                            const char *when, const char *const *members, long long timeout_ms);
 
 /* Counts the scenario's flow now (harness_flow_count) into r without
  * waiting. */

@@ -218,11 +218,16 @@ def soak_section(path):
     out.append("")
     out.append("| daemon | RSS after 5 min (kB) | RSS at the end (kB) | difference (kB) | fds after 5 min | fds at the end |")
     out.append("| --- | ---: | ---: | ---: | ---: | ---: |")
+    ok = s["lost"] == 0 and s["duplicated"] == 0
     for name in ("client", "server"):
         d = s["daemons"][name]
         out.append("| %s | %d | %d | %+d | %d | %d |" % (
             name, d["rss_kb_5min"], d["rss_kb_end"], d["rss_kb_end"] - d["rss_kb_5min"],
             d["fds_5min"], d["fds_end"]))
+        ok = ok and abs(d["rss_kb_end"] - d["rss_kb_5min"]) <= 1024 and d["fds_end"] <= d["fds_5min"]
+    out.append("")
+    out.append("Required: lost 0, duplicated 0, each daemon's RSS at the end within 1 MB of its "
+               "value after 5 minutes, no fd growth: %s." % ("met" if ok else "**not met**"))
     return out
 
 

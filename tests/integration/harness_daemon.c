@@ -434,7 +434,10 @@ void harness_daemon_free(struct harness_daemon *d)
 
 /* ---- remotetaskctl ---------------------------------------------------- */
 
-int harness_ctl(const char *config, const char *const *args, const char *env_elid, char **output)
+/* Runs remotetaskctl; returns its exit status, or -1 when it was killed
+ * at the deadline (its output so far then goes to *output too). */
+static int hd_ctl_run(const char *config, const char *const *args, const char *env_elid,
+                      char **output, long long timeout_ms)
 {
     char bin[PATH_MAX];
     const char *argv[32];
@@ -477,7 +480,7 @@ int harness_ctl(const char *config, const char *const *args, const char *env_eli
 
     struct buf b;
     buf_init(&b, CTL_OUTPUT_MAX);
-    long long deadline = harness_now_ms() + CTL_DEADLINE_MS;
+    long long deadline = harness_now_ms() + timeout_ms;
     int timed_out = 0;
     for (;;) {
         long long left = deadline - harness_now_ms();
@@ -510,15 +513,34 @@ int harness_ctl(const char *config, const char *const *args, const char *env_eli
         ;
     if (buf_append(&b, "", 0) < 0)
         fail_msg("out of memory");
-    if (timed_out) {
-        fprintf(stderr, "remotetaskctl output: %s\n", b.data ? b.data : "");
-        buf_release(&b);
-        fail_msg("remotetaskctl did not finish within %d ms", CTL_DEADLINE_MS);
-    }
     if (output)
         *output = buf_steal(&b);
     buf_release(&b);
+    if (timed_out)
+        return -1;
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+int harness_ctl(const char *config, const char *const *args, const char *env_elid, char **output)
+{
+    char *text = NULL;
+    int rc = hd_ctl_run(config, args, env_elid, &text, CTL_DEADLINE_MS);
+    if (rc == -1) {
+        fprintf(stderr, "remotetaskctl output: %s\n", text ? text : "");
+        free(text);
+        fail_msg("remotetaskctl did not finish within %d ms", CTL_DEADLINE_MS);
+    }
+    if (output)
+        *output = text;
+    else
+        free(text);
+    return rc;
+}
+
+int harness_ctl_within(const char *config, const char *const *args, const char *env_elid,
+                       char **output, long long timeout_ms)
+{
+    return hd_ctl_run(config, args, env_elid, output, timeout_ms);
 }
 
 /* ---- events ----------------------------------------------------------- */
@@ -1085,10 +1107,20 @@ double harness_proc_cpu_percent(const struct harness_proc *a, const struct harne
 
 void harness_daemon_status(const struct harness_daemon *d, struct harness_status *out)
 {
+    harness_daemon_status_within(d, out, CTL_DEADLINE_MS);
+    if (out->exit_code == -1) {
+        fprintf(stderr, "remotetaskctl output: %s\n", out->output);
+        fail_msg("remotetaskctl --command status did not finish within %d ms", CTL_DEADLINE_MS);
+    }
+}
+
+void harness_daemon_status_within(const struct harness_daemon *d, struct harness_status *out,
+                                  long long timeout_ms)
+{
     static const char *const args[] = {"--command", "status", "--json", NULL};
     memset(out, 0, sizeof(*out));
     long long t0 = harness_now_ms();
-    out->exit_code = harness_ctl(d->config, args, NULL, &out->output);
+    out->exit_code = hd_ctl_run(d->config, args, NULL, &out->output, timeout_ms);
     out->took_ms = harness_now_ms() - t0;
     if (!out->output && !(out->output = strdup("")))
         fail_msg("out of memory");

@@ -94,6 +94,13 @@ void harness_daemon_free(struct harness_daemon *d);
  * output is not NULL. Fails the test if it does not exit within 30 s. */
 int harness_ctl(const char *config, const char *const *args, const char *env_elid, char **output);
 
+/* As harness_ctl, with a deadline of timeout_ms, and without failing the
+ * test when it passes: remotetaskctl is then killed and -1 returned, with
+ * what it had printed in *output. For a test that measures whether a
+ * command answers at all (a daemon whose loop is blocked). */
+int harness_ctl_within(const char *config, const char *const *args, const char *env_elid,
+                       char **output, long long timeout_ms);
+
 /* ---- events ----------------------------------------------------------- */
 
 /* Records the events "task N changed" for every N in first..last of client
@@ -247,6 +254,12 @@ struct harness_status {
  * remotetaskctl cannot run or does not exit within 30 s (harness_ctl);
  * a missing document or a non-zero exit is the caller's to judge. */
 void harness_daemon_status(const struct harness_daemon *d, struct harness_status *out);
+
+/* As harness_daemon_status, with a deadline: when remotetaskctl has not
+ * exited within timeout_ms it is killed and exit_code is -1 (doc NULL,
+ * output what it had printed); the test does not fail. */
+void harness_daemon_status_within(const struct harness_daemon *d, struct harness_status *out,
+                                  long long timeout_ms);
 
 /* Frees what harness_daemon_status filled and zeroes *st. Accepts a zeroed
  * struct. */
