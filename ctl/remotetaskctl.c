@@ -34,6 +34,8 @@ static const struct ctl_command ctl_commands[] = {
     {"status", ctl_status, "queues, backlog, links, last times, errors [--json]"},
     {"dlq", ctl_dlq, "dead letters: list [--json], replay --id X|--all, purge [--id X] --yes"},
     {"resync", ctl_resync, "publish the current state again: --elid N (a task) or --all"},
+    {"broker-setup", ctl_broker_setup,
+     "print the rabbitmqctl commands that give each AMQP user what its role needs"},
 };
 
 static void usage(FILE *to)
