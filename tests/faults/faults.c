@@ -478,17 +478,8 @@ double faults_metric(const char *text, const char *name, const char *const *want
 
 char *faults_dead_queue(char *buf, size_t len, enum broker_dir dir, const char *client)
 {
-    /* Topology v2 (common/broker.h) keeps each client's dead letters per
-     * direction; before it, one queue held everyone's. Once v2 is the only
-     * one, this is broker_dead_queue_name() alone. */
-#ifdef BROKER_DEAD_PREFIX
     if (broker_dead_queue_name(buf, len, dir, client) != 0)
         fail_msg("client id \"%s\" cannot name a dead-letter queue", client);
-#else
-    (void)dir;
-    (void)client;
-    snprintf(buf, len, "%s", BROKER_QUEUE_DEAD);
-#endif
     return buf;
 }
 

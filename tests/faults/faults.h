@@ -177,7 +177,8 @@ double faults_metric(const char *text, const char *name, const char *const *want
 /* ---- the broker, seen from the test ---------------------------------- */
 
 /* Writes the name of the dead-letter queue that holds a client's letters
- * of one direction into buf and returns buf. */
+ * of one direction (broker_dead_queue_name) into buf and returns buf;
+ * fails the test for a client id that cannot name a queue. */
 char *faults_dead_queue(char *buf, size_t len, enum broker_dir dir, const char *client);
 
 /* Asks the node for a queue's ready messages and consumers over a
