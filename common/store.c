@@ -14,11 +14,10 @@
 #include <time.h>
 #include <unistd.h>
 
-/* How long a call waits for another process (the CLI, the daemon) that
- * holds the write lock. Writers hold it for one short transaction, so
- * reaching this means something is wrong, and the caller gets RT_RETRY. */
-#define STORE_BUSY_TIMEOUT_MS 5000
-#define STORE_ERR_MAX         512
+/* A reason holds SQLite's words, the file's path (cut to
+ * STORE_PATH_SHOWN bytes) and what failed. */
+#define STORE_ERR_MAX    1024
+#define STORE_PATH_SHOWN 512
 /* The pause between two attempts to open a database another process is
  * setting up. */
 #define STORE_OPEN_RETRY_MS 20
@@ -120,6 +119,7 @@ enum stmt_id {
     ST_LINK_FORGET_FP,
     ST_LINK_STATE_BATCH,
     ST_LINK_SET_APPLIED,
+    ST_OUTBOX_RESCHEDULE,
     ST_COUNT
 };
 
@@ -209,12 +209,18 @@ static const char *const stmt_sql[ST_COUNT] = {
                             " AND (';' || applied) GLOB '*;state=*'"
                             " ORDER BY client, src_task LIMIT ?3",
     [ST_LINK_SET_APPLIED] = "UPDATE links SET applied = ?3 WHERE client = ?1 AND src_task = ?2",
+    /* ?1 now, ?2 how far the clock went back, ?3 the longest deferral. */
+    [ST_OUTBOX_RESCHEDULE] =
+        "UPDATE outbox SET next_ms = MAX(?1, MIN(next_ms - ?2, ?1 + ?3))"
+        " WHERE next_ms > ?1 AND next_ms <> MAX(?1, MIN(next_ms - ?2, ?1 + ?3))",
 };
 
 struct store {
     sqlite3 *db;
     sqlite3_stmt *stmt[ST_COUNT];
     bool in_txn; /* store_begin() opened a transaction not yet ended */
+    int busy_ms; /* the busy timeout of this handle */
+    char path[PATH_MAX];
     char err[STORE_ERR_MAX];
 };
 
@@ -248,13 +254,41 @@ static rt_status reject(struct store *st, const char *fmt, ...)
     return RT_REJECT;
 }
 
-/* Records a failed SQLite call. SQLite rolls a transaction back by itself
- * after some errors (a full disk, an I/O error); the caller must then know
- * that its earlier updates are gone, so the message says so. */
+/* Records a failed SQLite call, in words an operator acts on: a full disk
+ * and a lock held by another process are named as such (BILLmanager's
+ * event handler shows remotetaskctl's message), with SQLite's own words
+ * after them. SQLite rolls a transaction back by itself after some errors
+ * (a full disk, an I/O error); the caller must then know that its earlier
+ * updates are gone, so the message says so. */
 static rt_status db_fail(struct store *st, int rc, const char *what)
 {
-    snprintf(st->err, sizeof st->err, "%s failed: %s (SQLite code %d)", what,
-             sqlite3_errmsg(st->db), rc);
+    int sys = sqlite3_system_errno(st->db);
+    const char *msg = sqlite3_errmsg(st->db);
+    switch (rc & 0xff) {
+    case SQLITE_FULL:
+        snprintf(st->err, sizeof st->err,
+                 "%s failed: no space left on the device holding %.*s (SQLite code %d: %s)", what,
+                 STORE_PATH_SHOWN, st->path, rc, msg);
+        break;
+    case SQLITE_IOERR:
+        if (sys == ENOSPC || sys == EDQUOT)
+            snprintf(st->err, sizeof st->err,
+                     "%s failed: no space left on the device holding %.*s (SQLite code %d: %s)",
+                     what, STORE_PATH_SHOWN, st->path, rc, strerror(sys));
+        else
+            snprintf(st->err, sizeof st->err, "%s failed: I/O error on %.*s: %s (SQLite code %d)",
+                     what, STORE_PATH_SHOWN, st->path, sys ? strerror(sys) : msg, rc);
+        break;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        snprintf(st->err, sizeof st->err,
+                 "%s failed: %.*s is locked by another process (waited %d ms; SQLite code %d)",
+                 what, STORE_PATH_SHOWN, st->path, st->busy_ms, rc);
+        break;
+    default:
+        snprintf(st->err, sizeof st->err, "%s failed: %s (SQLite code %d)", what, msg, rc);
+        break;
+    }
     if (st->in_txn && sqlite3_get_autocommit(st->db)) {
         st->in_txn = false;
         size_t len = strlen(st->err);
@@ -624,7 +658,7 @@ static rt_status connect_db(struct store *st, const char *path)
         return status_of(rc);
     }
     sqlite3_extended_result_codes(st->db, 1);
-    sqlite3_busy_timeout(st->db, STORE_BUSY_TIMEOUT_MS);
+    sqlite3_busy_timeout(st->db, st->busy_ms);
     /* In WAL mode synchronous=NORMAL may lose the last commits on a power
      * loss; the outbox promises that a recorded event is never lost, so
      * every commit is synced. */
@@ -646,6 +680,11 @@ static rt_status connect_db(struct store *st, const char *path)
 }
 
 struct store *store_open(const char *state_dir, char *err, size_t errlen)
+{
+    return store_open_timeout(state_dir, STORE_BUSY_TIMEOUT_MS, err, errlen);
+}
+
+struct store *store_open_timeout(const char *state_dir, int busy_ms, char *err, size_t errlen)
 {
     if (errlen)
         err[0] = '\0';
@@ -669,6 +708,10 @@ struct store *store_open(const char *state_dir, char *err, size_t errlen)
         open_err(err, errlen, "out of memory opening \"%s\"", path);
         return NULL;
     }
+    memcpy(st->path, path, sizeof st->path);
+    /* Opening (the migration) waits as long as the CLI would: a daemon
+     * starting beside a long transaction should start, not fail. */
+    st->busy_ms = STORE_BUSY_TIMEOUT_MS > busy_ms ? STORE_BUSY_TIMEOUT_MS : busy_ms;
     /* While two processes open a new file at once, one switching it to WAL,
      * SQLite can answer the other "locked" or an I/O error at once,
      * without waiting through the busy timeout. Those are transient: the
@@ -683,6 +726,8 @@ struct store *store_open(const char *state_dir, char *err, size_t errlen)
         open_err(err, errlen, "cannot open \"%s\": %s", path, st->err);
         goto free_store;
     }
+    st->busy_ms = busy_ms > 0 ? busy_ms : 0;
+    sqlite3_busy_timeout(st->db, st->busy_ms);
     st->err[0] = '\0';
     return st;
 
@@ -830,6 +875,23 @@ rt_status store_outbox_defer(struct store *st, const char *client, int64_t task,
     else
         sqlite3_bind_null(s, 4);
     return run(st, s, "deferring an outbox event");
+}
+
+rt_status store_outbox_reschedule(struct store *st, int64_t now_ms, int64_t back_ms,
+                                  int64_t max_delay_ms, uint64_t *n)
+{
+    if (n)
+        *n = 0;
+    if (back_ms < 0 || max_delay_ms < 0)
+        return reject(st, "negative clock step or delay");
+    sqlite3_stmt *s = stmt(st, ST_OUTBOX_RESCHEDULE);
+    bind_i64(s, 1, now_ms);
+    bind_i64(s, 2, back_ms);
+    bind_i64(s, 3, max_delay_ms);
+    rt_status r = run(st, s, "rescheduling deferred outbox events");
+    if (r == RT_OK && n)
+        *n = (uint64_t)sqlite3_changes(st->db);
+    return r;
 }
 
 rt_status store_outbox_backlog(struct store *st, uint64_t *count, int64_t *oldest_first_ms)

@@ -6,6 +6,9 @@
  * every handle sets a busy timeout, starts its write transactions with
  * BEGIN IMMEDIATE and commits with synchronous=FULL: an event that
  * store_outbox_add() reported as recorded survives a crash or a power loss.
+ * The CLI waits up to STORE_BUSY_TIMEOUT_MS for a lock another process
+ * holds; the daemon, whose one loop must not stop that long, opens its
+ * handle with STORE_BUSY_DAEMON_MS and tries again at its own level.
  *
  * The schema is versioned in PRAGMA user_version and migrated in one
  * transaction when the store is opened; a database written by a newer
@@ -24,7 +27,10 @@
  * Every call that reads or writes returns RT_OK, RT_RETRY (the database is
  * busy, locked, out of space or had an I/O error: the same call may work
  * later) or RT_REJECT (misuse: a client id too long, a nested transaction;
- * or a corrupt database). The reason is kept for store_strerror().
+ * or a corrupt database). The reason is kept for store_strerror(); a full
+ * disk reads "no space left on the device holding <path>", a lock held past
+ * the busy timeout "<path> is locked by another process", an I/O error
+ * "I/O error on <path>: <the system's reason>".
  *
  * A struct store belongs to one thread, and to the process that opened it:
  * a child process after fork() opens its own.
@@ -60,6 +66,13 @@
 #define STORE_APPLIED_MAX 512
 /* The database file name inside state_dir. */
 #define STORE_FILE_NAME "remotetask.db"
+/* How long a call waits for another process that holds the write lock:
+ * the default of store_open() (the command line), and the daemon's
+ * (store_open_timeout()). Writers hold the lock for one short
+ * transaction, so reaching either means something is wrong, and the
+ * caller gets RT_RETRY. */
+#define STORE_BUSY_TIMEOUT_MS 5000
+#define STORE_BUSY_DAEMON_MS  250
 
 struct store;
 
@@ -116,8 +129,15 @@ struct store_rev {
  * err (always NUL-terminated when errlen > 0): state_dir is not a
  * directory, cannot be created, the file is not a database, or was written
  * by a newer version. Waits up to the busy timeout for another process that
- * holds the database. */
+ * holds the database. Calls on the handle wait up to STORE_BUSY_TIMEOUT_MS
+ * for a lock. */
 struct store *store_open(const char *state_dir, char *err, size_t errlen);
+
+/* As store_open(), but calls on the handle wait at most busy_ms (>= 0) for
+ * a lock another process holds before they return RT_RETRY (the daemon:
+ * STORE_BUSY_DAEMON_MS). Opening itself still waits up to
+ * STORE_BUSY_TIMEOUT_MS. */
+struct store *store_open_timeout(const char *state_dir, int busy_ms, char *err, size_t errlen);
 
 /* Closes the database and frees the handle; an open transaction is rolled
  * back. Accepts NULL. */
@@ -168,6 +188,14 @@ rt_status store_outbox_done(struct store *st, const char *client, int64_t task, 
  * Does nothing if the row is gone. */
 rt_status store_outbox_defer(struct store *st, const char *client, int64_t task, int64_t next_ms,
                              const char *error);
+
+/* Brings back rows deferred by a clock that was ahead of now_ms: every row
+ * not due at now_ms becomes due back_ms earlier (the wall clock went back
+ * by back_ms; 0 when unknown), and at most max_delay_ms after now_ms (the
+ * longest deferral the caller ever makes), never before now_ms. *n (may
+ * be NULL) receives the number of rows moved. */
+rt_status store_outbox_reschedule(struct store *st, int64_t now_ms, int64_t back_ms,
+                                  int64_t max_delay_ms, uint64_t *n);
 
 /* How many rows wait, and the first_ms of the oldest (0 when none). Either
  * pointer may be NULL. */

@@ -1,7 +1,13 @@
 /*
  * test_store.c - the SQLite store against a real database in a temporary
  * directory: schema and migrations, the outbox, sequence numbers, links,
- * transactions, and several handles and processes writing at once.
+ * transactions, several handles and processes writing at once, and a
+ * database that is full or locked by another process.
+ *
+ * store.c is compiled into this program (its own definitions are used,
+ * so rtcommon's copy is never linked): a test reaches the handle's SQLite
+ * connection to cap its size with PRAGMA max_page_count, which holds for
+ * that connection only.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,7 +28,7 @@
 #include <cmocka.h>
 #include <sqlite3.h>
 
-#include "store.h"
+#include "../../common/store.c"
 
 struct fixture {
     char dir[64];    /* the mkdtemp directory, removed after the test */
@@ -1102,6 +1108,99 @@ static void test_link_forget_state_many(void **state)
     store_free(st);
 }
 
+/* ---- trouble: a full database, a lock held by another process -------- */
+
+/* SQLITE_FULL (here the connection's page cap; a full disk answers the
+ * same) is RT_RETRY with words an operator acts on, and the store works
+ * again once there is room. */
+static void test_full_database_is_named(void **state)
+{
+    struct fixture *f = *state;
+    struct store *st = open_ok(f);
+    OK(st, store_outbox_add(st, "7", 1, 1000));
+    char sql[96];
+    snprintf(sql, sizeof sql, "PRAGMA max_page_count = %d", 1);
+    assert_int_equal(sqlite3_exec(st->db, sql, NULL, NULL, NULL), SQLITE_OK);
+    rt_status r = RT_OK;
+    char note[4096];
+    memset(note, 'x', sizeof note - 1);
+    note[sizeof note - 1] = '\0';
+    for (int i = 0; i < 1000 && r == RT_OK; i++)
+        r = store_outbox_defer(st, "7", 1, 2000 + i, note) == RT_OK
+                ? store_outbox_add(st, "7", 100 + i, 1000)
+                : RT_RETRY;
+    assert_int_equal(r, RT_RETRY);
+    printf("full: %s\n", store_strerror(st));
+    assert_non_null(strstr(store_strerror(st), "no space left on the device holding "));
+    assert_non_null(strstr(store_strerror(st), f->db));
+    assert_int_equal(sqlite3_exec(st->db, "PRAGMA max_page_count = 1073741823", NULL, NULL, NULL),
+                     SQLITE_OK);
+    OK(st, store_outbox_add(st, "7", 5000, 1000));
+    store_free(st);
+}
+
+/* A lock another process holds past the busy timeout: RT_RETRY after that
+ * timeout (the daemon's is short), "locked" in the reason. */
+static void test_locked_database_is_named(void **state)
+{
+    struct fixture *f = *state;
+    char err[256];
+    struct store *st = store_open_timeout(f->state, 50, err, sizeof err);
+    assert_non_null(st);
+    assert_int_equal(st->busy_ms, 50);
+    struct store *other = open_ok(f);
+    OK(other, store_begin(other));
+    OK(other, store_outbox_add(other, "7", 1, 1000));
+    assert_int_equal(store_outbox_add(st, "7", 2, 1000), RT_RETRY);
+    printf("locked: %s\n", store_strerror(st));
+    assert_non_null(strstr(store_strerror(st), "is locked by another process (waited 50 ms"));
+    assert_non_null(strstr(store_strerror(st), f->db));
+    assert_int_equal(store_begin(st), RT_RETRY);
+    OK(other, store_commit(other));
+    OK(st, store_outbox_add(st, "7", 2, 1000));
+    assert_int_equal(backlog(st), 2);
+    /* store_open() keeps the command line's longer wait. */
+    assert_int_equal(other->busy_ms, STORE_BUSY_TIMEOUT_MS);
+    store_free(other);
+    store_free(st);
+}
+
+/* Rows deferred by a wall clock that was ahead: moved back by the step,
+ * capped at the longest deferral, never before now; due rows untouched. */
+static void test_outbox_reschedule(void **state)
+{
+    struct fixture *f = *state;
+    struct store *st = open_ok(f);
+    const int64_t now = 1000000000;
+    struct store_event ev[8];
+    size_t n = 0;
+    OK(st, store_outbox_add(st, "7", 1, now - 5));
+    OK(st, store_outbox_add(st, "7", 2, now));
+    OK(st, store_outbox_defer(st, "7", 2, now + 1000, "x"));
+    OK(st, store_outbox_add(st, "7", 3, now));
+    OK(st, store_outbox_defer(st, "7", 3, now + 3600 * 1000 + 1000, "x"));
+    OK(st, store_outbox_add(st, "7", 4, now));
+    OK(st, store_outbox_defer(st, "7", 4, now + 10LL * 86400 * 1000, "x"));
+    uint64_t moved = 0;
+    OK(st, store_outbox_reschedule(st, now, 3600 * 1000, 300 * 1000, &moved));
+    assert_int_equal(moved, 3);
+    OK(st, store_outbox_due(st, now, 8, ev, &n));
+    assert_int_equal(n, 2); /* 1, and 2 (its second, less an hour) */
+    OK(st, store_outbox_due(st, now + 999, 8, ev, &n));
+    assert_int_equal(n, 2);
+    OK(st, store_outbox_due(st, now + 1000, 8, ev, &n));
+    assert_int_equal(n, 3); /* 3: an hour and a second ahead, less the hour */
+    OK(st, store_outbox_due(st, now + 300 * 1000 - 1, 8, ev, &n));
+    assert_int_equal(n, 3);
+    OK(st, store_outbox_due(st, now + 300 * 1000, 8, ev, &n));
+    assert_int_equal(n, 4); /* 4: ten days ahead, capped */
+    /* Again with no step: nothing past the cap is left, nothing moves. */
+    OK(st, store_outbox_reschedule(st, now, 0, 300 * 1000, &moved));
+    assert_int_equal(moved, 0);
+    assert_int_equal(store_outbox_reschedule(st, now, -1, 0, NULL), RT_REJECT);
+    store_free(st);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1129,6 +1228,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_outbox_add_known, setup, teardown),
         cmocka_unit_test_setup_teardown(test_link_forget_state, setup, teardown),
         cmocka_unit_test_setup_teardown(test_link_forget_state_many, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_full_database_is_named, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_locked_database_is_named, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_outbox_reschedule, setup, teardown),
     };
     return cmocka_run_group_tests_name("store", tests, NULL, NULL);
 }
