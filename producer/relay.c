@@ -65,11 +65,28 @@ struct relay {
     struct store_event *due; /* scratch for store_outbox_due, nslots rows */
 
     int draining;
-    int func_missing; /* the view function was reported missing (logged once) */
-    int in_pump;      /* relay_pump is on the stack: do not re-enter it */
-    int woken;        /* scan the outbox at the next pump */
-    int more_due;     /* the last scan filled its batch: more rows may be due */
-    int64_t next_scan_ms;
+    int func_missing;     /* the view function was reported missing (logged once) */
+    int in_pump;          /* relay_pump is on the stack: do not re-enter it */
+    int woken;            /* scan the outbox at the next pump */
+    int more_due;         /* the last scan filled its batch: more rows may be due */
+    int64_t next_scan_ms; /* on the tick's clock */
+
+    /* Schedules run on the clock the ticks are given (monotonic): between
+     * ticks it is tick_now plus the monotonic time since. The wall clock
+     * only stamps what is stored; wall_skew is how far it was ahead of the
+     * monotonic clock at the last tick, so that a step back shows. */
+    int64_t tick_now;
+    int64_t tick_mono;
+    int64_t wall_skew;
+    int clock_known;      /* a tick has set wall_skew */
+    int resched_pending;  /* rows still to move after a clock step */
+    int64_t resched_back; /* by how much */
+
+    /* The store failed for now: the cause last logged, and when store work
+     * (scans, commits) is tried again. */
+    char store_trouble[STORE_ERROR_MAX];
+    int64_t store_retry_at;
+    int64_t store_backoff;
 
     /* Reconciliation: one chain of page calls at a time. */
     int recon_running;
@@ -80,7 +97,7 @@ struct relay {
     long recon_seen; /* rows seen in the current department */
     uint64_t recon_listed;
     uint64_t recon_added;
-    int64_t next_recon_ms; /* 0 = at the first tick */
+    int64_t next_recon_ms; /* monotonic; 0 = at the first tick */
 
     struct relay_stats stats;
 };
@@ -88,11 +105,63 @@ struct relay {
 static void relay_pump(struct relay *r, int64_t now_ms);
 static void recon_request(struct relay *r);
 
-static int64_t relay_now_ms(void)
+static int64_t relay_mono_ms(void)
 {
     struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The wall clock (ms since the epoch): for what is stored or sent. */
+static int64_t relay_wall_ms(const struct relay *r)
+{
+    struct timespec ts;
+    (void)r;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Now on the clock of the ticks, for schedules set between ticks. */
+static int64_t relay_clock_ms(const struct relay *r)
+{
+    return r->tick_now + (relay_mono_ms() - r->tick_mono);
+}
+
+/* A store call failed (what: the sentence's subject): logged once per
+ * cause, and store work pauses for a backoff, so that a store waiting out
+ * its busy timeout on every call does not stall the loop. The work itself
+ * is kept: rows stay in the outbox, confirmed messages wait ACKED. */
+static void relay_store_failed(struct relay *r, const char *what)
+{
+    const char *why = store_strerror(r->st);
+    r->store_backoff = r->store_backoff <= 0                              ? RELAY_STORE_RETRY_MIN_MS
+                       : r->store_backoff >= RELAY_STORE_RETRY_MAX_MS / 2 ? RELAY_STORE_RETRY_MAX_MS
+                                                                          : r->store_backoff * 2;
+    r->store_retry_at = relay_clock_ms(r) + r->store_backoff;
+    if (strcmp(why, r->store_trouble) != 0) {
+        log_warning("%s: %s; the work waits and is tried again (every %d s at most)", what, why,
+                    RELAY_STORE_RETRY_MAX_MS / 1000);
+        snprintf(r->store_trouble, sizeof r->store_trouble, "%s", why);
+    } else {
+        log_debug("%s: %s", what, why);
+    }
+}
+
+/* A store call worked. */
+static void relay_store_ok(struct relay *r)
+{
+    r->store_backoff = 0;
+    r->store_retry_at = 0;
+    if (r->store_trouble[0]) {
+        log_info("the store works again (after: %s)", r->store_trouble);
+        r->store_trouble[0] = '\0';
+    }
+}
+
+/* 1 while store work waits for its backoff. */
+static int relay_store_paused(const struct relay *r, int64_t mono)
+{
+    return r->store_trouble[0] && mono < r->store_retry_at;
 }
 
 /* ---- pure helpers ---------------------------------------------------- */
@@ -235,11 +304,10 @@ static void slot_release(struct relay_slot *s)
 static void slot_defer(struct relay_slot *s, int64_t delay_ms, const char *reason)
 {
     struct relay *r = s->r;
-    int64_t next = relay_now_ms() + delay_ms;
+    int64_t next = relay_wall_ms(r) + delay_ms;
     rt_status st = store_outbox_defer(r->st, s->ev.client, s->ev.task, next, reason);
     if (st != RT_OK)
-        log_warning("cannot defer the event of task %" PRId64 ": %s", s->ev.task,
-                    store_strerror(r->st));
+        relay_store_failed(r, "cannot defer an event (its row stays due)");
     else
         r->stats.deferred++;
     slot_release(s);
@@ -251,8 +319,7 @@ static void slot_done(struct relay_slot *s)
 {
     struct relay *r = s->r;
     if (store_outbox_done(r->st, s->ev.client, s->ev.task, s->ev.gen, NULL) != RT_OK)
-        log_warning("cannot remove the event of task %" PRId64 " from the outbox: %s", s->ev.task,
-                    store_strerror(r->st));
+        relay_store_failed(r, "cannot remove an event from the outbox (it is viewed again)");
     slot_release(s);
 }
 
@@ -269,7 +336,7 @@ static void slot_publish(struct relay_slot *s)
         return;
     struct broker_props props = {
         .message_id = s->message_id,
-        .timestamp = relay_now_ms() / 1000,
+        .timestamp = relay_wall_ms(r) / 1000,
         .user_id = NULL,
     };
     /* broker_publish may report LOST for earlier publishes from inside;
@@ -324,6 +391,19 @@ static rt_status slot_record_status(struct relay_slot *s)
      * target has is the one that state recorded. */
     if (s->rev_seq && rev.seq > s->rev_seq)
         return RT_OK;
+    /* The seq of the message that changed the status forwarded: a state
+     * that had seen it tells what the target did with that status, and
+     * one that had not is stale (consumer/reverse.c). A message that
+     * forwards the status the target is known to have changes nothing
+     * there, so the seq stays: a state of the task that misses only such
+     * messages (one the server dead-lettered, say) is not held back. */
+    int64_t known = fp_set_get_int(rev.applied, "status", -1);
+    if ((known != s->status || fp_set_get_int(rev.applied, RELAY_KEY_STATUS_SEQ, -1) < 0) &&
+        fp_set_put_int(rev.applied, sizeof rev.applied, RELAY_KEY_STATUS_SEQ, (int64_t)s->seq) <
+            0) {
+        log_warning("no room to record the status forwarded for task %" PRId64, s->ev.task);
+        return RT_OK;
+    }
     if (fp_set_put_int(rev.applied, sizeof rev.applied, "status", s->status) < 0) {
         /* The set is a few short keys, far below its cap. */
         log_warning("no room to record the status forwarded for task %" PRId64, s->ev.task);
@@ -338,7 +418,7 @@ static rt_status slot_record_status(struct relay_slot *s)
 static void slot_commit(struct relay_slot *s)
 {
     struct relay *r = s->r;
-    int64_t now = relay_now_ms();
+    int64_t now = relay_wall_ms(r);
     bool deleted = false;
 
     rt_status st = store_begin(r->st);
@@ -357,9 +437,7 @@ static void slot_commit(struct relay_slot *s)
     if (st != RT_OK) {
         const char *why = store_strerror(r->st);
         if (st == RT_RETRY) {
-            log_warning("cannot record the confirmed message of task %" PRId64 " (seq %" PRIu64
-                        "), will retry: %s",
-                        s->ev.task, s->seq, why);
+            relay_store_failed(r, "cannot record a confirmed message (it is kept)");
         } else {
             /* The row stays in the outbox: it is viewed and published
              * again, which the server takes as a newer state of the same
@@ -376,6 +454,7 @@ static void slot_commit(struct relay_slot *s)
         slot_release(s);
         return;
     }
+    relay_store_ok(r);
     r->stats.confirmed++;
     r->stats.last_publish_ms = now;
     if (deleted)
@@ -400,8 +479,7 @@ static void slot_unchanged(struct relay_slot *s, const char *updated)
     if (st == RT_OK)
         st = store_commit(r->st);
     if (st != RT_OK) {
-        log_warning("cannot record task %" PRId64 " as unchanged: %s", s->ev.task,
-                    store_strerror(r->st));
+        relay_store_failed(r, "cannot record a task as unchanged (it is viewed again)");
         store_rollback(r->st);
     } else {
         r->stats.unchanged++;
@@ -418,8 +496,7 @@ static void slot_prepare(struct relay_slot *s, const struct relay_fields *f)
     struct codec_msg m;
 
     if (store_fwd_next_seq(r->st, s->ev.client, s->ev.task, &s->seq) != RT_OK) {
-        log_warning("cannot allocate a sequence number for task %" PRId64 ": %s", s->ev.task,
-                    store_strerror(r->st));
+        relay_store_failed(r, "cannot allocate a sequence number (the event is viewed again)");
         slot_release(s);
         return;
     }
@@ -430,7 +507,7 @@ static void slot_prepare(struct relay_slot *s, const struct relay_fields *f)
     /* ts is when the oldest of the coalesced events was recorded, so the
      * server can measure the whole way from the change to its apply,
      * outages and outbox waits included. */
-    m.ts = s->ev.first_ms > 0 ? s->ev.first_ms : relay_now_ms();
+    m.ts = s->ev.first_ms > 0 ? s->ev.first_ms : relay_wall_ms(r);
     m.fwd.department = f->department;
     m.fwd.name = f->name;
     m.fwd.type = f->type;
@@ -560,8 +637,7 @@ static void view_done(void *arg, const struct billmgr_reply *rep)
     }
     relay_fields_fp(&f, fp);
     if (store_fwd_get(r->st, s->ev.client, s->ev.task, &fwd) != RT_OK) {
-        log_warning("cannot read what was sent for task %" PRId64 ": %s", s->ev.task,
-                    store_strerror(r->st));
+        relay_store_failed(r, "cannot read what was sent for a task (it is viewed again)");
         relay_fields_release(&f);
         slot_release(s);
         goto pump;
@@ -578,7 +654,7 @@ static void view_done(void *arg, const struct billmgr_reply *rep)
     }
     relay_fields_release(&f);
 pump:
-    relay_pump(r, relay_now_ms());
+    relay_pump(r, relay_clock_ms(r));
 }
 
 /* Takes one due row into a free slot and starts its view. Returns 0, or
@@ -599,14 +675,16 @@ static int slot_take(struct relay *r, struct relay_slot *s, const struct store_e
      * older than it is, and the server keeps the target's status, which
      * the source has too), but a state the view cannot have seen must not
      * be counted as seen, or the server would write the source's older
-     * status over the target's change. A store error leaves 0: unknown,
-     * the behaviour of a client without the key. */
+     * status over the target's change. */
     struct store_rev rev;
-    if (store_rev_get(r->st, ev->client, ev->task, &rev) == RT_OK)
-        s->rev_seq = rev.found ? rev.seq : 0;
-    else
-        log_warning("cannot read the state applied to task %" PRId64 ": %s", ev->task,
-                    store_strerror(r->st));
+    if (store_rev_get(r->st, ev->client, ev->task, &rev) != RT_OK) {
+        /* Not taken: a message saying "no state seen" could write the
+         * source's status over a change made on the target. */
+        relay_store_failed(r, "cannot read the state applied to a task (its event waits)");
+        slot_release(s);
+        return -1;
+    }
+    s->rev_seq = rev.found ? rev.seq : 0;
     billmgr_params_init(&p);
     int bad = billmgr_params_addf(&p, "elid", "%" PRId64, ev->task);
     if (bad == 0)
@@ -633,11 +711,12 @@ static void outbox_scan(struct relay *r, int64_t now_ms)
 
     r->woken = 0;
     r->next_scan_ms = now_ms + RELAY_SCAN_INTERVAL_MS;
-    if (store_outbox_due(r->st, now_ms, r->nslots, r->due, &n) != RT_OK) {
-        log_warning("cannot read the outbox: %s", store_strerror(r->st));
+    if (store_outbox_due(r->st, relay_wall_ms(r), r->nslots, r->due, &n) != RT_OK) {
+        relay_store_failed(r, "cannot read the outbox");
         r->more_due = 0;
         return;
     }
+    relay_store_ok(r);
     r->more_due = n == r->nslots;
     for (size_t i = 0; i < n && r->used < r->nslots; i++) {
         const struct store_event *ev = &r->due[i];
@@ -652,6 +731,8 @@ static void outbox_scan(struct relay *r, int64_t now_ms)
                         ev->task, ev->client, r->cfg->client.id);
             if (store_outbox_done(r->st, ev->client, ev->task, ev->gen, NULL) == RT_OK)
                 r->stats.dropped++;
+            else
+                relay_store_failed(r, "cannot drop an event of another client id");
             continue;
         }
         struct relay_slot *s = slot_free_one(r);
@@ -682,7 +763,7 @@ static void relay_pump(struct relay *r, int64_t now_ms)
     publish_ready(r);
     size_t free_slots = r->nslots - r->used;
     size_t batch = r->nslots / 4 ? r->nslots / 4 : 1;
-    if (free_slots > 0 &&
+    if (free_slots > 0 && !relay_store_paused(r, now_ms) &&
         (r->woken || now_ms >= r->next_scan_ms || (r->more_due && free_slots >= batch)))
         outbox_scan(r, now_ms);
     r->in_pump = 0;
@@ -709,7 +790,7 @@ enum recon_end {
 
 static void recon_finish(struct relay *r, enum recon_end how)
 {
-    int64_t now = relay_now_ms();
+    int64_t now = relay_clock_ms(r);
     r->recon_running = 0;
     r->next_recon_ms = now + (int64_t)r->cfg->client.poll_interval * 1000;
     if (how == RECON_FAILED) {
@@ -739,7 +820,7 @@ static long recon_page_rows(struct relay *r, json_t *doc)
     const char *client = r->cfg->client.id;
     const char *col_updated = r->cfg->billmanager.api.field_updated;
     json_t *elems = json_object_get(doc, "elem");
-    int64_t now = relay_now_ms();
+    int64_t now = relay_wall_ms(r);
     uint64_t added = 0;
     long rows = 0;
     size_t i;
@@ -790,7 +871,7 @@ rollback_txn:
     json_decref(elems);
     store_rollback(r->st);
 store_failed:
-    log_warning("reconciliation stopped: cannot record events: %s", store_strerror(r->st));
+    relay_store_failed(r, "reconciliation stopped: cannot record events");
     return -1;
 }
 
@@ -841,7 +922,7 @@ static void recon_done(void *arg, const struct billmgr_reply *rep)
     else
         recon_request(r);
 pump:
-    relay_pump(r, relay_now_ms());
+    relay_pump(r, relay_clock_ms(r));
 }
 
 /* Asks for the current page of the current department. */
@@ -928,6 +1009,8 @@ struct relay *relay_new(const struct config *cfg, struct store *st, struct billm
         r->stats.last_publish_ms = 0;
     }
     r->woken = 1;
+    /* Until the first tick gives its clock. */
+    r->tick_mono = r->tick_now = relay_mono_ms();
     return r;
 
 fail_alloc:
@@ -947,9 +1030,50 @@ void relay_free(struct relay *r)
     free(r);
 }
 
+/* Follows the wall clock: its offset from the monotonic clock, and rows
+ * of the outbox deferred by a clock that was ahead of it. At the first
+ * tick, rows deferred further than the relay ever defers (written by a
+ * clock that was ahead before a restart) become due; after a step back,
+ * every deferred row moves back as far. */
+static void relay_clock(struct relay *r, int64_t now_ms)
+{
+    int64_t mono = relay_mono_ms(), wall_ms = relay_wall_ms(r);
+    int64_t skew = wall_ms - mono;
+    r->tick_now = now_ms;
+    r->tick_mono = mono;
+    int first = !r->clock_known;
+    if (!first && r->wall_skew - skew > RELAY_CLOCK_STEP_MS) {
+        log_warning("the wall clock went back %" PRId64 " s: deferred events are moved back as "
+                    "far",
+                    (r->wall_skew - skew) / 1000);
+        r->resched_back += r->wall_skew - skew;
+        r->resched_pending = 1;
+    }
+    r->wall_skew = skew;
+    r->clock_known = 1;
+    if (first)
+        r->resched_pending = 1;
+    if (!r->resched_pending || relay_store_paused(r, now_ms))
+        return;
+    int64_t max =
+        RELAY_BACKOFF_MAX_MS > RELAY_REJECT_DELAY_MS ? RELAY_BACKOFF_MAX_MS : RELAY_REJECT_DELAY_MS;
+    uint64_t n = 0;
+    if (store_outbox_reschedule(r->st, wall_ms, r->resched_back, max, &n) != RT_OK) {
+        relay_store_failed(r, "cannot reschedule deferred events after a clock step");
+        return;
+    }
+    if (n)
+        log_info("%" PRIu64 " deferred outbox events rescheduled for the wall clock", n);
+    r->resched_pending = 0;
+    r->resched_back = 0;
+}
+
 int64_t relay_tick(struct relay *r, int64_t now_ms)
 {
-    for (size_t i = 0; i < r->nslots; i++)
+    relay_clock(r, now_ms);
+    /* Confirmed messages whose commit the store refused; while it still
+     * refuses, one try per backoff, not one per message. */
+    for (size_t i = 0; i < r->nslots && !relay_store_paused(r, now_ms); i++)
         if (r->slots[i].state == SLOT_ACKED)
             slot_commit(&r->slots[i]);
     if (!r->draining && !r->recon_running && now_ms >= r->next_recon_ms)
@@ -959,6 +1083,8 @@ int64_t relay_tick(struct relay *r, int64_t now_ms)
     int64_t next = now_ms + RELAY_SCAN_INTERVAL_MS;
     if (!r->draining && !r->recon_running && r->next_recon_ms < next)
         next = r->next_recon_ms > now_ms ? r->next_recon_ms : now_ms;
+    if (r->store_trouble[0] && r->store_retry_at < next)
+        next = r->store_retry_at > now_ms ? r->store_retry_at : now_ms;
     return next;
 }
 
@@ -1004,12 +1130,12 @@ void relay_on_confirm(struct relay *r, uint64_t tag, enum broker_fate fate)
             slot_release(s);
         break;
     }
-    relay_pump(r, relay_now_ms());
+    relay_pump(r, relay_clock_ms(r));
 }
 
 void relay_on_connected(struct relay *r)
 {
-    relay_pump(r, relay_now_ms());
+    relay_pump(r, relay_clock_ms(r));
 }
 
 void relay_wake(struct relay *r, int reconcile)
@@ -1017,7 +1143,7 @@ void relay_wake(struct relay *r, int reconcile)
     r->woken = 1;
     if (reconcile)
         recon_start(r);
-    relay_pump(r, relay_now_ms());
+    relay_pump(r, relay_clock_ms(r));
 }
 
 void relay_drain(struct relay *r)

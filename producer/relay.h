@@ -34,8 +34,20 @@
  * broker_publish() and their fate arrives through relay_on_confirm(). The
  * relay never blocks and never calls a *_sync function.
  *
- * Times (now_ms) are wall-clock milliseconds since the epoch, the store's
- * time base.
+ * Clocks: schedules (ticks, scans, reconciliation) run on the clock the
+ * ticks are given, which is CLOCK_MONOTONIC milliseconds, so that a wall
+ * clock set back does not stall them; the relay reads the wall clock (ms
+ * since the epoch, the store's time base) itself for what it stores or
+ * sends, the outbox's deferrals included: when the wall clock has gone
+ * back since the last tick, deferred rows are moved back as far.
+ *
+ * A store that fails for now (locked, full) loses no work: rows stay in
+ * the outbox, a confirmed message whose commit failed waits in its slot
+ * and is committed later, never published again for it. The cause is
+ * logged once, and again when the store works; store work then pauses for
+ * a backoff (RELAY_STORE_RETRY_MIN_MS doubling to RELAY_STORE_RETRY_MAX_MS),
+ * so that a store waiting out its busy timeout on every call does not
+ * stall the loop.
  *
  * Teardown order: the relay's API calls point into the relay, so
  * billmgr_free() (which cancels them without their callbacks) must run
@@ -69,6 +81,16 @@
 /* How often the outbox is polled for rows that became due without a wake
  * (deferred rows, events recorded while the control socket was down). */
 #define RELAY_SCAN_INTERVAL_MS 1000
+/* A wall clock that moved back by more than this between two ticks has
+ * been set back (relay_tick). */
+#define RELAY_CLOCK_STEP_MS 1000
+/* Backoff of store work after the store failed for now. */
+#define RELAY_STORE_RETRY_MIN_MS 250
+#define RELAY_STORE_RETRY_MAX_MS 4000
+/* The key of a task's rev set (store_rev.applied) in which the relay
+ * records the seq of the confirmed message that last changed the status
+ * forwarded (consumer/reverse.c reads it). */
+#define RELAY_KEY_STATUS_SEQ "sseq"
 
 /* Counters since relay_new (gauges say so). */
 struct relay_stats {
@@ -122,11 +144,15 @@ struct relay *relay_new(const struct config *cfg, struct store *st, struct billm
  * flight), since it does not cancel calls; see the teardown order above. */
 void relay_free(struct relay *r);
 
-/* Does the work that is due at now_ms: commits acks the store refused
- * earlier, publishes messages waiting for the broker, starts a
- * reconciliation when one is due, and takes due outbox rows into free
- * window slots. Returns the absolute time (ms) at which it wants the next
- * tick, at most now_ms + RELAY_SCAN_INTERVAL_MS. */
+/* Does the work that is due at now_ms (CLOCK_MONOTONIC milliseconds):
+ * commits acks the store refused earlier, publishes messages waiting for
+ * the broker, starts a reconciliation when one is due, and takes due
+ * outbox rows into free window slots. A wall clock that went back since
+ * the last tick by more than RELAY_CLOCK_STEP_MS (against the monotonic
+ * clock) moves the deferred rows of the outbox back as far; the first
+ * tick makes rows deferred further than the relay ever defers due.
+ * Returns the time on now_ms's clock at which it wants the next tick, at
+ * most now_ms + RELAY_SCAN_INTERVAL_MS. */
 int64_t relay_tick(struct relay *r, int64_t now_ms);
 
 /* The fate of a publish. Tags the relay did not publish are ignored, so

@@ -95,11 +95,11 @@ struct sp_client {
     int list_wait; /* the next page waits for the view queue to shrink */
     int failed;    /* something failed in this cycle */
     long page;
-    long seen; /* rows listed in this cycle */
-    int64_t started_ms;
-    int64_t next_cycle_ms;
-    int again;   /* statepub_kick() during a cycle: one more right after it */
-    size_t jobs; /* state jobs of this cycle not finished */
+    long seen;             /* rows listed in this cycle */
+    int64_t started_ms;    /* monotonic */
+    int64_t next_cycle_ms; /* monotonic */
+    int again;             /* statepub_kick() during a cycle: one more right after it */
+    size_t jobs;           /* state jobs of this cycle not finished */
     struct sp_list waiting;
     struct sp_sync cur[STATEPUB_MAX_SYNCS]; /* answered by the running cycle */
     size_t ncur;
@@ -133,6 +133,11 @@ struct statepub {
     int started;
     int draining;
     int in_pump;
+    char store_trouble[STORE_ERROR_MAX]; /* the commit failure last logged */
+    /* Schedules run on the clock the ticks are given: between ticks it is
+     * tick_now plus the monotonic time since. */
+    int64_t tick_now;
+    int64_t tick_mono;
 
     struct statepub_stats stats;
 };
@@ -141,11 +146,27 @@ static void sp_pump(struct statepub *sp);
 static void cycle_maybe_end(struct sp_client *c);
 static void page_request(struct sp_client *c);
 
+/* The wall clock: for what is stored or sent (message times, the time of
+ * the last cycle). */
 static int64_t sp_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t sp_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Now on the clock of the ticks (monotonic), for schedules set between
+ * ticks: a wall clock set back must not stall them. */
+static int64_t sp_clock_ms(const struct statepub *sp)
+{
+    return sp->tick_now + (sp_mono_ms() - sp->tick_mono);
 }
 
 /* ---- pure helpers ---------------------------------------------------- */
@@ -495,7 +516,7 @@ static void cycle_maybe_end(struct sp_client *c)
     struct statepub *sp = c->sp;
     if (!c->running || c->listing || c->list_call || c->jobs > 0)
         return;
-    int64_t now = sp_now_ms();
+    int64_t now = sp_clock_ms(sp), wall = sp_now_ms();
     int64_t took = now - c->started_ms;
     c->running = 0;
     if (sp->draining) {
@@ -504,9 +525,9 @@ static void cycle_maybe_end(struct sp_client *c)
         return;
     }
     sp->stats.cycles++;
-    sp->stats.last_cycle_ms = now;
+    sp->stats.last_cycle_ms = wall;
     sp->stats.last_cycle_duration_ms = took;
-    if (store_meta_set_i64(sp->st, STATEPUB_META_LAST_CYCLE, now) != RT_OK)
+    if (store_meta_set_i64(sp->st, STATEPUB_META_LAST_CYCLE, wall) != RT_OK)
         log_warning("cannot record the time of the last state cycle: %s", store_strerror(sp->st));
     if (c->cyc_blind)
         log_warning("list of department %ld of client \"%s\" has no \"%s\" column: every "
@@ -974,8 +995,8 @@ static int job_record_seqs(const struct sp_job *j, int status_changed, char *app
 /* Records a confirmed state message: rev_fp, applied "state", "status",
  * SP_KEY_REV_PUB and SP_KEY_PUB_FWD, notes_sent, in one transaction that re-reads the link and keeps what
  * the forward applier wrote. On RT_RETRY the job waits in the acked list
- * and statepub_tick() tries again. */
-static void job_commit(struct sp_job *j)
+ * and statepub_tick() tries again; the status is returned. */
+static rt_status job_commit(struct sp_job *j)
 {
     struct sp_client *c = j->c;
     struct statepub *sp = c->sp;
@@ -1008,12 +1029,19 @@ static void job_commit(struct sp_job *j)
         const char *why = store_strerror(sp->st);
         store_rollback(sp->st);
         if (st == RT_RETRY) {
-            log_warning("cannot record the confirmed state of task %" PRId64 " of client \"%s\" "
-                        "(seq %" PRIu64 "), will retry: %s",
-                        j->dst_task, c->cc->id, j->seq, why);
+            /* Once per cause: the store may refuse every job of a cycle. */
+            if (strcmp(why, sp->store_trouble) != 0)
+                log_warning("cannot record the confirmed state of task %" PRId64 " of client "
+                            "\"%s\" (seq %" PRIu64 "), will retry: %s",
+                            j->dst_task, c->cc->id, j->seq, why);
+            else
+                log_debug("cannot record the confirmed state of task %" PRId64 " of client "
+                          "\"%s\" yet: %s",
+                          j->dst_task, c->cc->id, why);
+            snprintf(sp->store_trouble, sizeof sp->store_trouble, "%s", why);
             j->state = JOB_ACKED;
             list_push_tail(&sp->acked, j);
-            return;
+            return RT_RETRY;
         }
         /* Not recorded: the next cycle sees the state as new and
          * publishes it again, which the client takes as a newer seq. */
@@ -1021,7 +1049,11 @@ static void job_commit(struct sp_job *j)
                   "%" PRIu64 "): %s",
                   j->dst_task, c->cc->id, j->seq, why);
         job_finish(j, 0);
-        return;
+        return st;
+    }
+    if (sp->store_trouble[0]) {
+        log_info("the store records confirmed states again (after: %s)", sp->store_trouble);
+        sp->store_trouble[0] = '\0';
     }
     sp->stats.confirmed++;
     c->cyc_confirmed++;
@@ -1031,6 +1063,7 @@ static void job_commit(struct sp_job *j)
               ", seq %" PRIu64 ")",
               j->dst_task, c->cc->id, j->src_task, j->seq);
     job_finish(j, 1);
+    return RT_OK;
 }
 
 static struct sp_job *published_find(struct statepub *sp, uint64_t tag)
@@ -1078,6 +1111,7 @@ struct statepub *statepub_new(const struct config *cfg, struct store *st, struct
         sp->clients[i].sp = sp;
         sp->clients[i].cc = &cfg->server.clients[i];
     }
+    sp->tick_now = sp->tick_mono = sp_mono_ms();
     bool found = false;
     if (store_meta_get_i64(st, STATEPUB_META_LAST_CYCLE, &sp->stats.last_cycle_ms, &found) !=
         RT_OK) {
@@ -1108,17 +1142,22 @@ void statepub_free(struct statepub *sp)
 
 int64_t statepub_tick(struct statepub *sp, int64_t now_ms)
 {
+    sp->tick_now = now_ms;
+    sp->tick_mono = sp_mono_ms();
     if (!sp->started) {
         sp->started = 1;
         for (size_t i = 0; i < sp->nclients; i++)
             if (!sp->clients[i].running && !sp->clients[i].next_cycle_ms)
                 sp->clients[i].next_cycle_ms = now_ms + STATEPUB_FIRST_CYCLE_DELAY_MS;
     }
-    /* Commits the store refused: each job is tried once per tick. */
+    /* Commits the store refused: each job is tried once per tick, and none
+     * after one that is refused again (each try may wait out the store's
+     * busy timeout). */
     for (size_t n = sp->acked.n; n > 0 && sp->acked.head; n--) {
         struct sp_job *j = sp->acked.head;
         list_unlink(j);
-        job_commit(j);
+        if (job_commit(j) == RT_RETRY)
+            break;
     }
     for (size_t i = 0; i < sp->nclients && !sp->draining; i++) {
         struct sp_client *c = &sp->clients[i];
@@ -1222,7 +1261,7 @@ rt_status statepub_sync(struct statepub *sp, const char *client, const char *syn
         return RT_OK;
     }
     log_info("sync request \"%s\" of client \"%s\": cycle starting now", sync_id, c->cc->id);
-    cycle_start(c, sp_now_ms());
+    cycle_start(c, sp_clock_ms(sp));
     sp_pump(sp);
     return RT_OK;
 }

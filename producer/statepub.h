@@ -59,7 +59,11 @@
  * Everything is asynchronous: API calls go through billmgr_call() and their
  * callbacks run inside billmgr_handle(); publishes go through
  * broker_publish() and their fate arrives through statepub_on_confirm().
- * Times (now_ms) are wall-clock milliseconds since the epoch.
+ * Times passed in and returned (now_ms) are CLOCK_MONOTONIC milliseconds
+ * (between ticks the publisher moves the ticks' clock on by the monotonic
+ * clock): a wall clock set back never stalls the cycles. The wall clock
+ * only stamps what is sent or stored (message times, the last cycle's
+ * time).
  *
  * Teardown order, as for the relay: billmgr_free() (which cancels the
  * publisher's calls without their callbacks) BEFORE statepub_free(), and
@@ -151,10 +155,11 @@ struct statepub *statepub_new(const struct config *cfg, struct store *st, struct
  * publisher in flight): it cancels no call. */
 void statepub_free(struct statepub *sp);
 
-/* Does the work due at now_ms: commits acks the store refused earlier,
- * starts the cycles that are due, publishes what waits for the broker and
- * starts views. Returns the absolute time (ms) at which it wants the next
- * tick, at most now_ms + STATEPUB_TICK_MS. */
+/* Does the work due at now_ms (monotonic): commits acks the store refused
+ * earlier (none after one refused again), starts the cycles that are due,
+ * publishes what waits for the broker and starts views. Returns the
+ * monotonic time at which it wants the next tick, at most
+ * now_ms + STATEPUB_TICK_MS. */
 int64_t statepub_tick(struct statepub *sp, int64_t now_ms);
 
 /* The fate of a publish. Tags the publisher did not publish are ignored,
@@ -173,7 +178,7 @@ void statepub_on_connected(struct statepub *sp);
  * than CODEC_MAX_ID, or the publisher is draining. Copies both strings. */
 rt_status statepub_sync(struct statepub *sp, const char *client, const char *sync_id);
 
-/* Makes every client's next cycle due at now_ms (a resync): the next
+/* Makes every client's next cycle due at now_ms (monotonic; a resync): the next
  * statepub_tick() starts it, or, for a client whose cycle runs, it starts
  * right after that one ends. No sync_done is published for it. Does
  * nothing while draining. */

@@ -31,6 +31,14 @@
 #include "http_stub.h"
 #include "log.h"
 
+/* The wall clock, which the relay stores (the outbox's times). */
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 /* ---- the broker stand-in -------------------------------------------- */
 
 #define MAX_PUBLISHED 64
@@ -314,7 +322,8 @@ static int setup(void **state)
     sim.view_missed_object[0] = '\0';
     int port = sim_start();
     fx->cfg = load_config(fx->dir, port, 3600);
-    fx->st = store_open(fx->cfg->state_dir, err, sizeof err);
+    /* A short busy timeout, as the daemon's: a held lock fails fast. */
+    fx->st = store_open_timeout(fx->cfg->state_dir, 50, err, sizeof err);
     assert_non_null(fx->st);
     struct billmgr_opts o;
     config_opts_billmgr(fx->cfg, &o);
@@ -353,9 +362,9 @@ typedef int (*cond_fn)(struct fixture *fx);
  * relay_tick) until cond holds; fails after a generous deadline. */
 static void run_until(struct fixture *fx, cond_fn cond, const char *what)
 {
-    int64_t deadline = relay_now_ms() + 20000;
+    int64_t deadline = wall_ms() + 20000;
     while (!cond(fx)) {
-        if (relay_now_ms() > deadline)
+        if (wall_ms() > deadline)
             fail_msg("timed out waiting for %s", what);
         struct pollfd fds[16];
         size_t n = billmgr_pollfds(fx->bm, fds, 16);
@@ -364,7 +373,7 @@ static void run_until(struct fixture *fx, cond_fn cond, const char *what)
             t = 20;
         int k = poll(fds, n, t);
         billmgr_handle(fx->bm, fds, k > 0 ? n : 0);
-        relay_tick(fx->r, relay_now_ms());
+        relay_tick(fx->r, relay_mono_ms());
     }
 }
 
@@ -383,6 +392,12 @@ static int two_published(struct fixture *fx)
 {
     (void)fx;
     return fake_broker.n >= 2;
+}
+
+static int three_published(struct fixture *fx)
+{
+    (void)fx;
+    return fake_broker.n >= 3;
 }
 
 /* No API call in flight and no row being viewed (rows may wait for the
@@ -413,7 +428,7 @@ static uint64_t backlog(struct fixture *fx)
 
 static void add_event(struct fixture *fx, int64_t task)
 {
-    assert_int_equal(store_outbox_add(fx->st, "7", task, relay_now_ms()), RT_OK);
+    assert_int_equal(store_outbox_add(fx->st, "7", task, wall_ms()), RT_OK);
     relay_wake(fx->r, 0);
 }
 
@@ -671,11 +686,10 @@ static void missing_view_function_is_not_a_deleted_task(void **state)
         relay_stats(fx->r, &s);
         assert_int_equal(s.dropped, 0);
         /* Deferred as a configuration error, not dropped. */
-        assert_int_equal(store_outbox_due(fx->st, relay_now_ms() + 60000, 4, ev, &n), RT_OK);
+        assert_int_equal(store_outbox_due(fx->st, wall_ms() + 60000, 4, ev, &n), RT_OK);
         assert_int_equal(n, 0);
         assert_int_equal(
-            store_outbox_due(fx->st, relay_now_ms() + RELAY_REJECT_DELAY_MS + 1000, 4, ev, &n),
-            RT_OK);
+            store_outbox_due(fx->st, wall_ms() + RELAY_REJECT_DELAY_MS + 1000, 4, ev, &n), RT_OK);
         assert_int_equal(n, 2);
         /* Once the function answers again, the events go out, and a later
          * loss of it is logged again. */
@@ -715,9 +729,9 @@ static void failures_defer_with_backoff(void **state)
     add_event(fx, 5);
     run_until(fx, calls_done, "the failed view");
     assert_int_equal(fake_broker.n, 0);
-    assert_int_equal(store_outbox_due(fx->st, relay_now_ms(), 4, ev, &n), RT_OK);
+    assert_int_equal(store_outbox_due(fx->st, wall_ms(), 4, ev, &n), RT_OK);
     assert_int_equal(n, 0);
-    assert_int_equal(store_outbox_due(fx->st, relay_now_ms() + 1100, 4, ev, &n), RT_OK);
+    assert_int_equal(store_outbox_due(fx->st, wall_ms() + 1100, 4, ev, &n), RT_OK);
     assert_int_equal(n, 1);
     assert_int_equal(ev[0].attempts, 1);
 
@@ -725,10 +739,10 @@ static void failures_defer_with_backoff(void **state)
     sim.deny_views = 1;
     add_event(fx, 5); /* a new event makes the row due at once */
     run_until(fx, calls_done, "the denied view");
-    assert_int_equal(store_outbox_due(fx->st, relay_now_ms() + 60000, 4, ev, &n), RT_OK);
+    assert_int_equal(store_outbox_due(fx->st, wall_ms() + 60000, 4, ev, &n), RT_OK);
     assert_int_equal(n, 0);
-    assert_int_equal(
-        store_outbox_due(fx->st, relay_now_ms() + RELAY_REJECT_DELAY_MS + 1000, 4, ev, &n), RT_OK);
+    assert_int_equal(store_outbox_due(fx->st, wall_ms() + RELAY_REJECT_DELAY_MS + 1000, 4, ev, &n),
+                     RT_OK);
     assert_int_equal(n, 1);
     assert_int_equal(ev[0].attempts, 2);
     sim.deny_views = 0;
@@ -737,9 +751,9 @@ static void failures_defer_with_backoff(void **state)
     add_event(fx, 5);
     run_until(fx, one_published, "the publish");
     relay_on_confirm(fx->r, fake_broker.pub[0].tag, BROKER_RETURNED);
-    assert_int_equal(store_outbox_due(fx->st, relay_now_ms() + 2000, 4, ev, &n), RT_OK);
+    assert_int_equal(store_outbox_due(fx->st, wall_ms() + 2000, 4, ev, &n), RT_OK);
     assert_int_equal(n, 0);
-    assert_int_equal(store_outbox_due(fx->st, relay_now_ms() + 4100, 4, ev, &n), RT_OK);
+    assert_int_equal(store_outbox_due(fx->st, wall_ms() + 4100, 4, ev, &n), RT_OK);
     assert_int_equal(n, 1);
     assert_int_equal(ev[0].attempts, 3);
     relay_stats(fx->r, &s);
@@ -868,7 +882,156 @@ static void confirm_creates_the_rev_row(void **state)
     assert_true(rev.found);
     assert_int_equal(rev.seq, 0);
     assert_int_equal(rev.notes_applied, 0);
-    assert_string_equal(rev.applied, "status=1");
+    assert_string_equal(rev.applied, "sseq=1;status=1");
+}
+
+/* The rev row's "sseq" is the seq of the confirmed message that last
+ * changed the status forwarded (consumer/reverse.c: a state that missed
+ * only messages forwarding the same status is not stale). */
+static void status_seq_marks_the_last_status_change(void **state)
+{
+    struct fixture *fx = *state;
+    struct store_rev rev;
+    settle(fx);
+    sim_task(6, 3, "Reinstall", "", "2024-05-01 10:00:00");
+    add_event(fx, 6);
+    run_until(fx, one_published, "the first publish");
+    relay_on_confirm(fx->r, fake_broker.pub[0].tag, BROKER_ACKED);
+    assert_int_equal(store_rev_get(fx->st, "7", 6, &rev), RT_OK);
+    assert_int_equal(fp_set_get_int(rev.applied, "sseq", -1), 1);
+
+    /* A rename forwards the same status: the seq stays. */
+    sim_task(6, 3, "Reinstall Debian", "", "2024-05-01 10:00:01");
+    add_event(fx, 6);
+    run_until(fx, two_published, "the rename");
+    relay_on_confirm(fx->r, fake_broker.pub[1].tag, BROKER_ACKED);
+    assert_int_equal(store_rev_get(fx->st, "7", 6, &rev), RT_OK);
+    assert_int_equal(fp_set_get_int(rev.applied, "sseq", -1), 1);
+    assert_int_equal(fp_set_get_int(rev.applied, "status", -1), 0);
+
+    /* Closed on the source: this message changes it. */
+    pthread_mutex_lock(&sim.lock);
+    sim.tasks[6].status = 2;
+    snprintf(sim.tasks[6].updated, sizeof sim.tasks[6].updated, "2024-05-01 10:00:02");
+    pthread_mutex_unlock(&sim.lock);
+    add_event(fx, 6);
+    run_until(fx, three_published, "the close");
+    assert_int_equal(fake_broker.pub[2].msg.seq, 3);
+    relay_on_confirm(fx->r, fake_broker.pub[2].tag, BROKER_ACKED);
+    assert_int_equal(store_rev_get(fx->st, "7", 6, &rev), RT_OK);
+    assert_int_equal(fp_set_get_int(rev.applied, "sseq", -1), 3);
+    assert_int_equal(fp_set_get_int(rev.applied, "status", -1), 2);
+}
+
+/* Issue 13: the wall clock set back an hour. An outbox row deferred by a
+ * second just before (its due time is stored, on the wall clock that was
+ * an hour ahead) is still published a second later, not an hour later. */
+static void wall_clock_set_back_keeps_deferred_rows_on_time(void **state)
+{
+    struct fixture *fx = *state;
+    struct store_event ev[4];
+    size_t n;
+    settle(fx);
+    sim_task(5, 3, "x", "", "2024-05-01 10:00:00");
+    assert_int_equal(store_outbox_add(fx->st, "7", 5, wall_ms()), RT_OK);
+    /* Deferred when the wall clock read an hour later than it does now,
+     * and the relay's last tick saw that clock. */
+    assert_int_equal(
+        store_outbox_defer(fx->st, "7", 5, wall_ms() + 3600 * 1000 + 1000, "view failed"), RT_OK);
+    fx->r->wall_skew += 3600 * 1000;
+    relay_tick(fx->r, relay_mono_ms());
+    assert_int_equal(store_outbox_due(fx->st, wall_ms() + 2000, 4, ev, &n), RT_OK);
+    assert_int_equal(n, 1);
+    run_until(fx, one_published, "the row deferred before the clock went back");
+    assert_int_equal(fake_broker.pub[0].msg.task, 5);
+
+    /* A row deferred ten days ahead (a clock that was ahead before a
+     * restart): a new relay's first tick brings it within the longest
+     * deferral it ever makes. */
+    assert_int_equal(store_outbox_add(fx->st, "7", 6, wall_ms()), RT_OK);
+    assert_int_equal(store_outbox_defer(fx->st, "7", 6, wall_ms() + 10LL * 86400 * 1000, "x"),
+                     RT_OK);
+    char err[128];
+    struct relay *r2 =
+        relay_new(fx->cfg, fx->st, fx->bm, (struct broker *)&fx->fake_br, err, sizeof err);
+    assert_non_null(r2);
+    fake_broker.connected = 0; /* nothing to publish: only the schedule */
+    relay_tick(r2, relay_mono_ms());
+    relay_drain(r2);
+    billmgr_free(fx->bm); /* cancels r2's calls before it goes */
+    relay_free(r2);
+    struct billmgr_opts o;
+    config_opts_billmgr(fx->cfg, &o);
+    fx->bm = billmgr_new(&o, err, sizeof err);
+    assert_non_null(fx->bm);
+    fx->r->bm = fx->bm;
+    assert_int_equal(store_outbox_due(fx->st, wall_ms() + RELAY_BACKOFF_MAX_MS + 1000, 4, ev, &n),
+                     RT_OK);
+    int found = 0;
+    for (size_t i = 0; i < n; i++)
+        found |= ev[i].task == 6;
+    assert_true(found);
+}
+
+/* Schedules run on the clock the ticks are given, the monotonic one: the
+ * next reconciliation is due poll_interval after the last ended on that
+ * clock, whatever the wall clock says. */
+static void ticks_on_the_monotonic_clock(void **state)
+{
+    struct fixture *fx = *state;
+    struct relay_stats s;
+    settle(fx);
+    int64_t now = relay_mono_ms();
+    int lists = sim_count(&sim.lists);
+    int64_t next = relay_tick(fx->r, now);
+    assert_true(next > now && next <= now + RELAY_SCAN_INTERVAL_MS);
+    assert_int_equal(sim_count(&sim.lists), lists); /* not yet: poll_interval is an hour */
+    relay_tick(fx->r, now + 3600 * 1000 + 1000);
+    relay_stats(fx->r, &s);
+    assert_true(s.reconciling);
+    run_until(fx, calls_done, "the second reconciliation");
+    assert_true(sim_count(&sim.lists) > lists);
+}
+
+/* Issue 9, case 7: the store held by another process when a confirm
+ * arrives. The confirmed message is kept (never published again for it)
+ * and committed once the store works; the cause is logged once, not once
+ * per try. */
+static void held_store_keeps_a_confirmed_message(struct fixture *fx)
+{
+    char err[256];
+    sim_task(5, 3, "x", "", "2024-05-01 10:00:00");
+    add_event(fx, 5);
+    run_until(fx, one_published, "the publish");
+    struct store *other = store_open(fx->cfg->state_dir, err, sizeof err);
+    assert_non_null(other);
+    assert_int_equal(store_begin(other), RT_OK);
+    relay_on_confirm(fx->r, fake_broker.pub[0].tag, BROKER_ACKED);
+    int64_t now = relay_mono_ms();
+    for (int i = 1; i <= 4; i++)
+        relay_tick(fx->r, now + i * RELAY_STORE_RETRY_MAX_MS);
+    assert_int_equal(backlog(fx), 1);
+    assert_false(relay_idle(fx->r));
+    assert_int_equal(store_rollback(other), RT_OK);
+    store_free(other);
+    relay_tick(fx->r, now + 10 * RELAY_STORE_RETRY_MAX_MS);
+}
+
+static void held_store_loses_nothing(void **state)
+{
+    struct fixture *fx = *state;
+    struct relay_stats s;
+    settle(fx);
+    log_set_level(LOG_LEVEL_INFO);
+    int lines =
+        count_log_lines(fx, held_store_keeps_a_confirmed_message, "cannot record a confirmed");
+    log_set_level(LOG_LEVEL_ERROR);
+    assert_int_equal(lines, 1);
+    assert_int_equal(backlog(fx), 0);
+    assert_int_equal(fake_broker.n, 1);
+    relay_stats(fx->r, &s);
+    assert_int_equal(s.confirmed, 1);
+    assert_true(relay_idle(fx->r));
 }
 
 static void event_during_publish_is_published_again(void **state)
@@ -949,7 +1112,7 @@ static void drain_lets_go_and_free_is_safe_in_flight(void **state)
     struct relay *r2 =
         relay_new(fx->cfg, fx->st, fx->bm, (struct broker *)&fx->fake_br, err, sizeof err);
     assert_non_null(r2);
-    relay_tick(r2, relay_now_ms());
+    relay_tick(r2, relay_mono_ms());
     assert_true(billmgr_inflight(fx->bm) > 0);
     assert_false(relay_idle(r2));
     relay_free(fx->r);
@@ -986,6 +1149,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(confirm_after_a_newer_state_keeps_its_status, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(confirm_creates_the_rev_row, setup, teardown),
+        cmocka_unit_test_setup_teardown(status_seq_marks_the_last_status_change, setup, teardown),
+        cmocka_unit_test_setup_teardown(wall_clock_set_back_keeps_deferred_rows_on_time, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(ticks_on_the_monotonic_clock, setup, teardown),
+        cmocka_unit_test_setup_teardown(held_store_loses_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(event_during_publish_is_published_again, setup, teardown),
         cmocka_unit_test_setup_teardown(reconciliation_pages_and_skips_seen_tasks, setup, teardown),
         cmocka_unit_test_setup_teardown(drain_lets_go_and_free_is_safe_in_flight, setup, teardown),

@@ -397,7 +397,7 @@ static void run_until(struct fixture *fx, cond_fn cond, const char *what)
             t = 20;
         int k = poll(fds, n, t);
         billmgr_handle(fx->bm, fds, k > 0 ? n : 0);
-        statepub_tick(fx->sp, sp_now_ms());
+        statepub_tick(fx->sp, sp_mono_ms());
         assert_true(fx->sp->viewing.n <= 2);
         assert_true(billmgr_inflight(fx->bm) <= 2 + fx->sp->nclients);
     }
@@ -955,7 +955,7 @@ static void failures_carry_the_sync_and_publish_again(void **state)
     assert_int_equal(s.view_failed, 1);
     struct sp_client *c = &fx->sp->clients[0];
     assert_int_equal(c->npend, 1);
-    int64_t now = sp_now_ms();
+    int64_t now = sp_mono_ms();
     assert_true(c->next_cycle_ms > now);
     assert_true(c->next_cycle_ms <= now + STATEPUB_RETRY_DELAY_MS);
 
@@ -1092,7 +1092,7 @@ static void drain_lets_go_and_free_is_safe_in_flight(void **state)
     assert_int_equal(statepub_sync(fx->sp, "7", "e"), RT_REJECT);
     fake_broker.connected = 1;
     statepub_on_connected(fx->sp);
-    statepub_tick(fx->sp, sp_now_ms() + 3600 * 1000);
+    statepub_tick(fx->sp, sp_mono_ms() + 3600 * 1000);
     assert_int_equal(fake_broker.n, 0); /* no new work while draining */
     assert_int_equal(billmgr_inflight(fx->bm), 0);
     assert_string_equal(link_of(fx, "7", 101).rev_fp, "");
@@ -1108,6 +1108,25 @@ static void drain_lets_go_and_free_is_safe_in_flight(void **state)
     assert_false(statepub_idle(sp2));
     statepub_free(fx->sp);
     fx->sp = sp2;
+}
+
+/* Issue 13: cycles run on the clock the ticks are given, the monotonic
+ * one, so that a wall clock set back an hour stalls nothing: the next
+ * cycle is due sync_interval after the last ended on that clock. */
+static void cycles_keep_time_on_the_monotonic_clock(void **state)
+{
+    struct fixture *fx = *state;
+    first_cycles(fx);
+    int64_t now = sp_mono_ms();
+    int64_t next = statepub_tick(fx->sp, now);
+    assert_true(next > now && next <= now + STATEPUB_TICK_MS);
+    assert_int_equal(stats_of(fx).running, 0); /* sync_interval is an hour */
+    struct sp_client *c = &fx->sp->clients[0];
+    assert_true(c->next_cycle_ms > now && c->next_cycle_ms <= now + 3600 * 1000);
+    statepub_tick(fx->sp, now + 3600 * 1000 + 1000);
+    assert_int_equal(stats_of(fx).running, 2);
+    want_cycles = 4;
+    run_until(fx, cycles_done, "the cycles an hour later");
 }
 
 static void new_refuses_a_config_without_server(void **state)
@@ -1140,6 +1159,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(paging_and_the_view_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(rows_without_updated_are_always_viewed, setup, teardown),
         cmocka_unit_test_setup_teardown(drain_lets_go_and_free_is_safe_in_flight, setup, teardown),
+        cmocka_unit_test_setup_teardown(cycles_keep_time_on_the_monotonic_clock, setup, teardown),
         cmocka_unit_test_setup_teardown(new_refuses_a_config_without_server, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
