@@ -5,29 +5,99 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "fp.h"
 #include "log.h"
 #include "store.h"
 
+/* The broker calls the applier makes, in one table: applier_new() sets the
+ * broker's own, and a unit test that compiles this file in
+ * (tests/unit/test_applier.c) puts a stand-in there to see every ack,
+ * reject and publish. */
+struct applier_io {
+    rt_status (*ack)(struct broker *b, uint64_t tag);
+    rt_status (*reject)(struct broker *b, uint64_t tag, int requeue);
+    rt_status (*publish)(struct broker *b, const char *exchange, const char *key,
+                         const struct broker_props *props, const void *body, size_t len,
+                         uint64_t *tag);
+    int (*connected)(const struct broker *b);
+    int (*blocked)(const struct broker *b);
+    const char *(*strerror)(const struct broker *b);
+};
+
+static const struct applier_io applier_broker_io = {
+    .ack = broker_ack,
+    .reject = broker_reject,
+    .publish = broker_publish,
+    .connected = broker_connected,
+    .blocked = broker_blocked,
+    .strerror = broker_strerror,
+};
+
 struct applier {
     struct broker *br;
+    const struct applier_io *io;
     enum broker_dir dir;
     const struct applier_ops *ops;
     void *owner;
     size_t priv_size;
     struct applier_slot **slots;
     size_t nslots;
-    size_t max_slots;
+    size_t cap;       /* room in slots */
+    size_t max_slots; /* what the owner sized for (applier_slots_for) */
+    size_t max_running;
+    size_t running; /* slots in the owner's hands */
     uint64_t epoch;
     uint64_t taken;
     int draining;
+    int grown; /* more deliveries than max_slots came (logged once) */
+    int pumping;
+    int repump;
+    char rr_client[APPLIER_SHORT_MAX];    /* the client whose slot started last */
+    char trouble[APPLIER_REASON_MAX];     /* the deferred cause last logged, "" when none */
+    uint64_t defers;                      /* applier_defer() calls, to see a resume work */
+    char pub_trouble[APPLIER_REASON_MAX]; /* the refused copies' cause last logged */
+    /* Backoffs run on the clock the ticks are given: between ticks it is
+     * tick_now plus the monotonic time since. */
+    int64_t tick_now;
+    int64_t tick_mono;
     struct applier_stats stats;
 };
+
+static void applier_pump(struct applier *a);
 
 static void applier_copy(char *dst, size_t size, const char *src)
 {
     snprintf(dst, size, "%s", src ? src : "");
+}
+
+static int64_t applier_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Now on the clock of the ticks. */
+static int64_t applier_clock_ms(const struct applier *a)
+{
+    return a->tick_now + (applier_mono_ms() - a->tick_mono);
+}
+
+/* The next step of a capped doubling backoff: min the first time. */
+static int64_t applier_backoff(int64_t prev, int64_t min, int64_t max)
+{
+    if (prev <= 0)
+        return min;
+    return prev >= max / 2 ? max : prev * 2;
+}
+
+size_t applier_slots_for(int prefetch, size_t queues, int max_running)
+{
+    size_t per = prefetch > 0 ? (size_t)prefetch : 1;
+    size_t n = per * (queues ? queues : 1) + (max_running > 0 ? (size_t)max_running : 1);
+    return n ? n : 1;
 }
 
 const char *applier_sender(const char *user_id, const char *own_user, const char *relayed_user)
@@ -43,11 +113,18 @@ int applier_stale(const struct applier_slot *s)
     return s->epoch != s->a->epoch;
 }
 
-static void applier_start(struct applier_slot *s)
+int applier_troubled(const struct applier *a)
 {
-    struct applier *a = s->a;
-    s->phase = APPLIER_BUSY;
-    a->ops->start(a->owner, s);
+    return a && a->trouble[0] != '\0';
+}
+
+/* A local step worked after applier_defer() had logged a cause. */
+static void applier_recovered(struct applier *a)
+{
+    if (!a->trouble[0])
+        return;
+    log_info("applying works again after: %s", a->trouble);
+    a->trouble[0] = '\0';
 }
 
 void applier_release(struct applier_slot *s)
@@ -55,6 +132,7 @@ void applier_release(struct applier_slot *s)
     struct applier *a = s->a;
     struct applier_slot *next = s->next;
     void *priv = s->priv;
+    int was_running = s->running;
 
     if (s->prev && s->prev->next == s)
         s->prev->next = NULL;
@@ -68,23 +146,29 @@ void applier_release(struct applier_slot *s)
     s->phase = APPLIER_FREE;
     if (a->stats.busy)
         a->stats.busy--;
+    if (was_running && a->running)
+        a->running--;
     if (next) {
         next->prev = NULL;
         if (a->draining || applier_stale(next))
             applier_release(next);
         else
-            applier_start(next);
+            next->phase = APPLIER_READY;
     }
     if (a->ops->released)
         a->ops->released(a->owner);
+    applier_pump(a);
 }
 
 void applier_ack(struct applier_slot *s)
 {
     struct applier *a = s->a;
-    if (!applier_stale(s) && broker_ack(a->br, s->tag) != RT_OK)
+    /* A started slot read the store before it could end: it works. */
+    if (s->running)
+        applier_recovered(a);
+    if (!applier_stale(s) && a->io->ack(a->br, s->tag) != RT_OK)
         log_warning("ack failed for task %" PRId64 " of client \"%s\" (it will be redelivered): %s",
-                    s->task, s->client, broker_strerror(a->br));
+                    s->task, s->client, a->io->strerror(a->br));
     applier_release(s);
 }
 
@@ -93,9 +177,9 @@ void applier_requeue(struct applier_slot *s)
     struct applier *a = s->a;
     if (!applier_stale(s)) {
         a->stats.requeued++;
-        if (broker_reject(a->br, s->tag, 1) != RT_OK)
+        if (a->io->reject(a->br, s->tag, 1) != RT_OK)
             log_warning("requeue failed for a message of queue \"%s\": %s", s->queue,
-                        broker_strerror(a->br));
+                        a->io->strerror(a->br));
     }
     applier_release(s);
 }
@@ -103,10 +187,58 @@ void applier_requeue(struct applier_slot *s)
 void applier_discard(struct applier_slot *s)
 {
     struct applier *a = s->a;
-    if (!applier_stale(s) && broker_reject(a->br, s->tag, 0) != RT_OK)
+    if (!applier_stale(s) && a->io->reject(a->br, s->tag, 0) != RT_OK)
         log_warning("reject failed for a message of queue \"%s\": %s", s->queue,
-                    broker_strerror(a->br));
+                    a->io->strerror(a->br));
     applier_release(s);
+}
+
+/* Writes the exchange and the routing key of the slot's copy; key is ""
+ * when the client cannot name one. */
+static void applier_copy_route(const struct applier_slot *s, char *exchange, size_t elen, char *key,
+                               size_t klen)
+{
+    int dead = s->phase == APPLIER_DEAD_PUBLISH;
+    /* Each client has its own retry and dead-letter exchanges, so that a
+     * copy can only ever reach that client's queues. */
+    exchange[0] = key[0] = '\0';
+    if (dead) {
+        if (broker_dead_exchange(exchange, elen, s->client) == 0)
+            applier_copy(key, klen, broker_dir_name(s->a->dir));
+    } else if (broker_retry_exchange(exchange, elen, s->client) < 0 ||
+               broker_retry_key(key, klen, s->a->dir, (unsigned)(s->attempts + 1)) < 0) {
+        key[0] = '\0';
+    }
+}
+
+/* The copy of s was refused (nack, return, or a publish the broker module
+ * turned down): it keeps its slot and goes again after a backoff. The
+ * cause is logged once, until a copy is taken again. */
+static void applier_refused(struct applier_slot *s, const char *why)
+{
+    struct applier *a = s->a;
+    char exchange[BROKER_NAME_MAX], key[BROKER_NAME_MAX], cause[APPLIER_REASON_MAX];
+    int retry = s->phase == APPLIER_RETRY_PUBLISH;
+
+    applier_copy_route(s, exchange, sizeof(exchange), key, sizeof(key));
+    s->pub_sent = 0;
+    s->pub_delay =
+        applier_backoff(s->pub_delay, APPLIER_REPUBLISH_MIN_MS, APPLIER_REPUBLISH_MAX_MS);
+    s->pub_at = applier_clock_ms(a) + s->pub_delay;
+    snprintf(cause, sizeof(cause), "%s copies to \"%s\": %s", retry ? "retry" : "dead-letter",
+             exchange, why);
+    if (strcmp(cause, a->pub_trouble) != 0) {
+        log_warning("the %s copy of task %" PRId64 " of client \"%s\" was not taken (%s): the "
+                    "message stays unacknowledged and its copy is published again, every %d s "
+                    "at most, until the broker takes it",
+                    retry ? "retry" : "dead-letter", s->task, s->client, cause,
+                    APPLIER_REPUBLISH_MAX_MS / 1000);
+        applier_copy(a->pub_trouble, sizeof(a->pub_trouble), cause);
+    } else {
+        log_debug("the %s copy of task %" PRId64 " of client \"%s\" was not taken again (%s): "
+                  "next try in %" PRId64 " ms",
+                  retry ? "retry" : "dead-letter", s->task, s->client, cause, s->pub_delay);
+    }
 }
 
 /* Publishes the retry or dead-letter copy of the slot's delivery. */
@@ -121,12 +253,8 @@ static void applier_publish(struct applier_slot *s)
 
     memset(&props, 0, sizeof(props));
     memset(h, 0, sizeof(h));
-    /* Each client has its own retry and dead-letter exchanges, so that a
-     * copy can only ever reach that client's queues. */
-    key[0] = exchange[0] = '\0';
+    applier_copy_route(s, exchange, sizeof(exchange), key, sizeof(key));
     if (dead) {
-        if (broker_dead_exchange(exchange, sizeof(exchange), s->client) == 0)
-            applier_copy(key, sizeof(key), broker_dir_name(a->dir));
         h[n++] = (struct broker_header){"x-rt-reason", BROKER_HEADER_STR, s->reason, 0};
         h[n++] = (struct broker_header){"x-rt-kind", BROKER_HEADER_STR,
                                         s->dead_kind_name ? s->dead_kind_name : "", 0};
@@ -137,9 +265,6 @@ static void applier_publish(struct applier_slot *s)
         h[n++] = (struct broker_header){"x-rt-message-id", BROKER_HEADER_STR, s->message_id, 0};
         h[n++] = (struct broker_header){"x-rt-user", BROKER_HEADER_STR, s->user, 0};
     } else {
-        if (broker_retry_exchange(exchange, sizeof(exchange), s->client) < 0 ||
-            broker_retry_key(key, sizeof(key), a->dir, (unsigned)(s->attempts + 1)) < 0)
-            key[0] = '\0';
         h[n++] = (struct broker_header){"x-rt-attempts", BROKER_HEADER_INT, NULL, s->attempts + 1};
         h[n++] = (struct broker_header){"x-rt-error", BROKER_HEADER_STR, s->reason, 0};
         h[n++] = (struct broker_header){"x-rt-user", BROKER_HEADER_STR, s->user, 0};
@@ -153,29 +278,44 @@ static void applier_publish(struct applier_slot *s)
     props.n_headers = n;
 
     rt_status st = key[0]
-                       ? broker_publish(a->br, exchange, key, &props, s->body, s->len, &s->pub_tag)
+                       ? a->io->publish(a->br, exchange, key, &props, s->body, s->len, &s->pub_tag)
                        : RT_REJECT;
     if (st == RT_OK) {
         s->pub_sent = 1;
+        if (s->pub_delay)
+            a->stats.republished++;
         return;
     }
-    if (st == RT_RETRY && !broker_connected(a->br)) {
+    if (st == RT_RETRY && !a->io->connected(a->br)) {
         /* The connection is gone with the delivery: the broker redelivers. */
         log_debug("publish to \"%s\" failed for a message of queue \"%s\", left to redelivery: %s",
-                  exchange, s->queue, broker_strerror(a->br));
+                  exchange, s->queue, a->io->strerror(a->br));
         applier_release(s);
         return;
     }
     if (st == RT_RETRY)
         return; /* blocked or too many unconfirmed: applier_tick tries again */
-    log_error("cannot publish to \"%s\" a message of queue \"%s\" (requeued): %s", exchange,
-              s->queue, key[0] ? broker_strerror(a->br) : "no routing key for its client");
-    applier_requeue(s);
+    /* Invalid for the broker module (which only a bug can cause): the
+     * message is neither requeued nor lost; its copy is tried again. */
+    log_error("cannot publish to \"%s\" a message of queue \"%s\": %s", exchange, s->queue,
+              key[0] ? a->io->strerror(a->br) : "no routing key for its client");
+    applier_refused(s, key[0] ? "refused by the broker module" : "no routing key");
+}
+
+/* Gives back the slot's place among the max_running. */
+static void applier_stop_running(struct applier_slot *s)
+{
+    if (!s->running)
+        return;
+    s->running = 0;
+    if (s->a->running)
+        s->a->running--;
 }
 
 void applier_fail(struct applier_slot *s, rt_status status, int kind, const char *kind_name,
                   const char *fmt, ...)
 {
+    struct applier *a = s->a;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(s->reason, sizeof(s->reason), fmt, ap);
@@ -188,7 +328,11 @@ void applier_fail(struct applier_slot *s, rt_status status, int kind, const char
         applier_release(s);
         return;
     }
+    applier_stop_running(s);
+    s->deferred = 0;
     s->pub_sent = 0;
+    s->pub_at = 0;
+    s->pub_delay = 0;
     if (status == RT_RETRY) {
         log_warning("apply failed for task %" PRId64 " of client \"%s\", retried (attempt %" PRId64
                     "): %s",
@@ -198,12 +342,109 @@ void applier_fail(struct applier_slot *s, rt_status status, int kind, const char
         log_error("message %s of queue \"%s\" (task %" PRId64 " of client \"%s\") goes to "
                   "%s.%s.%s: %s",
                   s->message_id[0] ? s->message_id : "without id", s->queue, s->task, s->client,
-                  BROKER_DEAD_PREFIX, s->client, broker_dir_name(s->a->dir), s->reason);
+                  BROKER_DEAD_PREFIX, s->client, broker_dir_name(a->dir), s->reason);
         s->dead_kind = kind;
         s->dead_kind_name = kind_name;
         s->phase = APPLIER_DEAD_PUBLISH;
     }
-    applier_publish(s);
+    applier_publish(s); /* s may be gone after this */
+    applier_pump(a);
+}
+
+void applier_defer(struct applier_slot *s, const char *fmt, ...)
+{
+    struct applier *a = s->a;
+    char cause[APPLIER_REASON_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cause, sizeof(cause), fmt, ap);
+    va_end(ap);
+
+    a->defers++;
+    a->stats.deferred++;
+    if (applier_stale(s) || a->draining) {
+        log_debug("task %" PRId64 " of client \"%s\" cannot go on (%s): left to the broker, "
+                  "which delivers it again",
+                  s->task, s->client, cause);
+        applier_release(s);
+        return;
+    }
+    s->deferred = 1;
+    s->defer_ms = applier_backoff(s->defer_ms, APPLIER_DEFER_MIN_MS, APPLIER_DEFER_MAX_MS);
+    s->resume_at = applier_clock_ms(a) + s->defer_ms;
+    if (strcmp(cause, a->trouble) != 0) {
+        log_warning("cannot apply task %" PRId64 " of client \"%s\" for now: %s; its delivery "
+                    "stays unacknowledged and is tried again (every %d s at most), and no "
+                    "other starts until then",
+                    s->task, s->client, cause, APPLIER_DEFER_MAX_MS / 1000);
+        applier_copy(a->trouble, sizeof(a->trouble), cause);
+    } else {
+        log_debug("task %" PRId64 " of client \"%s\" still waits: %s; next try in %" PRId64 " ms",
+                  s->task, s->client, cause, s->defer_ms);
+    }
+}
+
+/* 1 when a slot is deferred: new slots then wait too, so that only one
+ * step at a time meets the trouble. */
+static int applier_gated(const struct applier *a)
+{
+    if (!a->trouble[0])
+        return 0;
+    for (size_t i = 0; i < a->nslots; i++)
+        if (a->slots[i]->phase == APPLIER_BUSY && a->slots[i]->deferred)
+            return 1;
+    return 0;
+}
+
+/* 1 when slot s goes before slot best of the same rank: the smaller client
+ * id, then the older delivery. */
+static int applier_before(const struct applier_slot *s, const struct applier_slot *best)
+{
+    int c = strcmp(s->client, best->client);
+    return c < 0 || (c == 0 && s->order < best->order);
+}
+
+/* The READY slot whose turn it is: the oldest of the next client after the
+ * one started last (in the order of client ids, wrapping around). */
+static struct applier_slot *applier_next_ready(struct applier *a)
+{
+    struct applier_slot *after = NULL, *first = NULL;
+    for (size_t i = 0; i < a->nslots; i++) {
+        struct applier_slot *s = a->slots[i];
+        if (s->phase != APPLIER_READY || applier_stale(s))
+            continue; /* one of an old connection is about to be let go */
+        if (strcmp(s->client, a->rr_client) > 0 && (!after || applier_before(s, after)))
+            after = s;
+        if (!first || applier_before(s, first))
+            first = s;
+    }
+    return after ? after : first;
+}
+
+/* Starts READY slots while fewer than max_running are in the owner's
+ * hands. Re-entered from a start (which may end its slot at once), it only
+ * asks the running loop to look again. */
+static void applier_pump(struct applier *a)
+{
+    if (a->pumping) {
+        a->repump = 1;
+        return;
+    }
+    a->pumping = 1;
+    do {
+        a->repump = 0;
+        while (!a->draining && a->running < a->max_running && !applier_gated(a)) {
+            struct applier_slot *s = applier_next_ready(a);
+            if (!s)
+                break;
+            applier_copy(a->rr_client, sizeof(a->rr_client), s->client);
+            s->phase = APPLIER_BUSY;
+            s->running = 1;
+            a->running++;
+            a->ops->start(a->owner, s);
+        }
+    } while (a->repump);
+    a->pumping = 0;
 }
 
 static struct applier_slot *applier_slot_get(struct applier *a)
@@ -211,8 +452,23 @@ static struct applier_slot *applier_slot_get(struct applier *a)
     for (size_t i = 0; i < a->nslots; i++)
         if (a->slots[i]->phase == APPLIER_FREE)
             return a->slots[i];
-    if (a->nslots >= a->max_slots)
-        return NULL;
+    if (a->nslots == a->cap) {
+        size_t cap = a->cap ? a->cap * 2 : 1;
+        struct applier_slot **grown = realloc(a->slots, cap * sizeof(*grown));
+        if (!grown)
+            return NULL;
+        a->slots = grown;
+        a->cap = cap;
+    }
+    if (a->nslots >= a->max_slots && !a->grown) {
+        /* Only a broker that sends more than prefetch per consumer, or a
+         * bug in the sizing, gets here: a delivery is never given back for
+         * want of a slot, so the applier grows. */
+        log_warning("more than %zu deliveries in hand at once (prefetch x queues + max_inflight): "
+                    "taking more slots",
+                    a->max_slots);
+        a->grown = 1;
+    }
     struct applier_slot *s = calloc(1, sizeof(*s));
     if (!s)
         return NULL;
@@ -223,6 +479,7 @@ static struct applier_slot *applier_slot_get(struct applier *a)
     }
     s->a = a;
     a->slots[a->nslots++] = s;
+    a->stats.slots = a->nslots;
     return s;
 }
 
@@ -238,14 +495,15 @@ struct applier_slot *applier_take(struct applier *a, const struct broker_deliver
     }
     struct applier_slot *s = applier_slot_get(a);
     if (!s) {
-        /* Only when deliveries of several connections are in hand at once. */
-        log_warning("no free slot for a message of queue \"%s\" (%zu busy): requeued",
+        log_warning("out of memory for a message of queue \"%s\" (%zu slots): requeued",
                     d->queue ? d->queue : "", a->nslots);
         a->stats.requeued++;
-        broker_reject(a->br, d->delivery_tag, 1);
+        a->io->reject(a->br, d->delivery_tag, 1);
         return NULL;
     }
     a->stats.deliveries++;
+    if (d->redelivered)
+        a->stats.redelivered++;
     a->stats.busy++;
     s->phase = APPLIER_BUSY;
     s->epoch = a->epoch;
@@ -253,8 +511,12 @@ struct applier_slot *applier_take(struct applier *a, const struct broker_deliver
     s->tag = d->delivery_tag;
     applier_copy(s->queue, sizeof(s->queue), d->queue);
     applier_copy(s->message_id, sizeof(s->message_id), d->message_id);
-    if (broker_delivery_header_int(d, "x-rt-attempts", &attempts) == 0 && attempts > 0)
-        s->attempts = attempts;
+    /* Whoever published the message wrote this header: bounded here, so
+     * that attempts + 1 can never overflow. */
+    if (broker_delivery_header_int(d, "x-rt-attempts", &attempts) == 0)
+        s->attempts = attempts < 0                      ? 0
+                      : attempts > APPLIER_ATTEMPTS_MAX ? APPLIER_ATTEMPTS_MAX
+                                                        : attempts;
     applier_copy(s->user, sizeof(s->user),
                  applier_sender(d->user_id, own_user, broker_delivery_header_str(d, "x-rt-user")));
     s->too_big = d->too_big;
@@ -273,7 +535,8 @@ struct applier_slot *applier_take(struct applier *a, const struct broker_deliver
     return s;
 }
 
-/* The slot in hand for the task of s, not counting waiting ones. */
+/* The slot in hand for the task of s (ready, busy or publishing), not
+ * counting waiting ones. */
 static struct applier_slot *applier_active(struct applier *a, const struct applier_slot *s)
 {
     for (size_t i = 0; i < a->nslots; i++) {
@@ -294,7 +557,8 @@ void applier_schedule(struct applier_slot *s, int64_t task, uint64_t seq)
     s->seq = seq;
     struct applier_slot *act = applier_active(a, s);
     if (!act) {
-        applier_start(s);
+        s->phase = APPLIER_READY;
+        applier_pump(a);
         return;
     }
     /* One in hand from an old connection will not ack: this one waits for
@@ -346,15 +610,18 @@ int applier_on_confirm(struct applier *a, uint64_t tag, enum broker_fate fate)
                 if (a->ops->dead)
                     a->ops->dead(a->owner, s);
             }
+            if (a->pub_trouble[0]) {
+                log_info("the broker takes copies again (after: %s)", a->pub_trouble);
+                a->pub_trouble[0] = '\0';
+            }
             applier_ack(s);
             break;
         case BROKER_NACKED:
         case BROKER_RETURNED:
-            log_warning("%s copy of task %" PRId64 " of client \"%s\" was %s by the broker: "
-                        "message requeued",
-                        retry ? "retry" : "dead-letter", s->task, s->client,
-                        fate == BROKER_NACKED ? "refused" : "returned as unroutable");
-            applier_requeue(s);
+            /* Never a requeue: it would come straight back, and count
+             * toward a quorum queue's delivery limit. */
+            applier_refused(s, fate == BROKER_NACKED ? "refused by the broker (nack)"
+                                                     : "returned as unroutable");
             break;
         case BROKER_LOST:
             /* The connection went with the delivery: the broker redelivers. */
@@ -371,19 +638,52 @@ void applier_on_connected(struct applier *a)
     if (!a)
         return;
     a->epoch++;
-    /* Deliveries of the old connection that are not in the owner's hands
-     * are forgotten; those in an API call finish it, without acking. */
+    /* Deliveries of the old connection that are not in an API call are
+     * forgotten; those in a call finish it, without acking. */
     for (size_t i = 0; i < a->nslots; i++) {
         struct applier_slot *s = a->slots[i];
-        if (s->phase == APPLIER_WAITING || s->phase == APPLIER_RETRY_PUBLISH ||
-            s->phase == APPLIER_DEAD_PUBLISH)
+        if (s->phase == APPLIER_WAITING || s->phase == APPLIER_READY ||
+            s->phase == APPLIER_RETRY_PUBLISH || s->phase == APPLIER_DEAD_PUBLISH ||
+            (s->phase == APPLIER_BUSY && s->deferred))
             applier_release(s);
     }
 }
 
+/* The deferred slot to resume at now_ms: the one due first, or NULL. */
+static struct applier_slot *applier_due_deferred(const struct applier *a, int64_t now_ms)
+{
+    struct applier_slot *best = NULL;
+    for (size_t i = 0; i < a->nslots; i++) {
+        struct applier_slot *s = a->slots[i];
+        if (s->phase != APPLIER_BUSY || !s->deferred || s->resume_at > now_ms)
+            continue;
+        if (!best || s->resume_at < best->resume_at ||
+            (s->resume_at == best->resume_at && s->order < best->order))
+            best = s;
+    }
+    return best;
+}
+
 int64_t applier_tick(struct applier *a, int64_t now_ms)
 {
-    int pending = 0;
+    int64_t next = now_ms + 1000;
+
+    a->tick_now = now_ms;
+    a->tick_mono = applier_mono_ms();
+    /* Deferred steps, one at a time while their cause persists: a store
+     * that waits out its busy timeout on each call would stall the loop
+     * once per slot. */
+    for (struct applier_slot *s; !a->draining && (s = applier_due_deferred(a, now_ms));) {
+        uint64_t before = a->defers;
+        s->deferred = 0;
+        if (a->ops->resume)
+            a->ops->resume(a->owner, s);
+        else
+            applier_release(s);
+        if (a->defers != before)
+            break;
+        applier_recovered(a);
+    }
     for (size_t i = 0; i < a->nslots; i++) {
         struct applier_slot *s = a->slots[i];
         if ((s->phase != APPLIER_RETRY_PUBLISH && s->phase != APPLIER_DEAD_PUBLISH) || s->pub_sent)
@@ -392,12 +692,22 @@ int64_t applier_tick(struct applier *a, int64_t now_ms)
             applier_release(s); /* not sent yet: the broker gives it back at close */
             continue;
         }
-        if (broker_connected(a->br) && !broker_blocked(a->br))
+        if (now_ms >= s->pub_at && a->io->connected(a->br) && !a->io->blocked(a->br))
             applier_publish(s);
-        if ((s->phase == APPLIER_RETRY_PUBLISH || s->phase == APPLIER_DEAD_PUBLISH) && !s->pub_sent)
-            pending = 1;
+        if ((s->phase == APPLIER_RETRY_PUBLISH || s->phase == APPLIER_DEAD_PUBLISH) &&
+            !s->pub_sent) {
+            int64_t at = s->pub_at > now_ms + 250 ? s->pub_at : now_ms + 250;
+            if (at < next)
+                next = at;
+        }
     }
-    return now_ms + (pending ? 250 : 1000);
+    applier_pump(a);
+    for (size_t i = 0; i < a->nslots; i++) {
+        const struct applier_slot *s = a->slots[i];
+        if (s->phase == APPLIER_BUSY && s->deferred && s->resume_at < next)
+            next = s->resume_at > now_ms ? s->resume_at : now_ms;
+    }
+    return next;
 }
 
 void applier_drain(struct applier *a)
@@ -407,7 +717,8 @@ void applier_drain(struct applier *a)
     a->draining = 1;
     for (size_t i = 0; i < a->nslots; i++) {
         struct applier_slot *s = a->slots[i];
-        if (s->phase == APPLIER_WAITING ||
+        if (s->phase == APPLIER_WAITING || s->phase == APPLIER_READY ||
+            (s->phase == APPLIER_BUSY && s->deferred) ||
             ((s->phase == APPLIER_RETRY_PUBLISH || s->phase == APPLIER_DEAD_PUBLISH) &&
              !s->pub_sent))
             applier_release(s);
@@ -425,7 +736,7 @@ int applier_idle(const struct applier *a)
         return 1;
     for (size_t i = 0; i < a->nslots; i++) {
         const struct applier_slot *s = a->slots[i];
-        if (s->phase != APPLIER_FREE && s->phase != APPLIER_WAITING)
+        if (s->phase != APPLIER_FREE && s->phase != APPLIER_WAITING && s->phase != APPLIER_READY)
             return 0;
     }
     return 1;
@@ -444,26 +755,34 @@ struct applier_slot *applier_slot_at(const struct applier *a, size_t i)
 void applier_stats(const struct applier *a, struct applier_stats *out)
 {
     memset(out, 0, sizeof(*out));
-    if (a)
-        *out = a->stats;
+    if (!a)
+        return;
+    *out = a->stats;
+    out->running = a->running;
+    out->slots = a->nslots;
 }
 
 struct applier *applier_new(struct broker *br, enum broker_dir dir, size_t max_slots,
-                            size_t priv_size, const struct applier_ops *ops, void *owner)
+                            size_t max_running, size_t priv_size, const struct applier_ops *ops,
+                            void *owner)
 {
     struct applier *a;
 
-    if (!ops || !ops->start || max_slots == 0)
+    if (!ops || !ops->start || max_slots == 0 || max_running == 0)
         return NULL;
     a = calloc(1, sizeof(*a));
     if (!a)
         return NULL;
     a->br = br;
+    a->io = &applier_broker_io;
     a->dir = dir;
     a->ops = ops;
     a->owner = owner;
     a->priv_size = priv_size;
     a->max_slots = max_slots;
+    a->max_running = max_running;
+    a->cap = max_slots;
+    a->tick_now = a->tick_mono = applier_mono_ms();
     a->slots = calloc(max_slots, sizeof(*a->slots));
     if (!a->slots) {
         free(a);

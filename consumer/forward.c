@@ -44,6 +44,17 @@ enum forward_state {
     FS_COMMIT,       /* writing the link (synchronous) */
 };
 
+/* What a slot does again when it resumes after applier_defer() (a store
+ * step that failed for now). */
+enum forward_resume {
+    FR_START = 0, /* the link lookup and everything after it */
+    FR_PENDING,   /* the intent of a note edit, then the edit (note) */
+    FR_ADOPT,     /* the link of an interrupted create's task found again */
+    FR_LIST,      /* the department's page, listed again */
+    FR_RECREATE,  /* the intent of a create, then the create */
+    FR_COMMIT,    /* the commit of an applied message (commit_counter, commit_what) */
+};
+
 /* What the forward applier keeps for one delivery: the priv area of its
  * applier slot, which holds the delivery itself. */
 struct forward_slot {
@@ -63,6 +74,10 @@ struct forward_slot {
     uint64_t commit_seq;   /* last_seq to commit when above msg.seq: a newer
                               message's edit that landed */
     const char *pend_note; /* the note about to be written, for the intent */
+    char *note;            /* the whole note of the pending edit (owned) */
+    enum forward_resume resume;
+    uint64_t *commit_counter; /* what a resumed commit counts */
+    const char *commit_what;  /* and logs */
     /* Recovery of an interrupted create: only ids above after can be it;
      * the unlinked ones of one page. */
     int64_t after;
@@ -97,8 +112,11 @@ static void slot_start(struct forward_slot *s);
 static void slot_update(struct forward_slot *s);
 static void slot_create(struct forward_slot *s);
 static void slot_no_create(struct forward_slot *s);
+static void slot_adopt(struct forward_slot *s);
+static void slot_pend_edit(struct forward_slot *s);
 static void slot_fail(struct forward_slot *s, rt_status status, enum forward_dead_kind kind,
                       const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void slot_store_failed(struct forward_slot *s, rt_status st, enum forward_resume resume);
 
 static int64_t forward_now_ms(void)
 {
@@ -120,6 +138,7 @@ const char *forward_dead_kind_name(enum forward_dead_kind kind)
     case FORWARD_DEAD_UNAUTHORIZED: return "unauthorized";
     case FORWARD_DEAD_DEPARTMENT: return "department";
     case FORWARD_DEAD_API: return "api";
+    case FORWARD_DEAD_SEQ: return "seq";
     }
     return "none";
 }
@@ -495,6 +514,58 @@ static void slot_fail(struct forward_slot *s, rt_status status, enum forward_dea
     applier_fail(s->as, status, (int)kind, forward_dead_kind_name(kind), "%s", reason);
 }
 
+/* A store step failed. For now (busy, locked, full, an I/O error): the
+ * delivery waits in its slot, unacknowledged, and the step runs again
+ * (applier_defer); a retry copy would only move a local problem into the
+ * broker. For good (a corrupt row): a retry copy, as for any failure. */
+static void slot_store_failed(struct forward_slot *s, rt_status st, enum forward_resume resume)
+{
+    if (st == RT_RETRY) {
+        s->resume = resume;
+        applier_defer(s->as, "store: %s", store_strerror(s->f->st));
+        return;
+    }
+    slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "store: %s", store_strerror(s->f->st));
+}
+
+/* 1 when the message's seq is further past the last seq applied for its
+ * task (link, found or not) than a sender can have gone
+ * (APPLIER_SEQ_MAX_JUMP): the message is dead-lettered, and the slot is
+ * gone. */
+static int forward_seq_jump(struct forward_slot *s, const struct store_link *link)
+{
+    uint64_t last = link->found ? link->last_seq : 0;
+    if (s->msg.seq <= last || s->msg.seq - last <= APPLIER_SEQ_MAX_JUMP)
+        return 0;
+    slot_fail(s, RT_REJECT, FORWARD_DEAD_SEQ,
+              "seq %" PRIu64 " of task %" PRId64 " is %" PRIu64 " past seq %" PRIu64
+              ", the last applied, more than the %" PRIu64 " a sender can have used: forged or "
+              "corrupt",
+              s->msg.seq, s->msg.task, s->msg.seq - last, last, APPLIER_SEQ_MAX_JUMP);
+    return 1;
+}
+
+/* 1 when the seq of a task message cannot be one its sender used: above
+ * APPLIER_SEQ_MAX, or too far past the seq applied for the task. Checked
+ * before the message takes its place in per task order, where a forged
+ * seq would make the real messages of the task look older than it. When
+ * the store cannot be read now, slot_start() checks again. */
+static int forward_seq_invalid(struct forward *f, struct forward_slot *s)
+{
+    struct store_link link;
+    if (s->msg.seq > APPLIER_SEQ_MAX) {
+        slot_fail(s, RT_REJECT, FORWARD_DEAD_SEQ,
+                  "seq %" PRIu64 " of task %" PRId64 " is above %" PRIu64
+                  ", more than a sender can have used: forged or corrupt",
+                  s->msg.seq, s->msg.task, APPLIER_SEQ_MAX);
+        return 1;
+    }
+    if (applier_troubled(f->ap) ||
+        store_link_get(f->st, s->client->id, s->msg.task, &link) != RT_OK)
+        return 0;
+    return forward_seq_jump(s, &link);
+}
+
 /* Writes the link in one transaction, re-read inside it so that what the
  * reverse publisher wrote meanwhile (rev_seq, rev_fp, notes_sent, the
  * target's own status in applied) is kept. */
@@ -644,8 +715,13 @@ rollback:
 static void slot_commit(struct forward_slot *s, uint64_t *counter, const char *what)
 {
     s->state = FS_COMMIT;
-    if (slot_link_write(s, SLOT_WRITE_APPLIED) != RT_OK) {
-        slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "store: %s", store_strerror(s->f->st));
+    rt_status st = slot_link_write(s, SLOT_WRITE_APPLIED);
+    if (st != RT_OK) {
+        /* The target has the change: only the commit is tried again, and
+         * the delivery stays unacknowledged until it is durable. */
+        s->commit_counter = counter;
+        s->commit_what = what;
+        slot_store_failed(s, st, FR_COMMIT);
         return;
     }
     (*counter)++;
@@ -727,16 +803,23 @@ static int forward_reply_missed(const struct billmgr_reply *r)
            strcmp(r->err_object, "func") != 0;
 }
 
+/* The intent of a create, then the create. */
+static void slot_create_intent(struct forward_slot *s)
+{
+    rt_status st = slot_link_write(s, SLOT_WRITE_INTENT);
+    if (st != RT_OK) {
+        slot_store_failed(s, st, FR_RECREATE);
+        return;
+    }
+    slot_create(s);
+}
+
 static void slot_recreate(struct forward_slot *s)
 {
     log_warning("target task %" PRId64 " of task %" PRId64 " of client \"%s\" is gone, creating "
                 "it again",
                 s->link.dst_task, s->msg.task, s->client->id);
-    if (slot_link_write(s, SLOT_WRITE_INTENT) != RT_OK) {
-        slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "store: %s", store_strerror(s->f->st));
-        return;
-    }
-    slot_create(s);
+    slot_create_intent(s);
 }
 
 static void slot_create(struct forward_slot *s)
@@ -899,8 +982,9 @@ static void slot_listed(struct forward_slot *s, json_t *doc)
         long id;
         if (billmgr_long(e, "id", &id) < 0 || id <= 0 || id <= s->after)
             continue;
-        if (store_link_by_dst(s->f->st, s->client->id, id, &other) != RT_OK) {
-            slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "store: %s", store_strerror(s->f->st));
+        rt_status st = store_link_by_dst(s->f->st, s->client->id, id, &other);
+        if (st != RT_OK) {
+            slot_store_failed(s, st, FR_LIST); /* the same page again */
             return;
         }
         if (!other.found)
@@ -937,8 +1021,15 @@ static void slot_recover_viewed(struct forward_slot *s, json_t *doc)
                               billmgr_text(doc, api->field_deadline), status, note, s->origin,
                               &s->msg, s->link.applied, sizeof(s->link.applied)) < 0)
         s->link.applied[0] = '\0'; /* cannot happen with the fixed keys: resend all */
-    if (slot_link_write(s, SLOT_WRITE_ADOPT) != RT_OK) {
-        slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "store: %s", store_strerror(s->f->st));
+    slot_adopt(s);
+}
+
+/* Records the task found again (s->link) as the link's target. */
+static void slot_adopt(struct forward_slot *s)
+{
+    rt_status st = slot_link_write(s, SLOT_WRITE_ADOPT);
+    if (st != RT_OK) {
+        slot_store_failed(s, st, FR_ADOPT);
         return;
     }
     s->f->stats.adopted++;
@@ -1016,16 +1107,22 @@ static void slot_target_viewed(struct forward_slot *s, const char *current)
         slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "out of memory building the note");
         return;
     }
-    s->pend_note = note;
+    free(s->note);
+    s->note = note;
+    slot_pend_edit(s);
+}
+
+/* Commits the intent of the edit that writes s->note, then makes it. */
+static void slot_pend_edit(struct forward_slot *s)
+{
+    s->pend_note = s->note;
     rt_status st = slot_link_write(s, SLOT_WRITE_PENDING);
     s->pend_note = NULL;
     if (st != RT_OK) {
-        free(note);
-        slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "store: %s", store_strerror(f->st));
+        slot_store_failed(s, st, FR_PENDING);
         return;
     }
-    slot_edit(s, note);
-    free(note);
+    slot_edit(s, s->note); /* the note stays the slot's until it is cleared */
 }
 
 static void forward_on_reply(void *arg, const struct billmgr_reply *r)
@@ -1109,10 +1206,13 @@ static void slot_start(struct forward_slot *s)
     struct forward *f = s->f;
 
     s->state = FS_LINK_LOOKUP;
-    if (store_link_get(f->st, s->client->id, s->msg.task, &s->link) != RT_OK) {
-        slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "store: %s", store_strerror(f->st));
+    rt_status st = store_link_get(f->st, s->client->id, s->msg.task, &s->link);
+    if (st != RT_OK) {
+        slot_store_failed(s, st, FR_START);
         return;
     }
+    if (forward_seq_jump(s, &s->link))
+        return;
     if (s->link.found && s->link.dst_task > 0 && s->link.last_seq >= s->msg.seq) {
         f->stats.duplicates++;
         log_debug("dropped seq %" PRIu64 " of task %" PRId64 " of client \"%s\": seq %" PRIu64
@@ -1138,8 +1238,8 @@ static void slot_start(struct forward_slot *s)
         slot_list_page(s);
         return;
     }
-    if (slot_link_write(s, SLOT_WRITE_INTENT) != RT_OK) {
-        slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "store: %s", store_strerror(f->st));
+    if ((st = slot_link_write(s, SLOT_WRITE_INTENT)) != RT_OK) {
+        slot_store_failed(s, st, FR_START);
         return;
     }
     slot_create(s);
@@ -1205,6 +1305,8 @@ void forward_on_delivery(struct forward *f, const struct broker_delivery *d)
         forward_sync(f, s);
         return;
     }
+    if (s->msg.kind == CODEC_TASK && forward_seq_invalid(f, s))
+        return;
     s->decoded = 1;
     notes_origin_forward(s->origin, sizeof(s->origin), s->client->id, s->msg.task);
     log_debug("message %s: seq %" PRIu64 " of task %" PRId64 " of client \"%s\"",
@@ -1298,7 +1400,11 @@ void forward_stats(const struct forward *f, struct forward_stats *out)
     out->retried = a.retried;
     out->dead = a.dead;
     out->requeued = a.requeued;
+    out->redelivered = a.redelivered;
+    out->deferred = a.deferred;
+    out->republished = a.republished;
     out->busy = a.busy;
+    out->running = a.running;
 }
 
 /* applier callbacks: the slot's turn, what to free, a dead letter's kind. */
@@ -1308,6 +1414,21 @@ static void forward_slot_start(void *owner, struct applier_slot *as)
     slot_start(as->priv);
 }
 
+/* A slot whose store step failed for now: that step again. */
+static void forward_slot_resume(void *owner, struct applier_slot *as)
+{
+    struct forward_slot *s = as->priv;
+    (void)owner;
+    switch (s->resume) {
+    case FR_START: slot_start(s); return;
+    case FR_PENDING: slot_pend_edit(s); return;
+    case FR_ADOPT: slot_adopt(s); return;
+    case FR_LIST: slot_list_page(s); return;
+    case FR_RECREATE: slot_create_intent(s); return;
+    case FR_COMMIT: slot_commit(s, s->commit_counter, s->commit_what); return;
+    }
+}
+
 static void forward_slot_clear(void *owner, struct applier_slot *as)
 {
     struct forward_slot *s = as->priv;
@@ -1315,6 +1436,7 @@ static void forward_slot_clear(void *owner, struct applier_slot *as)
     codec_msg_release(&s->msg);
     forward_plan_release(&s->plan);
     free(s->cand);
+    free(s->note);
 }
 
 static void forward_slot_dead(void *owner, const struct applier_slot *as)
@@ -1324,12 +1446,14 @@ static void forward_slot_dead(void *owner, const struct applier_slot *as)
     case FORWARD_DEAD_UNDECODABLE: f->stats.dead_undecodable++; break;
     case FORWARD_DEAD_UNAUTHORIZED: f->stats.dead_unauthorized++; break;
     case FORWARD_DEAD_DEPARTMENT: f->stats.dead_department++; break;
+    case FORWARD_DEAD_SEQ: f->stats.dead_seq++; break;
     default: f->stats.dead_api++; break;
     }
 }
 
 static const struct applier_ops forward_ops = {
     .start = forward_slot_start,
+    .resume = forward_slot_resume,
     .clear = forward_slot_clear,
     .dead = forward_slot_dead,
     .released = NULL,
@@ -1360,11 +1484,13 @@ struct forward *forward_new(const struct config *cfg, struct store *st, struct b
     f->max_known = calloc(cfg->server.n_clients, sizeof(*f->max_known));
     if (!f->max_dst || !f->max_known)
         goto fail;
-    /* prefetch deliveries of this connection, plus as many of an earlier
-     * one whose API calls are still finishing. */
-    size_t max_slots = (size_t)(cfg->amqp.prefetch > 0 ? cfg->amqp.prefetch : 1) * 2;
-    f->ap =
-        applier_new(br, BROKER_FORWARD, max_slots, sizeof(struct forward_slot), &forward_ops, f);
+    /* basic.qos is per consumer: prefetch deliveries of each client's
+     * queue, plus the slots of an earlier connection still in an API call
+     * (at most max_inflight are). */
+    int inflight = cfg->billmanager.max_inflight > 0 ? cfg->billmanager.max_inflight : 1;
+    size_t max_slots = applier_slots_for(cfg->amqp.prefetch, cfg->server.n_clients, inflight);
+    f->ap = applier_new(br, BROKER_FORWARD, max_slots, (size_t)inflight,
+                        sizeof(struct forward_slot), &forward_ops, f);
     if (!f->ap)
         goto fail;
     return f;

@@ -8,12 +8,16 @@
  * confirms to it, drives billmgr (whose callbacks run the applier's next
  * step) and calls forward_tick() when it asks for a tick.
  *
- * A delivery is taken into a slot (at most amqp.prefetch of them are busy
- * at once, which is what the broker may have unacknowledged), validated
+ * A delivery is taken into a slot (there is one for every delivery the
+ * broker may have unacknowledged: amqp.prefetch per client's queue, plus
+ * billmanager.max_inflight of an earlier connection; applier.h), validated
  * (decodable, kind task or sync, the client of its queue, the AMQP user
- * configured for that client, for a task that client's department) and
- * applied (a sync request, the client's checkevent, is handed to the sync
- * hook and acked at once):
+ * configured for that client, for a task that client's department, a seq
+ * its sender can have used: at most APPLIER_SEQ_MAX, and at most
+ * APPLIER_SEQ_MAX_JUMP past the seq applied for the task) and applied when
+ * its turn comes (at most billmanager.max_inflight at once, the clients
+ * taking turns; a sync request, the client's checkevent, is handed to the
+ * sync hook and acked at once):
  *
  *   LINK_LOOKUP -> (RECOVER_LIST -> RECOVER_VIEW)* -> CREATE | VIEW_TARGET -> EDIT
  *               -> COMMIT -> ACK
@@ -41,13 +45,18 @@
  * for the task views the target and, when the block is there, does not
  * write it again.
  *
- * Retries: a transient failure (RT_RETRY from the API or the store)
- * republishes the body to remotetask.retry with x-rt-attempts + 1 and the
- * reason in x-rt-error, and the delay queue sends it back later. Such a
+ * Retries: a transient failure of the API republishes the body to the
+ * client's retry exchange with x-rt-attempts + 1 and the reason in
+ * x-rt-error, and the delay queue sends it back later. A store that fails
+ * for now (locked, full) is this machine's problem, not the message's: the
+ * delivery stays in its slot, unacknowledged, and the store step (link
+ * lookup, intent, commit) runs again after a backoff (applier_defer); the
+ * broker sends no more than prefetch meanwhile. Such a
  * copy carries this server's own AMQP login as user_id; the applier then
  * takes the sender from the x-rt-user header it wrote itself (only this
  * login can publish with its user_id, RabbitMQ checks that).
- * Permanent failures go to remotetask.dead with x-rt-reason, x-rt-client,
+ * Permanent failures go to the client's dead-letter exchange (into
+ * remotetask.dead.<C>.forward) with x-rt-reason, x-rt-kind, x-rt-client,
  * x-rt-task, x-rt-queue, x-rt-attempts, x-rt-message-id and x-rt-user.
  *
  * The target task's note gets one block per change of the source's native
@@ -81,6 +90,7 @@ enum forward_dead_kind {
     FORWARD_DEAD_UNAUTHORIZED, /* user_id or client not those of the queue */
     FORWARD_DEAD_DEPARTMENT,   /* not the department configured for the client */
     FORWARD_DEAD_API,          /* the API refused it (value, access, missed...) */
+    FORWARD_DEAD_SEQ,          /* a seq no sender can have used (applier.h) */
 };
 
 /* Counters since forward_new(), for the status command and the metrics. */
@@ -98,10 +108,15 @@ struct forward_stats {
     uint64_t dead_unauthorized;
     uint64_t dead_department;
     uint64_t dead_api;
-    uint64_t requeued;       /* retry/dead copies refused by the broker: message requeued */
+    uint64_t dead_seq;
+    uint64_t requeued;       /* given back to the queue (out of memory only) */
+    uint64_t redelivered;    /* deliveries the broker marked redelivered */
+    uint64_t deferred;       /* store steps deferred (the store failed for now) */
+    uint64_t republished;    /* retry/dead copies published again after a nack or return */
     uint64_t syncs;          /* sync requests handed to the sync hook (or ignored) */
     int64_t last_apply_ms;   /* when a message was last applied (committed), 0 = never */
     size_t busy;             /* slots holding a delivery now */
+    size_t running;          /* slots in an API call or a store step now */
 };
 
 struct forward;
@@ -136,10 +151,9 @@ struct forward *forward_new(const struct config *cfg, struct store *st, struct b
  * forward_new() for the order with billmgr_free(). */
 void forward_free(struct forward *f);
 
-/* Does due work (publishing a retry or dead-letter copy the broker refused
- * for the moment: blocked, or too many unconfirmed) and returns the
- * absolute time in ms at which it wants the next tick (now_ms + 1000 when
- * nothing is pending). */
+/* Does due work (store steps deferred, retry and dead-letter copies the
+ * broker refused for the moment) and returns when it wants the next tick.
+ * Both times are CLOCK_MONOTONIC milliseconds (applier_tick). */
 int64_t forward_tick(struct forward *f, int64_t now_ms);
 
 /* A message from a consumed queue (the bridge's broker on_delivery). The
@@ -147,9 +161,8 @@ int64_t forward_tick(struct forward *f, int64_t now_ms);
  * draining, deliveries are left unacknowledged (the broker gives them back
  * at close). A delivery from a queue that is not the forward queue of a
  * configured client (which only a bridge bug can cause) is rejected
- * without requeue: there is no client to route a dead letter to. When
- * every slot is busy (deliveries of an old connection still finishing
- * their API calls) it is requeued. */
+ * without requeue: there is no client to route a dead letter to. A
+ * delivery is never requeued for want of a slot (applier.h). */
 void forward_on_delivery(struct forward *f, const struct broker_delivery *d);
 
 /* The fate of a published message (the bridge's broker on_confirm); tags
@@ -190,7 +203,7 @@ size_t forward_unacked(const struct forward *f, const char *queue);
 void forward_stats(const struct forward *f, struct forward_stats *out);
 
 /* A static name of a dead-letter kind: "undecodable", "unauthorized",
- * "department", "api" ("none" for FORWARD_DEAD_NONE). */
+ * "department", "api", "seq" ("none" for FORWARD_DEAD_NONE). */
 const char *forward_dead_kind_name(enum forward_dead_kind kind);
 
 /* ---- pure helpers, exported for the unit tests ---- */

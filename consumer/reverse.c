@@ -27,6 +27,20 @@ enum reverse_step {
     RS_SYNC_WAIT, /* a sync_done waiting for the deliveries taken before it */
 };
 
+/* What a slot does again when it resumes after applier_defer() (a store
+ * step that failed for now). */
+enum reverse_resume {
+    RR_START = 0, /* the lookup and everything after it */
+    RR_PENDING,   /* the intent of a note edit, then the edit (note) */
+    RR_COMMIT,    /* the commit of an applied state (commit_changed) */
+};
+
+/* The key of the rev set under which the relay records the seq of the
+ * confirmed task message that last changed the status forwarded
+ * (producer/relay.c): a state that had seen it says what the target did
+ * with that status (reverse_plan_status). */
+#define REVERSE_KEY_STATUS_SEQ "sseq"
+
 /* What the reverse applier keeps for one delivery: the priv area of its
  * applier slot, which holds the delivery itself. */
 struct reverse_slot {
@@ -43,6 +57,9 @@ struct reverse_slot {
                                edit that landed) */
     uint64_t fwd_confirmed; /* the task's last confirmed forward seq when the plan was made */
     char applied[STORE_APPLIED_MAX + 1]; /* the rev row's set as read */
+    char *note;                          /* the whole note of the pending edit (owned) */
+    enum reverse_resume resume;
+    int commit_changed; /* what a resumed commit counts */
 };
 
 /* A sync request registered by the bridge and not answered yet. */
@@ -70,6 +87,7 @@ struct reverse {
 
 static void slot_fail(struct reverse_slot *s, rt_status status, enum reverse_dead_kind kind,
                       const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void slot_pend_edit(struct reverse_slot *s);
 
 static int64_t reverse_now_ms(void)
 {
@@ -86,6 +104,7 @@ const char *reverse_dead_kind_name(enum reverse_dead_kind kind)
     case REVERSE_DEAD_UNAUTHORIZED: return "unauthorized";
     case REVERSE_DEAD_UNKNOWN_TASK: return "unknown_task";
     case REVERSE_DEAD_API: return "api";
+    case REVERSE_DEAD_SEQ: return "seq";
     }
     return "none";
 }
@@ -119,7 +138,9 @@ enum reverse_dead_kind reverse_check(const struct config *cfg, const char *queue
                  m->client ? m->client : "", id);
         return REVERSE_DEAD_UNAUTHORIZED;
     }
-    if (*server && strcmp(sender, server) != 0) {
+    /* The configuration requires server_user; without one no sender is
+     * trusted, rather than every one. */
+    if (!*server || strcmp(sender, server) != 0) {
         snprintf(reason, reasonlen, "user_id \"%s\" is not the AMQP user of the server side",
                  sender);
         return REVERSE_DEAD_UNAUTHORIZED;
@@ -259,13 +280,19 @@ static char *reverse_plan_performer(const struct config *cfg, const struct codec
  * same transaction) or of the last state applied here, whichever came
  * last. A state's status is a change made on the target only when
  *
- *  1. the server had applied the client's last confirmed task message when
- *     it read the target (state fwd_seq >= fwd_confirmed): an older state
- *     shows the target before the client's own change reached it, and
- *     writing it back would undo that change on the source (an operator
- *     closes a task while the client is down; the first state after the
- *     restart still says "open"). fwd_seq 0 comes from a server that does
- *     not say: only rule 2 can be applied then;
+ *  1. the server had applied the client's last confirmed task message that
+ *     changed the status it forwarded (state fwd_seq >= the set's
+ *     REVERSE_KEY_STATUS_SEQ, which the relay records; fwd_confirmed, the
+ *     last confirmed message, for a row written before that key): an
+ *     older state shows the target before the client's own status change
+ *     reached it, and writing it back would undo that change on the source
+ *     (an operator closes a task while the client is down; the first state
+ *     after the restart still says "open"). A state that missed only
+ *     messages that forwarded the same status (a rename, a line of note;
+ *     one the server dead-lettered) cannot undo a status change of the
+ *     source, so the target's own change goes through at once. fwd_seq 0
+ *     comes from a server that does not say: only rule 2 can be applied
+ *     then;
  *  2. it differs from the known status: the same status is the target
  *     merely holding what the client forwarded, or what was applied here.
  *
@@ -288,7 +315,9 @@ static int reverse_plan_status(const struct codec_msg *m, const char *applied,
                                uint64_t fwd_confirmed, struct reverse_plan *plan)
 {
     int64_t known = fp_set_get_int(applied, "status", -1);
-    int fresh = m->state.fwd_seq == 0 || m->state.fwd_seq >= fwd_confirmed;
+    int64_t sseq = fp_set_get_int(applied, REVERSE_KEY_STATUS_SEQ, -1);
+    uint64_t need = sseq >= 0 && (uint64_t)sseq <= fwd_confirmed ? (uint64_t)sseq : fwd_confirmed;
+    int fresh = m->state.fwd_seq == 0 || m->state.fwd_seq >= need;
     int64_t record = known;
 
     plan->status_value = m->state.status;
@@ -304,6 +333,10 @@ static int reverse_plan_status(const struct codec_msg *m, const char *applied,
     }
     if (record >= 0 && record <= 2 &&
         fp_set_put_int(plan->applied, sizeof(plan->applied), "status", record) < 0)
+        return -1;
+    /* The relay's key stays as the relay wrote it. */
+    if (sseq >= 0 &&
+        fp_set_put_int(plan->applied, sizeof(plan->applied), REVERSE_KEY_STATUS_SEQ, sseq) < 0)
         return -1;
     return 0;
 }
@@ -480,6 +513,56 @@ static void slot_fail(struct reverse_slot *s, rt_status status, enum reverse_dea
     applier_fail(s->as, status, (int)kind, reverse_dead_kind_name(kind), "%s", reason);
 }
 
+/* A store step failed. For now (busy, locked, full, an I/O error): the
+ * delivery waits in its slot, unacknowledged, and the step runs again
+ * (applier_defer). For good (a corrupt row, a set that does not fit): a
+ * retry copy, as for any failure. */
+static void slot_store_failed(struct reverse_slot *s, rt_status st, enum reverse_resume resume)
+{
+    if (st == RT_RETRY) {
+        s->resume = resume;
+        applier_defer(s->as, "store: %s", store_strerror(s->r->st));
+        return;
+    }
+    slot_fail(s, RT_RETRY, REVERSE_DEAD_NONE, "store: %s", store_strerror(s->r->st));
+}
+
+/* 1 when the state's seq is further past the seq applied for its task
+ * (rev, found or not) than a sender can have gone (APPLIER_SEQ_MAX_JUMP):
+ * it is dead-lettered, and the slot is gone. */
+static int reverse_seq_jump(struct reverse_slot *s, const struct store_rev *rev)
+{
+    uint64_t last = rev->found ? rev->seq : 0;
+    if (s->msg.seq <= last || s->msg.seq - last <= APPLIER_SEQ_MAX_JUMP)
+        return 0;
+    slot_fail(s, RT_REJECT, REVERSE_DEAD_SEQ,
+              "seq %" PRIu64 " of task %" PRId64 " is %" PRIu64 " past seq %" PRIu64
+              ", the last applied, more than the %" PRIu64 " a sender can have used: forged or "
+              "corrupt",
+              s->msg.seq, s->msg.task, s->msg.seq - last, last, APPLIER_SEQ_MAX_JUMP);
+    return 1;
+}
+
+/* 1 when the seq of a state cannot be one its sender used (above
+ * APPLIER_SEQ_MAX, or too far past the seq applied): checked before the
+ * state takes its place in per task order; slot_start() checks again when
+ * the store cannot be read now. */
+static int reverse_seq_invalid(struct reverse *r, struct reverse_slot *s)
+{
+    struct store_rev rev;
+    if (s->msg.seq > APPLIER_SEQ_MAX) {
+        slot_fail(s, RT_REJECT, REVERSE_DEAD_SEQ,
+                  "seq %" PRIu64 " of task %" PRId64 " is above %" PRIu64
+                  ", more than a sender can have used: forged or corrupt",
+                  s->msg.seq, s->msg.task, APPLIER_SEQ_MAX);
+        return 1;
+    }
+    if (applier_troubled(r->ap) ||
+        store_rev_get(r->st, r->cfg->client.id, s->msg.task, &rev) != RT_OK)
+        return 0;
+    return reverse_seq_jump(s, &rev);
+}
+
 static void slot_api_failed(struct reverse_slot *s, const char *what, const struct billmgr_reply *r)
 {
     slot_fail(s, r->status == RT_RETRY ? RT_RETRY : RT_REJECT, REVERSE_DEAD_API,
@@ -509,6 +592,9 @@ static rt_status slot_commit_set(struct reverse_slot *s, char *set, size_t setle
     int64_t known = cur.found ? fp_set_get_int(cur.applied, "status", -1) : -1;
     if (known >= 0 && fp_set_put_int(set, setlen, "status", known) < 0)
         return RT_REJECT;
+    int64_t sseq = cur.found ? fp_set_get_int(cur.applied, REVERSE_KEY_STATUS_SEQ, -1) : -1;
+    if (sseq >= 0 && fp_set_put_int(set, setlen, REVERSE_KEY_STATUS_SEQ, sseq) < 0)
+        return RT_REJECT;
     return RT_OK;
 }
 
@@ -522,6 +608,7 @@ static void slot_commit(struct reverse_slot *s, int changed)
     rt_status st;
 
     s->step = RS_COMMIT;
+    s->commit_changed = changed;
     if ((st = store_begin(r->st)) != RT_OK)
         goto failed;
     char set[STORE_APPLIED_MAX + 1];
@@ -553,7 +640,9 @@ static void slot_commit(struct reverse_slot *s, int changed)
     applier_ack(s->as);
     return;
 failed:
-    slot_fail(s, RT_RETRY, REVERSE_DEAD_NONE, "store: %s", store_strerror(r->st));
+    /* The source has the change: only the commit is tried again, and the
+     * delivery stays unacknowledged until it is durable. */
+    slot_store_failed(s, st, RR_COMMIT);
 }
 
 static void reverse_on_reply(void *arg, const struct billmgr_reply *r);
@@ -693,7 +782,7 @@ static void slot_viewed(struct reverse_slot *s, json_t *doc)
     const struct config_billmgr_api *api = s->r->api;
     const char *current = billmgr_text(doc, api->field_note);
     long status = -1, performer = 0;
-    char *note = NULL;
+    char *note;
 
     if (s->pending && slot_plan_resolved(s, current) < 0)
         return;
@@ -707,20 +796,29 @@ static void slot_viewed(struct reverse_slot *s, json_t *doc)
         slot_commit(s, s->landed);
         return;
     }
-    if (s->plan.block) {
-        note = notes_append(current, REVERSE_ORIGIN, s->plan.block);
-        if (!note) {
-            slot_fail(s, RT_RETRY, REVERSE_DEAD_NONE, "out of memory building the note");
-            return;
-        }
-        if (slot_pend_write(s, note) != RT_OK) {
-            free(note);
-            slot_fail(s, RT_RETRY, REVERSE_DEAD_NONE, "store: %s", store_strerror(s->r->st));
-            return;
-        }
+    if (!s->plan.block) {
+        slot_edit(s, NULL);
+        return;
     }
-    slot_edit(s, note);
-    free(note);
+    note = notes_append(current, REVERSE_ORIGIN, s->plan.block);
+    if (!note) {
+        slot_fail(s, RT_RETRY, REVERSE_DEAD_NONE, "out of memory building the note");
+        return;
+    }
+    free(s->note);
+    s->note = note;
+    slot_pend_edit(s);
+}
+
+/* Commits the intent of the edit that writes s->note, then makes it. */
+static void slot_pend_edit(struct reverse_slot *s)
+{
+    rt_status st = slot_pend_write(s, s->note);
+    if (st != RT_OK) {
+        slot_store_failed(s, st, RR_PENDING);
+        return;
+    }
+    slot_edit(s, s->note); /* the note stays the slot's until it is cleared */
 }
 
 static void reverse_on_reply(void *arg, const struct billmgr_reply *r)
@@ -759,11 +857,15 @@ static void slot_start(struct reverse_slot *s)
     struct store_rev rev;
 
     s->step = RS_LOOKUP;
-    if (store_fwd_get(r->st, client, s->msg.task, &fwd) != RT_OK ||
-        store_rev_get(r->st, client, s->msg.task, &rev) != RT_OK) {
-        slot_fail(s, RT_RETRY, REVERSE_DEAD_NONE, "store: %s", store_strerror(r->st));
+    rt_status st = store_fwd_get(r->st, client, s->msg.task, &fwd);
+    if (st == RT_OK)
+        st = store_rev_get(r->st, client, s->msg.task, &rev);
+    if (st != RT_OK) {
+        slot_store_failed(s, st, RR_START);
         return;
     }
+    if (reverse_seq_jump(s, &rev))
+        return;
     if (!fwd.found || fwd.seq == 0) {
         slot_fail(s, RT_REJECT, REVERSE_DEAD_UNKNOWN_TASK, "task %" PRId64 " was never forwarded",
                   s->msg.task);
@@ -850,6 +952,8 @@ void reverse_on_delivery(struct reverse *r, const struct broker_delivery *d)
         reverse_sync_check(r);
         return;
     }
+    if (reverse_seq_invalid(r, s))
+        return;
     log_debug("message %s: state seq %" PRIu64 " of task %" PRId64,
               as->message_id[0] ? as->message_id : "without id", s->msg.seq, s->msg.task);
     applier_schedule(as, s->msg.task, s->msg.seq);
@@ -910,7 +1014,11 @@ void reverse_stats(const struct reverse *r, struct reverse_stats *out)
     out->retried = a.retried;
     out->dead = a.dead;
     out->requeued = a.requeued;
+    out->redelivered = a.redelivered;
+    out->deferred = a.deferred;
+    out->republished = a.republished;
     out->busy = a.busy;
+    out->running = a.running;
 }
 
 /* applier callbacks: the slot's turn, what to free, a dead letter's kind,
@@ -921,12 +1029,25 @@ static void reverse_slot_start(void *owner, struct applier_slot *as)
     slot_start(as->priv);
 }
 
+/* A slot whose store step failed for now: that step again. */
+static void reverse_slot_resume(void *owner, struct applier_slot *as)
+{
+    struct reverse_slot *s = as->priv;
+    (void)owner;
+    switch (s->resume) {
+    case RR_START: slot_start(s); return;
+    case RR_PENDING: slot_pend_edit(s); return;
+    case RR_COMMIT: slot_commit(s, s->commit_changed); return;
+    }
+}
+
 static void reverse_slot_clear(void *owner, struct applier_slot *as)
 {
     struct reverse_slot *s = as->priv;
     (void)owner;
     codec_msg_release(&s->msg);
     reverse_plan_release(&s->plan);
+    free(s->note);
 }
 
 static void reverse_slot_dead(void *owner, const struct applier_slot *as)
@@ -936,6 +1057,7 @@ static void reverse_slot_dead(void *owner, const struct applier_slot *as)
     case REVERSE_DEAD_UNDECODABLE: r->stats.dead_undecodable++; break;
     case REVERSE_DEAD_UNAUTHORIZED: r->stats.dead_unauthorized++; break;
     case REVERSE_DEAD_UNKNOWN_TASK: r->stats.dead_unknown_task++; break;
+    case REVERSE_DEAD_SEQ: r->stats.dead_seq++; break;
     default: r->stats.dead_api++; break;
     }
 }
@@ -947,6 +1069,7 @@ static void reverse_slot_released(void *owner)
 
 static const struct applier_ops reverse_ops = {
     .start = reverse_slot_start,
+    .resume = reverse_slot_resume,
     .clear = reverse_slot_clear,
     .dead = reverse_slot_dead,
     .released = reverse_slot_released,
@@ -981,11 +1104,12 @@ struct reverse *reverse_new(const struct config *cfg, struct store *st, struct b
         reverse_free(r);
         return NULL;
     }
-    /* prefetch deliveries of this connection, plus as many of an earlier
-     * one whose API calls are still finishing. */
-    size_t max_slots = (size_t)(cfg->amqp.prefetch > 0 ? cfg->amqp.prefetch : 1) * 2;
-    r->ap =
-        applier_new(br, BROKER_REVERSE, max_slots, sizeof(struct reverse_slot), &reverse_ops, r);
+    /* One queue consumed: prefetch deliveries, plus the slots of an
+     * earlier connection still in an API call (at most max_inflight). */
+    int inflight = cfg->billmanager.max_inflight > 0 ? cfg->billmanager.max_inflight : 1;
+    size_t max_slots = applier_slots_for(cfg->amqp.prefetch, 1, inflight);
+    r->ap = applier_new(br, BROKER_REVERSE, max_slots, (size_t)inflight,
+                        sizeof(struct reverse_slot), &reverse_ops, r);
     if (!r->ap) {
         snprintf(err, errlen, "reverse applier: out of memory");
         reverse_free(r);

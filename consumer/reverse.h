@@ -9,11 +9,16 @@
  * the broker's deliveries and confirms to it, drives billmgr (whose
  * callbacks run the applier's next step) and calls reverse_tick().
  *
- * A delivery is taken into a slot (applier.h: per task order, newest
- * waiting message wins, retry and dead-letter copies acked on confirm),
- * validated (decodable; kind state or sync_done; this client's id; sent by
- * client.server_user when that is set; a state only for a task this client
- * forwarded) and applied to source task T:
+ * A delivery is taken into a slot (applier.h: one for every delivery the
+ * broker may send, per task order, newest waiting message wins, at most
+ * billmanager.max_inflight applied at once, retry and dead-letter copies
+ * acked on confirm), validated (decodable; kind state or sync_done; this
+ * client's id; sent by client.server_user, which the configuration
+ * requires: a state from any other sender, through any exchange, is
+ * dead-lettered as unauthorized; a seq its sender can have used, at most
+ * APPLIER_SEQ_MAX and at most APPLIER_SEQ_MAX_JUMP past the seq applied;
+ * a state only for a task this client forwarded) and applied to source
+ * task T:
  *
  *   REV lookup -> [VIEW T] -> [EDIT T] -> COMMIT rev -> ACK
  *
@@ -27,9 +32,15 @@
  * (common/notes.h), so it never travels forward again. One task.edit
  * carries everything that changed; nothing changed, no call at all.
  *
+ * A store that fails for now (locked, full) holds the delivery in its
+ * slot, unacknowledged, and the store step runs again (applier_defer); no
+ * retry copy is made for a local problem.
+ *
  * The status of a state is written only when it is a change made on the
  * target: the server had applied the client's last confirmed task message
- * when it read the target (the state's fwd_seq), and the status differs
+ * that changed the status forwarded (the state's fwd_seq; a dead-lettered
+ * message that only renamed the task does not hold the states of the task
+ * back), and the status differs
  * from the one the client knows the target has (key "status" of the rev
  * set, which the relay also sets to every status it forwards). The first
  * state of a task with no known status only records it. A status or
@@ -75,6 +86,7 @@ enum reverse_dead_kind {
     REVERSE_DEAD_UNAUTHORIZED, /* not this client, or not the server's AMQP user */
     REVERSE_DEAD_UNKNOWN_TASK, /* a state for a task this client never forwarded */
     REVERSE_DEAD_API,          /* the API refused it (value, access, missed...) */
+    REVERSE_DEAD_SEQ,          /* a seq no sender can have used (applier.h) */
 };
 
 /* Counters since reverse_new(), for the status command and the metrics. */
@@ -91,9 +103,14 @@ struct reverse_stats {
     uint64_t dead_unauthorized;
     uint64_t dead_unknown_task;
     uint64_t dead_api;
-    uint64_t requeued;     /* given back to the queue (no slot, copy refused) */
+    uint64_t dead_seq;
+    uint64_t requeued;     /* given back to the queue (out of memory only) */
+    uint64_t redelivered;  /* deliveries the broker marked redelivered */
+    uint64_t deferred;     /* store steps deferred (the store failed for now) */
+    uint64_t republished;  /* retry/dead copies published again after a nack or return */
     int64_t last_apply_ms; /* when a state was last applied (committed), 0 = never */
     size_t busy;           /* slots holding a delivery now */
+    size_t running;        /* slots in an API call or a store step now */
 };
 
 struct reverse;
@@ -128,9 +145,10 @@ void reverse_set_sync_done_hook(struct reverse *r, reverse_sync_done_fn hook, vo
  * again restarts its count. */
 void reverse_expect_sync(struct reverse *r, const char *id);
 
-/* Does due work (copies the broker refused for the moment, sync_done
- * messages whose predecessors finished) and returns the absolute time in
- * ms at which it wants the next tick. */
+/* Does due work (store steps deferred, copies the broker refused for the
+ * moment, sync_done messages whose predecessors finished) and returns when
+ * it wants the next tick. Both times are CLOCK_MONOTONIC milliseconds
+ * (applier_tick). */
 int64_t reverse_tick(struct reverse *r, int64_t now_ms);
 
 /* A message from a consumed queue (the bridge's broker on_delivery). The
@@ -162,14 +180,15 @@ int reverse_idle(const struct reverse *r);
 void reverse_stats(const struct reverse *r, struct reverse_stats *out);
 
 /* A static name of a dead-letter kind: "undecodable", "unauthorized",
- * "unknown_task", "api" ("none" for REVERSE_DEAD_NONE). */
+ * "unknown_task", "api", "seq" ("none" for REVERSE_DEAD_NONE). */
 const char *reverse_dead_kind_name(enum reverse_dead_kind kind);
 
 /* ---- pure helpers, exported for the unit tests ---- */
 
 /* Checks a decoded message from queue with the given user_id against the
  * client role of cfg: this client's queue, kind state or sync_done, this
- * client's id, and the sender client.server_user when that is set. own_user
+ * client's id, and the sender client.server_user (an empty server_user
+ * trusts no sender). own_user
  * is this client's AMQP login and relayed_user the x-rt-user header (NULL
  * when absent): a message carrying own_user as user_id is a retry copy
  * this client published, whose sender is relayed_user. Returns
@@ -201,10 +220,13 @@ struct reverse_plan {
 /* Fills *plan for state message m (kind state) against applied, with the
  * performer mapping of cfg. fwd_confirmed is the seq of the task's last
  * confirmed task message (store_fwd.fp_seq): the status is planned only
- * when m's fwd_seq is 0 (unknown) or >= it, and differs from applied's
- * "status" (the status known on the target); with no "status" in applied
- * it is only recorded. Returns 0, or -1 when memory ran out or the set does
- * not fit (plan is then released). Release with reverse_plan_release(). */
+ * when m's fwd_seq is 0 (unknown) or at least the seq of the confirmed
+ * message that last changed the status forwarded (applied's "sseq", which
+ * the relay records; fwd_confirmed when absent), and differs from
+ * applied's "status" (the status known on the target); with no "status"
+ * in applied it is only recorded. applied's "sseq" is kept. Returns 0, or
+ * -1 when memory ran out or the set does not fit (plan is then released).
+ * Release with reverse_plan_release(). */
 int reverse_plan_make(const struct config *cfg, const struct codec_msg *m, const char *applied,
                       uint64_t fwd_confirmed, struct reverse_plan *plan);
 

@@ -1,6 +1,10 @@
 /* Unit tests of consumer/forward: the pure helpers (validation against the
  * configuration, the plan of an update against the applied fp set, the fp
- * set of a task found again after an interrupted create).
+ * set of a task found again after an interrupted create), and the applier
+ * driven in-process against a loopback BILLmanager stand-in and a real
+ * store, with a broker stand-in in the applier's broker table (applier.c's
+ * struct applier_io): a store that fails at the commit, seqs no sender can
+ * have used, a dead-lettered message and what comes after it.
  *
  * Unit test programs link rtconfig and rtcommon only, so the applier's
  * source, with the delivery slots it runs on (applier.c), is compiled
@@ -13,10 +17,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <poll.h>
+#include <pthread.h>
+
 #include <cmocka.h>
 
 #include "../../consumer/applier.c"
 #include "../../consumer/forward.c"
+
+#include "fake_doc.h"
+#include "http_stub.h"
 
 static struct config_server_client test_clients[] = {
     {.id = "7", .amqp_user = "reseller-a", .department = 12},
@@ -607,6 +617,398 @@ static void create_failures_that_prove_nothing_was_made(void **state)
     assert_false(forward_create_not_made(&r));
 }
 
+/* ---- the applier in-process -------------------------------------------- */
+
+/* The broker stand-in: acks, rejects and publishes (the copies) recorded. */
+#define RIG_MAX 64
+
+static struct {
+    size_t nack, nreject, npub;
+    uint64_t acked[RIG_MAX];
+    char pub_exchange[RIG_MAX][BROKER_NAME_MAX];
+    char pub_kind[RIG_MAX][32];
+    char pub_reason[RIG_MAX][APPLIER_REASON_MAX];
+    uint64_t next_tag;
+} rb;
+
+static rt_status rb_ack(struct broker *b, uint64_t tag)
+{
+    (void)b;
+    assert_true(rb.nack < RIG_MAX);
+    rb.acked[rb.nack++] = tag;
+    return RT_OK;
+}
+
+static rt_status rb_reject(struct broker *b, uint64_t tag, int requeue)
+{
+    (void)b;
+    (void)tag;
+    (void)requeue;
+    rb.nreject++;
+    return RT_OK;
+}
+
+static rt_status rb_publish(struct broker *b, const char *exchange, const char *key,
+                            const struct broker_props *props, const void *body, size_t len,
+                            uint64_t *tag)
+{
+    (void)b;
+    (void)key;
+    (void)body;
+    (void)len;
+    assert_true(rb.npub < RIG_MAX);
+    snprintf(rb.pub_exchange[rb.npub], sizeof(rb.pub_exchange[0]), "%s", exchange);
+    rb.pub_kind[rb.npub][0] = rb.pub_reason[rb.npub][0] = '\0';
+    for (size_t i = 0; i < props->n_headers; i++) {
+        if (strcmp(props->headers[i].key, "x-rt-kind") == 0)
+            snprintf(rb.pub_kind[rb.npub], sizeof(rb.pub_kind[0]), "%s", props->headers[i].str);
+        if (strcmp(props->headers[i].key, "x-rt-reason") == 0)
+            snprintf(rb.pub_reason[rb.npub], sizeof(rb.pub_reason[0]), "%s", props->headers[i].str);
+    }
+    rb.npub++;
+    *tag = ++rb.next_tag;
+    return RT_OK;
+}
+
+static int rb_connected(const struct broker *b)
+{
+    (void)b;
+    return 1;
+}
+
+static int rb_blocked(const struct broker *b)
+{
+    (void)b;
+    return 0;
+}
+
+static const char *rb_strerror(const struct broker *b)
+{
+    (void)b;
+    return "stand-in";
+}
+
+static const struct applier_io rb_io = {rb_ack,       rb_reject,  rb_publish,
+                                        rb_connected, rb_blocked, rb_strerror};
+
+/* The BILLmanager stand-in: creates answer a new id, edits ok (an edit
+ * whose name is blank is refused, as a value error), views show a task
+ * with an empty note. */
+static struct {
+    pthread_mutex_t lock;
+    struct http_stub *stub;
+    int creates, edits, views, refused;
+    long next_id;
+} ra = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static int ra_answer(void *arg, const char *body, char **out)
+{
+    char sok[16], elid[32], name[256];
+    (void)arg;
+    pthread_mutex_lock(&ra.lock);
+    int has_sok = fake_doc_form_get(body, "sok", sok, sizeof(sok)) == 0;
+    int has_elid = fake_doc_form_get(body, "elid", elid, sizeof(elid)) == 0;
+    int has_name = fake_doc_form_get(body, "name", name, sizeof(name)) == 0;
+    json_t *doc = json_object();
+    if (has_sok && has_name && strspn(name, " ") == strlen(name)) {
+        ra.refused++;
+        json_t *e = json_pack("{s:s,s:s,s:{s:s}}", "$type", "value", "$object", "name", "msg", "$",
+                              "the name is empty");
+        json_object_set_new(doc, "error", e);
+    } else if (has_sok && !has_elid) {
+        ra.creates++;
+        json_object_set_new(doc, "ok", json_object());
+        fake_doc_long(doc, "id", ++ra.next_id);
+    } else if (has_sok) {
+        ra.edits++;
+        json_object_set_new(doc, "ok", json_object());
+    } else {
+        ra.views++;
+        fake_doc_text(doc, "note", "");
+        fake_doc_text(doc, "name", "Install the OS");
+        fake_doc_long(doc, "status", 0);
+    }
+    json_t *top = json_pack("{s:o}", "doc", doc);
+    *out = json_dumps(top, JSON_COMPACT);
+    json_decref(top);
+    pthread_mutex_unlock(&ra.lock);
+    return 200;
+}
+
+static int ra_count(int *field)
+{
+    pthread_mutex_lock(&ra.lock);
+    int n = *field;
+    pthread_mutex_unlock(&ra.lock);
+    return n;
+}
+
+struct frig {
+    char dir[64];
+    struct config cfg;
+    struct store *st;
+    struct billmgr *bm;
+    struct forward *f;
+    uint64_t tag;
+};
+
+static void frig_up(struct frig *g)
+{
+    char err[512], url[128];
+    memset(g, 0, sizeof(*g));
+    memset(&rb, 0, sizeof(rb));
+    pthread_mutex_lock(&ra.lock);
+    ra.creates = ra.edits = ra.views = ra.refused = 0;
+    ra.next_id = 500;
+    pthread_mutex_unlock(&ra.lock);
+    snprintf(g->dir, sizeof(g->dir), "/tmp/test_forward.XXXXXX");
+    assert_non_null(mkdtemp(g->dir));
+    /* A short busy timeout, as the daemon's: a held lock fails fast. */
+    g->st = store_open_timeout(g->dir, 50, err, sizeof(err));
+    assert_non_null(g->st);
+
+    test_config(&g->cfg);
+    struct config_billmgr_api *api = &g->cfg.billmanager.api;
+    g->cfg.amqp.user = "upstream";
+    g->cfg.amqp.prefetch = 8;
+    g->cfg.billmanager.max_inflight = 4;
+    api->func_task = "task";
+    api->func_task_edit = "task.edit";
+    api->field_department = "department";
+    api->field_name = "name";
+    api->field_type = "type";
+    api->field_note = "note";
+    api->field_deadline = "deadline";
+    api->field_status = "status";
+    api->task_type = "";
+    api->page_size = 100;
+
+    ra.stub = http_stub_start(ra_answer, NULL, err, sizeof(err));
+    assert_non_null(ra.stub);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/billmgr", http_stub_port(ra.stub));
+    struct billmgr_opts o;
+    memset(&o, 0, sizeof(o));
+    o.url = url;
+    o.login = "remotetask";
+    o.password = "unused";
+    o.timeout_ms = 20000;
+    o.verify_tls = 1;
+    g->bm = billmgr_new(&o, err, sizeof(err));
+    assert_non_null(g->bm);
+    /* The broker is never touched: the applier's table stands in. */
+    g->f = forward_new(&g->cfg, g->st, g->bm, (struct broker *)g, err, sizeof(err));
+    assert_non_null(g->f);
+    g->f->ap->io = &rb_io;
+}
+
+static void frig_down(struct frig *g)
+{
+    char cmd[128];
+    billmgr_free(g->bm);
+    forward_free(g->f);
+    store_free(g->st);
+    http_stub_stop(ra.stub);
+    ra.stub = NULL;
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", g->dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* A task message of client 7 for task, sent by user_id (with x-rt-user
+ * relayed when not NULL), with name. Returns its tag. */
+static uint64_t frig_deliver(struct frig *g, int64_t task, uint64_t seq, const char *name,
+                             const char *user_id, const char *relayed)
+{
+    struct codec_msg m;
+    struct buf body;
+    struct broker_delivery d;
+    struct broker_header h[] = {{"x-rt-user", BROKER_HEADER_STR, relayed, 0}};
+    char err[256];
+    test_msg(&m, "7", task, "Please install Debian.");
+    m.seq = seq;
+    m.fwd.name = (char *)name;
+    buf_init(&body, CODEC_MAX_BODY);
+    assert_int_equal(codec_encode(&m, &body, err, sizeof(err)), 0);
+    memset(&d, 0, sizeof(d));
+    d.delivery_tag = ++g->tag;
+    d.queue = "remotetask.forward.7";
+    d.exchange = BROKER_EXCHANGE_FORWARD;
+    d.routing_key = "7";
+    d.message_id = "m";
+    d.user_id = user_id;
+    d.content_type = BROKER_CONTENT_TYPE;
+    d.body = body.data;
+    d.len = body.len;
+    d.headers = h;
+    d.n_headers = relayed ? 1 : 0;
+    forward_on_delivery(g->f, &d);
+    buf_release(&body);
+    return d.delivery_tag;
+}
+
+static int rig_acked(uint64_t tag)
+{
+    for (size_t i = 0; i < rb.nack; i++)
+        if (rb.acked[i] == tag)
+            return 1;
+    return 0;
+}
+
+/* Drives billmgr until no call is in flight; fails after a generous
+ * deadline (a hang, not a timing assertion). */
+static void frig_settle(struct frig *g)
+{
+    for (int rounds = 0; billmgr_inflight(g->bm) > 0; rounds++) {
+        struct pollfd fds[36];
+        assert_true(rounds < 2000);
+        size_t n = billmgr_pollfds(g->bm, fds, 36);
+        int t = billmgr_timeout_ms(g->bm);
+        poll(fds, n, t < 0 || t > 10 ? 10 : t);
+        billmgr_handle(g->bm, fds, n);
+    }
+}
+
+static int64_t rig_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Issue 9, case 7: a store that fails at the commit (another process holds
+ * it) is this machine's problem: the delivery is not acked and no retry
+ * copy is made; the commit alone is tried again, and the delivery acked
+ * once it is durable. */
+static void store_failing_at_commit_holds_the_delivery(void **state)
+{
+    struct frig g;
+    struct store_link link;
+    char err[512];
+    (void)state;
+    frig_up(&g);
+    uint64_t tag = frig_deliver(&g, 5, 1, "Install the OS", "reseller-a", NULL);
+    /* The create's intent is written; now another process takes the lock
+     * before the create's answer comes back. */
+    struct store *other = store_open(g.dir, err, sizeof(err));
+    assert_non_null(other);
+    assert_int_equal(store_begin(other), RT_OK);
+    frig_settle(&g);
+    assert_int_equal(ra_count(&ra.creates), 1);
+    assert_false(rig_acked(tag));
+    assert_int_equal(rb.npub, 0);
+    assert_int_equal(rb.nreject, 0);
+    struct forward_stats fs;
+    forward_stats(g.f, &fs);
+    assert_int_equal(fs.deferred, 1);
+    assert_int_equal(fs.busy, 1);
+    assert_int_equal(fs.created, 0);
+
+    /* Still held: tried again, deferred again, nothing else. */
+    forward_tick(g.f, rig_mono_ms() + 60000);
+    forward_stats(g.f, &fs);
+    assert_int_equal(fs.deferred, 2);
+    assert_false(rig_acked(tag));
+
+    assert_int_equal(store_rollback(other), RT_OK);
+    store_free(other);
+    forward_tick(g.f, rig_mono_ms() + 120000);
+    assert_true(rig_acked(tag));
+    assert_int_equal(rb.npub, 0);
+    assert_int_equal(ra_count(&ra.creates), 1); /* the create is not made again */
+    forward_stats(g.f, &fs);
+    assert_int_equal(fs.created, 1);
+    assert_int_equal(fs.retried, 0);
+    assert_int_equal(fs.busy, 0);
+    assert_int_equal(store_link_get(g.st, "7", 5, &link), RT_OK);
+    assert_true(link.found);
+    assert_int_equal(link.dst_task, 501);
+    assert_int_equal(link.last_seq, 1);
+    frig_down(&g);
+}
+
+/* Issue 13: a seq no sender can have used (above 2^48, or 2^32 past the
+ * one applied) is dead-lettered before it takes its place in per task
+ * order, so the real messages of the task are never taken for duplicates. */
+static void impossible_seqs_are_dead_lettered(void **state)
+{
+    struct frig g;
+    struct store_link link;
+    (void)state;
+    frig_up(&g);
+    uint64_t forged = frig_deliver(&g, 5, (uint64_t)1 << 62, "Forged", "reseller-a", NULL);
+    assert_int_equal(rb.npub, 1);
+    assert_string_equal(rb.pub_exchange[0], "remotetask.dead.7");
+    assert_string_equal(rb.pub_kind[0], "seq");
+    assert_non_null(strstr(rb.pub_reason[0], "above"));
+    assert_false(rig_acked(forged)); /* until the copy is confirmed */
+    applier_on_confirm(g.f->ap, rb.next_tag, BROKER_ACKED);
+    assert_true(rig_acked(forged));
+
+    uint64_t real = frig_deliver(&g, 5, 1, "Install the OS", "reseller-a", NULL);
+    frig_settle(&g);
+    assert_true(rig_acked(real));
+    assert_int_equal(ra_count(&ra.creates), 1);
+
+    /* Past the one applied by more than 2^32. */
+    frig_deliver(&g, 5, 2 + APPLIER_SEQ_MAX_JUMP, "Jumped", "reseller-a", NULL);
+    assert_int_equal(rb.npub, 2);
+    assert_string_equal(rb.pub_kind[1], "seq");
+    assert_non_null(strstr(rb.pub_reason[1], "past seq 1"));
+    applier_on_confirm(g.f->ap, rb.next_tag, BROKER_ACKED);
+
+    uint64_t next = frig_deliver(&g, 5, 2, "Install the OS, now", "reseller-a", NULL);
+    frig_settle(&g);
+    assert_true(rig_acked(next));
+    assert_int_equal(ra_count(&ra.edits), 1);
+    assert_int_equal(store_link_get(g.st, "7", 5, &link), RT_OK);
+    assert_int_equal(link.last_seq, 2);
+    struct forward_stats fs;
+    forward_stats(g.f, &fs);
+    assert_int_equal(fs.dead_seq, 2);
+    assert_int_equal(fs.dead, 2);
+    frig_down(&g);
+}
+
+/* Issue 9, case 10, on the server: a task message the API refuses for
+ * good is dead-lettered and leaves the link at the seq before it; the next
+ * message of the task applies, and the old letter replayed later (by the
+ * server's own login, x-rt-user the client's) is dropped as stale without
+ * a call. */
+static void dead_letter_then_later_change_then_replay(void **state)
+{
+    struct frig g;
+    struct store_link link;
+    (void)state;
+    frig_up(&g);
+    frig_deliver(&g, 5, 1, "Install the OS", "reseller-a", NULL);
+    frig_settle(&g);
+    uint64_t blank = frig_deliver(&g, 5, 2, "   ", "reseller-a", NULL);
+    frig_settle(&g);
+    assert_int_equal(ra_count(&ra.refused), 1);
+    assert_int_equal(rb.npub, 1);
+    assert_string_equal(rb.pub_kind[0], "api");
+    applier_on_confirm(g.f->ap, rb.next_tag, BROKER_ACKED);
+    assert_true(rig_acked(blank));
+    assert_int_equal(store_link_get(g.st, "7", 5, &link), RT_OK);
+    assert_int_equal(link.last_seq, 1);
+
+    uint64_t later = frig_deliver(&g, 5, 3, "Install Debian", "reseller-a", NULL);
+    frig_settle(&g);
+    assert_true(rig_acked(later));
+    assert_int_equal(store_link_get(g.st, "7", 5, &link), RT_OK);
+    assert_int_equal(link.last_seq, 3);
+    int writes = ra_count(&ra.edits) + ra_count(&ra.creates) + ra_count(&ra.refused);
+
+    uint64_t replay = frig_deliver(&g, 5, 2, "   ", "upstream", "reseller-a");
+    frig_settle(&g);
+    assert_true(rig_acked(replay));
+    assert_int_equal(ra_count(&ra.edits) + ra_count(&ra.creates) + ra_count(&ra.refused), writes);
+    assert_int_equal(rb.npub, 1);
+    struct forward_stats fs;
+    forward_stats(g.f, &fs);
+    assert_int_equal(fs.duplicates, 1);
+    frig_down(&g);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -626,6 +1028,9 @@ int main(void)
         cmocka_unit_test(dead_kinds_have_names),
         cmocka_unit_test(pend_intent_tells_the_set_after_a_landed_edit),
         cmocka_unit_test(create_failures_that_prove_nothing_was_made),
+        cmocka_unit_test(store_failing_at_commit_holds_the_delivery),
+        cmocka_unit_test(impossible_seqs_are_dead_lettered),
+        cmocka_unit_test(dead_letter_then_later_change_then_replay),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

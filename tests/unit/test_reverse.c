@@ -151,11 +151,21 @@ static void check_takes_the_sender_of_our_own_retry_copy(void **state)
     assert_int_equal(reverse_check(cfg, "remotetask.reverse.7", "intruder", "reseller-a",
                                    "upstream", &m, reason, sizeof(reason)),
                      REVERSE_DEAD_UNAUTHORIZED);
-    /* No server_user configured: any sender. */
+    /* Another client's user claiming the server's login in x-rt-user
+     * (through the retry exchange, say): its own user counts. */
+    assert_int_equal(reverse_check(cfg, "remotetask.reverse.7", "reseller-b", "reseller-a",
+                                   "upstream", &m, reason, sizeof(reason)),
+                     REVERSE_DEAD_UNAUTHORIZED);
+    assert_string_equal(reason, "user_id \"reseller-b\" is not the AMQP user of the server side");
+    /* No server_user configured (the configuration requires one): no
+     * sender is trusted, rather than every one. */
     cfg->client.server_user = "";
     assert_int_equal(reverse_check(cfg, "remotetask.reverse.7", "anyone", "reseller-a", NULL, &m,
                                    reason, sizeof(reason)),
-                     REVERSE_DEAD_NONE);
+                     REVERSE_DEAD_UNAUTHORIZED);
+    assert_int_equal(reverse_check(cfg, "remotetask.reverse.7", "", "reseller-a", NULL, &m, reason,
+                                   sizeof(reason)),
+                     REVERSE_DEAD_UNAUTHORIZED);
 }
 
 static void performers_map_remote_to_local(void **state)
@@ -271,6 +281,45 @@ static void stale_state_never_reverts_a_forwarded_status(void **state)
     assert_int_equal(reverse_plan_make(cfg, &m, "status=2", 2, &p), 0);
     assert_false(p.stale);
     assert_false(p.status);
+    reverse_plan_release(&p);
+}
+
+/* Issue 9, case 10: the last task message the client confirmed (seq 2, a
+ * rename) was dead-lettered by the server, so every state of the task
+ * carries fwd_seq 1. It forwarded the status the target was known to have
+ * ("sseq" stays 1, the relay's record of the message that last changed
+ * the status forwarded): a state that missed it cannot undo a status
+ * change of the source, and the target's own change goes through at once.
+ * A missed message that did change the status keeps the state stale. */
+static void state_missing_only_a_rename_is_not_stale(void **state)
+{
+    struct config *cfg = test_config();
+    struct codec_msg m;
+    struct reverse_plan p;
+    (void)state;
+
+    test_state(&m, 5, 4, 1, 0, "", "");
+    m.state.fwd_seq = 1;
+    assert_int_equal(reverse_plan_make(cfg, &m, "status=0;sseq=1", 2, &p), 0);
+    assert_false(p.stale);
+    assert_true(p.status);
+    assert_int_equal(p.status_value, 1);
+    assert_int_equal(fp_set_get_int(p.applied, "status", -1), 1);
+    assert_int_equal(fp_set_get_int(p.applied, "sseq", -1), 1); /* the relay's, kept */
+    reverse_plan_release(&p);
+
+    /* Seq 2 closed the task on the source: a state that missed it would
+     * reopen the source. */
+    assert_int_equal(reverse_plan_make(cfg, &m, "status=2;sseq=2", 2, &p), 0);
+    assert_true(p.stale);
+    assert_false(p.status);
+    assert_int_equal(fp_set_get_int(p.applied, "status", -1), 2);
+    reverse_plan_release(&p);
+
+    /* A row the relay wrote before it kept "sseq": the last confirmed
+     * message counts, as before. */
+    assert_int_equal(reverse_plan_make(cfg, &m, "status=0", 2, &p), 0);
+    assert_true(p.stale);
     reverse_plan_release(&p);
 }
 
@@ -698,6 +747,13 @@ static int rig_idle(void *arg)
     return reverse_idle(g->r);
 }
 
+/* No API call in flight (the applier may still hold a delivery). */
+static int rig_calls_done(void *arg)
+{
+    struct rig *g = arg;
+    return billmgr_inflight(g->bm) == 0;
+}
+
 static int rig_synced(void *arg)
 {
     (void)arg;
@@ -733,7 +789,8 @@ static void rig_up(struct rig *g, struct config *cfg)
     memset(g, 0, sizeof(*g));
     snprintf(g->dir, sizeof(g->dir), "/tmp/test_reverse.XXXXXX");
     assert_non_null(mkdtemp(g->dir));
-    g->st = store_open(g->dir, err, sizeof(err));
+    /* A short busy timeout, as the daemon's: a held lock fails fast. */
+    g->st = store_open_timeout(g->dir, 50, err, sizeof(err));
     assert_non_null(g->st);
     /* Task 5 was forwarded open and confirmed: what the relay leaves. */
     assert_int_equal(store_fwd_next_seq(g->st, "7", 5, &seq), RT_OK);
@@ -1121,6 +1178,168 @@ static void interrupted_note_edit_that_did_not_land_is_written(void **state)
     rig_down(&g);
 }
 
+/* ---- the broker table of the applier: acks and copies seen ------------ */
+
+static struct {
+    size_t nack, npub;
+    uint64_t acked[16];
+    char pub_kind[16][32];
+    uint64_t next_tag;
+} rb;
+
+static rt_status rb_ack(struct broker *b, uint64_t tag)
+{
+    (void)b;
+    assert_true(rb.nack < 16);
+    rb.acked[rb.nack++] = tag;
+    return RT_OK;
+}
+
+static rt_status rb_reject(struct broker *b, uint64_t tag, int requeue)
+{
+    (void)b;
+    (void)tag;
+    (void)requeue;
+    fail_msg("the applier rejected a delivery");
+    return RT_REJECT;
+}
+
+static rt_status rb_publish(struct broker *b, const char *exchange, const char *key,
+                            const struct broker_props *props, const void *body, size_t len,
+                            uint64_t *tag)
+{
+    (void)b;
+    (void)exchange;
+    (void)key;
+    (void)body;
+    (void)len;
+    assert_true(rb.npub < 16);
+    rb.pub_kind[rb.npub][0] = '\0';
+    for (size_t i = 0; i < props->n_headers; i++)
+        if (strcmp(props->headers[i].key, "x-rt-kind") == 0)
+            snprintf(rb.pub_kind[rb.npub], sizeof(rb.pub_kind[0]), "%s", props->headers[i].str);
+    rb.npub++;
+    *tag = ++rb.next_tag;
+    return RT_OK;
+}
+
+static int rb_connected(const struct broker *b)
+{
+    (void)b;
+    return 1;
+}
+
+static int rb_blocked(const struct broker *b)
+{
+    (void)b;
+    return 0;
+}
+
+static const char *rb_strerror(const struct broker *b)
+{
+    (void)b;
+    return "stand-in";
+}
+
+static const struct applier_io rb_io = {rb_ack,       rb_reject,  rb_publish,
+                                        rb_connected, rb_blocked, rb_strerror};
+
+/* The rig with the broker table above in place of the unconnected broker:
+ * acks and copies counted. */
+static void rig_up_seen(struct rig *g, struct config *cfg)
+{
+    memset(&rb, 0, sizeof(rb));
+    rig_up(g, cfg);
+    g->r->ap->io = &rb_io;
+}
+
+static int64_t rig_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Issue 9, case 7: the store fails at the commit (another process holds
+ * it): the state is not acked and no retry copy is made; the commit alone
+ * is tried again, and the delivery acked once the rev row is durable. */
+static void store_failing_at_commit_holds_the_state(void **state)
+{
+    struct config *cfg = test_config();
+    struct codec_msg m;
+    struct store_rev rev;
+    struct reverse_stats rs;
+    struct rig g;
+    char err[512];
+    (void)state;
+
+    rig_up_seen(&g, cfg);
+    fake_task("0", "", "");
+    test_state(&m, 5, 1, 2, 0, "", "");
+    m.state.fwd_seq = 1;
+    rig_deliver(&g, &m, "upstream");
+    /* The edit is in flight: another process takes the lock. */
+    struct store *other = store_open(g.dir, err, sizeof(err));
+    assert_non_null(other);
+    assert_int_equal(store_begin(other), RT_OK);
+    drive(g.bm, rig_calls_done, &g);
+    assert_int_equal(fake_nreq(), 1);
+    assert_non_null(strstr(fake.req[0], "\nstatus=2\n"));
+    reverse_stats(g.r, &rs);
+    assert_int_equal(rs.deferred, 1);
+    assert_int_equal(rs.busy, 1);
+    assert_int_equal(rb.nack + rb.npub, 0);
+
+    assert_int_equal(store_rollback(other), RT_OK);
+    store_free(other);
+    reverse_tick(g.r, rig_mono_ms() + 60000);
+    assert_int_equal(rb.nack, 1);
+    assert_int_equal(rb.acked[0], g.tag);
+    assert_int_equal(rb.npub, 0);
+    assert_int_equal(fake_nreq(), 1); /* the edit is not made again */
+    reverse_stats(g.r, &rs);
+    assert_int_equal(rs.applied, 1);
+    assert_int_equal(rs.retried, 0);
+    assert_int_equal(store_rev_get(g.st, "7", 5, &rev), RT_OK);
+    assert_int_equal(rev.seq, 1);
+    assert_int_equal(fp_set_get_int(rev.applied, "status", -1), 2);
+    rig_down(&g);
+}
+
+/* Issue 13: a state whose seq no server can have used is dead-lettered
+ * (kind "seq") before it takes its place in per task order; the real
+ * states of the task then apply. */
+static void impossible_state_seq_is_dead_lettered(void **state)
+{
+    struct config *cfg = test_config();
+    struct codec_msg m;
+    struct store_rev rev;
+    struct rig g;
+    (void)state;
+
+    rig_up_seen(&g, cfg);
+    fake_task("0", "", "");
+    test_state(&m, 5, (uint64_t)1 << 62, 2, 0, "", "");
+    rig_deliver(&g, &m, "upstream");
+    assert_int_equal(rb.npub, 1);
+    assert_string_equal(rb.pub_kind[0], "seq");
+    assert_int_equal(fake_nreq(), 0);
+    applier_on_confirm(g.r->ap, rb.next_tag, BROKER_ACKED);
+    assert_int_equal(rb.nack, 1);
+
+    test_state(&m, 5, 1, 2, 0, "", "");
+    rig_deliver(&g, &m, "upstream");
+    drive(g.bm, rig_calls_done, &g);
+    assert_int_equal(rb.nack, 2);
+    assert_int_equal(store_rev_get(g.st, "7", 5, &rev), RT_OK);
+    assert_int_equal(rev.seq, 1);
+    assert_int_equal(fp_set_get_int(rev.applied, "status", -1), 2);
+    struct reverse_stats rs;
+    reverse_stats(g.r, &rs);
+    assert_int_equal(rs.dead_seq, 1);
+    rig_down(&g);
+}
+
 int main(void)
 {
     log_init("test_reverse", LOG_LEVEL_ERROR, 0);
@@ -1132,6 +1351,7 @@ int main(void)
         cmocka_unit_test(dead_kinds_have_names),
         cmocka_unit_test(first_state_is_verified_against_the_task),
         cmocka_unit_test(stale_state_never_reverts_a_forwarded_status),
+        cmocka_unit_test(state_missing_only_a_rename_is_not_stale),
         cmocka_unit_test(equal_status_is_not_written),
         cmocka_unit_test(target_change_is_applied),
         cmocka_unit_test(status_follows_what_was_applied),
@@ -1147,6 +1367,8 @@ int main(void)
         cmocka_unit_test(interrupted_note_edit_that_landed_is_not_written_again),
         cmocka_unit_test(newer_state_after_an_interrupted_edit_that_landed_adds_only_its_part),
         cmocka_unit_test(interrupted_note_edit_that_did_not_land_is_written),
+        cmocka_unit_test(store_failing_at_commit_holds_the_state),
+        cmocka_unit_test(impossible_state_seq_is_dead_lettered),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
