@@ -1,6 +1,7 @@
 #include "observe.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -445,8 +446,18 @@ static void observe_metrics_update(struct daemon *d)
     metrics_reset(m, METRICS_BROKER_NODE);
     if (k)
         metrics_gauge_set(m, METRICS_BROKER_NODE, 1, broker_node(k->br), NULL);
-    if (o->api_reachable >= 0)
-        metrics_gauge_set(m, METRICS_API_UP, o->api_reachable, NULL);
+    /* NaN until a call tells: an idle daemon is not an unreachable API. */
+    metrics_gauge_set(m, METRICS_API_UP, o->api_reachable >= 0 ? o->api_reachable : NAN, NULL);
+    metrics_gauge_set(m, METRICS_SYNC_INTERVAL,
+                      d->cfg->server.enabled ? d->cfg->server.sync_interval : 0, NULL);
+    if (k && k->sp) {
+        struct statepub_stats ss;
+        statepub_stats(k->sp, &ss);
+        int64_t last = ss.last_cycle_ms ? ss.last_cycle_ms : o->started_ms;
+        metrics_gauge_set(m, METRICS_REVERSE_CYCLE_LAST, (double)last / 1000.0, NULL);
+        metrics_gauge_set(m, METRICS_REVERSE_CYCLE_DURATION,
+                          (double)ss.last_cycle_duration_ms / 1000.0, NULL);
+    }
 
     uint64_t refused = metrics_refused(m);
     if (refused > o->metrics_refused) {

@@ -449,7 +449,15 @@ static const struct {
      "1 for the broker node (host:port) the daemon is connected to, or was last."},
     {METRICS_API_UP, METRICS_GAUGE, NULL,
      "1 when the last BILLmanager API call got an answer from the API (success or an API "
-     "error), 0 when it failed in transport (refused, timeout, HTTP error, not JSON)."},
+     "error), 0 when it failed in transport (refused, timeout, HTTP error, not JSON); NaN "
+     "before the first call."},
+    {METRICS_REVERSE_CYCLE_LAST, METRICS_GAUGE, NULL,
+     "Server role: when the last state cycle over every client ended, in seconds since the "
+     "epoch (the daemon's start until one has)."},
+    {METRICS_REVERSE_CYCLE_DURATION, METRICS_GAUGE, NULL,
+     "Server role: how long the last state cycle over every client took, in seconds."},
+    {METRICS_SYNC_INTERVAL, METRICS_GAUGE, NULL,
+     "Server role: server.sync_interval in seconds (0 without the server role)."},
     {METRICS_API_CALL_DURATION, METRICS_HISTOGRAM, "func",
      "Time from queuing a BILLmanager API call to its completion, in seconds."},
     {METRICS_FORWARD_LATENCY, METRICS_HISTOGRAM, NULL,

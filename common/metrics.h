@@ -121,6 +121,9 @@
 #define METRICS_BROKER_STATE       "remotetask_broker_state"
 #define METRICS_BROKER_NODE        "remotetask_broker_node_info"
 #define METRICS_API_UP             "remotetask_api_up"
+#define METRICS_REVERSE_CYCLE_LAST "remotetask_reverse_cycle_last_timestamp_seconds"
+#define METRICS_REVERSE_CYCLE_DURATION "remotetask_reverse_cycle_duration_seconds"
+#define METRICS_SYNC_INTERVAL      "remotetask_sync_interval_seconds"
 #define METRICS_API_CALL_DURATION  "remotetask_api_call_duration_seconds"
 #define METRICS_FORWARD_LATENCY    "remotetask_forward_latency_seconds"
 
