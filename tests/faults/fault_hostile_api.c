@@ -347,7 +347,10 @@ static void test_hostile_api(void **state)
 
     /* What the daemons said about each kind of bad answer. */
     for (size_t i = 0; i < N_MODES; i++) {
-        if (!modes[i].needle)
+        int quoted = !modes[i].needle;
+        for (size_t k = 0; k < i && !quoted; k++)
+            quoted = modes[k].needle && strcmp(modes[k].needle, modes[i].needle) == 0;
+        if (quoted)
             continue;
         char what[128];
         snprintf(what, sizeof(what), "the %s answers", modes[i].name);
