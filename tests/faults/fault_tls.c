@@ -65,7 +65,7 @@
 #define TLS_CERTS_MS 60000
 /* How long the daemons face the bad broker certificates: one whole step
  * of the backoff after the first attempt, and room for a slow machine. */
-#define TLS_BACKOFF_WATCH_MS (TLS_RECONNECT_MS + 15000)
+#define TLS_BACKOFF_WATCH_MS (TLS_RECONNECT_MS + 30000)
 /* A config file of the scenario, read whole. */
 #define TLS_CONF_MAX ((size_t)64 * 1024)
 
