@@ -19,6 +19,9 @@
 
 #define METRICS_HTTP_PATH         "/metrics"
 #define METRICS_HTTP_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
+/* How often a connection with an incomplete request is looked at for an
+ * end of stream libmicrohttpd did not see (metrics_http_cut_ended). */
+#define METRICS_HTTP_LOOK_MS 200
 
 /* A connection libmicrohttpd holds, and when its current request must be
  * done (see METRICS_HTTP_REQUEST_S). */
@@ -26,6 +29,7 @@ struct metrics_http_conn {
     struct MHD_Connection *conn; /* NULL: the entry is free */
     int fd;
     int64_t deadline; /* monotonic ms */
+    int answering;    /* its request is whole: the handler has run for it */
     int cut;          /* shut down already; libmicrohttpd closes it next */
 };
 
@@ -42,6 +46,15 @@ struct metrics_http {
      * METRICS_HTTP_MAX_CONNECTIONS. */
     struct metrics_http_conn conns[METRICS_HTTP_MAX_CONNECTIONS];
 };
+
+/* The entry of a connection, or NULL when it has none. */
+static struct metrics_http_conn *metrics_http_entry(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    struct metrics_http_conn *e = ci ? ci->socket_context : NULL;
+    return e && e->conn == c ? e : NULL;
+}
 
 /* libmicrohttpd's log lines. At run time they are about peers (a
  * connection refused at the limit, a malformed request): debug level, so
@@ -126,6 +139,10 @@ static enum MHD_Result metrics_http_access(void *cls, struct MHD_Connection *c, 
     (void)upload_data_size;
     (void)con_cls;
 
+    struct metrics_http_conn *e = metrics_http_entry(c);
+    if (e)
+        e->answering = 1;
+
     if (strcmp(url, METRICS_HTTP_PATH) != 0)
         return metrics_http_text(c, MHD_HTTP_NOT_FOUND,
                                  "not found: the metrics are at " METRICS_HTTP_PATH "\n", NULL);
@@ -175,11 +192,11 @@ static void metrics_http_completed(void *cls, struct MHD_Connection *c, void **c
     (void)cls;
     (void)con_cls;
     (void)toe;
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    struct metrics_http_conn *e = ci ? ci->socket_context : NULL;
-    if (e && e->conn == c)
+    struct metrics_http_conn *e = metrics_http_entry(c);
+    if (e) {
         e->deadline = now_mono_ms() + (int64_t)METRICS_HTTP_REQUEST_S * 1000;
+        e->answering = 0;
+    }
 }
 
 /* Shuts down the connections whose request is overdue. libmicrohttpd only
@@ -198,6 +215,36 @@ static int metrics_http_cut_overdue(struct metrics_http *h)
             continue;
         log_debug("metrics endpoint: a request took more than %d s: connection closed",
                   METRICS_HTTP_REQUEST_S);
+        shutdown(e->fd, SHUT_RDWR);
+        e->cut = 1;
+        cut++;
+    }
+    return cut;
+}
+
+/* Shuts down the connections whose peer ended its side of the stream
+ * before a whole request came. libmicrohttpd does not always see such an
+ * end: when the first bytes of a request and the end arrive together
+ * before it takes the connection from the listen queue, it reads the
+ * bytes and then waits, holding the connection until its idle timeout.
+ * A flood of half requests and hang-ups (issue 9, case 11) kept every
+ * slot taken that way. Only connections whose request is incomplete are
+ * looked at: a peer may end its side after a whole request and still read
+ * the answer. The loop comes back every METRICS_HTTP_LOOK_MS while there
+ * are any (metrics_http_timeout_ms), since nothing else may wake it.
+ * Returns how many were cut. */
+static int metrics_http_cut_ended(struct metrics_http *h)
+{
+    int cut = 0;
+    for (size_t i = 0; i < METRICS_HTTP_MAX_CONNECTIONS; i++) {
+        struct metrics_http_conn *e = &h->conns[i];
+        char byte;
+        if (!e->conn || e->cut || e->answering)
+            continue;
+        ssize_t n = recv(e->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)))
+            continue;
+        log_debug("metrics endpoint: the peer ended the connection in the middle of a request");
         shutdown(e->fd, SHUT_RDWR);
         e->cut = 1;
         cut++;
@@ -260,6 +307,8 @@ struct metrics_http *metrics_http_new(const char *host, int port, metrics_http_r
     errno = 0;
     /* clang-format off */
     h->mhd = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, metrics_http_access, h,
+        /* First, so that it hears about the options that follow. */
+        MHD_OPTION_EXTERNAL_LOGGER, metrics_http_logger, h,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)METRICS_HTTP_MAX_CONNECTIONS,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)METRICS_HTTP_MAX_PER_IP,
@@ -268,7 +317,6 @@ struct metrics_http *metrics_http_new(const char *host, int port, metrics_http_r
         MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int)METRICS_HTTP_BACKLOG,
         MHD_OPTION_NOTIFY_CONNECTION, metrics_http_notify, h,
         MHD_OPTION_NOTIFY_COMPLETED, metrics_http_completed, h,
-        MHD_OPTION_EXTERNAL_LOGGER, metrics_http_logger, h,
         MHD_OPTION_END);
     /* clang-format on */
     if (!h->mhd) {
@@ -323,6 +371,10 @@ int metrics_http_timeout_ms(const struct metrics_http *h)
         if (!e->conn || e->cut)
             continue;
         int64_t left = e->deadline > now ? e->deadline - now : 0;
+        /* An incomplete request is looked at again soon: its peer may
+         * have ended the stream unseen (metrics_http_cut_ended). */
+        if (!e->answering && left > METRICS_HTTP_LOOK_MS)
+            left = METRICS_HTTP_LOOK_MS;
         if (best < 0 || left < best)
             best = left;
     }
@@ -335,7 +387,7 @@ void metrics_http_handle(struct metrics_http *h)
      * reports ready and returns. A connection cut here is reported by
      * epoll at once, so a second run closes it and frees its slot. */
     MHD_run(h->mhd);
-    if (metrics_http_cut_overdue(h))
+    if (metrics_http_cut_overdue(h) + metrics_http_cut_ended(h) > 0)
         MHD_run(h->mhd);
 }
 

@@ -743,6 +743,49 @@ static void worst_requests(void **state)
     reply_release(&r);
 }
 
+/* Peers that end the stream in the middle of a request, before the server
+ * takes their connections: libmicrohttpd alone holds each until its idle
+ * timeout; the endpoint sees the end and closes them before that could
+ * happen, so that a flood of them cannot keep the slots taken. */
+static void hang_up_mid_request_frees_the_slot(void **state)
+{
+    struct fixture *fx = *state;
+    int port = metrics_http_port(fx->h);
+    enum { N = 4 };
+    int fds[N];
+    char data[64];
+
+    /* All sent and ended before the server runs at all. */
+    for (int i = 0; i < N; i++) {
+        fds[i] = connect_port(port);
+        assert_int_equal(send(fds[i], "GET /metrics HTTP/1.1\r\nHost", 27, MSG_NOSIGNAL), 27);
+        assert_int_equal(shutdown(fds[i], SHUT_WR), 0);
+    }
+    int64_t start = now_ms();
+    for (int i = 0; i < N; i++) {
+        ssize_t n = wait_readable(fx->h, fds[i], data, sizeof(data));
+        assert_true(n <= 0); /* closed, no answer */
+        close(fds[i]);
+    }
+    int64_t took = now_ms() - start;
+    if (took >= METRICS_HTTP_TIMEOUT_S * 1000)
+        fail_msg("the hung-up connections were closed after %lld ms: by the idle timeout (%d s), "
+                 "not because their peers had ended them",
+                 (long long)took, METRICS_HTTP_TIMEOUT_S);
+
+    /* A peer that ends its side after a whole request still gets the
+     * answer. */
+    int fd = connect_port(port);
+    static const char req[] = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_int_equal(send(fd, req, sizeof(req) - 1, MSG_NOSIGNAL), (ssize_t)(sizeof(req) - 1));
+    assert_int_equal(shutdown(fd, SHUT_WR), 0);
+    ssize_t n = wait_readable(fx->h, fd, data, sizeof(data) - 1);
+    assert_true(n > 0);
+    data[n] = '\0';
+    assert_non_null(strstr(data, "HTTP/1.1 200"));
+    close(fd);
+}
+
 /* A peer that sends a byte now and then is never idle, so the idle
  * timeout alone would let it hold its slot for ever; the request deadline
  * closes it. */
@@ -976,6 +1019,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(connections_are_capped, setup, teardown),
         cmocka_unit_test_setup_teardown(one_address_cannot_take_every_slot, setup, teardown),
         cmocka_unit_test_setup_teardown(worst_requests, setup, teardown),
+        cmocka_unit_test_setup_teardown(hang_up_mid_request_frees_the_slot, setup, teardown),
         cmocka_unit_test_setup_teardown(slowloris_is_cut_at_the_request_deadline, setup, teardown),
         cmocka_unit_test_setup_teardown(addresses, setup, teardown),
         cmocka_unit_test_setup_teardown(api_call_observed_once_across_relogin, setup, teardown),
