@@ -30,7 +30,9 @@
  * alone lets a peer that sends one byte now and then (slowloris) hold a
  * slot for ever, and 16 such peers keep every scrape out. Longer than the
  * idle timeout, so that a request that starts just before a kept-alive
- * connection would go idle still has time to finish.
+ * connection would go idle still has time to finish. A connection whose
+ * peer ended the stream before its request was whole is closed within
+ * 200 ms (libmicrohttpd alone may hold it until the idle timeout).
  */
 #ifndef RT_METRICS_HTTP_H
 #define RT_METRICS_HTTP_H
@@ -73,8 +75,8 @@ void metrics_http_free(struct metrics_http *h);
 int metrics_http_pollfd(const struct metrics_http *h);
 
 /* Milliseconds until metrics_http_handle() must run even if the fd is not
- * readable (a connection's idle timeout or request deadline): 0 = now,
- * -1 = no deadline. */
+ * readable (a connection's idle timeout or request deadline, or the next
+ * look at an incomplete request): 0 = now, -1 = no deadline. */
 int metrics_http_timeout_ms(const struct metrics_http *h);
 
 /* Accepts connections, reads requests and writes answers that are ready,
