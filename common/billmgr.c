@@ -52,6 +52,7 @@ struct billmgr_xfer {
     struct buf body;           /* form + credentials; wiped after sending */
     struct buf resp;           /* the answer, capped at max_response */
     int toolarge;
+    int overbudget; /* the answers being received together reached max_buffered */
     int tooslow;          /* the body came slower than BILLMGR_MIN_BODY_RATE */
     curl_off_t announced; /* the answer's Content-Length; -1 = none */
     long long body_t0_ms; /* when the first byte of the body came; 0 = none yet */
@@ -79,6 +80,11 @@ struct billmgr {
     long connect_timeout_ms;
     int max_inflight;
     size_t max_response;
+    /* Bytes of every answer being received now, and their cap (twice
+     * max_response): a flood of large answers to concurrent calls cannot
+     * hold max_inflight × max_response in memory. */
+    size_t buffered;
+    size_t max_buffered;
     int verify_tls;
     int page_size;
     size_t max_queued;
@@ -862,16 +868,29 @@ static int billmgr_timer_cb(CURLM *multi, long timeout_ms, void *userp)
     return 0;
 }
 
+/* Forgets what x's answer held in the budget of answers being received. */
+static void billmgr_resp_drop(struct billmgr_xfer *x)
+{
+    struct billmgr *bm = x->bm;
+    bm->buffered = bm->buffered > x->resp.len ? bm->buffered - x->resp.len : 0;
+}
+
 static size_t billmgr_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
     struct billmgr_xfer *x = userdata;
+    struct billmgr *bm = x->bm;
     size_t n = size * nmemb;
+    if (n > bm->max_buffered || bm->buffered > bm->max_buffered - n) {
+        x->overbudget = 1;
+        return 0;
+    }
     if (buf_append(&x->resp, ptr, n) < 0) {
         /* Over the cap, or out of memory: either way the transfer stops. */
         if (n > x->resp.max || x->resp.len > x->resp.max - n)
             x->toolarge = 1;
         return 0;
     }
+    bm->buffered += n;
     /* A body that trickles would hold its slot until the total timeout; one
      * that has fallen below the rate once its window has passed ends now.
      * Time before the first byte is not counted: a server may think long
@@ -917,6 +936,8 @@ static void billmgr_xfer_free(struct billmgr_xfer *x)
     if (x->easy)
         curl_easy_cleanup(x->easy);
     billmgr_wipe_buf(&x->body);
+    if (x->bm)
+        billmgr_resp_drop(x);
     buf_release(&x->resp);
     free(x->func);
     free(x->form);
@@ -1002,8 +1023,10 @@ static int billmgr_xfer_start(struct billmgr *bm, struct billmgr_xfer *x)
     int rc;
     billmgr_wipe_buf(&x->body);
     buf_init(&x->body, BILLMGR_MAX_BODY);
+    billmgr_resp_drop(x);
     buf_reset(&x->resp);
     x->toolarge = 0;
+    x->overbudget = 0;
     x->tooslow = 0;
     x->body_t0_ms = 0;
     x->announced = -1;
@@ -1140,6 +1163,12 @@ static void billmgr_finish(struct billmgr *bm, struct billmgr_xfer *x, CURLcode 
             billmgr_set_error(&e, "toolarge", "",
                               "answer is larger than billmanager.max_response (%zu bytes)",
                               bm->max_response);
+    } else if (x->overbudget) {
+        st = RT_RETRY;
+        billmgr_set_error(&e, "toolarge", "",
+                          "answers received at once would hold more than %zu bytes (twice "
+                          "billmanager.max_response): this one is retried",
+                          bm->max_buffered);
     } else if (x->tooslow) {
         st = RT_RETRY;
         billmgr_set_error(&e, "timeout", "",
@@ -1168,6 +1197,7 @@ static void billmgr_finish(struct billmgr *bm, struct billmgr_xfer *x, CURLcode 
         billmgr_set_error(&e, "transport", "", "%s",
                           x->errbuf[0] ? x->errbuf : curl_easy_strerror(res));
     }
+    billmgr_resp_drop(x);
     buf_release(&x->resp);
     buf_init(&x->resp, bm->max_response);
     if (st != RT_OK && st != RT_REJECT) {
@@ -1336,6 +1366,7 @@ struct billmgr *billmgr_new(const struct billmgr_opts *opts, char *err, size_t e
         bm->connect_timeout_ms = bm->timeout_ms;
     bm->max_inflight = opts->max_inflight > 0 ? opts->max_inflight : BILLMGR_DEFAULT_MAX_INFLIGHT;
     bm->max_response = opts->max_response ? opts->max_response : BILLMGR_DEFAULT_MAX_RESPONSE;
+    bm->max_buffered = bm->max_response * 2;
     bm->verify_tls = opts->verify_tls ? 1 : 0;
     bm->page_size = opts->page_size > 0 ? opts->page_size : BILLMGR_DEFAULT_PAGE_SIZE;
     bm->max_queued = opts->max_queued ? opts->max_queued : BILLMGR_DEFAULT_MAX_QUEUED;

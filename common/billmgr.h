@@ -48,11 +48,13 @@
  * most max_response bytes, or nothing when the Content-Length announces
  * the size.
  *
- * What a hostile answer can cost (per call in flight, so at most
- * max_inflight times these):
+ * What a hostile answer can cost:
  * - bytes: the body is buffered up to max_response (a Content-Length
  *   over it ends the transfer before the body; a longer body ends it when
- *   the cap is reached);
+ *   the cap is reached), and every answer being received at once holds at
+ *   most twice max_response together: a call whose answer would pass that
+ *   ends as "toolarge" (RT_RETRY), so that max_inflight concurrent hostile
+ *   answers cannot hold max_inflight × max_response;
  * - time: the call ends within timeout_ms (curl's total timeout, which
  *   runs on the owner's poll loop through billmgr_timeout_ms even on an
  *   idle connection); a body that has started but arrives slower than

@@ -675,7 +675,12 @@ int broker_timeout_ms(const struct broker *b)
     int hb = amqp_get_heartbeat(b->conn);
     if (hb <= 0)
         return -1;
-    return hb * 1000 / 2;
+    /* Wake at the heartbeat deadline itself, not up to half a heartbeat
+     * after it. */
+    int64_t left = b->last_frame_ms + (int64_t)hb * 2000 - get_now_ms();
+    if (left < 0)
+        left = 0;
+    return left < hb * 1000 / 2 ? (int)left : hb * 1000 / 2;
 }
 
 size_t broker_pollfds(const struct broker *b, struct pollfd *fds, size_t room)
@@ -764,6 +769,10 @@ static rt_status rpc_verdict(struct broker *b, amqp_rpc_reply_t r, amqp_channel_
 {
     if (code_out)
         *code_out = 0;
+    /* A reply is a frame from the node: a long run of RPCs (declaring
+     * hundreds of queues) must not look like silence. */
+    if (r.reply_type == AMQP_RESPONSE_NORMAL || r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION)
+        b->last_frame_ms = get_now_ms();
     switch (r.reply_type) {
     case AMQP_RESPONSE_NORMAL:
         return RT_OK;
@@ -2089,6 +2098,12 @@ rt_status broker_process(struct broker *b)
     for (int n = 0; n < MAX_FRAMES_PER_CALL && !b->dead; n++) {
         amqp_frame_t f;
         struct timeval zero = {0, 0};
+        /* librabbitmq swallows heartbeat frames: bytes waiting to be read
+         * are the node's sign of life too. */
+        int avail = 0;
+        if (amqp_data_in_buffer(b->conn) ||
+            (ioctl(amqp_get_sockfd(b->conn), FIONREAD, &avail) == 0 && avail > 0))
+            b->last_frame_ms = get_now_ms();
         int rc = amqp_simple_wait_frame_noblock(b->conn, &f, &zero);
         if (rc == AMQP_STATUS_TIMEOUT)
             break;
@@ -2100,6 +2115,13 @@ rt_status broker_process(struct broker *b)
         }
         b->last_frame_ms = get_now_ms();
         handle_frame(b, &f);
+    }
+    int hb = amqp_get_heartbeat(b->conn);
+    if (!b->dead && hb > 0 && get_now_ms() - b->last_frame_ms >= (int64_t)hb * 2000) {
+        set_err(b, "AMQP connection to %s:%d lost: nothing from the node for 2 heartbeats (%d s)",
+                b->host, b->port, 2 * hb);
+        log_warning("%s", b->err);
+        mark_dead(b);
     }
     if (b->dead) {
         teardown(b, 0);

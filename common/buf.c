@@ -23,6 +23,10 @@ static int buf_reserve(struct buf *b, size_t n)
     size_t cap = b->cap ? b->cap : 256;
     while (cap < need)
         cap = cap > ((size_t)-1) / 2 ? need : cap * 2;
+    /* Doubling never goes past what the cap can use: a buffer capped at
+     * 4 MiB never holds 8. */
+    if (b->max < (size_t)-1 && cap > b->max + 1)
+        cap = b->max + 1 > need ? b->max + 1 : need;
     char *p = realloc(b->data, cap);
     if (!p)
         return -1;
