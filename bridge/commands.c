@@ -337,7 +337,10 @@ static void commands_status(void *arg, struct control_client *cl, json_t *req)
     struct commands *c = &d->cmds;
     (void)req;
     observe_queues_refresh(&d->obs, d->cfg, d->core, OBSERVE_QUEUES_STATUS_AGE_MS);
-    if (observe_queues_answered(&d->obs)) {
+    /* A blocked connection is not read by the broker (a resource alarm),
+     * and an unreachable one answers nothing: waiting for depths would only
+     * delay the answer that says so. */
+    if (observe_queues_answered(&d->obs) || strcmp(core_broker_state(d->core), "connected") != 0) {
         commands_status_reply(d, cl);
         return;
     }
