@@ -5,13 +5,17 @@
  *   remotetaskd -n -c FILE     check FILE, print "configuration OK", exit 0/1
  *
  * It logs to stderr, or to syslog with -s. Exit status: 0 after SIGTERM or
- * SIGINT, 1 when it cannot start (configuration, store, control socket) or
- * its loop fails, 2 for a wrong command line.
+ * SIGINT, 1 when it cannot start (configuration, store, control socket,
+ * core dumps that cannot be turned off) or its loop fails, 2 for a wrong
+ * command line.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 
 #include "config.h"
 #include "daemon.h"
@@ -29,6 +33,29 @@ static void usage(FILE *to)
                 "  -V, --version      print the version\n");
 }
 
+/* The process holds the broker's and BILLmanager's passwords in memory
+ * from the moment it reads its configuration: a core dump, or another
+ * process of the same user attaching with ptrace or reading /proc/PID/mem,
+ * would hand them out. Not dumpable stops all three (and makes the files
+ * of /proc/PID root's), unless fs.suid_dumpable is 2, which dumps such a
+ * process for root; a core limit of 0, soft and hard, then still stops a
+ * dump to a file (a core_pattern pipe is told the limit and decides for
+ * itself). Done before anything is read, also for -n. Returns 0, or -1
+ * with a reason in err. */
+static int main_no_core_dumps(char *err, size_t errlen)
+{
+    const struct rlimit none = {0, 0};
+    if (setrlimit(RLIMIT_CORE, &none) < 0) {
+        snprintf(err, errlen, "cannot set the core file size limit to 0: %s", strerror(errno));
+        return -1;
+    }
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) {
+        snprintf(err, errlen, "cannot make the process not dumpable: %s", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -40,6 +67,10 @@ int main(int argc, char **argv)
     int check = 0, use_syslog = 0, c;
     char err[CONFIG_ERR_MAX];
 
+    if (main_no_core_dumps(err, sizeof(err)) < 0) {
+        fprintf(stderr, "remotetaskd: %s\n", err);
+        return 1;
+    }
     while ((c = getopt_long(argc, argv, "c:nshV", longopts, NULL)) != -1) {
         switch (c) {
         case 'c': path = optarg; break;
