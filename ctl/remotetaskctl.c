@@ -6,17 +6,36 @@
  * A table of commands; each lives in ctl_<name>.c. Unknown commands and
  * malformed options are refused with exit status 2 and a line saying what
  * was wrong.
+ *
+ * Without -c the configuration is the one *.conf file of the configuration
+ * directory (RT_CONF_DIR, or $REMOTETASK_CONF_DIR): BILLmanager's
+ * documentation tells the provider to run
+ * "/usr/local/mgr5/sbin/remotetaskctl --command checkevent" as it is, and
+ * that must work on a host with one instance. With none or several files
+ * it exits 2 naming what it found, rather than guess.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 
 #include "ctl.h"
 
-#define CTL_DEFAULT_CONFIG "/etc/remotetask/remotetask.conf"
+/* The configuration directory the package installs; dist/CMakeLists.txt
+ * passes its RT_CONF_DIR so that both name the same place. */
+#ifndef RT_CONF_DIR
+#define RT_CONF_DIR "/etc/remotetask"
+#endif
+/* Overrides RT_CONF_DIR (for tests, and for a host laid out otherwise). */
+#define CTL_CONF_DIR_ENV "REMOTETASK_CONF_DIR"
+/* The *.conf names listed when there are several (the count says all). */
+#define CTL_CONF_SHOWN_MAX 10
 
 struct ctl_command {
     const char *name;
@@ -41,7 +60,8 @@ static const struct ctl_command ctl_commands[] = {
 static void usage(FILE *to)
 {
     fprintf(to, "usage: remotetaskctl [-c FILE] --command NAME [options]\n"
-                "  -c, --config FILE   configuration file (default " CTL_DEFAULT_CONFIG ")\n"
+                "  -c, --config FILE   configuration file (default: the only *.conf in\n"
+                "                      " RT_CONF_DIR ", or in $" CTL_CONF_DIR_ENV ")\n"
                 "  --command NAME      what to do:\n");
     for (size_t i = 0; i < sizeof(ctl_commands) / sizeof(ctl_commands[0]); i++)
         fprintf(to, "      %-14s %s\n", ctl_commands[i].name, ctl_commands[i].help);
@@ -63,6 +83,101 @@ static long parse_id(const char *s)
     return v;
 }
 
+/* remotetaskctl reads the password files (check, dlq) and holds them in
+ * memory: as remotetaskd, it never leaves a core dump and cannot be
+ * attached to by another process of its user. Returns 0 or -1 (errno). */
+static int no_core_dumps(void)
+{
+    const struct rlimit none = {0, 0};
+    if (setrlimit(RLIMIT_CORE, &none) < 0)
+        return -1;
+    return prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+}
+
+static int cmp_names(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Is name a configuration file's name: "X.conf" with X not empty and not
+ * hidden (an editor's ".x.conf.swp" or a "x.conf~" is not one)? */
+static int is_conf_name(const char *name)
+{
+    size_t n = strlen(name);
+    return name[0] != '.' && n > 5 && strcmp(name + n - 5, ".conf") == 0;
+}
+
+/* Finds the one configuration file of the configuration directory. Returns
+ * a malloc'ed path, or NULL after printing why (nothing there, several
+ * files, an unreadable directory) and that -c picks one. */
+static char *find_config(void)
+{
+    const char *env = getenv(CTL_CONF_DIR_ENV);
+    const char *dir = env && *env ? env : RT_CONF_DIR;
+    char *names[CTL_CONF_SHOWN_MAX];
+    size_t found = 0;
+    char *path = NULL;
+
+    DIR *d = opendir(dir);
+    if (!d) {
+        fprintf(stderr,
+                "remotetaskctl: no -c FILE given, and the configuration directory \"%s\" cannot "
+                "be read: %s; pass -c FILE\n",
+                dir, strerror(errno));
+        return NULL;
+    }
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (!is_conf_name(e->d_name))
+            continue;
+        /* A directory or a socket named x.conf is not a file to read;
+         * a symbolic link to a file is (stat follows it). */
+        char full[PATH_MAX];
+        struct stat st;
+        if (snprintf(full, sizeof(full), "%s/%s", dir, e->d_name) >= (int)sizeof(full) ||
+            stat(full, &st) < 0 || !S_ISREG(st.st_mode))
+            continue;
+        if (found < CTL_CONF_SHOWN_MAX && !(names[found] = strdup(e->d_name))) {
+            fprintf(stderr, "remotetaskctl: out of memory\n");
+            goto free_names;
+        }
+        found++;
+    }
+    closedir(d);
+    d = NULL;
+    size_t kept = found < CTL_CONF_SHOWN_MAX ? found : CTL_CONF_SHOWN_MAX;
+    qsort(names, kept, sizeof(names[0]), cmp_names);
+    if (found == 1) {
+        size_t n = strlen(dir) + 1 + strlen(names[0]) + 1;
+        path = malloc(n);
+        if (path)
+            snprintf(path, n, "%s/%s", dir, names[0]);
+        else
+            fprintf(stderr, "remotetaskctl: out of memory\n");
+    } else if (found == 0) {
+        fprintf(stderr,
+                "remotetaskctl: no -c FILE given, and there is no configuration file (*.conf) in "
+                "\"%s\": pass -c FILE\n",
+                dir);
+    } else {
+        fprintf(stderr,
+                "remotetaskctl: no -c FILE given, and \"%s\" holds %zu configuration files:", dir,
+                found);
+        for (size_t i = 0; i < kept; i++)
+            fprintf(stderr, "%s %s", i ? "," : "", names[i]);
+        if (found > kept)
+            fprintf(stderr, " and %zu more", found - kept);
+        fprintf(stderr, "; pass -c FILE to say which instance\n");
+    }
+
+free_names:
+    if (d)
+        closedir(d);
+    for (size_t i = 0; i < found && i < CTL_CONF_SHOWN_MAX; i++)
+        free(names[i]);
+    return path;
+}
+
 int main(int argc, char **argv)
 {
     enum { OPT_COMMAND = 256, OPT_ELID, OPT_JSON, OPT_ID, OPT_ALL, OPT_YES, OPT_TIMEOUT };
@@ -73,9 +188,15 @@ int main(int argc, char **argv)
         {"yes", no_argument, NULL, OPT_YES},        {"timeout", required_argument, NULL, OPT_TIMEOUT},
         {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
     };
-    struct ctl_args args = {.config = CTL_DEFAULT_CONFIG};
+    struct ctl_args args = {0};
     const char *env_elid = getenv("PARAM_elid");
-    int c;
+    char *found_config = NULL;
+    int c, rc;
+
+    if (no_core_dumps() < 0) {
+        fprintf(stderr, "remotetaskctl: cannot turn core dumps off: %s\n", strerror(errno));
+        return 1;
+    }
 
     while ((c = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
         switch (c) {
@@ -124,9 +245,20 @@ int main(int argc, char **argv)
         fprintf(stderr, "remotetaskctl: unexpected argument \"%s\"\n", argv[optind]);
         return 2;
     }
+    const struct ctl_command *cmd = NULL;
     for (size_t i = 0; i < sizeof(ctl_commands) / sizeof(ctl_commands[0]); i++)
         if (strcmp(ctl_commands[i].name, args.command) == 0)
-            return ctl_commands[i].run(&args);
-    fprintf(stderr, "remotetaskctl: unknown command \"%s\" (see --help)\n", args.command);
-    return 2;
+            cmd = &ctl_commands[i];
+    if (!cmd) {
+        fprintf(stderr, "remotetaskctl: unknown command \"%s\" (see --help)\n", args.command);
+        return 2;
+    }
+    if (!args.config) {
+        if (!(found_config = find_config()))
+            return 2;
+        args.config = found_config;
+    }
+    rc = cmd->run(&args);
+    free(found_config);
+    return rc;
 }

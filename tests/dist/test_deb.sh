@@ -19,7 +19,12 @@
 #     level of at most 2.0 in systemd-analyze security, with the hardening
 #     options it promises; the sysusers snippet creates the user;
 #   - the maintainer scripts parse, and postinst creates the user only when
-#     it is missing (run against stubs, never against this machine).
+#     it is missing (run against stubs, never against this machine);
+#   - postinst links BILLmanager's documented path of remotetaskctl,
+#     /usr/local/mgr5/sbin/remotetaskctl, to the package's binary only when
+#     /usr/local/mgr5/sbin exists, never replaces a file that is not that
+#     link, and postrm removes the link only while it is ours (both run
+#     against a fake root through DPKG_ROOT, as dpkg sets it).
 #
 # Needs (Debian packages): cmake (cpack), dpkg-dev (dpkg-shlibdeps),
 # binutils (objdump), groff-base, man-db, systemd (systemd-analyze,
@@ -373,7 +378,7 @@ for directive in 'User=remotetask' 'Type=simple' 'Restart=on-failure' 'RestartSe
   'StateDirectory=remotetask remotetask/%i' 'RuntimeDirectory=remotetask remotetask/%i' \
   'RuntimeDirectoryPreserve=yes' 'ExecStartPre=/usr/sbin/remotetaskd -n -c /etc/remotetask/%i.conf' \
   'ExecStart=/usr/sbin/remotetaskd -c /etc/remotetask/%i.conf' \
-  'ExecReload=/bin/kill -HUP $MAINPID'; do
+  'ExecReload=/bin/kill -HUP $MAINPID' 'LimitCORE=0'; do
   check "the unit says $directive" grep -qxF -- "$directive" "$unit"
 done
 check "the unit has no placeholder left" bash -c '! grep -q "@[A-Z_]*@" "$1"' _ "$unit"
@@ -404,7 +409,9 @@ check "systemd-sysusers creates the user remotetask from the package's snippet (
 
 # Every program postinst may run is a stub that logs its arguments, so
 # that the script runs here without touching this machine's users or
-# files. STUB_USER_EXISTS says whether getent finds the user.
+# files. STUB_USER_EXISTS says whether getent finds the user. The scripts
+# run with DPKG_ROOT set to a fake root, so that what they do to files
+# (the link into BILLmanager's directory) happens there.
 stubs=$tmp/stubs
 mkdir -p "$stubs"
 for prog in getent adduser addgroup chown chmod systemctl; do
@@ -416,10 +423,12 @@ exit 0
 EOF
   chmod 755 "$stubs/$prog"
 done
+fakeroot=$tmp/fakeroot
+mkdir -p "$fakeroot"
 run_postinst() {
   : >"$tmp/stub.log"
-  env PATH="$stubs:$PATH" STUB_USER_EXISTS="$1" sh "$tmp/control/postinst" configure "" \
-    >/dev/null 2>&1
+  env PATH="$stubs:$PATH" STUB_USER_EXISTS="$1" DPKG_ROOT="$fakeroot" \
+    sh "$tmp/control/postinst" configure "" >/dev/null 2>&1
 }
 check "postinst configure succeeds for a new user" run_postinst 0
 check "postinst creates a missing user with adduser --system" \
@@ -429,6 +438,71 @@ check "postinst sets the user's home to /var/lib/remotetask and no login shell" 
 check "postinst configure succeeds for an existing user" run_postinst 1
 check "postinst does not create an existing user" bash -c '! grep -q "^add" "$1"' _ "$tmp/stub.log"
 check "postinst refuses an unknown action" \
-  bash -c '! env PATH="$1:$PATH" sh "$2" bogus >/dev/null 2>&1' _ "$stubs" "$tmp/control/postinst"
+  bash -c '! env PATH="$1:$PATH" DPKG_ROOT="$3" sh "$2" bogus >/dev/null 2>&1' _ "$stubs" \
+  "$tmp/control/postinst" "$fakeroot"
+
+# ---- BILLmanager's path of remotetaskctl, against a fake root ------------------
+
+# maint SCRIPT ACTION [ARG]: runs a maintainer script against the fake
+# root with the stubs; its stderr goes to $tmp/maint.err.
+maint() {
+  env PATH="$stubs:$PATH" STUB_USER_EXISTS=1 DPKG_ROOT="$fakeroot" \
+    sh "$tmp/control/$1" "${@:2}" >/dev/null 2>"$tmp/maint.err"
+}
+mgr_link=/usr/local/mgr5/sbin/remotetaskctl
+link=$fakeroot$mgr_link
+rm -rf "$fakeroot"
+mkdir -p "$fakeroot"
+
+# Without BILLmanager: nothing is made, not even its directory.
+check "postinst configure succeeds without /usr/local/mgr5" maint postinst configure ""
+check "postinst makes no link and no directory without BILLmanager" \
+  test ! -e "$fakeroot/usr/local/mgr5/sbin" -a ! -L "$link"
+# The package's own files under /usr/local/mgr5 (etc/xml, addon) do not
+# count as BILLmanager.
+mkdir -p "$fakeroot/usr/local/mgr5/etc/xml" "$fakeroot/usr/local/mgr5/addon"
+check "postinst configure succeeds with only the package's mgr5 directories" \
+  maint postinst configure ""
+check "postinst makes no link while /usr/local/mgr5/sbin is missing" test ! -L "$link"
+
+# With BILLmanager: the link, to the binary the package installs.
+mkdir -p "$fakeroot/usr/local/mgr5/sbin"
+check "postinst configure succeeds with BILLmanager" maint postinst configure ""
+check "postinst links $mgr_link (found: $(ls -l "$link" 2>&1))" test -L "$link"
+target=$(readlink "$link")
+check "the link points at /usr/sbin/remotetaskctl (got \"$target\")" \
+  test "$target" = /usr/sbin/remotetaskctl
+check "the link's target is the package's remotetaskctl" test -x "$root$target" -a -f "$root$target"
+check "postinst configure again (an upgrade) succeeds and keeps the link" \
+  bash -c 'env PATH="$1:$PATH" STUB_USER_EXISTS=1 DPKG_ROOT="$2" sh "$3" configure 0.0.9 \
+    >/dev/null 2>&1 && [ "$(readlink "$2/usr/local/mgr5/sbin/remotetaskctl")" = /usr/sbin/remotetaskctl ]' \
+  _ "$stubs" "$fakeroot" "$tmp/control/postinst"
+
+# postrm remove takes our link away; purge after it is fine.
+check "postrm remove succeeds" maint postrm remove
+check "postrm remove deletes our link" test ! -L "$link" -a ! -e "$link"
+check "postrm purge succeeds after remove" maint postrm purge
+check "postrm leaves BILLmanager's directory" test -d "$fakeroot/usr/local/mgr5/sbin"
+
+# A file that is not our link is never replaced nor removed: BILLmanager's
+# own file, and a link elsewhere.
+printf '#!/bin/sh\necho theirs\n' >"$link"
+check "postinst configure succeeds over a file of someone else's" maint postinst configure ""
+check "postinst leaves that file as it was" \
+  bash -c '[ ! -L "$1" ] && [ "$(cat "$1")" = "$(printf "#!/bin/sh\necho theirs")" ]' _ "$link"
+check "postinst says it left it (stderr: $(cat "$tmp/maint.err"))" \
+  grep -q "$mgr_link exists and is not a link to /usr/sbin/remotetaskctl: left as it is" \
+  "$tmp/maint.err"
+check "postrm remove succeeds over a file of someone else's" maint postrm remove
+check "postrm leaves that file" test -f "$link" -a ! -L "$link"
+rm -f "$link"
+ln -s /opt/other/remotetaskctl "$link"
+check "postinst configure succeeds over a link elsewhere" maint postinst configure ""
+check "postinst leaves a link elsewhere as it was" \
+  test "$(readlink "$link")" = /opt/other/remotetaskctl
+check "postrm remove leaves a link elsewhere" \
+  bash -c 'env PATH="$1:$PATH" DPKG_ROOT="$2" sh "$3" remove >/dev/null 2>&1 &&
+    [ "$(readlink "$2/usr/local/mgr5/sbin/remotetaskctl")" = /opt/other/remotetaskctl ]' \
+  _ "$stubs" "$fakeroot" "$tmp/control/postrm"
 
 finish
