@@ -2,19 +2,19 @@
  * fault_sighup.c - issue 9, case 8: an invalid configuration on SIGHUP,
  * then a valid change, while tasks flow.
  *
- * The target answers in 50-100 ms with 4 calls in flight, so the 300
- * tasks of the first batch are still flowing while three invalid files
- * are loaded with SIGHUP, one after the other, each put right afterwards:
+ * The target answers in 50-100 ms with 4 calls in flight. Three invalid
+ * files are loaded with SIGHUP, one after the other, each put right
+ * afterwards, each right after a batch of 100 tasks was sent (so that the
+ * batch flows across the SIGHUP):
  *   - the client's file with a syntax error;
  *   - the server's file with the required `department` of its client
  *     entry removed;
  *   - the server's AMQP password file made 0644.
  * Required each time: the daemon logs the error with the file and the
  * line, keeps running on the old configuration (same pid, still
- * connected) and tasks keep flowing (a second batch of 50, sent after the
- * three, is applied too).
+ * connected) and the tasks keep flowing (the batch is applied).
  *
- * Then a valid change to the server while a third batch of 100 is in
+ * Then a valid change to the server while another batch of 100 is in
  * flight: sync_interval 300 -> 2, billmanager.max_inflight 4 -> 1, and a
  * new client added. Required: nothing in flight is lost or duplicated,
  * and the new values take effect: the new client's queue is consumed,
@@ -43,8 +43,8 @@
 #include "harness_rabbit.h"
 #include "harness_sim.h"
 
-#define FIRST_BATCH  FAULTS_TASKS
-#define SECOND_BATCH 50
+/* Three batches of 100: the 300 tasks of the case, one per invalid file. */
+#define BAD_BATCH    100
 #define THIRD_BATCH  100
 #define NEW_SYNC     2
 #define CHECK_TASKS  10
@@ -97,9 +97,15 @@ static int names_file_line(const char *line, const char *file)
 
 /* An invalid file: SIGHUP, the error with file and line; what status
  * says meanwhile (remotetaskctl reads the same file to find the daemon). */
-static void bad_reload(struct fault_result *r, struct harness_daemon *d, const char *who,
-                       const char *file, const char *what, const char *must_say)
+static void bad_reload(struct fault_result *r, struct harness_scenario *s, struct harness_daemon *d,
+                       const char *who, const char *file, const char *what, const char *must_say,
+                       size_t applied_before)
 {
+    size_t pending = applied_before + BAD_BATCH - harness_flow_target_count(s);
+    fault_check(r, pending > 0,
+                "%s: the SIGHUP comes with %zu of the %d tasks sent just before "
+                "still to be applied",
+                what, pending, BAD_BATCH);
     char *line = hup_and_wait(d, NOT_RELOADED);
     const char *needles[] = {must_say, NULL};
     fault_quote(r, who, d, needles);
@@ -117,7 +123,7 @@ static void bad_reload(struct fault_result *r, struct harness_daemon *d, const c
  * and the tasks flowed meanwhile. */
 static void bad_reload_after(struct fault_result *r, struct harness_scenario *s,
                              struct harness_daemon *d, const char *who, const char *what, int pid,
-                             size_t before)
+                             long long first)
 {
     char when[128];
     snprintf(when, sizeof(when), "after %s was put right", what);
@@ -131,8 +137,10 @@ static void bad_reload_after(struct fault_result *r, struct harness_scenario *s,
                 "%s: the %s stayed connected to the broker (%s)", what, who,
                 broker ? broker : "no status");
     json_decref(st);
-    fault_note(r, "%s: %zu tasks on the target before the SIGHUP, %zu after", what, before,
-               harness_flow_target_count(s));
+    fault_check(r, faults_wait_sources(s, first, BAD_BATCH, FAULTS_APPLY_DEADLINE_MS),
+                "%s: tasks keep flowing on the old configuration: the %d sent across the SIGHUP "
+                "are applied",
+                what, BAD_BATCH);
 }
 
 /* The smallest gap between consecutive calls of the call log after entry
@@ -187,77 +195,72 @@ static void test_sighup(void **state)
     json_decref(harness_sim_admin_ok(s->dst, "POST", "/faults", "{\"latency_ms\":[50,100]}"));
     faults_start_both(s);
     long long calls0 = faults_sim_last_call(s->dst);
-    faults_bulk_send(s, FIRST_BATCH, "hup-");
-    harness_flow_wait_target_count(s, 20, FAULTS_APPLY_DEADLINE_MS);
 
-    /* The invalid files, while the first batch flows. */
+    /* The invalid files, each with a batch flowing across its SIGHUP. */
     fault_start(&r);
     int cpid = harness_daemon_pid(s->client), spid = harness_daemon_pid(s->server);
     size_t before = harness_flow_target_count(s);
+    long long first = faults_bulk_send(s, BAD_BATCH, "hup1-");
     harness_config_append(s->client_conf, "this line is not libconfig\n");
-    bad_reload(&r, s->client, "client", s->client_conf, "a syntax error", "syntax error");
+    bad_reload(&r, s, s->client, "client", s->client_conf, "a syntax error", "syntax error",
+               before);
     harness_config_replace(s->client_conf, "this line is not libconfig\n", "");
-    bad_reload_after(&r, s, s->client, "client", "a syntax error", cpid, before);
+    bad_reload_after(&r, s, s->client, "client", "a syntax error", cpid, first);
 
     char with_dept[64], user_end[160], user_dept[224];
     snprintf(with_dept, sizeof(with_dept), "department = %ld; }", s->dst_dept);
     snprintf(user_end, sizeof(user_end), "amqp_user = \"%s\"; }", s->client_user);
     snprintf(user_dept, sizeof(user_dept), "amqp_user = \"%s\"; %s", s->client_user, with_dept);
     before = harness_flow_target_count(s);
+    first = faults_bulk_send(s, BAD_BATCH, "hup2-");
     harness_config_replace(s->server_conf, user_dept, user_end);
-    bad_reload(&r, s->server, "server", s->server_conf, "a client without its department",
-               "department: required setting is missing");
+    bad_reload(&r, s, s->server, "server", s->server_conf, "a client without its department",
+               "department: required setting is missing", before);
     harness_config_replace(s->server_conf, user_end, user_dept);
-    bad_reload_after(&r, s, s->server, "server", "a client without its department", spid, before);
+    bad_reload_after(&r, s, s->server, "server", "a client without its department", spid, first);
 
     before = harness_flow_target_count(s);
+    first = faults_bulk_send(s, BAD_BATCH, "hup3-");
     if (chmod(pw, 0644) != 0)
         fail_msg("cannot chmod %s", pw);
-    bad_reload(&r, s->server, "server", s->server_conf, "a password file made 0644",
-               "readable by group or others");
+    bad_reload(&r, s, s->server, "server", s->server_conf, "a password file made 0644",
+               "readable by group or others", before);
     if (chmod(pw, 0600) != 0)
         fail_msg("cannot chmod %s", pw);
-    bad_reload_after(&r, s, s->server, "server", "a password file made 0644", spid, before);
-    fault_check(&r, harness_flow_target_count(s) < FIRST_BATCH,
-                "the three invalid reloads came while the first batch flowed (%zu of %d on the "
-                "target after them)",
-                harness_flow_target_count(s), FIRST_BATCH);
-    long long second = faults_bulk_send(s, SECOND_BATCH, "hup2-");
-    fault_check(&r, faults_wait_sources(s, second, SECOND_BATCH, FAULTS_APPLY_DEADLINE_MS),
-                "tasks keep flowing on the old configuration: the %d sent after the invalid "
-                "reloads are applied",
-                SECOND_BATCH);
+    bad_reload_after(&r, s, s->server, "server", "a password file made 0644", spid, first);
     fault_check(&r, harness_flow_wait_all(s, FAULTS_APPLY_DEADLINE_MS, NULL),
-                "all %d tasks sent so far are applied", FIRST_BATCH + SECOND_BATCH);
+                "all %d tasks sent so far are applied", 3 * BAD_BATCH);
     size_t below = 0, n_calls = 0;
     long long calls1 = faults_sim_last_call(s->dst);
     double min_before = call_gaps(s->dst, calls0, calls1, 40, &below, &n_calls);
-    fault_note(&r,
-               "with max_inflight 4 the target's %zu calls of the first batches came as close "
-               "as %.1f ms, %zu pairs under 40 ms apart",
-               n_calls, min_before, below);
+    fault_note(
+        &r,
+        "with max_inflight 4 the target's %zu calls of the first three batches came as close "
+        "as %.1f ms, %zu pairs under 40 ms apart",
+        n_calls, min_before, below);
 
-    /* The valid change, with the third batch in flight. */
+    /* The valid change, with a batch in flight. */
     json_t *st = fault_status(&r, "server", s->server, "before the valid change", members);
     long long cycles0 = json_integer_value(faults_json_path(st, "counters.reverse_cycles"));
     json_decref(st);
-    faults_bulk_send(s, THIRD_BATCH, "hup3-");
-    harness_flow_wait_target_count(s, FIRST_BATCH + SECOND_BATCH + 10, FAULTS_APPLY_DEADLINE_MS);
+    faults_bulk_send(s, THIRD_BATCH, "hup4-");
+    harness_flow_wait_target_count(s, 3 * BAD_BATCH + 10, FAULTS_APPLY_DEADLINE_MS);
     harness_config_replace(s->server_conf, "sync_interval = 300;", "sync_interval = 2;");
     harness_config_replace(s->server_conf, "max_inflight = 4;", "max_inflight = 1;");
     char added[640];
     snprintf(added, sizeof(added), "%s%s", with_dept, other_entry);
     harness_config_replace(s->server_conf, with_dept, added);
-    size_t in_flight = FIRST_BATCH + SECOND_BATCH + THIRD_BATCH - harness_flow_target_count(s);
+    size_t in_flight = 3 * BAD_BATCH + THIRD_BATCH - harness_flow_target_count(s);
     char *line = hup_and_wait(s->server, RELOADED);
     fault_end(&r);
     const char *needles[] = {"reloading the configuration", RELOADED, NULL};
     fault_quote(&r, "server", s->server, needles);
     fault_check(&r, line != NULL, "the valid change is loaded: \"%s\"", line ? line : "(none)");
     free(line);
-    fault_check(&r, in_flight > 0,
-                "the valid change came with %zu tasks of the third batch still to be applied",
-                in_flight);
+    fault_check(
+        &r, in_flight > 0,
+        "the valid change came with %zu tasks of the batch sent before it still to be applied",
+        in_flight);
     fault_wait_recovered(&r, FAULTS_APPLY_DEADLINE_MS);
 
     /* The new values. A new client: its queue is consumed. */
@@ -288,7 +291,7 @@ static void test_sighup(void **state)
     /* max_inflight 1: no two calls of the server at once. */
     json_decref(harness_sim_admin_ok(s->dst, "POST", "/faults", "{\"latency_ms\":150}"));
     long long calls2 = faults_sim_last_call(s->dst);
-    long long fourth = faults_bulk_send(s, CHECK_TASKS, "hup4-");
+    long long fourth = faults_bulk_send(s, CHECK_TASKS, "hup5-");
     fault_check(&r, faults_wait_sources(s, fourth, CHECK_TASKS, FAULTS_APPLY_DEADLINE_MS),
                 "the %d tasks sent with max_inflight 1 are applied", CHECK_TASKS);
     double min_after = call_gaps(s->dst, calls2, 0, SLOW_MS * 0.95, &below, &n_calls);
