@@ -168,6 +168,9 @@ if [ "$(id -u)" != 0 ] || ! command -v setpriv >/dev/null; then
   failed=$((failed + 1))
   echo "FAIL the core dump checks run the programs as uid $nobody: they need root and setpriv (util-linux)"
 else
+  # Whatever this part starts is stopped on any exit, before $tmp goes.
+  started=""
+  trap 'kill $started 2>/dev/null; rm -rf "$tmp"' EXIT
   chmod 0711 "$tmp"
   home=$tmp/asuser
   mkdir -p "$home/state"
@@ -181,6 +184,7 @@ else
 
   "${asuser[@]}" sleep 120 &
   control=$!
+  started="$started $control"
   wait_for "the control process runs as uid $nobody" owned_by $control $nobody
   check "a dumpable process of uid $nobody owns its /proc/PID/status (got $(owner $control))" \
     test "$(owner $control)" = $nobody
@@ -193,6 +197,7 @@ else
   # its socket.
   "${asuser[@]}" "$daemon" -c "$home/client.conf" >"$tmp/asuser.log" 2>&1 &
   dpid=$!
+  started="$started $dpid"
   if wait_for "remotetaskd as uid $nobody makes its control socket" test -S "$home/ctl.sock"; then
     check "remotetaskd is not dumpable: /proc/PID/status is root's (got $(owner $dpid))" \
       test "$(owner $dpid)" = 0
@@ -219,10 +224,12 @@ open(sys.argv[2], "w").close()
 time.sleep(60)
 PY
   fake=$!
+  started="$started $fake"
   sed -i "s@^control_socket = .*@control_socket = \"$home/fake.sock\";@" "$home/client.conf"
   wait_for "the fake daemon listens" test -S "$home/fake.sock"
   "${asuser[@]}" "$ctl" -c "$home/client.conf" --command checkevent --timeout 50 >/dev/null 2>&1 &
   cpid=$!
+  started="$started $cpid"
   if wait_for "remotetaskctl as uid $nobody connects" test -e "$home/accepted"; then
     check "remotetaskctl is not dumpable: /proc/PID/status is root's (got $(owner $cpid))" \
       test "$(owner $cpid)" = 0
