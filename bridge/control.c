@@ -260,7 +260,7 @@ const char *control_path(const struct control *c)
 
 uint64_t control_refused(const struct control *c)
 {
-    return c->refused;
+    return c ? c->refused : 0;
 }
 
 size_t control_pollfds(struct control *c, struct pollfd *fds, size_t max)

@@ -400,6 +400,7 @@ static void daemon_reload_apply(struct daemon *d)
     daemon_core_retire(d);
     d->core = core;
     if (ctl != d->ctl) {
+        d->obs.control_refused_base += control_refused(d->ctl);
         control_free(d->ctl);
         d->ctl = ctl;
     }

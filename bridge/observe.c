@@ -437,6 +437,8 @@ static void observe_metrics_update(struct daemon *d)
                       "unconfirmed", NULL);
     metrics_gauge_set(m, METRICS_INFLIGHT, (double)(t.fwd.busy + t.rev.busy), "slots", NULL);
     metrics_gauge_set(m, METRICS_UP, k && k->up ? 1 : 0, NULL);
+    metrics_counter_set(m, METRICS_CONTROL_REFUSED,
+                        (double)(o->control_refused_base + control_refused(d->ctl)), NULL);
     static const char *const states[] = {"connected", "blocked", "unreachable", "refused",
                                          "connecting"};
     const char *state = core_broker_state(k);
@@ -603,6 +605,11 @@ json_t *observe_status(struct daemon *d)
                   (json_int_t)t.sp.confirmed, "syncs_served", (json_int_t)t.sp.syncs_served,
                   "reverse_updated", (json_int_t)t.rev.applied, "reverse_unchanged",
                   (json_int_t)t.rev.unchanged, "syncs_done", (json_int_t)t.rev.syncs));
-    json_object_set_new(resp, "errors", observe_status_errors(o, k, &t));
+    json_t *errs = observe_status_errors(o, k, &t);
+    if (errs)
+        json_object_set_new(errs, "control_refused",
+                            json_integer((json_int_t)(o->control_refused_base +
+                                                      control_refused(d->ctl))));
+    json_object_set_new(resp, "errors", errs);
     return resp;
 }

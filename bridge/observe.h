@@ -96,6 +96,8 @@ struct observe {
     int64_t api_last_error_ms;
     char api_last_error[BILLMGR_ERR_TYPE_MAX + 128];
 
+    uint64_t control_refused_base; /* refusals of control sockets closed by reloads */
+
     struct metrics *metrics; /* the registry /metrics renders */
     uint64_t metrics_refused;
 };

@@ -456,6 +456,8 @@ static const struct {
      "epoch (the daemon's start until one has)."},
     {METRICS_REVERSE_CYCLE_DURATION, METRICS_GAUGE, NULL,
      "Server role: how long the last state cycle over every client took, in seconds."},
+    {METRICS_CONTROL_REFUSED, METRICS_COUNTER, NULL,
+     "Connections to the control socket refused: a uid other than root and the daemon's."},
     {METRICS_SYNC_INTERVAL, METRICS_GAUGE, NULL,
      "Server role: server.sync_interval in seconds (0 without the server role)."},
     {METRICS_API_CALL_DURATION, METRICS_HISTOGRAM, "func",

@@ -325,7 +325,8 @@ for kind, args in items:
     elif kind == "LIST":
         cap = {"client.departments": "CONFIG_MAX_DEPARTMENTS",
                "client.performers": "CONFIG_MAX_PERFORMERS",
-               "server.clients": "CONFIG_MAX_CLIENTS"}.get(path)
+               "server.clients": "CONFIG_MAX_CLIENTS",
+               "amqp.uri": "CONFIG_MAX_AMQP_NODES"}.get(path)
         need(cap is not None and "at most %s entries" % limits.get(cap, "?") in b,
              "%s: its cap is not in the page" % path)
 
