@@ -605,6 +605,15 @@ json_t *observe_status(struct daemon *d)
                   (json_int_t)t.sp.confirmed, "syncs_served", (json_int_t)t.sp.syncs_served,
                   "reverse_updated", (json_int_t)t.rev.applied, "reverse_unchanged",
                   (json_int_t)t.rev.unchanged, "syncs_done", (json_int_t)t.rev.syncs));
+    json_t *counters = json_object_get(resp, "counters");
+    if (counters) {
+        /* Messages dropped by seq: redeliveries, replays, republished
+         * messages after a crash. */
+        json_object_set_new(counters, "forward_duplicates", json_integer((json_int_t)t.fwd.duplicates));
+        json_object_set_new(counters, "forward_superseded", json_integer((json_int_t)t.fwd.superseded));
+        json_object_set_new(counters, "reverse_duplicates", json_integer((json_int_t)t.rev.duplicates));
+        json_object_set_new(counters, "reverse_superseded", json_integer((json_int_t)t.rev.superseded));
+    }
     json_t *errs = observe_status_errors(o, k, &t);
     if (errs)
         json_object_set_new(errs, "control_refused",

@@ -833,6 +833,22 @@ static void hd_delete_queues(const char *user, const char *pass, const char *cli
             if (amqp_get_rpc_reply(conn).reply_type != AMQP_RESPONSE_NORMAL)
                 goto close_conn;
         }
+        if (broker_dead_queue_name(name, sizeof(name), (enum broker_dir)dir, client) == 0) {
+            amqp_queue_delete(conn, 1, amqp_cstring_bytes(name), 0, 0);
+            if (amqp_get_rpc_reply(conn).reply_type != AMQP_RESPONSE_NORMAL)
+                goto close_conn;
+        }
+    }
+    /* The client's own exchanges go with its queues. */
+    if (broker_retry_exchange(name, sizeof(name), client) == 0) {
+        amqp_exchange_delete(conn, 1, amqp_cstring_bytes(name), 0);
+        if (amqp_get_rpc_reply(conn).reply_type != AMQP_RESPONSE_NORMAL)
+            goto close_conn;
+    }
+    if (broker_dead_exchange(name, sizeof(name), client) == 0) {
+        amqp_exchange_delete(conn, 1, amqp_cstring_bytes(name), 0);
+        if (amqp_get_rpc_reply(conn).reply_type != AMQP_RESPONSE_NORMAL)
+            goto close_conn;
     }
     amqp_channel_close(conn, 1, AMQP_REPLY_SUCCESS);
 close_conn:
