@@ -18,6 +18,9 @@
  * STORE_PATH_SHOWN bytes) and what failed. */
 #define STORE_ERR_MAX    1024
 #define STORE_PATH_SHOWN 512
+/* The cause's share of a reason (store_strerror), the operation's and
+ * SQLite's words taking the rest. */
+#define STORE_CAUSE_SHOWN 640
 /* The pause between two attempts to open a database another process is
  * setting up. */
 #define STORE_OPEN_RETRY_MS 20
@@ -222,6 +225,7 @@ struct store {
     int busy_ms; /* the busy timeout of this handle */
     char path[PATH_MAX];
     char err[STORE_ERR_MAX];
+    char cause[STORE_ERR_MAX]; /* err without the operation (store_strcause) */
 };
 
 /* ---- errors ------------------------------------------------------------ */
@@ -251,6 +255,7 @@ static rt_status reject(struct store *st, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(st->err, sizeof st->err, fmt, ap);
     va_end(ap);
+    memcpy(st->cause, st->err, sizeof st->cause);
     return RT_REJECT;
 }
 
@@ -263,32 +268,29 @@ static rt_status reject(struct store *st, const char *fmt, ...)
 static rt_status db_fail(struct store *st, int rc, const char *what)
 {
     int sys = sqlite3_system_errno(st->db);
+    int primary = rc & 0xff;
     const char *msg = sqlite3_errmsg(st->db);
-    switch (rc & 0xff) {
-    case SQLITE_FULL:
-        snprintf(st->err, sizeof st->err,
-                 "%s failed: no space left on the device holding %.*s (SQLite code %d: %s)", what,
-                 STORE_PATH_SHOWN, st->path, rc, msg);
-        break;
-    case SQLITE_IOERR:
-        if (sys == ENOSPC || sys == EDQUOT)
-            snprintf(st->err, sizeof st->err,
-                     "%s failed: no space left on the device holding %.*s (SQLite code %d: %s)",
-                     what, STORE_PATH_SHOWN, st->path, rc, strerror(sys));
-        else
-            snprintf(st->err, sizeof st->err, "%s failed: I/O error on %.*s: %s (SQLite code %d)",
-                     what, STORE_PATH_SHOWN, st->path, sys ? strerror(sys) : msg, rc);
-        break;
-    case SQLITE_BUSY:
-    case SQLITE_LOCKED:
-        snprintf(st->err, sizeof st->err,
-                 "%s failed: %.*s is locked by another process (waited %d ms; SQLite code %d)",
-                 what, STORE_PATH_SHOWN, st->path, st->busy_ms, rc);
-        break;
-    default:
-        snprintf(st->err, sizeof st->err, "%s failed: %s (SQLite code %d)", what, msg, rc);
-        break;
+    const char *detail = NULL; /* SQLite's or the system's words, after the code */
+
+    if (primary == SQLITE_FULL || (primary == SQLITE_IOERR && (sys == ENOSPC || sys == EDQUOT))) {
+        snprintf(st->cause, sizeof st->cause, "no space left on the device holding %.*s",
+                 STORE_PATH_SHOWN, st->path);
+        detail = primary == SQLITE_FULL ? msg : strerror(sys);
+    } else if (primary == SQLITE_IOERR) {
+        snprintf(st->cause, sizeof st->cause, "I/O error on %.*s: %s", STORE_PATH_SHOWN, st->path,
+                 sys ? strerror(sys) : msg);
+    } else if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED) {
+        snprintf(st->cause, sizeof st->cause, "%.*s is locked by another process (waited %d ms)",
+                 STORE_PATH_SHOWN, st->path, st->busy_ms);
+    } else {
+        snprintf(st->cause, sizeof st->cause, "%s", msg);
     }
+    if (detail)
+        snprintf(st->err, sizeof st->err, "%s failed: %.*s (SQLite code %d: %s)", what,
+                 STORE_CAUSE_SHOWN, st->cause, rc, detail);
+    else
+        snprintf(st->err, sizeof st->err, "%s failed: %.*s (SQLite code %d)", what,
+                 STORE_CAUSE_SHOWN, st->cause, rc);
     if (st->in_txn && sqlite3_get_autocommit(st->db)) {
         st->in_txn = false;
         size_t len = strlen(st->err);
@@ -300,6 +302,11 @@ static rt_status db_fail(struct store *st, int rc, const char *what)
 const char *store_strerror(const struct store *st)
 {
     return st ? st->err : "no store";
+}
+
+const char *store_strcause(const struct store *st)
+{
+    return st ? st->cause : "no store";
 }
 
 /* Client ids come from configuration and from messages: bounded here, at
@@ -728,7 +735,7 @@ struct store *store_open_timeout(const char *state_dir, int busy_ms, char *err, 
     }
     st->busy_ms = busy_ms > 0 ? busy_ms : 0;
     sqlite3_busy_timeout(st->db, st->busy_ms);
-    st->err[0] = '\0';
+    st->err[0] = st->cause[0] = '\0';
     return st;
 
 free_store:

@@ -147,6 +147,13 @@ void store_free(struct store *st);
  * belongs to the handle and changes with the next failing call. */
 const char *store_strerror(const struct store *st);
 
+/* The same reason without the operation that met it ("no space left on
+ * the device holding <path>", "<path> is locked by another process
+ * (waited N ms)"): the same text for every call that meets the same
+ * condition, for callers that log a condition once rather than once per
+ * call. "" if none; as store_strerror() for its life. */
+const char *store_strcause(const struct store *st);
+
 /* ---- transactions ---------------------------------------------------- */
 
 /* Starts a write transaction (BEGIN IMMEDIATE) so that the calls up to

@@ -163,8 +163,8 @@ void applier_release(struct applier_slot *s)
 void applier_ack(struct applier_slot *s)
 {
     struct applier *a = s->a;
-    /* A started slot read the store before it could end: it works. */
-    if (s->running)
+    /* A slot whose step was deferred got past it: the trouble is over. */
+    if (s->running && s->defer_ms)
         applier_recovered(a);
     if (!applier_stale(s) && a->io->ack(a->br, s->tag) != RT_OK)
         log_warning("ack failed for task %" PRId64 " of client \"%s\" (it will be redelivered): %s",

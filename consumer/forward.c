@@ -521,8 +521,11 @@ static void slot_fail(struct forward_slot *s, rt_status status, enum forward_dea
 static void slot_store_failed(struct forward_slot *s, rt_status st, enum forward_resume resume)
 {
     if (st == RT_RETRY) {
+        /* The cause without the statement: one condition, one warning. */
+        log_debug("task %" PRId64 " of client \"%s\" waits for the store: %s", s->msg.task,
+                  s->client->id, store_strerror(s->f->st));
         s->resume = resume;
-        applier_defer(s->as, "store: %s", store_strerror(s->f->st));
+        applier_defer(s->as, "store: %s", store_strcause(s->f->st));
         return;
     }
     slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "store: %s", store_strerror(s->f->st));

@@ -520,8 +520,11 @@ static void slot_fail(struct reverse_slot *s, rt_status status, enum reverse_dea
 static void slot_store_failed(struct reverse_slot *s, rt_status st, enum reverse_resume resume)
 {
     if (st == RT_RETRY) {
+        /* The cause without the statement: one condition, one warning. */
+        log_debug("task %" PRId64 " waits for the store: %s", s->msg.task,
+                  store_strerror(s->r->st));
         s->resume = resume;
-        applier_defer(s->as, "store: %s", store_strerror(s->r->st));
+        applier_defer(s->as, "store: %s", store_strcause(s->r->st));
         return;
     }
     slot_fail(s, RT_RETRY, REVERSE_DEAD_NONE, "store: %s", store_strerror(s->r->st));

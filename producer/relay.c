@@ -133,21 +133,22 @@ static int64_t relay_clock_ms(const struct relay *r)
  * is kept: rows stay in the outbox, confirmed messages wait ACKED. */
 static void relay_store_failed(struct relay *r, const char *what)
 {
-    const char *why = store_strerror(r->st);
+    const char *why = store_strerror(r->st), *cause = store_strcause(r->st);
     r->store_backoff = r->store_backoff <= 0                              ? RELAY_STORE_RETRY_MIN_MS
                        : r->store_backoff >= RELAY_STORE_RETRY_MAX_MS / 2 ? RELAY_STORE_RETRY_MAX_MS
                                                                           : r->store_backoff * 2;
     r->store_retry_at = relay_clock_ms(r) + r->store_backoff;
-    if (strcmp(why, r->store_trouble) != 0) {
+    if (strcmp(cause, r->store_trouble) != 0) {
         log_warning("%s: %s; the work waits and is tried again (every %d s at most)", what, why,
                     RELAY_STORE_RETRY_MAX_MS / 1000);
-        snprintf(r->store_trouble, sizeof r->store_trouble, "%s", why);
+        snprintf(r->store_trouble, sizeof r->store_trouble, "%s", cause);
     } else {
         log_debug("%s: %s", what, why);
     }
 }
 
-/* A store call worked. */
+/* A write to the store worked (reads work while another process holds the
+ * write lock, so only a write says the trouble is over). */
 static void relay_store_ok(struct relay *r)
 {
     r->store_backoff = 0;
@@ -482,6 +483,7 @@ static void slot_unchanged(struct relay_slot *s, const char *updated)
         relay_store_failed(r, "cannot record a task as unchanged (it is viewed again)");
         store_rollback(r->st);
     } else {
+        relay_store_ok(r);
         r->stats.unchanged++;
         log_debug("task %" PRId64 " unchanged: nothing to forward", s->ev.task);
     }
@@ -716,7 +718,6 @@ static void outbox_scan(struct relay *r, int64_t now_ms)
         r->more_due = 0;
         return;
     }
-    relay_store_ok(r);
     r->more_due = n == r->nslots;
     for (size_t i = 0; i < n && r->used < r->nslots; i++) {
         const struct store_event *ev = &r->due[i];

@@ -993,9 +993,10 @@ static int job_record_seqs(const struct sp_job *j, int status_changed, char *app
 }
 
 /* Records a confirmed state message: rev_fp, applied "state", "status",
- * SP_KEY_REV_PUB and SP_KEY_PUB_FWD, notes_sent, in one transaction that re-reads the link and keeps what
- * the forward applier wrote. On RT_RETRY the job waits in the acked list
- * and statepub_tick() tries again; the status is returned. */
+ * SP_KEY_REV_PUB and SP_KEY_PUB_FWD, notes_sent, in one transaction that
+ * re-reads the link and keeps what the forward applier wrote. On RT_RETRY
+ * the job waits in the acked list and statepub_tick() tries again; the
+ * status is returned. */
 static rt_status job_commit(struct sp_job *j)
 {
     struct sp_client *c = j->c;
@@ -1030,7 +1031,8 @@ static rt_status job_commit(struct sp_job *j)
         store_rollback(sp->st);
         if (st == RT_RETRY) {
             /* Once per cause: the store may refuse every job of a cycle. */
-            if (strcmp(why, sp->store_trouble) != 0)
+            const char *cause = store_strcause(sp->st);
+            if (strcmp(cause, sp->store_trouble) != 0)
                 log_warning("cannot record the confirmed state of task %" PRId64 " of client "
                             "\"%s\" (seq %" PRIu64 "), will retry: %s",
                             j->dst_task, c->cc->id, j->seq, why);
@@ -1038,7 +1040,7 @@ static rt_status job_commit(struct sp_job *j)
                 log_debug("cannot record the confirmed state of task %" PRId64 " of client "
                           "\"%s\" yet: %s",
                           j->dst_task, c->cc->id, why);
-            snprintf(sp->store_trouble, sizeof sp->store_trouble, "%s", why);
+            snprintf(sp->store_trouble, sizeof sp->store_trouble, "%s", cause);
             j->state = JOB_ACKED;
             list_push_tail(&sp->acked, j);
             return RT_RETRY;

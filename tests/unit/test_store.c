@@ -1133,6 +1133,9 @@ static void test_full_database_is_named(void **state)
     printf("full: %s\n", store_strerror(st));
     assert_non_null(strstr(store_strerror(st), "no space left on the device holding "));
     assert_non_null(strstr(store_strerror(st), f->db));
+    char cause[STORE_ERR_MAX];
+    snprintf(cause, sizeof cause, "no space left on the device holding %s", f->db);
+    assert_string_equal(store_strcause(st), cause);
     assert_int_equal(sqlite3_exec(st->db, "PRAGMA max_page_count = 1073741823", NULL, NULL, NULL),
                      SQLITE_OK);
     OK(st, store_outbox_add(st, "7", 5000, 1000));
@@ -1155,7 +1158,13 @@ static void test_locked_database_is_named(void **state)
     printf("locked: %s\n", store_strerror(st));
     assert_non_null(strstr(store_strerror(st), "is locked by another process (waited 50 ms"));
     assert_non_null(strstr(store_strerror(st), f->db));
+    char cause[STORE_ERR_MAX];
+    snprintf(cause, sizeof cause, "%s is locked by another process (waited 50 ms)", f->db);
+    assert_string_equal(store_strcause(st), cause);
     assert_int_equal(store_begin(st), RT_RETRY);
+    /* Another statement, the same condition: the same cause. */
+    assert_string_equal(store_strcause(st), cause);
+    assert_non_null(strstr(store_strerror(st), "BEGIN IMMEDIATE failed: "));
     OK(other, store_commit(other));
     OK(st, store_outbox_add(st, "7", 2, 1000));
     assert_int_equal(backlog(st), 2);
