@@ -22,7 +22,8 @@
 #include "buf.h"
 #include "harness.h"
 
-/* The script caps its own waits (a new cluster 120 s, a node 90 s); this
+/* The script caps its own waits (a new cluster 120 s, a node 90 s, a wait
+ * after a thaw 150 s); this
  * is the backstop for a script that hangs. */
 #define SCRIPT_DEADLINE_MS 200000
 #define SCRIPT_OUTPUT_MAX  (4u * 1024 * 1024)

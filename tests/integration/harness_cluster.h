@@ -109,11 +109,14 @@ void harness_cluster_start_node(int i);
 void harness_cluster_freeze(int i);
 
 /* SIGCONTs node i; harness_cluster_wait_node() then waits until it is
- * back in the cluster (a long freeze makes it pause first). */
+ * back in the cluster. A freeze shorter than the net tick time (60 s)
+ * goes unnoticed by the others; after a longer one they have declared the
+ * node down, and autoheal restarts it once thawed (about 70 s). */
 void harness_cluster_thaw(int i);
 
 /* Returns when node i runs in the cluster and accepts connections, and the
- * cluster, as node i sees it, holds every node that should be up. */
+ * cluster, as node i sees it, holds every node that should be up; fails
+ * the test after 150 s. */
 void harness_cluster_wait_node(int i);
 
 /* 1 when node i runs in the cluster (rabbitcluster status), else 0. */
