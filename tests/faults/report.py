@@ -207,18 +207,46 @@ def soak_section(path):
         return out
     with open(path, encoding="utf-8") as f:
         s = json.load(f)
+    # "reverse", the faults' timings, the load averages and "failures" are
+    # optional: bench/soak writes them, the format's required keys are above.
+    rev = s.get("reverse")
     out.append("```")
     out.append("soak: sent=%d applied=%d lost=%d duplicated=%d" % (
         s["sent"], s["applied"], s["lost"], s["duplicated"]))
+    if rev:
+        out.append("soak reverse: changes=%d applied=%d lost=%d duplicated=%d" % (
+            rev["changes"], rev["applied"], rev["lost"], rev["duplicated"]))
     out.append("```")
     out.append("")
     out.append("%d s at %s tasks/s both ways; faults injected: %s." % (
         s["duration_s"], s["rate_per_s"],
         ", ".join("%s at %d s" % (x["case"], x["t_s"]) for x in s.get("faults", [])) or "none"))
     out.append("")
+    if rev:
+        out.append("Forward: *sent* source tasks, counted as in the cases above. Reverse: each "
+                   "change made on the target (status, performer and a line of note) found "
+                   "on the source by its line: *applied* once, *lost* never, *duplicated* "
+                   "beyond once.")
+        out.append("")
+    timed = [x for x in s.get("faults", []) if "started_s" in x]
+    if timed:
+        out.append("| fault | started (s) | ended (s) | steady backlog | peak backlog | back to steady after the end (s) |")
+        out.append("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for x in timed:
+            out.append("| %s | %s | %s | %s | %s | %s |" % (
+                x["case"], fmt_s(x.get("started_s")), fmt_s(x.get("ended_s")),
+                x.get("steady_backlog", ""), x.get("peak_backlog", ""),
+                fmt_s(x.get("recovered_in_s"))))
+        out.append("")
+    if s.get("loadavg_start"):
+        out.append("Load average (1, 5, 15 min): %s at the start, %s at the end." % (
+            s["loadavg_start"], s.get("loadavg_end", "?")))
+        out.append("")
     out.append("| daemon | RSS after 5 min (kB) | RSS at the end (kB) | difference (kB) | fds after 5 min | fds at the end |")
     out.append("| --- | ---: | ---: | ---: | ---: | ---: |")
     ok = s["lost"] == 0 and s["duplicated"] == 0
+    if rev:
+        ok = ok and rev["lost"] == 0 and rev["duplicated"] == 0
     for name in ("client", "server"):
         d = s["daemons"][name]
         out.append("| %s | %d | %d | %+d | %d | %d |" % (
@@ -228,6 +256,12 @@ def soak_section(path):
     out.append("")
     out.append("Required: lost 0, duplicated 0, each daemon's RSS at the end within 1 MB of its "
                "value after 5 minutes, no fd growth: %s." % ("met" if ok else "**not met**"))
+    if s.get("failures"):
+        out.append("")
+        out.append("What the soak found wrong:")
+        out.append("")
+        for f in s["failures"]:
+            out.append("- ✗ %s" % md_escape(f))
     return out
 
 
