@@ -23,8 +23,7 @@
 #include "harness.h"
 
 /* The script caps its own waits (a new cluster 120 s, a node 90 s, a wait
- * after a thaw 150 s); this
- * is the backstop for a script that hangs. */
+ * after a thaw 150 s); this is the backstop for a script that hangs. */
 #define SCRIPT_DEADLINE_MS 200000
 #define SCRIPT_OUTPUT_MAX  (4u * 1024 * 1024)
 #define SCRIPT_ERRLINE_MAX 512
@@ -484,6 +483,8 @@ const char *harness_cluster_tls_file(const char *name)
 char *harness_cluster_uris(char *buf, size_t len, const char *user)
 {
     need_cluster();
+    if (len == 0)
+        fail_msg("harness_cluster_uris: no room at all for %d URIs", cl.n);
     char *esc = curl_easy_escape(NULL, user, 0);
     if (!esc)
         fail_msg("out of memory");
