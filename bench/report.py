@@ -12,6 +12,11 @@
       Reads the raw lines bench/run recorded, prints the table and writes
       docs/BENCHMARKS.md. Every figure is the median of the runs with min
       and max; ratios are computed run by run, then summarized.
+
+  report.py scale RESULTS VERSIONS OUT_MD
+      The same for case 6 (bench/run --only scale): prints its table and
+      replaces only its section of OUT_MD (appended when it has none), so
+      that the other cases' figures stay as their last full run left them.
 """
 import json
 import os
@@ -275,7 +280,8 @@ def report(results, versions, out_md):
         md.append(f"- {label}: {ver.get(k, '?')}")
     md.append("")
     md.append("## How to reproduce\n")
-    md.append("```\nbench/run                 # RT_BENCH_RUNS=N for another run count, RT_KEEP_TMP=1 keeps logs\n```\n")
+    md.append("```\nbench/run                 # RT_BENCH_RUNS=N for another run count, RT_KEEP_TMP=1 keeps logs\n"
+              "bench/run --only scale    # case 6 alone; rewrites only its section\n```\n")
     md.append("It builds a release tree (`-O2`, no sanitizers) in `build/bench` with "
               "`-DRT_BENCH=ON`, installs nothing, starts a private RabbitMQ node "
               "(`tests/harness/rabbitnode`), two BILLmanager emulators (`tests/sim/billsim.py`, "
@@ -297,6 +303,7 @@ def report(results, versions, out_md):
     md.append(BOUNDS.format(
         cap=fmt(capr, 0, " calls/s"), relay=fmt(summary(rel_rate), 0, " msg/s"),
         pub=fmt(pub, 0, " msg/s"), ratio=fmt(summary(rel_ratio), 2), capratio=fmt(summary(cap_ratio), 2)))
+    md.extend(scale_section(rows, ver))
     with open(out_md, "w", encoding="utf-8") as f:
         f.write("\n".join(md) + "\n")
 
@@ -468,11 +475,331 @@ case is run 3 times and reported with its range).
 """
 
 
+# ---- case 6: many clients on one server (issue 10) -------------------------
+
+SCALE_TITLE = "## Many clients on one server side (issue 10)"
+
+
+def _num(f, key):
+    try:
+        return float(f[key])
+    except (KeyError, ValueError):
+        return None
+
+
+def _diff(f, a, b):
+    x, y = _num(f, a), _num(f, b)
+    return None if x is None or y is None or x <= 0 or y <= 0 else x - y
+
+
+# (label, function of one run's fields, digits, unit); a function returns
+# None when the run lacks the figure.
+SCALE_FIGURES = [
+    ("connect and declare every client's topology (the loop waits for it)",
+     lambda f: _diff(f, "connected_ms", "started_ms"), 0, " ms"),
+    ("restart on the topology in place: connect and declare again",
+     lambda f: _diff(f, "re_connected_ms", "re_started_ms"), 0, " ms"),
+    ("burst of @K@ tasks per client: first publish → last create",
+     lambda f: _diff(f, "last_ms", "pub_start_ms"), 0, " ms"),
+    ("burst: tasks applied per second",
+     lambda f: (None if not _diff(f, "last_ms", "pub_start_ms") else
+                _num(f, "applied") / (_diff(f, "last_ms", "pub_start_ms") / 1000.0)), 0, " tasks/s"),
+    ("state cycle over every client, every link new: request → every client done",
+     lambda f: _diff(f, "c1_end", "c1_kick"), 0, " ms"),
+    ("  views / states published", None, 0, ""),
+    ("state cycle over every client, 1% of the tasks changed",
+     lambda f: _diff(f, "c2_end", "c2_kick"), 0, " ms"),
+    ("  views / states published (tasks changed)", None, 0, ""),
+    ("state cycle over every client, nothing changed",
+     lambda f: _diff(f, "c3_end", "c3_kick"), 0, " ms"),
+    ("server peak RSS (VmHWM)", lambda f: _num(f, "rss_kb") / 1024.0, 1, " MB"),
+    ("server RssAnon at the end (own memory)", lambda f: _num(f, "anon_kb") / 1024.0, 1, " MB"),
+    ("server RssAnon idle after start (topology declared, nothing applied)",
+     lambda f: _num(f, "idle_anon_kb") / 1024.0, 1, " MB"),
+    ("server CPU, start to stop", lambda f: _num(f, "cpu_s"), 2, " s"),
+    ("queues on the broker (rabbitmqctl list_queues)", lambda f: _num(f, "queues"), 0, ""),
+    ("broker memory (Erlang total) with the clients' topology, growth over the run",
+     lambda f: _diff(f, "broker_erlang1_kb", "broker_erlang0_kb") / 1024.0, 1, " MB"),
+    ("broker memory (Erlang total) at the end", lambda f: _num(f, "broker_erlang1_kb") / 1024.0, 1, " MB"),
+    ("broker memory held by queue processes at the end",
+     lambda f: _num(f, "broker_qprocs1_kb") / 1024.0, 1, " MB"),
+    ("broker memory held by the management plugin's statistics at the end",
+     lambda f: _num(f, "broker_mgmt1_kb") / 1024.0, 1, " MB"),
+]
+
+# Figures shown per client (the figure divided by the clients) and as the
+# growth per added client from the smallest size, run by run.
+SCALE_PER_CLIENT = [
+    ("connect and declare", lambda f: _diff(f, "connected_ms", "started_ms"), 1, " ms"),
+    ("restart: connect and declare again", lambda f: _diff(f, "re_connected_ms", "re_started_ms"), 1, " ms"),
+    ("state cycle, every link new", lambda f: _diff(f, "c1_end", "c1_kick"), 1, " ms"),
+    ("state cycle, 1% changed", lambda f: _diff(f, "c2_end", "c2_kick"), 1, " ms"),
+    ("state cycle, nothing changed", lambda f: _diff(f, "c3_end", "c3_kick"), 1, " ms"),
+    ("server peak RSS", lambda f: _num(f, "rss_kb"), 0, " KB"),
+    ("server RssAnon at the end", lambda f: _num(f, "anon_kb"), 0, " KB"),
+    ("server RssAnon idle after start", lambda f: _num(f, "idle_anon_kb"), 0, " KB"),
+    ("broker memory (Erlang total) growth",
+     lambda f: _diff(f, "broker_erlang1_kb", "broker_erlang0_kb"), 0, " KB"),
+    ("queues on the broker", lambda f: _num(f, "queues"), 1, ""),
+]
+
+
+def _safe(fn, f):
+    try:
+        return fn(f)
+    except (TypeError, ZeroDivisionError):
+        return None
+
+
+def scale_section(rows, ver):
+    """The markdown lines of case 6, [] when no run of it is in rows."""
+    sc = [f for k, f in rows if k == "scale"]
+    failed = [f for k, f in rows if k == "error" and f.get("case") == "scale"]
+    if not sc and not failed:
+        return []
+    sizes = sorted({int(f["clients"]) for f in sc})
+    by = {n: [f for f in sc if int(f["clients"]) == n] for n in sizes}
+    table = []  # (figure, [value per size])
+
+    def col(fn, n, digits, unit, per=False):
+        vals = [_safe(fn, f) for f in by[n]]
+        vals = [v / n if per and v is not None else v for v in vals]
+        return fmt(summary(vals), digits, unit)
+
+    k = next((int(f["tasks"]) // int(f["clients"]) for f in sc), "?")
+    for label, fn, digits, unit in SCALE_FIGURES:
+        label = label.replace("@K@", str(k))
+        if fn is None and label.startswith("  views / states published (tasks"):
+            table.append((label, [f"{fmt(summary([_num(f, 'c2_views') for f in by[n]]))} / "
+                                  f"{fmt(summary([_num(f, 'c2_published') for f in by[n]]))} "
+                                  f"({fmt(summary([_num(f, 'changed') for f in by[n]]))})"
+                                  for n in sizes]))
+        elif fn is None:
+            table.append((label, [f"{fmt(summary([_num(f, 'c1_views') for f in by[n]]))} / "
+                                  f"{fmt(summary([_num(f, 'c1_published') for f in by[n]]))}"
+                                  for n in sizes]))
+        else:
+            table.append((label, [col(fn, n, digits, unit) for n in sizes]))
+    per = [(f"per client: {label}", [col(fn, n, digits, unit, per=True) for n in sizes])
+           for label, fn, digits, unit in SCALE_PER_CLIENT]
+    growth = []
+    if sizes:
+        base = sizes[0]
+        base_runs = {f["run"]: f for f in by[base]}
+        for label, fn, digits, unit in SCALE_PER_CLIENT:
+            cells = []
+            for n in sizes:
+                if n == base:
+                    cells.append("—")
+                    continue
+                vals = []
+                for f in by[n]:
+                    b = base_runs.get(f["run"])
+                    x, y = _safe(fn, f), _safe(fn, b) if b else None
+                    if x is not None and y is not None:
+                        vals.append((x - y) / (n - base))
+                cells.append(fmt(summary(vals), digits, unit))
+            growth.append((f"per added client from {base}: {label}", cells))
+
+    head = [f"{n} clients" for n in sizes]
+    print(f"\n6. scale ({', '.join(head)})")
+    w = max(len(t[0]) for t in table + per + growth)
+    for label, cells in table + per + growth:
+        print(f"  {label:<{w}}  " + " | ".join(cells))
+    for f in failed:
+        print("FAILED: scale " + " ".join(f"{k}={v}" for k, v in f.items()))
+
+    loads = [float(f["load"]) for f in sc if "load" in f]
+    md = [SCALE_TITLE + "\n"]
+    md.append(f"Written by `bench/run --only scale` (or a whole `bench/run`); source {ver.get('commit', '?')}, "
+              f"runs of each size: {ver.get('runs', '?')}, the median with the minimum and the maximum "
+              "in parentheses; per-client figures are each run's figure divided by its clients, "
+              "growth figures the difference to the same run of the smallest size divided by the "
+              f"clients added. Load average (1, 5, 15 min) when the case started: {ver.get('load_start', '?')}, "
+              f"when it ended: {ver.get('load_end', '?')}; 1-minute load when each run started: "
+              f"{fmt(summary(loads), 2)}. Wall time of the run: {ver.get('wall_s', '?')} s.\n")
+    md.append("| figure | " + " | ".join(head) + " |")
+    md.append("| --- |" + " --- |" * len(sizes))
+    for label, cells in table + per + growth:
+        md.append(f"| {label.strip()} | " + " | ".join(cells) + " |")
+    md.append("")
+    if failed:
+        md.append("Runs that failed (left out of the figures above):\n")
+        for f in failed:
+            md.append("- `error " + " ".join(f"{k}={v}" for k, v in f.items()) + "`")
+        md.append("")
+    md.append(SCALE_TEXT.format(**scale_text_figures(by, sizes)))
+    return md
+
+
+def scale_text_figures(by, sizes):
+    """The medians the text of case 6 quotes, formatted; "?" when a run
+    lacks them."""
+    top = sizes[-1] if sizes else 0
+    base = sizes[0] if sizes else 0
+
+    def med(fn, n, digits=0, unit="", scale=1.0):
+        vals = [_safe(fn, f) for f in by.get(n, [])]
+        vals = [v * scale for v in vals if v is not None]
+        if not vals:
+            return "?"
+        return ("{:,.%df}" % digits).format(statistics.median(vals)) + unit
+
+    def growth(fn, digits=0, unit="", scale=1.0):
+        base_runs = {f["run"]: f for f in by.get(base, [])}
+        vals = []
+        for f in by.get(top, []):
+            b = base_runs.get(f["run"])
+            x, y = _safe(fn, f), _safe(fn, b) if b else None
+            if x is not None and y is not None and top > base:
+                vals.append((x - y) / (top - base) * scale)
+        if not vals:
+            return "?"
+        return ("{:,.%df}" % digits).format(statistics.median(vals)) + unit
+
+    decl = lambda f: _diff(f, "connected_ms", "started_ms")
+    redecl = lambda f: _diff(f, "re_connected_ms", "re_started_ms")
+    per_decl = [_safe(decl, f) / int(f["clients"]) for f in by.get(top, []) if _safe(decl, f)]
+    return {
+        "top": top,
+        "base": base,
+        "decl_top": med(decl, top, 1, " s", 1 / 1000.0),
+        "decl_pc": growth(decl, 0, " ms"),
+        "decl_1000": ("{:,.0f} s".format(statistics.median(per_decl) * 1000 / 1000.0)
+                      if per_decl else "?"),
+        "redecl_top": med(redecl, top, 1, " s", 1 / 1000.0),
+        "broker_pc": growth(lambda f: _diff(f, "broker_erlang1_kb", "broker_erlang0_kb"), 0, " KB"),
+        "broker_top": med(lambda f: _diff(f, "broker_erlang1_kb", "broker_erlang0_kb"), top, 0,
+                          " MB", 1 / 1024.0),
+        "qprocs_top": med(lambda f: _num(f, "broker_qprocs1_kb"), top, 0, " MB", 1 / 1024.0),
+        "per_queue": med(lambda f: _num(f, "broker_qprocs1_kb") / (14 * int(f["clients"])), top, 0,
+                         " KB"),
+        "mgmt_top": med(lambda f: _num(f, "broker_mgmt1_kb"), top, 0, " MB", 1 / 1024.0),
+        "idle_pc": growth(lambda f: _num(f, "idle_anon_kb"), 0, " KB"),
+        "end_pc": growth(lambda f: _num(f, "anon_kb"), 0, " KB"),
+        "rss_top": med(lambda f: _num(f, "rss_kb"), top, 1, " MB", 1 / 1024.0),
+        "anon_top": med(lambda f: _num(f, "anon_kb"), top, 1, " MB", 1 / 1024.0),
+        "unch_top": med(lambda f: _diff(f, "c3_end", "c3_kick"), top, 0, " ms"),
+        "unch_pc": growth(lambda f: _diff(f, "c3_end", "c3_kick"), 1, " ms"),
+        "first_top": med(lambda f: _diff(f, "c1_end", "c1_kick"), top, 0, " ms"),
+        "pct_top": med(lambda f: _diff(f, "c2_end", "c2_kick"), top, 0, " ms"),
+    }
+
+
+def scale_report(results, versions, out_md):
+    ver = {}
+    with open(versions, encoding="utf-8") as f:
+        for line in f:
+            k, _, v = line.rstrip("\n").partition("=")
+            ver[k] = v
+    rows = []
+    with open(results, encoding="utf-8") as f:
+        for line in f:
+            kind, fields = parse_line(line.strip())
+            if kind:
+                rows.append((kind, fields))
+    section = "\n".join(scale_section(rows, ver)).rstrip("\n") + "\n"
+    try:
+        with open(out_md, encoding="utf-8") as f:
+            doc = f.read()
+    except FileNotFoundError:
+        doc = "# Benchmarks\n"
+    at = doc.find(SCALE_TITLE)
+    if at < 0:
+        doc = doc.rstrip("\n") + "\n\n" + section
+    else:
+        nxt = doc.find("\n## ", at + len(SCALE_TITLE))
+        doc = doc[:at] + section + ("\n" + doc[nxt + 1:] if nxt >= 0 else "")
+    with open(out_md, "w", encoding="utf-8") as f:
+        f.write(doc)
+
+
+SCALE_TEXT = """\
+**6. Many clients on one server side** (`bench/run --only scale`, issue 10,
+item 4): one server daemon configured for 2, 50 and 200 clients, each with its
+own client id, its own AMQP user (`bench-scale-c000`, ...) and its own
+department on a target emulator of its own (0 ms per call), with
+`billmanager.max_inflight = 16`, `amqp.prefetch = 256`, classic queues and a
+`sync_interval` of a day, so that only the cycles asked for run. No client
+daemon runs: `rtbench_scale` (bench/scale.c) plays the clients, as the
+integration test `tests/integration/it_scale.c` does, with one AMQP connection
+per client logged in as that client's user, publishing real task messages
+(common/codec.h, the benchmark note) to `remotetask.forward` with the client's
+id as routing key; the broker checks each message's user_id against the
+login, as in production. Each size runs on fresh queues, deleted after the
+run.
+
+- *Connect and declare*: from the daemon's "started" log line to its
+  "connected to the broker" line. `broker_declare()` makes one RPC per
+  exchange, queue and binding (14 queues, 2 exchanges and 16 bindings per
+  client) and the loop waits for all of it. *Restart*: the same daemon started
+  again with the topology in place, which is what every reconnection (a broker
+  restart, a move to another node) meets.
+- *Burst*: 5 tasks per client, published over every client's connection at
+  once (the connections opened first), from the first publish to the last
+  create in the emulator's call log.
+- *State cycle over every client*: the daemon's `resync` control command
+  (what `remotetaskctl --command resync` sends once it has forgotten the
+  published states; here nothing is forgotten) starts a cycle of every
+  client; the figure runs from the request to the last "state cycle of client
+  ... done" log line, and views and states published are summed over those
+  lines. First with every link new (a view and a state per task), then with
+  1% of the target tasks' status changed through the emulator's admin API,
+  then with nothing changed.
+- *Server memory*: VmHWM and RssAnon at the end, and RssAnon when idle after
+  the start (topology declared, first cycles done, nothing applied).
+- *Broker*: the queues named `remotetask.*` in `rabbitmqctl list_queues`, and
+  `rabbitmqctl status` memory (`memory.total.erlang`, `queue_procs`,
+  `mgmt_db`) before the daemon started and after the last cycle, the reverse
+  queues still holding the states (no client consumes them).
+
+What grows, and what bounds it:
+
+- **Queues and the broker's memory.** 14 queues per client, exactly. The
+  broker's memory grows by about {broker_pc} per added client ({broker_top}
+  for {top} clients), most of it queue processes ({qprocs_top} at {top}
+  clients, about {per_queue} per idle classic queue) and the management plugin's
+  statistics ({mgmt_top}). This, not the daemon, is the first limit: at 1,000
+  clients it would be close to 1 GB of broker memory for queues that mostly
+  sit empty (issue 10, item 5 plans for that).
+- **The daemon's own memory** grows by about {idle_pc} per added client when
+  idle (the client's configuration, the state publisher's per-client record
+  with room for 32 sync requests twice, the consumer table, the applier's
+  slot table of prefetch pointers per queue), and by {end_pc} per added client
+  measured at the end, which adds what the burst and the cycles had in hand at
+  once (up to prefetch deliveries per queue with their bodies, one job per
+  listed task of a cycle), freed but kept by malloc. Peak RSS at {top}
+  clients: {rss_top} (RssAnon {anon_top}), about 10.7 MB of it shared
+  libraries as in case 5.
+- **Declare time is linear in the clients and the loop is deaf meanwhile**:
+  about {decl_pc} per added client here, {decl_top} for {top} clients on a
+  fresh broker and {redecl_top} on the topology in place. During it the daemon
+  answers no control-socket request (remotetaskctl status, ping), serves no
+  metrics scrape and runs no API callback; at 1,000 clients a fresh declare
+  would take about {decl_1000}. The integration test declares first for that
+  reason (its harness pings a starting daemon within 30 s). Declaring a few
+  clients per loop turn, or sending the declares with nowait and one
+  synchronous call at the end, would keep the loop serving; that is a change
+  for the owner of common/broker.c and bridge/core.c.
+- **The cycle over every client** costs one list call per client when nothing
+  changed ({unch_top} for {top} clients, {unch_pc} per added client), plus a
+  view, a publish and a store commit per changed task ({pct_top} with 1%
+  changed, {first_top} with every link new). Every client's cycle also ends
+  with a synced store commit of its own (the time of the last cycle, for
+  `status`): on a machine whose disk is busy those commits, one per client,
+  set the pace (the ASan build of the integration test took 0.8–9.7 s for a
+  cycle over 200 clients with 20 changes in four runs under load averages of
+  7 to 15).
+"""
+
+
 def main():
     if len(sys.argv) == 5 and sys.argv[1] == "creates":
         creates(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     elif len(sys.argv) == 5 and sys.argv[1] == "report":
         report(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif len(sys.argv) == 5 and sys.argv[1] == "scale":
+        scale_report(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
         sys.stderr.write(__doc__)
         sys.exit(2)
