@@ -254,7 +254,8 @@ static void hc_delivery(void *arg, const struct broker_delivery *d)
     (void)d;
 }
 
-static struct broker *hc_open(const char *user, const char *pass, void *arg)
+/* A connection as user whose confirms are counted in *counts. */
+static struct broker *hc_open(const char *user, const char *pass, struct harness_client *counts)
 {
     struct broker_opts o;
     char err[512];
@@ -266,7 +267,7 @@ static struct broker *hc_open(const char *user, const char *pass, void *arg)
     o.connect_timeout_ms = 30000;
     o.on_confirm = hc_confirm;
     o.on_delivery = hc_delivery;
-    o.cb_arg = arg;
+    o.cb_arg = counts;
     struct broker *b = broker_new(&o, err, sizeof(err));
     if (!b)
         fail_msg("broker_new: %s", err);
