@@ -289,7 +289,7 @@ static void commands_resync(void *arg, struct control_client *cl, json_t *req)
                                 "cycle after they start publishes the state");
         return;
     }
-    statepub_kick(d->core->sp, now_wall_ms());
+    statepub_kick(d->core->sp, now_mono_ms());
     d->core->sp_next = 0;
     control_reply(cl, json_pack("{s:b}", "ok", 1));
 }

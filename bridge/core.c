@@ -351,7 +351,10 @@ const char *core_broker_state(const struct core *k)
 
 void core_tick(struct core *k)
 {
-    int64_t now = now_wall_ms();
+    /* The components schedule on the monotonic clock (issue 13.5): a wall
+     * clock set back must not stall them. They read the wall clock
+     * themselves for what they store or send. */
+    int64_t now = now_mono_ms();
     if (k->relay && now >= k->relay_next)
         k->relay_next = relay_tick(k->relay, now);
     if (k->rev && now >= k->rev_next)
@@ -373,7 +376,7 @@ static void core_wait_min(int64_t *best, int64_t wait)
 
 int64_t core_timeout_ms(const struct core *k, int connecting)
 {
-    int64_t best = -1, mono = now_mono_ms(), wall = now_wall_ms();
+    int64_t best = -1, mono = now_mono_ms();
 
     if (k->up || broker_connecting(k->br)) {
         if (broker_wants_read_now(k->br))
@@ -388,13 +391,13 @@ int64_t core_timeout_ms(const struct core *k, int connecting)
     if (t >= 0)
         core_wait_min(&best, t);
     if (k->relay)
-        core_wait_min(&best, k->relay_next - wall);
+        core_wait_min(&best, k->relay_next - mono);
     if (k->fwd)
-        core_wait_min(&best, k->fwd_next - wall);
+        core_wait_min(&best, k->fwd_next - mono);
     if (k->rev)
-        core_wait_min(&best, k->rev_next - wall);
+        core_wait_min(&best, k->rev_next - mono);
     if (k->sp)
-        core_wait_min(&best, k->sp_next - wall);
+        core_wait_min(&best, k->sp_next - mono);
     return best;
 }
 

@@ -92,7 +92,7 @@ struct core {
     int64_t reconnect_at; /* monotonic ms */
     unsigned failures;    /* connection attempts failed in a row */
     char last_error[CORE_ERR_MAX];
-    /* Wall-clock ms: when each component wants a tick. Setting one to 0
+    /* Monotonic ms: when each component wants a tick. Setting one to 0
      * makes it run on the next turn of the loop (a wake, a resync). */
     int64_t relay_next;
     int64_t fwd_next;

@@ -18,9 +18,8 @@
 #include "log.h"
 #include "now.h"
 
-/* The longest ppoll() wait. Component ticks are scheduled on the wall
- * clock, which may jump: waking now and then keeps a jump from stalling
- * them. */
+/* The longest ppoll() wait: a bound on how late anything the loop did not
+ * ask a deadline for can be noticed. */
 #define DAEMON_MAX_WAIT_MS 5000
 /* How soon a failed rebuild of the components is tried again. */
 #define DAEMON_REBUILD_RETRY_MS 5000
@@ -188,7 +187,7 @@ static int daemon_open(struct daemon *d, char *err, size_t errlen)
     size_t n_commands;
     const struct config *cfg = d->cfg;
 
-    d->st = store_open(cfg->state_dir, why, sizeof(why));
+    d->st = store_open_timeout(cfg->state_dir, STORE_BUSY_DAEMON_MS, why, sizeof(why));
     if (!d->st) {
         snprintf(err, errlen, "cannot open the store in \"%s\": %s", cfg->state_dir, why);
         return -1;
@@ -361,7 +360,7 @@ static void daemon_reload_apply(struct daemon *d)
 
     d->pending = NULL;
     if (strcmp(cfg->state_dir, d->cfg->state_dir) != 0) {
-        st = store_open(cfg->state_dir, why, sizeof(why));
+        st = store_open_timeout(cfg->state_dir, STORE_BUSY_DAEMON_MS, why, sizeof(why));
         if (!st) {
             log_error("configuration not reloaded: cannot open the store in \"%s\": %s",
                       cfg->state_dir, why);

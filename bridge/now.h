@@ -2,8 +2,8 @@
  * now.h - the two clocks of remotetaskd, in milliseconds.
  *
  * Deadlines (reconnects, drains, checkevent waits, the age of cached queue
- * depths) use the monotonic clock, which never jumps. The components'
- * ticks and every time that is stored or shown use the wall clock, the
+ * depths) and the components' ticks use the monotonic clock, which never
+ * jumps; every time that is stored or shown uses the wall clock, the
  * store's time base. Private to bridge/.
  */
 #ifndef RT_NOW_H

@@ -123,8 +123,12 @@ static void observe_add_forward(struct forward_stats *to, const struct forward_s
     to->dead_unauthorized += from->dead_unauthorized;
     to->dead_department += from->dead_department;
     to->dead_api += from->dead_api;
+    to->dead_seq += from->dead_seq;
     to->requeued += from->requeued;
     to->syncs += from->syncs;
+    to->redelivered += from->redelivered;
+    to->deferred += from->deferred;
+    to->republished += from->republished;
 }
 
 static void observe_add_reverse(struct reverse_stats *to, const struct reverse_stats *from)
@@ -141,7 +145,11 @@ static void observe_add_reverse(struct reverse_stats *to, const struct reverse_s
     to->dead_unauthorized += from->dead_unauthorized;
     to->dead_unknown_task += from->dead_unknown_task;
     to->dead_api += from->dead_api;
+    to->dead_seq += from->dead_seq;
     to->requeued += from->requeued;
+    to->redelivered += from->redelivered;
+    to->deferred += from->deferred;
+    to->republished += from->republished;
 }
 
 static void observe_add_statepub(struct statepub_stats *to, const struct statepub_stats *from)
@@ -351,8 +359,9 @@ int observe_queues_answered(const struct observe *o)
 
 static void observe_metrics_dead(struct metrics *m, const char *direction, uint64_t undecodable,
                                  uint64_t unauthorized, uint64_t department, uint64_t api,
-                                 uint64_t other)
+                                 uint64_t seq, uint64_t other)
 {
+    metrics_counter_set(m, METRICS_DEAD_LETTERED, (double)seq, direction, "seq", NULL);
     metrics_counter_set(m, METRICS_DEAD_LETTERED, (double)undecodable, direction, "undecodable",
                         NULL);
     metrics_counter_set(m, METRICS_DEAD_LETTERED, (double)unauthorized, direction, "unauthorized",
@@ -409,9 +418,9 @@ static void observe_metrics_update(struct daemon *d)
     metrics_counter_set(m, METRICS_RETRIED, (double)t.fwd.retried, "forward", NULL);
     metrics_counter_set(m, METRICS_RETRIED, (double)t.rev.retried, "reverse", NULL);
     observe_metrics_dead(m, "forward", t.fwd.dead_undecodable, t.fwd.dead_unauthorized,
-                         t.fwd.dead_department, t.fwd.dead_api, 0);
+                         t.fwd.dead_department, t.fwd.dead_api, t.fwd.dead_seq, 0);
     observe_metrics_dead(m, "reverse", t.rev.dead_undecodable, t.rev.dead_unauthorized, 0,
-                         t.rev.dead_api, t.rev.dead_unknown_task);
+                         t.rev.dead_api, t.rev.dead_seq, t.rev.dead_unknown_task);
     metrics_counter_set(m, METRICS_BROKER_RECONNECTS, (double)observe_reconnects(o, k), NULL);
 
     observe_queues_refresh(o, d->cfg, k, OBSERVE_QUEUES_METRICS_AGE_MS);
@@ -615,6 +624,21 @@ json_t *observe_status(struct daemon *d)
         json_object_set_new(counters, "reverse_superseded", json_integer((json_int_t)t.rev.superseded));
     }
     json_t *errs = observe_status_errors(o, k, &t);
+    if (errs) {
+        json_t *dl = json_object_get(errs, "dead_lettered");
+        json_object_set_new(json_object_get(dl, "forward"), "seq",
+                            json_integer((json_int_t)t.fwd.dead_seq));
+        json_object_set_new(json_object_get(dl, "reverse"), "seq",
+                            json_integer((json_int_t)t.rev.dead_seq));
+        /* A failing store holds deliveries in their slots and retries the
+         * step: how often, and how often the broker refused a copy. */
+        json_object_set_new(errs, "store_deferred",
+                            json_integer((json_int_t)(t.fwd.deferred + t.rev.deferred)));
+        json_object_set_new(errs, "copies_republished",
+                            json_integer((json_int_t)(t.fwd.republished + t.rev.republished)));
+        json_object_set_new(errs, "redelivered",
+                            json_integer((json_int_t)(t.fwd.redelivered + t.rev.redelivered)));
+    }
     if (errs)
         json_object_set_new(errs, "control_refused",
                             json_integer((json_int_t)(o->control_refused_base +
