@@ -261,16 +261,24 @@ static void core_connect_failed(struct core *k, rt_status st)
     k->reconnect_at = now_mono_ms() + delay;
 }
 
-/* The broker connection is up: declare every client's topology, then
- * tell the components. */
+/* The broker connection is up: declare every client's topology without
+ * waiting (a fresh broker takes seconds to create thousands of queues, and
+ * the loop goes on meanwhile); core_declared() goes on when it is done. */
 static void core_connected(struct core *k)
 {
-    const struct config *cfg = k->cfg;
-    rt_status st = broker_declare(k->br, k->clients, k->n_clients);
+    rt_status st = broker_declare_begin(k->br, k->clients, k->n_clients);
     if (st != RT_OK) {
         core_connect_failed(k, st);
         return;
     }
+    k->declaring = 1;
+    k->declare_deadline = now_mono_ms() + CORE_DECLARE_TIMEOUT_MS;
+}
+
+/* The topology is declared: tell the components. */
+static void core_declared(struct core *k)
+{
+    const struct config *cfg = k->cfg;
     if (k->failures)
         log_info("connected to the broker at %s (node %s) as \"%s\" after %u failed attempts",
                  cfg->amqp.uri_redacted, broker_node(k->br), cfg->amqp.user, k->failures);
@@ -326,6 +334,23 @@ void core_process(struct core *k)
             core_connect_failed(k, st == RT_OK ? RT_RETRY : st);
         return;
     }
+    if (k->declaring) {
+        rt_status st = broker_process(k->br);
+        if (st == RT_OK && broker_declare_done(k->br, &st)) {
+            k->declaring = 0;
+            if (st == RT_OK)
+                core_declared(k);
+            else
+                core_connect_failed(k, st);
+        } else if (st != RT_OK) {
+            k->declaring = 0;
+            core_connect_failed(k, st);
+        } else if (now_mono_ms() >= k->declare_deadline) {
+            k->declaring = 0;
+            core_connect_failed(k, RT_RETRY);
+        }
+        return;
+    }
     if (k->up && broker_process(k->br) != RT_OK)
         core_lost(k, broker_strerror(k->br));
 }
@@ -342,7 +367,7 @@ const char *core_broker_state(const struct core *k)
             return "unreachable";
         return "connected";
     }
-    if (k->connects == 0 && k->failures == 0)
+    if (k->declaring || (k->connects == 0 && k->failures == 0))
         return "connecting";
     return k->last_verdict == RT_REJECT ? "refused" : "unreachable";
 }
@@ -378,7 +403,7 @@ int64_t core_timeout_ms(const struct core *k, int connecting)
 {
     int64_t best = -1, mono = now_mono_ms();
 
-    if (k->up || broker_connecting(k->br)) {
+    if (k->up || k->declaring || broker_connecting(k->br)) {
         if (broker_wants_read_now(k->br))
             return 0;
         int t = broker_timeout_ms(k->br);

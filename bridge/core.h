@@ -44,6 +44,9 @@
  * attempts (about half an hour at the longest delay). */
 #define CORE_RECONNECT_LOUD   3
 #define CORE_RECONNECT_REMIND 60
+/* How long the broker may take to answer a round of declarations (a
+ * fresh broker creates thousands of queues for hundreds of clients). */
+#define CORE_DECLARE_TIMEOUT_MS 300000
 /* Room for a reason kept or passed by the core. */
 #define CORE_ERR_MAX 512
 
@@ -84,6 +87,8 @@ struct core {
     size_t n_clients;
 
     int up;            /* connected and declared */
+    int declaring;     /* connected, the topology's round not answered yet */
+    int64_t declare_deadline; /* monotonic ms */
     uint64_t connects; /* broker connections this core established */
     rt_status last_verdict; /* of the last failed attempt: RETRY or REJECT */
     int cancelled;     /* the broker cancelled a consumer: reconnect */

@@ -105,6 +105,22 @@ struct depth_question {
     int sent; /* on the query channel as it is now */
 };
 
+/* Where a round of declarations is. */
+enum declare_phase {
+    DECL_NONE = 0,
+    DECL_FULL,    /* declarations sent, their answer awaited */
+    DECL_PASSIVE, /* refused for lack of permission: look-ups sent (or to send) */
+    DECL_DONE,    /* answered: decl_status */
+};
+
+/* The scratch channel (declarations, blocking depth questions). */
+enum scratch_state {
+    SCRATCH_CLOSED = 0,
+    SCRATCH_OPEN,
+    SCRATCH_OPENING, /* channel.open sent, open-ok awaited */
+    SCRATCH_CLOSING, /* channel.close sent, close-ok awaited */
+};
+
 /* The query channel: open, or closed by the broker and being opened. */
 enum query_state {
     QUERY_CLOSED = 0,
@@ -182,6 +198,14 @@ struct broker {
     /* Acks and rejects that wait for the node to read again. */
     struct pending_ack *acks;
     size_t n_acks, acks_cap;
+
+    /* A round of declarations (broker_declare_begin) and the scratch
+     * channel it uses. */
+    enum declare_phase decl;
+    rt_status decl_status;
+    char **decl_clients;
+    size_t decl_n;
+    enum scratch_state scratch;
 
     /* Depth questions, oldest first; answered in order on CH_QUERY. */
     struct depth_question *dq;
@@ -522,6 +546,8 @@ fail_alloc:
 
 static void teardown(struct broker *b, int polite);
 static int send_room(struct broker *b, size_t need);
+static void declare_forget(struct broker *b);
+static void handle_frame(struct broker *b, const amqp_frame_t *f);
 
 void broker_free(struct broker *b)
 {
@@ -533,6 +559,7 @@ void broker_free(struct broker *b)
         netprobe_free(b->probes[i]);
         free(b->nodes[i].host);
     }
+    declare_forget(b);
     free(b->pend);
     free(b->consumers);
     free(b->acks);
@@ -579,6 +606,12 @@ static void teardown(struct broker *b, int polite)
     buf_reset(&b->body);
     b->n_consumers = 0;
     b->n_acks = 0; /* unsent acks die with the connection: redelivered */
+    b->scratch = SCRATCH_CLOSED;
+    if (b->decl == DECL_FULL || b->decl == DECL_PASSIVE) {
+        declare_forget(b);
+        b->decl_status = RT_RETRY;
+        b->decl = DECL_DONE;
+    }
     b->query = QUERY_CLOSED;
     /* Depth questions that will never be answered: their owner learns it
      * (found -1), after the state is reset. */
@@ -1211,82 +1244,106 @@ static rt_status close_scratch(struct broker *b)
     return rpc_verdict(b, r, CH_SCRATCH, "closing a channel", NULL) == RT_OK ? RT_OK : RT_RETRY;
 }
 
-/* How a declaration went. The broker closes the scratch channel on a
- * refusal; rpc_verdict answered close-ok, so it can be opened again. */
+/* What the declarations of one round do. */
 struct declare_ctx {
-    int passive;   /* only check that things exist (no permission to declare) */
-    int refused;   /* a declaration was refused with ACCESS_REFUSED */
-    int code;      /* the reply code of the last refusal */
-    char name[SHORTSTR];
+    int passive; /* only check that things exist (no permission to declare) */
 };
 
-/* After a refusal: remembers it, reopens the scratch channel. */
-static rt_status declare_refused(struct broker *b, struct declare_ctx *c, rt_status st, int code,
-                                 const char *name)
+/* Declarations are pipelined: every exchange.declare, queue.declare and
+ * queue.bind goes out with nowait, without waiting for a reply, and one
+ * RPC at the end (declare_sync) tells whether all of them were taken. The
+ * broker handles a channel's methods in order and, on the first refusal,
+ * closes the channel and ignores the rest: the reply to that RPC is then
+ * the refusal, whose text names what was refused. Hundreds of clients are
+ * declared in one round trip instead of one per name, so the loop is held
+ * milliseconds, not seconds. */
+static rt_status declare_send(struct broker *b, amqp_method_number_t id, void *method)
 {
-    c->code = code;
-    snprintf(c->name, sizeof(c->name), "%s", name);
-    if (st != RT_REJECT)
-        return st;
-    if (code == AMQP_ACCESS_REFUSED)
-        c->refused = 1;
-    if (open_scratch(b) != RT_OK)
+    if (b->dead)
         return RT_RETRY;
-    return RT_REJECT;
+    int rc = amqp_send_method(b->conn, CH_SCRATCH, id, method);
+    if (rc != AMQP_STATUS_OK) {
+        set_err(b, "declaring the topology: %s", amqp_error_string2(rc));
+        mark_dead(b);
+        return RT_RETRY;
+    }
+    return RT_OK;
 }
 
 static rt_status declare_exchange(struct broker *b, struct declare_ctx *c, const char *name)
 {
-    char what[SHORTSTR + 32];
-    int code;
-    snprintf(what, sizeof(what), "%s exchange \"%s\"", c->passive ? "looking up" : "declaring",
-             name);
-    amqp_exchange_declare(b->conn, CH_SCRATCH, amqp_cstring_bytes(name), amqp_cstring_bytes("direct"),
-                          c->passive, 1, 0, 0, amqp_empty_table);
-    rt_status st = rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_SCRATCH, what, &code);
-    return st == RT_OK ? RT_OK : declare_refused(b, c, st, code, name);
+    amqp_exchange_declare_t m;
+    memset(&m, 0, sizeof(m));
+    m.exchange = amqp_cstring_bytes(name);
+    m.type = amqp_cstring_bytes("direct");
+    m.passive = c->passive ? 1 : 0;
+    m.durable = 1;
+    m.nowait = 1;
+    m.arguments = amqp_empty_table;
+    return declare_send(b, AMQP_EXCHANGE_DECLARE_METHOD, &m);
 }
 
 static rt_status declare_queue(struct broker *b, struct declare_ctx *c, const char *name,
                                amqp_table_entry_t *args, int n_args)
 {
-    char what[SHORTSTR + 32];
-    int code;
-    snprintf(what, sizeof(what), "%s queue \"%s\"", c->passive ? "looking up" : "declaring", name);
-    amqp_table_t t = {c->passive ? 0 : n_args, c->passive ? NULL : args};
-    amqp_queue_declare(b->conn, CH_SCRATCH, amqp_cstring_bytes(name), c->passive, 1, 0, 0, t);
-    rt_status st = rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_SCRATCH, what, &code);
-    if (st == RT_OK)
-        return RT_OK;
-    st = declare_refused(b, c, st, code, name);
-    if (st == RT_REJECT && code == AMQP_PRECONDITION_FAILED) {
-        /* The arguments of a queue never change in place (a classic queue
-         * meeting queue_type = "quorum", or an older remotetask's
-         * topology): say what to do instead of reconnecting for ever. */
-        char why[ERR_MAX];
-        const char *p = strstr(b->err, "inequivalent arg");
-        snprintf(why, sizeof(why), "%.120s", p ? p : b->err);
-        set_err(b,
-                "queue \"%s\" exists with other arguments than amqp.queue_type \"%s\" asks for "
-                "(%s); a queue cannot change in place: let it drain (status shows 0 ready), "
-                "rabbitmqctl delete_queue %s, restart remotetaskd; or set queue_type back",
-                name, b->queue_type, why, name);
-    }
-    return st;
+    amqp_queue_declare_t m;
+    memset(&m, 0, sizeof(m));
+    m.queue = amqp_cstring_bytes(name);
+    m.passive = c->passive ? 1 : 0;
+    m.durable = 1;
+    m.nowait = 1;
+    m.arguments = (amqp_table_t){c->passive ? 0 : n_args, c->passive ? NULL : args};
+    return declare_send(b, AMQP_QUEUE_DECLARE_METHOD, &m);
 }
 
 static rt_status bind_queue(struct broker *b, struct declare_ctx *c, const char *queue,
                             const char *exchange, const char *key)
 {
-    char what[2 * SHORTSTR + 64];
-    int code;
     if (c->passive)
         return RT_OK; /* a binding cannot be looked up over AMQP */
-    snprintf(what, sizeof(what), "binding queue \"%s\" to \"%s\"", queue, exchange);
-    amqp_queue_bind(b->conn, CH_SCRATCH, amqp_cstring_bytes(queue), amqp_cstring_bytes(exchange),
-                    amqp_cstring_bytes(key), amqp_empty_table);
-    rt_status st = rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_SCRATCH, what, &code);
-    return st == RT_OK ? RT_OK : declare_refused(b, c, st, code, queue);
+    amqp_queue_bind_t m;
+    memset(&m, 0, sizeof(m));
+    m.queue = amqp_cstring_bytes(queue);
+    m.exchange = amqp_cstring_bytes(exchange);
+    m.routing_key = amqp_cstring_bytes(key);
+    m.nowait = 1;
+    m.arguments = amqp_empty_table;
+    return declare_send(b, AMQP_QUEUE_BIND_METHOD, &m);
+}
+
+/* The name RabbitMQ's refusal text quotes ("... for queue 'X' in vhost",
+ * "no queue 'X' in vhost", "access to exchange 'X' in vhost"), or "". */
+static void refused_name(const char *text, char *out, size_t len)
+{
+    static const char *const marks[] = {"queue '", "exchange '"};
+    out[0] = '\0';
+    for (size_t i = 0; i < sizeof(marks) / sizeof(marks[0]); i++) {
+        const char *p = strstr(text, marks[i]);
+        if (!p)
+            continue;
+        p += strlen(marks[i]);
+        const char *e = strchr(p, '\'');
+        if (e && (size_t)(e - p) < len) {
+            snprintf(out, len, "%.*s", (int)(e - p), p);
+            return;
+        }
+    }
+}
+
+/* The one question after the pipelined declarations, sent without
+ * waiting: a passive declare of the first exchange, answered (declare-ok,
+ * handled in declare_answer) only once everything before it was taken,
+ * or by the refusal of the first one that was not. */
+static rt_status declare_sync(struct broker *b)
+{
+    amqp_exchange_declare_t m;
+    memset(&m, 0, sizeof(m));
+    m.exchange = amqp_cstring_bytes(BROKER_EXCHANGE_FORWARD);
+    m.type = amqp_cstring_bytes("direct");
+    m.passive = 1;
+    m.durable = 1;
+    m.arguments = amqp_empty_table;
+    return declare_send(b, AMQP_EXCHANGE_DECLARE_METHOD, &m);
 }
 
 /* The arguments every queue a client may write to carries; n entries of
@@ -1369,28 +1426,123 @@ static rt_status declare_client(struct broker *b, struct declare_ctx *c, const c
     return RT_OK;
 }
 
-/* Declares (or, passive, looks up) the whole topology. */
-static rt_status declare_all(struct broker *b, struct declare_ctx *c, const char *const *clients,
-                             size_t n_clients)
+/* Sends the declarations (or, passive, the look-ups) of the whole
+ * topology, pipelined, and the question whose answer ends the round. */
+static rt_status declare_all(struct broker *b, struct declare_ctx *c)
 {
     rt_status st = declare_exchange(b, c, BROKER_EXCHANGE_FORWARD);
     if (st == RT_OK)
         st = declare_exchange(b, c, BROKER_EXCHANGE_REVERSE);
-    for (size_t i = 0; i < n_clients && st == RT_OK; i++)
-        st = declare_client(b, c, clients[i]);
+    for (size_t i = 0; i < b->decl_n && st == RT_OK; i++)
+        st = declare_client(b, c, b->decl_clients[i]);
+    if (st == RT_OK)
+        st = declare_sync(b);
     return st;
 }
 
-rt_status broker_declare(struct broker *b, const char *const *clients, size_t n_clients)
+static void declare_forget(struct broker *b)
 {
-    struct declare_ctx c;
+    for (size_t i = 0; i < b->decl_n; i++)
+        free(b->decl_clients[i]);
+    free(b->decl_clients);
+    b->decl_clients = NULL;
+    b->decl_n = 0;
+}
+
+/* Ends a round: its verdict, the client list forgotten. */
+static void declare_end(struct broker *b, rt_status st)
+{
+    b->decl = DECL_DONE;
+    b->decl_status = st;
+    declare_forget(b);
+    if (st != RT_OK)
+        log_warning("declaring the AMQP topology failed: %s", b->err);
+}
+
+/* A round of declarations sent: its answer (declare-ok) came. */
+static void declare_ok(struct broker *b)
+{
+    /* The scratch channel is closed, without waiting for close-ok. */
+    amqp_channel_close_t m;
+    memset(&m, 0, sizeof(m));
+    m.reply_code = AMQP_REPLY_SUCCESS;
+    m.reply_text = amqp_cstring_bytes("done");
+    if (amqp_send_method(b->conn, CH_SCRATCH, AMQP_CHANNEL_CLOSE_METHOD, &m) != AMQP_STATUS_OK)
+        mark_dead(b);
+    b->scratch = SCRATCH_CLOSING;
+    declare_end(b, RT_OK);
+}
+
+/* The broker refused one of the round's declarations (and closed the
+ * scratch channel, which was answered with close-ok). */
+static void declare_refusal(struct broker *b, int code, const char *text)
+{
+    char name[SHORTSTR], why[ERR_MAX];
+    refused_name(text, name, sizeof(name));
+    b->scratch = SCRATCH_CLOSED;
+    if (b->decl == DECL_FULL && code == AMQP_ACCESS_REFUSED) {
+        /* A least-privilege user (broker-setup) may not declare: the
+         * server side, whose user may, declares every client's topology.
+         * The same names are looked up instead (a passive declare needs no
+         * permission), on the scratch channel opened again. */
+        log_info("user \"%s\" may not declare \"%s\" (%u %s); checking that the topology exists",
+                 b->user, name, code, text);
+        amqp_channel_open_t m;
+        memset(&m, 0, sizeof(m));
+        if (amqp_send_method(b->conn, CH_SCRATCH, AMQP_CHANNEL_OPEN_METHOD, &m) != AMQP_STATUS_OK) {
+            mark_dead(b);
+            return;
+        }
+        b->scratch = SCRATCH_OPENING;
+        b->decl = DECL_PASSIVE;
+        return;
+    }
+    if (b->decl == DECL_PASSIVE && code == AMQP_NOT_FOUND) {
+        set_err(b,
+                "\"%s\" does not exist and user \"%s\" may not declare it: start the server "
+                "side first (it declares every client's queues) or give the user the "
+                "permissions of remotetaskctl --command broker-setup",
+                name, b->user);
+        declare_end(b, RT_RETRY);
+        return;
+    }
+    if (code == AMQP_PRECONDITION_FAILED) {
+        /* The arguments of a queue never change in place (a classic queue
+         * meeting queue_type = "quorum", or an older remotetask's
+         * topology): say what to do instead of reconnecting for ever. */
+        const char *p = strstr(text, "inequivalent arg");
+        snprintf(why, sizeof(why), "%.120s", p ? p : text);
+        set_err(b,
+                "queue \"%s\" exists with other arguments than amqp.queue_type \"%s\" asks for "
+                "(%s); a queue cannot change in place: let it drain (status shows 0 ready), "
+                "rabbitmqctl delete_queue %s, restart remotetaskd; or set queue_type back",
+                name, b->queue_type, why, name);
+        declare_end(b, RT_REJECT);
+        return;
+    }
+    set_err(b, "declaring the topology: refused by the broker: %u %s", code, text);
+    declare_end(b, RT_REJECT);
+}
+
+/* The scratch channel was opened again for the passive round. */
+static void declare_reopened(struct broker *b)
+{
+    struct declare_ctx c = {.passive = 1};
+    b->scratch = SCRATCH_OPEN;
+    if (declare_all(b, &c) != RT_OK)
+        declare_end(b, RT_RETRY);
+}
+
+rt_status broker_declare_begin(struct broker *b, const char *const *clients, size_t n_clients)
+{
+    struct declare_ctx c = {0};
     if (!broker_connected(b)) {
         if (b)
             set_err(b, "declaring the topology: not connected");
         return RT_RETRY;
     }
-    if (b->depth) {
-        set_err(b, "broker_declare called from a callback");
+    if (b->depth || b->decl == DECL_FULL || b->decl == DECL_PASSIVE) {
+        set_err(b, "broker_declare_begin called from a callback or during a round");
         return RT_REJECT;
     }
     for (size_t i = 0; i < n_clients; i++) {
@@ -1400,42 +1552,82 @@ rt_status broker_declare(struct broker *b, const char *const *clients, size_t n_
             return RT_REJECT;
         }
     }
-    if (open_scratch(b) != RT_OK)
-        return finish(b, RT_RETRY);
-
-    memset(&c, 0, sizeof(c));
-    rt_status st = declare_all(b, &c, clients, n_clients);
-    if (st == RT_REJECT && c.refused && !b->dead) {
-        /* A least-privilege user (broker-setup) may not declare: the
-         * server side, whose user may, declares every client's topology. */
-        log_info("user \"%s\" may not declare \"%s\" (%s); checking that the topology exists",
-                 b->user, c.name, b->err);
-        c.passive = 1;
-        c.refused = 0;
-        st = declare_all(b, &c, clients, n_clients);
-        if (st == RT_REJECT && c.code == AMQP_NOT_FOUND) {
-            set_err(b,
-                    "\"%s\" does not exist and user \"%s\" may not declare it: start the server "
-                    "side first (it declares every client's queues) or give the user the "
-                    "permissions of remotetaskctl --command broker-setup",
-                    c.name, b->user);
-            st = RT_RETRY;
+    if (b->scratch != SCRATCH_CLOSED) {
+        set_err(b, "declaring the topology: the scratch channel is busy");
+        return RT_RETRY;
+    }
+    b->decl_clients = calloc(n_clients ? n_clients : 1, sizeof(*b->decl_clients));
+    if (!b->decl_clients) {
+        set_err(b, "declaring the topology: out of memory");
+        return RT_RETRY;
+    }
+    for (size_t i = 0; i < n_clients; i++) {
+        if (!(b->decl_clients[b->decl_n] = strdup(clients[i]))) {
+            declare_forget(b);
+            set_err(b, "declaring the topology: out of memory");
+            return RT_RETRY;
         }
+        b->decl_n++;
     }
-    /* After a refusal the scratch channel was opened again: close it too
-     * (unless the connection itself failed). */
-    if (!b->dead) {
-        char why[ERR_MAX];
-        snprintf(why, sizeof(why), "%s", b->err);
-        rt_status cs = close_scratch(b);
-        if (st == RT_OK)
-            st = cs;
-        else
-            set_err(b, "%s", why);
+    if (open_scratch(b) != RT_OK) {
+        declare_forget(b);
+        return finish(b, RT_RETRY);
     }
+    b->scratch = SCRATCH_OPEN;
+    b->decl = DECL_FULL;
+    if (declare_all(b, &c) != RT_OK) {
+        declare_forget(b);
+        b->decl = DECL_NONE;
+        return finish(b, RT_RETRY);
+    }
+    return RT_OK;
+}
+
+int broker_declare_done(const struct broker *b, rt_status *st)
+{
+    if (!b || b->decl != DECL_DONE)
+        return 0;
+    if (st)
+        *st = b->decl_status;
+    return 1;
+}
+
+rt_status broker_declare(struct broker *b, const char *const *clients, size_t n_clients)
+{
+    rt_status st = broker_declare_begin(b, clients, n_clients);
     if (st != RT_OK)
-        log_warning("declaring the AMQP topology failed: %s", b->err);
-    return finish(b, st);
+        return st;
+    /* Creating thousands of queues takes the broker a while: the answer is
+     * waited for far longer than one RPC, while the frames are handled as
+     * broker_process() would. */
+    int64_t deadline = get_now_ms() + (int64_t)b->connect_timeout_ms * 30;
+    while ((b->decl != DECL_DONE || b->scratch == SCRATCH_CLOSING) && !b->dead) {
+        int64_t left = deadline - get_now_ms();
+        if (left <= 0) {
+            set_err(b, "declaring the topology: no answer within %d s", b->connect_timeout_ms * 30 / 1000);
+            mark_dead(b);
+            break;
+        }
+        amqp_frame_t f;
+        struct timeval tv = ms_to_tv(left > 1000 ? 1000 : (int)left);
+        int rc = amqp_simple_wait_frame_noblock(b->conn, &f, &tv);
+        if (rc == AMQP_STATUS_TIMEOUT)
+            continue;
+        if (rc != AMQP_STATUS_OK) {
+            set_err(b, "AMQP connection to %s:%d lost: %s", b->host, b->port, amqp_error_string2(rc));
+            mark_dead(b);
+            break;
+        }
+        b->last_frame_ms = get_now_ms();
+        handle_frame(b, &f);
+    }
+    if (b->dead) {
+        declare_forget(b);
+        b->decl = DECL_NONE;
+        return finish(b, RT_RETRY);
+    }
+    b->decl = DECL_NONE;
+    return b->decl_status;
 }
 
 rt_status broker_queue_depth(struct broker *b, const char *queue, uint32_t *ready,
@@ -1870,6 +2062,12 @@ static void handle_method(struct broker *b, amqp_channel_t ch, const amqp_method
             query_closed(b, c);
             return;
         }
+        if (ch == CH_SCRATCH && (b->decl == DECL_FULL || b->decl == DECL_PASSIVE)) {
+            copy_bytes(text, sizeof(text), c->reply_text);
+            send_channel_close_ok(b, ch);
+            declare_refusal(b, c->reply_code, text);
+            return;
+        }
         /* Either other channel closing leaves the connection unable to do
          * its job (confirms or deliveries would stop): start over. */
         copy_bytes(text, sizeof(text), c->reply_text);
@@ -1903,12 +2101,30 @@ static void handle_method(struct broker *b, amqp_channel_t ch, const amqp_method
         }
         return;
     case AMQP_CHANNEL_OPEN_OK_METHOD:
+        if (ch == CH_SCRATCH && b->scratch == SCRATCH_OPENING && b->decl == DECL_PASSIVE) {
+            declare_reopened(b);
+            return;
+        }
         if (ch != CH_QUERY || b->query != QUERY_OPENING) {
             protocol_error(b, "channel.open-ok", ch);
             return;
         }
         b->query = QUERY_OPEN;
         flush_depth(b);
+        return;
+    case AMQP_EXCHANGE_DECLARE_OK_METHOD:
+        if (ch != CH_SCRATCH || (b->decl != DECL_FULL && b->decl != DECL_PASSIVE)) {
+            protocol_error(b, "exchange.declare-ok", ch);
+            return;
+        }
+        declare_ok(b);
+        return;
+    case AMQP_CHANNEL_CLOSE_OK_METHOD:
+        if (ch == CH_SCRATCH && b->scratch == SCRATCH_CLOSING) {
+            b->scratch = SCRATCH_CLOSED;
+            return;
+        }
+        protocol_error(b, "channel.close-ok", ch);
         return;
     case AMQP_CONNECTION_UNBLOCKED_METHOD:
         b->blocked = 0;

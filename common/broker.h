@@ -256,7 +256,9 @@ int broker_connected(const struct broker *b);
 const char *broker_strerror(const struct broker *b);
 
 /* Declares the whole topology for these clients (see the wire above),
- * idempotently, with queue_type for every queue: quorum queues get a
+ * idempotently, waiting for the broker's answer (for tools and tests;
+ * creating thousands of queues takes the broker seconds, so the wait is up
+ * to 30 connect timeouts), with queue_type for every queue: quorum queues get a
  * delivery limit and at-least-once dead-lettering.
  * A user without the permission to declare (a client's least-privilege
  * user, broker-setup) gets ACCESS_REFUSED: then each exchange and queue is
@@ -268,6 +270,19 @@ const char *broker_strerror(const struct broker *b);
  * migrate); RT_RETRY when the connection failed (it is then closed, see
  * broker_process). */
 rt_status broker_declare(struct broker *b, const char *const *clients, size_t n_clients);
+
+/* The same without waiting, for the daemon's loop: sends every
+ * declaration at once (pipelined, nowait) and one question whose answer,
+ * read by broker_process(), ends the round; a refusal for lack of
+ * permission starts the look-ups by itself. RT_OK: the round is under way
+ * (broker_declare_done() tells when it ended); RT_RETRY, RT_REJECT as
+ * broker_declare() before anything was sent. One round at a time. */
+rt_status broker_declare_begin(struct broker *b, const char *const *clients, size_t n_clients);
+
+/* 1 once the round of broker_declare_begin() ended, with its verdict in
+ * *st (as broker_declare()'s; a connection lost meanwhile is RT_RETRY),
+ * else 0. */
+int broker_declare_done(const struct broker *b, rt_status *st);
 
 /* Publishes one message on the confirm channel and returns at once with its
  * delivery tag in *tag_out; the fate arrives later through on_confirm.
