@@ -1,4 +1,5 @@
 #include "store.h"
+#include "store_db.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -14,9 +15,8 @@
 #include <time.h>
 #include <unistd.h>
 
-/* A reason holds SQLite's words, the file's path (cut to
- * STORE_PATH_SHOWN bytes) and what failed. */
-#define STORE_ERR_MAX    1024
+/* The file's path in a reason (STORE_ERR_MAX, store_db.h) is cut to
+ * this. */
 #define STORE_PATH_SHOWN 512
 /* The cause's share of a reason (store_strerror), the operation's and
  * SQLite's words taking the rest. */
@@ -84,6 +84,20 @@ static const char *const migrations[] = {
     "ALTER TABLE fwd ADD COLUMN updated TEXT NOT NULL DEFAULT '';"
     "ALTER TABLE links ADD COLUMN applied TEXT NOT NULL DEFAULT '';"
     "ALTER TABLE rev ADD COLUMN applied TEXT NOT NULL DEFAULT '';",
+    /* 3: the journal of each task's journey (store_journal.h). id is the
+     * rowid, so rows keep the order they were written in; the index serves
+     * both a task's trace and the pruning of its oldest rows. */
+    "CREATE TABLE journal ("
+    "  id INTEGER PRIMARY KEY,"
+    "  ts_ms INTEGER NOT NULL,"
+    "  side INTEGER NOT NULL,"
+    "  client TEXT NOT NULL,"
+    "  src_task INTEGER NOT NULL,"
+    "  dst_task INTEGER NOT NULL DEFAULT 0,"
+    "  event TEXT NOT NULL,"
+    "  seq INTEGER NOT NULL DEFAULT 0,"
+    "  detail TEXT NOT NULL DEFAULT '');"
+    "CREATE INDEX journal_task ON journal (side, client, src_task);",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
@@ -91,40 +105,9 @@ static const char *const migrations[] = {
 _Static_assert(sizeof migrations / sizeof migrations[0] == STORE_SCHEMA_VERSION,
                "STORE_SCHEMA_VERSION must be the number of migrations");
 
-/* Every statement the store runs, prepared once at open: the outbox relay
- * makes tens of thousands of calls and should not parse SQL for each. */
-enum stmt_id {
-    ST_BEGIN,
-    ST_COMMIT,
-    ST_ROLLBACK,
-    ST_OUTBOX_ADD,
-    ST_OUTBOX_DUE,
-    ST_OUTBOX_DONE,
-    ST_OUTBOX_DEFER,
-    ST_OUTBOX_BACKLOG,
-    ST_FWD_NEXT,
-    ST_FWD_GET,
-    ST_FWD_CONFIRM,
-    ST_FWD_SEEN,
-    ST_LINK_GET,
-    ST_LINK_BY_DST,
-    ST_LINK_PUT,
-    ST_LINK_NEXT_REV,
-    ST_LINK_COUNT,
-    ST_LINK_COUNT_ALL,
-    ST_LINK_LIST,
-    ST_REV_GET,
-    ST_REV_PUT,
-    ST_META_GET,
-    ST_META_SET,
-    ST_FWD_FORGET,
-    ST_OUTBOX_ADD_KNOWN,
-    ST_LINK_FORGET_FP,
-    ST_LINK_STATE_BATCH,
-    ST_LINK_SET_APPLIED,
-    ST_OUTBOX_RESCHEDULE,
-    ST_COUNT
-};
+/* Every statement the store runs (enum store_stmt_id, store_db.h) is
+ * prepared once at open: the outbox relay makes tens of thousands of calls
+ * and should not parse SQL for each. */
 
 #define LINK_COLUMNS                                                                       \
     "client, src_task, dst_task, last_seq, rev_seq, rev_fp, notes_sent, updated_ms, applied"
@@ -216,16 +199,6 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_OUTBOX_RESCHEDULE] =
         "UPDATE outbox SET next_ms = MAX(?1, MIN(next_ms - ?2, ?1 + ?3))"
         " WHERE next_ms > ?1 AND next_ms <> MAX(?1, MIN(next_ms - ?2, ?1 + ?3))",
-};
-
-struct store {
-    sqlite3 *db;
-    sqlite3_stmt *stmt[ST_COUNT];
-    bool in_txn; /* store_begin() opened a transaction not yet ended */
-    int busy_ms; /* the busy timeout of this handle */
-    char path[PATH_MAX];
-    char err[STORE_ERR_MAX];
-    char cause[STORE_ERR_MAX]; /* err without the operation (store_strcause) */
 };
 
 /* ---- errors ------------------------------------------------------------ */
@@ -321,6 +294,27 @@ static rt_status check_client(struct store *st, const char *client)
     return RT_OK;
 }
 
+/* The same, for the store's other files (store_db.h). */
+rt_status store_db_fail(struct store *st, int rc, const char *what)
+{
+    return db_fail(st, rc, what);
+}
+
+rt_status store_db_reject(struct store *st, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(st->err, sizeof st->err, fmt, ap);
+    va_end(ap);
+    memcpy(st->cause, st->err, sizeof st->cause);
+    return RT_REJECT;
+}
+
+rt_status store_db_check_client(struct store *st, const char *client)
+{
+    return check_client(st, client);
+}
+
 /* SQLite integers are signed 64-bit. */
 static rt_status check_u64(struct store *st, uint64_t v, const char *what)
 {
@@ -341,7 +335,7 @@ static rt_status check_fp(struct store *st, const char *fp)
 /* The cached statement, ready to bind. Statements are reset as soon as a
  * call is done with them, so none keeps a read snapshot open between
  * calls (that would hold back WAL checkpoints and other writers). */
-static sqlite3_stmt *stmt(struct store *st, enum stmt_id id)
+static sqlite3_stmt *stmt(struct store *st, enum store_stmt_id id)
 {
     return st->stmt[id];
 }
@@ -743,10 +737,79 @@ free_store:
     return NULL;
 }
 
+struct store *store_open_readonly(const char *state_dir, char *err, size_t errlen)
+{
+    char path[PATH_MAX];
+    struct stat sb;
+
+    if (errlen)
+        err[0] = '\0';
+    if (!state_dir || !*state_dir) {
+        open_err(err, errlen, "state_dir is empty");
+        return NULL;
+    }
+    int n = snprintf(path, sizeof path, "%s/%s", state_dir, STORE_FILE_NAME);
+    if (n < 0 || (size_t)n >= sizeof path) {
+        open_err(err, errlen, "state_dir \"%s\" is too long", state_dir);
+        return NULL;
+    }
+    /* A reader creates nothing: no store yet means nothing was recorded. */
+    if (stat(path, &sb) < 0) {
+        open_err(err, errlen, "there is no store \"%s\": %s", path, strerror(errno));
+        return NULL;
+    }
+    struct store *st = calloc(1, sizeof *st);
+    if (!st) {
+        open_err(err, errlen, "out of memory opening \"%s\"", path);
+        return NULL;
+    }
+    memcpy(st->path, path, sizeof st->path);
+    st->readonly = true;
+    st->busy_ms = STORE_BUSY_TIMEOUT_MS;
+    int version = 0;
+    int rc = sqlite3_open_v2(path, &st->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
+    rt_status r;
+    if (rc != SQLITE_OK) {
+        snprintf(st->err, sizeof st->err, "%s",
+                 st->db ? sqlite3_errmsg(st->db) : sqlite3_errstr(rc));
+        r = RT_REJECT;
+    } else {
+        sqlite3_extended_result_codes(st->db, 1);
+        sqlite3_busy_timeout(st->db, st->busy_ms);
+        r = read_version(st, &version);
+    }
+    /* Another version's schema is not read: an older one lacks tables this
+     * code reads, a newer one may mean something else by them. */
+    if (r == RT_OK && version > MIGRATION_COUNT)
+        r = reject(st,
+                   "it has schema version %d, but this remotetask knows versions up to %d:"
+                   " it was written by a newer remotetask",
+                   version, MIGRATION_COUNT);
+    else if (r == RT_OK && version < MIGRATION_COUNT)
+        r = reject(st,
+                   "it has schema version %d, older than this remotetask's %d: start this "
+                   "version's remotetaskd once to bring it up to date",
+                   version, MIGRATION_COUNT);
+    if (r == RT_OK)
+        r = prepare_all(st);
+    if (r != RT_OK) {
+        open_err(err, errlen, "cannot read \"%s\": %s", path, st->err);
+        store_free(st);
+        return NULL;
+    }
+    st->err[0] = st->cause[0] = '\0';
+    return st;
+}
+
 void store_free(struct store *st)
 {
     if (!st)
         return;
+    if (st->in_txn)
+        store_rollback(st);
+    /* What the journal still holds is written now: a clean stop loses no
+     * row of it. */
+    store_journal_on_free(st);
     for (int i = 0; i < ST_COUNT; i++)
         sqlite3_finalize(st->stmt[i]); /* NULL is a no-op */
     if (st->db && !sqlite3_get_autocommit(st->db))
@@ -761,9 +824,15 @@ rt_status store_begin(struct store *st)
 {
     if (st->in_txn)
         return reject(st, "a transaction is already open");
+    /* SQLite would take the write lock for a reader and refuse only its
+     * first write. */
+    if (st->readonly)
+        return reject(st, "the store was opened read-only");
     rt_status r = run(st, stmt(st, ST_BEGIN), "BEGIN IMMEDIATE");
-    if (r == RT_OK)
+    if (r == RT_OK) {
         st->in_txn = true;
+        store_journal_on_begin(st);
+    }
     return r;
 }
 
@@ -771,15 +840,21 @@ rt_status store_commit(struct store *st)
 {
     if (!st->in_txn)
         return reject(st, "commit without an open transaction");
-    rt_status r = run(st, stmt(st, ST_COMMIT), "COMMIT");
+    /* The journal's rows ride in this transaction: no sync of their own. */
+    rt_status r = store_journal_on_commit(st);
+    if (r == RT_OK)
+        r = run(st, stmt(st, ST_COMMIT), "COMMIT");
     if (r != RT_OK && !sqlite3_get_autocommit(st->db))
         run(st, stmt(st, ST_ROLLBACK), "ROLLBACK");
     st->in_txn = false;
+    store_journal_on_end(st, r == RT_OK);
     return r;
 }
 
 rt_status store_rollback(struct store *st)
 {
+    if (st->in_txn)
+        store_journal_on_end(st, false);
     st->in_txn = false;
     if (sqlite3_get_autocommit(st->db))
         return RT_OK;

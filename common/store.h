@@ -23,6 +23,8 @@
  *           applied, the last reverse seq used and what it published.
  *   rev     client side: per source task, the last reverse seq applied.
  *   meta    small named values (last sync, last apply...).
+ *   journal both sides: what happened to each task, bounded per task and
+ *           in age (store_journal.h).
  *
  * Every call that reads or writes returns RT_OK, RT_RETRY (the database is
  * busy, locked, out of space or had an I/O error: the same call may work
@@ -59,7 +61,7 @@
 #define STORE_META_KEY_MAX   64
 #define STORE_META_VALUE_MAX 4096
 /* The schema version this code writes; store_open() migrates up to it. */
-#define STORE_SCHEMA_VERSION 2
+#define STORE_SCHEMA_VERSION 3
 /* A task's `updated` value (YYYY-MM-DD HH:MM:SS) is at most this long. */
 #define STORE_UPDATED_MAX 32
 /* An fp set (common/fp.h) of what was applied is at most this long. */
@@ -139,8 +141,18 @@ struct store *store_open(const char *state_dir, char *err, size_t errlen);
  * STORE_BUSY_TIMEOUT_MS. */
 struct store *store_open_timeout(const char *state_dir, int busy_ms, char *err, size_t errlen);
 
+/* Opens <state_dir>/remotetask.db for reading only (remotetaskctl's trace):
+ * creates nothing, migrates nothing, and works while the daemon runs or
+ * not. Returns a handle to free with store_free(), or NULL with the reason
+ * in err: there is no store, the file is not a database, or its schema
+ * version is not STORE_SCHEMA_VERSION (a newer remotetask wrote it, or
+ * this version's daemon has not run on it yet). Every read of store.h
+ * works on it; a write returns RT_REJECT. */
+struct store *store_open_readonly(const char *state_dir, char *err, size_t errlen);
+
 /* Closes the database and frees the handle; an open transaction is rolled
- * back. Accepts NULL. */
+ * back first. Journal rows still queued (store_journal.h) are written in
+ * a transaction of their own. Accepts NULL. */
 void store_free(struct store *st);
 
 /* The reason for the last failure on this handle, "" if none. The string

@@ -627,7 +627,7 @@ static void test_migrates_version_1(void **state)
     struct store *st = open_ok(f);
     store_free(st);
     exec_raw(f->db, "DROP TABLE outbox; DROP TABLE fwd; DROP TABLE links; DROP TABLE rev;"
-                    "DROP TABLE meta; PRAGMA user_version = 0;");
+                    "DROP TABLE meta; DROP TABLE journal; PRAGMA user_version = 0;");
     /* The tables exactly as migration 1 made them, with a row in each. */
     exec_raw(f->db,
              "CREATE TABLE outbox (client TEXT NOT NULL, task INTEGER NOT NULL, gen INTEGER NOT "
@@ -661,6 +661,76 @@ static void test_migrates_version_1(void **state)
     assert_int_equal(l.dst_task, 90);
     assert_string_equal(l.applied, "");
     store_free(st);
+}
+
+/* A database at version 2 gets the journal (migration 3) with its rows
+ * kept, and this version's rule for the file holds: the version is 3
+ * now, which an older remotetask refuses as "written by a newer one"
+ * (test_future_version_refused shows the refusal). */
+static void test_migrates_version_2(void **state)
+{
+    struct fixture *f = *state;
+    struct store *st = open_ok(f);
+    OK(st, store_fwd_confirm(st, "7", 9, 4, "abc", 1000));
+    store_free(st);
+    exec_raw(f->db, "DROP TABLE journal; PRAGMA user_version = 2;");
+    assert_int_equal(user_version(f->db), 2);
+
+    st = open_ok(f);
+    assert_int_equal(user_version(f->db), 3);
+    assert_int_equal(STORE_SCHEMA_VERSION, 3);
+    struct store_fwd fw;
+    OK(st, store_fwd_get(st, "7", 9, &fw));
+    assert_int_equal(fw.seq, 4);
+    store_free(st);
+    /* The table and its index exist as the journal uses them. */
+    exec_raw(f->db, "INSERT INTO journal (ts_ms, side, client, src_task, event)"
+                    " VALUES (1, 1, '7', 9, 'recorded');"
+                    "SELECT id FROM journal INDEXED BY journal_task"
+                    " WHERE side = 1 AND client = '7' AND src_task = 9;");
+}
+
+/* The read-only handle of remotetaskctl's trace: reads what a writer
+ * committed, also while the writer holds its handle open, writes nothing,
+ * creates nothing, and reads only this version's schema. */
+static void test_open_readonly(void **state)
+{
+    struct fixture *f = *state;
+    char err[512] = "";
+
+    /* No store yet: an error, and nothing is created. */
+    assert_null(store_open_readonly(f->state, err, sizeof err));
+    assert_non_null(strstr(err, "there is no store"));
+    struct stat sb;
+    assert_int_equal(stat(f->state, &sb), -1);
+
+    struct store *w = open_ok(f);
+    OK(w, store_fwd_confirm(w, "7", 9, 4, "abc", 1000));
+    struct store *r = store_open_readonly(f->state, err, sizeof err);
+    if (!r)
+        fail_msg("store_open_readonly: %s", err);
+    struct store_fwd fw;
+    OK(r, store_fwd_get(r, "7", 9, &fw));
+    assert_int_equal(fw.seq, 4);
+    /* A commit of the writer after the reader opened is seen. */
+    OK(w, store_fwd_confirm(w, "7", 9, 5, "abd", 2000));
+    OK(r, store_fwd_get(r, "7", 9, &fw));
+    assert_int_equal(fw.seq, 5);
+    /* Writes are refused. */
+    assert_int_equal(store_outbox_add(r, "7", 1, 1000), RT_REJECT);
+    assert_int_equal(store_begin(r), RT_REJECT);
+    assert_int_equal(backlog(w), 0);
+    store_free(r);
+    store_free(w);
+
+    /* Another version's schema is refused, and left as it was. */
+    exec_raw(f->db, "PRAGMA user_version = 99");
+    assert_null(store_open_readonly(f->state, err, sizeof err));
+    assert_non_null(strstr(err, "newer"));
+    exec_raw(f->db, "PRAGMA user_version = 2");
+    assert_null(store_open_readonly(f->state, err, sizeof err));
+    assert_non_null(strstr(err, "older"));
+    assert_int_equal(user_version(f->db), 2);
 }
 
 /* ---- rev and meta ----------------------------------------------------- */
@@ -1217,6 +1287,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_journal_mode_is_wal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_migration_2_columns, setup, teardown),
         cmocka_unit_test_setup_teardown(test_migrates_version_1, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_migrates_version_2, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_open_readonly, setup, teardown),
         cmocka_unit_test_setup_teardown(test_future_version_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_state_dir_is_a_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_not_a_database_refused, setup, teardown),
