@@ -30,6 +30,7 @@
 #include "broker.h"
 #include "redact.h"
 #include "rmq.h"
+#include "store_journal.h"
 
 _Static_assert(CONFIG_MAX_AMQP_NODES <= BROKER_MAX_NODES,
                "every node of amqp.uri must fit in one broker object");
@@ -224,6 +225,13 @@ static const struct item config_items[] = {
 
     GROUP("metrics", 0, NO_FIELD),
     STR("metrics.listen", IT_STRING, 0, "", 0, 300, metrics.listen, check_listen),
+
+    /* The bounds are the store's (store_journal.h). */
+    GROUP("journal", 0, NO_FIELD),
+    INT("journal.entries", IT_INT, STORE_JOURNAL_ENTRIES_DEFAULT, 0, STORE_JOURNAL_ENTRIES_MAX,
+        journal.entries),
+    INT("journal.days", IT_INT, STORE_JOURNAL_DAYS_DEFAULT, 1, STORE_JOURNAL_DAYS_MAX,
+        journal.days),
 };
 
 #define N_ITEMS (sizeof(config_items) / sizeof(config_items[0]))

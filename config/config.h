@@ -153,6 +153,12 @@ struct config_metrics {
     int port;
 };
 
+/* The journal of each task's journey (common/store_journal.h). */
+struct config_journal {
+    int entries; /* rows kept per task, 0..10000; 0 = no journal */
+    int days;    /* rows older than this go, 1..3650 */
+};
+
 struct config {
     char *file; /* the path it was loaded from */
     char *instance;
@@ -164,6 +170,7 @@ struct config {
     struct config_client client;
     struct config_server server;
     struct config_metrics metrics;
+    struct config_journal journal;
 };
 
 /* Loads and validates path. On success returns a new struct config (free it

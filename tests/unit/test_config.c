@@ -273,6 +273,8 @@ static void test_client_example_loads(void **state)
     assert_int_equal(cfg->client.departments[0].remote, 12);
     assert_int_equal(cfg->client.n_performers, 0);
     assert_false(cfg->metrics.enabled);
+    assert_int_equal(cfg->journal.entries, 100);
+    assert_int_equal(cfg->journal.days, 30);
     assert_null(config_server_client_find(cfg, "7"));
     config_free(cfg);
 }
@@ -412,6 +414,26 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->server.sync_interval, 300);
     assert_false(cfg->metrics.enabled);
     assert_string_equal(cfg->metrics.listen, "");
+    assert_int_equal(cfg->journal.entries, 100);
+    assert_int_equal(cfg->journal.days, 30);
+    config_free(cfg);
+}
+
+/* The journal's bounds, set; 0 entries (no journal) is a value. */
+static void test_journal_settings(void **state)
+{
+    struct fixture *fx = *state;
+    struct parts p = {.top = "journal: { entries = 0; days = 7; };"};
+    write_conf(fx, &p);
+    struct config *cfg = expect_load(fx->path);
+    assert_int_equal(cfg->journal.entries, 0);
+    assert_int_equal(cfg->journal.days, 7);
+    config_free(cfg);
+    p.top = "journal: { entries = 10000; days = 3650; };";
+    write_conf(fx, &p);
+    cfg = expect_load(fx->path);
+    assert_int_equal(cfg->journal.entries, 10000);
+    assert_int_equal(cfg->journal.days, 3650);
     config_free(cfg);
 }
 
@@ -574,6 +596,12 @@ static const struct bad_case bad_cases[] = {
     {L_METRICS, "listen = \"[::1]\";",
      "metrics.listen: must be \"HOST:PORT\", like \"[::1]:9464\""},
     {L_METRICS, "listne = \"127.0.0.1:9464\";", "metrics.listne: unknown setting"},
+    {L_TOP, "journal: { entries = -1; };", "journal.entries: must be between 0 and 10000, not -1"},
+    {L_TOP, "journal: { entries = 10001; };",
+     "journal.entries: must be between 0 and 10000, not 10001"},
+    {L_TOP, "journal: { days = 0; };", "journal.days: must be between 1 and 3650, not 0"},
+    {L_TOP, "journal: { days = 3651; };", "journal.days: must be between 1 and 3650, not 3651"},
+    {L_TOP, "journal: { dyas = 3; };", "journal.dyas: unknown setting"},
 };
 
 static void test_bad_values_refused(void **state)
@@ -1363,6 +1391,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_server_example_loads, setup, teardown),
         cmocka_unit_test(test_examples_list_every_setting),
         cmocka_unit_test_setup_teardown(test_defaults, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_journal_settings, setup, teardown),
         cmocka_unit_test_setup_teardown(test_connect_timeout_follows_short_timeout, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_values_are_read, setup, teardown),
