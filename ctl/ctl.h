@@ -18,6 +18,8 @@ struct ctl_args {
     const char *command;
     const char *sub;    /* dlq list|replay|purge */
     long elid;          /* --elid N, 0 = not given */
+    const char *client; /* --client C (trace, server side) */
+    long target;        /* --target M (trace, server side), 0 = not given */
     const char *id;     /* --id X */
     bool all;           /* --all */
     bool yes;           /* --yes */
@@ -73,6 +75,17 @@ int ctl_broker_setup(const struct ctl_args *args);
  * received)". Exit 1 with a message on timeout, or when the daemon or the
  * broker cannot be reached. */
 int ctl_checkevent(const struct ctl_args *args);
+
+/* remotetaskctl --command trace --elid N | --client C --elid N |
+ * [--client C] --target M [--json]: the journal of one task, read from
+ * the store (read-only; the daemon may be down), as a table in time order
+ * or as JSON, under a line saying where the task stands. The client side
+ * with --elid alone (N a local task); the server side with --client (C's
+ * task N) or --target (M a local task). Exit 1 when the task is unknown
+ * here (no journal row, no link, nothing sent or applied), when the store
+ * cannot be read, or when the configuration lacks the side asked about;
+ * 2 for --elid and --target together, or neither. */
+int ctl_trace(const struct ctl_args *args);
 
 /* remotetaskctl --command status [--json]: the daemon's status as tables
  * (or its JSON, indented). When the daemon does not answer, prints what

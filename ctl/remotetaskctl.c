@@ -53,6 +53,8 @@ static const struct ctl_command ctl_commands[] = {
     {"status", ctl_status, "queues, backlog, links, last times, errors [--json]"},
     {"dlq", ctl_dlq, "dead letters: list [--json], replay --id X|--all, purge [--id X] --yes"},
     {"resync", ctl_resync, "publish the current state again: --elid N (a task) or --all"},
+    {"trace", ctl_trace,
+     "a task's journey: --elid N; server side --client C --elid N or --target M [--json]"},
     {"broker-setup", ctl_broker_setup,
      "print the rabbitmqctl commands that give each AMQP user what its role needs"},
 };
@@ -65,10 +67,12 @@ static void usage(FILE *to)
                 "  --command NAME      what to do:\n");
     for (size_t i = 0; i < sizeof(ctl_commands) / sizeof(ctl_commands[0]); i++)
         fprintf(to, "      %-14s %s\n", ctl_commands[i].name, ctl_commands[i].help);
-    fprintf(to, "  --elid N            a task id (taskevent, resync)\n"
+    fprintf(to, "  --elid N            a task id (taskevent, resync, trace)\n"
+                "  --client C          whose task --elid is (trace, server side)\n"
+                "  --target M          a target task id (trace, server side)\n"
                 "  --id X, --all       the dead letter(s) to act on (dlq)\n"
                 "  --yes               really remove (dlq purge)\n"
-                "  --json              machine-readable output (status)\n"
+                "  --json              machine-readable output (status, trace)\n"
                 "  -h, --help          this text\n");
 }
 
@@ -180,13 +184,30 @@ free_names:
 
 int main(int argc, char **argv)
 {
-    enum { OPT_COMMAND = 256, OPT_ELID, OPT_JSON, OPT_ID, OPT_ALL, OPT_YES, OPT_TIMEOUT };
+    enum {
+        OPT_COMMAND = 256,
+        OPT_ELID,
+        OPT_JSON,
+        OPT_ID,
+        OPT_ALL,
+        OPT_YES,
+        OPT_TIMEOUT,
+        OPT_CLIENT,
+        OPT_TARGET
+    };
     static const struct option longopts[] = {
-        {"config", required_argument, NULL, 'c'}, {"command", required_argument, NULL, OPT_COMMAND},
-        {"elid", required_argument, NULL, OPT_ELID}, {"json", no_argument, NULL, OPT_JSON},
-        {"id", required_argument, NULL, OPT_ID},    {"all", no_argument, NULL, OPT_ALL},
-        {"yes", no_argument, NULL, OPT_YES},        {"timeout", required_argument, NULL, OPT_TIMEOUT},
-        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
+        {"config", required_argument, NULL, 'c'},
+        {"command", required_argument, NULL, OPT_COMMAND},
+        {"elid", required_argument, NULL, OPT_ELID},
+        {"json", no_argument, NULL, OPT_JSON},
+        {"id", required_argument, NULL, OPT_ID},
+        {"all", no_argument, NULL, OPT_ALL},
+        {"yes", no_argument, NULL, OPT_YES},
+        {"timeout", required_argument, NULL, OPT_TIMEOUT},
+        {"client", required_argument, NULL, OPT_CLIENT},
+        {"target", required_argument, NULL, OPT_TARGET},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     struct ctl_args args = {0};
     const char *env_elid = getenv("PARAM_elid");
@@ -205,6 +226,13 @@ int main(int argc, char **argv)
         case OPT_ELID:
             if ((args.elid = parse_id(optarg)) < 0) {
                 fprintf(stderr, "remotetaskctl: --elid: \"%s\" is not a task id\n", optarg);
+                return 2;
+            }
+            break;
+        case OPT_CLIENT: args.client = optarg; break;
+        case OPT_TARGET:
+            if ((args.target = parse_id(optarg)) < 0) {
+                fprintf(stderr, "remotetaskctl: --target: \"%s\" is not a task id\n", optarg);
                 return 2;
             }
             break;
