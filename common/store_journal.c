@@ -281,6 +281,16 @@ void store_journal_add(struct store *st, int64_t ts_ms, enum store_side side, co
                        int64_t src_task, int64_t dst_task, const char *event, uint64_t seq,
                        const char *fmt, ...)
 {
+    va_list ap;
+    va_start(ap, fmt);
+    store_journal_vadd(st, ts_ms, side, client, src_task, dst_task, event, seq, fmt, ap);
+    va_end(ap);
+}
+
+void store_journal_vadd(struct store *st, int64_t ts_ms, enum store_side side, const char *client,
+                        int64_t src_task, int64_t dst_task, const char *event, uint64_t seq,
+                        const char *fmt, va_list ap)
+{
     struct store_journal *j = st ? st->journal : NULL;
     char text[JOURNAL_FORMAT_MAX];
 
@@ -312,12 +322,8 @@ void store_journal_add(struct store *st, int64_t ts_ms, enum store_side side, co
     snprintf(e->client, sizeof(e->client), "%s", client);
     journal_clean(e->event, sizeof(e->event), event);
     text[0] = '\0';
-    if (fmt) {
-        va_list ap;
-        va_start(ap, fmt);
+    if (fmt)
         vsnprintf(text, sizeof(text), fmt, ap);
-        va_end(ap);
-    }
     journal_clean(e->detail, sizeof(e->detail), text);
     if (j->len == 0)
         j->first_at = journal_mono_ms();

@@ -42,6 +42,7 @@
 #ifndef RT_STORE_JOURNAL_H
 #define RT_STORE_JOURNAL_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -149,6 +150,11 @@ rt_status store_journal_configure(struct store *st, int entries, int days);
 void store_journal_add(struct store *st, int64_t ts_ms, enum store_side side, const char *client,
                        int64_t src_task, int64_t dst_task, const char *event, uint64_t seq,
                        const char *fmt, ...) __attribute__((format(printf, 9, 10)));
+
+/* The same with a va_list, for a component's own journal helper. */
+void store_journal_vadd(struct store *st, int64_t ts_ms, enum store_side side, const char *client,
+                        int64_t src_task, int64_t dst_task, const char *event, uint64_t seq,
+                        const char *fmt, va_list ap) __attribute__((format(printf, 9, 0)));
 
 /* The background work, for the daemon's loop: writes the queue when its
  * oldest row waited STORE_JOURNAL_FLUSH_MS and nothing committed it, and
