@@ -1,5 +1,6 @@
 #include "forward.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -106,6 +107,9 @@ struct forward {
     void *sync_arg;
     forward_applied_fn applied_hook;
     void *applied_arg;
+    /* A function was answered as missing and logged at error: not again
+     * until an API call succeeds. */
+    int func_missing;
 };
 
 static void slot_start(struct forward_slot *s);
@@ -789,21 +793,121 @@ static void slot_call(struct forward_slot *s, enum forward_state state, const ch
     }
 }
 
+/* What a missed error names (BILLMANAGER-API.md §2: $object is the
+ * missing object), read as producer/relay.c reads it. The element (elid,
+ * or task) is the task asked for: it is gone. "func", or the name of a
+ * function this applier calls, is BILLmanager's answer to a function it
+ * does not have: a configuration error that says nothing about the task.
+ * Anything else, or nothing, is not read as a deletion either: a target
+ * task is never made again on a guess, which could make it twice. */
+enum forward_missed {
+    FORWARD_MISSED_NO = 0, /* not a missed error */
+    FORWARD_MISSED_TASK,   /* the task asked for is gone */
+    FORWARD_MISSED_FUNC,   /* the function called does not exist */
+    FORWARD_MISSED_OTHER,  /* something else, or nothing, is named */
+};
+
+static enum forward_missed forward_missed_what(const struct forward *f,
+                                               const struct billmgr_reply *r)
+{
+    const char *o = r->err_object;
+    if (r->status != RT_REJECT || strcmp(r->err_type, "missed") != 0)
+        return FORWARD_MISSED_NO;
+    if (strcmp(o, "elid") == 0 || strcmp(o, "task") == 0)
+        return FORWARD_MISSED_TASK;
+    if (strcmp(o, "func") == 0 || strcmp(o, f->api->func_task_edit) == 0 ||
+        strcmp(o, f->api->func_task) == 0)
+        return FORWARD_MISSED_FUNC;
+    return FORWARD_MISSED_OTHER;
+}
+
 /* The outcome of a failed API call: a retry, or a dead letter whose
- * reason names the call and the API's error. */
+ * reason names the call and the API's error. A missed error that does not
+ * name the task is retried: a missing function until an operator fixes
+ * the configuration (logged at error once, not once per message), any
+ * other until the API says what it means. */
 static void slot_api_failed(struct forward_slot *s, const char *what, const struct billmgr_reply *r)
 {
+    struct forward *f = s->f;
+    int listing = s->state == FS_RECOVER_LIST;
+    const char *func = listing ? f->api->func_task : f->api->func_task_edit;
+
+    switch (forward_missed_what(f, r)) {
+    case FORWARD_MISSED_FUNC:
+        if (!f->func_missing)
+            log_error("the function \"%s\" does not exist on this BILLmanager (it answers missed, "
+                      "object \"%s\"): check billmanager.api.%s; task messages are retried "
+                      "until it answers",
+                      func, r->err_object, listing ? "func_task" : "func_task_edit");
+        f->func_missing = 1;
+        slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE,
+                  "api: %s: the function \"%s\" does not exist on this BILLmanager (missed, "
+                  "object \"%s\")",
+                  what, func, r->err_object);
+        return;
+    case FORWARD_MISSED_OTHER:
+        slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE,
+                  "api: %s: missed, object \"%s\", which is not the task%s%s", what, r->err_object,
+                  *r->message ? ": " : "", r->message);
+        return;
+    default: break;
+    }
     slot_fail(s, r->status == RT_RETRY ? RT_RETRY : RT_REJECT, FORWARD_DEAD_API,
               "api: %s: %s%s%s%s%s%s", what, r->err_type, *r->err_object ? " (" : "", r->err_object,
               *r->err_object ? ")" : "", *r->message ? ": " : "", r->message);
 }
 
-/* 1 when an API error says the target task is gone (not that the function
- * is unknown, which a real installation also reports as missed). */
-static int forward_reply_missed(const struct billmgr_reply *r)
+/* "a" or "an" before word. */
+static const char *forward_article(const char *word)
 {
-    return r->status == RT_REJECT && strcmp(r->err_type, "missed") == 0 &&
-           strcmp(r->err_object, "func") != 0;
+    return word[0] && strchr("aeiouAEIOU", word[0]) ? "an" : "a";
+}
+
+/* Reads the answer of the view of task elid: out[i] = the text of
+ * fields[i], NULL when the API left it out (as it does a field without a
+ * value). That is trusted only from the view of that very task: its
+ * "elid" and "id", those it has and one at least, must be elid. Returns
+ * 0, or -1 with why set ("names no task", "answers for task \"9\"",
+ * "holds a note that is not text") when the answer is not that view or a
+ * field holds something other than text: read as empty, such a field
+ * would erase what the target holds, or hide the origin block of a task
+ * already made. */
+static int forward_view_read(json_t *doc, int64_t elid, const char *const *fields, const char **out,
+                             size_t n, char *why, size_t whylen)
+{
+    static const char *const ids[] = {"elid", "id"};
+    int named = 0;
+
+    for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
+        const char *t;
+        int r = billmgr_text_field(doc, ids[i], &t);
+        if (r < 0) {
+            snprintf(why, whylen, "holds %s %s that is not text", forward_article(ids[i]), ids[i]);
+            return -1;
+        }
+        if (r == 0)
+            continue;
+        char *end;
+        errno = 0;
+        long long v = strtoll(t, &end, 10);
+        if (errno || end == t || *end || v != elid) {
+            snprintf(why, whylen, "answers for task \"%.32s\"", t);
+            return -1;
+        }
+        named = 1;
+    }
+    if (!named) {
+        snprintf(why, whylen, "names no task");
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (billmgr_text_field(doc, fields[i], &out[i]) < 0) {
+            snprintf(why, whylen, "holds %s %s that is not text", forward_article(fields[i]),
+                     fields[i]);
+            return -1;
+        }
+    }
+    return 0;
 }
 
 /* The intent of a create, then the create. */
@@ -982,8 +1086,20 @@ static void slot_listed(struct forward_slot *s, json_t *doc)
     for (size_t i = 0; i < rows; i++) {
         json_t *e = json_is_array(elems) ? json_array_get(elems, i) : elems;
         struct store_link other;
+        const char *text;
         long id;
-        if (billmgr_long(e, "id", &id) < 0 || id <= 0 || id <= s->after)
+        /* A row that cannot be read may be the task the create made: a
+         * search that skipped it would make the task a second time. */
+        int got = billmgr_text_field(e, "id", &text);
+        if (got <= 0 || billmgr_long(e, "id", &id) < 0 || id <= 0) {
+            slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE,
+                      "api: the list of department %ld has a row %s", s->client->department,
+                      got < 0    ? "whose id is not text"
+                      : got == 0 ? "without an id"
+                                 : "whose id is not a task id");
+            return;
+        }
+        if (id <= s->after)
             continue;
         rt_status st = store_link_by_dst(s->f->st, s->client->id, id, &other);
         if (st != RT_OK) {
@@ -1005,23 +1121,34 @@ static void slot_listed(struct forward_slot *s, json_t *doc)
     slot_recover_next(s);
 }
 
-/* A candidate viewed: it is ours when its note holds our origin block. */
+/* A candidate viewed: it is ours when its note holds our origin block. A
+ * view that cannot tell (not the candidate's, or fields that are not
+ * text) is retried: taken as "not ours", it would make the task again. */
 static void slot_recover_viewed(struct forward_slot *s, json_t *doc)
 {
     const struct config_billmgr_api *api = s->f->api;
-    const char *note = billmgr_text(doc, api->field_note);
+    enum { V_NOTE, V_NAME, V_TYPE, V_DEADLINE, V_STATUS, V_N };
+    const char *const fields[V_N] = {api->field_note, api->field_name, api->field_type,
+                                     api->field_deadline, api->field_status};
+    const char *v[V_N] = {NULL};
+    int64_t id = s->cand[s->icand - 1];
     long status = 0;
+    char why[128];
 
-    if (!notes_has_origin(note, s->origin)) {
+    if (forward_view_read(doc, id, fields, v, V_N, why, sizeof(why)) < 0) {
+        slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE,
+                  "api: the view of task %" PRId64 " of department %ld %s", id,
+                  s->client->department, why);
+        return;
+    }
+    if (!notes_has_origin(v[V_NOTE], s->origin)) {
         slot_recover_next(s);
         return;
     }
     billmgr_long(doc, api->field_status, &status);
-    s->link.dst_task = s->cand[s->icand - 1];
+    s->link.dst_task = id;
     forward_seen_dst(s->f, s->client, s->link.dst_task);
-    if (forward_adopt_applied(billmgr_text(doc, api->field_name),
-                              billmgr_text(doc, api->field_type),
-                              billmgr_text(doc, api->field_deadline), status, note, s->origin,
+    if (forward_adopt_applied(v[V_NAME], v[V_TYPE], v[V_DEADLINE], status, v[V_NOTE], s->origin,
                               &s->msg, s->link.applied, sizeof(s->link.applied)) < 0)
         s->link.applied[0] = '\0'; /* cannot happen with the fixed keys: resend all */
     slot_adopt(s);
@@ -1132,7 +1259,10 @@ static void forward_on_reply(void *arg, const struct billmgr_reply *r)
 {
     struct forward_slot *s = arg;
     struct forward *f = s->f;
+    char why[128];
 
+    if (r->status == RT_OK)
+        f->func_missing = 0;
     switch (s->state) {
     case FS_RECOVER_LIST:
         if (r->status != RT_OK) {
@@ -1142,7 +1272,7 @@ static void forward_on_reply(void *arg, const struct billmgr_reply *r)
         slot_listed(s, r->doc);
         return;
     case FS_RECOVER_VIEW:
-        if (forward_reply_missed(r)) { /* deleted meanwhile: not ours anyway */
+        if (forward_missed_what(f, r) == FORWARD_MISSED_TASK) { /* deleted: not ours anyway */
             slot_recover_next(s);
             return;
         }
@@ -1173,7 +1303,7 @@ static void forward_on_reply(void *arg, const struct billmgr_reply *r)
         return;
     }
     case FS_VIEW_TARGET: {
-        if (forward_reply_missed(r)) {
+        if (forward_missed_what(f, r) == FORWARD_MISSED_TASK) {
             slot_recreate(s);
             return;
         }
@@ -1181,11 +1311,20 @@ static void forward_on_reply(void *arg, const struct billmgr_reply *r)
             slot_api_failed(s, "viewing the target task", r);
             return;
         }
-        slot_target_viewed(s, billmgr_text(r->doc, f->api->field_note));
+        /* An unreadable note read as empty would be overwritten with the
+         * new block alone, and what target staff wrote with it. */
+        const char *const field[1] = {f->api->field_note};
+        const char *note = NULL;
+        if (forward_view_read(r->doc, s->link.dst_task, field, &note, 1, why, sizeof(why)) < 0) {
+            slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "api: the view of target task %" PRId64 " %s",
+                      s->link.dst_task, why);
+            return;
+        }
+        slot_target_viewed(s, note);
         return;
     }
     case FS_EDIT:
-        if (forward_reply_missed(r)) {
+        if (forward_missed_what(f, r) == FORWARD_MISSED_TASK) {
             slot_recreate(s);
             return;
         }

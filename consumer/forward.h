@@ -59,6 +59,20 @@
  * remotetask.dead.<C>.forward) with x-rt-reason, x-rt-kind, x-rt-client,
  * x-rt-task, x-rt-queue, x-rt-attempts, x-rt-message-id and x-rt-user.
  *
+ * Answers the API client passes may still be unreadable where it matters
+ * (billmgr_text_field: a field of the wrong type, such as repeated
+ * elements where text belongs). Nothing is read from them as empty: a
+ * list row whose id is not text, a view that is not the view of the task
+ * asked for (its elid or id, one at least, must be that task) or whose
+ * note, name, type, deadline or status is not text is a failure for now
+ * (RT_RETRY, the reason naming the field), never a task "not ours"
+ * (which would create it twice) nor an empty note (which would overwrite
+ * the target's). A missed error means the target task is gone (and is
+ * created again) only when its $object is elid or task; one naming the
+ * function (func, or the configured function's name) is a configuration
+ * error, logged at error once and retried, as is one naming anything else
+ * or nothing.
+ *
  * The target task's note gets one block per change of the source's native
  * note (common/notes.h), whose header "from client C, task T" also marks
  * the created task as made for (C, T). When the message describes a service
