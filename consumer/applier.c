@@ -10,6 +10,7 @@
 #include "fp.h"
 #include "log.h"
 #include "store.h"
+#include "store_journal.h"
 
 /* The broker calls the applier makes, in one table: applier_new() sets the
  * broker's own, and a unit test that compiles this file in
@@ -66,6 +67,25 @@ struct applier {
 };
 
 static void applier_pump(struct applier *a);
+
+static void applier_journal(const struct applier_slot *s, const char *event, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Tells the owner's journal what happened to the slot's task; a delivery
+ * whose task is not known (undecodable) has no journal to go to. */
+static void applier_journal(const struct applier_slot *s, const char *event, const char *fmt, ...)
+{
+    const struct applier *a = s->a;
+    char detail[APPLIER_REASON_MAX + 64];
+    va_list ap;
+
+    if (!a->ops->journal || s->task == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof(detail), fmt, ap);
+    va_end(ap);
+    a->ops->journal(a->owner, s, event, detail);
+}
 
 static void applier_copy(char *dst, size_t size, const char *src)
 {
@@ -370,6 +390,8 @@ void applier_defer(struct applier_slot *s, const char *fmt, ...)
         return;
     }
     s->deferred = 1;
+    if (!s->defer_ms)
+        applier_journal(s, JOURNAL_HELD, "%s", cause);
     s->defer_ms = applier_backoff(s->defer_ms, APPLIER_DEFER_MIN_MS, APPLIER_DEFER_MAX_MS);
     s->resume_at = applier_clock_ms(a) + s->defer_ms;
     if (strcmp(cause, a->trouble) != 0) {
@@ -519,6 +541,8 @@ struct applier_slot *applier_take(struct applier *a, const struct broker_deliver
                                                         : attempts;
     applier_copy(s->user, sizeof(s->user),
                  applier_sender(d->user_id, own_user, broker_delivery_header_str(d, "x-rt-user")));
+    int64_t replayed = 0;
+    s->replayed = broker_delivery_header_int(d, "x-rt-replayed", &replayed) == 0 && replayed;
     s->too_big = d->too_big;
     if (!d->too_big && d->len) {
         s->body = malloc(d->len);
@@ -555,6 +579,8 @@ void applier_schedule(struct applier_slot *s, int64_t task, uint64_t seq)
     s->keyed = 1;
     s->task = task;
     s->seq = seq;
+    if (s->replayed)
+        applier_journal(s, JOURNAL_REPLAYED, "from the dead-letter queue");
     struct applier_slot *act = applier_active(a, s);
     if (!act) {
         s->phase = APPLIER_READY;
@@ -568,6 +594,7 @@ void applier_schedule(struct applier_slot *s, int64_t task, uint64_t seq)
         log_debug("dropped seq %" PRIu64 " of task %" PRId64 " of client \"%s\": seq %" PRIu64
                   " is in hand",
                   s->seq, s->task, s->client, act->seq);
+        applier_journal(s, JOURNAL_DROPPED, "duplicate: seq %" PRIu64 " is in hand", act->seq);
         applier_ack(s);
         return;
     }
@@ -582,6 +609,8 @@ void applier_schedule(struct applier_slot *s, int64_t task, uint64_t seq)
         a->stats.superseded++;
         log_debug("dropped seq %" PRIu64 " of task %" PRId64 " of client \"%s\": superseded",
                   drop->seq, drop->task, drop->client);
+        applier_journal(drop, JOURNAL_DROPPED, "superseded by seq %" PRIu64,
+                        drop == s ? w->seq : s->seq);
         applier_ack(drop);
         if (drop == s)
             return;
@@ -605,8 +634,11 @@ int applier_on_confirm(struct applier *a, uint64_t tag, enum broker_fate fate)
         case BROKER_ACKED:
             if (retry) {
                 a->stats.retried++;
+                applier_journal(s, JOURNAL_RETRIED, "attempt %" PRId64 ": %s", s->attempts + 1,
+                                s->reason);
             } else {
                 a->stats.dead++;
+                applier_journal(s, JOURNAL_DEAD, "%s", s->reason);
                 if (a->ops->dead)
                     a->ops->dead(a->owner, s);
             }

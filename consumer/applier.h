@@ -118,6 +118,7 @@ struct applier_slot {
     unsigned char *body;            /* a copy, NULL when empty or over the cap */
     size_t len;
     int too_big;  /* the broker did not hand the body: over its cap */
+    int replayed; /* x-rt-replayed: `dlq replay` sent it back from the dead letters */
     int64_t task; /* the source task, 0 until known */
     /* Set by applier_schedule(): in per task order, by seq. */
     int keyed;
@@ -160,6 +161,12 @@ struct applier_ops {
     /* A slot became free (acked, requeued or released). May be NULL; it
      * must not free the applier. */
     void (*released)(void *owner);
+    /* Something happened to the task of a slot whose task is known, for
+     * the owner's journal (common/store_journal.h): event is one of its
+     * names (replayed, dropped, retried, dead-lettered, held), detail a
+     * sentence (the reason; borrowed for the call). May be NULL. */
+    void (*journal)(void *owner, const struct applier_slot *s, const char *event,
+                    const char *detail);
 };
 
 /* Counters since applier_new(). */
