@@ -1,5 +1,6 @@
 #include "reverse.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -779,14 +780,76 @@ static int slot_plan_resolved(struct reverse_slot *s, const char *note)
     return 0;
 }
 
-/* The source task as it is now: what the plan still has to change. */
+/* "a" or "an" before word. */
+static const char *reverse_article(const char *word)
+{
+    return word[0] && strchr("aeiouAEIOU", word[0]) ? "an" : "a";
+}
+
+/* Reads the answer of the view of task elid: out[i] = the text of
+ * fields[i], NULL when the API left it out (as it does a field without a
+ * value). That is trusted only from the view of that very task: its
+ * "elid" and "id", those it has and one at least, must be elid. Returns
+ * 0, or -1 with why set ("names no task", "answers for task \"9\"",
+ * "holds a note that is not text") when the answer is not that view or a
+ * field holds something other than text: a note read as empty would be
+ * overwritten with the new block alone. */
+static int reverse_view_read(json_t *doc, int64_t elid, const char *const *fields, const char **out,
+                             size_t n, char *why, size_t whylen)
+{
+    static const char *const ids[] = {"elid", "id"};
+    int named = 0;
+
+    for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
+        const char *t;
+        int r = billmgr_text_field(doc, ids[i], &t);
+        if (r < 0) {
+            snprintf(why, whylen, "holds %s %s that is not text", reverse_article(ids[i]), ids[i]);
+            return -1;
+        }
+        if (r == 0)
+            continue;
+        char *end;
+        errno = 0;
+        long long v = strtoll(t, &end, 10);
+        if (errno || end == t || *end || v != elid) {
+            snprintf(why, whylen, "answers for task \"%.32s\"", t);
+            return -1;
+        }
+        named = 1;
+    }
+    if (!named) {
+        snprintf(why, whylen, "names no task");
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (billmgr_text_field(doc, fields[i], &out[i]) < 0) {
+            snprintf(why, whylen, "holds %s %s that is not text", reverse_article(fields[i]),
+                     fields[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The source task as it is now: what the plan still has to change. A view
+ * that cannot say (fields that are not text, or not the task's view) is
+ * retried rather than read as an empty note, status or performer. */
 static void slot_viewed(struct reverse_slot *s, json_t *doc)
 {
     const struct config_billmgr_api *api = s->r->api;
-    const char *current = billmgr_text(doc, api->field_note);
+    const char *const fields[] = {api->field_note, api->field_status, api->field_performer};
+    const char *v[3] = {NULL};
     long status = -1, performer = 0;
+    char why[128];
     char *note;
 
+    if (reverse_view_read(doc, s->msg.task, fields, v, 3, why, sizeof(why)) < 0) {
+        slot_fail(s, RT_RETRY, REVERSE_DEAD_NONE, "api: the view of task %" PRId64 " %s",
+                  s->msg.task, why);
+        return;
+    }
+    const char *current = v[0];
     if (s->pending && slot_plan_resolved(s, current) < 0)
         return;
     if (billmgr_long(doc, api->field_status, &status) < 0)

@@ -50,6 +50,12 @@
  * commit, the next state of the task views it and does not append the
  * block a second time.
  *
+ * The view of T is read only when it is T's (its elid or id, one at
+ * least, is T) and its note, status and performer are text or absent
+ * (billmgr_text_field): otherwise the state is retried (RT_RETRY, the
+ * reason naming the field), since a note read as empty would be
+ * overwritten with the new block alone.
+ *
  * A sync_done message answers a sync request (checkevent): once every
  * delivery taken before it has finished, the sync_done hook runs with the
  * request's id, the count the server sent and how many states this applier

@@ -587,6 +587,17 @@ static void forged_blocks_are_stripped(void **state)
  * (FAKE_MAX_REQ reached, an answer jansson would not build) is answered
  * 500 and marks it broken, which rig_down() fails on. */
 #define FAKE_MAX_REQ 16
+
+/* How the stand-in answers views: as the API does, or as a hostile one. */
+enum fake_spoil {
+    FAKE_SPOIL_NONE = 0,
+    FAKE_SPOIL_NOTE,   /* the note as a one-element array of itself */
+    FAKE_SPOIL_STATUS, /* the status so */
+    FAKE_SPOIL_ARRAYS, /* every text field so (the emulator's fields_arrays) */
+    FAKE_SPOIL_OTHER,  /* the view of another task (elid 999) */
+    FAKE_SPOIL_EMPTY,  /* an API document holding nothing */
+};
+
 struct fake {
     pthread_mutex_t lock;
     struct http_stub *stub;
@@ -596,6 +607,7 @@ struct fake {
     const char *task_status;
     const char *task_performer;
     const char *task_note;
+    enum fake_spoil spoil; /* how views are answered */
 };
 
 static struct fake fake = {.lock = PTHREAD_MUTEX_INITIALIZER};
@@ -665,11 +677,32 @@ static int fake_answer(void *arg, const char *body, char **out)
     fake_decode(body, decoded, sizeof(fake.req[0]));
 
     /* jansson escapes the note's newlines and quotes. */
-    json_t *doc =
-        strstr(decoded, "\nsok=ok\n")
-            ? json_pack("{s:{s:{}}}", "doc", "ok")
-            : json_pack("{s:{s:{s:s},s:{s:s},s:{s:s}}}", "doc", "status", "$", fake.task_status,
-                        "performer", "$", fake.task_performer, "note", "$", fake.task_note);
+    const char *elid = strstr(decoded, "\nelid=");
+    char id[32];
+    snprintf(id, sizeof(id), "%.*s", elid ? (int)strcspn(elid + 6, "\n") : 0, elid ? elid + 6 : "");
+    json_t *doc = strstr(decoded, "\nsok=ok\n")
+                      ? json_pack("{s:{s:{}}}", "doc", "ok")
+                      : json_pack("{s:{s:{s:s},s:{s:s},s:{s:s},s:{s:s}}}", "doc", "elid", "$", id,
+                                  "status", "$", fake.task_status, "performer", "$",
+                                  fake.task_performer, "note", "$", fake.task_note);
+    json_t *view = doc && !strstr(decoded, "\nsok=ok\n") ? json_object_get(doc, "doc") : NULL;
+    const char *one = fake.spoil == FAKE_SPOIL_NOTE     ? "note"
+                      : fake.spoil == FAKE_SPOIL_STATUS ? "status"
+                                                        : NULL;
+    const char *k;
+    json_t *v;
+    void *tmp;
+    if (view && (one || fake.spoil == FAKE_SPOIL_ARRAYS)) {
+        json_object_foreach_safe(view, tmp, k, v)
+        {
+            if (!one || strcmp(k, one) == 0)
+                json_object_set_new(view, k, json_pack("[O]", v));
+        }
+    } else if (view && fake.spoil == FAKE_SPOIL_OTHER) {
+        json_object_set_new(view, "elid", json_pack("{s:s}", "$", "999"));
+    } else if (view && fake.spoil == FAKE_SPOIL_EMPTY) {
+        json_object_clear(view);
+    }
     *out = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
     json_decref(doc);
     if (!*out) {
@@ -691,6 +724,7 @@ static int fake_start(void)
     fake.broken = 0;
     fake.nreq = 0;
     fake.task_status = fake.task_performer = fake.task_note = NULL;
+    fake.spoil = FAKE_SPOIL_NONE;
     pthread_mutex_unlock(&fake.lock);
     fake.stub = http_stub_start(fake_answer, NULL, err, sizeof(err));
     if (!fake.stub)
@@ -705,6 +739,14 @@ static void fake_task(const char *status, const char *performer, const char *not
     fake.task_status = status;
     fake.task_performer = performer;
     fake.task_note = note;
+    pthread_mutex_unlock(&fake.lock);
+}
+
+/* Sets how views are answered. */
+static void fake_spoil(enum fake_spoil how)
+{
+    pthread_mutex_lock(&fake.lock);
+    fake.spoil = how;
     pthread_mutex_unlock(&fake.lock);
 }
 
@@ -1184,6 +1226,9 @@ static struct {
     size_t nack, npub;
     uint64_t acked[16];
     char pub_kind[16][32];
+    char pub_exchange[16][BROKER_NAME_MAX];
+    char pub_reason[16]
+                   [APPLIER_REASON_MAX]; /* x-rt-error of a retry, x-rt-reason of a dead letter */
     uint64_t next_tag;
 } rb;
 
@@ -1209,15 +1254,19 @@ static rt_status rb_publish(struct broker *b, const char *exchange, const char *
                             uint64_t *tag)
 {
     (void)b;
-    (void)exchange;
     (void)key;
     (void)body;
     (void)len;
     assert_true(rb.npub < 16);
-    rb.pub_kind[rb.npub][0] = '\0';
-    for (size_t i = 0; i < props->n_headers; i++)
-        if (strcmp(props->headers[i].key, "x-rt-kind") == 0)
+    rb.pub_kind[rb.npub][0] = rb.pub_reason[rb.npub][0] = '\0';
+    snprintf(rb.pub_exchange[rb.npub], sizeof(rb.pub_exchange[0]), "%s", exchange);
+    for (size_t i = 0; i < props->n_headers; i++) {
+        const char *hk = props->headers[i].key;
+        if (strcmp(hk, "x-rt-kind") == 0)
             snprintf(rb.pub_kind[rb.npub], sizeof(rb.pub_kind[0]), "%s", props->headers[i].str);
+        if (strcmp(hk, "x-rt-error") == 0 || strcmp(hk, "x-rt-reason") == 0)
+            snprintf(rb.pub_reason[rb.npub], sizeof(rb.pub_reason[0]), "%s", props->headers[i].str);
+    }
     rb.npub++;
     *tag = ++rb.next_tag;
     return RT_OK;
@@ -1340,6 +1389,59 @@ static void impossible_state_seq_is_dead_lettered(void **state)
     rig_down(&g);
 }
 
+/* Fault case 6 (fields_arrays), issue of erased notes: a block is
+ * appended to the note the source task holds, read from its view. A view
+ * whose note, status or performer is not text, or that is not the view of
+ * the task, is retried: read as empty, the note would be overwritten with
+ * the block alone. */
+static void unreadable_view_never_rewrites_the_source_note(void **state)
+{
+    struct config *cfg = test_config();
+    struct codec_msg m;
+    struct rig g;
+    (void)state;
+
+    rig_up_seen(&g, cfg);
+    fake_task("0", "", "Please install the OS.");
+    const struct {
+        enum fake_spoil how;
+        const char *reason;
+    } views[] = {
+        {FAKE_SPOIL_NOTE, "api: the view of task 5 holds a note that is not text"},
+        {FAKE_SPOIL_STATUS, "api: the view of task 5 holds a status that is not text"},
+        {FAKE_SPOIL_ARRAYS, "api: the view of task 5 holds an elid that is not text"},
+        {FAKE_SPOIL_OTHER, "api: the view of task 5 answers for task \"999\""},
+        {FAKE_SPOIL_EMPTY, "api: the view of task 5 names no task"},
+    };
+    size_t n = sizeof(views) / sizeof(views[0]);
+    for (size_t i = 0; i < n; i++) {
+        fake_spoil(views[i].how);
+        test_state(&m, 5, 1, 2, 21, "Ann Smith", "Installed.");
+        rig_deliver(&g, &m, "upstream");
+        drive(g.bm, rig_calls_done, &g);
+        assert_int_equal(fake_nreq(), 1 + i);
+        assert_null(strstr(fake.req[i], "sok=ok")); /* a view, no edit */
+        assert_int_equal(rb.npub, 1 + i);
+        assert_non_null(strstr(rb.pub_exchange[i], BROKER_RETRY_PREFIX));
+        assert_string_equal(rb.pub_reason[i], views[i].reason);
+        applier_on_confirm(g.r->ap, rb.next_tag, BROKER_ACKED);
+        assert_int_equal(rb.nack, 1 + i);
+    }
+
+    /* A healthy API again: the block goes after what the note holds. */
+    fake_spoil(FAKE_SPOIL_NONE);
+    test_state(&m, 5, 1, 2, 21, "Ann Smith", "Installed.");
+    rig_deliver(&g, &m, "upstream");
+    drive(g.bm, rig_calls_done, &g);
+    assert_int_equal(fake_nreq(), n + 2);
+    assert_non_null(strstr(fake.req[n + 1], "\nsok=ok\n"));
+    assert_non_null(strstr(fake.req[n + 1], "\nnote=Please install the OS.\n\n"
+                                            "--- remotetask: from the remote side ---\n"
+                                            "Installed.\n"));
+    assert_int_equal(rb.nack, n + 1);
+    rig_down(&g);
+}
+
 int main(void)
 {
     log_init("test_reverse", LOG_LEVEL_ERROR, 0);
@@ -1369,6 +1471,7 @@ int main(void)
         cmocka_unit_test(interrupted_note_edit_that_did_not_land_is_written),
         cmocka_unit_test(store_failing_at_commit_holds_the_state),
         cmocka_unit_test(impossible_state_seq_is_dead_lettered),
+        cmocka_unit_test(unreadable_view_never_rewrites_the_source_note),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
