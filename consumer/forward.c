@@ -12,6 +12,7 @@
 #include "fp.h"
 #include "log.h"
 #include "notes.h"
+#include "store_journal.h"
 
 /* The queue of client C is FORWARD_QUEUE_PREFIX C (broker_queue_name). */
 #define FORWARD_QUEUE_PREFIX "remotetask.forward."
@@ -121,6 +122,8 @@ static void slot_pend_edit(struct forward_slot *s);
 static void slot_fail(struct forward_slot *s, rt_status status, enum forward_dead_kind kind,
                       const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 static void slot_store_failed(struct forward_slot *s, rt_status st, enum forward_resume resume);
+static void slot_journal(const struct forward_slot *s, const char *event, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 static int64_t forward_now_ms(void)
 {
@@ -498,6 +501,43 @@ void forward_applied_merge(const char *stored, const struct forward_plan *plan, 
 
 /* ---- slots ------------------------------------------------------------- */
 
+/* A row of the task's journey (store_journal.h): the server side's, keyed
+ * by the client's task, with the target task once it is known. */
+static void slot_journal(const struct forward_slot *s, const char *event, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    store_journal_vadd(s->f->st, 0, STORE_SIDE_SERVER, s->client->id, s->msg.task, s->link.dst_task,
+                       event, s->msg.seq, fmt, ap);
+    va_end(ap);
+}
+
+/* The row of an applied message, written in the transaction of its link:
+ * what the target task took (s->commit_what says how it was applied). */
+static void slot_journal_applied(const struct forward_slot *s)
+{
+    const struct forward_plan *p = &s->plan;
+    const char *what = s->commit_what ? s->commit_what : "";
+    const char *stale = p->stale ? "; the target's newer status is kept" : "";
+    const char *restart = strstr(what, "restart") ? " (its edit landed before a restart)" : "";
+
+    char fields[64] = "";
+
+    if (strcmp(what, "created") == 0) {
+        slot_journal(s, JOURNAL_APPLIED, "created%s", stale);
+        return;
+    }
+    if (forward_plan_empty(p)) {
+        slot_journal(s, JOURNAL_APPLIED, "unchanged%s%s", restart, stale);
+        return;
+    }
+    snprintf(fields, sizeof(fields), "%s%s%s%s%s", p->name ? ", name" : "", p->type ? ", type" : "",
+             p->deadline ? ", deadline" : "", p->status ? ", status" : "",
+             p->block ? ", note" : "");
+    slot_journal(s, JOURNAL_APPLIED, "changed %s%s%s", fields[0] ? fields + 2 : "nothing", restart,
+                 stale);
+}
+
 /* Acks the delivery and frees the slot (applier_ack); what this file
  * keeps in it is freed by forward_slot_clear. */
 static void slot_ack(struct forward_slot *s)
@@ -707,6 +747,8 @@ static rt_status slot_link_write(struct forward_slot *s, enum slot_write what)
     if (what == SLOT_WRITE_APPLIED &&
         (st = store_meta_set_i64(f->st, FORWARD_META_LAST_APPLY, now)) != RT_OK)
         goto rollback;
+    if (what == SLOT_WRITE_APPLIED)
+        slot_journal_applied(s);
     if ((st = store_commit(f->st)) != RT_OK)
         return st;
     s->link = cur;
@@ -722,6 +764,7 @@ rollback:
 static void slot_commit(struct forward_slot *s, uint64_t *counter, const char *what)
 {
     s->state = FS_COMMIT;
+    s->commit_what = what; /* for the journal's row, and a resumed commit */
     rt_status st = slot_link_write(s, SLOT_WRITE_APPLIED);
     if (st != RT_OK) {
         /* The target has the change: only the commit is tried again, and
@@ -1163,6 +1206,7 @@ static void slot_adopt(struct forward_slot *s)
         return;
     }
     s->f->stats.adopted++;
+    slot_journal(s, JOURNAL_APPLIED, "adopted: the task an interrupted create made");
     log_info("found target task %" PRId64 " of the interrupted create of task %" PRId64
              " of client \"%s\"",
              s->link.dst_task, s->msg.task, s->client->id);
@@ -1360,6 +1404,7 @@ static void slot_start(struct forward_slot *s)
         log_debug("dropped seq %" PRIu64 " of task %" PRId64 " of client \"%s\": seq %" PRIu64
                   " is applied",
                   s->msg.seq, s->msg.task, s->client->id, s->link.last_seq);
+        slot_journal(s, JOURNAL_DROPPED, "duplicate: seq %" PRIu64 " is applied", s->link.last_seq);
         slot_ack(s);
         return;
     }
@@ -1447,6 +1492,11 @@ void forward_on_delivery(struct forward *f, const struct broker_delivery *d)
         forward_sync(f, s);
         return;
     }
+    if (as->attempts)
+        slot_journal(s, JOURNAL_RECEIVED, "from \"%s\", attempt %" PRId64, as->user,
+                     as->attempts + 1);
+    else
+        slot_journal(s, JOURNAL_RECEIVED, "from \"%s\"", as->user);
     if (s->msg.kind == CODEC_TASK && forward_seq_invalid(f, s))
         return;
     s->decoded = 1;
@@ -1593,12 +1643,23 @@ static void forward_slot_dead(void *owner, const struct applier_slot *as)
     }
 }
 
+/* What the applier tells of a delivery, into the task's journal. */
+static void forward_slot_journal(void *owner, const struct applier_slot *as, const char *event,
+                                 const char *detail)
+{
+    const struct forward_slot *s = as->priv;
+    struct forward *f = owner;
+    store_journal_add(f->st, 0, STORE_SIDE_SERVER, s->client ? s->client->id : as->client, as->task,
+                      s->link.dst_task, event, s->msg.seq, "%s", detail);
+}
+
 static const struct applier_ops forward_ops = {
     .start = forward_slot_start,
     .resume = forward_slot_resume,
     .clear = forward_slot_clear,
     .dead = forward_slot_dead,
     .released = NULL,
+    .journal = forward_slot_journal,
 };
 
 struct forward *forward_new(const struct config *cfg, struct store *st, struct billmgr *bm,
