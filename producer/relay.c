@@ -1,6 +1,7 @@
 #include "relay.h"
 
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,7 @@
 #include "codec.h"
 #include "log.h"
 #include "notes.h"
+#include "store_journal.h"
 
 /* Fields of the task view that BILLMANAGER-API.md marks [doc] rather than
  * [chosen], so they are not settings: the service and the customer. */
@@ -269,6 +271,21 @@ void relay_fields_fp(const struct relay_fields *f, char out[FP_HEX_LEN + 1])
 
 /* ---- slots ----------------------------------------------------------- */
 
+static void slot_journal(const struct relay_slot *s, int64_t ts_ms, const char *event, uint64_t seq,
+                         const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+/* A row of the task's journey (store_journal.h), the client side's, at
+ * ts_ms (0 = now). */
+static void slot_journal(const struct relay_slot *s, int64_t ts_ms, const char *event, uint64_t seq,
+                         const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    store_journal_vadd(s->r->st, ts_ms, STORE_SIDE_CLIENT, s->ev.client, s->ev.task, 0, event, seq,
+                       fmt, ap);
+    va_end(ap);
+}
+
 static int slot_busy(const struct relay *r, const char *client, int64_t task)
 {
     for (size_t i = 0; i < r->nslots; i++) {
@@ -306,6 +323,15 @@ static void slot_defer(struct relay_slot *s, int64_t delay_ms, const char *reaso
 {
     struct relay *r = s->r;
     int64_t next = relay_wall_ms(r) + delay_ms;
+    int64_t shown = delay_ms >= 10000 ? delay_ms / 1000 : delay_ms;
+    const char *unit = delay_ms >= 10000 ? "s" : "ms";
+    /* A failed view is the view's outcome; a failure later is the message's. */
+    if (s->state == SLOT_VIEWING)
+        slot_journal(s, 0, JOURNAL_VIEWED, 0, "%s: %s; retried in %" PRId64 " %s",
+                     r->cfg->billmanager.api.func_task_edit, reason, shown, unit);
+    else
+        slot_journal(s, 0, JOURNAL_DEFERRED, s->seq, "%s; retried in %" PRId64 " %s", reason, shown,
+                     unit);
     rt_status st = store_outbox_defer(r->st, s->ev.client, s->ev.task, next, reason);
     if (st != RT_OK)
         relay_store_failed(r, "cannot defer an event (its row stays due)");
@@ -349,6 +375,7 @@ static void slot_publish(struct relay_slot *s)
         s->state = SLOT_PUBLISHED;
         s->tag = tag;
         r->stats.published++;
+        slot_journal(s, 0, JOURNAL_PUBLISHED, s->seq, "status %d", s->status);
         log_debug("published task %" PRId64 " (seq %" PRIu64 ", tag %" PRIu64 ")", s->ev.task,
                   s->seq, tag);
         return;
@@ -433,8 +460,13 @@ static void slot_commit(struct relay_slot *s)
         st = store_outbox_done(r->st, s->ev.client, s->ev.task, s->ev.gen, &deleted);
     if (st == RT_OK)
         st = store_meta_set_i64(r->st, RELAY_META_LAST_PUBLISH, now);
-    if (st == RT_OK)
+    if (st == RT_OK) {
+        /* In this transaction: the row is there exactly when the
+         * confirmation is recorded. */
+        slot_journal(s, 0, JOURNAL_CONFIRMED, s->seq, "%s",
+                     deleted ? "by the broker" : "by the broker; the task changed meanwhile");
         st = store_commit(r->st);
+    }
     if (st != RT_OK) {
         const char *why = store_strerror(r->st);
         if (st == RT_RETRY) {
@@ -477,8 +509,12 @@ static void slot_unchanged(struct relay_slot *s, const char *updated)
         st = store_fwd_seen(r->st, s->ev.client, s->ev.task, updated);
     if (st == RT_OK)
         st = store_outbox_done(r->st, s->ev.client, s->ev.task, s->ev.gen, NULL);
-    if (st == RT_OK)
+    if (st == RT_OK) {
+        slot_journal(s, 0, JOURNAL_UNCHANGED, 0,
+                     "the forward fields are as last confirmed: "
+                     "nothing published");
         st = store_commit(r->st);
+    }
     if (st != RT_OK) {
         relay_store_failed(r, "cannot record a task as unchanged (it is viewed again)");
         store_rollback(r->st);
@@ -576,6 +612,8 @@ static void view_done(void *arg, const struct billmgr_reply *rep)
     enum relay_missed missed = relay_missed_what(r, rep);
     if (missed == RELAY_MISSED_TASK) {
         log_info("task %" PRId64 " is gone: nothing to forward", s->ev.task);
+        slot_journal(s, 0, JOURNAL_VIEWED, 0, "%s: missed: the task is gone: nothing to forward",
+                     r->cfg->billmanager.api.func_task_edit);
         r->stats.dropped++;
         slot_done(s);
         goto pump;
@@ -632,6 +670,10 @@ static void view_done(void *arg, const struct billmgr_reply *rep)
         log_debug("task %" PRId64 " is in department %" PRId64 ", which is not mapped: "
                   "nothing to forward",
                   s->ev.task, f.local_department);
+        slot_journal(s, 0, JOURNAL_VIEWED, 0,
+                     "%s: ok; department %" PRId64 " is not mapped: "
+                     "nothing to forward",
+                     r->cfg->billmanager.api.func_task_edit, f.local_department);
         r->stats.dropped++;
         relay_fields_release(&f);
         slot_done(s);
@@ -644,6 +686,7 @@ static void view_done(void *arg, const struct billmgr_reply *rep)
         slot_release(s);
         goto pump;
     }
+    slot_journal(s, 0, JOURNAL_VIEWED, 0, "%s: ok", r->cfg->billmanager.api.func_task_edit);
     if (fwd.found && strcmp(fwd.fp, fp) == 0) {
         slot_unchanged(s, f.updated);
     } else if (r->draining) {
@@ -698,6 +741,14 @@ static int slot_take(struct relay *r, struct relay_slot *s, const struct store_e
         return -1;
     }
     r->stats.taken++;
+    /* Stamped with the newest event's time: when the change was recorded. */
+    if (ev->events > 1)
+        slot_journal(s, ev->last_ms, JOURNAL_RECORDED, 0,
+                     "%" PRIu64 " events over %" PRId64 " ms, taken for attempt %" PRIu64,
+                     ev->events, ev->last_ms - ev->first_ms, ev->attempts + 1);
+    else
+        slot_journal(s, ev->last_ms, JOURNAL_RECORDED, 0, "1 event, taken for attempt %" PRIu64,
+                     ev->attempts + 1);
     return 0;
 }
 
@@ -857,6 +908,10 @@ static long recon_page_rows(struct relay *r, json_t *doc)
             continue;
         if (store_outbox_add(r->st, client, id, now) != RT_OK)
             goto rollback_txn;
+        const char *listed = billmgr_text(e, col_updated);
+        store_journal_add(r->st, now, STORE_SIDE_CLIENT, client, id, 0, JOURNAL_RECONCILED, 0,
+                          "the list's %s is \"%s\", \"%s\" when last seen", col_updated,
+                          listed ? listed : "", fwd.found ? fwd.updated : "");
         added++;
     }
     json_decref(elems);
