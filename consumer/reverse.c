@@ -12,6 +12,7 @@
 #include "fp.h"
 #include "log.h"
 #include "notes.h"
+#include "store_journal.h"
 
 #define REVERSE_REASON_MAX APPLIER_REASON_MAX
 /* The store meta key of the last successful apply. */
@@ -89,6 +90,8 @@ struct reverse {
 static void slot_fail(struct reverse_slot *s, rt_status status, enum reverse_dead_kind kind,
                       const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 static void slot_pend_edit(struct reverse_slot *s);
+static void slot_journal(const struct reverse_slot *s, const char *event, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 static int64_t reverse_now_ms(void)
 {
@@ -602,6 +605,42 @@ static rt_status slot_commit_set(struct reverse_slot *s, char *set, size_t setle
     return RT_OK;
 }
 
+/* A row of the task's journey (store_journal.h): the client side's, for
+ * the state in hand. */
+static void slot_journal(const struct reverse_slot *s, const char *event, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    store_journal_vadd(s->r->st, 0, STORE_SIDE_CLIENT, s->r->cfg->client.id, s->msg.task, 0, event,
+                       s->msg.seq, fmt, ap);
+    va_end(ap);
+}
+
+/* The row of what a state wrote on the source task, in the transaction
+ * of its rev row. */
+static void slot_journal_written(const struct reverse_slot *s, int changed)
+{
+    const struct reverse_plan *p = &s->plan;
+    char what[128] = "", perf[32] = "";
+    const char *stale = p->stale ? "; its status is older than the last task message forwarded: "
+                                   "not written"
+                                 : "";
+
+    if (p->performer && p->performer_local > 0)
+        snprintf(perf, sizeof(perf), ", performer %ld", p->performer_local);
+    else if (p->performer)
+        snprintf(perf, sizeof(perf), ", performer none");
+    if (p->status)
+        snprintf(what, sizeof(what), ", status %d", p->status_value);
+    snprintf(what + strlen(what), sizeof(what) - strlen(what), "%s%s", perf,
+             p->block ? ", a note block appended" : "");
+    if (!changed || !what[0])
+        slot_journal(s, JOURNAL_WRITTEN, "nothing to change%s%s",
+                     changed ? " (its edit landed before a restart)" : "", stale);
+    else
+        slot_journal(s, JOURNAL_WRITTEN, "%s%s", what + 2, stale);
+}
+
 /* The state is applied (or had nothing to change): the rev row and the
  * time of the last apply in one transaction, then the ack. */
 static void slot_commit(struct reverse_slot *s, int changed)
@@ -626,6 +665,7 @@ static void slot_commit(struct reverse_slot *s, int changed)
         store_rollback(r->st);
         goto failed;
     }
+    slot_journal_written(s, changed);
     if ((st = store_commit(r->st)) != RT_OK)
         goto failed;
     r->stats.last_apply_ms = now;
@@ -942,6 +982,7 @@ static void slot_start(struct reverse_slot *s)
         r->stats.duplicates++;
         log_debug("dropped state seq %" PRIu64 " of task %" PRId64 ": seq %" PRIu64 " is applied",
                   s->msg.seq, s->msg.task, rev.seq);
+        slot_journal(s, JOURNAL_DROPPED, "duplicate: state seq %" PRIu64 " is applied", rev.seq);
         applier_ack(s->as);
         return;
     }
@@ -1018,6 +1059,15 @@ void reverse_on_delivery(struct reverse *r, const struct broker_delivery *d)
         reverse_sync_check(r);
         return;
     }
+    slot_journal(s, JOURNAL_STATE,
+                 "status %d, performer %" PRId64 "%s%s%s, %zu note%s, after task "
+                 "message %" PRIu64 "%s",
+                 s->msg.state.status, s->msg.state.performer_id,
+                 s->msg.state.performer && *s->msg.state.performer ? " (\"" : "",
+                 s->msg.state.performer ? s->msg.state.performer : "",
+                 s->msg.state.performer && *s->msg.state.performer ? "\")" : "",
+                 s->msg.state.nnotes, s->msg.state.nnotes == 1 ? "" : "s", s->msg.state.fwd_seq,
+                 as->attempts ? ", a retry" : "");
     if (reverse_seq_invalid(r, s))
         return;
     log_debug("message %s: state seq %" PRIu64 " of task %" PRId64,
@@ -1133,12 +1183,23 @@ static void reverse_slot_released(void *owner)
     reverse_sync_check(owner);
 }
 
+/* What the applier tells of a delivery, into the task's journal. */
+static void reverse_slot_journal(void *owner, const struct applier_slot *as, const char *event,
+                                 const char *detail)
+{
+    struct reverse *r = owner;
+    const struct reverse_slot *s = as->priv;
+    store_journal_add(r->st, 0, STORE_SIDE_CLIENT, r->cfg->client.id, as->task, 0, event,
+                      s->msg.seq, "%s", detail);
+}
+
 static const struct applier_ops reverse_ops = {
     .start = reverse_slot_start,
     .resume = reverse_slot_resume,
     .clear = reverse_slot_clear,
     .dead = reverse_slot_dead,
     .released = reverse_slot_released,
+    .journal = reverse_slot_journal,
 };
 
 struct reverse *reverse_new(const struct config *cfg, struct store *st, struct billmgr *bm,
