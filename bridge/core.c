@@ -10,6 +10,7 @@
 #include "now.h"
 #include "relay.h"
 #include "statepub.h"
+#include "store_journal.h"
 
 /* ---- broker callbacks ---------------------------------------------- */
 
@@ -131,6 +132,10 @@ struct core *core_new(const struct config *cfg, struct store *st, const struct c
     k->cfg = cfg;
     k->st = st;
     k->hooks = *hooks;
+    /* The journal's bounds are this configuration's (a reload changes
+     * them); a journal that cannot be set up costs the trace, not a task. */
+    if (store_journal_configure(st, cfg->journal.entries, cfg->journal.days) != RT_OK)
+        log_warning("the task journal is off: %s", store_strerror(st));
     backoff_init(&k->backoff, CORE_RECONNECT_BASE_MS, CORE_RECONNECT_MAX_MS, 0);
     k->clients = calloc(cfg->server.n_clients + 1, sizeof(*k->clients));
     if (!k->clients) {
@@ -388,6 +393,10 @@ void core_tick(struct core *k)
         k->fwd_next = forward_tick(k->fwd, now);
     if (k->sp && now >= k->sp_next)
         k->sp_next = statepub_tick(k->sp, now);
+    /* Journal rows nothing committed for a second, and pruning in small
+     * batches: it keeps its own schedule, and the components above wake
+     * the loop at least once a second. */
+    store_journal_tick(k->st, now);
 }
 
 /* Lowers *best (-1 = none yet) to the wait until a deadline in ms. */
