@@ -1,5 +1,6 @@
 #include "statepub.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -133,6 +134,7 @@ struct statepub {
     int started;
     int draining;
     int in_pump;
+    int func_missing; /* the view function was answered as missing (logged once) */
     char store_trouble[STORE_ERROR_MAX]; /* the commit failure last logged */
     /* Schedules run on the clock the ticks are given: between ticks it is
      * tick_now plus the monotonic time since. */
@@ -213,7 +215,17 @@ int statepub_state_from_doc(const struct config *cfg, json_t *doc, const char *p
     memset(out, 0, sizeof *out);
     if (errlen)
         err[0] = '\0';
-    const char *status = billmgr_text(doc, api->field_status);
+    /* A field of the wrong type is not an empty one: published as such,
+     * it would clear the note, status and performer the client shows. */
+    const char *const fields[] = {api->field_status, api->field_performer, api->field_note};
+    const char *text[3];
+    for (size_t i = 0; i < 3; i++) {
+        if (billmgr_text_field(doc, fields[i], &text[i]) < 0) {
+            snprintf(err, errlen, "its %s is not text", fields[i]);
+            return -1;
+        }
+    }
+    const char *status = text[0];
     if (!status || !*status) {
         out->status = 0;
     } else if (billmgr_long(doc, api->field_status, &v) == 0 && v >= 0 && v <= 2) {
@@ -222,7 +234,7 @@ int statepub_state_from_doc(const struct config *cfg, json_t *doc, const char *p
         snprintf(err, errlen, "its %s \"%.32s\" is not 0, 1 or 2", api->field_status, status);
         return -1;
     }
-    const char *performer = billmgr_text(doc, api->field_performer);
+    const char *performer = text[1];
     if (!performer || !*performer) {
         out->performer_id = 0;
     } else if (billmgr_long(doc, api->field_performer, &v) == 0 && v >= 0) {
@@ -235,7 +247,7 @@ int statepub_state_from_doc(const struct config *cfg, json_t *doc, const char *p
 
     const char *name = performer_name ? performer_name : "";
     out->performer = strndup(name, statepub_utf8_cut(name, CODEC_MAX_PERFORMER));
-    const char *note = billmgr_text(doc, api->field_note);
+    const char *note = text[2];
     out->native = notes_native(note ? note : "");
     if (!out->performer || !out->native) {
         snprintf(err, errlen, "out of memory");
@@ -617,10 +629,20 @@ static long page_rows(struct sp_client *c, json_t *doc)
         long id;
         struct store_link link;
         char lf[FP_HEX_LEN + 1];
+        const char *text, *pname;
 
         rows++;
-        if (billmgr_long(e, SP_COLUMN_ID, &id) < 0 || id <= 0)
-            continue;
+        /* A row that cannot be read may be a linked task whose state
+         * changed: the cycle fails (and is retried) rather than skip it. */
+        int got = billmgr_text_field(e, SP_COLUMN_ID, &text);
+        if (got <= 0 || billmgr_long(e, SP_COLUMN_ID, &id) < 0 || id <= 0) {
+            log_warning("cannot list department %ld of client \"%s\" (page %ld): it has a row %s",
+                        c->cc->department, c->cc->id, c->page,
+                        got < 0    ? "whose id is not text"
+                        : got == 0 ? "without an id"
+                                   : "whose id is not a task id");
+            goto fail;
+        }
         if (store_link_by_dst(sp->st, c->cc->id, id, &link) != RT_OK) {
             log_warning("cannot read the link of task %ld of client \"%s\": %s", id, c->cc->id,
                         store_strerror(sp->st));
@@ -635,8 +657,13 @@ static long page_rows(struct sp_client *c, json_t *doc)
             c->cyc_blind = 1;
         else if (strcmp(lf, link.rev_fp) == 0 && !sp_fwd_moved(&link, link.last_seq))
             continue;
+        if (billmgr_text_field(e, col_performer, &pname) < 0) {
+            log_warning("cannot list department %ld of client \"%s\" (page %ld): the %s of "
+                        "task %ld is not text",
+                        c->cc->department, c->cc->id, c->page, col_performer, id);
+            goto fail;
+        }
         struct sp_job *j = job_new(c, JOB_STATE);
-        const char *pname = billmgr_text(e, col_performer);
         if (j)
             j->pname = strdup(pname ? pname : "");
         if (!j || !j->pname) {
@@ -815,6 +842,66 @@ static void job_prepare(struct sp_job *j, const struct statepub_state *s)
     list_push_tail(&sp->ready, j);
 }
 
+/* What a missed error names (BILLMANAGER-API.md §2: $object is the
+ * missing object), read as producer/relay.c reads it: the element (elid,
+ * or task) means the task was deleted; "func", or the view function's own
+ * name, is BILLmanager's answer to a function it does not have, which
+ * says nothing about the task. Anything else, or nothing, is a failed
+ * view (the cycle is retried): a state is never dropped on a guess. */
+enum sp_missed {
+    SP_MISSED_NO = 0, /* not a missed error */
+    SP_MISSED_TASK,   /* the task was deleted */
+    SP_MISSED_FUNC,   /* the view function does not exist */
+    SP_MISSED_OTHER,
+};
+
+static enum sp_missed sp_missed_what(const struct statepub *sp, const struct billmgr_reply *rep)
+{
+    const char *o = rep->err_object;
+    if (rep->status != RT_REJECT || strcmp(rep->err_type, "missed") != 0)
+        return SP_MISSED_NO;
+    if (strcmp(o, "elid") == 0 || strcmp(o, "task") == 0)
+        return SP_MISSED_TASK;
+    if (strcmp(o, "func") == 0 || strcmp(o, sp->cfg->billmanager.api.func_task_edit) == 0)
+        return SP_MISSED_FUNC;
+    return SP_MISSED_OTHER;
+}
+
+/* 0 when doc, the answer of the view of task elid, is that task's view:
+ * its "elid" and "id", those it has and one at least, are elid. Otherwise
+ * -1 with why set ("names no task", "answers for task \"9\"", "holds an
+ * elid that is not text"): the fields such an answer leaves out (the API
+ * leaves out those without a value) could not be read as empty. */
+static int sp_view_of(json_t *doc, int64_t elid, char *why, size_t whylen)
+{
+    static const char *const ids[] = {"elid", "id"};
+    int named = 0;
+
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
+        const char *t;
+        int r = billmgr_text_field(doc, ids[i], &t);
+        if (r < 0) {
+            snprintf(why, whylen, "holds an %s that is not text", ids[i]);
+            return -1;
+        }
+        if (r == 0)
+            continue;
+        char *end;
+        errno = 0;
+        long long v = strtoll(t, &end, 10);
+        if (errno || end == t || *end || v != elid) {
+            snprintf(why, whylen, "answers for task \"%.32s\"", t);
+            return -1;
+        }
+        named = 1;
+    }
+    if (!named) {
+        snprintf(why, whylen, "names no task");
+        return -1;
+    }
+    return 0;
+}
+
 /* The answer of a task view. */
 static void view_done(void *arg, const struct billmgr_reply *rep)
 {
@@ -831,7 +918,26 @@ static void view_done(void *arg, const struct billmgr_reply *rep)
         job_finish(j, 0);
         return;
     }
-    if (rep->status == RT_REJECT && strcmp(rep->err_type, "missed") == 0) {
+    enum sp_missed missed = sp_missed_what(sp, rep);
+    if (missed == SP_MISSED_FUNC) {
+        const char *func = sp->cfg->billmanager.api.func_task_edit;
+        /* One line for the cause, not one per task every cycle: every
+         * view fails the same way until the configuration is fixed. */
+        if (!sp->func_missing)
+            log_error("the function \"%s\" does not exist on this BILLmanager (it answers "
+                      "missed, object \"%s\"): check billmanager.api.func_task_edit; no state "
+                      "is published until it answers",
+                      func, rep->err_object);
+        else
+            log_debug("cannot view task %" PRId64 " of client \"%s\": the function \"%s\" "
+                      "does not exist",
+                      j->dst_task, c->cc->id, func);
+        sp->func_missing = 1;
+        sp->stats.view_failed++;
+        job_finish(j, 0);
+        goto pump;
+    }
+    if (missed == SP_MISSED_TASK) {
         /* Deleted between the list and the view: there is no state to
          * send, and the next cycle will not list it. */
         log_info("task %" PRId64 " of client \"%s\" (source task %" PRId64 ") is gone: no "
@@ -844,6 +950,15 @@ static void view_done(void *arg, const struct billmgr_reply *rep)
         log_warning("cannot view task %" PRId64 " of client \"%s\" (source task %" PRId64
                     "): %s: %s",
                     j->dst_task, c->cc->id, j->src_task, rep->err_type, rep->message);
+        sp->stats.view_failed++;
+        job_finish(j, 0);
+        goto pump;
+    }
+    sp->func_missing = 0;
+    if (sp_view_of(rep->doc, j->dst_task, err, sizeof err) < 0) {
+        log_warning("cannot view task %" PRId64 " of client \"%s\" (source task %" PRId64
+                    "): the view %s",
+                    j->dst_task, c->cc->id, j->src_task, err);
         sp->stats.view_failed++;
         job_finish(j, 0);
         goto pump;

@@ -52,6 +52,18 @@
  * kept, to another cycle STATEPUB_RETRY_DELAY_MS later; without waiting
  * requests the next cycle comes after sync_interval as usual.
  *
+ * Answers are read only where they can be: a list row whose id (or
+ * performer) is not text (billmgr_text_field: a field of the wrong type,
+ * such as repeated elements where text belongs) fails the list page, and
+ * a view that is not the view of the task asked for (its elid or id, one
+ * at least, is that task) or whose status, performer or note is not text
+ * fails the view, so that the cycle is incomplete and retried rather than
+ * an empty note, status 0 or no performer published. A missed error means
+ * the task was deleted only when its $object is elid or task; one naming
+ * the view function (func, or its configured name) is a configuration
+ * error, logged at error once until a view succeeds, and fails the view,
+ * as does one naming anything else or nothing.
+ *
  * A listed row may be seen twice when tasks move between pages during a
  * cycle; it is then viewed twice and may be published twice, which the
  * client takes as a newer message of the same state.
@@ -210,8 +222,10 @@ void statepub_row_fp(const struct config *cfg, json_t *row, char out[FP_HEX_LEN 
  * names of cfg->billmanager.api) and the performer's display name of its
  * list row (NULL = ""). A missing or empty status counts as 0, an empty
  * performer as 0. Returns 0 with *out filled; -1 with a reason in err
- * (NUL-terminated when errlen > 0) when the status is not 0, 1 or 2, the
- * performer is not a number >= 0, or memory ran out. *out needs no
+ * (NUL-terminated when errlen > 0) when the status, performer or note is
+ * not text ("its F is not text"; it is never read as empty), the status
+ * is not 0, 1 or 2, the performer is not a number >= 0, or memory ran
+ * out. *out needs no
  * initialization; release it with statepub_state_release() after any
  * return. The performer name is cut to CODEC_MAX_PERFORMER bytes and the
  * native note to CODEC_MAX_NOTE_ENTRY bytes, at UTF-8 boundaries. */

@@ -114,17 +114,73 @@ struct fake_task {
     char updated[32];
 };
 
+/* How the stand-in answers views or lists: as the API does, or as a
+ * hostile one would. */
+enum sim_spoil {
+    SPOIL_NONE = 0,
+    SPOIL_NOTE,   /* the note (remark) as a one-element array of itself */
+    SPOIL_ARRAYS, /* every text field so, in list rows too (fields_arrays) */
+    SPOIL_OTHER,  /* the view of another task (id 999) */
+    SPOIL_EMPTY,  /* an API document holding nothing */
+};
+
 static struct {
     pthread_mutex_t lock;
     struct http_stub *stub;
     struct fake_task tasks[MAX_TASKS];
-    int views;      /* func=task.view calls answered */
-    int lists;      /* func=task.list calls answered */
-    int fail_views; /* answer this many views with HTTP 503 */
-    int fail_lists; /* answer this many lists with HTTP 503 */
-    int no_updated; /* lists without the mtime column */
+    int views;            /* func=task.view calls answered */
+    int lists;            /* func=task.list calls answered */
+    int fail_views;       /* answer this many views with HTTP 503 */
+    int fail_lists;       /* answer this many lists with HTTP 503 */
+    int no_updated;       /* lists without the mtime column */
+    int spoil_views;      /* enum sim_spoil */
+    int spoil_lists;      /* enum sim_spoil */
+    char view_missed[32]; /* answer views with a missed error naming this ("" = no) */
     char last_filter[64];
 } sim;
+
+/* A copy of doc with every text value ({"$": ...}) turned into a
+ * one-element array of itself, in list rows too, or only that of key
+ * when key is not NULL. */
+static json_t *arrays_of(json_t *doc, const char *key)
+{
+    json_t *out = json_object();
+    const char *k;
+    json_t *v;
+    json_object_foreach(doc, k, v)
+    {
+        if (strcmp(k, "elem") == 0 && json_is_array(v)) {
+            json_t *rows = json_array();
+            size_t i;
+            json_t *e;
+            json_array_foreach(v, i, e) json_array_append_new(rows, arrays_of(e, key));
+            json_object_set_new(out, k, rows);
+        } else if (json_is_object(v) && json_object_get(v, "$") && (!key || strcmp(k, key) == 0)) {
+            json_object_set_new(out, k, json_pack("[O]", v));
+        } else {
+            json_object_set(out, k, v);
+        }
+    }
+    return out;
+}
+
+/* doc (taken) as the spoil mode how answers it. */
+static json_t *spoiled(json_t *doc, int how)
+{
+    json_t *out;
+    switch (how) {
+    case SPOIL_NOTE: out = arrays_of(doc, "remark"); break;
+    case SPOIL_ARRAYS: out = arrays_of(doc, NULL); break;
+    case SPOIL_OTHER:
+        out = json_deep_copy(doc);
+        fake_doc_long(out, "id", 999);
+        break;
+    case SPOIL_EMPTY: out = json_object(); break;
+    default: return doc;
+    }
+    json_decref(doc);
+    return out;
+}
 
 /* The task as the view ("task.view") shows it: ids, with the custom field
  * names of the test config. */
@@ -186,11 +242,13 @@ static int sim_answer(void *arg, const char *body, char **out)
         if (sim.fail_views > 0) {
             sim.fail_views--;
             code = 503;
+        } else if (sim.view_missed[0]) {
+            json_object_set_new(doc, "error", api_error("missed", sim.view_missed, "unknown"));
         } else if (id <= 0 || id >= MAX_TASKS || !sim.tasks[id].exists) {
             json_object_set_new(doc, "error", api_error("missed", "elid", "gone"));
         } else {
             json_decref(doc);
-            doc = task_doc(&sim.tasks[id]);
+            doc = spoiled(task_doc(&sim.tasks[id]), sim.spoil_views);
         }
     } else if (strcmp(func, "task.list") == 0) {
         sim.lists++;
@@ -221,6 +279,7 @@ static int sim_answer(void *arg, const char *body, char **out)
         fake_doc_long(doc, "p_elems", total);
         fake_doc_long(doc, "p_num", pn);
         fake_doc_long(doc, "p_cnt", pc);
+        doc = spoiled(doc, sim.spoil_lists);
     } else {
         json_object_set_new(doc, "error", api_error("missed", "func", func));
     }
@@ -342,6 +401,8 @@ static int setup(void **state)
     assert_non_null(mkdtemp(fx->dir));
     memset(sim.tasks, 0, sizeof sim.tasks);
     sim.views = sim.lists = sim.fail_views = sim.fail_lists = sim.no_updated = 0;
+    sim.spoil_views = sim.spoil_lists = SPOIL_NONE;
+    sim.view_missed[0] = '\0';
     int port = sim_start();
     fx->cfg = load_config(fx->dir, port);
     fx->st = store_open(fx->cfg->state_dir, err, sizeof err);
@@ -1141,6 +1202,162 @@ static void new_refuses_a_config_without_server(void **state)
     statepub_free(NULL);
 }
 
+/* Fault case 6 (fields_arrays): a status, performer or note that is not
+ * text is an error naming the field, never an empty value (which would
+ * publish an empty note, status 0 and no performer to the client). */
+static void state_fields_that_are_not_text_are_refused(void **state)
+{
+    struct fixture *fx = *state;
+    struct statepub_state g;
+    char err[256];
+    struct fake_task t = {.exists = 1, .id = 4, .department = 12, .status = 2, .performer = 21};
+    snprintf(t.note, sizeof t.note, "%s", "done, rebooted");
+    const char *fields[] = {"remark", "state", "staff"};
+    for (size_t i = 0; i < 3; i++) {
+        json_t *view = task_doc(&t);
+        json_t *doc = arrays_of(view, fields[i]);
+        json_decref(view);
+        assert_int_equal(statepub_state_from_doc(fx->cfg, doc, "Staff 21", &g, err, sizeof err),
+                         -1);
+        char want[64];
+        snprintf(want, sizeof want, "its %s is not text", fields[i]);
+        assert_string_equal(err, want);
+        statepub_state_release(&g);
+        json_decref(doc);
+    }
+}
+
+static size_t published_before;
+
+/* The cycle awaited is over (whatever waits for the broker), or a state
+ * was published meanwhile, which a test of what must not be published
+ * then tells. */
+static int cycle_over_or_published(struct fixture *fx)
+{
+    struct statepub_stats s = stats_of(fx);
+    return (s.cycles >= want_cycles && s.running == 0) || fake_broker.n > published_before;
+}
+
+/* Asks client 7 for a state cycle (a sync request) and runs it. */
+static void sync_cycle(struct fixture *fx, const char *id)
+{
+    published_before = fake_broker.n;
+    assert_int_equal(statepub_sync(fx->sp, "7", id), RT_OK);
+    want_cycles = stats_of(fx).cycles + 1;
+    run_until(fx, cycle_over_or_published, "the cycle of the sync");
+}
+
+/* Fault case 6: views that cannot be read (a note, or every field, that
+ * is not text; the view of another task; a document holding nothing) and
+ * list rows whose id is not text publish nothing: the cycle is incomplete
+ * and its sync waits, until a healthy API publishes the real state. */
+static void unreadable_answers_publish_no_state(void **state)
+{
+    struct fixture *fx = *state;
+    first_cycles(fx);
+    sim_touch(2, 2, 21, "On it.\nDone.\n", "2024-05-04 10:00:00");
+
+    const int views[] = {SPOIL_NOTE, SPOIL_ARRAYS, SPOIL_OTHER, SPOIL_EMPTY};
+    uint64_t failed = stats_of(fx).cycles_failed;
+    for (size_t i = 0; i < 4; i++) {
+        char id[8];
+        snprintf(id, sizeof id, "v%zu", i);
+        sim_set(&sim.spoil_views, views[i]);
+        sync_cycle(fx, id);
+        assert_int_equal(fake_broker.n, 4);
+        assert_int_equal(stats_of(fx).cycles_failed, failed + 1 + i);
+    }
+    sim_set(&sim.spoil_views, SPOIL_NONE);
+    sim_set(&sim.spoil_lists, SPOIL_ARRAYS);
+    sync_cycle(fx, "l");
+    assert_int_equal(fake_broker.n, 4);
+    assert_int_equal(stats_of(fx).cycles_failed, failed + 5);
+    assert_int_equal(fx->sp->clients[0].npend, 5);
+
+    /* Healthy again: the real state, then every sync waiting. */
+    sim_set(&sim.spoil_lists, SPOIL_NONE);
+    assert_int_equal(statepub_sync(fx->sp, "7", "ok"), RT_OK);
+    want_published = 5;
+    run_until(fx, published_n, "the state");
+    struct published *p = find_pub("7:102:r2");
+    assert_int_equal(p->msg.state.status, 2);
+    assert_int_equal(p->msg.state.performer_id, 21);
+    assert_string_equal(p->msg.state.notes[0], "On it.\nDone.\n");
+    confirm_all(fx, BROKER_ACKED);
+    assert_int_equal(count_kind(CODEC_SYNC_DONE), 6);
+}
+
+/* Log lines: stderr goes to a file between capture_begin and capture_end,
+ * which returns how many times needle was written. */
+static struct {
+    char path[64];
+    int fd;
+    int saved;
+} cap;
+
+static void capture_begin(void)
+{
+    snprintf(cap.path, sizeof cap.path, "/tmp/test_statepub_log.XXXXXX");
+    cap.fd = mkstemp(cap.path);
+    assert_true(cap.fd >= 0);
+    fflush(stderr);
+    cap.saved = dup(STDERR_FILENO);
+    assert_true(cap.saved >= 0);
+    assert_true(dup2(cap.fd, STDERR_FILENO) >= 0);
+}
+
+static int capture_end(const char *needle)
+{
+    static char text[64 * 1024];
+    fflush(stderr);
+    dup2(cap.saved, STDERR_FILENO);
+    close(cap.saved);
+    ssize_t n = pread(cap.fd, text, sizeof text - 1, 0);
+    close(cap.fd);
+    unlink(cap.path);
+    text[n > 0 ? n : 0] = '\0';
+    fputs(text, stderr); /* shown as if never captured */
+    int count = 0;
+    for (const char *p = text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        count++;
+    return count;
+}
+
+/* A missed error says the target task is gone only when its $object names
+ * the element (elid, or task). The function (func, or its name: a
+ * misspelt api.func_task_edit) says nothing about the task: no state is
+ * published, the cycle is incomplete (its sync waits), and the cause is
+ * logged at error once, not once per task or cycle. */
+static void missed_function_is_not_a_gone_task(void **state)
+{
+    struct fixture *fx = *state;
+    first_cycles(fx);
+    sim_touch(2, 2, 21, NULL, "2024-05-04 10:00:00");
+    uint64_t failed = stats_of(fx).cycles_failed;
+
+    const char *objects[] = {"func", "task.view"};
+    uint64_t fails[2];
+    capture_begin();
+    for (size_t i = 0; i < 2; i++) {
+        snprintf(sim.view_missed, sizeof sim.view_missed, "%s", objects[i]);
+        sync_cycle(fx, objects[i]);
+        fails[i] = stats_of(fx).cycles_failed;
+    }
+    int lines = capture_end("check billmanager.api.func_task_edit");
+    assert_int_equal(fails[0], failed + 1);
+    assert_int_equal(fails[1], failed + 2);
+    assert_int_equal(lines, 1);
+    assert_int_equal(count_kind(CODEC_SYNC_DONE), 0);
+    assert_int_equal(fx->sp->clients[0].npend, 2);
+
+    /* The task gone: nothing to publish, and the cycle is complete. */
+    snprintf(sim.view_missed, sizeof sim.view_missed, "elid");
+    sync_cycle(fx, "gone");
+    assert_int_equal(stats_of(fx).cycles_failed, failed + 2);
+    assert_int_equal(fake_broker.n, 4 + 3);
+    assert_int_equal(count_kind(CODEC_SYNC_DONE), 3);
+}
+
 int main(void)
 {
     log_init("test_statepub", LOG_LEVEL_ERROR, 0);
@@ -1161,6 +1378,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(drain_lets_go_and_free_is_safe_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(cycles_keep_time_on_the_monotonic_clock, setup, teardown),
         cmocka_unit_test_setup_teardown(new_refuses_a_config_without_server, setup, teardown),
+        cmocka_unit_test_setup_teardown(state_fields_that_are_not_text_are_refused, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(unreadable_answers_publish_no_state, setup, teardown),
+        cmocka_unit_test_setup_teardown(missed_function_is_not_a_gone_task, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
