@@ -11,6 +11,7 @@
 #include "codec.h"
 #include "log.h"
 #include "notes.h"
+#include "store_journal.h"
 
 /* The list column holding a row's id [doc]. */
 #define SP_COLUMN_ID "id"
@@ -77,6 +78,7 @@ struct sp_job {
     char sf[FP_HEX_LEN + 1]; /* the state fingerprint, once viewed */
     char *pname;             /* the performer's display name in the list */
     int status;              /* the status published */
+    int64_t performer;       /* the performer published (its id, 0 = none) */
     size_t notes_len;        /* bytes of native note published */
     uint64_t fwd_seq;        /* the link's last_seq when the view was asked for */
     uint64_t seq;
@@ -424,6 +426,14 @@ static void publish_ready(struct statepub *sp)
             if (j->kind == JOB_STATE) {
                 sp->stats.published++;
                 c->cyc_published++;
+                if (j->performer)
+                    store_journal_add(sp->st, 0, STORE_SIDE_SERVER, c->cc->id, j->src_task,
+                                      j->dst_task, JOURNAL_STATEPUB, j->seq,
+                                      "status %d, performer %" PRId64, j->status, j->performer);
+                else
+                    store_journal_add(sp->st, 0, STORE_SIDE_SERVER, c->cc->id, j->src_task,
+                                      j->dst_task, JOURNAL_STATEPUB, j->seq,
+                                      "status %d, no performer", j->status);
                 log_debug("published the state of task %" PRId64 " of client \"%s\" (source "
                           "task %" PRId64 ", seq %" PRIu64 ", tag %" PRIu64 ")",
                           j->dst_task, c->cc->id, j->src_task, j->seq, tag);
@@ -835,6 +845,7 @@ static void job_prepare(struct sp_job *j, const struct statepub_state *s)
         return;
     }
     j->status = s->status;
+    j->performer = s->performer_id;
     j->notes_len = s->native_len;
     snprintf(j->message_id, sizeof j->message_id, "%s:%" PRId64 ":r%" PRIu64, client, j->src_task,
              j->seq);
@@ -1139,6 +1150,11 @@ static rt_status job_commit(struct sp_job *j)
         cur.notes_sent = j->notes_len;
         st = store_link_put(sp->st, &cur);
     }
+    /* In the transaction that records it: the row is there exactly when
+     * the confirmation is. */
+    if (st == RT_OK && !stale)
+        store_journal_add(sp->st, 0, STORE_SIDE_SERVER, c->cc->id, j->src_task, j->dst_task,
+                          JOURNAL_CONFIRMED, j->seq, "state delivered to the broker");
     if (st == RT_OK)
         st = store_commit(sp->st);
     if (st != RT_OK) {
