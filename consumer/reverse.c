@@ -1059,14 +1059,14 @@ void reverse_on_delivery(struct reverse *r, const struct broker_delivery *d)
         reverse_sync_check(r);
         return;
     }
-    slot_journal(s, JOURNAL_STATE,
-                 "status %d, performer %" PRId64 "%s%s%s, %zu note%s, after task "
-                 "message %" PRIu64 "%s",
-                 s->msg.state.status, s->msg.state.performer_id,
-                 s->msg.state.performer && *s->msg.state.performer ? " (\"" : "",
-                 s->msg.state.performer ? s->msg.state.performer : "",
-                 s->msg.state.performer && *s->msg.state.performer ? "\")" : "",
-                 s->msg.state.nnotes, s->msg.state.nnotes == 1 ? "" : "s", s->msg.state.fwd_seq,
+    const struct codec_state *cs = &s->msg.state;
+    char perf[128] = "no performer";
+    if (cs->performer_id)
+        snprintf(perf, sizeof(perf), "performer %" PRId64 "%s%s%s", cs->performer_id,
+                 cs->performer && *cs->performer ? " (\"" : "", cs->performer ? cs->performer : "",
+                 cs->performer && *cs->performer ? "\")" : "");
+    slot_journal(s, JOURNAL_STATE, "status %d, %s, %zu note%s, after task message %" PRIu64 "%s",
+                 cs->status, perf, cs->nnotes, cs->nnotes == 1 ? "" : "s", cs->fwd_seq,
                  as->attempts ? ", a retry" : "");
     if (reverse_seq_invalid(r, s))
         return;
