@@ -1,5 +1,6 @@
 #include "relay.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -190,19 +191,22 @@ void relay_fields_release(struct relay_fields *f)
     memset(f, 0, sizeof *f);
 }
 
-/* A copy of obj.key.$, "" when absent. */
-static char *text_dup(json_t *obj, const char *key)
+/* Reads obj.key as text into *text (NULL when absent). Returns 0, or -1
+ * with out->unreadable set when it holds something else: read as "", a
+ * name or a note would be cleared on the target. */
+static int field_text(json_t *obj, const char *key, const char **text, struct relay_fields *out)
 {
-    const char *s = billmgr_text(obj, key);
-    return strdup(s ? s : "");
+    if (billmgr_text_field(obj, key, text) >= 0)
+        return 0;
+    snprintf(out->unreadable, sizeof out->unreadable, "its field %s is not text", key);
+    return -1;
 }
 
-/* "<prefix><value>" when obj.key.$ is set and not empty, else "". The
- * receiving side shows these as descriptions, so an unset reference must
- * travel as "" rather than as "service #". */
-static char *describe(json_t *obj, const char *key, const char *prefix)
+/* "<prefix><s>" when s is set and not empty, else "". The receiving side
+ * shows these as descriptions, so an unset reference must travel as ""
+ * rather than as "service #". */
+static char *describe(const char *s, const char *prefix)
 {
-    const char *s = billmgr_text(obj, key);
     if (!s || !*s)
         return strdup("");
     size_t n = strlen(prefix) + strlen(s) + 1;
@@ -215,15 +219,27 @@ static char *describe(json_t *obj, const char *key, const char *prefix)
 int relay_fields_from_doc(const struct config *cfg, json_t *doc, struct relay_fields *out)
 {
     const struct config_billmgr_api *api = &cfg->billmanager.api;
+    const char *dept, *status, *name, *type, *note, *deadline, *item, *client;
     long v;
 
     memset(out, 0, sizeof *out);
+    /* Not forwarded: one that cannot be read only makes reconciliation
+     * view the task again. */
     const char *updated = billmgr_text(doc, api->field_updated);
     if (updated && strlen(updated) <= STORE_UPDATED_MAX)
         snprintf(out->updated, sizeof out->updated, "%s", updated);
 
-    if (billmgr_long(doc, api->field_department, &v) < 0)
+    /* Only a department that is there and is an id may say "not mapped",
+     * which ends the event without a message. */
+    if (field_text(doc, api->field_department, &dept, out) < 0)
+        return RELAY_FIELDS_UNREADABLE;
+    if (!dept || !*dept)
         return 0;
+    if (billmgr_long(doc, api->field_department, &v) < 0) {
+        snprintf(out->unreadable, sizeof out->unreadable,
+                 "its field %s \"%.32s\" is not a department id", api->field_department, dept);
+        return RELAY_FIELDS_UNREADABLE;
+    }
     out->local_department = v;
     for (size_t i = 0; i < cfg->client.n_departments; i++) {
         if (cfg->client.departments[i].local == v) {
@@ -234,7 +250,14 @@ int relay_fields_from_doc(const struct config *cfg, json_t *doc, struct relay_fi
     if (out->department == 0)
         return 0;
 
-    const char *status = billmgr_text(doc, api->field_status);
+    if (field_text(doc, api->field_status, &status, out) < 0 ||
+        field_text(doc, api->field_name, &name, out) < 0 ||
+        field_text(doc, api->field_type, &type, out) < 0 ||
+        field_text(doc, api->field_note, &note, out) < 0 ||
+        field_text(doc, api->field_deadline, &deadline, out) < 0 ||
+        field_text(doc, RELAY_FIELD_ITEM, &item, out) < 0 ||
+        field_text(doc, RELAY_FIELD_CLIENT, &client, out) < 0)
+        return RELAY_FIELDS_UNREADABLE;
     if (!status || !*status)
         out->status = 0;
     else if (billmgr_long(doc, api->field_status, &v) == 0 && v >= 0 && v <= 2)
@@ -242,13 +265,12 @@ int relay_fields_from_doc(const struct config *cfg, json_t *doc, struct relay_fi
     else
         out->status = -1;
 
-    const char *note = billmgr_text(doc, api->field_note);
-    out->name = text_dup(doc, api->field_name);
-    out->type = text_dup(doc, api->field_type);
+    out->name = strdup(name ? name : "");
+    out->type = strdup(type ? type : "");
     out->note = notes_native(note ? note : "");
-    out->deadline = text_dup(doc, api->field_deadline);
-    out->item = describe(doc, RELAY_FIELD_ITEM, "service #");
-    out->account = describe(doc, RELAY_FIELD_CLIENT, "client #");
+    out->deadline = strdup(deadline ? deadline : "");
+    out->item = describe(item, "service #");
+    out->account = describe(client, "client #");
     if (!out->name || !out->type || !out->note || !out->deadline || !out->item || !out->account)
         return -1;
     return 1;
@@ -597,6 +619,55 @@ static enum relay_missed relay_missed_what(const struct relay *r, const struct b
     return RELAY_MISSED_OTHER;
 }
 
+/* 0 when doc, the answer of the view of task elid, is that task's view:
+ * its "elid" and "id", those it has and one at least, are elid. Otherwise
+ * -1 with why set ("the view names no task", "the view answers for task
+ * \"9\"", "the view holds an elid that is not text"): the fields such an
+ * answer leaves out (the API leaves out those without a value) would
+ * travel as empty. */
+static int relay_view_of(json_t *doc, int64_t elid, char *why, size_t whylen)
+{
+    static const char *const ids[] = {"elid", "id"};
+    int named = 0;
+
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
+        const char *t;
+        int r = billmgr_text_field(doc, ids[i], &t);
+        if (r < 0) {
+            snprintf(why, whylen, "the view holds an %s that is not text", ids[i]);
+            return -1;
+        }
+        if (r == 0)
+            continue;
+        char *end;
+        errno = 0;
+        long long v = strtoll(t, &end, 10);
+        if (errno || end == t || *end || v != elid) {
+            snprintf(why, whylen, "the view answers for task \"%.32s\"", t);
+            return -1;
+        }
+        named = 1;
+    }
+    if (!named) {
+        snprintf(why, whylen, "the view names no task");
+        return -1;
+    }
+    return 0;
+}
+
+/* The view of a task answered but cannot be read (why): the row is
+ * deferred like any failure for now, never dropped nor sent with fields
+ * read as empty. */
+static void slot_unreadable(struct relay_slot *s, const char *why)
+{
+    char reason[STORE_ERROR_MAX];
+    int64_t delay = relay_backoff_ms(s->ev.attempts);
+    snprintf(reason, sizeof reason, "viewing the task failed: %s", why);
+    log_warning("cannot view task %" PRId64 ", retrying in %" PRId64 " ms: %s", s->ev.task, delay,
+                why);
+    slot_defer(s, delay, reason);
+}
+
 /* The answer of a task view. */
 static void view_done(void *arg, const struct billmgr_reply *rep)
 {
@@ -659,7 +730,16 @@ static void view_done(void *arg, const struct billmgr_reply *rep)
     }
 
     r->func_missing = 0;
+    if (relay_view_of(rep->doc, s->ev.task, reason, sizeof reason) < 0) {
+        slot_unreadable(s, reason);
+        goto pump;
+    }
     int got = relay_fields_from_doc(r->cfg, rep->doc, &f);
+    if (got == RELAY_FIELDS_UNREADABLE) {
+        slot_unreadable(s, f.unreadable);
+        relay_fields_release(&f);
+        goto pump;
+    }
     if (got < 0) {
         log_warning("cannot read the view of task %" PRId64 ": out of memory", s->ev.task);
         relay_fields_release(&f);
@@ -866,7 +946,8 @@ static void recon_finish(struct relay *r, enum recon_end how)
 
 /* Records an event for every row of one page that needs it, in one
  * transaction (one disk sync per page, not per row). Returns the number
- * of rows on the page, or -1 when the store failed. */
+ * of rows on the page, or -1 when the store failed or a row's id cannot
+ * be read (logged; nothing of the page is recorded). */
 static long recon_page_rows(struct relay *r, json_t *doc)
 {
     const char *client = r->cfg->client.id;
@@ -899,9 +980,23 @@ static long recon_page_rows(struct relay *r, json_t *doc)
     {
         long id;
         struct store_fwd fwd;
+        const char *text;
         rows++;
-        if (billmgr_long(e, RELAY_COLUMN_ID, &id) < 0 || id <= 0)
-            continue;
+        /* A row that cannot be read may be a task whose event was
+         * missed: the reconciliation fails (and is due again) rather than
+         * skip it without a word. */
+        int got = billmgr_text_field(e, RELAY_COLUMN_ID, &text);
+        if (got <= 0 || billmgr_long(e, RELAY_COLUMN_ID, &id) < 0 || id <= 0) {
+            log_warning("reconciliation stopped: the list of department %ld (page %ld) has a row "
+                        "%s",
+                        r->cfg->client.departments[r->recon_dept].local, r->recon_page,
+                        got < 0    ? "whose id is not text"
+                        : got == 0 ? "without an id"
+                                   : "whose id is not a task id");
+            json_decref(elems);
+            store_rollback(r->st);
+            return -1;
+        }
         if (store_fwd_get(r->st, client, id, &fwd) != RT_OK)
             goto rollback_txn;
         if (!recon_needs_event(&fwd, billmgr_text(e, col_updated)))

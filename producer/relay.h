@@ -20,14 +20,29 @@
  * same (client, task) twice. Failures defer the row with a backoff of
  * 1 s x 2^attempts, capped at 5 minutes; a permanent API error (access,
  * auth, value...) defers it by 5 minutes: an event is never dropped for a
- * configuration problem. A task the API reports as missed, or one outside
- * the mapped departments, is done without a message.
+ * configuration problem. A missed error ends the row without a message
+ * only when its $object names the task (elid, or task): the task was
+ * deleted. One naming the function (func, or api.func_task_edit itself:
+ * BILLmanager's answer to a function it does not have) is a configuration
+ * error, logged at error once and retried every 5 minutes; one naming
+ * anything else, or nothing, is retried like any permanent error. A task
+ * whose department is there and is not mapped is done without a message
+ * too. A view that cannot be read is deferred with the backoff and a
+ * warning ("cannot view task N, retrying in D ms: its field F is not
+ * text"), never read as empty: a view that is not the view of the task
+ * (its elid or id, one at least, must be the task) or whose forwarded
+ * field is not text (billmgr_text_field; repeated elements where text
+ * belongs, say) would clear the name, type, deadline or note on the
+ * target, reopen it with status 0, or drop the event as "not mapped".
  *
  * Reconciliation, every client.poll_interval seconds, at start and on
  * relay_wake(r, 1), lists each mapped local department page by page and
  * records an outbox event for every task whose `updated` column differs
  * from the value stored when it was last viewed (or that has none), so
- * that an event the BILLmanager handler missed is still delivered.
+ * that an event the BILLmanager handler missed is still delivered. A row
+ * whose id cannot be read stops the reconciliation ("reconciliation
+ * stopped: ..."), which counts as failed and runs again after
+ * poll_interval: skipped, it could be the task whose event was missed.
  *
  * Everything is asynchronous: API calls go through billmgr_call() and their
  * callbacks run inside billmgr_handle(); publishes go through
@@ -92,6 +107,11 @@
  * forwarded (consumer/reverse.c reads it). */
 #define RELAY_KEY_STATUS_SEQ "sseq"
 
+/* relay_fields_from_doc: a forwarded field holds something other than
+ * text, or the department is not an id. */
+#define RELAY_FIELDS_UNREADABLE (-2)
+#define RELAY_UNREADABLE_MAX    128
+
 /* Counters since relay_new (gauges say so). */
 struct relay_stats {
     uint64_t taken;              /* outbox rows taken into the window */
@@ -126,6 +146,9 @@ struct relay_fields {
     /* The view's `updated` value; "" when absent or longer than
      * STORE_UPDATED_MAX (then reconciliation always re-checks the task). */
     char updated[STORE_UPDATED_MAX + 1];
+    /* When relay_fields_from_doc returns RELAY_FIELDS_UNREADABLE: what was
+     * wrong ("its field name is not text"), else "". */
+    char unreadable[RELAY_UNREADABLE_MAX];
 };
 
 struct relay;
@@ -190,13 +213,18 @@ void relay_stats(const struct relay *r, struct relay_stats *out);
 /* Reads the forward fields of a task from the doc of a func_task_edit view
  * (values as stored: ids, not names), with the field names of
  * cfg->billmanager.api, mapping the department through
- * cfg->client.departments. Returns 1 with *out filled, 0 when the task's
- * department is missing or not mapped (*out then holds only
- * local_department, and the updated value), or -1 when memory ran out.
- * A missing status counts as 0; one that is not a number becomes -1,
- * which codec_encode() refuses (a permanent error of that row). *out
- * needs no initialization; release it with relay_fields_release() after
- * any return. */
+ * cfg->client.departments. Returns 1 with *out filled; 0 when the task's
+ * department is missing (or empty) or not mapped (*out then holds only
+ * local_department, and the updated value); RELAY_FIELDS_UNREADABLE with
+ * out->unreadable saying what ("its field name is not text") when a
+ * forwarded field (department, name, type, note, deadline, status, item,
+ * client) holds something other than text (billmgr_text_field), or the
+ * department is text but not an id; or -1 when memory ran out. A missing
+ * status counts as 0; one that is text but not 0, 1 or 2 becomes -1,
+ * which codec_encode() refuses (a permanent error of that row). The doc
+ * is taken to be the view of the task: the caller checks its elid/id.
+ * *out needs no initialization; release it with relay_fields_release()
+ * after any return. */
 int relay_fields_from_doc(const struct config *cfg, json_t *doc, struct relay_fields *out);
 
 /* Frees the strings of *f and zeroes it. Accepts a zeroed struct. */

@@ -131,9 +131,43 @@ static struct {
     /* Answer views with a missed error naming this object ("" = no):
      * "func" is what BILLmanager says of a function it does not have. */
     char view_missed_object[32];
+    /* Hostile answers: views with the field of this name ("*": every
+     * text field) as a one-element array of itself (the emulator's
+     * fields_arrays), views of another task (id 999), views holding
+     * nothing, lists with every text field so. */
+    char view_arrays[16];
+    int view_other;
+    int view_empty;
+    int list_arrays;
     long last_p_num;
     char last_filter[64];
 } sim;
+
+/* A copy of doc with the text value ({"$": ...}) of key, or of every key
+ * when key is "*", turned into a one-element array of itself, in list
+ * rows too. */
+static json_t *arrays_of(json_t *doc, const char *key)
+{
+    json_t *out = json_object();
+    const char *k;
+    json_t *v;
+    json_object_foreach(doc, k, v)
+    {
+        if (strcmp(k, "elem") == 0 && json_is_array(v)) {
+            json_t *rows = json_array();
+            size_t i;
+            json_t *e;
+            json_array_foreach(v, i, e) json_array_append_new(rows, arrays_of(e, key));
+            json_object_set_new(out, k, rows);
+        } else if (json_is_object(v) && json_object_get(v, "$") &&
+                   (strcmp(key, "*") == 0 || strcmp(k, key) == 0)) {
+            json_object_set_new(out, k, json_pack("[O]", v));
+        } else {
+            json_object_set(out, k, v);
+        }
+    }
+    return out;
+}
 
 /* The task as the view (func "task.view") shows it, with the custom field
  * names the test config sets. */
@@ -184,9 +218,18 @@ static int sim_answer(void *arg, const char *body, char **out)
             json_object_set_new(doc, "error",
                                 json_pack("{s:s,s:s,s:{s:s}}", "$type", "missed", "$object", "elid",
                                           "msg", "$", "gone"));
+        } else if (sim.view_empty) {
+            /* an API document holding nothing */
         } else {
             json_decref(doc);
             doc = task_doc(&sim.tasks[id]);
+            if (sim.view_other)
+                fake_doc_long(doc, "id", 999);
+            if (sim.view_arrays[0]) {
+                json_t *spoiled = arrays_of(doc, sim.view_arrays);
+                json_decref(doc);
+                doc = spoiled;
+            }
         }
     } else if (strcmp(func, "task.list") == 0) {
         sim.lists++;
@@ -219,6 +262,11 @@ static int sim_answer(void *arg, const char *body, char **out)
         fake_doc_long(doc, "p_elems", total);
         fake_doc_long(doc, "p_num", pn);
         fake_doc_long(doc, "p_cnt", pc);
+        if (sim.list_arrays) {
+            json_t *spoiled = arrays_of(doc, "*");
+            json_decref(doc);
+            doc = spoiled;
+        }
     } else {
         json_object_set_new(
             doc, "error",
@@ -320,6 +368,8 @@ static int setup(void **state)
     memset(sim.tasks, 0, sizeof sim.tasks);
     sim.views = sim.lists = sim.fail_views = sim.deny_views = 0;
     sim.view_missed_object[0] = '\0';
+    sim.view_arrays[0] = '\0';
+    sim.view_other = sim.view_empty = sim.list_arrays = 0;
     int port = sim_start();
     fx->cfg = load_config(fx->dir, port, 3600);
     /* A short busy timeout, as the daemon's: a held lock fails fast. */
@@ -1130,6 +1180,162 @@ static void new_refuses_a_config_without_client(void **state)
     relay_free(NULL);
 }
 
+/* Fault case 6 (fields_arrays): a forwarded field that is not text is
+ * never read as empty (a name, type or deadline cleared on the target, a
+ * closed target reopened by status 0) nor a department present but
+ * unreadable as "not mapped" (the event dropped): it is a code of its own
+ * naming the field. */
+static void fields_that_are_not_text_are_refused(void **state)
+{
+    struct fixture *fx = *state;
+    struct relay_fields f;
+    struct fake_task t = {.exists = 1, .id = 4, .department = 3, .item = 42, .status = 2};
+    snprintf(t.name, sizeof t.name, "Disk");
+    snprintf(t.note, sizeof t.note, "mine");
+    snprintf(t.updated, sizeof t.updated, "2024-01-02 03:04:05");
+    const char *fields[] = {"dept", "subject", "type", "note", "state", "item", "client"};
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        json_t *view = task_doc(&t);
+        json_t *doc = arrays_of(view, fields[i]);
+        json_decref(view);
+        assert_int_equal(relay_fields_from_doc(fx->cfg, doc, &f), RELAY_FIELDS_UNREADABLE);
+        char want[64];
+        snprintf(want, sizeof want, "its field %s is not text", fields[i]);
+        assert_string_equal(f.unreadable, want);
+        relay_fields_release(&f);
+        json_decref(doc);
+    }
+    /* A deadline, which task_doc leaves out (none): the same. */
+    json_t *doc = task_doc(&t);
+    json_object_set_new(doc, "deadline", json_pack("[{s:s}]", "$", "2030-01-01 00:00:00"));
+    assert_int_equal(relay_fields_from_doc(fx->cfg, doc, &f), RELAY_FIELDS_UNREADABLE);
+    assert_string_equal(f.unreadable, "its field deadline is not text");
+    relay_fields_release(&f);
+    /* A department that is text but no id is not "not mapped" either. */
+    json_decref(doc);
+    doc = task_doc(&t);
+    fake_doc_text(doc, "dept", "Support");
+    assert_int_equal(relay_fields_from_doc(fx->cfg, doc, &f), RELAY_FIELDS_UNREADABLE);
+    assert_string_equal(f.unreadable, "its field dept \"Support\" is not a department id");
+    relay_fields_release(&f);
+    json_decref(doc);
+}
+
+static void view_task_5(struct fixture *fx)
+{
+    add_event(fx, 5);
+    run_until(fx, calls_done, "the view");
+}
+
+/* Fault case 6: a view that cannot be read (a forwarded field that is not
+ * text; the view of another task; a document holding nothing) defers the
+ * row with a warning naming what was wrong: nothing is published, nothing
+ * dropped, and the task goes out once the API answers well. */
+static void unreadable_view_defers_the_row(void **state)
+{
+    struct fixture *fx = *state;
+    struct relay_stats s;
+    struct store_event ev[4];
+    size_t n;
+    settle(fx);
+    sim_task(5, 3, "Set up VPS", "please\n", "2024-05-01 10:00:00");
+    const struct {
+        const char *arrays;
+        int other, empty;
+        const char *line;
+    } views[] = {
+        {"dept", 0, 0, "its field dept is not text"},
+        {"subject", 0, 0, "its field subject is not text"},
+        {"state", 0, 0, "its field state is not text"},
+        {"*", 0, 0, "the view holds an id that is not text"},
+        {"", 1, 0, "the view answers for task \"999\""},
+        {"", 0, 1, "the view names no task"},
+    };
+    for (size_t i = 0; i < sizeof views / sizeof views[0]; i++) {
+        pthread_mutex_lock(&sim.lock);
+        snprintf(sim.view_arrays, sizeof sim.view_arrays, "%s", views[i].arrays);
+        sim.view_other = views[i].other;
+        sim.view_empty = views[i].empty;
+        pthread_mutex_unlock(&sim.lock);
+        log_set_level(LOG_LEVEL_WARNING);
+        int lines = count_log_lines(fx, view_task_5, views[i].line);
+        log_set_level(LOG_LEVEL_ERROR);
+        assert_int_equal(lines, 1);
+        assert_int_equal(fake_broker.n, 0);
+        assert_int_equal(backlog(fx), 1);
+        relay_stats(fx->r, &s);
+        assert_int_equal(s.dropped, 0);
+        assert_int_equal(s.deferred, i + 1);
+        /* Deferred with the backoff of a failure for now. */
+        assert_int_equal(store_outbox_due(fx->st, wall_ms(), 4, ev, &n), RT_OK);
+        assert_int_equal(n, 0);
+        assert_int_equal(
+            store_outbox_due(fx->st, wall_ms() + RELAY_BACKOFF_MAX_MS + 1000, 4, ev, &n), RT_OK);
+        assert_int_equal(n, 1);
+    }
+
+    pthread_mutex_lock(&sim.lock);
+    sim.view_arrays[0] = '\0';
+    sim.view_other = sim.view_empty = 0;
+    pthread_mutex_unlock(&sim.lock);
+    add_event(fx, 5);
+    run_until(fx, one_published, "the publish");
+    assert_string_equal(fake_broker.pub[0].msg.fwd.name, "Set up VPS");
+    assert_int_equal(fake_broker.pub[0].msg.fwd.department, 12);
+}
+
+static uint64_t recon_want;
+
+/* recon_want reconciliations ended, done or failed, and none runs. */
+static int recon_ended(struct fixture *fx)
+{
+    struct relay_stats s;
+    relay_stats(fx->r, &s);
+    return s.reconciliations + s.reconcile_failed >= recon_want && !s.reconciling;
+}
+
+/* Runs one more reconciliation to its end. */
+static void reconcile_now(struct fixture *fx)
+{
+    struct relay_stats s;
+    relay_stats(fx->r, &s);
+    recon_want = s.reconciliations + s.reconcile_failed + 1;
+    relay_wake(fx->r, 1);
+    run_until(fx, recon_ended, "the reconciliation");
+}
+
+/* Fault case 6: a list row whose id is not text could be a task whose
+ * event was missed: the reconciliation stops, says so, and counts as
+ * failed (the next one is due at poll_interval) rather than skip it. */
+static void reconciliation_stops_at_an_unreadable_row(void **state)
+{
+    struct fixture *fx = *state;
+    struct relay_stats s;
+    settle(fx);
+    sim_task(1, 3, "a", "", "2024-05-01 10:00:01");
+    sim_task(2, 3, "b", "", "2024-05-01 10:00:02");
+    fake_broker.connected = 0; /* keep the rows in the outbox to count them */
+    sim.list_arrays = 1;
+    log_set_level(LOG_LEVEL_WARNING);
+    int lines = count_log_lines(fx, reconcile_now,
+                                "reconciliation stopped: the list of department 3 (page 1) has a "
+                                "row whose id is not text");
+    log_set_level(LOG_LEVEL_ERROR);
+    assert_int_equal(lines, 1);
+    relay_stats(fx->r, &s);
+    assert_int_equal(s.reconcile_failed, 1);
+    assert_int_equal(s.reconciliations, 1); /* the start-up one only */
+    assert_int_equal(s.reconcile_enqueued, 0);
+    assert_int_equal(backlog(fx), 0);
+
+    sim.list_arrays = 0;
+    reconcile_now(fx);
+    relay_stats(fx->r, &s);
+    assert_int_equal(s.reconciliations, 2);
+    assert_int_equal(s.reconcile_enqueued, 2);
+    assert_int_equal(backlog(fx), 2);
+}
+
 int main(void)
 {
     log_init("test_relay", LOG_LEVEL_ERROR, 0);
@@ -1158,6 +1364,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(reconciliation_pages_and_skips_seen_tasks, setup, teardown),
         cmocka_unit_test_setup_teardown(drain_lets_go_and_free_is_safe_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(new_refuses_a_config_without_client, setup, teardown),
+        cmocka_unit_test_setup_teardown(fields_that_are_not_text_are_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(unreadable_view_defers_the_row, setup, teardown),
+        cmocka_unit_test_setup_teardown(reconciliation_stops_at_an_unreadable_row, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
