@@ -31,6 +31,7 @@
 #include "buf.h"
 #include "ctlproto.h"
 #include "harness.h"
+#include "harness_cluster.h"
 #include "harness_rabbit.h"
 #include "rmq.h"
 #include "store.h"
@@ -219,14 +220,16 @@ static rt_status hd_request(const struct harness_daemon *d, json_t *req, json_t 
     return st;
 }
 
-void harness_daemon_start(struct harness_daemon *d)
+/* Forks and execs remotetaskd -c config with its output appended to the
+ * log, and returns its pid (also in d->pid) without waiting for anything. */
+static pid_t hd_spawn(struct harness_daemon *d, const char *what)
 {
     char bin[PATH_MAX];
     if (d->pid > 0 && hd_reap(d, NULL))
         fail_msg("the %s daemon is already running (pid %d)", d->name, (int)d->pid);
     hd_binary(bin, sizeof(bin), "RT_REMOTETASKD", "bridge/remotetaskd");
     d->starts++;
-    hd_log_mark(d, d->starts == 1 ? "start" : "restart");
+    hd_log_mark(d, what ? what : d->starts == 1 ? "start" : "restart");
 
     const char *argv[] = {bin, "-c", d->config, NULL};
     pid_t parent = getpid();
@@ -255,7 +258,12 @@ void harness_daemon_start(struct harness_daemon *d)
         _exit(127);
     }
     d->pid = pid;
+    return pid;
+}
 
+void harness_daemon_start(struct harness_daemon *d)
+{
+    pid_t pid = hd_spawn(d, NULL);
     long long deadline = harness_now_ms() + HARNESS_DAEMON_START_MS;
     for (;;) {
         json_t *resp = NULL;
@@ -282,6 +290,32 @@ void harness_daemon_start(struct harness_daemon *d)
             harness_daemon_print_log(d, 0);
             harness_daemon_kill(d);
             fail_msg("the %s daemon did not answer a ping on %s within %d ms", d->name, d->socket,
+                     HARNESS_DAEMON_START_MS);
+        }
+        poll(NULL, 0, PING_INTERVAL_MS);
+    }
+}
+
+void harness_daemon_start_standby(struct harness_daemon *d)
+{
+    /* The mark precedes the start, so only this run's line counts. */
+    size_t mark = harness_daemon_log_mark(d);
+    (void)hd_spawn(d, "standby start");
+    long long deadline = harness_now_ms() + HARNESS_DAEMON_START_MS;
+    for (;;) {
+        if (harness_daemon_log_count_since(d, mark, "standing by") > 0)
+            return;
+        int status = 0;
+        if (!hd_reap(d, &status)) {
+            harness_daemon_print_log(d, 0);
+            fail_msg("the %s daemon exited before it stood by (%s %d); its log is above", d->name,
+                     WIFSIGNALED(status) ? "signal" : "status",
+                     WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+        }
+        if (harness_now_ms() > deadline) {
+            harness_daemon_print_log(d, 0);
+            harness_daemon_kill(d);
+            fail_msg("the %s daemon did not log \"standing by\" within %d ms", d->name,
                      HARNESS_DAEMON_START_MS);
         }
         poll(NULL, 0, PING_INTERVAL_MS);
@@ -652,10 +686,17 @@ static void hd_write_config(const struct harness_scenario *s, const struct harne
                             int server)
 {
     const char *side = server ? "server" : "client";
+    const char *user = server ? s->server_user : s->client_user;
     char *conf = server ? s->server_conf : s->client_conf;
+    char uri[1024], list[1000];
     struct buf b;
     buf_init(&b, 65536);
     int rc = 0;
+    if (s->cluster)
+        snprintf(uri, sizeof(uri), "( %s )", harness_cluster_uris(list, sizeof(list), user));
+    else
+        snprintf(uri, sizeof(uri), "\"amqp://%s@127.0.0.1:%s/%%2f\"", user,
+                 harness_env("RT_AMQP_PORT"));
     rc |= buf_printf(&b,
                      "# written by tests/integration/harness_daemon.c\n"
                      "instance = \"itf-%s\";\n"
@@ -663,7 +704,7 @@ static void hd_write_config(const struct harness_scenario *s, const struct harne
                      "control_socket = \"%s/%s.sock\";\n"
                      "log_level = \"debug\";\n"
                      "amqp: {\n"
-                     "  uri = \"amqp://%s@127.0.0.1:%s/%%2f\";\n"
+                     "  uri = %s;\n"
                      "  password_file = \"%s/%s-amqp.password\";\n"
                      "  heartbeat = %d;\n"
                      "  prefetch = %d;\n"
@@ -678,8 +719,7 @@ static void hd_write_config(const struct harness_scenario *s, const struct harne
                      "  connect_timeout = %d;\n"
                      "  max_inflight = %d;\n"
                      "};\n",
-                     side, server ? s->server_state : s->client_state, s->dir, side,
-                     server ? s->server_user : s->client_user, harness_env("RT_AMQP_PORT"), s->dir,
+                     side, server ? s->server_state : s->client_state, s->dir, side, uri, s->dir,
                      side, o->heartbeat ? o->heartbeat : 5, o->prefetch ? o->prefetch : 64,
                      harness_sim_url(server ? s->dst : s->src), HARNESS_SIM_LOGIN, s->dir, side,
                      o->billmgr_timeout ? o->billmgr_timeout : 10,
@@ -730,6 +770,7 @@ struct harness_scenario *harness_scenario_new(const char *tag,
         fail_msg("out of memory");
     if (slot)
         *slot = s;
+    s->cluster = o.cluster;
     counter++;
     s->dir = harness_tmpdir(tag);
     /* The control sockets live in the directory: sun_path holds 108 bytes. */
@@ -754,10 +795,12 @@ struct harness_scenario *harness_scenario_new(const char *tag,
 
     s->src = harness_sim_start(NULL, NULL);
     s->dst = harness_sim_start(NULL, NULL);
-    harness_rabbit_adduser(s->client_user, s->amqp_password);
-    harness_rabbit_adduser(s->server_user, s->amqp_password);
+    void (*adduser)(const char *, const char *) =
+        s->cluster ? harness_cluster_adduser : harness_rabbit_adduser;
+    adduser(s->client_user, s->amqp_password);
+    adduser(s->server_user, s->amqp_password);
     if (s->other_user[0])
-        harness_rabbit_adduser(s->other_user, s->amqp_password);
+        adduser(s->other_user, s->amqp_password);
 
     s->client_conf = hd_path(s->dir, "client.conf");
     s->server_conf = hd_path(s->dir, "server.conf");
@@ -802,16 +845,15 @@ void harness_scenario_print_logs(const struct harness_scenario *s)
 /* Deletes the queues of one client id with one plain AMQP connection:
  * rabbitmqctl would take a second per queue. Cleanup: failures are only
  * reported. */
-static void hd_delete_queues(const char *user, const char *pass, const char *client)
+static void hd_delete_queues(int port, const char *user, const char *pass, const char *client)
 {
     amqp_connection_state_t conn = amqp_new_connection();
     if (!conn)
         return;
     amqp_socket_t *sock = amqp_tcp_socket_new(conn);
     struct timeval tv = {.tv_sec = 5};
-    const char *port = getenv("RT_AMQP_PORT");
-    if (!sock || !port ||
-        amqp_socket_open_noblock(sock, "127.0.0.1", atoi(port), &tv) != AMQP_STATUS_OK)
+    if (!sock || port <= 0 ||
+        amqp_socket_open_noblock(sock, "127.0.0.1", port, &tv) != AMQP_STATUS_OK)
         goto destroy;
     amqp_rpc_reply_t r = amqp_login(conn, "/", 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, user, pass);
     if (r.reply_type != AMQP_RESPONSE_NORMAL)
@@ -887,17 +929,21 @@ void harness_scenario_free(struct harness_scenario *s)
         harness_sim_free(s->src);
         harness_sim_free(s->dst);
     }
+    const char *port = getenv("RT_AMQP_PORT");
+    int amqp_port = s->cluster ? harness_cluster_amqp_port(1) : port ? atoi(port) : 0;
+    void (*deluser)(const char *) =
+        s->cluster ? harness_cluster_delete_user : harness_rabbit_delete_user;
     if (s->server_user[0]) {
-        hd_delete_queues(s->server_user, s->amqp_password, s->client_id);
+        hd_delete_queues(amqp_port, s->server_user, s->amqp_password, s->client_id);
         if (s->other_id[0])
-            hd_delete_queues(s->server_user, s->amqp_password, s->other_id);
+            hd_delete_queues(amqp_port, s->server_user, s->amqp_password, s->other_id);
     }
     if (s->client_user[0])
-        harness_rabbit_delete_user(s->client_user);
+        deluser(s->client_user);
     if (s->server_user[0])
-        harness_rabbit_delete_user(s->server_user);
+        deluser(s->server_user);
     if (s->other_user[0])
-        harness_rabbit_delete_user(s->other_user);
+        deluser(s->other_user);
     if (s->dir && !keep)
         nftw(s->dir, hd_rm, 16, FTW_DEPTH | FTW_PHYS);
     else if (s->dir)

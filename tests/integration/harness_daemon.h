@@ -47,6 +47,15 @@ struct harness_daemon *harness_daemon_new(const char *name, const char *config,
  * answer within HARNESS_DAEMON_START_MS. Fails if it is already running. */
 void harness_daemon_start(struct harness_daemon *d);
 
+/* Starts remotetaskd -c config as a second daemon on a configuration whose
+ * state_dir another one works (bridge/daemon.h): returns once its log,
+ * from this start on, says it is "standing by"; a standby opens no control
+ * socket, so harness_daemon_start's ping would never be answered. Fails the
+ * test if it exits first, does not say so within HARNESS_DAEMON_START_MS
+ * (it is then killed), or is already running. Once the active daemon ends
+ * it takes over: stop, kill and the log functions work on it as on any. */
+void harness_daemon_start_standby(struct harness_daemon *d);
+
 /* Stops it with SIGTERM and waits up to HARNESS_DAEMON_STOP_MS; fails the
  * test unless it exits with status 0 (a sanitizer report, leaks included,
  * makes the status non-zero), if it had to be killed, or if it had already
@@ -142,6 +151,13 @@ struct harness_scenario_opts {
      * (created too) and whose department is HARNESS_SIM_DEPT_A of the
      * target: another client's department for authorization tests. */
     int other_client;
+    /* The broker is the cluster of tests/integration/harness_cluster.h
+     * (started by the caller) instead of scripts/test's node: the users
+     * are the cluster's, amqp.uri lists every node, and the scenario's
+     * queues are deleted through node 1 (heal the cluster before the
+     * scenario is freed). queue_type stays "classic" unless the test
+     * replaces it. */
+    int cluster;
 };
 
 struct harness_scenario {
@@ -159,6 +175,7 @@ struct harness_scenario {
     struct harness_daemon *client;
     struct harness_daemon *server;
     int keep;      /* keep the directory when freed (set for a failed test) */
+    int cluster;   /* the broker is harness_cluster's (opts.cluster) */
     long src_dept; /* the mapped local department (3) */
     long dst_dept; /* the remote department it maps to (12) */
 };
