@@ -374,6 +374,11 @@ const char *core_broker_state(const struct core *k)
     }
     if (k->declaring || (k->connects == 0 && k->failures == 0))
         return "connecting";
+    /* Lost for a reason other than silence (the broker closed it, a
+     * consumer was cancelled) and no attempt has failed since: the node
+     * answers, the daemon is only on its way back. */
+    if (k->failures == 0 && !broker_lost_to_silence(k->br))
+        return "reconnecting";
     return k->last_verdict == RT_REJECT ? "refused" : "unreachable";
 }
 

@@ -157,7 +157,10 @@ int64_t core_timeout_ms(const struct core *k, int connecting);
  * sent nothing for longer than the heartbeat; or not connected and the
  * last attempt failed for a reason that may pass), "refused" (the last
  * attempt failed for a reason that needs a person: login, certificate,
- * topology), or "connecting" (the first attempt after start or a loss). */
+ * topology), "reconnecting" (the connection ended for another reason
+ * than silence — the broker closed it, a consumer was cancelled — and no
+ * attempt has failed since), or "connecting" (the first attempt after
+ * start, or the topology being declared). */
 const char *core_broker_state(const struct core *k);
 
 /* Deliveries this instance holds unacknowledged on queue: the forward

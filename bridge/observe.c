@@ -448,8 +448,8 @@ static void observe_metrics_update(struct daemon *d)
     metrics_gauge_set(m, METRICS_UP, k && k->up ? 1 : 0, NULL);
     metrics_counter_set(m, METRICS_CONTROL_REFUSED,
                         (double)(o->control_refused_base + control_refused(d->ctl)), NULL);
-    static const char *const states[] = {"connected", "blocked", "unreachable", "refused",
-                                         "connecting"};
+    static const char *const states[] = {"connected", "blocked",    "unreachable",
+                                         "refused",   "connecting", "reconnecting"};
     const char *state = core_broker_state(k);
     for (size_t i = 0; i < sizeof(states) / sizeof(states[0]); i++)
         metrics_gauge_set(m, METRICS_BROKER_STATE, strcmp(states[i], state) == 0 ? 1 : 0,

@@ -40,6 +40,14 @@
  * than this fraction of the socket's buffer: a node that stopped reading
  * (frozen, blackholed) then never makes a write block. */
 #define SEND_QUEUE_FRACTION 4
+/* The delivery tags handed to the owner carry the connection they came on
+ * in their top bits: an ack of a delivery of an earlier connection (an
+ * API call that finished after a reconnect) is dropped here, never sent
+ * on the new connection, where its tag would name another delivery or
+ * none (the broker closes the channel on an unknown tag). AMQP tags count
+ * from 1 per channel; 2^48 of them is centuries of deliveries. */
+#define TAG_BITS 48
+#define TAG_MASK ((UINT64_C(1) << TAG_BITS) - 1)
 /* Room for a reason (broker_strerror). */
 #define ERR_MAX 512
 /* Room for "host:port" of a node. */
@@ -168,6 +176,8 @@ struct broker {
     int depth;   /* > 0 while a callback runs */
     int blocked; /* connection.blocked received */
     int64_t last_frame_ms; /* monotonic: when the node last sent anything */
+    int lost_to_silence;   /* the last connection ended on missed heartbeats */
+    uint64_t gen;          /* connections made: the top bits of delivery tags */
     char err[ERR_MAX];
 
     /* Publishes awaiting a confirm: pend[i] is delivery tag pend_base + i;
@@ -1097,6 +1107,8 @@ static rt_status connect_node(struct broker *b, size_t i)
 
     b->dead = 0;
     b->blocked = 0;
+    b->lost_to_silence = 0;
+    b->gen++;
     b->last_frame_ms = get_now_ms();
     b->next_tag = 1;
     b->pend_base = 1;
@@ -2026,7 +2038,7 @@ static void delivery_begin(struct broker *b, const char *queue, uint64_t tag, in
     snprintf(b->d_queue, sizeof(b->d_queue), "%s", queue ? queue : "");
     copy_bytes(b->d_exchange, sizeof(b->d_exchange), exchange);
     copy_bytes(b->d_key, sizeof(b->d_key), routing_key);
-    b->d.delivery_tag = tag;
+    b->d.delivery_tag = ((b->gen & 0xffff) << TAG_BITS) | (tag & TAG_MASK);
     b->d.redelivered = redelivered ? 1 : 0;
     b->d.queue = b->d_queue;
     b->d.exchange = b->d_exchange;
@@ -2326,6 +2338,7 @@ rt_status broker_process(struct broker *b)
         if (rc != AMQP_STATUS_OK) {
             set_err(b, "AMQP connection to %s:%d lost: %s", b->host, b->port, amqp_error_string2(rc));
             log_warning("%s", b->err);
+            b->lost_to_silence = rc == AMQP_STATUS_HEARTBEAT_TIMEOUT;
             mark_dead(b);
             break;
         }
@@ -2337,6 +2350,7 @@ rt_status broker_process(struct broker *b)
         set_err(b, "AMQP connection to %s:%d lost: nothing from the node for 2 heartbeats (%d s)",
                 b->host, b->port, 2 * hb);
         log_warning("%s", b->err);
+        b->lost_to_silence = 1;
         mark_dead(b);
     }
     if (b->dead) {
@@ -2344,6 +2358,11 @@ rt_status broker_process(struct broker *b)
         return RT_RETRY;
     }
     return RT_OK;
+}
+
+int broker_lost_to_silence(const struct broker *b)
+{
+    return b && b->lost_to_silence;
 }
 
 int64_t broker_silent_ms(const struct broker *b)
@@ -2428,6 +2447,14 @@ static rt_status queue_ack(struct broker *b, uint64_t tag, enum ack_op op)
             set_err(b, "%s: not connected", op == ACK_ACK ? "ack" : "reject");
         return RT_RETRY;
     }
+    if ((tag >> TAG_BITS) != (b->gen & 0xffff)) {
+        /* A delivery of a connection that is gone: the broker gave it back
+         * to its queue when that connection closed. */
+        log_debug("%s of delivery %" PRIu64 " of an earlier connection dropped",
+                  op == ACK_ACK ? "ack" : "reject", tag & TAG_MASK);
+        return RT_OK;
+    }
+    tag &= TAG_MASK;
     if (b->n_acks == 0 && send_room(b, 64))
         return send_ack(b, tag, op) == 0 ? RT_OK : finish(b, RT_RETRY);
     if (b->n_acks == b->acks_cap) {

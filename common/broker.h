@@ -135,7 +135,8 @@ struct broker_props {
 /* A message received from a consumed queue. Every pointer is into the
  * broker object and valid during the on_delivery call only. */
 struct broker_delivery {
-    uint64_t delivery_tag; /* for broker_ack / broker_reject */
+    uint64_t delivery_tag; /* for broker_ack / broker_reject; opaque: it also names the
+                              connection, so an ack after a reconnect is dropped */
     int redelivered;
     const char *queue; /* the queue it was consumed from */
     const char *exchange;
@@ -307,6 +308,11 @@ int broker_blocked(const struct broker *b);
  * silent, which librabbitmq turns into a lost connection at twice the
  * heartbeat. */
 int64_t broker_silent_ms(const struct broker *b);
+
+/* 1 when the last connection ended because the node went silent (missed
+ * heartbeats), 0 when it ended otherwise (closed, refused, a consumer
+ * cancelled) or is up. */
+int broker_lost_to_silence(const struct broker *b);
 
 /* Starts consuming a queue with manual acks on the consume channel;
  * deliveries arrive through on_delivery, at most prefetch unacknowledged

@@ -444,7 +444,7 @@ static const struct {
     {METRICS_UP, METRICS_GAUGE, NULL, "1 while the daemon runs with its broker connected."},
     {METRICS_BROKER_STATE, METRICS_GAUGE, "state",
      "1 for the broker connection's state (connected, blocked, unreachable, refused, "
-     "connecting), 0 for the others."},
+     "connecting, reconnecting), 0 for the others."},
     {METRICS_BROKER_NODE, METRICS_GAUGE, "node",
      "1 for the broker node (host:port) the daemon is connected to, or was last."},
     {METRICS_API_UP, METRICS_GAUGE, NULL,

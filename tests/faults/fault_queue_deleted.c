@@ -2,7 +2,7 @@
  * fault_queue_deleted.c - issue 9, case 3: the client's forward queue is
  * deleted under the server's consumer while tasks flow.
  *
- * The target answers slowly (40-80 ms a call, 4 in flight) so that
+ * The target answers slowly (200-300 ms a call, 4 in flight) so that
  * messages wait in remotetask.forward.<client> when an operator (here the
  * management API) deletes it. Required: the server notices the consumer
  * cancel, declares the topology again and consumes again within 5 s;
@@ -56,7 +56,10 @@ static void test_queue_deleted(void **state)
     assert_int_equal(broker_queue_name(fwd, sizeof(fwd), BROKER_FORWARD, s->client_id), 0);
     fault_begin(&r, s, "queue-deleted", 3, "Queue deleted under the consumer");
 
-    json_decref(harness_sim_admin_ok(s->dst, "POST", "/faults", "{\"latency_ms\":[40,80]}"));
+    /* Slow enough that the queue fills whatever the machine's load: the
+     * client publishes as fast as the source answers. Fast again once the
+     * queue is gone. */
+    json_decref(harness_sim_admin_ok(s->dst, "POST", "/faults", "{\"latency_ms\":[200,300]}"));
     faults_start_both(s);
     faults_bulk_send(s, FIRST_BATCH, "qd-");
 
@@ -81,6 +84,7 @@ static void test_queue_deleted(void **state)
     fault_start(&r);
     harness_rabbit_delete_queue(fwd);
     long long deleted_at = harness_now_ms();
+    json_decref(harness_sim_admin_ok(s->dst, "POST", "/faults", "{\"latency_ms\":[2,5]}"));
     json_decref(fault_status(&r, "server", s->server, "right after the deletion", server_members));
     json_decref(fault_status(&r, "client", s->client, "right after the deletion", client_members));
 
