@@ -222,11 +222,26 @@ void core_drain(struct core *k)
 
 /* ---- the connection ------------------------------------------------- */
 
+/* The entry of amqp.uri of the node the broker is (or was last)
+ * connected to, redacted: a line about a connection names its node. */
+static const char *core_node_uri(const struct core *k)
+{
+    const char *node = broker_node(k->br);
+    const struct config_amqp *a = &k->cfg->amqp;
+    for (size_t i = 0; i < a->n_nodes; i++) {
+        char name[300];
+        snprintf(name, sizeof(name), "%s:%d", a->nodes[i].host, a->nodes[i].port);
+        if (strcmp(name, node) == 0)
+            return a->nodes[i].uri_redacted;
+    }
+    return a->uris_redacted;
+}
+
 /* The connection is gone (or must go): close what is left of it and
  * schedule the next attempt. */
 static void core_lost(struct core *k, const char *why)
 {
-    log_warning("lost the broker connection to %s: %s; reconnecting", k->cfg->amqp.uri_redacted,
+    log_warning("lost the broker connection to %s: %s; reconnecting", core_node_uri(k),
                 why);
     broker_disconnect(k->br);
     k->up = 0;
@@ -251,15 +266,15 @@ static void core_connect_failed(struct core *k, rt_status st)
     if (st == RT_REJECT && (changed || k->failures % CORE_RECONNECT_REMIND == 0))
         log_error("the broker at %s refused \"%s\": %s; fix the broker or the configuration, "
                   "retrying every %u s",
-                  cfg->amqp.uri_redacted, cfg->amqp.user, why, CORE_RECONNECT_MAX_MS / 1000);
+                  cfg->amqp.uris_redacted, cfg->amqp.user, why, CORE_RECONNECT_MAX_MS / 1000);
     else if (st != RT_REJECT && (changed || k->failures <= CORE_RECONNECT_LOUD))
         log_warning("cannot connect to the broker at %s: %s; retrying in %u ms",
-                    cfg->amqp.uri_redacted, why, delay);
+                    cfg->amqp.uris_redacted, why, delay);
     else if (k->failures % CORE_RECONNECT_REMIND == 0)
         log_warning("still cannot connect to the broker at %s after %u attempts: %s",
-                    cfg->amqp.uri_redacted, k->failures, why);
+                    cfg->amqp.uris_redacted, k->failures, why);
     else
-        log_debug("cannot connect to the broker at %s (attempt %u): %s", cfg->amqp.uri_redacted,
+        log_debug("cannot connect to the broker at %s (attempt %u): %s", cfg->amqp.uris_redacted,
                   k->failures, why);
     snprintf(k->last_error, sizeof(k->last_error), "%s", why);
     broker_disconnect(k->br);
@@ -286,9 +301,9 @@ static void core_declared(struct core *k)
     const struct config *cfg = k->cfg;
     if (k->failures)
         log_info("connected to the broker at %s (node %s) as \"%s\" after %u failed attempts",
-                 cfg->amqp.uri_redacted, broker_node(k->br), cfg->amqp.user, k->failures);
+                 core_node_uri(k), broker_node(k->br), cfg->amqp.user, k->failures);
     else
-        log_info("connected to the broker at %s (node %s) as \"%s\"", cfg->amqp.uri_redacted,
+        log_info("connected to the broker at %s (node %s) as \"%s\"", core_node_uri(k),
                  broker_node(k->br), cfg->amqp.user);
     k->up = 1;
     k->failures = 0;
@@ -390,6 +405,11 @@ void core_tick(struct core *k)
      * clock set back must not stall them. They read the wall clock
      * themselves for what they store or send. */
     int64_t now = now_mono_ms();
+    /* Nothing publishes while the topology is being declared: on a fresh
+     * broker an exchange may not exist yet, and a publish to it would cost
+     * the connection. The ticks run once it is done (core_declared). */
+    if (k->declaring)
+        return;
     if (k->relay && now >= k->relay_next)
         k->relay_next = relay_tick(k->relay, now);
     if (k->rev && now >= k->rev_next)
@@ -429,6 +449,8 @@ int64_t core_timeout_ms(const struct core *k, int connecting)
     int t = billmgr_timeout_ms(k->bm);
     if (t >= 0)
         core_wait_min(&best, t);
+    if (k->declaring)
+        return best; /* no tick runs before the topology is there */
     if (k->relay)
         core_wait_min(&best, k->relay_next - mono);
     if (k->fwd)
