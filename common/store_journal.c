@@ -86,6 +86,7 @@ struct store_journal {
     size_t mark;
     size_t inserted;
     int64_t first_at; /* monotonic ms: when the queue last became non-empty */
+    bool force;       /* the next commit writes the queue whatever its size */
     int64_t next_prune;
     bool walked; /* the last batch reached the end of the tasks */
     /* The pruning walk: the last task whose count was checked. */
@@ -375,6 +376,9 @@ rt_status store_journal_on_commit(struct store *st)
     struct store_journal *j = st->journal;
     if (!j || !j->prepared || j->len == 0)
         return RT_OK;
+    if (!j->force && j->len < STORE_JOURNAL_BATCH_ROWS &&
+        journal_mono_ms() - j->first_at < STORE_JOURNAL_BATCH_MS)
+        return RT_OK;
     return journal_insert_queued(st, j);
 }
 
@@ -425,6 +429,7 @@ void store_journal_on_free(struct store *st)
     struct store_journal *j = st->journal;
     if (!j)
         return;
+    j->force = true;
     if (j->len && j->prepared && st->db && !st->readonly && !st->in_txn &&
         store_begin(st) == RT_OK && store_commit(st) != RT_OK)
         j->stats.dropped += j->len;
@@ -547,6 +552,7 @@ static rt_status journal_txn(struct store *st, struct store_journal *j, int64_t 
     rt_status r;
 
     sqlite3_exec(st->db, "PRAGMA synchronous = NORMAL", NULL, NULL, NULL);
+    j->force = true;
     if ((r = store_begin(st)) != RT_OK)
         goto restore_sync;
     if (prune_at && (r = journal_prune_batch(st, j, prune_at, &gone)) != RT_OK) {
@@ -559,6 +565,7 @@ static rt_status journal_txn(struct store *st, struct store_journal *j, int64_t 
             *deleted = gone;
     }
 restore_sync:
+    j->force = false;
     /* Every other commit of the handle is synced (store.c). */
     sqlite3_exec(st->db, "PRAGMA synchronous = FULL", NULL, NULL, NULL);
     return r;

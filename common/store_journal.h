@@ -10,13 +10,16 @@
  *
  * Durability. The journal never costs a task its durability, nor a commit
  * of its own: store_journal_add() only queues a row in memory. The queue
- * is written inside the next transaction the components commit anyway
- * (store_commit(): the relay's confirm, the appliers' link or rev commit),
- * or, when nothing commits for STORE_JOURNAL_FLUSH_MS, by
- * store_journal_tick() in a transaction that is not synced on its own
- * (synchronous=NORMAL; the next synced commit carries it to disk). A row
- * added inside a transaction belongs to it: a rollback, or a COMMIT that
- * failed, drops it with the work it describes (the caller redoes both).
+ * is written inside a transaction the components commit anyway
+ * (store_commit(): the relay's confirm, the appliers' link or rev commit)
+ * once STORE_JOURNAL_BATCH_ROWS rows wait or the oldest has waited
+ * STORE_JOURNAL_BATCH_MS, so that many rows share the pages one commit
+ * writes; when nothing commits for STORE_JOURNAL_FLUSH_MS,
+ * store_journal_tick() writes it in a transaction that is not synced on
+ * its own (synchronous=NORMAL; the next synced commit carries it to
+ * disk). A row added inside a transaction belongs to it: a rollback, or a
+ * COMMIT that failed, drops it with the work it describes (the caller
+ * redoes both).
  * So a crash or a power loss may lose the last rows of the journal, never
  * a task; a clean stop (store_free) writes what is queued. A queue that
  * reaches STORE_JOURNAL_QUEUE_MAX rows (the store failing for a long
@@ -65,6 +68,13 @@ enum store_side {
 #define STORE_JOURNAL_DETAIL_MAX 240
 /* Rows waiting in memory for a transaction, at most. */
 #define STORE_JOURNAL_QUEUE_MAX 4096
+/* A commit carries the queue once this many rows wait, or once the oldest
+ * waited this long. Writing the journal's pages costs a commit about as
+ * much as a few dozen rows (measured: a commit that carries one row took
+ * 25 us more than one without, a row in a batch 2 us), so rows go in
+ * batches rather than one or two per commit. */
+#define STORE_JOURNAL_BATCH_ROWS 64
+#define STORE_JOURNAL_BATCH_MS   250
 /* Rows queued and not committed are written after this long. */
 #define STORE_JOURNAL_FLUSH_MS 1000
 /* Pruning: one batch per this long, of at most this many rows deleted and
