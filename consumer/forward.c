@@ -1336,7 +1336,12 @@ static void forward_on_reply(void *arg, const struct billmgr_reply *r)
         }
         if (billmgr_long(r->doc, "id", &id) < 0 || id <= 0) {
             /* It may exist: the retry looks for it by its origin block. */
-            slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "api: the create answered without an id");
+            const char *text;
+            int got = billmgr_text_field(r->doc, "id", &text);
+            slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "api: the create answered without an id%s",
+                      got < 0    ? " (its id is not text)"
+                      : got == 0 ? ""
+                                 : " (its id is not a task id)");
             return;
         }
         s->link.dst_task = id;

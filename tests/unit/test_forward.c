@@ -724,10 +724,11 @@ static struct {
     long next_id;
     struct ra_task tasks[RA_MAX_TASKS];
     int ntasks;
-    int lose_creates;          /* make the next creates, then answer HTTP 500 */
-    enum ra_spoil spoil_lists; /* how lists are answered */
-    enum ra_spoil spoil_views; /* how views are answered */
-    char view_missed[32];      /* answer views with a missed error naming this */
+    int lose_creates;            /* make the next creates, then answer HTTP 500 */
+    enum ra_spoil spoil_lists;   /* how lists are answered */
+    enum ra_spoil spoil_views;   /* how views are answered */
+    enum ra_spoil spoil_creates; /* how creates are answered (the task is made) */
+    char view_missed[32];        /* answer views with a missed error naming this */
     int view_missed_on;
 } ra = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
@@ -827,6 +828,7 @@ static int ra_answer(void *arg, const char *body, char **out)
         snprintf(t->note, sizeof(t->note), "%s", has_note ? note : "");
         json_object_set_new(doc, "ok", json_object());
         fake_doc_long(doc, "id", t->id);
+        doc = ra_spoiled(doc, ra.spoil_creates);
         if (ra.lose_creates > 0) {
             ra.lose_creates--;
             code = 500;
@@ -915,7 +917,7 @@ static void frig_up(struct frig *g)
     ra.next_id = 500;
     ra.ntasks = 0;
     ra.lose_creates = 0;
-    ra.spoil_lists = ra.spoil_views = RA_SPOIL_NONE;
+    ra.spoil_lists = ra.spoil_views = ra.spoil_creates = RA_SPOIL_NONE;
     ra.view_missed_on = 0;
     pthread_mutex_unlock(&ra.lock);
     snprintf(g->dir, sizeof(g->dir), "/tmp/test_forward.XXXXXX");
@@ -1275,6 +1277,23 @@ static void unreadable_answers_never_make_an_interrupted_create_twice(void **sta
     forward_stats(g.f, &fs);
     assert_int_equal(fs.adopted, 1);
     assert_int_equal(fs.created, 0);
+
+    /* A create answered with an id that is not text: made, and found. */
+    ra_spoil_set(&ra.spoil_creates, RA_SPOIL_ARRAYS);
+    tag = frig_deliver(&g, 6, 1, "Install the OS", "reseller-a", NULL);
+    frig_settle(&g);
+    assert_int_equal(ra_count(&ra.creates), 2);
+    assert_string_equal(last_retry_reason(),
+                        "api: the create answered without an id (its id is not text)");
+    frig_confirm(&g);
+    assert_true(rig_acked(tag));
+    ra_spoil_set(&ra.spoil_creates, RA_SPOIL_NONE);
+    tag = frig_deliver(&g, 6, 1, "Install the OS", "upstream", "reseller-a");
+    frig_settle(&g);
+    assert_true(rig_acked(tag));
+    assert_int_equal(ra_count(&ra.creates), 2);
+    assert_int_equal(store_link_get(g.st, "7", 6, &link), RT_OK);
+    assert_int_equal(link.dst_task, 502);
     frig_down(&g);
 }
 
