@@ -289,6 +289,12 @@ table = re.sub(r"/\*.*?\*/", "", table, flags=re.S)
 items = re.findall(r"\b(STR|INT|BOOL|ENUM|LIST|GROUP)\((.*?)\)\s*,", table, flags=re.S)
 need(len(items) > 40, "config.c's table was not found (%d items)" % len(items))
 limits = dict(re.findall(r"#define\s+(CONFIG_\w+)\s+(\d+)", ch))
+# Bounds the table takes from the module that owns them (the journal's are the
+# store's): every numeric macro of the headers config.c includes from common/.
+for hdr in re.findall(r'#include "(\w+\.h)"', cc):
+    hp = os.path.join(src, "common", hdr)
+    if os.path.exists(hp):
+        limits.update(re.findall(r"#define\s+(\w+)\s+(\d+)\b", read(hp)))
 for kind, args in items:
     a = [x.strip() for x in re.split(r",(?=(?:[^\"]*\"[^\"]*\")*[^\"]*$)", args)]
     path = a[0].strip('"')
@@ -310,7 +316,7 @@ for kind, args in items:
         if hi.isdigit() and hi not in ("4096",) and a[1] != "IT_SECRET":
             need(hi in b, "%s: length bound %s not in the page" % (path, hi))
     elif kind == "INT":
-        default, lo, hi = a[2], a[3], a[4]
+        default, lo, hi = (limits.get(x, x) for x in (a[2], a[3], a[4]))
         need("Default \\fB%s\\fR" % default in b, "%s: default %s not in the page" % (path, default))
         need("%s to %s" % (lo, hi) in b or re.search(r"%s to \\fB[a-z_.]+\\fR" % lo, b),
              "%s: bounds %s to %s not in the page" % (path, lo, hi))
