@@ -1,4 +1,4 @@
-#include "broker.h"
+#include "broker_int.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -21,17 +21,6 @@
 #include "netprobe.h"
 #include "rmq.h"
 
-/* Channel numbers: the publish channel is in confirm mode, the consume
- * channel carries deliveries; RPCs that may make the broker close their
- * channel (declarations, passive declares) run on a scratch channel that
- * is opened for the occasion, so a refusal never costs the other two. */
-#define CH_PUBLISH 1
-#define CH_CONSUME 2
-#define CH_SCRATCH 3
-/* Depth questions of the daemon (broker_depth_ask), asked without waiting:
- * a missing queue closes this channel only. */
-#define CH_QUERY 4
-
 #define DEFAULT_CONNECT_TIMEOUT_MS 10000
 #define DEFAULT_MAX_MESSAGE ((size_t)CODEC_MAX_BODY)
 #define DEFAULT_MAX_UNCONFIRMED 65536
@@ -48,187 +37,13 @@
  * from 1 per channel; 2^48 of them is centuries of deliveries. */
 #define TAG_BITS 48
 #define TAG_MASK ((UINT64_C(1) << TAG_BITS) - 1)
-/* Room for a reason (broker_strerror). */
-#define ERR_MAX 512
-/* Room for "host:port" of a node. */
-#define NODE_NAME_MAX (SHORTSTR + 8)
 /* broker_process() handles at most this many frames per call so that one
  * busy connection cannot starve the rest of the event loop; what is left
  * is reported by broker_wants_read_now() or by poll(). */
 #define MAX_FRAMES_PER_CALL 4096
-/* Room for the keys and string values of one delivery's headers. */
-#define HEADER_ARENA 8192
-#define SHORTSTR 256
 
 static const unsigned retry_delays_ms[BROKER_RETRY_TIERS] = {1000, 5000, 30000, 120000, 600000};
 static const char *const retry_tier_names[BROKER_RETRY_TIERS] = {"1s", "5s", "30s", "2m", "10m"};
-
-/* Where a channel is in receiving a content (method, header, body). */
-enum content_state {
-    CONTENT_IDLE = 0,
-    CONTENT_HEADER, /* method seen, header frame expected */
-    CONTENT_BODY,   /* header seen, body frames expected */
-};
-
-/* States of a published message awaiting its confirm. */
-enum pend_state {
-    PEND_WAITING = 0,
-    PEND_RETURNED, /* basic.return seen: its ack means RETURNED */
-    PEND_DONE,
-};
-
-struct pending {
-    uint64_t id_hash; /* of the message_id, to match a basic.return */
-    uint8_t state;
-};
-
-struct consumer {
-    char queue[SHORTSTR];
-    char tag[SHORTSTR];
-};
-
-/* One node of the cluster, as configured. */
-struct node {
-    char *host;
-    int port;
-    int ssl;
-    char name[NODE_NAME_MAX]; /* "host:port" */
-};
-
-/* An ack or reject that waits until the node reads again. */
-enum ack_op {
-    ACK_ACK = 0,
-    ACK_REJECT,
-    ACK_REQUEUE,
-};
-
-struct pending_ack {
-    uint64_t tag;
-    enum ack_op op;
-};
-
-/* A question of broker_depth_ask(). */
-struct depth_question {
-    char queue[SHORTSTR];
-    int sent; /* on the query channel as it is now */
-};
-
-/* Where a round of declarations is. */
-enum declare_phase {
-    DECL_NONE = 0,
-    DECL_FULL,    /* declarations sent, their answer awaited */
-    DECL_PASSIVE, /* refused for lack of permission: look-ups sent (or to send) */
-    DECL_DONE,    /* answered: decl_status */
-};
-
-/* The scratch channel (declarations, blocking depth questions). */
-enum scratch_state {
-    SCRATCH_CLOSED = 0,
-    SCRATCH_OPEN,
-    SCRATCH_OPENING, /* channel.open sent, open-ok awaited */
-    SCRATCH_CLOSING, /* channel.close sent, close-ok awaited */
-};
-
-/* The query channel: open, or closed by the broker and being opened. */
-enum query_state {
-    QUERY_CLOSED = 0,
-    QUERY_OPEN,
-    QUERY_OPENING,
-};
-
-/* Where broker_get() is in its exchange with the broker. */
-enum get_state {
-    GET_IDLE = 0,
-    GET_WAITING, /* basic.get sent, get-ok or get-empty expected */
-    GET_CONTENT, /* get-ok seen, its header and body expected */
-    GET_DONE,    /* answered: a message (get_msg, NULL if no memory) or empty */
-    GET_REFUSED, /* the broker closed the consume channel instead */
-};
-
-struct broker {
-    /* Options, with the strings copied. */
-    char *vhost, *user, *password, *ca_file, *cert_file, *key_file;
-    char *queue_type, *connection_name;
-    int verify_peer, verify_hostname, heartbeat, prefetch, connect_timeout_ms;
-    size_t max_message, max_unconfirmed;
-    void (*on_confirm)(void *arg, uint64_t tag, enum broker_fate fate);
-    void (*on_delivery)(void *arg, const struct broker_delivery *d);
-    void (*on_cancel)(void *arg, const char *queue);
-    void (*on_depth)(void *arg, const char *queue, int found, uint32_t ready, uint32_t consumers);
-    void *cb_arg;
-
-    /* The nodes in the order they are tried (shuffled once), and the one
-     * connected to or last connected to; host, port and ssl are its. */
-    struct node nodes[BROKER_MAX_NODES];
-    size_t n_nodes;
-    size_t node;
-    int had_node; /* a connection was made: the next attempt starts after node */
-    const char *host;
-    int port, ssl;
-
-    /* broker_connect_async(): one probe per node while connecting. */
-    struct netprobe *probes[BROKER_MAX_NODES];
-    int connecting;
-    size_t probe_start; /* the node tried first in this attempt */
-
-    amqp_connection_state_t conn; /* NULL when not connected */
-    int dead;    /* the connection failed; torn down at the next safe point */
-    int depth;   /* > 0 while a callback runs */
-    int blocked; /* connection.blocked received */
-    int64_t last_frame_ms; /* monotonic: when the node last sent anything */
-    int lost_to_silence;   /* the last connection ended on missed heartbeats */
-    uint64_t gen;          /* connections made: the top bits of delivery tags */
-    char err[ERR_MAX];
-
-    /* Publishes awaiting a confirm: pend[i] is delivery tag pend_base + i;
-     * entries before pend_head are done. */
-    struct pending *pend;
-    size_t pend_head, pend_len, pend_cap;
-    uint64_t pend_base, next_tag;
-    size_t unconfirmed;
-
-    /* The content being received on the publish channel (a return). */
-    enum content_state ret_state;
-    uint64_t ret_size, ret_got;
-    char ret_text[SHORTSTR];
-
-    /* The content being received on the consume channel (a delivery). */
-    enum content_state del_state;
-    uint64_t del_size, del_got;
-    struct buf body;
-    struct broker_delivery d;
-    char d_queue[SHORTSTR], d_exchange[SHORTSTR], d_key[SHORTSTR];
-    char d_message_id[SHORTSTR], d_user_id[SHORTSTR], d_content_type[SHORTSTR];
-    struct broker_header d_headers[BROKER_MAX_HEADERS];
-    char d_arena[HEADER_ARENA];
-
-    struct consumer *consumers;
-    size_t n_consumers, consumers_cap;
-
-    /* Acks and rejects that wait for the node to read again. */
-    struct pending_ack *acks;
-    size_t n_acks, acks_cap;
-
-    /* A round of declarations (broker_declare_begin) and the scratch
-     * channel it uses. */
-    enum declare_phase decl;
-    rt_status decl_status;
-    char **decl_clients;
-    size_t decl_n;
-    enum scratch_state scratch;
-
-    /* Depth questions, oldest first; answered in order on CH_QUERY. */
-    struct depth_question *dq;
-    size_t dq_head, dq_len, dq_cap;
-    enum query_state query;
-
-    /* broker_get(): the message copied for the caller, and its state. */
-    enum get_state get_state;
-    int get_nomem;
-    uint32_t get_remaining;
-    struct broker_delivery *get_msg;
-    char get_queue[SHORTSTR];
-};
 
 /* ---- names ------------------------------------------------------------ */
 
@@ -365,24 +180,12 @@ const char *broker_delivery_header_str(const struct broker_delivery *d, const ch
 
 /* ---- small helpers ---------------------------------------------------- */
 
-static void set_err(struct broker *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void set_err(struct broker *b, const char *fmt, ...)
+void broker_set_err(struct broker *b, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(b->err, sizeof(b->err), fmt, ap);
     va_end(ap);
-}
-
-/* Copies AMQP bytes into a C string, cut to fit; NUL bytes end it early,
- * which is what a C string reader would see anyway. */
-static void copy_bytes(char *dst, size_t dstlen, amqp_bytes_t src)
-{
-    size_t n = src.len < dstlen - 1 ? src.len : dstlen - 1;
-    if (n)
-        memcpy(dst, src.bytes, n);
-    dst[n] = '\0';
 }
 
 static uint64_t hash_bytes(const void *p, size_t n)
@@ -399,28 +202,6 @@ static uint64_t hash_bytes(const void *p, size_t n)
 static char *dup_or_empty(const char *s)
 {
     return strdup(s ? s : "");
-}
-
-static struct timeval ms_to_tv(int ms)
-{
-    struct timeval tv;
-    tv.tv_sec = ms / 1000;
-    tv.tv_usec = (ms % 1000) * 1000;
-    return tv;
-}
-
-static int64_t get_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Marks the connection as failed; it is torn down by the outermost call
- * (never from inside a callback, whose caller still walks our state). */
-static void mark_dead(struct broker *b)
-{
-    b->dead = 1;
 }
 
 /* ---- lifecycle -------------------------------------------------------- */
@@ -544,7 +325,7 @@ struct broker *broker_new(const struct broker_opts *o, char *err, size_t errlen)
     b->on_depth = o->on_depth;
     b->cb_arg = o->cb_arg;
     buf_init(&b->body, b->max_message);
-    set_err(b, "not connected");
+    broker_set_err(b, "not connected");
     return b;
 
 fail_alloc:
@@ -720,7 +501,7 @@ int broker_timeout_ms(const struct broker *b)
         return -1;
     /* Wake at the heartbeat deadline itself, not up to half a heartbeat
      * after it. */
-    int64_t left = b->last_frame_ms + (int64_t)hb * 2000 - get_now_ms();
+    int64_t left = b->last_frame_ms + (int64_t)hb * 2000 - broker_now_ms();
     if (left < 0)
         left = 0;
     return left < hb * 1000 / 2 ? (int)left : hb * 1000 / 2;
@@ -794,7 +575,7 @@ static void send_channel_close_ok(struct broker *b, amqp_channel_t ch)
 {
     amqp_channel_close_ok_t ok = {0};
     if (amqp_send_method(b->conn, ch, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok) != AMQP_STATUS_OK)
-        mark_dead(b);
+        broker_mark_dead(b);
 }
 
 static void send_connection_close_ok(struct broker *b)
@@ -815,17 +596,17 @@ static rt_status rpc_verdict(struct broker *b, amqp_rpc_reply_t r, amqp_channel_
     /* A reply is a frame from the node: a long run of RPCs (declaring
      * hundreds of queues) must not look like silence. */
     if (r.reply_type == AMQP_RESPONSE_NORMAL || r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION)
-        b->last_frame_ms = get_now_ms();
+        b->last_frame_ms = broker_now_ms();
     switch (r.reply_type) {
     case AMQP_RESPONSE_NORMAL:
         return RT_OK;
     case AMQP_RESPONSE_NONE:
-        set_err(b, "%s: no reply from the broker", what);
-        mark_dead(b);
+        broker_set_err(b, "%s: no reply from the broker", what);
+        broker_mark_dead(b);
         return RT_RETRY;
     case AMQP_RESPONSE_LIBRARY_EXCEPTION:
-        set_err(b, "%s: %s", what, amqp_error_string2(r.library_error));
-        mark_dead(b);
+        broker_set_err(b, "%s: %s", what, amqp_error_string2(r.library_error));
+        broker_mark_dead(b);
         return RT_RETRY;
     case AMQP_RESPONSE_SERVER_EXCEPTION:
         break;
@@ -833,26 +614,26 @@ static rt_status rpc_verdict(struct broker *b, amqp_rpc_reply_t r, amqp_channel_
     if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
         const amqp_connection_close_t *c = r.reply.decoded;
         char text[SHORTSTR];
-        copy_bytes(text, sizeof(text), c->reply_text);
-        set_err(b, "%s: the broker closed the connection: %u %s", what, c->reply_code, text);
+        broker_copy_bytes(text, sizeof(text), c->reply_text);
+        broker_set_err(b, "%s: the broker closed the connection: %u %s", what, c->reply_code, text);
         if (code_out)
             *code_out = c->reply_code;
         send_connection_close_ok(b);
-        mark_dead(b);
+        broker_mark_dead(b);
         return RT_RETRY;
     }
     if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
         const amqp_channel_close_t *c = r.reply.decoded;
         char text[SHORTSTR];
-        copy_bytes(text, sizeof(text), c->reply_text);
-        set_err(b, "%s: refused by the broker: %u %s", what, c->reply_code, text);
+        broker_copy_bytes(text, sizeof(text), c->reply_text);
+        broker_set_err(b, "%s: refused by the broker: %u %s", what, c->reply_code, text);
         if (code_out)
             *code_out = c->reply_code;
         send_channel_close_ok(b, ch);
         return RT_REJECT;
     }
-    set_err(b, "%s: unexpected reply %s", what, amqp_method_name(r.reply.id));
-    mark_dead(b);
+    broker_set_err(b, "%s: unexpected reply %s", what, amqp_method_name(r.reply.id));
+    broker_mark_dead(b);
     return RT_RETRY;
 }
 
@@ -908,48 +689,21 @@ static rt_status setup_tls(struct broker *b, amqp_socket_t *s)
     const char *ca = *b->ca_file ? b->ca_file : system_ca_bundle();
     if (ca) {
         if (amqp_ssl_socket_set_cacert(s, ca) != AMQP_STATUS_OK) {
-            set_err(b, "cannot load the CA file \"%s\"", ca);
+            broker_set_err(b, "cannot load the CA file \"%s\"", ca);
             return RT_REJECT;
         }
     } else if (b->verify_peer) {
-        set_err(b, "no CA file given and no system CA bundle found to verify %s", b->host);
+        broker_set_err(b, "no CA file given and no system CA bundle found to verify %s", b->host);
         return RT_REJECT;
     }
     if (*b->cert_file) {
         if (amqp_ssl_socket_set_key(s, b->cert_file, b->key_file) != AMQP_STATUS_OK) {
-            set_err(b, "cannot load the client certificate \"%s\" with key \"%s\"", b->cert_file,
+            broker_set_err(b, "cannot load the client certificate \"%s\" with key \"%s\"", b->cert_file,
                     b->key_file);
             return RT_REJECT;
         }
     }
     return RT_OK;
-}
-
-static amqp_table_entry_t bool_entry(const char *key, int v)
-{
-    amqp_table_entry_t e;
-    e.key = amqp_cstring_bytes(key);
-    e.value.kind = AMQP_FIELD_KIND_BOOLEAN;
-    e.value.value.boolean = v ? 1 : 0;
-    return e;
-}
-
-static amqp_table_entry_t str_entry(const char *key, const char *v)
-{
-    amqp_table_entry_t e;
-    e.key = amqp_cstring_bytes(key);
-    e.value.kind = AMQP_FIELD_KIND_UTF8;
-    e.value.value.bytes = amqp_cstring_bytes(v);
-    return e;
-}
-
-static amqp_table_entry_t int_entry(const char *key, int64_t v)
-{
-    amqp_table_entry_t e;
-    e.key = amqp_cstring_bytes(key);
-    e.value.kind = AMQP_FIELD_KIND_I64;
-    e.value.value.i64 = v;
-    return e;
 }
 
 static rt_status login(struct broker *b)
@@ -958,18 +712,18 @@ static rt_status login(struct broker *b)
      * and a connection.close with a reason on a refused login only to
      * clients that announce these capabilities. */
     amqp_table_entry_t caps[] = {
-        bool_entry("connection.blocked", 1),     bool_entry("consumer_cancel_notify", 1),
-        bool_entry("publisher_confirms", 1),     bool_entry("basic.nack", 1),
-        bool_entry("authentication_failure_close", 1),
+        broker_bool_entry("connection.blocked", 1),     broker_bool_entry("consumer_cancel_notify", 1),
+        broker_bool_entry("publisher_confirms", 1),     broker_bool_entry("basic.nack", 1),
+        broker_bool_entry("authentication_failure_close", 1),
     };
     amqp_table_entry_t props[4];
     props[0].key = amqp_cstring_bytes("capabilities");
     props[0].value.kind = AMQP_FIELD_KIND_TABLE;
     props[0].value.value.table.num_entries = (int)(sizeof(caps) / sizeof(caps[0]));
     props[0].value.value.table.entries = caps;
-    props[1] = str_entry("connection_name", b->connection_name);
-    props[2] = str_entry("product", "remotetask");
-    props[3] = str_entry("information", "BILLmanager tasks proxy");
+    props[1] = broker_str_entry("connection_name", b->connection_name);
+    props[2] = broker_str_entry("product", "remotetask");
+    props[3] = broker_str_entry("information", "BILLmanager tasks proxy");
     amqp_table_t table = {(int)(sizeof(props) / sizeof(props[0])), props};
 
     amqp_rpc_reply_t r = amqp_login_with_properties(b->conn, b->vhost, 0, FRAME_MAX, b->heartbeat,
@@ -980,24 +734,24 @@ static rt_status login(struct broker *b)
     if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION && r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
         const amqp_connection_close_t *c = r.reply.decoded;
         char text[SHORTSTR];
-        copy_bytes(text, sizeof(text), c->reply_text);
+        broker_copy_bytes(text, sizeof(text), c->reply_text);
         send_connection_close_ok(b);
         if (c->reply_code == AMQP_ACCESS_REFUSED) {
-            set_err(b, "login refused for user \"%s\" on %s:%d", b->user, b->host, b->port);
+            broker_set_err(b, "login refused for user \"%s\" on %s:%d", b->user, b->host, b->port);
             return RT_REJECT;
         }
         if (c->reply_code == AMQP_NOT_ALLOWED) {
-            set_err(b, "user \"%s\" may not use vhost \"%s\": %s", b->user, b->vhost, text);
+            broker_set_err(b, "user \"%s\" may not use vhost \"%s\": %s", b->user, b->vhost, text);
             return RT_REJECT;
         }
-        set_err(b, "login for user \"%s\" failed: %u %s", b->user, c->reply_code, text);
+        broker_set_err(b, "login for user \"%s\" failed: %u %s", b->user, c->reply_code, text);
         return RT_RETRY;
     }
     if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION)
-        set_err(b, "login for user \"%s\" on %s:%d failed: %s", b->user, b->host, b->port,
+        broker_set_err(b, "login for user \"%s\" on %s:%d failed: %s", b->user, b->host, b->port,
                 amqp_error_string2(r.library_error));
     else
-        set_err(b, "login for user \"%s\" on %s:%d failed", b->user, b->host, b->port);
+        broker_set_err(b, "login for user \"%s\" on %s:%d failed", b->user, b->host, b->port);
     return RT_RETRY;
 }
 
@@ -1053,7 +807,7 @@ static void explain_tls_failure(struct broker *b)
     probe_opts(b, b->node, &po);
     struct netprobe *p = netprobe_new(&po, why, sizeof(why));
     if (p && netprobe_run(p) == NETPROBE_FAILED && netprobe_verdict(p) == RT_REJECT)
-        set_err(b, "cannot connect to %s", netprobe_strerror(p));
+        broker_set_err(b, "cannot connect to %s", netprobe_strerror(p));
     netprobe_free(p);
 }
 
@@ -1069,27 +823,27 @@ static rt_status connect_node(struct broker *b, size_t i)
     rt_status st = RT_RETRY;
     b->conn = amqp_new_connection();
     if (!b->conn) {
-        set_err(b, "out of memory for an AMQP connection");
+        broker_set_err(b, "out of memory for an AMQP connection");
         return RT_RETRY;
     }
     amqp_socket_t *s = b->ssl ? amqp_ssl_socket_new(b->conn) : amqp_tcp_socket_new(b->conn);
     if (!s) {
-        set_err(b, "cannot create an AMQP %s socket", b->ssl ? "TLS" : "TCP");
+        broker_set_err(b, "cannot create an AMQP %s socket", b->ssl ? "TLS" : "TCP");
         goto fail_conn;
     }
     if (b->ssl && (st = setup_tls(b, s)) != RT_OK)
         goto fail_conn;
 
-    struct timeval tv = ms_to_tv(b->connect_timeout_ms);
+    struct timeval tv = broker_ms_to_tv(b->connect_timeout_ms);
     if (amqp_set_handshake_timeout(b->conn, &tv) != AMQP_STATUS_OK ||
         amqp_set_rpc_timeout(b->conn, &tv) != AMQP_STATUS_OK) {
-        set_err(b, "cannot set AMQP timeouts");
+        broker_set_err(b, "cannot set AMQP timeouts");
         st = RT_RETRY;
         goto fail_conn;
     }
     int rc = amqp_socket_open_noblock(s, b->host, b->port, &tv);
     if (rc != AMQP_STATUS_OK) {
-        set_err(b, "cannot connect to %s:%d: %s", b->host, b->port, amqp_error_string2(rc));
+        broker_set_err(b, "cannot connect to %s:%d: %s", b->host, b->port, amqp_error_string2(rc));
         /* A certificate that fails verification will fail again until
          * someone changes the configuration or the server's certificate. */
         st = (rc == AMQP_STATUS_SSL_PEER_VERIFY_FAILED || rc == AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED)
@@ -1109,7 +863,7 @@ static rt_status connect_node(struct broker *b, size_t i)
     b->blocked = 0;
     b->lost_to_silence = 0;
     b->gen++;
-    b->last_frame_ms = get_now_ms();
+    b->last_frame_ms = broker_now_ms();
     b->next_tag = 1;
     b->pend_base = 1;
     b->pend_head = b->pend_len = 0;
@@ -1146,7 +900,7 @@ static void join_reasons(struct broker *b, char reasons[][ERR_MAX], size_t n)
             break;
         used += (size_t)w < sizeof(all) - used ? (size_t)w : sizeof(all) - used - 1;
     }
-    set_err(b, "%s%s", n > 1 ? "no node answered: " : "", all);
+    broker_set_err(b, "%s%s", n > 1 ? "no node answered: " : "", all);
 }
 
 static void stop_probes(struct broker *b)
@@ -1164,7 +918,7 @@ rt_status broker_connect(struct broker *b)
     if (!b)
         return RT_REJECT;
     if (b->depth) {
-        set_err(b, "broker_connect called from a callback");
+        broker_set_err(b, "broker_connect called from a callback");
         return RT_REJECT;
     }
     stop_probes(b);
@@ -1198,7 +952,7 @@ void broker_connect_async(struct broker *b)
         b->probes[i] = netprobe_new(&po, why, sizeof(why));
     }
     b->connecting = 1;
-    set_err(b, "connecting");
+    broker_set_err(b, "connecting");
 }
 
 /* One turn of an attempt of broker_connect_async(): RT_OK while it runs
@@ -1275,8 +1029,8 @@ static rt_status declare_send(struct broker *b, amqp_method_number_t id, void *m
         return RT_RETRY;
     int rc = amqp_send_method(b->conn, CH_SCRATCH, id, method);
     if (rc != AMQP_STATUS_OK) {
-        set_err(b, "declaring the topology: %s", amqp_error_string2(rc));
-        mark_dead(b);
+        broker_set_err(b, "declaring the topology: %s", amqp_error_string2(rc));
+        broker_mark_dead(b);
         return RT_RETRY;
     }
     return RT_OK;
@@ -1366,14 +1120,14 @@ static int queue_caps(const struct broker *b, amqp_table_entry_t *args, int n, i
                       int dead_letters)
 {
     int quorum = strcmp(b->queue_type, "quorum") == 0;
-    args[n++] = str_entry("x-queue-type", b->queue_type);
-    args[n++] = int_entry("x-max-length", BROKER_QUEUE_MAX_LENGTH);
-    args[n++] = int_entry("x-max-length-bytes", BROKER_QUEUE_MAX_BYTES);
-    args[n++] = str_entry("x-overflow", "reject-publish");
+    args[n++] = broker_str_entry("x-queue-type", b->queue_type);
+    args[n++] = broker_int_entry("x-max-length", BROKER_QUEUE_MAX_LENGTH);
+    args[n++] = broker_int_entry("x-max-length-bytes", BROKER_QUEUE_MAX_BYTES);
+    args[n++] = broker_str_entry("x-overflow", "reject-publish");
     if (quorum && consumed)
-        args[n++] = int_entry("x-delivery-limit", BROKER_DELIVERY_LIMIT);
+        args[n++] = broker_int_entry("x-delivery-limit", BROKER_DELIVERY_LIMIT);
     if (quorum && dead_letters)
-        args[n++] = str_entry("x-dead-letter-strategy", "at-least-once");
+        args[n++] = broker_str_entry("x-dead-letter-strategy", "at-least-once");
     return n;
 }
 
@@ -1397,9 +1151,9 @@ static rt_status declare_client_dir(struct broker *b, struct declare_ctx *c, con
     if (broker_queue_name(queue, sizeof(queue), dir, client) != 0)
         return RT_REJECT;
     n = queue_caps(b, args, 0, 1, 1);
-    args[n++] = bool_entry("x-single-active-consumer", 1);
-    args[n++] = str_entry("x-dead-letter-exchange", dead_x);
-    args[n++] = str_entry("x-dead-letter-routing-key", dn);
+    args[n++] = broker_bool_entry("x-single-active-consumer", 1);
+    args[n++] = broker_str_entry("x-dead-letter-exchange", dead_x);
+    args[n++] = broker_str_entry("x-dead-letter-routing-key", dn);
     if ((st = declare_queue(b, c, queue, args, n)) != RT_OK ||
         (st = bind_queue(b, c, queue, broker_exchange(dir), client)) != RT_OK ||
         (st = bind_queue(b, c, queue, retry_x, dn)) != RT_OK)
@@ -1412,9 +1166,9 @@ static rt_status declare_client_dir(struct broker *b, struct declare_ctx *c, con
             name_printf(key, sizeof(key), "%s.%s", dn, tier_name(tier)))
             return RT_REJECT;
         n = queue_caps(b, args, 0, 0, 1);
-        args[n++] = int_entry("x-message-ttl", retry_delays_ms[tier]);
-        args[n++] = str_entry("x-dead-letter-exchange", retry_x);
-        args[n++] = str_entry("x-dead-letter-routing-key", dn);
+        args[n++] = broker_int_entry("x-message-ttl", retry_delays_ms[tier]);
+        args[n++] = broker_str_entry("x-dead-letter-exchange", retry_x);
+        args[n++] = broker_str_entry("x-dead-letter-routing-key", dn);
         if ((st = declare_queue(b, c, queue, args, n)) != RT_OK ||
             (st = bind_queue(b, c, queue, retry_x, key)) != RT_OK)
             return st;
@@ -1480,7 +1234,7 @@ static void declare_ok(struct broker *b)
     m.reply_code = AMQP_REPLY_SUCCESS;
     m.reply_text = amqp_cstring_bytes("done");
     if (amqp_send_method(b->conn, CH_SCRATCH, AMQP_CHANNEL_CLOSE_METHOD, &m) != AMQP_STATUS_OK)
-        mark_dead(b);
+        broker_mark_dead(b);
     b->scratch = SCRATCH_CLOSING;
     declare_end(b, RT_OK);
 }
@@ -1502,7 +1256,7 @@ static void declare_refusal(struct broker *b, int code, const char *text)
         amqp_channel_open_t m;
         memset(&m, 0, sizeof(m));
         if (amqp_send_method(b->conn, CH_SCRATCH, AMQP_CHANNEL_OPEN_METHOD, &m) != AMQP_STATUS_OK) {
-            mark_dead(b);
+            broker_mark_dead(b);
             return;
         }
         b->scratch = SCRATCH_OPENING;
@@ -1510,7 +1264,7 @@ static void declare_refusal(struct broker *b, int code, const char *text)
         return;
     }
     if (b->decl == DECL_PASSIVE && code == AMQP_NOT_FOUND) {
-        set_err(b,
+        broker_set_err(b,
                 "\"%s\" does not exist and user \"%s\" may not declare it: start the server "
                 "side first (it declares every client's queues) or give the user the "
                 "permissions of remotetaskctl --command broker-setup",
@@ -1524,7 +1278,7 @@ static void declare_refusal(struct broker *b, int code, const char *text)
          * topology): say what to do instead of reconnecting for ever. */
         const char *p = strstr(text, "inequivalent arg");
         snprintf(why, sizeof(why), "%.120s", p ? p : text);
-        set_err(b,
+        broker_set_err(b,
                 "queue \"%s\" exists with other arguments than amqp.queue_type \"%s\" asks for "
                 "(%s); a queue cannot change in place: let it drain (status shows 0 ready), "
                 "rabbitmqctl delete_queue %s, restart remotetaskd; or set queue_type back",
@@ -1532,7 +1286,7 @@ static void declare_refusal(struct broker *b, int code, const char *text)
         declare_end(b, RT_REJECT);
         return;
     }
-    set_err(b, "declaring the topology: refused by the broker: %u %s", code, text);
+    broker_set_err(b, "declaring the topology: refused by the broker: %u %s", code, text);
     declare_end(b, RT_REJECT);
 }
 
@@ -1550,33 +1304,33 @@ rt_status broker_declare_begin(struct broker *b, const char *const *clients, siz
     struct declare_ctx c = {0};
     if (!broker_connected(b)) {
         if (b)
-            set_err(b, "declaring the topology: not connected");
+            broker_set_err(b, "declaring the topology: not connected");
         return RT_RETRY;
     }
     if (b->depth || b->decl == DECL_FULL || b->decl == DECL_PASSIVE) {
-        set_err(b, "broker_declare_begin called from a callback or during a round");
+        broker_set_err(b, "broker_declare_begin called from a callback or during a round");
         return RT_REJECT;
     }
     for (size_t i = 0; i < n_clients; i++) {
         if (!broker_client_valid(clients[i])) {
-            set_err(b, "client id \"%.80s\" is not usable in queue names (1-%d of A-Z a-z 0-9 _ -)",
+            broker_set_err(b, "client id \"%.80s\" is not usable in queue names (1-%d of A-Z a-z 0-9 _ -)",
                     clients[i] ? clients[i] : "", BROKER_CLIENT_MAX);
             return RT_REJECT;
         }
     }
     if (b->scratch != SCRATCH_CLOSED) {
-        set_err(b, "declaring the topology: the scratch channel is busy");
+        broker_set_err(b, "declaring the topology: the scratch channel is busy");
         return RT_RETRY;
     }
     b->decl_clients = calloc(n_clients ? n_clients : 1, sizeof(*b->decl_clients));
     if (!b->decl_clients) {
-        set_err(b, "declaring the topology: out of memory");
+        broker_set_err(b, "declaring the topology: out of memory");
         return RT_RETRY;
     }
     for (size_t i = 0; i < n_clients; i++) {
         if (!(b->decl_clients[b->decl_n] = strdup(clients[i]))) {
             declare_forget(b);
-            set_err(b, "declaring the topology: out of memory");
+            broker_set_err(b, "declaring the topology: out of memory");
             return RT_RETRY;
         }
         b->decl_n++;
@@ -1612,25 +1366,25 @@ rt_status broker_declare(struct broker *b, const char *const *clients, size_t n_
     /* Creating thousands of queues takes the broker a while: the answer is
      * waited for far longer than one RPC, while the frames are handled as
      * broker_process() would. */
-    int64_t deadline = get_now_ms() + (int64_t)b->connect_timeout_ms * 30;
+    int64_t deadline = broker_now_ms() + (int64_t)b->connect_timeout_ms * 30;
     while ((b->decl != DECL_DONE || b->scratch == SCRATCH_CLOSING) && !b->dead) {
-        int64_t left = deadline - get_now_ms();
+        int64_t left = deadline - broker_now_ms();
         if (left <= 0) {
-            set_err(b, "declaring the topology: no answer within %d s", b->connect_timeout_ms * 30 / 1000);
-            mark_dead(b);
+            broker_set_err(b, "declaring the topology: no answer within %d s", b->connect_timeout_ms * 30 / 1000);
+            broker_mark_dead(b);
             break;
         }
         amqp_frame_t f;
-        struct timeval tv = ms_to_tv(left > 1000 ? 1000 : (int)left);
+        struct timeval tv = broker_ms_to_tv(left > 1000 ? 1000 : (int)left);
         int rc = amqp_simple_wait_frame_noblock(b->conn, &f, &tv);
         if (rc == AMQP_STATUS_TIMEOUT)
             continue;
         if (rc != AMQP_STATUS_OK) {
-            set_err(b, "AMQP connection to %s:%d lost: %s", b->host, b->port, amqp_error_string2(rc));
-            mark_dead(b);
+            broker_set_err(b, "AMQP connection to %s:%d lost: %s", b->host, b->port, amqp_error_string2(rc));
+            broker_mark_dead(b);
             break;
         }
-        b->last_frame_ms = get_now_ms();
+        b->last_frame_ms = broker_now_ms();
         handle_frame(b, &f);
     }
     if (b->dead) {
@@ -1647,15 +1401,15 @@ rt_status broker_queue_depth(struct broker *b, const char *queue, uint32_t *read
 {
     if (!broker_connected(b)) {
         if (b)
-            set_err(b, "queue depth: not connected");
+            broker_set_err(b, "queue depth: not connected");
         return RT_RETRY;
     }
     if (b->depth) {
-        set_err(b, "broker_queue_depth called from a callback");
+        broker_set_err(b, "broker_queue_depth called from a callback");
         return RT_REJECT;
     }
     if (!queue || strlen(queue) >= SHORTSTR) {
-        set_err(b, "queue depth: invalid queue name");
+        broker_set_err(b, "queue depth: invalid queue name");
         return RT_REJECT;
     }
     if (open_scratch(b) != RT_OK)
@@ -1693,8 +1447,8 @@ static void flush_depth(struct broker *b)
         req.durable = 1;
         req.arguments = amqp_empty_table;
         if (amqp_send_method(b->conn, CH_QUERY, AMQP_QUEUE_DECLARE_METHOD, &req) != AMQP_STATUS_OK) {
-            set_err(b, "asking the depth of \"%s\" failed", q->queue);
-            mark_dead(b);
+            broker_set_err(b, "asking the depth of \"%s\" failed", q->queue);
+            broker_mark_dead(b);
             return;
         }
         q->sent = 1;
@@ -1705,11 +1459,11 @@ rt_status broker_depth_ask(struct broker *b, const char *queue)
 {
     if (!b || !b->on_depth || !queue || !*queue || strlen(queue) >= SHORTSTR) {
         if (b)
-            set_err(b, "queue depth: no on_depth callback or an invalid queue name");
+            broker_set_err(b, "queue depth: no on_depth callback or an invalid queue name");
         return RT_REJECT;
     }
     if (!broker_connected(b)) {
-        set_err(b, "queue depth: not connected");
+        broker_set_err(b, "queue depth: not connected");
         return RT_RETRY;
     }
     if (b->dq_head == b->dq_len)
@@ -1724,7 +1478,7 @@ rt_status broker_depth_ask(struct broker *b, const char *queue)
             size_t cap = b->dq_cap ? b->dq_cap * 2 : 16;
             struct depth_question *q = realloc(b->dq, cap * sizeof(*q));
             if (!q) {
-                set_err(b, "queue depth: out of memory");
+                broker_set_err(b, "queue depth: out of memory");
                 return RT_RETRY;
             }
             b->dq = q;
@@ -1766,7 +1520,7 @@ static void depth_answer(struct broker *b, int found, uint32_t ready, uint32_t c
 static void query_closed(struct broker *b, const amqp_channel_close_t *c)
 {
     char text[SHORTSTR];
-    copy_bytes(text, sizeof(text), c->reply_text);
+    broker_copy_bytes(text, sizeof(text), c->reply_text);
     send_channel_close_ok(b, CH_QUERY);
     if (c->reply_code != AMQP_NOT_FOUND)
         log_warning("the broker refused a queue depth question: %u %s", c->reply_code, text);
@@ -1776,7 +1530,7 @@ static void query_closed(struct broker *b, const amqp_channel_close_t *c)
     amqp_channel_open_t open;
     memset(&open, 0, sizeof(open));
     if (b->dead || amqp_send_method(b->conn, CH_QUERY, AMQP_CHANNEL_OPEN_METHOD, &open) != AMQP_STATUS_OK) {
-        mark_dead(b);
+        broker_mark_dead(b);
         return;
     }
     b->query = QUERY_OPENING;
@@ -1813,38 +1567,38 @@ rt_status broker_publish(struct broker *b, const char *exchange, const char *rou
     if (!b)
         return RT_REJECT;
     if (!broker_connected(b)) {
-        set_err(b, "publishing: not connected");
+        broker_set_err(b, "publishing: not connected");
         return RT_RETRY;
     }
     if (!exchange || !routing_key || strlen(exchange) >= SHORTSTR || strlen(routing_key) >= SHORTSTR) {
-        set_err(b, "publishing: invalid exchange or routing key");
+        broker_set_err(b, "publishing: invalid exchange or routing key");
         return RT_REJECT;
     }
     if (!props || !props->message_id || !*props->message_id ||
         strlen(props->message_id) >= SHORTSTR || props->n_headers > BROKER_MAX_HEADERS ||
         (props->n_headers && !props->headers) || (len && !body)) {
-        set_err(b, "publishing: a message_id and at most %d headers are required",
+        broker_set_err(b, "publishing: a message_id and at most %d headers are required",
                 BROKER_MAX_HEADERS);
         return RT_REJECT;
     }
     if (b->blocked) {
-        set_err(b, "publishing: the broker has blocked this connection (resource alarm)");
+        broker_set_err(b, "publishing: the broker has blocked this connection (resource alarm)");
         return RT_RETRY;
     }
     if (b->unconfirmed >= b->max_unconfirmed) {
-        set_err(b, "publishing: %zu messages already await a confirm", b->unconfirmed);
+        broker_set_err(b, "publishing: %zu messages already await a confirm", b->unconfirmed);
         return RT_RETRY;
     }
     if (!send_room(b, len + 512)) {
         /* The node stopped reading (frozen, its link blackholed): nothing
          * is written, and two heartbeats without a frame end the
          * connection. */
-        set_err(b, "publishing: the broker at %s:%d is not reading (its socket is full)", b->host,
+        broker_set_err(b, "publishing: the broker at %s:%d is not reading (its socket is full)", b->host,
                 b->port);
         return RT_RETRY;
     }
     if (pend_reserve(b) != 0) {
-        set_err(b, "publishing: out of memory");
+        broker_set_err(b, "publishing: out of memory");
         return RT_RETRY;
     }
 
@@ -1852,11 +1606,11 @@ rt_status broker_publish(struct broker *b, const char *exchange, const char *rou
     for (size_t i = 0; i < props->n_headers; i++) {
         const struct broker_header *h = &props->headers[i];
         if (!h->key || (h->type == BROKER_HEADER_STR && !h->str)) {
-            set_err(b, "publishing: header %zu has no key or value", i);
+            broker_set_err(b, "publishing: header %zu has no key or value", i);
             return RT_REJECT;
         }
-        entries[i] = h->type == BROKER_HEADER_INT ? int_entry(h->key, h->num)
-                                                  : str_entry(h->key, h->str);
+        entries[i] = h->type == BROKER_HEADER_INT ? broker_int_entry(h->key, h->num)
+                                                  : broker_str_entry(h->key, h->str);
     }
     amqp_basic_properties_t p;
     memset(&p, 0, sizeof(p));
@@ -1879,9 +1633,9 @@ rt_status broker_publish(struct broker *b, const char *exchange, const char *rou
     int rc = amqp_basic_publish(b->conn, CH_PUBLISH, amqp_cstring_bytes(exchange),
                                 amqp_cstring_bytes(routing_key), 1, 0, &p, content);
     if (rc != AMQP_STATUS_OK) {
-        set_err(b, "publishing to \"%s\" failed: %s", exchange, amqp_error_string2(rc));
+        broker_set_err(b, "publishing to \"%s\" failed: %s", exchange, amqp_error_string2(rc));
         log_warning("%s", b->err);
-        mark_dead(b);
+        broker_mark_dead(b);
         return finish(b, RT_RETRY);
     }
     uint64_t tag = b->next_tag++;
@@ -1942,7 +1696,7 @@ static void mark_returned(struct broker *b, amqp_bytes_t message_id)
         }
     }
     char id[SHORTSTR];
-    copy_bytes(id, sizeof(id), message_id);
+    broker_copy_bytes(id, sizeof(id), message_id);
     log_warning("AMQP broker returned message \"%s\", which is not awaiting a confirm", id);
 }
 
@@ -1983,12 +1737,12 @@ static void copy_headers(struct broker *b, const amqp_table_t *t)
             break;
         }
         char *key = b->d_arena + used;
-        copy_bytes(key, e->key.len + 1, e->key);
+        broker_copy_bytes(key, e->key.len + 1, e->key);
         used += e->key.len + 1;
         h.key = key;
         if (h.type == BROKER_HEADER_STR) {
             char *s = b->d_arena + used;
-            copy_bytes(s, sv.len + 1, sv);
+            broker_copy_bytes(s, sv.len + 1, sv);
             used += sv.len + 1;
             h.str = s;
         }
@@ -2001,7 +1755,7 @@ static void copy_headers(struct broker *b, const amqp_table_t *t)
 static const char *consumer_queue(struct broker *b, amqp_bytes_t tag, size_t *index)
 {
     char t[SHORTSTR];
-    copy_bytes(t, sizeof(t), tag);
+    broker_copy_bytes(t, sizeof(t), tag);
     for (size_t i = 0; i < b->n_consumers; i++) {
         if (strcmp(b->consumers[i].tag, t) == 0) {
             if (index)
@@ -2036,8 +1790,8 @@ static void delivery_begin(struct broker *b, const char *queue, uint64_t tag, in
 {
     memset(&b->d, 0, sizeof(b->d));
     snprintf(b->d_queue, sizeof(b->d_queue), "%s", queue ? queue : "");
-    copy_bytes(b->d_exchange, sizeof(b->d_exchange), exchange);
-    copy_bytes(b->d_key, sizeof(b->d_key), routing_key);
+    broker_copy_bytes(b->d_exchange, sizeof(b->d_exchange), exchange);
+    broker_copy_bytes(b->d_key, sizeof(b->d_key), routing_key);
     b->d.delivery_tag = ((b->gen & 0xffff) << TAG_BITS) | (tag & TAG_MASK);
     b->d.redelivered = redelivered ? 1 : 0;
     b->d.queue = b->d_queue;
@@ -2050,9 +1804,9 @@ static void delivery_begin(struct broker *b, const char *queue, uint64_t tag, in
 
 static void protocol_error(struct broker *b, const char *what, amqp_channel_t ch)
 {
-    set_err(b, "AMQP protocol error: %s on channel %u", what, (unsigned)ch);
+    broker_set_err(b, "AMQP protocol error: %s on channel %u", what, (unsigned)ch);
     log_error("%s", b->err);
-    mark_dead(b);
+    broker_mark_dead(b);
 }
 
 static void handle_method(struct broker *b, amqp_channel_t ch, const amqp_method_t *m)
@@ -2061,11 +1815,11 @@ static void handle_method(struct broker *b, amqp_channel_t ch, const amqp_method
     switch (m->id) {
     case AMQP_CONNECTION_CLOSE_METHOD: {
         const amqp_connection_close_t *c = m->decoded;
-        copy_bytes(text, sizeof(text), c->reply_text);
-        set_err(b, "the broker closed the connection: %u %s", c->reply_code, text);
+        broker_copy_bytes(text, sizeof(text), c->reply_text);
+        broker_set_err(b, "the broker closed the connection: %u %s", c->reply_code, text);
         log_warning("%s", b->err);
         send_connection_close_ok(b);
-        mark_dead(b);
+        broker_mark_dead(b);
         return;
     }
     case AMQP_CHANNEL_CLOSE_METHOD: {
@@ -2075,17 +1829,17 @@ static void handle_method(struct broker *b, amqp_channel_t ch, const amqp_method
             return;
         }
         if (ch == CH_SCRATCH && (b->decl == DECL_FULL || b->decl == DECL_PASSIVE)) {
-            copy_bytes(text, sizeof(text), c->reply_text);
+            broker_copy_bytes(text, sizeof(text), c->reply_text);
             send_channel_close_ok(b, ch);
             declare_refusal(b, c->reply_code, text);
             return;
         }
         /* Either other channel closing leaves the connection unable to do
          * its job (confirms or deliveries would stop): start over. */
-        copy_bytes(text, sizeof(text), c->reply_text);
-        set_err(b, "the broker closed channel %u: %u %s", (unsigned)ch, c->reply_code, text);
+        broker_copy_bytes(text, sizeof(text), c->reply_text);
+        broker_set_err(b, "the broker closed channel %u: %u %s", (unsigned)ch, c->reply_code, text);
         send_channel_close_ok(b, ch);
-        mark_dead(b);
+        broker_mark_dead(b);
         if (ch == CH_CONSUME && b->get_state == GET_WAITING) {
             /* The refusal of a basic.get (no such queue, no access): the
              * caller reports it. */
@@ -2097,7 +1851,7 @@ static void handle_method(struct broker *b, amqp_channel_t ch, const amqp_method
     }
     case AMQP_CONNECTION_BLOCKED_METHOD: {
         const amqp_connection_blocked_t *c = m->decoded;
-        copy_bytes(text, sizeof(text), c->reason);
+        broker_copy_bytes(text, sizeof(text), c->reason);
         b->blocked = 1;
         log_warning("AMQP broker blocked publishing: %s", text);
         return;
@@ -2157,7 +1911,7 @@ static void handle_method(struct broker *b, amqp_channel_t ch, const amqp_method
             confirm(b, a->delivery_tag, a->multiple, BROKER_NACKED);
         } else {
             const amqp_basic_return_t *r = m->decoded;
-            copy_bytes(b->ret_text, sizeof(b->ret_text), r->reply_text);
+            broker_copy_bytes(b->ret_text, sizeof(b->ret_text), r->reply_text);
             b->ret_state = CONTENT_HEADER;
         }
         return;
@@ -2222,7 +1976,7 @@ static void handle_header(struct broker *b, amqp_channel_t ch, const amqp_frame_
     if (ch == CH_PUBLISH && b->ret_state == CONTENT_HEADER) {
         char id[SHORTSTR] = "";
         if (p && (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)) {
-            copy_bytes(id, sizeof(id), p->message_id);
+            broker_copy_bytes(id, sizeof(id), p->message_id);
             mark_returned(b, p->message_id);
         }
         log_warning("AMQP broker returned message \"%s\": %s", id, b->ret_text);
@@ -2233,15 +1987,15 @@ static void handle_header(struct broker *b, amqp_channel_t ch, const amqp_frame_
     }
     if (ch == CH_CONSUME && b->del_state == CONTENT_HEADER) {
         if (p && (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)) {
-            copy_bytes(b->d_message_id, sizeof(b->d_message_id), p->message_id);
+            broker_copy_bytes(b->d_message_id, sizeof(b->d_message_id), p->message_id);
             b->d.message_id = b->d_message_id;
         }
         if (p && (p->_flags & AMQP_BASIC_USER_ID_FLAG)) {
-            copy_bytes(b->d_user_id, sizeof(b->d_user_id), p->user_id);
+            broker_copy_bytes(b->d_user_id, sizeof(b->d_user_id), p->user_id);
             b->d.user_id = b->d_user_id;
         }
         if (p && (p->_flags & AMQP_BASIC_CONTENT_TYPE_FLAG)) {
-            copy_bytes(b->d_content_type, sizeof(b->d_content_type), p->content_type);
+            broker_copy_bytes(b->d_content_type, sizeof(b->d_content_type), p->content_type);
             b->d.content_type = b->d_content_type;
         }
         if (p && (p->_flags & AMQP_BASIC_TIMESTAMP_FLAG))
@@ -2312,13 +2066,13 @@ rt_status broker_process(struct broker *b)
     if (!b)
         return RT_REJECT;
     if (b->depth) {
-        set_err(b, "broker_process called from a callback");
+        broker_set_err(b, "broker_process called from a callback");
         return RT_REJECT;
     }
     if (b->connecting)
         return connect_progress(b);
     if (!b->conn) {
-        set_err(b, "not connected");
+        broker_set_err(b, "not connected");
         return RT_RETRY;
     }
     flush_acks(b);
@@ -2331,27 +2085,27 @@ rt_status broker_process(struct broker *b)
         int avail = 0;
         if (amqp_data_in_buffer(b->conn) ||
             (ioctl(amqp_get_sockfd(b->conn), FIONREAD, &avail) == 0 && avail > 0))
-            b->last_frame_ms = get_now_ms();
+            b->last_frame_ms = broker_now_ms();
         int rc = amqp_simple_wait_frame_noblock(b->conn, &f, &zero);
         if (rc == AMQP_STATUS_TIMEOUT)
             break;
         if (rc != AMQP_STATUS_OK) {
-            set_err(b, "AMQP connection to %s:%d lost: %s", b->host, b->port, amqp_error_string2(rc));
+            broker_set_err(b, "AMQP connection to %s:%d lost: %s", b->host, b->port, amqp_error_string2(rc));
             log_warning("%s", b->err);
             b->lost_to_silence = rc == AMQP_STATUS_HEARTBEAT_TIMEOUT;
-            mark_dead(b);
+            broker_mark_dead(b);
             break;
         }
-        b->last_frame_ms = get_now_ms();
+        b->last_frame_ms = broker_now_ms();
         handle_frame(b, &f);
     }
     int hb = amqp_get_heartbeat(b->conn);
-    if (!b->dead && hb > 0 && get_now_ms() - b->last_frame_ms >= (int64_t)hb * 2000) {
-        set_err(b, "AMQP connection to %s:%d lost: nothing from the node for 2 heartbeats (%d s)",
+    if (!b->dead && hb > 0 && broker_now_ms() - b->last_frame_ms >= (int64_t)hb * 2000) {
+        broker_set_err(b, "AMQP connection to %s:%d lost: nothing from the node for 2 heartbeats (%d s)",
                 b->host, b->port, 2 * hb);
         log_warning("%s", b->err);
         b->lost_to_silence = 1;
-        mark_dead(b);
+        broker_mark_dead(b);
     }
     if (b->dead) {
         teardown(b, 0);
@@ -2369,7 +2123,7 @@ int64_t broker_silent_ms(const struct broker *b)
 {
     if (!broker_connected(b))
         return 0;
-    int64_t d = get_now_ms() - b->last_frame_ms;
+    int64_t d = broker_now_ms() - b->last_frame_ms;
     return d > 0 ? d : 0;
 }
 
@@ -2379,19 +2133,19 @@ rt_status broker_consume(struct broker *b, const char *queue)
 {
     if (!broker_connected(b)) {
         if (b)
-            set_err(b, "consuming: not connected");
+            broker_set_err(b, "consuming: not connected");
         return RT_RETRY;
     }
     if (b->depth) {
-        set_err(b, "broker_consume called from a callback");
+        broker_set_err(b, "broker_consume called from a callback");
         return RT_REJECT;
     }
     if (!queue || !*queue || strlen(queue) >= SHORTSTR || !b->on_delivery) {
-        set_err(b, "consuming: a queue name and an on_delivery callback are required");
+        broker_set_err(b, "consuming: a queue name and an on_delivery callback are required");
         return RT_REJECT;
     }
     if (b->n_consumers == BROKER_MAX_CONSUMERS) {
-        set_err(b, "consuming \"%s\": already %d consumers on this connection", queue,
+        broker_set_err(b, "consuming \"%s\": already %d consumers on this connection", queue,
                 BROKER_MAX_CONSUMERS);
         return RT_REJECT;
     }
@@ -2399,7 +2153,7 @@ rt_status broker_consume(struct broker *b, const char *queue)
         size_t cap = b->consumers_cap ? b->consumers_cap * 2 : 8;
         struct consumer *cs = realloc(b->consumers, cap * sizeof(*cs));
         if (!cs) {
-            set_err(b, "consuming \"%s\": out of memory", queue);
+            broker_set_err(b, "consuming \"%s\": out of memory", queue);
             return RT_RETRY;
         }
         b->consumers = cs;
@@ -2414,13 +2168,13 @@ rt_status broker_consume(struct broker *b, const char *queue)
         /* The consume channel is gone and with it every consumer: the
          * connection cannot deliver any more. */
         log_warning("%s", b->err);
-        mark_dead(b);
+        broker_mark_dead(b);
     }
     if (st != RT_OK)
         return finish(b, st);
     struct consumer *c = &b->consumers[b->n_consumers++];
     snprintf(c->queue, sizeof(c->queue), "%s", queue);
-    copy_bytes(c->tag, sizeof(c->tag), ok->consumer_tag);
+    broker_copy_bytes(c->tag, sizeof(c->tag), ok->consumer_tag);
     log_debug("consuming queue \"%s\"", queue);
     return RT_OK;
 }
@@ -2431,8 +2185,8 @@ static int send_ack(struct broker *b, uint64_t tag, enum ack_op op)
     int rc = op == ACK_ACK ? amqp_basic_ack(b->conn, CH_CONSUME, tag, 0)
                            : amqp_basic_reject(b->conn, CH_CONSUME, tag, op == ACK_REQUEUE);
     if (rc != AMQP_STATUS_OK) {
-        set_err(b, "%s failed: %s", op == ACK_ACK ? "ack" : "reject", amqp_error_string2(rc));
-        mark_dead(b);
+        broker_set_err(b, "%s failed: %s", op == ACK_ACK ? "ack" : "reject", amqp_error_string2(rc));
+        broker_mark_dead(b);
         return -1;
     }
     return 0;
@@ -2444,7 +2198,7 @@ static rt_status queue_ack(struct broker *b, uint64_t tag, enum ack_op op)
 {
     if (!broker_connected(b)) {
         if (b)
-            set_err(b, "%s: not connected", op == ACK_ACK ? "ack" : "reject");
+            broker_set_err(b, "%s: not connected", op == ACK_ACK ? "ack" : "reject");
         return RT_RETRY;
     }
     if ((tag >> TAG_BITS) != (b->gen & 0xffff)) {
@@ -2461,7 +2215,7 @@ static rt_status queue_ack(struct broker *b, uint64_t tag, enum ack_op op)
         size_t cap = b->acks_cap ? b->acks_cap * 2 : 64;
         struct pending_ack *a = realloc(b->acks, cap * sizeof(*a));
         if (!a) {
-            set_err(b, "out of memory for an ack");
+            broker_set_err(b, "out of memory for an ack");
             return RT_RETRY; /* the delivery stays unacked: redelivered later */
         }
         b->acks = a;
@@ -2569,15 +2323,15 @@ rt_status broker_get(struct broker *b, const char *queue, struct broker_delivery
     if (!b || !out)
         return RT_REJECT;
     if (!broker_connected(b)) {
-        set_err(b, "reading a message: not connected");
+        broker_set_err(b, "reading a message: not connected");
         return RT_RETRY;
     }
     if (b->depth) {
-        set_err(b, "broker_get called from a callback");
+        broker_set_err(b, "broker_get called from a callback");
         return RT_REJECT;
     }
     if (!queue || !*queue || strlen(queue) >= SHORTSTR) {
-        set_err(b, "reading a message: invalid queue name");
+        broker_set_err(b, "reading a message: invalid queue name");
         return RT_REJECT;
     }
     /* basic.get is sent by hand and its answer read frame by frame, like
@@ -2593,32 +2347,32 @@ rt_status broker_get(struct broker *b, const char *queue, struct broker_delivery
     b->get_remaining = 0;
     int rc = amqp_send_method(b->conn, CH_CONSUME, AMQP_BASIC_GET_METHOD, &req);
     if (rc != AMQP_STATUS_OK) {
-        set_err(b, "reading a message from \"%s\" failed: %s", queue, amqp_error_string2(rc));
-        mark_dead(b);
+        broker_set_err(b, "reading a message from \"%s\" failed: %s", queue, amqp_error_string2(rc));
+        broker_mark_dead(b);
         return finish(b, RT_RETRY);
     }
     b->get_state = GET_WAITING;
 
-    int64_t deadline = get_now_ms() + b->connect_timeout_ms;
+    int64_t deadline = broker_now_ms() + b->connect_timeout_ms;
     while (!b->dead && (b->get_state == GET_WAITING || b->get_state == GET_CONTENT)) {
-        int64_t left = deadline - get_now_ms();
+        int64_t left = deadline - broker_now_ms();
         if (left <= 0) {
             /* A late answer would arrive in the middle of something else:
              * this connection cannot be trusted any more. */
-            set_err(b, "reading a message from \"%s\": no answer within %d ms", queue,
+            broker_set_err(b, "reading a message from \"%s\": no answer within %d ms", queue,
                     b->connect_timeout_ms);
-            mark_dead(b);
+            broker_mark_dead(b);
             break;
         }
         amqp_frame_t f;
-        struct timeval tv = ms_to_tv((int)left);
+        struct timeval tv = broker_ms_to_tv((int)left);
         rc = amqp_simple_wait_frame_noblock(b->conn, &f, &tv);
         if (rc == AMQP_STATUS_TIMEOUT)
             continue;
         if (rc != AMQP_STATUS_OK) {
-            set_err(b, "AMQP connection to %s:%d lost: %s", b->host, b->port,
+            broker_set_err(b, "AMQP connection to %s:%d lost: %s", b->host, b->port,
                     amqp_error_string2(rc));
-            mark_dead(b);
+            broker_mark_dead(b);
             break;
         }
         handle_frame(b, &f);
@@ -2631,7 +2385,7 @@ rt_status broker_get(struct broker *b, const char *queue, struct broker_delivery
     if (gs == GET_REFUSED) {
         char why[sizeof(b->err)];
         snprintf(why, sizeof(why), "%s", b->err);
-        set_err(b, "reading a message from \"%s\": %s", queue, why);
+        broker_set_err(b, "reading a message from \"%s\": %s", queue, why);
         broker_delivery_free(msg);
         return finish(b, RT_REJECT);
     }
@@ -2641,13 +2395,13 @@ rt_status broker_get(struct broker *b, const char *queue, struct broker_delivery
     }
     if (b->get_nomem) {
         /* The message is ours unacknowledged: give it back. */
-        set_err(b, "reading a message from \"%s\": out of memory", queue);
+        broker_set_err(b, "reading a message from \"%s\": out of memory", queue);
         b->get_nomem = 0;
         uint64_t tag = b->d.delivery_tag;
         char why[sizeof(b->err)];
         snprintf(why, sizeof(why), "%s", b->err);
         if (broker_reject(b, tag, 1) == RT_OK)
-            set_err(b, "%s", why);
+            broker_set_err(b, "%s", why);
         return RT_RETRY;
     }
     *out = msg;

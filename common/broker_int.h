@@ -1,0 +1,290 @@
+/*
+ * broker_int.h - the broker object's state, for the broker's own files only.
+ *
+ * broker.h is the contract with callers, to whom struct broker is opaque.
+ * The broker itself is split into files of one concern each (broker.c and
+ * broker_*.c, listed in docs/ARCHITECTURE.md); they share what this header
+ * holds: the channel numbers, struct broker with the state of every part,
+ * the small helpers all of them use, and the functions one part calls in
+ * another, each with its contract. Nothing outside common/broker*.c
+ * includes it.
+ *
+ * The rules every part keeps:
+ *   - A connection that fails is only marked (broker_mark_dead()); the
+ *     outermost public call tears it down (broker_finish_call()), never a
+ *     function that runs inside a callback, whose caller still walks the
+ *     state.
+ *   - Every callback of the owner runs between b->depth++ and b->depth--,
+ *     so that the functions a callback may not call can refuse.
+ *   - Writes that the event loop makes on its own (publishes, acks, depth
+ *     questions, the polite close) first ask broker_can_write(), so that
+ *     a node that stopped reading never blocks the loop.
+ */
+#ifndef RT_BROKER_INT_H
+#define RT_BROKER_INT_H
+
+#include <stdint.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+
+#include "broker.h"
+#include "buf.h"
+#include "netprobe.h"
+#include "rmq.h"
+
+/* Channel numbers: the publish channel is in confirm mode, the consume
+ * channel carries deliveries; RPCs that may make the broker close their
+ * channel (declarations, passive declares) run on a scratch channel that
+ * is opened for the occasion, so a refusal never costs the other two. */
+#define CH_PUBLISH 1
+#define CH_CONSUME 2
+#define CH_SCRATCH 3
+/* Depth questions of the daemon (broker_depth_ask), asked without waiting:
+ * a missing queue closes this channel only. */
+#define CH_QUERY 4
+
+/* Room for a reason (broker_strerror). */
+#define ERR_MAX 512
+/* Room for "host:port" of a node. */
+#define NODE_NAME_MAX (SHORTSTR + 8)
+/* Room for the keys and string values of one delivery's headers. */
+#define HEADER_ARENA 8192
+#define SHORTSTR 256
+
+/* Where a channel is in receiving a content (method, header, body). */
+enum content_state {
+    CONTENT_IDLE = 0,
+    CONTENT_HEADER, /* method seen, header frame expected */
+    CONTENT_BODY,   /* header seen, body frames expected */
+};
+
+/* States of a published message awaiting its confirm. */
+enum pend_state {
+    PEND_WAITING = 0,
+    PEND_RETURNED, /* basic.return seen: its ack means RETURNED */
+    PEND_DONE,
+};
+
+struct pending {
+    uint64_t id_hash; /* of the message_id, to match a basic.return */
+    uint8_t state;
+};
+
+struct consumer {
+    char queue[SHORTSTR];
+    char tag[SHORTSTR];
+};
+
+/* One node of the cluster, as configured. */
+struct node {
+    char *host;
+    int port;
+    int ssl;
+    char name[NODE_NAME_MAX]; /* "host:port" */
+};
+
+/* An ack or reject that waits until the node reads again. */
+enum ack_op {
+    ACK_ACK = 0,
+    ACK_REJECT,
+    ACK_REQUEUE,
+};
+
+struct pending_ack {
+    uint64_t tag;
+    enum ack_op op;
+};
+
+/* A question of broker_depth_ask(). */
+struct depth_question {
+    char queue[SHORTSTR];
+    int sent; /* on the query channel as it is now */
+};
+
+/* Where a round of declarations is. */
+enum declare_phase {
+    DECL_NONE = 0,
+    DECL_FULL,    /* declarations sent, their answer awaited */
+    DECL_PASSIVE, /* refused for lack of permission: look-ups sent (or to send) */
+    DECL_DONE,    /* answered: decl_status */
+};
+
+/* The scratch channel (declarations, blocking depth questions). */
+enum scratch_state {
+    SCRATCH_CLOSED = 0,
+    SCRATCH_OPEN,
+    SCRATCH_OPENING, /* channel.open sent, open-ok awaited */
+    SCRATCH_CLOSING, /* channel.close sent, close-ok awaited */
+};
+
+/* The query channel: open, or closed by the broker and being opened. */
+enum query_state {
+    QUERY_CLOSED = 0,
+    QUERY_OPEN,
+    QUERY_OPENING,
+};
+
+/* Where broker_get() is in its exchange with the broker. */
+enum get_state {
+    GET_IDLE = 0,
+    GET_WAITING, /* basic.get sent, get-ok or get-empty expected */
+    GET_CONTENT, /* get-ok seen, its header and body expected */
+    GET_DONE,    /* answered: a message (get_msg, NULL if no memory) or empty */
+    GET_REFUSED, /* the broker closed the consume channel instead */
+};
+
+struct broker {
+    /* Options, with the strings copied. */
+    char *vhost, *user, *password, *ca_file, *cert_file, *key_file;
+    char *queue_type, *connection_name;
+    int verify_peer, verify_hostname, heartbeat, prefetch, connect_timeout_ms;
+    size_t max_message, max_unconfirmed;
+    void (*on_confirm)(void *arg, uint64_t tag, enum broker_fate fate);
+    void (*on_delivery)(void *arg, const struct broker_delivery *d);
+    void (*on_cancel)(void *arg, const char *queue);
+    void (*on_depth)(void *arg, const char *queue, int found, uint32_t ready, uint32_t consumers);
+    void *cb_arg;
+
+    /* The nodes in the order they are tried (shuffled once), and the one
+     * connected to or last connected to; host, port and ssl are its. */
+    struct node nodes[BROKER_MAX_NODES];
+    size_t n_nodes;
+    size_t node;
+    int had_node; /* a connection was made: the next attempt starts after node */
+    const char *host;
+    int port, ssl;
+
+    /* broker_connect_async(): one probe per node while connecting. */
+    struct netprobe *probes[BROKER_MAX_NODES];
+    int connecting;
+    size_t probe_start; /* the node tried first in this attempt */
+
+    amqp_connection_state_t conn; /* NULL when not connected */
+    int dead;    /* the connection failed; torn down at the next safe point */
+    int depth;   /* > 0 while a callback runs */
+    int blocked; /* connection.blocked received */
+    int64_t last_frame_ms; /* monotonic: when the node last sent anything */
+    int lost_to_silence;   /* the last connection ended on missed heartbeats */
+    uint64_t gen;          /* connections made: the top bits of delivery tags */
+    char err[ERR_MAX];
+
+    /* Publishes awaiting a confirm: pend[i] is delivery tag pend_base + i;
+     * entries before pend_head are done. */
+    struct pending *pend;
+    size_t pend_head, pend_len, pend_cap;
+    uint64_t pend_base, next_tag;
+    size_t unconfirmed;
+
+    /* The content being received on the publish channel (a return). */
+    enum content_state ret_state;
+    uint64_t ret_size, ret_got;
+    char ret_text[SHORTSTR];
+
+    /* The content being received on the consume channel (a delivery). */
+    enum content_state del_state;
+    uint64_t del_size, del_got;
+    struct buf body;
+    struct broker_delivery d;
+    char d_queue[SHORTSTR], d_exchange[SHORTSTR], d_key[SHORTSTR];
+    char d_message_id[SHORTSTR], d_user_id[SHORTSTR], d_content_type[SHORTSTR];
+    struct broker_header d_headers[BROKER_MAX_HEADERS];
+    char d_arena[HEADER_ARENA];
+
+    struct consumer *consumers;
+    size_t n_consumers, consumers_cap;
+
+    /* Acks and rejects that wait for the node to read again. */
+    struct pending_ack *acks;
+    size_t n_acks, acks_cap;
+
+    /* A round of declarations (broker_declare_begin) and the scratch
+     * channel it uses. */
+    enum declare_phase decl;
+    rt_status decl_status;
+    char **decl_clients;
+    size_t decl_n;
+    enum scratch_state scratch;
+
+    /* Depth questions, oldest first; answered in order on CH_QUERY. */
+    struct depth_question *dq;
+    size_t dq_head, dq_len, dq_cap;
+    enum query_state query;
+
+    /* broker_get(): the message copied for the caller, and its state. */
+    enum get_state get_state;
+    int get_nomem;
+    uint32_t get_remaining;
+    struct broker_delivery *get_msg;
+    char get_queue[SHORTSTR];
+};
+
+/* ---- helpers every part uses ------------------------------------------ */
+
+/* Copies AMQP bytes into a C string, cut to fit; NUL bytes end it early,
+ * which is what a C string reader would see anyway. */
+static inline void broker_copy_bytes(char *dst, size_t dstlen, amqp_bytes_t src)
+{
+    size_t n = src.len < dstlen - 1 ? src.len : dstlen - 1;
+    if (n)
+        memcpy(dst, src.bytes, n);
+    dst[n] = '\0';
+}
+
+static inline struct timeval broker_ms_to_tv(int ms)
+{
+    struct timeval tv;
+    tv.tv_sec = ms / 1000;
+    tv.tv_usec = (ms % 1000) * 1000;
+    return tv;
+}
+
+static inline int64_t broker_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Marks the connection as failed; it is torn down by the outermost call
+ * (never from inside a callback, whose caller still walks our state). */
+static inline void broker_mark_dead(struct broker *b)
+{
+    b->dead = 1;
+}
+
+/* Entries of an AMQP field table (client properties, queue arguments,
+ * message headers); the strings are not copied. */
+static inline amqp_table_entry_t broker_bool_entry(const char *key, int v)
+{
+    amqp_table_entry_t e;
+    e.key = amqp_cstring_bytes(key);
+    e.value.kind = AMQP_FIELD_KIND_BOOLEAN;
+    e.value.value.boolean = v ? 1 : 0;
+    return e;
+}
+
+static inline amqp_table_entry_t broker_str_entry(const char *key, const char *v)
+{
+    amqp_table_entry_t e;
+    e.key = amqp_cstring_bytes(key);
+    e.value.kind = AMQP_FIELD_KIND_UTF8;
+    e.value.value.bytes = amqp_cstring_bytes(v);
+    return e;
+}
+
+static inline amqp_table_entry_t broker_int_entry(const char *key, int64_t v)
+{
+    amqp_table_entry_t e;
+    e.key = amqp_cstring_bytes(key);
+    e.value.kind = AMQP_FIELD_KIND_I64;
+    e.value.value.i64 = v;
+    return e;
+}
+
+/* ---- the object (broker.c) -------------------------------------------- */
+
+/* Writes the reason broker_strerror() returns; never pass the password. */
+void broker_set_err(struct broker *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif
