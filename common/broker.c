@@ -1,4 +1,4 @@
-#include "broker_int.h"
+#include "broker.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -15,6 +15,7 @@
 
 #include <linux/sockios.h>
 
+#include "broker_int.h"
 #include "buf.h"
 #include "codec.h"
 #include "log.h"
@@ -41,119 +42,6 @@
  * busy connection cannot starve the rest of the event loop; what is left
  * is reported by broker_wants_read_now() or by poll(). */
 #define MAX_FRAMES_PER_CALL 4096
-
-static const unsigned retry_delays_ms[BROKER_RETRY_TIERS] = {1000, 5000, 30000, 120000, 600000};
-static const char *const retry_tier_names[BROKER_RETRY_TIERS] = {"1s", "5s", "30s", "2m", "10m"};
-
-/* ---- names ------------------------------------------------------------ */
-
-int broker_client_valid(const char *client)
-{
-    if (!client || !*client)
-        return 0;
-    size_t n = 0;
-    for (const char *p = client; *p; p++, n++) {
-        char c = *p;
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '_' || c == '-'))
-            return 0;
-    }
-    return n <= BROKER_CLIENT_MAX;
-}
-
-static const char *dir_name(enum broker_dir dir)
-{
-    return dir == BROKER_REVERSE ? "reverse" : "forward";
-}
-
-const char *broker_exchange(enum broker_dir dir)
-{
-    return dir == BROKER_REVERSE ? BROKER_EXCHANGE_REVERSE : BROKER_EXCHANGE_FORWARD;
-}
-
-/* snprintf into buf: 0, or -1 when it did not fit. */
-static int name_printf(char *buf, size_t len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int name_printf(char *buf, size_t len, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, len, fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= len) {
-        if (len)
-            buf[0] = '\0';
-        return -1;
-    }
-    return 0;
-}
-
-int broker_queue_name(char *buf, size_t len, enum broker_dir dir, const char *client)
-{
-    if (!buf || !broker_client_valid(client))
-        return -1;
-    return name_printf(buf, len, "%s.%s", broker_exchange(dir), client);
-}
-
-const char *broker_dir_name(enum broker_dir dir)
-{
-    return dir_name(dir);
-}
-
-unsigned broker_retry_tier(unsigned attempt)
-{
-    if (attempt <= 1)
-        return 0;
-    return attempt - 1 < BROKER_RETRY_TIERS ? attempt - 1 : BROKER_RETRY_TIERS - 1;
-}
-
-unsigned broker_retry_delay_ms(unsigned tier)
-{
-    return retry_delays_ms[tier < BROKER_RETRY_TIERS ? tier : BROKER_RETRY_TIERS - 1];
-}
-
-static const char *tier_name(unsigned tier)
-{
-    return retry_tier_names[tier < BROKER_RETRY_TIERS ? tier : BROKER_RETRY_TIERS - 1];
-}
-
-int broker_retry_exchange(char *buf, size_t len, const char *client)
-{
-    if (!buf || !broker_client_valid(client))
-        return -1;
-    return name_printf(buf, len, "%s.%s", BROKER_RETRY_PREFIX, client);
-}
-
-int broker_retry_key(char *buf, size_t len, enum broker_dir dir, unsigned attempt)
-{
-    if (!buf)
-        return -1;
-    return name_printf(buf, len, "%s.%s", dir_name(dir), tier_name(broker_retry_tier(attempt)));
-}
-
-int broker_retry_queue_name(char *buf, size_t len, enum broker_dir dir, const char *client,
-                            unsigned tier)
-{
-    if (!buf || !broker_client_valid(client))
-        return -1;
-    return name_printf(buf, len, "%s.%s.%s.%s", BROKER_RETRY_PREFIX, client, dir_name(dir),
-                       tier_name(tier));
-}
-
-int broker_dead_exchange(char *buf, size_t len, const char *client)
-{
-    if (!buf || !broker_client_valid(client))
-        return -1;
-    return name_printf(buf, len, "%s.%s", BROKER_DEAD_PREFIX, client);
-}
-
-int broker_dead_queue_name(char *buf, size_t len, enum broker_dir dir, const char *client)
-{
-    if (!buf || !broker_client_valid(client))
-        return -1;
-    return name_printf(buf, len, "%s.%s.%s", BROKER_DEAD_PREFIX, client, dir_name(dir));
-}
 
 int broker_delivery_header_int(const struct broker_delivery *d, const char *key, int64_t *out)
 {
@@ -1137,7 +1025,7 @@ static rt_status declare_client_dir(struct broker *b, struct declare_ctx *c, con
                                     enum broker_dir dir, const char *retry_x, const char *dead_x)
 {
     char queue[BROKER_NAME_MAX], key[BROKER_NAME_MAX];
-    const char *dn = dir_name(dir);
+    const char *dn = broker_dir_name(dir);
     amqp_table_entry_t args[12];
     rt_status st;
 
@@ -1163,10 +1051,10 @@ static rt_status declare_client_dir(struct broker *b, struct declare_ctx *c, con
      * back through the client's retry exchange to the main queue. */
     for (unsigned tier = 0; tier < BROKER_RETRY_TIERS; tier++) {
         if (broker_retry_queue_name(queue, sizeof(queue), dir, client, tier) ||
-            name_printf(key, sizeof(key), "%s.%s", dn, tier_name(tier)))
+            broker_retry_tier_key(key, sizeof(key), dir, tier))
             return RT_REJECT;
         n = queue_caps(b, args, 0, 0, 1);
-        args[n++] = broker_int_entry("x-message-ttl", retry_delays_ms[tier]);
+        args[n++] = broker_int_entry("x-message-ttl", broker_retry_delay_ms(tier));
         args[n++] = broker_str_entry("x-dead-letter-exchange", retry_x);
         args[n++] = broker_str_entry("x-dead-letter-routing-key", dn);
         if ((st = declare_queue(b, c, queue, args, n)) != RT_OK ||

@@ -282,6 +282,13 @@ static inline amqp_table_entry_t broker_int_entry(const char *key, int64_t v)
     return e;
 }
 
+/* ---- the names (broker_names.c) ---------------------------------------- */
+
+/* Writes the routing key on a client's retry exchange that delays a
+ * message in this tier: "forward.5s" (broker_retry_key() for a tier rather
+ * than an attempt). Returns 0, or -1 when buf is too small. */
+int broker_retry_tier_key(char *buf, size_t len, enum broker_dir dir, unsigned tier);
+
 /* ---- the object (broker.c) -------------------------------------------- */
 
 /* Writes the reason broker_strerror() returns; never pass the password. */
