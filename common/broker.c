@@ -1448,17 +1448,17 @@ static int pend_reserve(struct broker *b)
     return 0;
 }
 
-rt_status broker_publish(struct broker *b, const char *exchange, const char *routing_key,
-                         const struct broker_props *props, const void *body, size_t len,
-                         uint64_t *tag_out)
+/* The checks of broker_publish() before anything is written, and room for
+ * its confirm: RT_OK, or the verdict with the reason set. */
+static rt_status publish_check(struct broker *b, const char *exchange, const char *routing_key,
+                               const struct broker_props *props, const void *body, size_t len)
 {
-    if (!b)
-        return RT_REJECT;
     if (!broker_connected(b)) {
         broker_set_err(b, "publishing: not connected");
         return RT_RETRY;
     }
-    if (!exchange || !routing_key || strlen(exchange) >= SHORTSTR || strlen(routing_key) >= SHORTSTR) {
+    if (!exchange || !routing_key || strlen(exchange) >= SHORTSTR ||
+        strlen(routing_key) >= SHORTSTR) {
         broker_set_err(b, "publishing: invalid exchange or routing key");
         return RT_REJECT;
     }
@@ -1466,7 +1466,7 @@ rt_status broker_publish(struct broker *b, const char *exchange, const char *rou
         strlen(props->message_id) >= SHORTSTR || props->n_headers > BROKER_MAX_HEADERS ||
         (props->n_headers && !props->headers) || (len && !body)) {
         broker_set_err(b, "publishing: a message_id and at most %d headers are required",
-                BROKER_MAX_HEADERS);
+                       BROKER_MAX_HEADERS);
         return RT_REJECT;
     }
     if (b->blocked) {
@@ -1481,16 +1481,23 @@ rt_status broker_publish(struct broker *b, const char *exchange, const char *rou
         /* The node stopped reading (frozen, its link blackholed): nothing
          * is written, and two heartbeats without a frame end the
          * connection. */
-        broker_set_err(b, "publishing: the broker at %s:%d is not reading (its socket is full)", b->host,
-                b->port);
+        broker_set_err(b, "publishing: the broker at %s:%d is not reading (its socket is full)",
+                       b->host, b->port);
         return RT_RETRY;
     }
     if (pend_reserve(b) != 0) {
         broker_set_err(b, "publishing: out of memory");
         return RT_RETRY;
     }
+    return RT_OK;
+}
 
-    amqp_table_entry_t entries[BROKER_MAX_HEADERS];
+/* The AMQP properties of a publish, fixed by the wire but for the id,
+ * timestamp, user and headers; entries (room for BROKER_MAX_HEADERS) hold
+ * the headers p points to. RT_REJECT when a header has no key or value. */
+static rt_status publish_props(struct broker *b, const struct broker_props *props,
+                               amqp_table_entry_t *entries, amqp_basic_properties_t *p)
+{
     for (size_t i = 0; i < props->n_headers; i++) {
         const struct broker_header *h = &props->headers[i];
         if (!h->key || (h->type == BROKER_HEADER_STR && !h->str)) {
@@ -1500,20 +1507,35 @@ rt_status broker_publish(struct broker *b, const char *exchange, const char *rou
         entries[i] = h->type == BROKER_HEADER_INT ? broker_int_entry(h->key, h->num)
                                                   : broker_str_entry(h->key, h->str);
     }
-    amqp_basic_properties_t p;
-    memset(&p, 0, sizeof(p));
-    p._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
-               AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_USER_ID_FLAG;
-    p.content_type = amqp_cstring_bytes(BROKER_CONTENT_TYPE);
-    p.delivery_mode = AMQP_DELIVERY_PERSISTENT;
-    p.message_id = amqp_cstring_bytes(props->message_id);
-    p.timestamp = (uint64_t)(props->timestamp > 0 ? props->timestamp : (int64_t)time(NULL));
-    p.user_id = amqp_cstring_bytes(props->user_id ? props->user_id : b->user);
+    memset(p, 0, sizeof(*p));
+    p->_flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
+                AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_USER_ID_FLAG;
+    p->content_type = amqp_cstring_bytes(BROKER_CONTENT_TYPE);
+    p->delivery_mode = AMQP_DELIVERY_PERSISTENT;
+    p->message_id = amqp_cstring_bytes(props->message_id);
+    p->timestamp = (uint64_t)(props->timestamp > 0 ? props->timestamp : (int64_t)time(NULL));
+    p->user_id = amqp_cstring_bytes(props->user_id ? props->user_id : b->user);
     if (props->n_headers) {
-        p._flags |= AMQP_BASIC_HEADERS_FLAG;
-        p.headers.num_entries = (int)props->n_headers;
-        p.headers.entries = entries;
+        p->_flags |= AMQP_BASIC_HEADERS_FLAG;
+        p->headers.num_entries = (int)props->n_headers;
+        p->headers.entries = entries;
     }
+    return RT_OK;
+}
+
+rt_status broker_publish(struct broker *b, const char *exchange, const char *routing_key,
+                         const struct broker_props *props, const void *body, size_t len,
+                         uint64_t *tag_out)
+{
+    amqp_table_entry_t entries[BROKER_MAX_HEADERS];
+    amqp_basic_properties_t p;
+    rt_status st;
+
+    if (!b)
+        return RT_REJECT;
+    if ((st = publish_check(b, exchange, routing_key, props, body, len)) != RT_OK ||
+        (st = publish_props(b, props, entries, &p)) != RT_OK)
+        return st;
     amqp_bytes_t content;
     content.len = len;
     content.bytes = (void *)body;
@@ -1697,239 +1719,323 @@ static void protocol_error(struct broker *b, const char *what, amqp_channel_t ch
     broker_mark_dead(b);
 }
 
-static void handle_method(struct broker *b, amqp_channel_t ch, const amqp_method_t *m)
+/* basic.ack, basic.nack or basic.return: only the publish channel carries
+ * them, and never in the middle of a returned message's content. */
+static void broker_publish_on_method(struct broker *b, amqp_channel_t ch, const amqp_method_t *m)
 {
-    char text[SHORTSTR];
-    switch (m->id) {
-    case AMQP_CONNECTION_CLOSE_METHOD: {
-        const amqp_connection_close_t *c = m->decoded;
-        broker_copy_bytes(text, sizeof(text), c->reply_text);
-        broker_set_err(b, "the broker closed the connection: %u %s", c->reply_code, text);
-        log_warning("%s", b->err);
-        send_connection_close_ok(b);
-        broker_mark_dead(b);
+    if (ch != CH_PUBLISH || b->ret_state != CONTENT_IDLE) {
+        protocol_error(b, amqp_method_name(m->id), ch);
         return;
     }
-    case AMQP_CHANNEL_CLOSE_METHOD: {
-        const amqp_channel_close_t *c = m->decoded;
-        if (ch == CH_QUERY) {
-            query_closed(b, c);
-            return;
-        }
-        if (ch == CH_SCRATCH && (b->decl == DECL_FULL || b->decl == DECL_PASSIVE)) {
-            broker_copy_bytes(text, sizeof(text), c->reply_text);
-            send_channel_close_ok(b, ch);
-            declare_refusal(b, c->reply_code, text);
-            return;
-        }
-        /* Either other channel closing leaves the connection unable to do
-         * its job (confirms or deliveries would stop): start over. */
-        broker_copy_bytes(text, sizeof(text), c->reply_text);
-        broker_set_err(b, "the broker closed channel %u: %u %s", (unsigned)ch, c->reply_code, text);
-        send_channel_close_ok(b, ch);
-        broker_mark_dead(b);
-        if (ch == CH_CONSUME && b->get_state == GET_WAITING) {
-            /* The refusal of a basic.get (no such queue, no access): the
-             * caller reports it. */
-            b->get_state = GET_REFUSED;
-            return;
-        }
-        log_warning("%s", b->err);
-        return;
-    }
-    case AMQP_CONNECTION_BLOCKED_METHOD: {
-        const amqp_connection_blocked_t *c = m->decoded;
-        broker_copy_bytes(text, sizeof(text), c->reason);
-        b->blocked = 1;
-        log_warning("AMQP broker blocked publishing: %s", text);
-        return;
-    }
-    case AMQP_QUEUE_DECLARE_OK_METHOD:
-        if (ch != CH_QUERY) {
-            protocol_error(b, "queue.declare-ok", ch);
-            return;
-        }
-        {
-            const amqp_queue_declare_ok_t *ok = m->decoded;
-            depth_answer(b, 1, ok->message_count, ok->consumer_count);
-        }
-        return;
-    case AMQP_CHANNEL_OPEN_OK_METHOD:
-        if (ch == CH_SCRATCH && b->scratch == SCRATCH_OPENING && b->decl == DECL_PASSIVE) {
-            declare_reopened(b);
-            return;
-        }
-        if (ch != CH_QUERY || b->query != QUERY_OPENING) {
-            protocol_error(b, "channel.open-ok", ch);
-            return;
-        }
-        b->query = QUERY_OPEN;
-        flush_depth(b);
-        return;
-    case AMQP_EXCHANGE_DECLARE_OK_METHOD:
-        if (ch != CH_SCRATCH || (b->decl != DECL_FULL && b->decl != DECL_PASSIVE)) {
-            protocol_error(b, "exchange.declare-ok", ch);
-            return;
-        }
-        declare_ok(b);
-        return;
-    case AMQP_CHANNEL_CLOSE_OK_METHOD:
-        if (ch == CH_SCRATCH && b->scratch == SCRATCH_CLOSING) {
-            b->scratch = SCRATCH_CLOSED;
-            return;
-        }
-        protocol_error(b, "channel.close-ok", ch);
-        return;
-    case AMQP_CONNECTION_UNBLOCKED_METHOD:
-        b->blocked = 0;
-        log_info("AMQP broker unblocked publishing");
-        return;
-    case AMQP_BASIC_ACK_METHOD:
-    case AMQP_BASIC_NACK_METHOD:
-    case AMQP_BASIC_RETURN_METHOD:
-        if (ch != CH_PUBLISH || b->ret_state != CONTENT_IDLE) {
-            protocol_error(b, amqp_method_name(m->id), ch);
-            return;
-        }
-        if (m->id == AMQP_BASIC_ACK_METHOD) {
-            const amqp_basic_ack_t *a = m->decoded;
-            confirm(b, a->delivery_tag, a->multiple, BROKER_ACKED);
-        } else if (m->id == AMQP_BASIC_NACK_METHOD) {
-            const amqp_basic_nack_t *a = m->decoded;
-            confirm(b, a->delivery_tag, a->multiple, BROKER_NACKED);
-        } else {
-            const amqp_basic_return_t *r = m->decoded;
-            broker_copy_bytes(b->ret_text, sizeof(b->ret_text), r->reply_text);
-            b->ret_state = CONTENT_HEADER;
-        }
-        return;
-    case AMQP_BASIC_DELIVER_METHOD: {
-        const amqp_basic_deliver_t *d = m->decoded;
-        if (ch != CH_CONSUME || b->del_state != CONTENT_IDLE) {
-            protocol_error(b, "basic.deliver", ch);
-            return;
-        }
-        delivery_begin(b, consumer_queue(b, d->consumer_tag, NULL), d->delivery_tag,
-                       d->redelivered, d->exchange, d->routing_key);
-        return;
-    }
-    case AMQP_BASIC_GET_OK_METHOD: {
-        const amqp_basic_get_ok_t *g = m->decoded;
-        if (ch != CH_CONSUME || b->del_state != CONTENT_IDLE || b->get_state != GET_WAITING) {
-            protocol_error(b, "basic.get-ok", ch);
-            return;
-        }
-        b->get_remaining = g->message_count;
-        b->get_state = GET_CONTENT;
-        delivery_begin(b, b->get_queue, g->delivery_tag, g->redelivered, g->exchange,
-                       g->routing_key);
-        return;
-    }
-    case AMQP_BASIC_GET_EMPTY_METHOD:
-        if (ch != CH_CONSUME || b->get_state != GET_WAITING) {
-            protocol_error(b, "basic.get-empty", ch);
-            return;
-        }
-        b->get_remaining = 0;
-        b->get_state = GET_DONE;
-        return;
-    case AMQP_BASIC_CANCEL_METHOD: {
-        const amqp_basic_cancel_t *c = m->decoded;
-        size_t i;
-        const char *q = consumer_queue(b, c->consumer_tag, &i);
-        char queue[SHORTSTR];
-        snprintf(queue, sizeof(queue), "%s", q ? q : "");
-        if (q) {
-            b->consumers[i] = b->consumers[b->n_consumers - 1];
-            b->n_consumers--;
-        }
-        log_warning("AMQP broker cancelled the consumer of queue \"%s\"", queue);
-        if (b->on_cancel) {
-            b->depth++;
-            b->on_cancel(b->cb_arg, queue);
-            b->depth--;
-        }
-        return;
-    }
-    default:
-        log_debug("ignoring AMQP method %s on channel %u", amqp_method_name(m->id), (unsigned)ch);
-        return;
+    if (m->id == AMQP_BASIC_ACK_METHOD) {
+        const amqp_basic_ack_t *a = m->decoded;
+        confirm(b, a->delivery_tag, a->multiple, BROKER_ACKED);
+    } else if (m->id == AMQP_BASIC_NACK_METHOD) {
+        const amqp_basic_nack_t *a = m->decoded;
+        confirm(b, a->delivery_tag, a->multiple, BROKER_NACKED);
+    } else {
+        const amqp_basic_return_t *r = m->decoded;
+        broker_copy_bytes(b->ret_text, sizeof(b->ret_text), r->reply_text);
+        b->ret_state = CONTENT_HEADER;
     }
 }
 
+/* The content header of a returned message: its message_id names the
+ * publish that comes back. */
+static void broker_return_on_header(struct broker *b, const amqp_basic_properties_t *p,
+                                    uint64_t size)
+{
+    char id[SHORTSTR] = "";
+    if (p && (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)) {
+        broker_copy_bytes(id, sizeof(id), p->message_id);
+        mark_returned(b, p->message_id);
+    }
+    log_warning("AMQP broker returned message \"%s\": %s", id, b->ret_text);
+    b->ret_size = size;
+    b->ret_got = 0;
+    b->ret_state = size ? CONTENT_BODY : CONTENT_IDLE;
+}
+
+/* A body frame of a returned message: counted, not kept. */
+static void broker_return_on_body(struct broker *b, amqp_bytes_t part)
+{
+    b->ret_got += part.len;
+    if (b->ret_got > b->ret_size)
+        protocol_error(b, "returned body longer than announced", CH_PUBLISH);
+    else if (b->ret_got == b->ret_size)
+        b->ret_state = CONTENT_IDLE;
+}
+
+/* basic.deliver: a message of a consumed queue begins. */
+static void broker_consume_on_deliver(struct broker *b, amqp_channel_t ch,
+                                      const amqp_basic_deliver_t *d)
+{
+    if (ch != CH_CONSUME || b->del_state != CONTENT_IDLE) {
+        protocol_error(b, "basic.deliver", ch);
+        return;
+    }
+    delivery_begin(b, consumer_queue(b, d->consumer_tag, NULL), d->delivery_tag, d->redelivered,
+                   d->exchange, d->routing_key);
+}
+
+/* basic.cancel: the broker cancelled a consumer (its queue was deleted). */
+static void broker_consume_on_cancel(struct broker *b, const amqp_basic_cancel_t *c)
+{
+    size_t i;
+    const char *q = consumer_queue(b, c->consumer_tag, &i);
+    char queue[SHORTSTR];
+    snprintf(queue, sizeof(queue), "%s", q ? q : "");
+    if (q) {
+        b->consumers[i] = b->consumers[b->n_consumers - 1];
+        b->n_consumers--;
+    }
+    log_warning("AMQP broker cancelled the consumer of queue \"%s\"", queue);
+    if (b->on_cancel) {
+        b->depth++;
+        b->on_cancel(b->cb_arg, queue);
+        b->depth--;
+    }
+}
+
+/* The content header of a delivery (consumed, or broker_get()'s answer):
+ * its properties and headers are kept; an empty body completes it. */
+static void broker_delivery_on_header(struct broker *b, const amqp_basic_properties_t *p,
+                                      uint64_t size)
+{
+    if (p && (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)) {
+        broker_copy_bytes(b->d_message_id, sizeof(b->d_message_id), p->message_id);
+        b->d.message_id = b->d_message_id;
+    }
+    if (p && (p->_flags & AMQP_BASIC_USER_ID_FLAG)) {
+        broker_copy_bytes(b->d_user_id, sizeof(b->d_user_id), p->user_id);
+        b->d.user_id = b->d_user_id;
+    }
+    if (p && (p->_flags & AMQP_BASIC_CONTENT_TYPE_FLAG)) {
+        broker_copy_bytes(b->d_content_type, sizeof(b->d_content_type), p->content_type);
+        b->d.content_type = b->d_content_type;
+    }
+    if (p && (p->_flags & AMQP_BASIC_TIMESTAMP_FLAG))
+        b->d.timestamp = p->timestamp > INT64_MAX ? INT64_MAX : (int64_t)p->timestamp;
+    copy_headers(b, p && (p->_flags & AMQP_BASIC_HEADERS_FLAG) ? &p->headers : NULL);
+    b->d.len = (size_t)size;
+    b->d.too_big = size > b->max_message || size > SIZE_MAX;
+    b->del_size = size;
+    b->del_got = 0;
+    if (size == 0) {
+        dispatch_delivery(b);
+        return;
+    }
+    b->del_state = CONTENT_BODY;
+}
+
+/* A body frame of a delivery: kept up to max_message; the last one
+ * completes the delivery. */
+static void broker_delivery_on_body(struct broker *b, amqp_bytes_t part)
+{
+    b->del_got += part.len;
+    if (b->del_got > b->del_size) {
+        protocol_error(b, "delivered body longer than announced", CH_CONSUME);
+        return;
+    }
+    /* An oversized body is read and dropped: the caller still gets the
+     * delivery (too_big) so it can dead-letter it. */
+    if (!b->d.too_big && buf_append(&b->body, part.bytes, part.len) != 0) {
+        b->d.too_big = 1;
+        buf_reset(&b->body);
+    }
+    if (b->del_got == b->del_size)
+        dispatch_delivery(b);
+}
+
+/* basic.get-ok: the message broker_get() asked for begins. */
+static void broker_get_on_ok(struct broker *b, amqp_channel_t ch, const amqp_basic_get_ok_t *g)
+{
+    if (ch != CH_CONSUME || b->del_state != CONTENT_IDLE || b->get_state != GET_WAITING) {
+        protocol_error(b, "basic.get-ok", ch);
+        return;
+    }
+    b->get_remaining = g->message_count;
+    b->get_state = GET_CONTENT;
+    delivery_begin(b, b->get_queue, g->delivery_tag, g->redelivered, g->exchange, g->routing_key);
+}
+
+/* basic.get-empty: the queue broker_get() asked had no message. */
+static void broker_get_on_empty(struct broker *b, amqp_channel_t ch)
+{
+    if (ch != CH_CONSUME || b->get_state != GET_WAITING) {
+        protocol_error(b, "basic.get-empty", ch);
+        return;
+    }
+    b->get_remaining = 0;
+    b->get_state = GET_DONE;
+}
+
+/* queue.declare-ok: on the query channel, the answer to the oldest depth
+ * question; no other channel asks without waiting. */
+static void broker_depth_on_declare_ok(struct broker *b, amqp_channel_t ch,
+                                       const amqp_queue_declare_ok_t *ok)
+{
+    if (ch != CH_QUERY) {
+        protocol_error(b, "queue.declare-ok", ch);
+        return;
+    }
+    depth_answer(b, 1, ok->message_count, ok->consumer_count);
+}
+
+/* channel.open-ok of the query channel, opened again after a refusal: the
+ * questions the broker dropped are asked again. */
+static void broker_query_on_open(struct broker *b, amqp_channel_t ch)
+{
+    if (ch != CH_QUERY || b->query != QUERY_OPENING) {
+        protocol_error(b, "channel.open-ok", ch);
+        return;
+    }
+    b->query = QUERY_OPEN;
+    flush_depth(b);
+}
+
+/* exchange.declare-ok: only the question that ends a round of
+ * declarations is answered so. */
+static void broker_declare_on_ok(struct broker *b, amqp_channel_t ch)
+{
+    if (ch != CH_SCRATCH || (b->decl != DECL_FULL && b->decl != DECL_PASSIVE)) {
+        protocol_error(b, "exchange.declare-ok", ch);
+        return;
+    }
+    declare_ok(b);
+}
+
+/* channel.close on the scratch channel during a round: the broker refused
+ * one of its declarations. */
+static void broker_declare_on_close(struct broker *b, const amqp_channel_close_t *c)
+{
+    char text[SHORTSTR];
+    broker_copy_bytes(text, sizeof(text), c->reply_text);
+    send_channel_close_ok(b, CH_SCRATCH);
+    declare_refusal(b, c->reply_code, text);
+}
+
+/* channel.close-ok: only the scratch channel is closed without waiting
+ * for it (after a round). */
+static void broker_scratch_on_close_ok(struct broker *b, amqp_channel_t ch)
+{
+    if (ch == CH_SCRATCH && b->scratch == SCRATCH_CLOSING) {
+        b->scratch = SCRATCH_CLOSED;
+        return;
+    }
+    protocol_error(b, "channel.close-ok", ch);
+}
+
+/* connection.close: the broker ends the connection. */
+static void connection_closed(struct broker *b, const amqp_connection_close_t *c)
+{
+    char text[SHORTSTR];
+    broker_copy_bytes(text, sizeof(text), c->reply_text);
+    broker_set_err(b, "the broker closed the connection: %u %s", c->reply_code, text);
+    log_warning("%s", b->err);
+    send_connection_close_ok(b);
+    broker_mark_dead(b);
+}
+
+/* channel.close: what it means depends on the channel. */
+static void channel_closed(struct broker *b, amqp_channel_t ch, const amqp_channel_close_t *c)
+{
+    char text[SHORTSTR];
+    if (ch == CH_QUERY) {
+        query_closed(b, c);
+        return;
+    }
+    if (ch == CH_SCRATCH && (b->decl == DECL_FULL || b->decl == DECL_PASSIVE)) {
+        broker_declare_on_close(b, c);
+        return;
+    }
+    /* Either other channel closing leaves the connection unable to do
+     * its job (confirms or deliveries would stop): start over. */
+    broker_copy_bytes(text, sizeof(text), c->reply_text);
+    broker_set_err(b, "the broker closed channel %u: %u %s", (unsigned)ch, c->reply_code, text);
+    send_channel_close_ok(b, ch);
+    broker_mark_dead(b);
+    if (ch == CH_CONSUME && b->get_state == GET_WAITING) {
+        /* The refusal of a basic.get (no such queue, no access): the
+         * caller reports it. */
+        b->get_state = GET_REFUSED;
+        return;
+    }
+    log_warning("%s", b->err);
+}
+
+/* channel.open-ok: the scratch channel opened again for a passive round,
+ * or the query channel opened again after a refusal. */
+static void channel_opened(struct broker *b, amqp_channel_t ch)
+{
+    if (ch == CH_SCRATCH && b->scratch == SCRATCH_OPENING && b->decl == DECL_PASSIVE)
+        declare_reopened(b);
+    else
+        broker_query_on_open(b, ch);
+}
+
+/* connection.blocked: a resource alarm on the broker; publishes wait. */
+static void connection_blocked(struct broker *b, const amqp_connection_blocked_t *c)
+{
+    char text[SHORTSTR];
+    broker_copy_bytes(text, sizeof(text), c->reason);
+    b->blocked = 1;
+    log_warning("AMQP broker blocked publishing: %s", text);
+}
+
+static void connection_unblocked(struct broker *b)
+{
+    b->blocked = 0;
+    log_info("AMQP broker unblocked publishing");
+}
+
+/* A method frame, to the part of the broker it concerns. */
+static void handle_method(struct broker *b, amqp_channel_t ch, const amqp_method_t *m)
+{
+    switch (m->id) {
+    case AMQP_CONNECTION_CLOSE_METHOD: connection_closed(b, m->decoded); break;
+    case AMQP_CONNECTION_BLOCKED_METHOD: connection_blocked(b, m->decoded); break;
+    case AMQP_CONNECTION_UNBLOCKED_METHOD: connection_unblocked(b); break;
+    case AMQP_CHANNEL_CLOSE_METHOD: channel_closed(b, ch, m->decoded); break;
+    case AMQP_CHANNEL_OPEN_OK_METHOD: channel_opened(b, ch); break;
+    case AMQP_CHANNEL_CLOSE_OK_METHOD: broker_scratch_on_close_ok(b, ch); break;
+    case AMQP_EXCHANGE_DECLARE_OK_METHOD: broker_declare_on_ok(b, ch); break;
+    case AMQP_QUEUE_DECLARE_OK_METHOD: broker_depth_on_declare_ok(b, ch, m->decoded); break;
+    case AMQP_BASIC_ACK_METHOD:
+    case AMQP_BASIC_NACK_METHOD:
+    case AMQP_BASIC_RETURN_METHOD: broker_publish_on_method(b, ch, m); break;
+    case AMQP_BASIC_DELIVER_METHOD: broker_consume_on_deliver(b, ch, m->decoded); break;
+    case AMQP_BASIC_CANCEL_METHOD: broker_consume_on_cancel(b, m->decoded); break;
+    case AMQP_BASIC_GET_OK_METHOD: broker_get_on_ok(b, ch, m->decoded); break;
+    case AMQP_BASIC_GET_EMPTY_METHOD: broker_get_on_empty(b, ch); break;
+    default:
+        log_debug("ignoring AMQP method %s on channel %u", amqp_method_name(m->id), (unsigned)ch);
+        break;
+    }
+}
+
+/* A content header: of a returned publish or of a delivery. */
 static void handle_header(struct broker *b, amqp_channel_t ch, const amqp_frame_t *f)
 {
     const amqp_basic_properties_t *p = f->payload.properties.decoded;
     uint64_t size = f->payload.properties.body_size;
-    if (ch == CH_PUBLISH && b->ret_state == CONTENT_HEADER) {
-        char id[SHORTSTR] = "";
-        if (p && (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)) {
-            broker_copy_bytes(id, sizeof(id), p->message_id);
-            mark_returned(b, p->message_id);
-        }
-        log_warning("AMQP broker returned message \"%s\": %s", id, b->ret_text);
-        b->ret_size = size;
-        b->ret_got = 0;
-        b->ret_state = size ? CONTENT_BODY : CONTENT_IDLE;
-        return;
-    }
-    if (ch == CH_CONSUME && b->del_state == CONTENT_HEADER) {
-        if (p && (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)) {
-            broker_copy_bytes(b->d_message_id, sizeof(b->d_message_id), p->message_id);
-            b->d.message_id = b->d_message_id;
-        }
-        if (p && (p->_flags & AMQP_BASIC_USER_ID_FLAG)) {
-            broker_copy_bytes(b->d_user_id, sizeof(b->d_user_id), p->user_id);
-            b->d.user_id = b->d_user_id;
-        }
-        if (p && (p->_flags & AMQP_BASIC_CONTENT_TYPE_FLAG)) {
-            broker_copy_bytes(b->d_content_type, sizeof(b->d_content_type), p->content_type);
-            b->d.content_type = b->d_content_type;
-        }
-        if (p && (p->_flags & AMQP_BASIC_TIMESTAMP_FLAG))
-            b->d.timestamp = p->timestamp > INT64_MAX ? INT64_MAX : (int64_t)p->timestamp;
-        copy_headers(b, p && (p->_flags & AMQP_BASIC_HEADERS_FLAG) ? &p->headers : NULL);
-        b->d.len = (size_t)size;
-        b->d.too_big = size > b->max_message || size > SIZE_MAX;
-        b->del_size = size;
-        b->del_got = 0;
-        if (size == 0) {
-            dispatch_delivery(b);
-            return;
-        }
-        b->del_state = CONTENT_BODY;
-        return;
-    }
-    protocol_error(b, "unexpected content header", ch);
+    if (ch == CH_PUBLISH && b->ret_state == CONTENT_HEADER)
+        broker_return_on_header(b, p, size);
+    else if (ch == CH_CONSUME && b->del_state == CONTENT_HEADER)
+        broker_delivery_on_header(b, p, size);
+    else
+        protocol_error(b, "unexpected content header", ch);
 }
 
+/* A body frame: of a returned publish or of a delivery. */
 static void handle_body(struct broker *b, amqp_channel_t ch, amqp_bytes_t part)
 {
-    if (ch == CH_PUBLISH && b->ret_state == CONTENT_BODY) {
-        b->ret_got += part.len;
-        if (b->ret_got > b->ret_size)
-            protocol_error(b, "returned body longer than announced", ch);
-        else if (b->ret_got == b->ret_size)
-            b->ret_state = CONTENT_IDLE;
-        return;
-    }
-    if (ch == CH_CONSUME && b->del_state == CONTENT_BODY) {
-        b->del_got += part.len;
-        if (b->del_got > b->del_size) {
-            protocol_error(b, "delivered body longer than announced", ch);
-            return;
-        }
-        /* An oversized body is read and dropped: the caller still gets the
-         * delivery (too_big) so it can dead-letter it. */
-        if (!b->d.too_big && buf_append(&b->body, part.bytes, part.len) != 0) {
-            b->d.too_big = 1;
-            buf_reset(&b->body);
-        }
-        if (b->del_got == b->del_size)
-            dispatch_delivery(b);
-        return;
-    }
-    protocol_error(b, "unexpected content body", ch);
+    if (ch == CH_PUBLISH && b->ret_state == CONTENT_BODY)
+        broker_return_on_body(b, part);
+    else if (ch == CH_CONSUME && b->del_state == CONTENT_BODY)
+        broker_delivery_on_body(b, part);
+    else
+        protocol_error(b, "unexpected content body", ch);
 }
 
 static void handle_frame(struct broker *b, const amqp_frame_t *f)
@@ -2201,15 +2307,10 @@ void broker_delivery_free(struct broker_delivery *d)
 }
 
 
-rt_status broker_get(struct broker *b, const char *queue, struct broker_delivery **out,
-                     uint32_t *remaining)
+/* The checks of broker_get() before anything is sent: RT_OK, or the
+ * verdict with the reason set. */
+static rt_status get_check(struct broker *b, const char *queue)
 {
-    if (out)
-        *out = NULL;
-    if (remaining)
-        *remaining = 0;
-    if (!b || !out)
-        return RT_REJECT;
     if (!broker_connected(b)) {
         broker_set_err(b, "reading a message: not connected");
         return RT_RETRY;
@@ -2222,9 +2323,15 @@ rt_status broker_get(struct broker *b, const char *queue, struct broker_delivery
         broker_set_err(b, "reading a message: invalid queue name");
         return RT_REJECT;
     }
-    /* basic.get is sent by hand and its answer read frame by frame, like
-     * everything else: amqp_basic_get() followed by amqp_read_message()
-     * would wait without a deadline for the content. */
+    return RT_OK;
+}
+
+/* Sends basic.get. It is sent by hand and its answer read frame by frame,
+ * like everything else: amqp_basic_get() followed by amqp_read_message()
+ * would wait without a deadline for the content. RT_RETRY with the
+ * connection marked dead when it could not be sent. */
+static rt_status get_send(struct broker *b, const char *queue)
+{
     amqp_basic_get_t req;
     memset(&req, 0, sizeof(req));
     req.queue = amqp_cstring_bytes(queue);
@@ -2235,12 +2342,19 @@ rt_status broker_get(struct broker *b, const char *queue, struct broker_delivery
     b->get_remaining = 0;
     int rc = amqp_send_method(b->conn, CH_CONSUME, AMQP_BASIC_GET_METHOD, &req);
     if (rc != AMQP_STATUS_OK) {
-        broker_set_err(b, "reading a message from \"%s\" failed: %s", queue, amqp_error_string2(rc));
+        broker_set_err(b, "reading a message from \"%s\" failed: %s", queue,
+                       amqp_error_string2(rc));
         broker_mark_dead(b);
-        return finish(b, RT_RETRY);
+        return RT_RETRY;
     }
     b->get_state = GET_WAITING;
+    return RT_OK;
+}
 
+/* Reads frames, handled as broker_process() would, until the answer to
+ * basic.get is in, the connection failed or the connect timeout passed. */
+static void get_wait(struct broker *b, const char *queue)
+{
     int64_t deadline = broker_now_ms() + b->connect_timeout_ms;
     while (!b->dead && (b->get_state == GET_WAITING || b->get_state == GET_CONTENT)) {
         int64_t left = deadline - broker_now_ms();
@@ -2248,24 +2362,30 @@ rt_status broker_get(struct broker *b, const char *queue, struct broker_delivery
             /* A late answer would arrive in the middle of something else:
              * this connection cannot be trusted any more. */
             broker_set_err(b, "reading a message from \"%s\": no answer within %d ms", queue,
-                    b->connect_timeout_ms);
+                           b->connect_timeout_ms);
             broker_mark_dead(b);
             break;
         }
         amqp_frame_t f;
         struct timeval tv = broker_ms_to_tv((int)left);
-        rc = amqp_simple_wait_frame_noblock(b->conn, &f, &tv);
+        int rc = amqp_simple_wait_frame_noblock(b->conn, &f, &tv);
         if (rc == AMQP_STATUS_TIMEOUT)
             continue;
         if (rc != AMQP_STATUS_OK) {
             broker_set_err(b, "AMQP connection to %s:%d lost: %s", b->host, b->port,
-                    amqp_error_string2(rc));
+                           amqp_error_string2(rc));
             broker_mark_dead(b);
             break;
         }
         handle_frame(b, &f);
     }
+}
 
+/* broker_get()'s verdict once the wait ended: the message handed over, or
+ * why there is none. */
+static rt_status get_result(struct broker *b, const char *queue, struct broker_delivery **out,
+                            uint32_t *remaining)
+{
     enum get_state gs = b->get_state;
     struct broker_delivery *msg = b->get_msg;
     b->get_state = GET_IDLE;
@@ -2296,4 +2416,22 @@ rt_status broker_get(struct broker *b, const char *queue, struct broker_delivery
     if (remaining)
         *remaining = b->get_remaining;
     return RT_OK;
+}
+
+rt_status broker_get(struct broker *b, const char *queue, struct broker_delivery **out,
+                     uint32_t *remaining)
+{
+    if (out)
+        *out = NULL;
+    if (remaining)
+        *remaining = 0;
+    if (!b || !out)
+        return RT_REJECT;
+    rt_status st = get_check(b, queue);
+    if (st != RT_OK)
+        return st;
+    if (get_send(b, queue) != RT_OK)
+        return finish(b, RT_RETRY);
+    get_wait(b, queue);
+    return get_result(b, queue, out, remaining);
 }
