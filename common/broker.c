@@ -223,22 +223,20 @@ fail_alloc:
     return NULL;
 }
 
-static void teardown(struct broker *b, int polite);
-static int send_room(struct broker *b, size_t need);
-static void declare_forget(struct broker *b);
-static void handle_frame(struct broker *b, const amqp_frame_t *f);
+static void broker_teardown(struct broker *b, int polite);
+static int broker_can_write(struct broker *b, size_t need);
 
 void broker_free(struct broker *b)
 {
     if (!b)
         return;
     if (b->conn)
-        teardown(b, !b->dead);
+        broker_teardown(b, !b->dead);
     for (size_t i = 0; i < b->n_nodes; i++) {
         netprobe_free(b->probes[i]);
         free(b->nodes[i].host);
     }
-    declare_forget(b);
+    broker_declare_free_clients(b);
     free(b->pend);
     free(b->consumers);
     free(b->acks);
@@ -264,12 +262,12 @@ void broker_free(struct broker *b)
 /* Destroys the connection and reports LOST for every unconfirmed publish.
  * The state is reset before the callbacks run, so a callback that tries to
  * publish again gets RT_RETRY ("not connected"). */
-static void teardown(struct broker *b, int polite)
+static void broker_teardown(struct broker *b, int polite)
 {
     if (b->conn) {
         /* A node that stopped reading would hold the close RPC until its
          * timeout: then the connection is just dropped. */
-        if (polite && send_room(b, 64)) {
+        if (polite && broker_can_write(b, 64)) {
             amqp_rpc_reply_t r = amqp_connection_close(b->conn, AMQP_REPLY_SUCCESS);
             if (r.reply_type != AMQP_RESPONSE_NORMAL)
                 log_debug("closing the AMQP connection to %s:%d was not acknowledged", b->host,
@@ -287,7 +285,7 @@ static void teardown(struct broker *b, int polite)
     b->n_acks = 0; /* unsent acks die with the connection: redelivered */
     b->scratch = SCRATCH_CLOSED;
     if (b->decl == DECL_FULL || b->decl == DECL_PASSIVE) {
-        declare_forget(b);
+        broker_declare_free_clients(b);
         b->decl_status = RT_RETRY;
         b->decl = DECL_DONE;
     }
@@ -327,10 +325,10 @@ static void teardown(struct broker *b, int polite)
 }
 
 /* The outermost calls end here: a connection found dead is torn down. */
-static rt_status finish(struct broker *b, rt_status st)
+rt_status broker_finish_call(struct broker *b, rt_status st)
 {
     if (b->dead && b->depth == 0)
-        teardown(b, 0);
+        broker_teardown(b, 0);
     return st;
 }
 
@@ -343,7 +341,7 @@ void broker_disconnect(struct broker *b)
     stop_probes(b);
     if (b->conn) {
         log_info("closing the AMQP connection to %s:%d", b->host, b->port);
-        teardown(b, !b->dead);
+        broker_teardown(b, !b->dead);
     }
 }
 
@@ -433,7 +431,7 @@ const char *broker_node(const struct broker *b)
  * queues what the peer has not acknowledged; a peer that stopped reading
  * fills the queue and a blocking write would wait for it (librabbitmq 0.11
  * writes with no deadline). An empty queue always takes a write. */
-static int send_room(struct broker *b, size_t need)
+static int broker_can_write(struct broker *b, size_t need)
 {
     if (!b->conn)
         return 0;
@@ -459,14 +457,14 @@ int broker_blocked(const struct broker *b)
 
 /* ---- replies from RPCs ------------------------------------------------ */
 
-static void send_channel_close_ok(struct broker *b, amqp_channel_t ch)
+void broker_send_channel_close_ok(struct broker *b, amqp_channel_t ch)
 {
     amqp_channel_close_ok_t ok = {0};
     if (amqp_send_method(b->conn, ch, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok) != AMQP_STATUS_OK)
         broker_mark_dead(b);
 }
 
-static void send_connection_close_ok(struct broker *b)
+static void broker_send_connection_close_ok(struct broker *b)
 {
     amqp_connection_close_ok_t ok = {0};
     (void)amqp_send_method(b->conn, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
@@ -476,7 +474,7 @@ static void send_connection_close_ok(struct broker *b)
  * A closed channel is answered with close-ok (it can be opened again); a
  * closed connection or a library failure marks the connection dead.
  * *code_out receives the broker's reply code (0 if none). */
-static rt_status rpc_verdict(struct broker *b, amqp_rpc_reply_t r, amqp_channel_t ch,
+rt_status broker_rpc_verdict(struct broker *b, amqp_rpc_reply_t r, amqp_channel_t ch,
                              const char *what, int *code_out)
 {
     if (code_out)
@@ -506,7 +504,7 @@ static rt_status rpc_verdict(struct broker *b, amqp_rpc_reply_t r, amqp_channel_
         broker_set_err(b, "%s: the broker closed the connection: %u %s", what, c->reply_code, text);
         if (code_out)
             *code_out = c->reply_code;
-        send_connection_close_ok(b);
+        broker_send_connection_close_ok(b);
         broker_mark_dead(b);
         return RT_RETRY;
     }
@@ -517,7 +515,7 @@ static rt_status rpc_verdict(struct broker *b, amqp_rpc_reply_t r, amqp_channel_
         broker_set_err(b, "%s: refused by the broker: %u %s", what, c->reply_code, text);
         if (code_out)
             *code_out = c->reply_code;
-        send_channel_close_ok(b, ch);
+        broker_send_channel_close_ok(b, ch);
         return RT_REJECT;
     }
     broker_set_err(b, "%s: unexpected reply %s", what, amqp_method_name(r.reply.id));
@@ -623,7 +621,7 @@ static rt_status login(struct broker *b)
         const amqp_connection_close_t *c = r.reply.decoded;
         char text[SHORTSTR];
         broker_copy_bytes(text, sizeof(text), c->reply_text);
-        send_connection_close_ok(b);
+        broker_send_connection_close_ok(b);
         if (c->reply_code == AMQP_ACCESS_REFUSED) {
             broker_set_err(b, "login refused for user \"%s\" on %s:%d", b->user, b->host, b->port);
             return RT_REJECT;
@@ -646,23 +644,23 @@ static rt_status login(struct broker *b)
 static rt_status open_channels(struct broker *b)
 {
     amqp_channel_open(b->conn, CH_PUBLISH);
-    rt_status st = rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_PUBLISH, "opening the publish channel", NULL);
+    rt_status st = broker_rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_PUBLISH, "opening the publish channel", NULL);
     if (st != RT_OK)
         return RT_RETRY;
     amqp_confirm_select(b->conn, CH_PUBLISH);
-    st = rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_PUBLISH, "confirm.select", NULL);
+    st = broker_rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_PUBLISH, "confirm.select", NULL);
     if (st != RT_OK)
         return RT_RETRY;
     amqp_channel_open(b->conn, CH_CONSUME);
-    st = rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_CONSUME, "opening the consume channel", NULL);
+    st = broker_rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_CONSUME, "opening the consume channel", NULL);
     if (st != RT_OK)
         return RT_RETRY;
     amqp_basic_qos(b->conn, CH_CONSUME, 0, (uint16_t)b->prefetch, 0);
-    st = rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_CONSUME, "basic.qos", NULL);
+    st = broker_rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_CONSUME, "basic.qos", NULL);
     if (st != RT_OK)
         return RT_RETRY;
     amqp_channel_open(b->conn, CH_QUERY);
-    st = rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_QUERY, "opening the query channel", NULL);
+    st = broker_rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_QUERY, "opening the query channel", NULL);
     if (st != RT_OK)
         return RT_RETRY;
     b->query = QUERY_OPEN;
@@ -811,7 +809,7 @@ rt_status broker_connect(struct broker *b)
     }
     stop_probes(b);
     if (b->conn)
-        teardown(b, !b->dead);
+        broker_teardown(b, !b->dead);
     size_t start = first_node(b);
     int all_reject = 1;
     for (size_t k = 0; k < b->n_nodes; k++) {
@@ -845,7 +843,7 @@ void broker_connect_async(struct broker *b)
 
 /* One turn of an attempt of broker_connect_async(): RT_OK while it runs
  * or once connected (broker_connected() tells), else its verdict. */
-static rt_status connect_progress(struct broker *b)
+static rt_status broker_connect_progress(struct broker *b)
 {
     char reasons[BROKER_MAX_NODES][ERR_MAX];
     size_t running = 0, n_failed = 0;
@@ -882,407 +880,7 @@ static rt_status connect_progress(struct broker *b)
     return all_reject ? RT_REJECT : RT_RETRY;
 }
 
-/* ---- topology --------------------------------------------------------- */
-
-static rt_status open_scratch(struct broker *b)
-{
-    amqp_channel_open(b->conn, CH_SCRATCH);
-    return rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_SCRATCH, "opening a channel", NULL) == RT_OK
-               ? RT_OK
-               : RT_RETRY;
-}
-
-static rt_status close_scratch(struct broker *b)
-{
-    amqp_rpc_reply_t r = amqp_channel_close(b->conn, CH_SCRATCH, AMQP_REPLY_SUCCESS);
-    return rpc_verdict(b, r, CH_SCRATCH, "closing a channel", NULL) == RT_OK ? RT_OK : RT_RETRY;
-}
-
-/* What the declarations of one round do. */
-struct declare_ctx {
-    int passive; /* only check that things exist (no permission to declare) */
-};
-
-/* Declarations are pipelined: every exchange.declare, queue.declare and
- * queue.bind goes out with nowait, without waiting for a reply, and one
- * RPC at the end (declare_sync) tells whether all of them were taken. The
- * broker handles a channel's methods in order and, on the first refusal,
- * closes the channel and ignores the rest: the reply to that RPC is then
- * the refusal, whose text names what was refused. Hundreds of clients are
- * declared in one round trip instead of one per name, so the loop is held
- * milliseconds, not seconds. */
-static rt_status declare_send(struct broker *b, amqp_method_number_t id, void *method)
-{
-    if (b->dead)
-        return RT_RETRY;
-    int rc = amqp_send_method(b->conn, CH_SCRATCH, id, method);
-    if (rc != AMQP_STATUS_OK) {
-        broker_set_err(b, "declaring the topology: %s", amqp_error_string2(rc));
-        broker_mark_dead(b);
-        return RT_RETRY;
-    }
-    return RT_OK;
-}
-
-static rt_status declare_exchange(struct broker *b, struct declare_ctx *c, const char *name)
-{
-    amqp_exchange_declare_t m;
-    memset(&m, 0, sizeof(m));
-    m.exchange = amqp_cstring_bytes(name);
-    m.type = amqp_cstring_bytes("direct");
-    m.passive = c->passive ? 1 : 0;
-    m.durable = 1;
-    m.nowait = 1;
-    m.arguments = amqp_empty_table;
-    return declare_send(b, AMQP_EXCHANGE_DECLARE_METHOD, &m);
-}
-
-static rt_status declare_queue(struct broker *b, struct declare_ctx *c, const char *name,
-                               amqp_table_entry_t *args, int n_args)
-{
-    amqp_queue_declare_t m;
-    memset(&m, 0, sizeof(m));
-    m.queue = amqp_cstring_bytes(name);
-    m.passive = c->passive ? 1 : 0;
-    m.durable = 1;
-    m.nowait = 1;
-    m.arguments = (amqp_table_t){c->passive ? 0 : n_args, c->passive ? NULL : args};
-    return declare_send(b, AMQP_QUEUE_DECLARE_METHOD, &m);
-}
-
-static rt_status bind_queue(struct broker *b, struct declare_ctx *c, const char *queue,
-                            const char *exchange, const char *key)
-{
-    if (c->passive)
-        return RT_OK; /* a binding cannot be looked up over AMQP */
-    amqp_queue_bind_t m;
-    memset(&m, 0, sizeof(m));
-    m.queue = amqp_cstring_bytes(queue);
-    m.exchange = amqp_cstring_bytes(exchange);
-    m.routing_key = amqp_cstring_bytes(key);
-    m.nowait = 1;
-    m.arguments = amqp_empty_table;
-    return declare_send(b, AMQP_QUEUE_BIND_METHOD, &m);
-}
-
-/* The name RabbitMQ's refusal text quotes ("... for queue 'X' in vhost",
- * "no queue 'X' in vhost", "access to exchange 'X' in vhost"), or "". */
-static void refused_name(const char *text, char *out, size_t len)
-{
-    static const char *const marks[] = {"queue '", "exchange '"};
-    out[0] = '\0';
-    for (size_t i = 0; i < sizeof(marks) / sizeof(marks[0]); i++) {
-        const char *p = strstr(text, marks[i]);
-        if (!p)
-            continue;
-        p += strlen(marks[i]);
-        const char *e = strchr(p, '\'');
-        if (e && (size_t)(e - p) < len) {
-            snprintf(out, len, "%.*s", (int)(e - p), p);
-            return;
-        }
-    }
-}
-
-/* The one question after the pipelined declarations, sent without
- * waiting: a passive declare of the first exchange, answered (declare-ok,
- * handled in declare_answer) only once everything before it was taken,
- * or by the refusal of the first one that was not. */
-static rt_status declare_sync(struct broker *b)
-{
-    amqp_exchange_declare_t m;
-    memset(&m, 0, sizeof(m));
-    m.exchange = amqp_cstring_bytes(BROKER_EXCHANGE_FORWARD);
-    m.type = amqp_cstring_bytes("direct");
-    m.passive = 1;
-    m.durable = 1;
-    m.arguments = amqp_empty_table;
-    return declare_send(b, AMQP_EXCHANGE_DECLARE_METHOD, &m);
-}
-
-/* The arguments every queue a client may write to carries; n entries of
- * args are used. quorum adds what quorum queues need: at-least-once
- * dead-lettering (which needs reject-publish) and, for queues that are
- * consumed, a delivery limit. */
-static int queue_caps(const struct broker *b, amqp_table_entry_t *args, int n, int consumed,
-                      int dead_letters)
-{
-    int quorum = strcmp(b->queue_type, "quorum") == 0;
-    args[n++] = broker_str_entry("x-queue-type", b->queue_type);
-    args[n++] = broker_int_entry("x-max-length", BROKER_QUEUE_MAX_LENGTH);
-    args[n++] = broker_int_entry("x-max-length-bytes", BROKER_QUEUE_MAX_BYTES);
-    args[n++] = broker_str_entry("x-overflow", "reject-publish");
-    if (quorum && consumed)
-        args[n++] = broker_int_entry("x-delivery-limit", BROKER_DELIVERY_LIMIT);
-    if (quorum && dead_letters)
-        args[n++] = broker_str_entry("x-dead-letter-strategy", "at-least-once");
-    return n;
-}
-
-/* One client's per-direction queues: the main queue, its delay queues and
- * its dead-letter queue. */
-static rt_status declare_client_dir(struct broker *b, struct declare_ctx *c, const char *client,
-                                    enum broker_dir dir, const char *retry_x, const char *dead_x)
-{
-    char queue[BROKER_NAME_MAX], key[BROKER_NAME_MAX];
-    const char *dn = broker_dir_name(dir);
-    amqp_table_entry_t args[12];
-    rt_status st;
-
-    if (broker_dead_queue_name(queue, sizeof(queue), dir, client) != 0)
-        return RT_REJECT;
-    int n = queue_caps(b, args, 0, 0, 0);
-    if ((st = declare_queue(b, c, queue, args, n)) != RT_OK ||
-        (st = bind_queue(b, c, queue, dead_x, dn)) != RT_OK)
-        return st;
-
-    if (broker_queue_name(queue, sizeof(queue), dir, client) != 0)
-        return RT_REJECT;
-    n = queue_caps(b, args, 0, 1, 1);
-    args[n++] = broker_bool_entry("x-single-active-consumer", 1);
-    args[n++] = broker_str_entry("x-dead-letter-exchange", dead_x);
-    args[n++] = broker_str_entry("x-dead-letter-routing-key", dn);
-    if ((st = declare_queue(b, c, queue, args, n)) != RT_OK ||
-        (st = bind_queue(b, c, queue, broker_exchange(dir), client)) != RT_OK ||
-        (st = bind_queue(b, c, queue, retry_x, dn)) != RT_OK)
-        return st;
-
-    /* A delay queue holds a message until its TTL, then dead-letters it
-     * back through the client's retry exchange to the main queue. */
-    for (unsigned tier = 0; tier < BROKER_RETRY_TIERS; tier++) {
-        if (broker_retry_queue_name(queue, sizeof(queue), dir, client, tier) ||
-            broker_retry_tier_key(key, sizeof(key), dir, tier))
-            return RT_REJECT;
-        n = queue_caps(b, args, 0, 0, 1);
-        args[n++] = broker_int_entry("x-message-ttl", broker_retry_delay_ms(tier));
-        args[n++] = broker_str_entry("x-dead-letter-exchange", retry_x);
-        args[n++] = broker_str_entry("x-dead-letter-routing-key", dn);
-        if ((st = declare_queue(b, c, queue, args, n)) != RT_OK ||
-            (st = bind_queue(b, c, queue, retry_x, key)) != RT_OK)
-            return st;
-    }
-    return RT_OK;
-}
-
-static rt_status declare_client(struct broker *b, struct declare_ctx *c, const char *client)
-{
-    char retry_x[BROKER_NAME_MAX], dead_x[BROKER_NAME_MAX];
-    rt_status st;
-    if (broker_retry_exchange(retry_x, sizeof(retry_x), client) ||
-        broker_dead_exchange(dead_x, sizeof(dead_x), client))
-        return RT_REJECT;
-    if ((st = declare_exchange(b, c, retry_x)) != RT_OK ||
-        (st = declare_exchange(b, c, dead_x)) != RT_OK)
-        return st;
-    for (int dir = BROKER_FORWARD; dir <= BROKER_REVERSE; dir++)
-        if ((st = declare_client_dir(b, c, client, (enum broker_dir)dir, retry_x, dead_x)) != RT_OK)
-            return st;
-    return RT_OK;
-}
-
-/* Sends the declarations (or, passive, the look-ups) of the whole
- * topology, pipelined, and the question whose answer ends the round. */
-static rt_status declare_all(struct broker *b, struct declare_ctx *c)
-{
-    rt_status st = declare_exchange(b, c, BROKER_EXCHANGE_FORWARD);
-    if (st == RT_OK)
-        st = declare_exchange(b, c, BROKER_EXCHANGE_REVERSE);
-    for (size_t i = 0; i < b->decl_n && st == RT_OK; i++)
-        st = declare_client(b, c, b->decl_clients[i]);
-    if (st == RT_OK)
-        st = declare_sync(b);
-    return st;
-}
-
-static void declare_forget(struct broker *b)
-{
-    for (size_t i = 0; i < b->decl_n; i++)
-        free(b->decl_clients[i]);
-    free(b->decl_clients);
-    b->decl_clients = NULL;
-    b->decl_n = 0;
-}
-
-/* Ends a round: its verdict, the client list forgotten. */
-static void declare_end(struct broker *b, rt_status st)
-{
-    b->decl = DECL_DONE;
-    b->decl_status = st;
-    declare_forget(b);
-    if (st != RT_OK)
-        log_warning("declaring the AMQP topology failed: %s", b->err);
-}
-
-/* A round of declarations sent: its answer (declare-ok) came. */
-static void declare_ok(struct broker *b)
-{
-    /* The scratch channel is closed, without waiting for close-ok. */
-    amqp_channel_close_t m;
-    memset(&m, 0, sizeof(m));
-    m.reply_code = AMQP_REPLY_SUCCESS;
-    m.reply_text = amqp_cstring_bytes("done");
-    if (amqp_send_method(b->conn, CH_SCRATCH, AMQP_CHANNEL_CLOSE_METHOD, &m) != AMQP_STATUS_OK)
-        broker_mark_dead(b);
-    b->scratch = SCRATCH_CLOSING;
-    declare_end(b, RT_OK);
-}
-
-/* The broker refused one of the round's declarations (and closed the
- * scratch channel, which was answered with close-ok). */
-static void declare_refusal(struct broker *b, int code, const char *text)
-{
-    char name[SHORTSTR], why[ERR_MAX];
-    refused_name(text, name, sizeof(name));
-    b->scratch = SCRATCH_CLOSED;
-    if (b->decl == DECL_FULL && code == AMQP_ACCESS_REFUSED) {
-        /* A least-privilege user (broker-setup) may not declare: the
-         * server side, whose user may, declares every client's topology.
-         * The same names are looked up instead (a passive declare needs no
-         * permission), on the scratch channel opened again. */
-        log_info("user \"%s\" may not declare \"%s\" (%u %s); checking that the topology exists",
-                 b->user, name, code, text);
-        amqp_channel_open_t m;
-        memset(&m, 0, sizeof(m));
-        if (amqp_send_method(b->conn, CH_SCRATCH, AMQP_CHANNEL_OPEN_METHOD, &m) != AMQP_STATUS_OK) {
-            broker_mark_dead(b);
-            return;
-        }
-        b->scratch = SCRATCH_OPENING;
-        b->decl = DECL_PASSIVE;
-        return;
-    }
-    if (b->decl == DECL_PASSIVE && code == AMQP_NOT_FOUND) {
-        broker_set_err(b,
-                "\"%s\" does not exist and user \"%s\" may not declare it: start the server "
-                "side first (it declares every client's queues) or give the user the "
-                "permissions of remotetaskctl --command broker-setup",
-                name, b->user);
-        declare_end(b, RT_RETRY);
-        return;
-    }
-    if (code == AMQP_PRECONDITION_FAILED) {
-        /* The arguments of a queue never change in place (a classic queue
-         * meeting queue_type = "quorum", or an older remotetask's
-         * topology): say what to do instead of reconnecting for ever. */
-        const char *p = strstr(text, "inequivalent arg");
-        snprintf(why, sizeof(why), "%.120s", p ? p : text);
-        broker_set_err(b,
-                "queue \"%s\" exists with other arguments than amqp.queue_type \"%s\" asks for "
-                "(%s); a queue cannot change in place: let it drain (status shows 0 ready), "
-                "rabbitmqctl delete_queue %s, restart remotetaskd; or set queue_type back",
-                name, b->queue_type, why, name);
-        declare_end(b, RT_REJECT);
-        return;
-    }
-    broker_set_err(b, "declaring the topology: refused by the broker: %u %s", code, text);
-    declare_end(b, RT_REJECT);
-}
-
-/* The scratch channel was opened again for the passive round. */
-static void declare_reopened(struct broker *b)
-{
-    struct declare_ctx c = {.passive = 1};
-    b->scratch = SCRATCH_OPEN;
-    if (declare_all(b, &c) != RT_OK)
-        declare_end(b, RT_RETRY);
-}
-
-rt_status broker_declare_begin(struct broker *b, const char *const *clients, size_t n_clients)
-{
-    struct declare_ctx c = {0};
-    if (!broker_connected(b)) {
-        if (b)
-            broker_set_err(b, "declaring the topology: not connected");
-        return RT_RETRY;
-    }
-    if (b->depth || b->decl == DECL_FULL || b->decl == DECL_PASSIVE) {
-        broker_set_err(b, "broker_declare_begin called from a callback or during a round");
-        return RT_REJECT;
-    }
-    for (size_t i = 0; i < n_clients; i++) {
-        if (!broker_client_valid(clients[i])) {
-            broker_set_err(b, "client id \"%.80s\" is not usable in queue names (1-%d of A-Z a-z 0-9 _ -)",
-                    clients[i] ? clients[i] : "", BROKER_CLIENT_MAX);
-            return RT_REJECT;
-        }
-    }
-    if (b->scratch != SCRATCH_CLOSED) {
-        broker_set_err(b, "declaring the topology: the scratch channel is busy");
-        return RT_RETRY;
-    }
-    b->decl_clients = calloc(n_clients ? n_clients : 1, sizeof(*b->decl_clients));
-    if (!b->decl_clients) {
-        broker_set_err(b, "declaring the topology: out of memory");
-        return RT_RETRY;
-    }
-    for (size_t i = 0; i < n_clients; i++) {
-        if (!(b->decl_clients[b->decl_n] = strdup(clients[i]))) {
-            declare_forget(b);
-            broker_set_err(b, "declaring the topology: out of memory");
-            return RT_RETRY;
-        }
-        b->decl_n++;
-    }
-    if (open_scratch(b) != RT_OK) {
-        declare_forget(b);
-        return finish(b, RT_RETRY);
-    }
-    b->scratch = SCRATCH_OPEN;
-    b->decl = DECL_FULL;
-    if (declare_all(b, &c) != RT_OK) {
-        declare_forget(b);
-        b->decl = DECL_NONE;
-        return finish(b, RT_RETRY);
-    }
-    return RT_OK;
-}
-
-int broker_declare_done(const struct broker *b, rt_status *st)
-{
-    if (!b || b->decl != DECL_DONE)
-        return 0;
-    if (st)
-        *st = b->decl_status;
-    return 1;
-}
-
-rt_status broker_declare(struct broker *b, const char *const *clients, size_t n_clients)
-{
-    rt_status st = broker_declare_begin(b, clients, n_clients);
-    if (st != RT_OK)
-        return st;
-    /* Creating thousands of queues takes the broker a while: the answer is
-     * waited for far longer than one RPC, while the frames are handled as
-     * broker_process() would. */
-    int64_t deadline = broker_now_ms() + (int64_t)b->connect_timeout_ms * 30;
-    while ((b->decl != DECL_DONE || b->scratch == SCRATCH_CLOSING) && !b->dead) {
-        int64_t left = deadline - broker_now_ms();
-        if (left <= 0) {
-            broker_set_err(b, "declaring the topology: no answer within %d s", b->connect_timeout_ms * 30 / 1000);
-            broker_mark_dead(b);
-            break;
-        }
-        amqp_frame_t f;
-        struct timeval tv = broker_ms_to_tv(left > 1000 ? 1000 : (int)left);
-        int rc = amqp_simple_wait_frame_noblock(b->conn, &f, &tv);
-        if (rc == AMQP_STATUS_TIMEOUT)
-            continue;
-        if (rc != AMQP_STATUS_OK) {
-            broker_set_err(b, "AMQP connection to %s:%d lost: %s", b->host, b->port, amqp_error_string2(rc));
-            broker_mark_dead(b);
-            break;
-        }
-        b->last_frame_ms = broker_now_ms();
-        handle_frame(b, &f);
-    }
-    if (b->dead) {
-        declare_forget(b);
-        b->decl = DECL_NONE;
-        return finish(b, RT_RETRY);
-    }
-    b->decl = DECL_NONE;
-    return b->decl_status;
-}
+/* ---- depth questions -------------------------------------------------- */
 
 rt_status broker_queue_depth(struct broker *b, const char *queue, uint32_t *ready,
                              uint32_t *consumers)
@@ -1300,33 +898,31 @@ rt_status broker_queue_depth(struct broker *b, const char *queue, uint32_t *read
         broker_set_err(b, "queue depth: invalid queue name");
         return RT_REJECT;
     }
-    if (open_scratch(b) != RT_OK)
-        return finish(b, RT_RETRY);
+    if (broker_scratch_open(b) != RT_OK)
+        return broker_finish_call(b, RT_RETRY);
     char what[SHORTSTR + 32];
     snprintf(what, sizeof(what), "looking up queue \"%s\"", queue);
     amqp_queue_declare_ok_t *ok = amqp_queue_declare(b->conn, CH_SCRATCH, amqp_cstring_bytes(queue),
                                                      1, 0, 0, 0, amqp_empty_table);
-    rt_status st = rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_SCRATCH, what, NULL);
+    rt_status st = broker_rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_SCRATCH, what, NULL);
     if (st == RT_OK) {
         if (ready)
             *ready = ok->message_count;
         if (consumers)
             *consumers = ok->consumer_count;
-        st = close_scratch(b);
+        st = broker_scratch_close(b);
     }
-    return finish(b, st);
+    return broker_finish_call(b, st);
 }
 
-static void protocol_error(struct broker *b, const char *what, amqp_channel_t ch);
-
 /* Sends the depth questions not sent on the query channel as it is now. */
-static void flush_depth(struct broker *b)
+static void broker_flush_depth(struct broker *b)
 {
     for (size_t i = b->dq_head; i < b->dq_len && b->query == QUERY_OPEN && !b->dead; i++) {
         struct depth_question *q = &b->dq[i];
         if (q->sent)
             continue;
-        if (!send_room(b, 64 + strlen(q->queue)))
+        if (!broker_can_write(b, 64 + strlen(q->queue)))
             return;
         amqp_queue_declare_t req;
         memset(&req, 0, sizeof(req));
@@ -1376,8 +972,8 @@ rt_status broker_depth_ask(struct broker *b, const char *queue)
     struct depth_question *q = &b->dq[b->dq_len++];
     snprintf(q->queue, sizeof(q->queue), "%s", queue);
     q->sent = 0;
-    flush_depth(b);
-    return finish(b, RT_OK);
+    broker_flush_depth(b);
+    return broker_finish_call(b, RT_OK);
 }
 
 size_t broker_depth_pending(const struct broker *b)
@@ -1389,7 +985,7 @@ size_t broker_depth_pending(const struct broker *b)
 static void depth_answer(struct broker *b, int found, uint32_t ready, uint32_t consumers)
 {
     if (b->dq_head == b->dq_len || !b->dq[b->dq_head].sent) {
-        protocol_error(b, "an answer to a depth question never asked", CH_QUERY);
+        broker_protocol_error(b, "an answer to a depth question never asked", CH_QUERY);
         return;
     }
     char queue[SHORTSTR];
@@ -1405,11 +1001,11 @@ static void depth_answer(struct broker *b, int found, uint32_t ready, uint32_t c
 /* The broker closed the query channel: the oldest question is answered
  * by the refusal (a missing queue), the broker dropped those sent after
  * it, so they are asked again once the channel is open again. */
-static void query_closed(struct broker *b, const amqp_channel_close_t *c)
+static void broker_query_on_close(struct broker *b, const amqp_channel_close_t *c)
 {
     char text[SHORTSTR];
     broker_copy_bytes(text, sizeof(text), c->reply_text);
-    send_channel_close_ok(b, CH_QUERY);
+    broker_send_channel_close_ok(b, CH_QUERY);
     if (c->reply_code != AMQP_NOT_FOUND)
         log_warning("the broker refused a queue depth question: %u %s", c->reply_code, text);
     depth_answer(b, 0, 0, 0);
@@ -1477,7 +1073,7 @@ static rt_status publish_check(struct broker *b, const char *exchange, const cha
         broker_set_err(b, "publishing: %zu messages already await a confirm", b->unconfirmed);
         return RT_RETRY;
     }
-    if (!send_room(b, len + 512)) {
+    if (!broker_can_write(b, len + 512)) {
         /* The node stopped reading (frozen, its link blackholed): nothing
          * is written, and two heartbeats without a frame end the
          * connection. */
@@ -1546,7 +1142,7 @@ rt_status broker_publish(struct broker *b, const char *exchange, const char *rou
         broker_set_err(b, "publishing to \"%s\" failed: %s", exchange, amqp_error_string2(rc));
         log_warning("%s", b->err);
         broker_mark_dead(b);
-        return finish(b, RT_RETRY);
+        return broker_finish_call(b, RT_RETRY);
     }
     uint64_t tag = b->next_tag++;
     struct pending *e = &b->pend[b->pend_len++];
@@ -1695,7 +1291,7 @@ static void dispatch_delivery(struct broker *b)
 }
 
 /* A basic.deliver or basic.get-ok: the content header and body follow. */
-static void delivery_begin(struct broker *b, const char *queue, uint64_t tag, int redelivered,
+static void broker_delivery_begin(struct broker *b, const char *queue, uint64_t tag, int redelivered,
                            amqp_bytes_t exchange, amqp_bytes_t routing_key)
 {
     memset(&b->d, 0, sizeof(b->d));
@@ -1712,7 +1308,7 @@ static void delivery_begin(struct broker *b, const char *queue, uint64_t tag, in
     b->del_state = CONTENT_HEADER;
 }
 
-static void protocol_error(struct broker *b, const char *what, amqp_channel_t ch)
+void broker_protocol_error(struct broker *b, const char *what, amqp_channel_t ch)
 {
     broker_set_err(b, "AMQP protocol error: %s on channel %u", what, (unsigned)ch);
     log_error("%s", b->err);
@@ -1724,7 +1320,7 @@ static void protocol_error(struct broker *b, const char *what, amqp_channel_t ch
 static void broker_publish_on_method(struct broker *b, amqp_channel_t ch, const amqp_method_t *m)
 {
     if (ch != CH_PUBLISH || b->ret_state != CONTENT_IDLE) {
-        protocol_error(b, amqp_method_name(m->id), ch);
+        broker_protocol_error(b, amqp_method_name(m->id), ch);
         return;
     }
     if (m->id == AMQP_BASIC_ACK_METHOD) {
@@ -1761,7 +1357,7 @@ static void broker_return_on_body(struct broker *b, amqp_bytes_t part)
 {
     b->ret_got += part.len;
     if (b->ret_got > b->ret_size)
-        protocol_error(b, "returned body longer than announced", CH_PUBLISH);
+        broker_protocol_error(b, "returned body longer than announced", CH_PUBLISH);
     else if (b->ret_got == b->ret_size)
         b->ret_state = CONTENT_IDLE;
 }
@@ -1771,10 +1367,10 @@ static void broker_consume_on_deliver(struct broker *b, amqp_channel_t ch,
                                       const amqp_basic_deliver_t *d)
 {
     if (ch != CH_CONSUME || b->del_state != CONTENT_IDLE) {
-        protocol_error(b, "basic.deliver", ch);
+        broker_protocol_error(b, "basic.deliver", ch);
         return;
     }
-    delivery_begin(b, consumer_queue(b, d->consumer_tag, NULL), d->delivery_tag, d->redelivered,
+    broker_delivery_begin(b, consumer_queue(b, d->consumer_tag, NULL), d->delivery_tag, d->redelivered,
                    d->exchange, d->routing_key);
 }
 
@@ -1834,7 +1430,7 @@ static void broker_delivery_on_body(struct broker *b, amqp_bytes_t part)
 {
     b->del_got += part.len;
     if (b->del_got > b->del_size) {
-        protocol_error(b, "delivered body longer than announced", CH_CONSUME);
+        broker_protocol_error(b, "delivered body longer than announced", CH_CONSUME);
         return;
     }
     /* An oversized body is read and dropped: the caller still gets the
@@ -1851,19 +1447,19 @@ static void broker_delivery_on_body(struct broker *b, amqp_bytes_t part)
 static void broker_get_on_ok(struct broker *b, amqp_channel_t ch, const amqp_basic_get_ok_t *g)
 {
     if (ch != CH_CONSUME || b->del_state != CONTENT_IDLE || b->get_state != GET_WAITING) {
-        protocol_error(b, "basic.get-ok", ch);
+        broker_protocol_error(b, "basic.get-ok", ch);
         return;
     }
     b->get_remaining = g->message_count;
     b->get_state = GET_CONTENT;
-    delivery_begin(b, b->get_queue, g->delivery_tag, g->redelivered, g->exchange, g->routing_key);
+    broker_delivery_begin(b, b->get_queue, g->delivery_tag, g->redelivered, g->exchange, g->routing_key);
 }
 
 /* basic.get-empty: the queue broker_get() asked had no message. */
 static void broker_get_on_empty(struct broker *b, amqp_channel_t ch)
 {
     if (ch != CH_CONSUME || b->get_state != GET_WAITING) {
-        protocol_error(b, "basic.get-empty", ch);
+        broker_protocol_error(b, "basic.get-empty", ch);
         return;
     }
     b->get_remaining = 0;
@@ -1876,7 +1472,7 @@ static void broker_depth_on_declare_ok(struct broker *b, amqp_channel_t ch,
                                        const amqp_queue_declare_ok_t *ok)
 {
     if (ch != CH_QUERY) {
-        protocol_error(b, "queue.declare-ok", ch);
+        broker_protocol_error(b, "queue.declare-ok", ch);
         return;
     }
     depth_answer(b, 1, ok->message_count, ok->consumer_count);
@@ -1887,43 +1483,11 @@ static void broker_depth_on_declare_ok(struct broker *b, amqp_channel_t ch,
 static void broker_query_on_open(struct broker *b, amqp_channel_t ch)
 {
     if (ch != CH_QUERY || b->query != QUERY_OPENING) {
-        protocol_error(b, "channel.open-ok", ch);
+        broker_protocol_error(b, "channel.open-ok", ch);
         return;
     }
     b->query = QUERY_OPEN;
-    flush_depth(b);
-}
-
-/* exchange.declare-ok: only the question that ends a round of
- * declarations is answered so. */
-static void broker_declare_on_ok(struct broker *b, amqp_channel_t ch)
-{
-    if (ch != CH_SCRATCH || (b->decl != DECL_FULL && b->decl != DECL_PASSIVE)) {
-        protocol_error(b, "exchange.declare-ok", ch);
-        return;
-    }
-    declare_ok(b);
-}
-
-/* channel.close on the scratch channel during a round: the broker refused
- * one of its declarations. */
-static void broker_declare_on_close(struct broker *b, const amqp_channel_close_t *c)
-{
-    char text[SHORTSTR];
-    broker_copy_bytes(text, sizeof(text), c->reply_text);
-    send_channel_close_ok(b, CH_SCRATCH);
-    declare_refusal(b, c->reply_code, text);
-}
-
-/* channel.close-ok: only the scratch channel is closed without waiting
- * for it (after a round). */
-static void broker_scratch_on_close_ok(struct broker *b, amqp_channel_t ch)
-{
-    if (ch == CH_SCRATCH && b->scratch == SCRATCH_CLOSING) {
-        b->scratch = SCRATCH_CLOSED;
-        return;
-    }
-    protocol_error(b, "channel.close-ok", ch);
+    broker_flush_depth(b);
 }
 
 /* connection.close: the broker ends the connection. */
@@ -1933,7 +1497,7 @@ static void connection_closed(struct broker *b, const amqp_connection_close_t *c
     broker_copy_bytes(text, sizeof(text), c->reply_text);
     broker_set_err(b, "the broker closed the connection: %u %s", c->reply_code, text);
     log_warning("%s", b->err);
-    send_connection_close_ok(b);
+    broker_send_connection_close_ok(b);
     broker_mark_dead(b);
 }
 
@@ -1942,7 +1506,7 @@ static void channel_closed(struct broker *b, amqp_channel_t ch, const amqp_chann
 {
     char text[SHORTSTR];
     if (ch == CH_QUERY) {
-        query_closed(b, c);
+        broker_query_on_close(b, c);
         return;
     }
     if (ch == CH_SCRATCH && (b->decl == DECL_FULL || b->decl == DECL_PASSIVE)) {
@@ -1953,7 +1517,7 @@ static void channel_closed(struct broker *b, amqp_channel_t ch, const amqp_chann
      * its job (confirms or deliveries would stop): start over. */
     broker_copy_bytes(text, sizeof(text), c->reply_text);
     broker_set_err(b, "the broker closed channel %u: %u %s", (unsigned)ch, c->reply_code, text);
-    send_channel_close_ok(b, ch);
+    broker_send_channel_close_ok(b, ch);
     broker_mark_dead(b);
     if (ch == CH_CONSUME && b->get_state == GET_WAITING) {
         /* The refusal of a basic.get (no such queue, no access): the
@@ -1969,7 +1533,7 @@ static void channel_closed(struct broker *b, amqp_channel_t ch, const amqp_chann
 static void channel_opened(struct broker *b, amqp_channel_t ch)
 {
     if (ch == CH_SCRATCH && b->scratch == SCRATCH_OPENING && b->decl == DECL_PASSIVE)
-        declare_reopened(b);
+        broker_declare_on_reopen(b);
     else
         broker_query_on_open(b, ch);
 }
@@ -2024,7 +1588,7 @@ static void handle_header(struct broker *b, amqp_channel_t ch, const amqp_frame_
     else if (ch == CH_CONSUME && b->del_state == CONTENT_HEADER)
         broker_delivery_on_header(b, p, size);
     else
-        protocol_error(b, "unexpected content header", ch);
+        broker_protocol_error(b, "unexpected content header", ch);
 }
 
 /* A body frame: of a returned publish or of a delivery. */
@@ -2035,10 +1599,10 @@ static void handle_body(struct broker *b, amqp_channel_t ch, amqp_bytes_t part)
     else if (ch == CH_CONSUME && b->del_state == CONTENT_BODY)
         broker_delivery_on_body(b, part);
     else
-        protocol_error(b, "unexpected content body", ch);
+        broker_protocol_error(b, "unexpected content body", ch);
 }
 
-static void handle_frame(struct broker *b, const amqp_frame_t *f)
+void broker_handle_frame(struct broker *b, const amqp_frame_t *f)
 {
     switch (f->frame_type) {
     case AMQP_FRAME_METHOD: handle_method(b, f->channel, &f->payload.method); break;
@@ -2052,8 +1616,8 @@ static void handle_frame(struct broker *b, const amqp_frame_t *f)
         amqp_maybe_release_buffers(b->conn);
 }
 
-static void flush_acks(struct broker *b);
-static void flush_depth(struct broker *b);
+static void broker_flush_acks(struct broker *b);
+static void broker_flush_depth(struct broker *b);
 
 rt_status broker_process(struct broker *b)
 {
@@ -2064,13 +1628,13 @@ rt_status broker_process(struct broker *b)
         return RT_REJECT;
     }
     if (b->connecting)
-        return connect_progress(b);
+        return broker_connect_progress(b);
     if (!b->conn) {
         broker_set_err(b, "not connected");
         return RT_RETRY;
     }
-    flush_acks(b);
-    flush_depth(b);
+    broker_flush_acks(b);
+    broker_flush_depth(b);
     for (int n = 0; n < MAX_FRAMES_PER_CALL && !b->dead; n++) {
         amqp_frame_t f;
         struct timeval zero = {0, 0};
@@ -2091,7 +1655,7 @@ rt_status broker_process(struct broker *b)
             break;
         }
         b->last_frame_ms = broker_now_ms();
-        handle_frame(b, &f);
+        broker_handle_frame(b, &f);
     }
     int hb = amqp_get_heartbeat(b->conn);
     if (!b->dead && hb > 0 && broker_now_ms() - b->last_frame_ms >= (int64_t)hb * 2000) {
@@ -2102,7 +1666,7 @@ rt_status broker_process(struct broker *b)
         broker_mark_dead(b);
     }
     if (b->dead) {
-        teardown(b, 0);
+        broker_teardown(b, 0);
         return RT_RETRY;
     }
     return RT_OK;
@@ -2157,7 +1721,7 @@ rt_status broker_consume(struct broker *b, const char *queue)
     snprintf(what, sizeof(what), "consuming queue \"%s\"", queue);
     amqp_basic_consume_ok_t *ok = amqp_basic_consume(b->conn, CH_CONSUME, amqp_cstring_bytes(queue),
                                                      amqp_empty_bytes, 0, 0, 0, amqp_empty_table);
-    rt_status st = rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_CONSUME, what, NULL);
+    rt_status st = broker_rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_CONSUME, what, NULL);
     if (st == RT_REJECT) {
         /* The consume channel is gone and with it every consumer: the
          * connection cannot deliver any more. */
@@ -2165,7 +1729,7 @@ rt_status broker_consume(struct broker *b, const char *queue)
         broker_mark_dead(b);
     }
     if (st != RT_OK)
-        return finish(b, st);
+        return broker_finish_call(b, st);
     struct consumer *c = &b->consumers[b->n_consumers++];
     snprintf(c->queue, sizeof(c->queue), "%s", queue);
     broker_copy_bytes(c->tag, sizeof(c->tag), ok->consumer_tag);
@@ -2203,8 +1767,8 @@ static rt_status queue_ack(struct broker *b, uint64_t tag, enum ack_op op)
         return RT_OK;
     }
     tag &= TAG_MASK;
-    if (b->n_acks == 0 && send_room(b, 64))
-        return send_ack(b, tag, op) == 0 ? RT_OK : finish(b, RT_RETRY);
+    if (b->n_acks == 0 && broker_can_write(b, 64))
+        return send_ack(b, tag, op) == 0 ? RT_OK : broker_finish_call(b, RT_RETRY);
     if (b->n_acks == b->acks_cap) {
         size_t cap = b->acks_cap ? b->acks_cap * 2 : 64;
         struct pending_ack *a = realloc(b->acks, cap * sizeof(*a));
@@ -2219,10 +1783,10 @@ static rt_status queue_ack(struct broker *b, uint64_t tag, enum ack_op op)
     return RT_OK;
 }
 
-static void flush_acks(struct broker *b)
+static void broker_flush_acks(struct broker *b)
 {
     size_t i = 0;
-    while (i < b->n_acks && !b->dead && send_room(b, 64)) {
+    while (i < b->n_acks && !b->dead && broker_can_write(b, 64)) {
         if (send_ack(b, b->acks[i].tag, b->acks[i].op) < 0)
             break;
         i++;
@@ -2377,7 +1941,7 @@ static void get_wait(struct broker *b, const char *queue)
             broker_mark_dead(b);
             break;
         }
-        handle_frame(b, &f);
+        broker_handle_frame(b, &f);
     }
 }
 
@@ -2395,11 +1959,11 @@ static rt_status get_result(struct broker *b, const char *queue, struct broker_d
         snprintf(why, sizeof(why), "%s", b->err);
         broker_set_err(b, "reading a message from \"%s\": %s", queue, why);
         broker_delivery_free(msg);
-        return finish(b, RT_REJECT);
+        return broker_finish_call(b, RT_REJECT);
     }
     if (b->dead || gs != GET_DONE) {
         broker_delivery_free(msg);
-        return finish(b, RT_RETRY);
+        return broker_finish_call(b, RT_RETRY);
     }
     if (b->get_nomem) {
         /* The message is ours unacknowledged: give it back. */
@@ -2431,7 +1995,7 @@ rt_status broker_get(struct broker *b, const char *queue, struct broker_delivery
     if (st != RT_OK)
         return st;
     if (get_send(b, queue) != RT_OK)
-        return finish(b, RT_RETRY);
+        return broker_finish_call(b, RT_RETRY);
     get_wait(b, queue);
     return get_result(b, queue, out, remaining);
 }
