@@ -319,6 +319,17 @@ void broker_protocol_error(struct broker *b, const char *what, amqp_channel_t ch
  * for the calls that wait for an answer (broker_declare(), broker_get()). */
 void broker_handle_frame(struct broker *b, const amqp_frame_t *f);
 
+/* Whether need more bytes can be written now without blocking (the write
+ * guard): 0 while the node is not reading and its socket's send queue
+ * fills; 1 when it can be told no better. */
+int broker_can_write(struct broker *b, size_t need);
+
+/* A basic.deliver or basic.get-ok (tag is the broker's, on this
+ * connection): starts a delivery from queue in b->d, whose content header
+ * and body follow. */
+void broker_delivery_begin(struct broker *b, const char *queue, uint64_t tag, int redelivered,
+                           amqp_bytes_t exchange, amqp_bytes_t routing_key);
+
 /* ---- the topology (broker_topology.c) ---------------------------------- */
 
 /* Open and close the scratch channel, waiting for the broker's answer:
@@ -341,5 +352,25 @@ void broker_declare_on_ok(struct broker *b, amqp_channel_t ch);
 void broker_declare_on_close(struct broker *b, const amqp_channel_close_t *c);
 void broker_declare_on_reopen(struct broker *b);
 void broker_scratch_on_close_ok(struct broker *b, amqp_channel_t ch);
+
+
+/* ---- the questions (broker_query.c) ------------------------------------ */
+
+/* Sends the depth questions not sent yet while the query channel is open
+ * and the node reads. */
+void broker_flush_depth(struct broker *b);
+
+/* The frames about questions, from the frame dispatch: channel.close of
+ * the query channel (the oldest question answered "no such queue", the
+ * rest asked again once it is open again), its channel.open-ok on ch,
+ * queue.declare-ok on ch (the oldest depth question's answer),
+ * basic.get-ok and basic.get-empty on ch (broker_get()'s answer). Any of
+ * them on a channel or at a time it does not belong is a protocol error. */
+void broker_query_on_close(struct broker *b, const amqp_channel_close_t *c);
+void broker_query_on_open(struct broker *b, amqp_channel_t ch);
+void broker_depth_on_declare_ok(struct broker *b, amqp_channel_t ch,
+                                const amqp_queue_declare_ok_t *ok);
+void broker_get_on_ok(struct broker *b, amqp_channel_t ch, const amqp_basic_get_ok_t *g);
+void broker_get_on_empty(struct broker *b, amqp_channel_t ch);
 
 #endif
