@@ -27,7 +27,9 @@ struct daemon {
     int lock_fd;
     int standby; /* the lock is another process's: waiting for it */
     int64_t standby_next; /* monotonic ms: the next try */
-    struct store *st;
+    struct store *st;   /* lazy commits: synced once per loop pass */
+    int64_t sync_retry; /* monotonic ms: the next try after a failed sync, 0 = none */
+    char sync_trouble[STORE_ERROR_MAX]; /* the failed sync's cause last logged */
     struct control *ctl;
     struct metrics_http *mh; /* NULL when metrics.listen is not set */
     struct core *core;       /* NULL only after a failed rebuild */

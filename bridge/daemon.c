@@ -21,6 +21,8 @@
 /* The longest ppoll() wait: a bound on how late anything the loop did not
  * ask a deadline for can be noticed. */
 #define DAEMON_MAX_WAIT_MS 5000
+/* How soon a failed sync of the store is tried again. */
+#define DAEMON_SYNC_RETRY_MS 250
 /* How soon a failed rebuild of the components is tried again. */
 #define DAEMON_REBUILD_RETRY_MS 5000
 /* How often a standby daemon tries the lock of the active one. The kernel
@@ -111,6 +113,13 @@ static void daemon_core_retire(struct daemon *d)
 {
     if (!d->core)
         return;
+    /* Acks and publishes that wait for the pass's sync go out while the
+     * connection is there (else their deliveries come again, as
+     * duplicates). */
+    if (d->st) {
+        store_want_sync(d->st);
+        (void)store_sync(d->st);
+    }
     /* Tear down first: the broker's LOST reports still move counters. */
     core_disconnect(d->core);
     observe_retire(&d->obs, d->core);
@@ -178,6 +187,17 @@ static long daemon_lock_holder(int fd)
 
 /* ---- lifecycle ------------------------------------------------------ */
 
+/* The daemon's store: its commits are lazy, and the loop syncs them once
+ * per pass (daemon_sync). A store that refuses lazy commits still works,
+ * one sync per commit. */
+static struct store *daemon_store_open(const char *dir, char *why, size_t whylen)
+{
+    struct store *st = store_open_timeout(dir, STORE_BUSY_DAEMON_MS, why, whylen);
+    if (st && store_set_lazy(st, true) != RT_OK)
+        log_warning("the store syncs every commit: %s", store_strerror(st));
+    return st;
+}
+
 /* What the active daemon opens once it holds the lock: the store, the
  * control socket, the metrics endpoint and the core. */
 static int daemon_open(struct daemon *d, char *err, size_t errlen)
@@ -187,7 +207,7 @@ static int daemon_open(struct daemon *d, char *err, size_t errlen)
     size_t n_commands;
     const struct config *cfg = d->cfg;
 
-    d->st = store_open_timeout(cfg->state_dir, STORE_BUSY_DAEMON_MS, why, sizeof(why));
+    d->st = daemon_store_open(cfg->state_dir, why, sizeof(why));
     if (!d->st) {
         snprintf(err, errlen, "cannot open the store in \"%s\": %s", cfg->state_dir, why);
         return -1;
@@ -360,7 +380,7 @@ static void daemon_reload_apply(struct daemon *d)
 
     d->pending = NULL;
     if (strcmp(cfg->state_dir, d->cfg->state_dir) != 0) {
-        st = store_open_timeout(cfg->state_dir, STORE_BUSY_DAEMON_MS, why, sizeof(why));
+        st = daemon_store_open(cfg->state_dir, why, sizeof(why));
         if (!st) {
             log_error("configuration not reloaded: cannot open the store in \"%s\": %s",
                       cfg->state_dir, why);
@@ -494,7 +514,34 @@ static int64_t daemon_timeout(struct daemon *d)
         daemon_wait_min(&best, d->stop_deadline - mono);
     if (d->pending)
         daemon_wait_min(&best, d->reload_deadline - mono);
+    if (d->sync_retry)
+        daemon_wait_min(&best, d->sync_retry - mono);
+    else if (d->st && store_sync_wanted(d->st))
+        daemon_wait_min(&best, 0); /* asked for by a listener of the last sync */
     return best;
+}
+
+/* The end of a loop pass: one sync for every commit of the pass that an
+ * ack or a publish waits for, then those go out (store.h, group commits).
+ * A failed sync releases nothing; it is tried again after
+ * DAEMON_SYNC_RETRY_MS, its cause logged once. */
+static void daemon_sync(struct daemon *d)
+{
+    int64_t mono = now_mono_ms();
+    if (!d->st || !store_sync_wanted(d->st) || (d->sync_retry && mono < d->sync_retry))
+        return;
+    if (store_sync(d->st) == RT_OK) {
+        if (d->sync_trouble[0])
+            log_info("the store syncs again");
+        d->sync_trouble[0] = '\0';
+        d->sync_retry = 0;
+        return;
+    }
+    const char *cause = store_strcause(d->st);
+    if (strcmp(cause, d->sync_trouble) != 0)
+        log_error("cannot sync the store (acks and publishes wait): %s", store_strerror(d->st));
+    snprintf(d->sync_trouble, sizeof(d->sync_trouble), "%s", cause);
+    d->sync_retry = mono + DAEMON_SYNC_RETRY_MS;
 }
 
 /* One ppoll() and the work it allows. Returns 0, or -1 when polling failed
@@ -557,6 +604,7 @@ static int daemon_iterate(struct daemon *d, const sigset_t *wait_mask)
     commands_status_flush(d, now_mono_ms());
     if (d->core)
         core_tick(d->core);
+    daemon_sync(d);
     return 0;
 
 no_memory:

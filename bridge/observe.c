@@ -448,6 +448,10 @@ static void observe_metrics_update(struct daemon *d)
     metrics_gauge_set(m, METRICS_UP, k && k->up ? 1 : 0, NULL);
     metrics_counter_set(m, METRICS_CONTROL_REFUSED,
                         (double)(o->control_refused_base + control_refused(d->ctl)), NULL);
+    struct store_sync_stats sync;
+    store_sync_stats(d->st, &sync);
+    metrics_counter_set(m, METRICS_STORE_COMMITS, (double)sync.commits, NULL);
+    metrics_counter_set(m, METRICS_STORE_SYNCS, (double)sync.syncs, NULL);
     static const char *const states[] = {"connected", "blocked",    "unreachable",
                                          "refused",   "connecting", "reconnecting"};
     const char *state = core_broker_state(k);
@@ -585,6 +589,12 @@ json_t *observe_status(struct daemon *d)
                                       (json_int_t)(oldest ? (now - oldest) / 1000 : 0)));
     else
         json_object_set_new(resp, "outbox", json_pack("{s:s}", "error", store_strerror(d->st)));
+    struct store_sync_stats ss;
+    store_sync_stats(d->st, &ss);
+    json_object_set_new(resp, "store",
+                        json_pack("{s:I,s:I,s:I}", "commits", (json_int_t)ss.commits, "syncs",
+                                  (json_int_t)ss.syncs, "checkpoints",
+                                  (json_int_t)ss.checkpoints));
     json_t *jb = json_object_get(resp, "broker");
     if (jb && k) {
         json_object_set_new(jb, "node", json_string(broker_node(k->br)));

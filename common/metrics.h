@@ -125,6 +125,8 @@
 #define METRICS_REVERSE_CYCLE_DURATION "remotetask_reverse_cycle_duration_seconds"
 #define METRICS_SYNC_INTERVAL      "remotetask_sync_interval_seconds"
 #define METRICS_CONTROL_REFUSED    "remotetask_control_refused_total"
+#define METRICS_STORE_COMMITS      "remotetask_store_commits_total"
+#define METRICS_STORE_SYNCS        "remotetask_store_syncs_total"
 #define METRICS_API_CALL_DURATION  "remotetask_api_call_duration_seconds"
 #define METRICS_FORWARD_LATENCY    "remotetask_forward_latency_seconds"
 

@@ -660,9 +660,11 @@ static rt_status connect_db(struct store *st, const char *path)
     }
     sqlite3_extended_result_codes(st->db, 1);
     sqlite3_busy_timeout(st->db, st->busy_ms);
+    store_sync_on_open(st);
     /* In WAL mode synchronous=NORMAL may lose the last commits on a power
      * loss; the outbox promises that a recorded event is never lost, so
-     * every commit is synced. */
+     * every commit is synced, unless the handle's owner syncs them itself
+     * (store_set_lazy, store_sync.c). */
     rt_status r = set_wal(st);
     if (r == RT_OK)
         r = exec_sql(st, "PRAGMA synchronous = FULL", "setting synchronous mode");
@@ -810,6 +812,9 @@ void store_free(struct store *st)
     /* What the journal still holds is written now: a clean stop loses no
      * row of it. */
     store_journal_on_free(st);
+    /* A clean stop leaves nothing unsynced behind. */
+    if (st->db && st->lazy)
+        (void)store_set_lazy(st, false);
     for (int i = 0; i < ST_COUNT; i++)
         sqlite3_finalize(st->stmt[i]); /* NULL is a no-op */
     if (st->db && !sqlite3_get_autocommit(st->db))

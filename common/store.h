@@ -182,6 +182,75 @@ rt_status store_commit(struct store *st);
 /* Rolls back the open transaction; does nothing when none is open. */
 rt_status store_rollback(struct store *st);
 
+/* ---- group commits (store_sync.c) ----------------------------------- *
+ *
+ * By default every commit is synced before store_commit() returns
+ * (synchronous=FULL): what remotetaskctl records is on disk when it exits.
+ * The daemon turns lazy commits on: a commit then returns once SQLite has
+ * written it to the WAL (synchronous=NORMAL, no fsync), and one sync of
+ * the WAL at the end of a loop pass makes every commit of that pass
+ * durable at once. Nothing is reordered: an effect that must not happen
+ * before a commit is durable (an ack, a publish carrying a seq just
+ * allocated) takes the commit's number with store_mark(), waits until
+ * store_durable() says so, and asks for the sync with store_want_sync();
+ * the daemon calls store_sync() at the end of the pass, and the listeners
+ * (store_listen) then send what waited. A step that must be durable before
+ * the very next thing it does (the intent before a create or a note edit)
+ * commits with store_commit_durable(). A commit nobody waits for is synced
+ * by the next sync or checkpoint; a power cut before that makes its work
+ * be done again (a view, a republish the server drops as a duplicate),
+ * never lose a task. */
+
+#define STORE_LISTENERS_MAX 8
+
+/* What the syncs cost, for status, metrics and bench/run. syncs counts the
+ * fsyncs of the store's files this handle caused: one per commit in
+ * synchronous=FULL, one per store_sync() that had something to sync, two
+ * per checkpoint that copied pages (the WAL before, the database after). */
+struct store_sync_stats {
+    uint64_t commits;
+    uint64_t syncs;
+    uint64_t checkpoints;
+};
+
+/* Lazy (true) or synced (false) commits from now on. Turning lazy commits
+ * off syncs what is pending first. */
+rt_status store_set_lazy(struct store *st, bool lazy);
+
+/* The number of the last commit made on this handle (0 before the first). */
+uint64_t store_mark(const struct store *st);
+
+/* True when the commit numbered mark is on disk (always, when commits are
+ * not lazy). */
+bool store_durable(const struct store *st, uint64_t mark);
+
+/* Asks for a store_sync() at the end of this loop pass. */
+void store_want_sync(struct store *st);
+
+/* True when store_want_sync() was called since the last store_sync(). */
+bool store_sync_wanted(const struct store *st);
+
+/* Syncs the WAL when a commit is not yet on disk (one fsync for all of
+ * them), then, if a sync was wanted, runs the listeners. RT_RETRY when the
+ * sync failed (the reason in store_strerror(); the sync stays wanted, so
+ * the next pass tries again, and nothing that waits is released). Not
+ * inside a transaction; not from a listener (RT_REJECT). */
+rt_status store_sync(struct store *st);
+
+/* Commits as store_commit(), then syncs at once: for a step whose very
+ * next action must not happen unless the commit is durable. */
+rt_status store_commit_durable(struct store *st);
+
+/* Runs fn(arg) after every store_sync() that was wanted, in the order
+ * registered; RT_REJECT when STORE_LISTENERS_MAX are registered. A
+ * listener may commit and call store_want_sync() (for the next pass). */
+rt_status store_listen(struct store *st, void (*fn)(void *arg), void *arg);
+
+/* Removes what store_listen(st, fn, arg) registered; nothing if absent. */
+void store_unlisten(struct store *st, void (*fn)(void *arg), void *arg);
+
+void store_sync_stats(const struct store *st, struct store_sync_stats *out);
+
 /* ---- outbox (client side) -------------------------------------------- */
 
 /* Records an event for (client, task) at now_ms: a new row, or the existing

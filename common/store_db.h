@@ -65,6 +65,19 @@ struct store {
     /* The journal's queue and statements; NULL until the journal is
      * configured or read (store_journal.c). */
     struct store_journal *journal;
+    /* Group commits (store_sync.c). commits counts every commit SQLite
+     * made on this handle (its commit hook), synced those known to be on
+     * disk; a listener runs after a store_sync() that someone asked for. */
+    bool lazy;      /* store_set_lazy(): commits are synced by store_sync() */
+    bool want_sync; /* store_want_sync() since the last store_sync() */
+    bool notifying; /* the listeners are running */
+    uint64_t commits;
+    uint64_t synced;
+    struct store_sync_stats sync_stats;
+    struct store_listener {
+        void (*fn)(void *arg);
+        void *arg;
+    } listeners[STORE_LISTENERS_MAX];
     char path[PATH_MAX];
     char err[STORE_ERR_MAX];
     char cause[STORE_ERR_MAX]; /* err without the operation (store_strcause) */
@@ -82,6 +95,10 @@ rt_status store_db_reject(struct store *st, const char *fmt, ...)
 /* RT_OK for a client id the store accepts (1..STORE_CLIENT_MAX bytes),
  * else RT_REJECT with the reason kept. */
 rt_status store_db_check_client(struct store *st, const char *client);
+
+/* Installs the commit and WAL hooks of group commits on st->db
+ * (store_sync.c); connect_db() calls it once the connection is open. */
+void store_sync_on_open(struct store *st);
 
 /* ---- the journal's part in the store's life (store_journal.c) --------
  *

@@ -36,8 +36,18 @@ static const struct applier_io applier_broker_io = {
     .strerror = broker_strerror,
 };
 
+/* An ack that waits for the store's sync (applier_set_store). */
+struct applier_held {
+    uint64_t tag;
+    uint64_t epoch; /* the connection it belongs to */
+    uint64_t mark;  /* the store's last commit when it was asked for */
+};
+
 struct applier {
     struct broker *br;
+    struct store *st; /* NULL: acks go out at once */
+    struct applier_held *held;
+    size_t n_held, held_cap;
     const struct applier_io *io;
     enum broker_dir dir;
     const struct applier_ops *ops;
@@ -180,15 +190,74 @@ void applier_release(struct applier_slot *s)
     applier_pump(a);
 }
 
+/* Keeps s's ack until the store's next sync. Without memory for it the
+ * delivery stays unacknowledged: the broker gives it again after a
+ * reconnection, and its seq, by then applied, makes it a duplicate. */
+static void applier_hold_ack(struct applier *a, const struct applier_slot *s)
+{
+    if (a->n_held == a->held_cap) {
+        size_t cap = a->held_cap ? a->held_cap * 2 : 64;
+        struct applier_held *h = realloc(a->held, cap * sizeof(*h));
+        if (!h) {
+            log_warning("no memory to hold the ack of task %" PRId64 " of client \"%s\" (it "
+                        "will be redelivered)",
+                        s->task, s->client);
+            return;
+        }
+        a->held = h;
+        a->held_cap = cap;
+    }
+    a->held[a->n_held++] = (struct applier_held){s->tag, a->epoch, store_mark(a->st)};
+    store_want_sync(a->st);
+}
+
+/* The store synced: the acks that waited for it go out, in the order they
+ * were asked for; those of an earlier connection are dropped (the broker
+ * has given their deliveries back). */
+static void applier_synced(void *arg)
+{
+    struct applier *a = arg;
+    size_t keep = 0;
+    for (size_t i = 0; i < a->n_held; i++) {
+        struct applier_held h = a->held[i];
+        if (h.epoch != a->epoch)
+            continue;
+        if (!store_durable(a->st, h.mark)) {
+            a->held[keep++] = h;
+            continue;
+        }
+        if (a->io->ack(a->br, h.tag) != RT_OK)
+            log_warning("ack failed (the delivery will be redelivered): %s",
+                        a->io->strerror(a->br));
+    }
+    a->n_held = keep;
+}
+
+rt_status applier_set_store(struct applier *a, struct store *st)
+{
+    rt_status r = store_listen(st, applier_synced, a);
+    if (r == RT_OK)
+        a->st = st;
+    return r;
+}
+
 void applier_ack(struct applier_slot *s)
 {
     struct applier *a = s->a;
     /* A slot whose step was deferred got past it: the trouble is over. */
     if (s->running && s->defer_ms)
         applier_recovered(a);
-    if (!applier_stale(s) && a->io->ack(a->br, s->tag) != RT_OK)
-        log_warning("ack failed for task %" PRId64 " of client \"%s\" (it will be redelivered): %s",
-                    s->task, s->client, a->io->strerror(a->br));
+    if (!applier_stale(s)) {
+        /* Whatever the owner committed for this delivery is in the store's
+         * last commit or an earlier one: the ack waits until that is on
+         * disk (store.h, group commits). */
+        if (a->st && !store_durable(a->st, store_mark(a->st)))
+            applier_hold_ack(a, s);
+        else if (a->io->ack(a->br, s->tag) != RT_OK)
+            log_warning("ack failed for task %" PRId64 " of client \"%s\" (it will be "
+                        "redelivered): %s",
+                        s->task, s->client, a->io->strerror(a->br));
+    }
     applier_release(s);
 }
 
@@ -827,6 +896,9 @@ void applier_free(struct applier *a)
 {
     if (!a)
         return;
+    if (a->st)
+        store_unlisten(a->st, applier_synced, a);
+    free(a->held);
     for (size_t i = 0; i < a->nslots; i++) {
         struct applier_slot *s = a->slots[i];
         if (s->phase != APPLIER_FREE && a->ops->clear)

@@ -63,6 +63,8 @@
 #include "broker.h"
 #include "rt.h"
 
+struct store;
+
 /* Texts copied from a delivery are cut to this (AMQP short strings are at
  * most 255 bytes). */
 #define APPLIER_SHORT_MAX 256
@@ -202,6 +204,13 @@ struct applier *applier_new(struct broker *br, enum broker_dir dir, size_t max_s
 
 /* Frees every slot (ops->clear on each one in use) and the applier. Acks
  * and publishes nothing: the broker redelivers what was held. Accepts NULL. */
+/* Acks wait for the store's sync from now on: an ack asked for while a
+ * commit of st is not yet on disk is sent by the listener that runs after
+ * the loop pass's store_sync() (store.h, group commits). Without this
+ * call (the unit tests' stand-ins) acks go out at once. RT_REJECT when the
+ * store has no room for another listener. */
+rt_status applier_set_store(struct applier *a, struct store *st);
+
 void applier_free(struct applier *a);
 
 /* Who sent a delivery: user_id, unless that is own_user, the login of

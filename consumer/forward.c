@@ -749,7 +749,14 @@ static rt_status slot_link_write(struct forward_slot *s, enum slot_write what)
         goto rollback;
     if (what == SLOT_WRITE_APPLIED)
         slot_journal_applied(s);
-    if ((st = store_commit(f->st)) != RT_OK)
+    /* An intent is what a redelivery after a crash looks for before it
+     * creates or appends again: it is on disk before the call it guards.
+     * The rest rides the loop pass's one sync (store.h), before the ack. */
+    if (what == SLOT_WRITE_INTENT || what == SLOT_WRITE_PENDING)
+        st = store_commit_durable(f->st);
+    else
+        st = store_commit(f->st);
+    if (st != RT_OK)
         return st;
     s->link = cur;
     if (what == SLOT_WRITE_APPLIED)
@@ -1699,7 +1706,7 @@ struct forward *forward_new(const struct config *cfg, struct store *st, struct b
     size_t max_slots = applier_slots_for(cfg->amqp.prefetch, cfg->server.n_clients, inflight);
     f->ap = applier_new(br, BROKER_FORWARD, max_slots, (size_t)inflight,
                         sizeof(struct forward_slot), &forward_ops, f);
-    if (!f->ap)
+    if (!f->ap || applier_set_store(f->ap, st) != RT_OK)
         goto fail;
     return f;
 fail:

@@ -772,7 +772,8 @@ static rt_status slot_pend_write(struct reverse_slot *s, const char *note)
                     s->msg.task);
     if ((st = store_rev_put(r->st, client, s->msg.task, cur.seq, cur.notes_applied, set)) != RT_OK)
         goto rollback;
-    return store_commit(r->st);
+    /* On disk before the edit it guards (store.h). */
+    return store_commit_durable(r->st);
 rollback:
     store_rollback(r->st);
     return st;
@@ -1237,7 +1238,7 @@ struct reverse *reverse_new(const struct config *cfg, struct store *st, struct b
     size_t max_slots = applier_slots_for(cfg->amqp.prefetch, 1, inflight);
     r->ap = applier_new(br, BROKER_REVERSE, max_slots, (size_t)inflight,
                         sizeof(struct reverse_slot), &reverse_ops, r);
-    if (!r->ap) {
+    if (!r->ap || applier_set_store(r->ap, st) != RT_OK) {
         snprintf(err, errlen, "reverse applier: out of memory");
         reverse_free(r);
         return NULL;

@@ -45,6 +45,7 @@ struct relay_slot {
     enum slot_state state;
     struct store_event ev;
     uint64_t seq;
+    uint64_t mark; /* the store's commit that allocated seq (store_mark) */
     uint64_t tag;
     int status; /* the status the message carries */
     /* The last state the client had applied to the task before the view
@@ -383,6 +384,14 @@ static void slot_publish(struct relay_slot *s)
         return;
     if (!broker_connected(r->br) || broker_blocked(r->br))
         return;
+    /* A seq goes out only once its allocation is on disk: after a crash
+     * the store must not hand the same seq to different fields, which the
+     * server would drop as a duplicate. The pass's one sync releases it
+     * (relay_synced). */
+    if (!store_durable(r->st, s->mark)) {
+        store_want_sync(r->st);
+        return;
+    }
     struct broker_props props = {
         .message_id = s->message_id,
         .timestamp = relay_wall_ms(r) / 1000,
@@ -560,6 +569,7 @@ static void slot_prepare(struct relay_slot *s, const struct relay_fields *f)
         slot_release(s);
         return;
     }
+    s->mark = store_mark(r->st);
     codec_msg_init(&m, CODEC_TASK);
     m.client = r->cfg->client.id;
     m.task = s->ev.task;
@@ -880,6 +890,13 @@ static void publish_ready(struct relay *r)
             slot_publish(&r->slots[i]);
 }
 
+/* The store synced the loop pass's commits: the seqs they allocated may
+ * go out. */
+static void relay_synced(void *arg)
+{
+    publish_ready(arg);
+}
+
 /* Moves work forward: publishes what waits for the broker and fills free
  * slots from the outbox. Scans when woken, once per scan interval, or
  * when the last scan was full and at least a quarter of the window is
@@ -1159,6 +1176,11 @@ struct relay *relay_new(const struct config *cfg, struct store *st, struct billm
         log_warning("cannot read the time of the last forward publish: %s", store_strerror(st));
         r->stats.last_publish_ms = 0;
     }
+    if (store_listen(st, relay_synced, r) != RT_OK) {
+        snprintf(err, errlen, "%s", store_strerror(st));
+        relay_free(r);
+        return NULL;
+    }
     r->woken = 1;
     /* Until the first tick gives its clock. */
     r->tick_mono = r->tick_now = relay_mono_ms();
@@ -1174,6 +1196,7 @@ void relay_free(struct relay *r)
 {
     if (!r)
         return;
+    store_unlisten(r->st, relay_synced, r);
     for (size_t i = 0; r->slots && i < r->nslots; i++)
         buf_release(&r->slots[i].body);
     free(r->slots);

@@ -82,6 +82,7 @@ struct sp_job {
     size_t notes_len;        /* bytes of native note published */
     uint64_t fwd_seq;        /* the link's last_seq when the view was asked for */
     uint64_t seq;
+    uint64_t mark; /* the store's commit that allocated seq (store_mark) */
     uint64_t tag;
     struct sp_sync sync; /* JOB_SYNC_DONE */
     char message_id[SP_MESSAGE_ID_MAX + 1];
@@ -408,6 +409,13 @@ static void publish_ready(struct statepub *sp)
         struct sp_job *j = sp->ready.head;
         struct sp_client *c = j->c;
         uint64_t tag = 0;
+        /* A seq goes out only once its allocation is on disk (the relay's
+         * rule, producer/relay.c); jobs are in line in the order their seqs
+         * were allocated, so none behind this one is durable either. */
+        if (!store_durable(sp->st, j->mark)) {
+            store_want_sync(sp->st);
+            return;
+        }
         struct broker_props props = {
             .message_id = j->message_id,
             .timestamp = sp_now_ms() / 1000,
@@ -458,6 +466,13 @@ static void publish_ready(struct statepub *sp)
         }
         job_finish(j, 0);
     }
+}
+
+/* The store synced the loop pass's commits: the seqs they allocated may
+ * go out. */
+static void statepub_synced(void *arg)
+{
+    publish_ready(arg);
 }
 
 /* Encodes the sync_done of one request and puts it in line. */
@@ -823,6 +838,7 @@ static void job_prepare(struct sp_job *j, const struct statepub_state *s)
         job_finish(j, 0);
         return;
     }
+    j->mark = store_mark(sp->st);
     notes[0] = s->native;
     codec_msg_init(&m, CODEC_STATE);
     m.client = (char *)client;
@@ -1251,6 +1267,11 @@ struct statepub *statepub_new(const struct config *cfg, struct store *st, struct
         log_warning("cannot read the time of the last state cycle: %s", store_strerror(st));
         sp->stats.last_cycle_ms = 0;
     }
+    if (store_listen(st, statepub_synced, sp) != RT_OK) {
+        snprintf(err, errlen, "%s", store_strerror(st));
+        statepub_free(sp);
+        return NULL;
+    }
     return sp;
 
 fail_alloc:
@@ -1263,6 +1284,8 @@ void statepub_free(struct statepub *sp)
 {
     if (!sp)
         return;
+    if (sp->st)
+        store_unlisten(sp->st, statepub_synced, sp);
     for (size_t i = 0; sp->clients && i < sp->nclients; i++)
         list_free(&sp->clients[i].waiting);
     list_free(&sp->viewing);

@@ -1280,6 +1280,93 @@ static void test_outbox_reschedule(void **state)
     store_free(st);
 }
 
+/* Group commits (store_sync.c): lazy commits are durable only after
+ * store_sync(), which syncs once for all of them and runs the listeners
+ * only when a sync was wanted; store_commit_durable() syncs at once. */
+static int synced_calls;
+
+static void count_synced(void *arg)
+{
+    (void)arg;
+    synced_calls++;
+}
+
+static void test_group_commits(void **state)
+{
+    struct fixture *f = *state;
+    struct store *st = open_ok(f);
+    struct store_sync_stats before, after;
+
+    synced_calls = 0;
+    assert_int_equal(store_listen(st, count_synced, NULL), RT_OK);
+    /* Synced commits: durable as they return, one sync each. */
+    store_sync_stats(st, &before);
+    assert_int_equal(store_outbox_add(st, "c1", 1, 1000), RT_OK);
+    assert_true(store_durable(st, store_mark(st)));
+    store_sync_stats(st, &after);
+    assert_int_equal(after.commits - before.commits, 1);
+    assert_int_equal(after.syncs - before.syncs, 1);
+
+    /* Lazy: three commits, none durable, then one sync for them all. */
+    assert_int_equal(store_set_lazy(st, true), RT_OK);
+    store_sync_stats(st, &before);
+    assert_int_equal(store_outbox_add(st, "c1", 2, 1000), RT_OK);
+    uint64_t first = store_mark(st);
+    assert_int_equal(store_begin(st), RT_OK);
+    assert_int_equal(store_outbox_add(st, "c1", 3, 1000), RT_OK);
+    assert_int_equal(store_commit(st), RT_OK);
+    uint64_t seq = 0;
+    assert_int_equal(store_fwd_next_seq(st, "c1", 2, &seq), RT_OK);
+    uint64_t last = store_mark(st);
+    assert_true(last >= first + 2);
+    assert_false(store_durable(st, first));
+    assert_false(store_durable(st, last));
+    store_sync_stats(st, &after);
+    assert_int_equal(after.commits - before.commits, 3);
+    assert_int_equal(after.syncs - before.syncs, 0);
+    /* Inside a transaction a sync is refused. */
+    assert_int_equal(store_begin(st), RT_OK);
+    assert_int_equal(store_sync(st), RT_REJECT);
+    assert_int_equal(store_rollback(st), RT_OK);
+    /* Nobody asked: the commits are synced, the listeners not run. */
+    assert_int_equal(store_sync(st), RT_OK);
+    assert_true(store_durable(st, last));
+    assert_int_equal(synced_calls, 0);
+    store_sync_stats(st, &after);
+    assert_int_equal(after.syncs - before.syncs, 1);
+    /* Asked for with nothing to sync: the listeners run, no sync. */
+    store_want_sync(st);
+    assert_true(store_sync_wanted(st));
+    assert_int_equal(store_sync(st), RT_OK);
+    assert_false(store_sync_wanted(st));
+    assert_int_equal(synced_calls, 1);
+    store_sync_stats(st, &after);
+    assert_int_equal(after.syncs - before.syncs, 1);
+
+    /* A durable commit is on disk when it returns. */
+    assert_int_equal(store_begin(st), RT_OK);
+    assert_int_equal(store_outbox_add(st, "c1", 4, 1000), RT_OK);
+    assert_int_equal(store_commit_durable(st), RT_OK);
+    assert_true(store_durable(st, store_mark(st)));
+    store_sync_stats(st, &after);
+    assert_int_equal(after.syncs - before.syncs, 2);
+
+    /* Back to synced commits: what is pending is synced first. */
+    assert_int_equal(store_outbox_add(st, "c1", 5, 1000), RT_OK);
+    assert_false(store_durable(st, store_mark(st)));
+    assert_int_equal(store_set_lazy(st, false), RT_OK);
+    assert_true(store_durable(st, store_mark(st)));
+    store_unlisten(st, count_synced, NULL);
+    store_want_sync(st);
+    assert_int_equal(store_sync(st), RT_OK);
+    assert_int_equal(synced_calls, 1);
+    uint64_t backlog = 0;
+    int64_t oldest = 0;
+    assert_int_equal(store_outbox_backlog(st, &backlog, &oldest), RT_OK);
+    assert_int_equal(backlog, 5);
+    store_free(st);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1312,6 +1399,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_full_database_is_named, setup, teardown),
         cmocka_unit_test_setup_teardown(test_locked_database_is_named, setup, teardown),
         cmocka_unit_test_setup_teardown(test_outbox_reschedule, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_group_commits, setup, teardown),
     };
     return cmocka_run_group_tests_name("store", tests, NULL, NULL);
 }
