@@ -373,4 +373,17 @@ void broker_depth_on_declare_ok(struct broker *b, amqp_channel_t ch,
 void broker_get_on_ok(struct broker *b, amqp_channel_t ch, const amqp_basic_get_ok_t *g);
 void broker_get_on_empty(struct broker *b, amqp_channel_t ch);
 
+/* ---- publishing (broker_publish.c) ------------------------------------- */
+
+/* basic.ack, basic.nack or basic.return on channel ch, from the frame
+ * dispatch: the fates of publishes (a protocol error on another channel
+ * or inside a returned message's content). */
+void broker_publish_on_method(struct broker *b, amqp_channel_t ch, const amqp_method_t *m);
+
+/* The content header and body frames of a returned message: the header
+ * marks its publish RETURNED (its basic.ack follows), the body is counted
+ * and dropped. */
+void broker_return_on_header(struct broker *b, const amqp_basic_properties_t *p, uint64_t size);
+void broker_return_on_body(struct broker *b, amqp_bytes_t part);
+
 #endif
