@@ -6,6 +6,9 @@
  * every handle sets a busy timeout, starts its write transactions with
  * BEGIN IMMEDIATE and commits with synchronous=FULL: an event that
  * store_outbox_add() reported as recorded survives a crash or a power loss.
+ * The daemon groups its commits instead, one sync per loop pass, and holds
+ * back whatever must follow a durable commit until that sync (see "group
+ * commits" below).
  * The CLI waits up to STORE_BUSY_TIMEOUT_MS for a lock another process
  * holds; the daemon, whose one loop must not stop that long, opens its
  * handle with STORE_BUSY_DAEMON_MS and tries again at its own level.
