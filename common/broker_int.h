@@ -324,12 +324,6 @@ void broker_handle_frame(struct broker *b, const amqp_frame_t *f);
  * fills; 1 when it can be told no better. */
 int broker_can_write(struct broker *b, size_t need);
 
-/* A basic.deliver or basic.get-ok (tag is the broker's, on this
- * connection): starts a delivery from queue in b->d, whose content header
- * and body follow. */
-void broker_delivery_begin(struct broker *b, const char *queue, uint64_t tag, int redelivered,
-                           amqp_bytes_t exchange, amqp_bytes_t routing_key);
-
 /* ---- the topology (broker_topology.c) ---------------------------------- */
 
 /* Open and close the scratch channel, waiting for the broker's answer:
@@ -385,5 +379,26 @@ void broker_publish_on_method(struct broker *b, amqp_channel_t ch, const amqp_me
  * and dropped. */
 void broker_return_on_header(struct broker *b, const amqp_basic_properties_t *p, uint64_t size);
 void broker_return_on_body(struct broker *b, amqp_bytes_t part);
+
+/* ---- consuming (broker_consume.c) -------------------------------------- */
+
+/* A basic.deliver or basic.get-ok (tag is the broker's, on this
+ * connection): starts a delivery from queue in b->d, whose content header
+ * and body follow. */
+void broker_delivery_begin(struct broker *b, const char *queue, uint64_t tag, int redelivered,
+                           amqp_bytes_t exchange, amqp_bytes_t routing_key);
+
+/* The frames of consuming, from the frame dispatch: basic.deliver on
+ * channel ch (a protocol error on another channel or inside a delivery's
+ * content), basic.cancel of a consumer (on_cancel is told), and the
+ * content header and body frames of a delivery, the last of which hands
+ * it over (to on_delivery, or to broker_get()). */
+void broker_consume_on_deliver(struct broker *b, amqp_channel_t ch, const amqp_basic_deliver_t *d);
+void broker_consume_on_cancel(struct broker *b, const amqp_basic_cancel_t *c);
+void broker_delivery_on_header(struct broker *b, const amqp_basic_properties_t *p, uint64_t size);
+void broker_delivery_on_body(struct broker *b, amqp_bytes_t part);
+
+/* Sends the acks and rejects that wait, in order, while the node reads. */
+void broker_flush_acks(struct broker *b);
 
 #endif
