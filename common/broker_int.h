@@ -294,9 +294,9 @@ int broker_retry_tier_key(char *buf, size_t len, enum broker_dir dir, unsigned t
 /* Writes the reason broker_strerror() returns; never pass the password. */
 void broker_set_err(struct broker *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* The outermost public calls end here: a connection found dead is torn
- * down (unless a callback is running) and st is returned. */
-rt_status broker_finish_call(struct broker *b, rt_status st);
+/* Answers the broker's connection.close (the connection is over anyway:
+ * a failure to send is ignored). */
+void broker_send_connection_close_ok(struct broker *b);
 
 /* Answers the broker's channel.close of channel ch, which can then be
  * opened again; a failed write marks the connection dead. */
@@ -319,10 +319,30 @@ void broker_protocol_error(struct broker *b, const char *what, amqp_channel_t ch
  * for the calls that wait for an answer (broker_declare(), broker_get()). */
 void broker_handle_frame(struct broker *b, const amqp_frame_t *f);
 
+/* ---- the connection (broker_conn.c) ------------------------------------ */
+
+/* One turn of an attempt of broker_connect_async(), for broker_process():
+ * RT_OK while it runs or once connected (broker_connected() tells), else
+ * the attempt's verdict with every node's reason. */
+rt_status broker_connect_progress(struct broker *b);
+
 /* Whether need more bytes can be written now without blocking (the write
- * guard): 0 while the node is not reading and its socket's send queue
- * fills; 1 when it can be told no better. */
+ * guard): 0 when the socket's send queue already holds a good part of its
+ * buffer (a node that stopped reading), 1 otherwise and when it cannot be
+ * told. */
 int broker_can_write(struct broker *b, size_t need);
+
+/* Destroys the connection (politely, with connection.close, when polite
+ * and the node reads) and resets every part's state: consumers, waiting
+ * acks, the scratch and query channels, a round of declarations (ended
+ * RT_RETRY); then depth questions are answered -1 and unconfirmed
+ * publishes LOST through the callbacks, so that a callback that publishes
+ * again gets RT_RETRY. */
+void broker_teardown(struct broker *b, int polite);
+
+/* The outermost public calls end here: a connection found dead is torn
+ * down (unless a callback is running) and st is returned. */
+rt_status broker_finish_call(struct broker *b, rt_status st);
 
 /* ---- the topology (broker_topology.c) ---------------------------------- */
 
