@@ -294,31 +294,6 @@ int broker_retry_tier_key(char *buf, size_t len, enum broker_dir dir, unsigned t
 /* Writes the reason broker_strerror() returns; never pass the password. */
 void broker_set_err(struct broker *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* Answers the broker's connection.close (the connection is over anyway:
- * a failure to send is ignored). */
-void broker_send_connection_close_ok(struct broker *b);
-
-/* Answers the broker's channel.close of channel ch, which can then be
- * opened again; a failed write marks the connection dead. */
-void broker_send_channel_close_ok(struct broker *b, amqp_channel_t ch);
-
-/* Turns the reply of an RPC on channel ch into a verdict, with the reason
- * (naming what) in b->err: RT_OK; RT_REJECT when the broker closed the
- * channel (answered with close-ok: it can be opened again); RT_RETRY with
- * the connection marked dead when the broker closed the connection, did
- * not answer or the library failed. *code_out (may be NULL) receives the
- * broker's reply code, 0 if none. */
-rt_status broker_rpc_verdict(struct broker *b, amqp_rpc_reply_t r, amqp_channel_t ch,
-                             const char *what, int *code_out);
-
-/* A frame that breaks the protocol (what, on channel ch): logged as an
- * error, the connection marked dead. */
-void broker_protocol_error(struct broker *b, const char *what, amqp_channel_t ch);
-
-/* Handles one frame read from the connection as broker_process() does,
- * for the calls that wait for an answer (broker_declare(), broker_get()). */
-void broker_handle_frame(struct broker *b, const amqp_frame_t *f);
-
 /* ---- the connection (broker_conn.c) ------------------------------------ */
 
 /* One turn of an attempt of broker_connect_async(), for broker_process():
@@ -344,6 +319,33 @@ void broker_teardown(struct broker *b, int polite);
  * down (unless a callback is running) and st is returned. */
 rt_status broker_finish_call(struct broker *b, rt_status st);
 
+/* ---- the event loop (broker_loop.c) ----------------------------------- */
+
+/* Answers the broker's connection.close (the connection is over anyway:
+ * a failure to send is ignored). */
+void broker_send_connection_close_ok(struct broker *b);
+
+/* Answers the broker's channel.close of channel ch, which can then be
+ * opened again; a failed write marks the connection dead. */
+void broker_send_channel_close_ok(struct broker *b, amqp_channel_t ch);
+
+/* Turns the reply of an RPC on channel ch into a verdict, with the reason
+ * (naming what) in b->err: RT_OK; RT_REJECT when the broker closed the
+ * channel (answered with close-ok: it can be opened again); RT_RETRY with
+ * the connection marked dead when the broker closed the connection, did
+ * not answer or the library failed. *code_out (may be NULL) receives the
+ * broker's reply code, 0 if none. */
+rt_status broker_rpc_verdict(struct broker *b, amqp_rpc_reply_t r, amqp_channel_t ch,
+                             const char *what, int *code_out);
+
+/* A frame that breaks the protocol (what, on channel ch): logged as an
+ * error, the connection marked dead. */
+void broker_protocol_error(struct broker *b, const char *what, amqp_channel_t ch);
+
+/* Handles one frame read from the connection as broker_process() does,
+ * for the calls that wait for an answer (broker_declare(), broker_get()). */
+void broker_handle_frame(struct broker *b, const amqp_frame_t *f);
+
 /* ---- the topology (broker_topology.c) ---------------------------------- */
 
 /* Open and close the scratch channel, waiting for the broker's answer:
@@ -366,7 +368,6 @@ void broker_declare_on_ok(struct broker *b, amqp_channel_t ch);
 void broker_declare_on_close(struct broker *b, const amqp_channel_close_t *c);
 void broker_declare_on_reopen(struct broker *b);
 void broker_scratch_on_close_ok(struct broker *b, amqp_channel_t ch);
-
 
 /* ---- the questions (broker_query.c) ------------------------------------ */
 
