@@ -102,23 +102,29 @@ static void w_be(struct buf *b, uint64_t v, int n)
         w_byte(b, (unsigned)((v >> (8 * i)) & 0xff));
 }
 
+/* The shortest header msgpack allows for a value, length or count n: one
+ * byte fix | n below fix_limit, else the first tag of the family (tag, of
+ * width bytes) or the next ones (each twice as wide, up to max_width),
+ * followed by n big-endian. */
+static void w_head(struct buf *b, uint64_t n, unsigned fix, uint64_t fix_limit, unsigned tag,
+                   int width, int max_width)
+{
+    if (n < fix_limit) {
+        w_byte(b, fix | (unsigned)n);
+        return;
+    }
+    while (width < max_width && (n >> (8 * width)) != 0) {
+        width *= 2;
+        tag++;
+    }
+    w_byte(b, tag);
+    w_be(b, n, width);
+}
+
+/* positive fixint, uint 8/16/32/64 */
 static void w_uint(struct buf *b, uint64_t v)
 {
-    if (v < 128) {
-        w_byte(b, (unsigned)v);
-    } else if (v < 256) {
-        w_byte(b, 0xcc);
-        w_be(b, v, 1);
-    } else if (v < 65536) {
-        w_byte(b, 0xcd);
-        w_be(b, v, 2);
-    } else if (v <= 0xffffffffu) {
-        w_byte(b, 0xce);
-        w_be(b, v, 4);
-    } else {
-        w_byte(b, 0xcf);
-        w_be(b, v, 8);
-    }
+    w_head(b, v, 0x00, 128, 0xcc, 1, 8);
 }
 
 static void w_int(struct buf *b, int64_t v)
@@ -142,20 +148,10 @@ static void w_int(struct buf *b, int64_t v)
     }
 }
 
+/* fixstr, str 8/16/32 */
 static void w_strn(struct buf *b, const char *s, size_t n)
 {
-    if (n < 32) {
-        w_byte(b, 0xa0 | (unsigned)n);
-    } else if (n < 256) {
-        w_byte(b, 0xd9);
-        w_be(b, n, 1);
-    } else if (n < 65536) {
-        w_byte(b, 0xda);
-        w_be(b, n, 2);
-    } else {
-        w_byte(b, 0xdb);
-        w_be(b, n, 4);
-    }
+    w_head(b, n, 0xa0, 32, 0xd9, 1, 4);
     if (n)
         w_raw(b, s, n);
 }
@@ -165,30 +161,16 @@ static void w_str(struct buf *b, const char *s)
     w_strn(b, s ? s : "", s ? strlen(s) : 0);
 }
 
+/* fixmap, map 16/32 */
 static void w_map(struct buf *b, uint64_t n)
 {
-    if (n < 16) {
-        w_byte(b, 0x80 | (unsigned)n);
-    } else if (n < 65536) {
-        w_byte(b, 0xde);
-        w_be(b, n, 2);
-    } else {
-        w_byte(b, 0xdf);
-        w_be(b, n, 4);
-    }
+    w_head(b, n, 0x80, 16, 0xde, 2, 4);
 }
 
+/* fixarray, array 16/32 */
 static void w_arr(struct buf *b, uint64_t n)
 {
-    if (n < 16) {
-        w_byte(b, 0x90 | (unsigned)n);
-    } else if (n < 65536) {
-        w_byte(b, 0xdc);
-        w_be(b, n, 2);
-    } else {
-        w_byte(b, 0xdd);
-        w_be(b, n, 4);
-    }
+    w_head(b, n, 0x90, 16, 0xdc, 2, 4);
 }
 
 /* ------------------------------------------------------------------------
@@ -385,6 +367,96 @@ static void expect_encode_fail(const struct codec_msg *m, const char *why)
         fail();
     }
     buf_release(&b);
+}
+
+/* ------------------------------------------------------------------------
+ * Table-driven cases: each row a body and the verdict it must get.
+ * ------------------------------------------------------------------------ */
+
+/* The bytes of a table row and their count. */
+#define BYTES(...) (const uint8_t[]){__VA_ARGS__}, sizeof((const uint8_t[]){__VA_ARGS__})
+#define NROWS(t)   (sizeof(t) / sizeof((t)[0]))
+
+/* The golden message of a kind with the value of one key replaced by raw
+ * bytes; refused with why. */
+struct replace_case {
+    enum codec_kind kind;
+    const char *key;
+    const uint8_t *raw;
+    size_t rawlen;
+    const char *why;
+};
+
+static void expect_replace_rejects(const struct replace_case *c, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct codec_msg m;
+        struct mutation mu = {.replace = c[i].key, .raw = c[i].raw, .rawlen = c[i].rawlen};
+        golden_msg(&m, c[i].kind);
+        expect_build_reject(&m, &mu, c[i].why);
+    }
+}
+
+/* A whole body of raw bytes, refused with why. */
+struct raw_case {
+    const uint8_t *bytes;
+    size_t len;
+    const char *why;
+};
+
+static void expect_raw_rejects(const struct raw_case *c, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        expect_reject(c[i].bytes, c[i].len, c[i].why);
+}
+
+/* The golden message of a kind with nextra whole key/value pairs appended
+ * to its map; decoded as the golden message when why is NULL, else
+ * refused with why. */
+struct extra_case {
+    enum codec_kind kind;
+    const uint8_t *extra;
+    size_t extralen;
+    unsigned nextra;
+    const char *why;
+};
+
+static void expect_extra_cases(const struct extra_case *c, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct codec_msg m;
+        struct mutation mu = {
+            .extra = c[i].extra, .extralen = c[i].extralen, .nextra = c[i].nextra};
+        golden_msg(&m, c[i].kind);
+        if (c[i].why)
+            expect_build_reject(&m, &mu, c[i].why);
+        else
+            expect_build_ok(&m, &mu);
+    }
+}
+
+/* Calls check(m, key) for every key of the golden message of every kind. */
+static void for_each_golden_key(void (*check)(const struct codec_msg *m, const char *key))
+{
+    for (size_t i = 0; i < NKINDS; i++) {
+        struct codec_msg m;
+        struct field f[MAX_FIELDS];
+        golden_msg(&m, all_kinds[i]);
+        size_t n = msg_fields(&m, f);
+        for (size_t k = 0; k < n; k++)
+            check(&m, f[k].key);
+        for (size_t k = 0; k < n; k++)
+            buf_release(&f[k].val);
+    }
+}
+
+/* The golden message of a kind and its encoded body in b (which the
+ * caller releases). */
+static void golden_body(enum codec_kind kind, struct codec_msg *m, struct buf *b)
+{
+    golden_msg(m, kind);
+    buf_init(b, CODEC_MAX_BODY);
+    encode_ok(m, b);
 }
 
 static char *filled(size_t n, char c)
@@ -610,39 +682,44 @@ static void test_decode_any_key_order(void **state)
  * Encoding refusals.
  * ------------------------------------------------------------------------ */
 
+/* A text key of each kind one byte over its cap, and the reason that the
+ * encoder (test_encode_over_caps) and the decoder (test_decode_over_caps)
+ * both give. */
+#define FIELD(f) offsetof(struct codec_msg, f)
+static const struct {
+    enum codec_kind kind;
+    const char *key;
+    size_t field; /* where the key's text is in struct codec_msg */
+    size_t cap;
+    const char *why;
+} over_caps[] = {
+    {CODEC_TASK, "client", FIELD(client), CODEC_MAX_CLIENT, "key \"client\" is 65 bytes, cap 64"},
+    {CODEC_TASK, "name", FIELD(fwd.name), CODEC_MAX_NAME, "key \"name\" is 4097 bytes, cap 4096"},
+    {CODEC_TASK, "type", FIELD(fwd.type), CODEC_MAX_TYPE, "key \"type\" is 129 bytes, cap 128"},
+    {CODEC_TASK, "note", FIELD(fwd.note), CODEC_MAX_NOTE,
+     "key \"note\" is 1048577 bytes, cap 1048576"},
+    {CODEC_TASK, "deadline", FIELD(fwd.deadline), CODEC_MAX_DEADLINE,
+     "key \"deadline\" is 33 bytes, cap 32"},
+    {CODEC_TASK, "item", FIELD(fwd.item), CODEC_MAX_ITEM, "key \"item\" is 4097 bytes, cap 4096"},
+    {CODEC_TASK, "account", FIELD(fwd.account), CODEC_MAX_ACCOUNT,
+     "key \"account\" is 4097 bytes, cap 4096"},
+    {CODEC_STATE, "performer", FIELD(state.performer), CODEC_MAX_PERFORMER,
+     "key \"performer\" is 1025 bytes, cap 1024"},
+    {CODEC_SYNC, "id", FIELD(sync.id), CODEC_MAX_ID, "key \"id\" is 65 bytes, cap 64"},
+};
+
 static void test_encode_over_caps(void **state)
 {
     struct codec_msg m;
     char *big = filled(CODEC_MAX_NOTE + 1, 'x');
 
-    golden_msg(&m, CODEC_TASK);
-    m.client = filled(CODEC_MAX_CLIENT + 1, 'c');
-    expect_encode_fail(&m, "key \"client\" is 65 bytes, cap 64");
-    free(m.client);
-
-#define OVER(field, cap, what)                                                                     \
-    do {                                                                                           \
-        golden_msg(&m, CODEC_TASK);                                                                \
-        big[cap + 1] = '\0';                                                                       \
-        m.fwd.field = big;                                                                         \
-        expect_encode_fail(&m, what);                                                              \
-        big[cap + 1] = 'x';                                                                        \
-    } while (0)
-    OVER(name, CODEC_MAX_NAME, "key \"name\" is 4097 bytes, cap 4096");
-    OVER(type, CODEC_MAX_TYPE, "key \"type\" is 129 bytes, cap 128");
-    OVER(deadline, CODEC_MAX_DEADLINE, "key \"deadline\" is 33 bytes, cap 32");
-    OVER(item, CODEC_MAX_ITEM, "key \"item\" is 4097 bytes, cap 4096");
-    OVER(account, CODEC_MAX_ACCOUNT, "key \"account\" is 4097 bytes, cap 4096");
-#undef OVER
-    golden_msg(&m, CODEC_TASK);
-    m.fwd.note = big;
-    expect_encode_fail(&m, "key \"note\" is 1048577 bytes, cap 1048576");
-
-    golden_msg(&m, CODEC_STATE);
-    big[CODEC_MAX_PERFORMER + 1] = '\0';
-    m.state.performer = big;
-    expect_encode_fail(&m, "key \"performer\" is 1025 bytes, cap 1024");
-    big[CODEC_MAX_PERFORMER + 1] = 'x';
+    for (size_t i = 0; i < NROWS(over_caps); i++) {
+        golden_msg(&m, over_caps[i].kind);
+        big[over_caps[i].cap + 1] = '\0';
+        *(char **)((char *)&m + over_caps[i].field) = big;
+        expect_encode_fail(&m, over_caps[i].why);
+        big[over_caps[i].cap + 1] = 'x';
+    }
 
     const char *entries[2] = {"ok", big};
     big[CODEC_MAX_NOTE_ENTRY + 1] = '\0';
@@ -658,11 +735,6 @@ static void test_encode_over_caps(void **state)
     assert_non_null(m.state.notes);
     expect_encode_fail(&m, "key \"notes\" has 1001 entries, cap 1000");
     free(m.state.notes);
-
-    golden_msg(&m, CODEC_SYNC);
-    big[CODEC_MAX_ID + 1] = '\0';
-    m.sync.id = big;
-    expect_encode_fail(&m, "key \"id\" is 65 bytes, cap 64");
 
     free(big);
 }
@@ -691,7 +763,9 @@ static void test_encode_body_cap(void **state)
     free(entry);
 }
 
-static void test_encode_invalid_values(void **state)
+/* A number out of its range, a required text empty, notes without their
+ * array. */
+static void expect_encode_refuses_values(void)
 {
     struct codec_msg m;
 
@@ -751,26 +825,34 @@ static void test_encode_invalid_values(void **state)
     m.state.notes = NULL;
     m.state.nnotes = 2;
     expect_encode_fail(&m, "key \"notes\" has 2 entries but no array");
+}
 
+static void expect_encode_refuses_deadlines(void)
+{
     static const char *const bad_deadlines[] = {
         "2024-05-01",           "2024-05-01T12:30:00", "2024-13-01 12:30:00",
         "2024-00-01 12:30:00",  "2024-05-32 12:30:00", "2024-05-01 24:00:00",
         "2024-05-01 12:60:00",  "2024-05-01 12:30:60", "2024-05-01 12:30:00 ",
         "２０２４-05-01 12:30", "abcd-ef-gh ij:kl:mn",
     };
-    for (size_t i = 0; i < sizeof(bad_deadlines) / sizeof(bad_deadlines[0]); i++) {
+    for (size_t i = 0; i < NROWS(bad_deadlines); i++) {
+        struct codec_msg m;
         golden_msg(&m, CODEC_TASK);
         m.fwd.deadline = (char *)bad_deadlines[i];
         expect_encode_fail(&m, "key \"deadline\"");
     }
+}
 
+static void expect_encode_refuses_bad_utf8(void)
+{
     /* Overlong "/", a UTF-16 surrogate, a byte that never occurs, a cut
      * sequence, a lone continuation byte, a code point past U+10FFFF. */
     static const char *const bad_utf8[] = {
         "a\xc0\xaf", "\xed\xa0\x80",     "x\xf5\x80\x80\x80", "cut \xe2\x82",
         "\x80",      "\xf4\x90\x80\x80", "\xe0\x80\xaf",
     };
-    for (size_t i = 0; i < sizeof(bad_utf8) / sizeof(bad_utf8[0]); i++) {
+    for (size_t i = 0; i < NROWS(bad_utf8); i++) {
+        struct codec_msg m;
         golden_msg(&m, CODEC_TASK);
         m.fwd.name = (char *)bad_utf8[i];
         expect_encode_fail(&m, "key \"name\" is not valid UTF-8");
@@ -780,6 +862,13 @@ static void test_encode_invalid_values(void **state)
         m.state.nnotes = 2;
         expect_encode_fail(&m, "key \"notes\" entry 1 is not valid UTF-8");
     }
+}
+
+static void test_encode_invalid_values(void **state)
+{
+    expect_encode_refuses_values();
+    expect_encode_refuses_deadlines();
+    expect_encode_refuses_bad_utf8();
 }
 
 /* encode appends, refuses to pass out's cap and leaves out as it was. */
@@ -889,11 +978,11 @@ static void test_golden_task_by_hand(void **state)
         0xd9, /*   str8 (the name is over 31 bytes) */
     };
     static const uint8_t tail[] = {
-        0xa6, 's', 't', 'a', 't', 'u', 's', 0x01,      /* "status": 1 */
-        0xa7, 'r', 'e', 'v', '_', 's', 'e', 'q', 0xcc, /* "rev_seq": */
-        0xc8,                                          /*   uint8 200 */
+        0xa6, 's', 't', 'a', 't', 'u', 's', 0x01,       /* "status": 1 */
+        0xa7, 'r', 'e', 'v', '_', 's', 'e', 'q',  0xcc, /* "rev_seq": */
+        0xc8,                                           /*   uint8 200 */
     };
-    static const uint8_t sync_done_head[] = {0x88, 0xa1, 'v', 0x01};          /* fixmap, 8 pairs */
+    static const uint8_t sync_done_head[] = {0x88, 0xa1, 'v', 0x01}; /* fixmap, 8 pairs */
     struct buf file;
     char path[512];
 
@@ -918,325 +1007,253 @@ static void test_golden_task_by_hand(void **state)
  * Decoding refusals.
  * ------------------------------------------------------------------------ */
 
+static void expect_missing_refused(const struct codec_msg *m, const char *key)
+{
+    char why[64];
+    struct mutation mu = {.omit = key};
+    if (strcmp(key, "fwd_seq") == 0 || strcmp(key, "rev_seq") == 0)
+        return; /* optional: test_optional_fwd_seq, test_optional_rev_seq */
+    snprintf(why, sizeof(why), "missing required key \"%s\"", key);
+    expect_build_reject(m, &mu, why);
+}
+
 static void test_missing_each_key(void **state)
 {
-    for (size_t i = 0; i < NKINDS; i++) {
-        struct codec_msg m;
-        struct field f[MAX_FIELDS];
-        golden_msg(&m, all_kinds[i]);
-        size_t n = msg_fields(&m, f);
-        for (size_t k = 0; k < n; k++) {
-            char why[64];
-            struct mutation mu = {.omit = f[k].key};
-            if (strcmp(f[k].key, "fwd_seq") == 0 || strcmp(f[k].key, "rev_seq") == 0)
-                continue; /* optional: test_optional_fwd_seq, test_optional_rev_seq */
-            snprintf(why, sizeof(why), "missing required key \"%s\"", f[k].key);
-            expect_build_reject(&m, &mu, why);
-        }
-        for (size_t k = 0; k < n; k++)
-            buf_release(&f[k].val);
+    for_each_golden_key(expect_missing_refused);
+}
+
+/* A seq the other side had applied, optional on the wire: "fwd_seq" of a
+ * state (a server older than the key does not send it) and "rev_seq" of a
+ * task message (likewise a client). Absent, it decodes as 0 (unknown);
+ * when present it must be a non-negative integer, and it is part of what
+ * makes two messages equal. One row per key; cmocka runs each as a test of
+ * its own (main). */
+struct optional_seq {
+    enum codec_kind kind;
+    const char *key;
+    uint64_t *(*field)(struct codec_msg *m);
+};
+
+static uint64_t *fwd_seq_of(struct codec_msg *m)
+{
+    return &m->state.fwd_seq;
+}
+
+static uint64_t *rev_seq_of(struct codec_msg *m)
+{
+    return &m->fwd.rev_seq;
+}
+
+static const struct optional_seq optional_seqs[] = {
+    {CODEC_STATE, "fwd_seq", fwd_seq_of},
+    {CODEC_TASK, "rev_seq", rev_seq_of},
+};
+
+static void test_optional_seq(void **state)
+{
+    const struct optional_seq *c = *state;
+    struct codec_msg m, other;
+    struct mutation omit = {.omit = c->key};
+
+    golden_msg(&m, c->kind);
+    uint64_t golden = *c->field(&m);
+    *c->field(&m) = 0;
+    expect_build_ok(&m, &omit);
+
+    /* Omitted, it does not decode as the golden message's value, and the
+     * rest of the message decodes as it was. */
+    struct buf b;
+    struct codec_msg got;
+    char err[256] = "";
+    buf_init(&b, 65536);
+    build(&b, &m, &omit);
+    assert_int_equal(codec_decode(b.data, b.len, &got, err, sizeof(err)), RT_OK);
+    assert_int_equal(*c->field(&got), 0);
+    assert_true(codec_msg_equal(&got, &m));
+    *c->field(&m) = golden;
+    assert_false(codec_msg_equal(&got, &m));
+    codec_msg_release(&got);
+    buf_release(&b);
+
+    struct mutation big = {
+        .replace = c->key, .raw = "\xcf\xff\xff\xff\xff\xff\xff\xff\xff", .rawlen = 9};
+    *c->field(&m) = UINT64_MAX;
+    expect_build_ok(&m, &big);
+    roundtrip(&m);
+
+    char why[64];
+    struct mutation negative = {.replace = c->key, .raw = "\xff", .rawlen = 1};
+    snprintf(why, sizeof(why), "key \"%s\" is -1, must be >= 0", c->key);
+    expect_build_reject(&m, &negative, why);
+
+    golden_msg(&m, c->kind);
+    golden_msg(&other, c->kind);
+    *c->field(&other) = *c->field(&m) + 1;
+    assert_false(codec_msg_equal(&m, &other));
+}
+
+/* A value of each type, and which of the three types a key may want it
+ * is. */
+static const struct {
+    const uint8_t *raw;
+    size_t len;
+    int is_int, is_str, is_arr;
+} wrong_type_values[] = {
+    {BYTES(0xc0), 0, 0, 0},                                                 /* nil */
+    {BYTES(0xc3), 0, 0, 0},                                                 /* true */
+    {BYTES(0xcb, 0x3f, 0xf0, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00), 0, 0, 0}, /* float 64 */
+    {BYTES(0xca, 0x3f, 0x80, 0x00, 0x00), 0, 0, 0},                         /* float 32 */
+    {BYTES(0xa1, '1'), 0, 1, 0},                                            /* str */
+    {BYTES(0x01), 1, 0, 0},                                                 /* int */
+    {BYTES(0xc4, 0x01, 'x'), 0, 0, 0},                                      /* bin */
+    {BYTES(0x91, 0xa1, 'x'), 0, 0, 1},                                      /* array */
+    {BYTES(0x81, 0xa1, 'k', 0x01), 0, 0, 0},                                /* map */
+    {BYTES(0xd4, 0x01, 0x00), 0, 0, 0},                                     /* fixext */
+};
+
+static void expect_wrong_types_refused(const struct codec_msg *m, const char *key)
+{
+    int want_str = strcmp(key, "kind") == 0 || strcmp(key, "client") == 0 ||
+                   strcmp(key, "name") == 0 || strcmp(key, "type") == 0 ||
+                   strcmp(key, "note") == 0 || strcmp(key, "deadline") == 0 ||
+                   strcmp(key, "item") == 0 || strcmp(key, "account") == 0 ||
+                   strcmp(key, "performer") == 0 || strcmp(key, "id") == 0;
+    int want_arr = strcmp(key, "notes") == 0;
+    int want_int = !want_str && !want_arr;
+    for (size_t j = 0; j < NROWS(wrong_type_values); j++) {
+        if ((want_str && wrong_type_values[j].is_str) ||
+            (want_arr && wrong_type_values[j].is_arr) || (want_int && wrong_type_values[j].is_int))
+            continue;
+        char why[64];
+        struct mutation mu = {
+            .replace = key, .raw = wrong_type_values[j].raw, .rawlen = wrong_type_values[j].len};
+        snprintf(why, sizeof(why), "key \"%s\" is not %s", key,
+                 want_str   ? "a string"
+                 : want_arr ? "an array"
+                            : "an integer");
+        expect_build_reject(m, &mu, why);
     }
-}
-
-/* "fwd_seq" is optional: a state from a server older than the key decodes
- * with 0 (unknown); when present it must be a non-negative integer, and it
- * is part of what makes two states equal. */
-static void test_optional_fwd_seq(void **state)
-{
-    struct codec_msg m, other;
-    struct mutation omit = {.omit = "fwd_seq"};
-    static const uint8_t neg[] = {0xff};
-
-    golden_msg(&m, CODEC_STATE);
-    m.state.fwd_seq = 0;
-    expect_build_ok(&m, &omit);
-    m.state.fwd_seq = 300;
-    /* Omitted, it does not decode as the golden message's 300. */
-    struct buf b;
-    struct codec_msg got;
-    char err[256] = "";
-    buf_init(&b, 65536);
-    build(&b, &m, &omit);
-    assert_int_equal(codec_decode(b.data, b.len, &got, err, sizeof(err)), RT_OK);
-    assert_int_equal(got.state.fwd_seq, 0);
-    assert_false(codec_msg_equal(&got, &m));
-    codec_msg_release(&got);
-    buf_release(&b);
-
-    struct mutation big = {
-        .replace = "fwd_seq", .raw = "\xcf\xff\xff\xff\xff\xff\xff\xff\xff", .rawlen = 9};
-    m.state.fwd_seq = UINT64_MAX;
-    expect_build_ok(&m, &big);
-    roundtrip(&m);
-
-    struct mutation negative = {.replace = "fwd_seq", .raw = neg, .rawlen = sizeof(neg)};
-    expect_build_reject(&m, &negative, "key \"fwd_seq\" is -1, must be >= 0");
-
-    golden_msg(&m, CODEC_STATE);
-    golden_msg(&other, CODEC_STATE);
-    other.state.fwd_seq = m.state.fwd_seq + 1;
-    assert_false(codec_msg_equal(&m, &other));
-    (void)state;
-}
-
-/* "rev_seq" is optional the same way: a task message from a client older
- * than the key decodes with 0 (unknown); when present it must be a
- * non-negative integer, and it is part of what makes two messages equal. */
-static void test_optional_rev_seq(void **state)
-{
-    struct codec_msg m, other;
-    struct mutation omit = {.omit = "rev_seq"};
-    static const uint8_t neg[] = {0xff};
-
-    golden_msg(&m, CODEC_TASK);
-    m.fwd.rev_seq = 0;
-    expect_build_ok(&m, &omit);
-    m.fwd.rev_seq = 200;
-    /* Omitted, it does not decode as the golden message's 200. */
-    struct buf b;
-    struct codec_msg got;
-    char err[256] = "";
-    buf_init(&b, 65536);
-    build(&b, &m, &omit);
-    assert_int_equal(codec_decode(b.data, b.len, &got, err, sizeof(err)), RT_OK);
-    assert_int_equal(got.fwd.rev_seq, 0);
-    assert_int_equal(got.fwd.status, 1);
-    assert_false(codec_msg_equal(&got, &m));
-    codec_msg_release(&got);
-    buf_release(&b);
-
-    struct mutation big = {
-        .replace = "rev_seq", .raw = "\xcf\xff\xff\xff\xff\xff\xff\xff\xff", .rawlen = 9};
-    m.fwd.rev_seq = UINT64_MAX;
-    expect_build_ok(&m, &big);
-    roundtrip(&m);
-
-    struct mutation negative = {.replace = "rev_seq", .raw = neg, .rawlen = sizeof(neg)};
-    expect_build_reject(&m, &negative, "key \"rev_seq\" is -1, must be >= 0");
-
-    golden_msg(&m, CODEC_TASK);
-    golden_msg(&other, CODEC_TASK);
-    other.fwd.rev_seq = m.fwd.rev_seq + 1;
-    assert_false(codec_msg_equal(&m, &other));
-    (void)state;
 }
 
 /* Every key, given a value of each type it must not have. */
 static void test_wrong_types(void **state)
 {
-    static const uint8_t v_nil[] = {0xc0};
-    static const uint8_t v_true[] = {0xc3};
-    static const uint8_t v_float[] = {0xcb, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0};
-    static const uint8_t v_float32[] = {0xca, 0x3f, 0x80, 0, 0};
-    static const uint8_t v_str[] = {0xa1, '1'};
-    static const uint8_t v_int[] = {0x01};
-    static const uint8_t v_bin[] = {0xc4, 0x01, 'x'};
-    static const uint8_t v_arr[] = {0x91, 0xa1, 'x'};
-    static const uint8_t v_map[] = {0x81, 0xa1, 'k', 0x01};
-    static const uint8_t v_ext[] = {0xd4, 0x01, 0x00};
-    static const struct {
-        const uint8_t *raw;
-        size_t len;
-        int is_int, is_str, is_arr;
-    } values[] = {
-        {v_nil, sizeof(v_nil), 0, 0, 0},     {v_true, sizeof(v_true), 0, 0, 0},
-        {v_float, sizeof(v_float), 0, 0, 0}, {v_float32, sizeof(v_float32), 0, 0, 0},
-        {v_str, sizeof(v_str), 0, 1, 0},     {v_int, sizeof(v_int), 1, 0, 0},
-        {v_bin, sizeof(v_bin), 0, 0, 0},     {v_arr, sizeof(v_arr), 0, 0, 1},
-        {v_map, sizeof(v_map), 0, 0, 0},     {v_ext, sizeof(v_ext), 0, 0, 0},
-    };
-
-    for (size_t i = 0; i < NKINDS; i++) {
-        struct codec_msg m;
-        struct field f[MAX_FIELDS];
-        golden_msg(&m, all_kinds[i]);
-        size_t n = msg_fields(&m, f);
-        for (size_t k = 0; k < n; k++) {
-            const char *key = f[k].key;
-            int want_str = strcmp(key, "kind") == 0 || strcmp(key, "client") == 0 ||
-                           strcmp(key, "name") == 0 || strcmp(key, "type") == 0 ||
-                           strcmp(key, "note") == 0 || strcmp(key, "deadline") == 0 ||
-                           strcmp(key, "item") == 0 || strcmp(key, "account") == 0 ||
-                           strcmp(key, "performer") == 0 || strcmp(key, "id") == 0;
-            int want_arr = strcmp(key, "notes") == 0;
-            int want_int = !want_str && !want_arr;
-            for (size_t j = 0; j < sizeof(values) / sizeof(values[0]); j++) {
-                if ((want_str && values[j].is_str) || (want_arr && values[j].is_arr) ||
-                    (want_int && values[j].is_int))
-                    continue;
-                char why[64];
-                struct mutation mu = {
-                    .replace = key, .raw = values[j].raw, .rawlen = values[j].len};
-                snprintf(why, sizeof(why), "key \"%s\" is not %s", key,
-                         want_str   ? "a string"
-                         : want_arr ? "an array"
-                                    : "an integer");
-                expect_build_reject(&m, &mu, why);
-            }
-        }
-        for (size_t k = 0; k < n; k++)
-            buf_release(&f[k].val);
-    }
+    for_each_golden_key(expect_wrong_types_refused);
 
     /* An entry of "notes" that is not a string. */
-    struct codec_msg m;
-    static const uint8_t notes[] = {0x92, 0xa1, 'x', 0x05};
-    struct mutation mu = {.replace = "notes", .raw = notes, .rawlen = sizeof(notes)};
-    golden_msg(&m, CODEC_STATE);
-    expect_build_reject(&m, &mu, "key \"notes\" entry 1 is not a string");
+    const struct replace_case notes[] = {
+        {CODEC_STATE, "notes", BYTES(0x92, 0xa1, 'x', 0x05),
+         "key \"notes\" entry 1 is not a string"},
+    };
+    expect_replace_rejects(notes, NROWS(notes));
 }
 
 /* Every integer width is accepted when the value fits; ranges are checked. */
 static void test_integer_encodings(void **state)
 {
-    static const uint8_t one[][9] = {
-        {0x01},
-        {0xcc, 0x01},
-        {0xcd, 0x00, 0x01},
-        {0xce, 0x00, 0x00, 0x00, 0x01},
-        {0xcf, 0, 0, 0, 0, 0, 0, 0, 0x01},
-        {0xd0, 0x01},
-        {0xd1, 0x00, 0x01},
-        {0xd2, 0x00, 0x00, 0x00, 0x01},
-        {0xd3, 0, 0, 0, 0, 0, 0, 0, 0x01},
+    const struct {
+        const uint8_t *raw;
+        size_t len;
+    } one[] = {
+        {BYTES(0x01)},
+        {BYTES(0xcc, 0x01)},
+        {BYTES(0xcd, 0x00, 0x01)},
+        {BYTES(0xce, 0x00, 0x00, 0x00, 0x01)},
+        {BYTES(0xcf, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01)},
+        {BYTES(0xd0, 0x01)},
+        {BYTES(0xd1, 0x00, 0x01)},
+        {BYTES(0xd2, 0x00, 0x00, 0x00, 0x01)},
+        {BYTES(0xd3, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01)},
     };
-    static const size_t one_len[] = {1, 2, 3, 5, 9, 2, 3, 5, 9};
+    static const char *const keys_of_one[] = {"v", "status", "seq", "task"};
     struct codec_msg m;
 
-    for (size_t i = 0; i < sizeof(one_len) / sizeof(one_len[0]); i++) {
-        /* v, status and seq all equal 1 in this message. */
-        golden_msg(&m, CODEC_TASK);
-        m.seq = 1;
-        struct mutation mu = {.replace = "v", .raw = one[i], .rawlen = one_len[i]};
-        expect_build_ok(&m, &mu);
-        mu.replace = "status";
-        expect_build_ok(&m, &mu);
-        mu.replace = "seq";
-        expect_build_ok(&m, &mu);
-        mu.replace = "task";
-        m.task = 1;
-        expect_build_ok(&m, &mu);
+    for (size_t i = 0; i < NROWS(one); i++) {
+        for (size_t k = 0; k < NROWS(keys_of_one); k++) {
+            /* v, status and seq equal 1 in this message, and so does task
+             * when it is the key replaced. */
+            golden_msg(&m, CODEC_TASK);
+            m.seq = 1;
+            if (strcmp(keys_of_one[k], "task") == 0)
+                m.task = 1;
+            struct mutation mu = {
+                .replace = keys_of_one[k], .raw = one[i].raw, .rawlen = one[i].len};
+            expect_build_ok(&m, &mu);
+        }
     }
 
-    /* int64 holding the largest and the smallest values. */
+    /* int64 holding the largest value, uint64 holding its largest. */
     static const uint8_t i64_max[] = {0xd3, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
-    static const uint8_t u64_over[] = {0xcf, 0x80, 0, 0, 0, 0, 0, 0, 0};
     static const uint8_t u64_max[] = {0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
-    static const uint8_t i64_min[] = {0xd3, 0x80, 0, 0, 0, 0, 0, 0, 0};
-    static const uint8_t i8_neg[] = {0xd0, 0x80};        /* -128 */
-    static const uint8_t i16_neg[] = {0xd1, 0xff, 0xfe}; /* -2 */
-    static const uint8_t i32_neg[] = {0xd2, 0x80, 0, 0, 0};
-    static const uint8_t fix_neg[] = {0xff}; /* -1 */
-    static const uint8_t status3[] = {0x03};
-    static const uint8_t status_big[] = {0xce, 0x00, 0x01, 0x00, 0x02};
-
     golden_msg(&m, CODEC_TASK);
     m.task = INT64_MAX;
     struct mutation mu = {.replace = "task", .raw = i64_max, .rawlen = sizeof(i64_max)};
     expect_build_ok(&m, &mu);
-
-    mu.raw = u64_over;
-    mu.rawlen = sizeof(u64_over);
-    expect_build_reject(&m, &mu, "key \"task\" is 9223372036854775808, out of range");
-    mu.raw = i64_min;
-    mu.rawlen = sizeof(i64_min);
-    expect_build_reject(&m, &mu, "key \"task\" is -9223372036854775808, must be > 0");
-
     golden_msg(&m, CODEC_TASK);
     m.seq = UINT64_MAX;
     mu = (struct mutation){.replace = "seq", .raw = u64_max, .rawlen = sizeof(u64_max)};
     expect_build_ok(&m, &mu);
-    mu.raw = fix_neg;
-    mu.rawlen = sizeof(fix_neg);
-    expect_build_reject(&m, &mu, "key \"seq\" is -1, must be >= 0");
 
-    golden_msg(&m, CODEC_SYNC);
-    mu = (struct mutation){.replace = "ts", .raw = i8_neg, .rawlen = sizeof(i8_neg)};
-    expect_build_reject(&m, &mu, "key \"ts\" is -128, must be >= 0");
-    mu.raw = i16_neg;
-    mu.rawlen = sizeof(i16_neg);
-    expect_build_reject(&m, &mu, "key \"ts\" is -2, must be >= 0");
-    mu.raw = i32_neg;
-    mu.rawlen = sizeof(i32_neg);
-    expect_build_reject(&m, &mu, "key \"ts\" is -2147483648, must be >= 0");
-
-    golden_msg(&m, CODEC_SYNC_DONE);
-    mu = (struct mutation){.replace = "count", .raw = fix_neg, .rawlen = sizeof(fix_neg)};
-    expect_build_reject(&m, &mu, "key \"count\" is -1, must be >= 0");
-
-    golden_msg(&m, CODEC_STATE);
-    mu = (struct mutation){.replace = "status", .raw = status3, .rawlen = sizeof(status3)};
-    expect_build_reject(&m, &mu, "key \"status\" is 3, must be 0, 1 or 2");
-    /* 65538 would be 2 if it were narrowed before the range check. */
-    mu.raw = status_big;
-    mu.rawlen = sizeof(status_big);
-    expect_build_reject(&m, &mu, "key \"status\" is 65538, must be 0, 1 or 2");
-    mu = (struct mutation){.replace = "performer_id", .raw = fix_neg, .rawlen = sizeof(fix_neg)};
-    expect_build_reject(&m, &mu, "key \"performer_id\" is -1, must be >= 0");
-
-    golden_msg(&m, CODEC_TASK);
-    mu = (struct mutation){.replace = "department", .raw = fix_neg, .rawlen = sizeof(fix_neg)};
-    expect_build_reject(&m, &mu, "key \"department\" is -1, must be > 0");
-
-    golden_msg(&m, CODEC_SYNC);
-    mu = (struct mutation){.replace = "task", .raw = status3, .rawlen = sizeof(status3)};
-    expect_build_reject(&m, &mu, "key \"task\" is 3, must be 0 for sync");
+    const struct replace_case refused[] = {
+        {CODEC_TASK, "task", BYTES(0xcf, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00),
+         "key \"task\" is 9223372036854775808, out of range"},
+        {CODEC_TASK, "task", BYTES(0xd3, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00),
+         "key \"task\" is -9223372036854775808, must be > 0"},
+        {CODEC_TASK, "seq", BYTES(0xff), "key \"seq\" is -1, must be >= 0"},
+        {CODEC_SYNC, "ts", BYTES(0xd0, 0x80), "key \"ts\" is -128, must be >= 0"},
+        {CODEC_SYNC, "ts", BYTES(0xd1, 0xff, 0xfe), "key \"ts\" is -2, must be >= 0"},
+        {CODEC_SYNC, "ts", BYTES(0xd2, 0x80, 0x00, 0x00, 0x00),
+         "key \"ts\" is -2147483648, must be >= 0"},
+        {CODEC_SYNC_DONE, "count", BYTES(0xff), "key \"count\" is -1, must be >= 0"},
+        {CODEC_STATE, "status", BYTES(0x03), "key \"status\" is 3, must be 0, 1 or 2"},
+        /* 65538 would be 2 if it were narrowed before the range check. */
+        {CODEC_STATE, "status", BYTES(0xce, 0x00, 0x01, 0x00, 0x02),
+         "key \"status\" is 65538, must be 0, 1 or 2"},
+        {CODEC_STATE, "performer_id", BYTES(0xff), "key \"performer_id\" is -1, must be >= 0"},
+        {CODEC_TASK, "department", BYTES(0xff), "key \"department\" is -1, must be > 0"},
+        {CODEC_SYNC, "task", BYTES(0x03), "key \"task\" is 3, must be 0 for sync"},
+    };
+    expect_replace_rejects(refused, NROWS(refused));
 }
 
 static void test_version(void **state)
 {
-    static const uint8_t v2[] = {0x02}, v0[] = {0x00}, vneg[] = {0xff};
-    static const uint8_t vbig[] = {0xcd, 0x01, 0x00};
-    struct codec_msg m;
-    golden_msg(&m, CODEC_TASK);
-
-    struct mutation mu = {.replace = "v", .raw = v2, .rawlen = 1};
-    expect_build_reject(&m, &mu, "version 2 not supported");
-    mu.raw = v0;
-    expect_build_reject(&m, &mu, "version 0 not supported");
-    mu.raw = vneg;
-    expect_build_reject(&m, &mu, "version -1 not supported");
-    mu.raw = vbig;
-    mu.rawlen = sizeof(vbig);
-    expect_build_reject(&m, &mu, "version 256 not supported");
+    const struct replace_case refused[] = {
+        {CODEC_TASK, "v", BYTES(0x02), "version 2 not supported"},
+        {CODEC_TASK, "v", BYTES(0x00), "version 0 not supported"},
+        {CODEC_TASK, "v", BYTES(0xff), "version -1 not supported"},
+        {CODEC_TASK, "v", BYTES(0xcd, 0x01, 0x00), "version 256 not supported"},
+    };
+    expect_replace_rejects(refused, NROWS(refused));
 
     /* The version is checked before anything else the kind needs. */
-    mu = (struct mutation){.replace = "v", .raw = v2, .rawlen = 1, .omit = "client"};
+    struct codec_msg m;
+    struct mutation mu = {.replace = "v", .raw = "\x02", .rawlen = 1, .omit = "client"};
+    golden_msg(&m, CODEC_TASK);
     expect_build_reject(&m, &mu, "version 2 not supported");
 }
 
 static void test_unknown_kind(void **state)
 {
-    static const uint8_t foo[] = {0xa3, 'f', 'o', 'o'};
-    static const uint8_t empty[] = {0xa0};
-    static const uint8_t upper[] = {0xa4, 'T', 'A', 'S', 'K'};
-    static const uint8_t ctrl[] = {0xa4, 'a', '\n', '"', 'b'};
-    static const uint8_t nul[] = {0xa5, 't', 'a', 's', 'k', 0x00};
+    const struct replace_case refused[] = {
+        {CODEC_SYNC, "kind", BYTES(0xa3, 'f', 'o', 'o'), "unknown kind \"foo\""},
+        {CODEC_SYNC, "kind", BYTES(0xa0), "unknown kind \"\""},
+        {CODEC_SYNC, "kind", BYTES(0xa4, 'T', 'A', 'S', 'K'), "unknown kind \"TASK\""},
+        /* Text from outside is shown tamed, never raw. */
+        {CODEC_SYNC, "kind", BYTES(0xa4, 'a', '\n', '"', 'b'), "unknown kind \"a??b\""},
+        {CODEC_SYNC, "kind", BYTES(0xa5, 't', 'a', 's', 'k', 0x00),
+         "key \"kind\" holds a NUL byte"},
+    };
+    expect_replace_rejects(refused, NROWS(refused));
+
+    /* 40 bytes, shown cut to 32. */
     uint8_t longkind[1 + 1 + 40];
-    struct codec_msg m;
-
-    golden_msg(&m, CODEC_SYNC);
-    struct mutation mu = {.replace = "kind", .raw = foo, .rawlen = sizeof(foo)};
-    expect_build_reject(&m, &mu, "unknown kind \"foo\"");
-    mu.raw = empty;
-    mu.rawlen = sizeof(empty);
-    expect_build_reject(&m, &mu, "unknown kind \"\"");
-    mu.raw = upper;
-    mu.rawlen = sizeof(upper);
-    expect_build_reject(&m, &mu, "unknown kind \"TASK\"");
-    /* Text from outside is shown tamed, never raw. */
-    mu.raw = ctrl;
-    mu.rawlen = sizeof(ctrl);
-    expect_build_reject(&m, &mu, "unknown kind \"a??b\"");
-    mu.raw = nul;
-    mu.rawlen = sizeof(nul);
-    expect_build_reject(&m, &mu, "key \"kind\" holds a NUL byte");
-
     longkind[0] = 0xd9;
     longkind[1] = 40;
     memset(longkind + 2, 'k', 40);
-    mu.raw = longkind;
-    mu.rawlen = sizeof(longkind);
+    struct codec_msg m;
+    struct mutation mu = {.replace = "kind", .raw = longkind, .rawlen = sizeof(longkind)};
+    golden_msg(&m, CODEC_SYNC);
     expect_build_reject(&m, &mu, "unknown kind \"kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk...\"");
 }
 
@@ -1247,25 +1264,13 @@ static void test_decode_over_caps(void **state)
     struct buf raw;
     buf_init(&raw, 2u * 1024 * 1024);
 
-#define OVER_DEC(kind, key, cap, what)                                                             \
-    do {                                                                                           \
-        golden_msg(&m, kind);                                                                      \
-        buf_reset(&raw);                                                                           \
-        w_strn(&raw, big, (cap) + 1);                                                              \
-        struct mutation mu = {.replace = key, .raw = raw.data, .rawlen = raw.len};                 \
-        expect_build_reject(&m, &mu, what);                                                        \
-    } while (0)
-    OVER_DEC(CODEC_TASK, "client", CODEC_MAX_CLIENT, "key \"client\" is 65 bytes, cap 64");
-    OVER_DEC(CODEC_TASK, "name", CODEC_MAX_NAME, "key \"name\" is 4097 bytes, cap 4096");
-    OVER_DEC(CODEC_TASK, "type", CODEC_MAX_TYPE, "key \"type\" is 129 bytes, cap 128");
-    OVER_DEC(CODEC_TASK, "note", CODEC_MAX_NOTE, "key \"note\" is 1048577 bytes, cap 1048576");
-    OVER_DEC(CODEC_TASK, "deadline", CODEC_MAX_DEADLINE, "key \"deadline\" is 33 bytes, cap 32");
-    OVER_DEC(CODEC_TASK, "item", CODEC_MAX_ITEM, "key \"item\" is 4097 bytes, cap 4096");
-    OVER_DEC(CODEC_TASK, "account", CODEC_MAX_ACCOUNT, "key \"account\" is 4097 bytes, cap 4096");
-    OVER_DEC(CODEC_STATE, "performer", CODEC_MAX_PERFORMER,
-             "key \"performer\" is 1025 bytes, cap 1024");
-    OVER_DEC(CODEC_SYNC, "id", CODEC_MAX_ID, "key \"id\" is 65 bytes, cap 64");
-#undef OVER_DEC
+    for (size_t i = 0; i < NROWS(over_caps); i++) {
+        golden_msg(&m, over_caps[i].kind);
+        buf_reset(&raw);
+        w_strn(&raw, big, over_caps[i].cap + 1);
+        struct mutation mu = {.replace = over_caps[i].key, .raw = raw.data, .rawlen = raw.len};
+        expect_build_reject(&m, &mu, over_caps[i].why);
+    }
 
     /* One entry of "notes" over its cap. */
     golden_msg(&m, CODEC_STATE);
@@ -1297,36 +1302,19 @@ static void test_decode_over_caps(void **state)
 
 static void test_text_checks_on_decode(void **state)
 {
-    static const uint8_t nul[] = {0xa3, 'a', 0x00, 'b'};
-    static const uint8_t overlong[] = {0xa2, 0xc0, 0xaf};
-    static const uint8_t surrogate[] = {0xa3, 0xed, 0xa0, 0x80};
-    static const uint8_t cut[] = {0xa2, 0xe2, 0x82};
-    static const uint8_t bad_date[] = {0xaa, '2', '0', '2', '4', '-', '0', '5', '-', '0', '1'};
-    static const uint8_t notes_nul[] = {0x91, 0xa2, 'x', 0x00};
-    static const uint8_t empty[] = {0xa0};
-    struct codec_msg m;
-
-    golden_msg(&m, CODEC_TASK);
-    struct mutation mu = {.replace = "name", .raw = nul, .rawlen = sizeof(nul)};
-    expect_build_reject(&m, &mu, "key \"name\" holds a NUL byte");
-    mu = (struct mutation){.replace = "note", .raw = overlong, .rawlen = sizeof(overlong)};
-    expect_build_reject(&m, &mu, "key \"note\" is not valid UTF-8 (byte 0)");
-    mu = (struct mutation){.replace = "item", .raw = surrogate, .rawlen = sizeof(surrogate)};
-    expect_build_reject(&m, &mu, "key \"item\" is not valid UTF-8");
-    mu = (struct mutation){.replace = "account", .raw = cut, .rawlen = sizeof(cut)};
-    expect_build_reject(&m, &mu, "key \"account\" is not valid UTF-8");
-    mu = (struct mutation){.replace = "deadline", .raw = bad_date, .rawlen = sizeof(bad_date)};
-    expect_build_reject(&m, &mu, "key \"deadline\" is not empty nor");
-    mu = (struct mutation){.replace = "client", .raw = empty, .rawlen = sizeof(empty)};
-    expect_build_reject(&m, &mu, "key \"client\" is empty");
-
-    golden_msg(&m, CODEC_STATE);
-    mu = (struct mutation){.replace = "notes", .raw = notes_nul, .rawlen = sizeof(notes_nul)};
-    expect_build_reject(&m, &mu, "key \"notes\" entry 0 holds a NUL byte");
-
-    golden_msg(&m, CODEC_SYNC_DONE);
-    mu = (struct mutation){.replace = "id", .raw = empty, .rawlen = sizeof(empty)};
-    expect_build_reject(&m, &mu, "key \"id\" is empty");
+    const struct replace_case refused[] = {
+        {CODEC_TASK, "name", BYTES(0xa3, 'a', 0x00, 'b'), "key \"name\" holds a NUL byte"},
+        {CODEC_TASK, "note", BYTES(0xa2, 0xc0, 0xaf), "key \"note\" is not valid UTF-8 (byte 0)"},
+        {CODEC_TASK, "item", BYTES(0xa3, 0xed, 0xa0, 0x80), "key \"item\" is not valid UTF-8"},
+        {CODEC_TASK, "account", BYTES(0xa2, 0xe2, 0x82), "key \"account\" is not valid UTF-8"},
+        {CODEC_TASK, "deadline", BYTES(0xaa, '2', '0', '2', '4', '-', '0', '5', '-', '0', '1'),
+         "key \"deadline\" is not empty nor"},
+        {CODEC_TASK, "client", BYTES(0xa0), "key \"client\" is empty"},
+        {CODEC_STATE, "notes", BYTES(0x91, 0xa2, 'x', 0x00),
+         "key \"notes\" entry 0 holds a NUL byte"},
+        {CODEC_SYNC_DONE, "id", BYTES(0xa0), "key \"id\" is empty"},
+    };
+    expect_replace_rejects(refused, NROWS(refused));
 }
 
 static void test_trailing_bytes(void **state)
@@ -1334,9 +1322,7 @@ static void test_trailing_bytes(void **state)
     for (size_t i = 0; i < NKINDS; i++) {
         struct codec_msg m;
         struct buf b;
-        golden_msg(&m, all_kinds[i]);
-        buf_init(&b, CODEC_MAX_BODY);
-        encode_ok(&m, &b);
+        golden_body(all_kinds[i], &m, &b);
         w_byte(&b, 0xc0);
         expect_reject(b.data, b.len, "1 trailing bytes after the map");
         encode_ok(&m, &b); /* a second whole body after the first */
@@ -1351,9 +1337,7 @@ static void test_truncated_prefixes(void **state)
     for (size_t i = 0; i < NKINDS; i++) {
         struct codec_msg m;
         struct buf b;
-        golden_msg(&m, all_kinds[i]);
-        buf_init(&b, CODEC_MAX_BODY);
-        encode_ok(&m, &b);
+        golden_body(all_kinds[i], &m, &b);
         for (size_t len = 0; len < b.len; len++) {
             /* A copy of exactly len bytes, so ASan sees any read past it. */
             uint8_t *cut = malloc(len ? len : 1);
@@ -1371,80 +1355,65 @@ static void test_truncated_prefixes(void **state)
 /* Declared lengths far past the input are refused without allocating. */
 static void test_huge_declared_lengths(void **state)
 {
-    static const struct {
-        uint8_t bytes[9];
-        size_t len;
-        const char *why;
-    } tops[] = {
-        {{0xdf, 0xff, 0xff, 0xff, 0xff}, 5, "map of 4294967295 keys at byte 0, cap 64"},
-        {{0xde, 0xff, 0xff}, 3, "map of 65535 keys"},
-        {{0xdd, 0xff, 0xff, 0xff, 0xff}, 5, "array of 4294967295 elements"},
-        {{0xdb, 0xff, 0xff, 0xff, 0xff}, 5, "string of 4294967295 bytes at byte 0 runs past"},
-        {{0xc6, 0xff, 0xff, 0xff, 0xff}, 5, "truncated body"},
-        {{0xc9, 0xff, 0xff, 0xff, 0xff, 0x01}, 6, "truncated body"},
-        {{0x81, 0xa1, 'x', 0xdb, 0x7f, 0xff, 0xff, 0xff}, 8, "runs past the end"},
-        {{0x81, 0xa1, 'x', 0xdd, 0xff, 0xff, 0xff, 0xff}, 8, "array of 4294967295 elements"},
-        {{0x81, 0xa1, 'x', 0xdf, 0xff, 0xff, 0xff, 0xff}, 8, "map of 4294967295 keys"},
-        {{0x81, 0xa1, 'x', 0xc6, 0xff, 0xff, 0xff, 0xff}, 8, "truncated body"},
-        {{0x81, 0xa1, 'x', 0xc8, 0xff, 0xff, 0x01}, 7, "truncated body"},
-        {{0x81, 0xa1, 'x', 0xd8, 0x01}, 5, "truncated body"},
-        {{0x81, 0xa1, 'x', 0xcb, 0x00}, 5, "truncated body"},
-        {{0x81, 0xa1, 'x', 0xcf, 0x00}, 5, "truncated body"},
-        {{0x81, 0xda, 0xff, 0xff, 'x'}, 5, "runs past the end"},
-        {{0x81, 0xa1, 'x', 0x9f}, 4, "truncated body"},
+    const struct raw_case tops[] = {
+        {BYTES(0xdf, 0xff, 0xff, 0xff, 0xff), "map of 4294967295 keys at byte 0, cap 64"},
+        {BYTES(0xde, 0xff, 0xff), "map of 65535 keys"},
+        {BYTES(0xdd, 0xff, 0xff, 0xff, 0xff), "array of 4294967295 elements"},
+        {BYTES(0xdb, 0xff, 0xff, 0xff, 0xff), "string of 4294967295 bytes at byte 0 runs past"},
+        {BYTES(0xc6, 0xff, 0xff, 0xff, 0xff), "truncated body"},
+        {BYTES(0xc9, 0xff, 0xff, 0xff, 0xff, 0x01), "truncated body"},
+        {BYTES(0x81, 0xa1, 'x', 0xdb, 0x7f, 0xff, 0xff, 0xff), "runs past the end"},
+        {BYTES(0x81, 0xa1, 'x', 0xdd, 0xff, 0xff, 0xff, 0xff), "array of 4294967295 elements"},
+        {BYTES(0x81, 0xa1, 'x', 0xdf, 0xff, 0xff, 0xff, 0xff), "map of 4294967295 keys"},
+        {BYTES(0x81, 0xa1, 'x', 0xc6, 0xff, 0xff, 0xff, 0xff), "truncated body"},
+        {BYTES(0x81, 0xa1, 'x', 0xc8, 0xff, 0xff, 0x01), "truncated body"},
+        {BYTES(0x81, 0xa1, 'x', 0xd8, 0x01), "truncated body"},
+        {BYTES(0x81, 0xa1, 'x', 0xcb, 0x00), "truncated body"},
+        {BYTES(0x81, 0xa1, 'x', 0xcf, 0x00), "truncated body"},
+        {BYTES(0x81, 0xda, 0xff, 0xff, 'x'), "runs past the end"},
+        {BYTES(0x81, 0xa1, 'x', 0x9f), "truncated body"},
     };
-    for (size_t i = 0; i < sizeof(tops) / sizeof(tops[0]); i++)
-        expect_reject(tops[i].bytes, tops[i].len, tops[i].why);
+    expect_raw_rejects(tops, NROWS(tops));
 
     /* Inside a known key of an otherwise valid message. */
-    static const uint8_t notes_huge[] = {0xdd, 0xff, 0xff, 0xff, 0xff};
-    static const uint8_t name_huge[] = {0xdb, 0xff, 0xff, 0xff, 0xf0};
-    struct codec_msg m;
-    golden_msg(&m, CODEC_STATE);
-    struct mutation mu = {.replace = "notes", .raw = notes_huge, .rawlen = sizeof(notes_huge)};
-    expect_build_reject(&m, &mu, "array of 4294967295 elements");
-    golden_msg(&m, CODEC_TASK);
-    mu = (struct mutation){.replace = "name", .raw = name_huge, .rawlen = sizeof(name_huge)};
-    expect_build_reject(&m, &mu, "string of 4294967280 bytes");
+    const struct replace_case inside[] = {
+        {CODEC_STATE, "notes", BYTES(0xdd, 0xff, 0xff, 0xff, 0xff), "array of 4294967295 elements"},
+        {CODEC_TASK, "name", BYTES(0xdb, 0xff, 0xff, 0xff, 0xf0), "string of 4294967280 bytes"},
+    };
+    expect_replace_rejects(inside, NROWS(inside));
 }
 
 static void test_structure(void **state)
 {
-    static const uint8_t not_map_arr[] = {0x90};
-    static const uint8_t not_map_int[] = {0x01};
-    static const uint8_t not_map_str[] = {0xa1, 'x'};
-    static const uint8_t empty_map[] = {0x80};
-    static const uint8_t never_used[] = {0x81, 0xa1, 'x', 0xc1};
-    static const uint8_t int_key[] = {0x81, 0x01, 0x01};
-    static const uint8_t nil_key[] = {0x81, 0xc0, 0x01};
+    const struct raw_case refused[] = {
+        {BYTES(0x90), "body is not a map"},
+        {BYTES(0x01), "body is not a map"},
+        {BYTES(0xa1, 'x'), "body is not a map"},
+        {BYTES(0x80), "missing required key \"v\""},
+        {BYTES(0x81, 0xa1, 'x', 0xc1), "invalid msgpack byte 0xc1 at byte 3"},
+        {BYTES(0x81, 0x01, 0x01), "map key at byte 1 is not a string"},
+        {BYTES(0x81, 0xc0, 0x01), "map key at byte 1 is not a string"},
+    };
+    expect_raw_rejects(refused, NROWS(refused));
 
-    expect_reject(not_map_arr, sizeof(not_map_arr), "body is not a map");
-    expect_reject(not_map_int, sizeof(not_map_int), "body is not a map");
-    expect_reject(not_map_str, sizeof(not_map_str), "body is not a map");
-    expect_reject(empty_map, sizeof(empty_map), "missing required key \"v\"");
-    expect_reject(never_used, sizeof(never_used), "invalid msgpack byte 0xc1 at byte 3");
-    expect_reject(int_key, sizeof(int_key), "map key at byte 1 is not a string");
-    expect_reject(nil_key, sizeof(nil_key), "map key at byte 1 is not a string");
+    /* The same known key twice ("seq": 3, as the golden task has). */
+    const struct extra_case twice[] = {
+        {CODEC_TASK, BYTES(0xa3, 's', 'e', 'q', 0x03), 1, "duplicate key \"seq\""},
+    };
+    expect_extra_cases(twice, NROWS(twice));
 
-    /* The same known key twice, with the same or another value. */
+    /* 65 pairs: 15 known, 50 unknown. */
     struct codec_msg m;
     struct buf extra;
     buf_init(&extra, 1024);
     golden_msg(&m, CODEC_TASK);
-    w_str(&extra, "seq");
-    w_uint(&extra, m.seq);
-    struct mutation mu = {.extra = extra.data, .extralen = extra.len, .nextra = 1};
-    expect_build_reject(&m, &mu, "duplicate key \"seq\"");
-
-    /* 65 pairs: 15 known, 50 unknown. */
-    buf_reset(&extra);
     for (int i = 0; i < 50; i++) {
         char key[16];
         snprintf(key, sizeof(key), "x%d", i);
         w_str(&extra, key);
         w_uint(&extra, (uint64_t)i);
     }
-    mu = (struct mutation){.extra = extra.data, .extralen = extra.len, .nextra = 50};
+    struct mutation mu = {.extra = extra.data, .extralen = extra.len, .nextra = 50};
     expect_build_reject(&m, &mu, "map of 65 keys at byte 0, cap 64");
     /* 64 pairs are fine. */
     mu.nextra = 49;
@@ -1455,47 +1424,25 @@ static void test_structure(void **state)
 
 static void test_nesting(void **state)
 {
-    struct codec_msg m;
-    struct buf extra;
-    buf_init(&extra, 1024);
-    golden_msg(&m, CODEC_SYNC);
-
-    /* The body (level 1) holding "deep": {"a": [1, "x"]} (levels 2, 3). */
-    w_str(&extra, "deep");
-    w_map(&extra, 1);
-    w_str(&extra, "a");
-    w_arr(&extra, 2);
-    w_uint(&extra, 1);
-    w_str(&extra, "x");
-    struct mutation mu = {.extra = extra.data, .extralen = extra.len, .nextra = 1};
-    expect_build_ok(&m, &mu);
-
-    /* One more level is refused, whether map or array, even empty. */
-    buf_reset(&extra);
-    w_str(&extra, "deep");
-    w_map(&extra, 1);
-    w_str(&extra, "a");
-    w_map(&extra, 1);
-    w_str(&extra, "b");
-    w_arr(&extra, 0);
-    mu = (struct mutation){.extra = extra.data, .extralen = extra.len, .nextra = 1};
-    expect_build_reject(&m, &mu, "nesting deeper than 3");
-    buf_reset(&extra);
-    w_str(&extra, "deep");
-    w_arr(&extra, 1);
-    w_arr(&extra, 1);
-    w_map(&extra, 0);
-    mu = (struct mutation){.extra = extra.data, .extralen = extra.len, .nextra = 1};
-    expect_build_reject(&m, &mu, "nesting deeper than 3");
+    const struct extra_case extras[] = {
+        /* The body (level 1) holding "deep": {"a": [1, "x"]} (levels 2, 3). */
+        {CODEC_SYNC, BYTES(0xa4, 'd', 'e', 'e', 'p', 0x81, 0xa1, 'a', 0x92, 0x01, 0xa1, 'x'), 1,
+         NULL},
+        /* One more level is refused, whether map or array, even empty:
+         * "deep": {"a": {"b": []}} and "deep": [[{}]]. */
+        {CODEC_SYNC, BYTES(0xa4, 'd', 'e', 'e', 'p', 0x81, 0xa1, 'a', 0x81, 0xa1, 'b', 0x90), 1,
+         "nesting deeper than 3"},
+        {CODEC_SYNC, BYTES(0xa4, 'd', 'e', 'e', 'p', 0x91, 0x91, 0x80), 1, "nesting deeper than 3"},
+    };
+    expect_extra_cases(extras, NROWS(extras));
 
     /* Inside a known key too: a note that is an array of arrays of maps. */
-    golden_msg(&m, CODEC_STATE);
-    static const uint8_t deep_notes[] = {0x91, 0x91, 0x81, 0xa1, 'k', 0x01};
-    mu = (struct mutation){.replace = "notes", .raw = deep_notes, .rawlen = sizeof(deep_notes)};
-    expect_build_reject(&m, &mu, "nesting deeper than 3");
-    static const uint8_t nested_notes[] = {0x91, 0x91, 0xa1, 'x'};
-    mu = (struct mutation){.replace = "notes", .raw = nested_notes, .rawlen = sizeof(nested_notes)};
-    expect_build_reject(&m, &mu, "key \"notes\" entry 0 is not a string");
+    const struct replace_case notes[] = {
+        {CODEC_STATE, "notes", BYTES(0x91, 0x91, 0x81, 0xa1, 'k', 0x01), "nesting deeper than 3"},
+        {CODEC_STATE, "notes", BYTES(0x91, 0x91, 0xa1, 'x'),
+         "key \"notes\" entry 0 is not a string"},
+    };
+    expect_replace_rejects(notes, NROWS(notes));
 
     /* A deep chain cannot exhaust the stack: the walk stops at level 4. */
     uint8_t chain[100000];
@@ -1504,7 +1451,6 @@ static void test_nesting(void **state)
     chain[1] = 0xa1;
     chain[2] = 'x';
     expect_reject(chain, sizeof(chain), "nesting deeper than 3");
-    buf_release(&extra);
 }
 
 /* Unknown keys are skipped whatever they hold; keys of another kind count
@@ -1643,8 +1589,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_golden_vectors),
         cmocka_unit_test(test_golden_task_by_hand),
         cmocka_unit_test(test_missing_each_key),
-        cmocka_unit_test(test_optional_fwd_seq),
-        cmocka_unit_test(test_optional_rev_seq),
+        {"test_optional_fwd_seq", test_optional_seq, NULL, NULL, (void *)&optional_seqs[0]},
+        {"test_optional_rev_seq", test_optional_seq, NULL, NULL, (void *)&optional_seqs[1]},
         cmocka_unit_test(test_wrong_types),
         cmocka_unit_test(test_integer_encodings),
         cmocka_unit_test(test_version),
