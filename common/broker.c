@@ -19,8 +19,8 @@
 #include "netprobe.h"
 
 #define DEFAULT_CONNECT_TIMEOUT_MS 10000
-#define DEFAULT_MAX_MESSAGE ((size_t)CODEC_MAX_BODY)
-#define DEFAULT_MAX_UNCONFIRMED 65536
+#define DEFAULT_MAX_MESSAGE        ((size_t)CODEC_MAX_BODY)
+#define DEFAULT_MAX_UNCONFIRMED    65536
 
 /* ---- small helpers ---------------------------------------------------- */
 
@@ -57,7 +57,8 @@ static int copy_nodes(struct broker *b, const struct broker_opts *o, char *err, 
             return -1;
         }
         if (list[i].port <= 0 || list[i].port > 65535) {
-            snprintf(err, errlen, "broker: port %d of node %zu is out of range", list[i].port, i + 1);
+            snprintf(err, errlen, "broker: port %d of node %zu is out of range", list[i].port,
+                     i + 1);
             return -1;
         }
         b->nodes[i].host = strdup(list[i].host);
@@ -142,14 +143,15 @@ struct broker *broker_new(const struct broker_opts *o, char *err, size_t errlen)
     b->queue_type = strdup(qt);
     b->connection_name =
         strdup(o->connection_name && *o->connection_name ? o->connection_name : "remotetask");
-    if (!b->vhost || !b->user || !b->password || !b->ca_file || !b->cert_file ||
-        !b->key_file || !b->queue_type || !b->connection_name)
+    if (!b->vhost || !b->user || !b->password || !b->ca_file || !b->cert_file || !b->key_file ||
+        !b->queue_type || !b->connection_name)
         goto fail_alloc;
     b->verify_peer = o->verify_peer;
     b->verify_hostname = o->verify_hostname;
     b->heartbeat = o->heartbeat;
     b->prefetch = o->prefetch;
-    b->connect_timeout_ms = o->connect_timeout_ms ? o->connect_timeout_ms : DEFAULT_CONNECT_TIMEOUT_MS;
+    b->connect_timeout_ms =
+        o->connect_timeout_ms ? o->connect_timeout_ms : DEFAULT_CONNECT_TIMEOUT_MS;
     b->max_message = o->max_message ? o->max_message : DEFAULT_MAX_MESSAGE;
     b->max_unconfirmed = o->max_unconfirmed ? o->max_unconfirmed : DEFAULT_MAX_UNCONFIRMED;
     b->on_confirm = o->on_confirm;
@@ -205,4 +207,3 @@ const char *broker_strerror(const struct broker *b)
 {
     return b ? b->err : "no broker";
 }
-

@@ -31,7 +31,7 @@
  * (frozen, blackholed) then never makes a write block. */
 #define SEND_QUEUE_FRACTION 4
 
-/* ---- one node: socket, TLS, login, channels */
+/* ---- one node: socket, TLS, login, channels --------------------------- */
 
 /* The kernel must give up on a peer that vanished (no FIN, no RST) on its
  * own: librabbitmq 0.11 writes with no deadline, so a publish to a dead
@@ -92,8 +92,8 @@ static rt_status setup_tls(struct broker *b, amqp_socket_t *s)
     }
     if (*b->cert_file) {
         if (amqp_ssl_socket_set_key(s, b->cert_file, b->key_file) != AMQP_STATUS_OK) {
-            broker_set_err(b, "cannot load the client certificate \"%s\" with key \"%s\"", b->cert_file,
-                    b->key_file);
+            broker_set_err(b, "cannot load the client certificate \"%s\" with key \"%s\"",
+                           b->cert_file, b->key_file);
             return RT_REJECT;
         }
     }
@@ -106,8 +106,10 @@ static rt_status login(struct broker *b)
      * and a connection.close with a reason on a refused login only to
      * clients that announce these capabilities. */
     amqp_table_entry_t caps[] = {
-        broker_bool_entry("connection.blocked", 1),     broker_bool_entry("consumer_cancel_notify", 1),
-        broker_bool_entry("publisher_confirms", 1),     broker_bool_entry("basic.nack", 1),
+        broker_bool_entry("connection.blocked", 1),
+        broker_bool_entry("consumer_cancel_notify", 1),
+        broker_bool_entry("publisher_confirms", 1),
+        broker_bool_entry("basic.nack", 1),
         broker_bool_entry("authentication_failure_close", 1),
     };
     amqp_table_entry_t props[4];
@@ -120,12 +122,13 @@ static rt_status login(struct broker *b)
     props[3] = broker_str_entry("information", "BILLmanager tasks proxy");
     amqp_table_t table = {(int)(sizeof(props) / sizeof(props[0])), props};
 
-    amqp_rpc_reply_t r = amqp_login_with_properties(b->conn, b->vhost, 0, FRAME_MAX, b->heartbeat,
-                                                    &table, AMQP_SASL_METHOD_PLAIN, b->user,
-                                                    b->password);
+    amqp_rpc_reply_t r =
+        amqp_login_with_properties(b->conn, b->vhost, 0, FRAME_MAX, b->heartbeat, &table,
+                                   AMQP_SASL_METHOD_PLAIN, b->user, b->password);
     if (r.reply_type == AMQP_RESPONSE_NORMAL)
         return RT_OK;
-    if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION && r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
+    if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION &&
+        r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
         const amqp_connection_close_t *c = r.reply.decoded;
         char text[SHORTSTR];
         broker_copy_bytes(text, sizeof(text), c->reply_text);
@@ -143,7 +146,7 @@ static rt_status login(struct broker *b)
     }
     if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION)
         broker_set_err(b, "login for user \"%s\" on %s:%d failed: %s", b->user, b->host, b->port,
-                amqp_error_string2(r.library_error));
+                       amqp_error_string2(r.library_error));
     else
         broker_set_err(b, "login for user \"%s\" on %s:%d failed", b->user, b->host, b->port);
     return RT_RETRY;
@@ -152,7 +155,8 @@ static rt_status login(struct broker *b)
 static rt_status open_channels(struct broker *b)
 {
     amqp_channel_open(b->conn, CH_PUBLISH);
-    rt_status st = broker_rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_PUBLISH, "opening the publish channel", NULL);
+    rt_status st = broker_rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_PUBLISH,
+                                      "opening the publish channel", NULL);
     if (st != RT_OK)
         return RT_RETRY;
     amqp_confirm_select(b->conn, CH_PUBLISH);
@@ -160,7 +164,8 @@ static rt_status open_channels(struct broker *b)
     if (st != RT_OK)
         return RT_RETRY;
     amqp_channel_open(b->conn, CH_CONSUME);
-    st = broker_rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_CONSUME, "opening the consume channel", NULL);
+    st = broker_rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_CONSUME,
+                            "opening the consume channel", NULL);
     if (st != RT_OK)
         return RT_RETRY;
     amqp_basic_qos(b->conn, CH_CONSUME, 0, (uint16_t)b->prefetch, 0);
@@ -168,14 +173,15 @@ static rt_status open_channels(struct broker *b)
     if (st != RT_OK)
         return RT_RETRY;
     amqp_channel_open(b->conn, CH_QUERY);
-    st = broker_rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_QUERY, "opening the query channel", NULL);
+    st = broker_rpc_verdict(b, amqp_get_rpc_reply(b->conn), CH_QUERY, "opening the query channel",
+                            NULL);
     if (st != RT_OK)
         return RT_RETRY;
     b->query = QUERY_OPEN;
     return RT_OK;
 }
 
-/* ---- the node list: at once, or probed without blocking */
+/* ---- the node list: at once, or probed without blocking --------------- */
 
 /* The options of a probe of node i. */
 static void probe_opts(const struct broker *b, size_t i, struct netprobe_opts *po)
@@ -242,7 +248,8 @@ static rt_status connect_node(struct broker *b, size_t i)
         broker_set_err(b, "cannot connect to %s:%d: %s", b->host, b->port, amqp_error_string2(rc));
         /* A certificate that fails verification will fail again until
          * someone changes the configuration or the server's certificate. */
-        st = (rc == AMQP_STATUS_SSL_PEER_VERIFY_FAILED || rc == AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED)
+        st = (rc == AMQP_STATUS_SSL_PEER_VERIFY_FAILED ||
+              rc == AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED)
                  ? RT_REJECT
                  : RT_RETRY;
         if (st == RT_REJECT)
@@ -390,7 +397,7 @@ rt_status broker_connect_progress(struct broker *b)
     return all_reject ? RT_REJECT : RT_RETRY;
 }
 
-/* ---- the connection's state and the write guard */
+/* ---- the connection's state and the write guard ----------------------- */
 
 int broker_connecting(const struct broker *b)
 {
@@ -438,7 +445,7 @@ int64_t broker_silent_ms(const struct broker *b)
     return d > 0 ? d : 0;
 }
 
-/* ---- losing the connection */
+/* ---- losing the connection -------------------------------------------- */
 
 /* Destroys the connection and reports LOST for every unconfirmed publish.
  * The state is reset before the callbacks run, so a callback that tries to
@@ -493,8 +500,8 @@ void broker_teardown(struct broker *b, int polite)
     b->next_tag = 1;
     b->pend_base = 1;
     if (len > head)
-        log_info("AMQP connection to %s:%d closed with %zu publishes unconfirmed", b->host,
-                 b->port, len - head);
+        log_info("AMQP connection to %s:%d closed with %zu publishes unconfirmed", b->host, b->port,
+                 len - head);
     for (size_t i = head; i < len; i++) {
         if (pend[i].state == PEND_DONE || !b->on_confirm)
             continue;

@@ -25,7 +25,7 @@
 #define TAG_BITS 48
 #define TAG_MASK ((UINT64_C(1) << TAG_BITS) - 1)
 
-/* ---- consumers ----------------------------------------------------- */
+/* ---- consumers -------------------------------------------------------- */
 
 rt_status broker_consume(struct broker *b, const char *queue)
 {
@@ -44,7 +44,7 @@ rt_status broker_consume(struct broker *b, const char *queue)
     }
     if (b->n_consumers == BROKER_MAX_CONSUMERS) {
         broker_set_err(b, "consuming \"%s\": already %d consumers on this connection", queue,
-                BROKER_MAX_CONSUMERS);
+                       BROKER_MAX_CONSUMERS);
         return RT_REJECT;
     }
     if (b->n_consumers == b->consumers_cap) {
@@ -92,15 +92,14 @@ static const char *consumer_queue(struct broker *b, amqp_bytes_t tag, size_t *in
 }
 
 /* basic.deliver: a message of a consumed queue begins. */
-void broker_consume_on_deliver(struct broker *b, amqp_channel_t ch,
-                                      const amqp_basic_deliver_t *d)
+void broker_consume_on_deliver(struct broker *b, amqp_channel_t ch, const amqp_basic_deliver_t *d)
 {
     if (ch != CH_CONSUME || b->del_state != CONTENT_IDLE) {
         broker_protocol_error(b, "basic.deliver", ch);
         return;
     }
-    broker_delivery_begin(b, consumer_queue(b, d->consumer_tag, NULL), d->delivery_tag, d->redelivered,
-                   d->exchange, d->routing_key);
+    broker_delivery_begin(b, consumer_queue(b, d->consumer_tag, NULL), d->delivery_tag,
+                          d->redelivered, d->exchange, d->routing_key);
 }
 
 /* basic.cancel: the broker cancelled a consumer (its queue was deleted). */
@@ -122,7 +121,7 @@ void broker_consume_on_cancel(struct broker *b, const amqp_basic_cancel_t *c)
     }
 }
 
-/* ---- deliveries ---------------------------------------------------- */
+/* ---- deliveries ------------------------------------------------------- */
 
 /* A basic.deliver or basic.get-ok: the content header and body follow. */
 void broker_delivery_begin(struct broker *b, const char *queue, uint64_t tag, int redelivered,
@@ -142,6 +141,33 @@ void broker_delivery_begin(struct broker *b, const char *queue, uint64_t tag, in
     b->del_state = CONTENT_HEADER;
 }
 
+/* A header's value as the owner sees it: a string (its bytes in *sv) or an
+ * integer (booleans as 0/1, unsigned 64-bit values past INT64_MAX cut to
+ * it). Returns 0, or -1 for the kinds not kept. */
+static int header_value(const amqp_field_value_t *v, struct broker_header *h, amqp_bytes_t *sv)
+{
+    h->type = BROKER_HEADER_INT;
+    switch (v->kind) {
+    case AMQP_FIELD_KIND_UTF8:
+    case AMQP_FIELD_KIND_BYTES:
+        h->type = BROKER_HEADER_STR;
+        *sv = v->value.bytes;
+        return 0;
+    case AMQP_FIELD_KIND_BOOLEAN: h->num = v->value.boolean ? 1 : 0; return 0;
+    case AMQP_FIELD_KIND_I8: h->num = v->value.i8; return 0;
+    case AMQP_FIELD_KIND_U8: h->num = v->value.u8; return 0;
+    case AMQP_FIELD_KIND_I16: h->num = v->value.i16; return 0;
+    case AMQP_FIELD_KIND_U16: h->num = v->value.u16; return 0;
+    case AMQP_FIELD_KIND_I32: h->num = v->value.i32; return 0;
+    case AMQP_FIELD_KIND_U32: h->num = v->value.u32; return 0;
+    case AMQP_FIELD_KIND_I64: h->num = v->value.i64; return 0;
+    case AMQP_FIELD_KIND_U64:
+        h->num = v->value.u64 > INT64_MAX ? INT64_MAX : (int64_t)v->value.u64;
+        return 0;
+    default: return -1;
+    }
+}
+
 /* Copies the string and integer headers of a delivery into the broker's
  * fixed storage; what does not fit is dropped with a debug line. */
 static void copy_headers(struct broker *b, const amqp_table_t *t)
@@ -150,29 +176,9 @@ static void copy_headers(struct broker *b, const amqp_table_t *t)
     for (int i = 0; t && i < t->num_entries; i++) {
         const amqp_table_entry_t *e = &t->entries[i];
         struct broker_header h = {0};
-        const amqp_field_value_t *v = &e->value;
         amqp_bytes_t sv = {0, NULL};
-        switch (v->kind) {
-        case AMQP_FIELD_KIND_UTF8:
-        case AMQP_FIELD_KIND_BYTES:
-            h.type = BROKER_HEADER_STR;
-            sv = v->value.bytes;
-            break;
-        case AMQP_FIELD_KIND_BOOLEAN: h.type = BROKER_HEADER_INT; h.num = v->value.boolean ? 1 : 0; break;
-        case AMQP_FIELD_KIND_I8: h.type = BROKER_HEADER_INT; h.num = v->value.i8; break;
-        case AMQP_FIELD_KIND_U8: h.type = BROKER_HEADER_INT; h.num = v->value.u8; break;
-        case AMQP_FIELD_KIND_I16: h.type = BROKER_HEADER_INT; h.num = v->value.i16; break;
-        case AMQP_FIELD_KIND_U16: h.type = BROKER_HEADER_INT; h.num = v->value.u16; break;
-        case AMQP_FIELD_KIND_I32: h.type = BROKER_HEADER_INT; h.num = v->value.i32; break;
-        case AMQP_FIELD_KIND_U32: h.type = BROKER_HEADER_INT; h.num = v->value.u32; break;
-        case AMQP_FIELD_KIND_I64: h.type = BROKER_HEADER_INT; h.num = v->value.i64; break;
-        case AMQP_FIELD_KIND_U64:
-            h.type = BROKER_HEADER_INT;
-            h.num = v->value.u64 > INT64_MAX ? INT64_MAX : (int64_t)v->value.u64;
-            break;
-        default:
+        if (header_value(&e->value, &h, &sv) != 0)
             continue; /* arrays (x-death), tables, floats: not ours */
-        }
         size_t need = e->key.len + 1 + (h.type == BROKER_HEADER_STR ? sv.len + 1 : 0);
         if (n == BROKER_MAX_HEADERS || need > sizeof(b->d_arena) - used) {
             log_debug("dropping headers of a delivery past the %d kept", (int)n);
@@ -214,8 +220,7 @@ static void dispatch_delivery(struct broker *b)
 
 /* The content header of a delivery (consumed, or broker_get()'s answer):
  * its properties and headers are kept; an empty body completes it. */
-void broker_delivery_on_header(struct broker *b, const amqp_basic_properties_t *p,
-                                      uint64_t size)
+void broker_delivery_on_header(struct broker *b, const amqp_basic_properties_t *p, uint64_t size)
 {
     if (p && (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)) {
         broker_copy_bytes(b->d_message_id, sizeof(b->d_message_id), p->message_id);
@@ -346,7 +351,7 @@ const char *broker_delivery_header_str(const struct broker_delivery *d, const ch
     return NULL;
 }
 
-/* ---- acks and rejects ---------------------------------------------- */
+/* ---- acks and rejects ------------------------------------------------- */
 
 /* Sends one ack or reject now. 0, or -1 when the connection failed. */
 static int send_ack(struct broker *b, uint64_t tag, enum ack_op op)
@@ -354,7 +359,8 @@ static int send_ack(struct broker *b, uint64_t tag, enum ack_op op)
     int rc = op == ACK_ACK ? amqp_basic_ack(b->conn, CH_CONSUME, tag, 0)
                            : amqp_basic_reject(b->conn, CH_CONSUME, tag, op == ACK_REQUEUE);
     if (rc != AMQP_STATUS_OK) {
-        broker_set_err(b, "%s failed: %s", op == ACK_ACK ? "ack" : "reject", amqp_error_string2(rc));
+        broker_set_err(b, "%s failed: %s", op == ACK_ACK ? "ack" : "reject",
+                       amqp_error_string2(rc));
         broker_mark_dead(b);
         return -1;
     }

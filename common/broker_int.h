@@ -11,14 +11,14 @@
  *
  * The rules every part keeps:
  *   - A connection that fails is only marked (broker_mark_dead()); the
- *     outermost public call tears it down (broker_finish_call()), never a
- *     function that runs inside a callback, whose caller still walks the
- *     state.
+ *     outermost public call tears it down (broker_finish_call(), or
+ *     broker_process() itself), never a function that may run under a
+ *     callback, whose caller still walks the state.
  *   - Every callback of the owner runs between b->depth++ and b->depth--,
  *     so that the functions a callback may not call can refuse.
- *   - Writes that the event loop makes on its own (publishes, acks, depth
+ *   - Writes that must not wait for the node (publishes, acks, depth
  *     questions, the polite close) first ask broker_can_write(), so that
- *     a node that stopped reading never blocks the loop.
+ *     a node that stopped reading never blocks the caller's loop.
  */
 #ifndef RT_BROKER_INT_H
 #define RT_BROKER_INT_H
@@ -50,7 +50,7 @@
 #define NODE_NAME_MAX (SHORTSTR + 8)
 /* Room for the keys and string values of one delivery's headers. */
 #define HEADER_ARENA 8192
-#define SHORTSTR 256
+#define SHORTSTR     256
 
 /* Where a channel is in receiving a content (method, header, body). */
 enum content_state {
@@ -161,12 +161,12 @@ struct broker {
     size_t probe_start; /* the node tried first in this attempt */
 
     amqp_connection_state_t conn; /* NULL when not connected */
-    int dead;    /* the connection failed; torn down at the next safe point */
-    int depth;   /* > 0 while a callback runs */
-    int blocked; /* connection.blocked received */
-    int64_t last_frame_ms; /* monotonic: when the node last sent anything */
-    int lost_to_silence;   /* the last connection ended on missed heartbeats */
-    uint64_t gen;          /* connections made: the top bits of delivery tags */
+    int dead;                     /* the connection failed; torn down at the next safe point */
+    int depth;                    /* > 0 while a callback runs */
+    int blocked;                  /* connection.blocked received */
+    int64_t last_frame_ms;        /* monotonic: when the node last sent anything */
+    int lost_to_silence;          /* the last connection ended on missed heartbeats */
+    uint64_t gen;                 /* connections made: the top bits of delivery tags */
     char err[ERR_MAX];
 
     /* Publishes awaiting a confirm: pend[i] is delivery tag pend_base + i;
@@ -282,7 +282,7 @@ static inline amqp_table_entry_t broker_int_entry(const char *key, int64_t v)
     return e;
 }
 
-/* ---- the names (broker_names.c) ---------------------------------------- */
+/* ---- the names (broker_names.c) --------------------------------------- */
 
 /* Writes the routing key on a client's retry exchange that delays a
  * message in this tier: "forward.5s" (broker_retry_key() for a tier rather
@@ -294,7 +294,7 @@ int broker_retry_tier_key(char *buf, size_t len, enum broker_dir dir, unsigned t
 /* Writes the reason broker_strerror() returns; never pass the password. */
 void broker_set_err(struct broker *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* ---- the connection (broker_conn.c) ------------------------------------ */
+/* ---- the connection (broker_conn.c) ----------------------------------- */
 
 /* One turn of an attempt of broker_connect_async(), for broker_process():
  * RT_OK while it runs or once connected (broker_connected() tells), else
@@ -346,7 +346,7 @@ void broker_protocol_error(struct broker *b, const char *what, amqp_channel_t ch
  * for the calls that wait for an answer (broker_declare(), broker_get()). */
 void broker_handle_frame(struct broker *b, const amqp_frame_t *f);
 
-/* ---- the topology (broker_topology.c) ---------------------------------- */
+/* ---- the topology (broker_topology.c) --------------------------------- */
 
 /* Open and close the scratch channel, waiting for the broker's answer:
  * RT_OK, or RT_RETRY with the reason (the connection marked dead unless
@@ -369,7 +369,7 @@ void broker_declare_on_close(struct broker *b, const amqp_channel_close_t *c);
 void broker_declare_on_reopen(struct broker *b);
 void broker_scratch_on_close_ok(struct broker *b, amqp_channel_t ch);
 
-/* ---- the questions (broker_query.c) ------------------------------------ */
+/* ---- the questions (broker_query.c) ----------------------------------- */
 
 /* Sends the depth questions not sent yet while the query channel is open
  * and the node reads. */
@@ -388,7 +388,7 @@ void broker_depth_on_declare_ok(struct broker *b, amqp_channel_t ch,
 void broker_get_on_ok(struct broker *b, amqp_channel_t ch, const amqp_basic_get_ok_t *g);
 void broker_get_on_empty(struct broker *b, amqp_channel_t ch);
 
-/* ---- publishing (broker_publish.c) ------------------------------------- */
+/* ---- publishing (broker_publish.c) ------------------------------------ */
 
 /* basic.ack, basic.nack or basic.return on channel ch, from the frame
  * dispatch: the fates of publishes (a protocol error on another channel
@@ -401,7 +401,7 @@ void broker_publish_on_method(struct broker *b, amqp_channel_t ch, const amqp_me
 void broker_return_on_header(struct broker *b, const amqp_basic_properties_t *p, uint64_t size);
 void broker_return_on_body(struct broker *b, amqp_bytes_t part);
 
-/* ---- consuming (broker_consume.c) -------------------------------------- */
+/* ---- consuming (broker_consume.c) ------------------------------------- */
 
 /* A basic.deliver or basic.get-ok (tag is the broker's, on this
  * connection): starts a delivery from queue in b->d, whose content header

@@ -7,7 +7,6 @@
  */
 #include "broker.h"
 
-#include <stdio.h>
 #include <sys/ioctl.h>
 
 #include "broker_int.h"
@@ -18,6 +17,8 @@
  * busy connection cannot starve the rest of the event loop; what is left
  * is reported by broker_wants_read_now() or by poll(). */
 #define MAX_FRAMES_PER_CALL 4096
+
+/* ---- polling and reading ---------------------------------------------- */
 
 int broker_fd(const struct broker *b)
 {
@@ -110,7 +111,8 @@ rt_status broker_process(struct broker *b)
         if (rc == AMQP_STATUS_TIMEOUT)
             break;
         if (rc != AMQP_STATUS_OK) {
-            broker_set_err(b, "AMQP connection to %s:%d lost: %s", b->host, b->port, amqp_error_string2(rc));
+            broker_set_err(b, "AMQP connection to %s:%d lost: %s", b->host, b->port,
+                           amqp_error_string2(rc));
             log_warning("%s", b->err);
             b->lost_to_silence = rc == AMQP_STATUS_HEARTBEAT_TIMEOUT;
             broker_mark_dead(b);
@@ -121,8 +123,9 @@ rt_status broker_process(struct broker *b)
     }
     int hb = amqp_get_heartbeat(b->conn);
     if (!b->dead && hb > 0 && broker_now_ms() - b->last_frame_ms >= (int64_t)hb * 2000) {
-        broker_set_err(b, "AMQP connection to %s:%d lost: nothing from the node for 2 heartbeats (%d s)",
-                b->host, b->port, 2 * hb);
+        broker_set_err(
+            b, "AMQP connection to %s:%d lost: nothing from the node for 2 heartbeats (%d s)",
+            b->host, b->port, 2 * hb);
         log_warning("%s", b->err);
         b->lost_to_silence = 1;
         broker_mark_dead(b);
@@ -133,6 +136,8 @@ rt_status broker_process(struct broker *b)
     }
     return RT_OK;
 }
+
+/* ---- replies from RPCs ------------------------------------------------ */
 
 void broker_send_channel_close_ok(struct broker *b, amqp_channel_t ch)
 {
@@ -161,8 +166,7 @@ rt_status broker_rpc_verdict(struct broker *b, amqp_rpc_reply_t r, amqp_channel_
     if (r.reply_type == AMQP_RESPONSE_NORMAL || r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION)
         b->last_frame_ms = broker_now_ms();
     switch (r.reply_type) {
-    case AMQP_RESPONSE_NORMAL:
-        return RT_OK;
+    case AMQP_RESPONSE_NORMAL: return RT_OK;
     case AMQP_RESPONSE_NONE:
         broker_set_err(b, "%s: no reply from the broker", what);
         broker_mark_dead(b);
@@ -171,8 +175,7 @@ rt_status broker_rpc_verdict(struct broker *b, amqp_rpc_reply_t r, amqp_channel_
         broker_set_err(b, "%s: %s", what, amqp_error_string2(r.library_error));
         broker_mark_dead(b);
         return RT_RETRY;
-    case AMQP_RESPONSE_SERVER_EXCEPTION:
-        break;
+    case AMQP_RESPONSE_SERVER_EXCEPTION: break;
     }
     if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
         const amqp_connection_close_t *c = r.reply.decoded;
@@ -199,6 +202,8 @@ rt_status broker_rpc_verdict(struct broker *b, amqp_rpc_reply_t r, amqp_channel_
     broker_mark_dead(b);
     return RT_RETRY;
 }
+
+/* ---- incoming frames -------------------------------------------------- */
 
 void broker_protocol_error(struct broker *b, const char *what, amqp_channel_t ch)
 {

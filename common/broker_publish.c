@@ -168,7 +168,7 @@ int broker_blocked(const struct broker *b)
     return b && b->blocked;
 }
 
-/* ---- fates, from the frame dispatch ------------------------------------ */
+/* ---- fates, from the frame dispatch ----------------------------------- */
 
 /* Retires the entries confirmed by one basic.ack or basic.nack, oldest
  * first, and reports each fate. */
@@ -186,7 +186,8 @@ static void confirm(struct broker *b, uint64_t tag, int multiple, enum broker_fa
         struct pending *e = &b->pend[t - b->pend_base];
         if (e->state == PEND_DONE)
             continue;
-        enum broker_fate f = (fate == BROKER_ACKED && e->state == PEND_RETURNED) ? BROKER_RETURNED : fate;
+        enum broker_fate f =
+            (fate == BROKER_ACKED && e->state == PEND_RETURNED) ? BROKER_RETURNED : fate;
         e->state = PEND_DONE;
         b->unconfirmed--;
         if (b->on_confirm) {
@@ -243,8 +244,7 @@ void broker_publish_on_method(struct broker *b, amqp_channel_t ch, const amqp_me
 
 /* The content header of a returned message: its message_id names the
  * publish that comes back. */
-void broker_return_on_header(struct broker *b, const amqp_basic_properties_t *p,
-                                    uint64_t size)
+void broker_return_on_header(struct broker *b, const amqp_basic_properties_t *p, uint64_t size)
 {
     char id[SHORTSTR] = "";
     if (p && (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)) {

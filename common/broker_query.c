@@ -67,7 +67,8 @@ void broker_flush_depth(struct broker *b)
         req.passive = 1;
         req.durable = 1;
         req.arguments = amqp_empty_table;
-        if (amqp_send_method(b->conn, CH_QUERY, AMQP_QUEUE_DECLARE_METHOD, &req) != AMQP_STATUS_OK) {
+        if (amqp_send_method(b->conn, CH_QUERY, AMQP_QUEUE_DECLARE_METHOD, &req) !=
+            AMQP_STATUS_OK) {
             broker_set_err(b, "asking the depth of \"%s\" failed", q->queue);
             broker_mark_dead(b);
             return;
@@ -150,7 +151,8 @@ void broker_query_on_close(struct broker *b, const amqp_channel_close_t *c)
         b->dq[i].sent = 0;
     amqp_channel_open_t open;
     memset(&open, 0, sizeof(open));
-    if (b->dead || amqp_send_method(b->conn, CH_QUERY, AMQP_CHANNEL_OPEN_METHOD, &open) != AMQP_STATUS_OK) {
+    if (b->dead ||
+        amqp_send_method(b->conn, CH_QUERY, AMQP_CHANNEL_OPEN_METHOD, &open) != AMQP_STATUS_OK) {
         broker_mark_dead(b);
         return;
     }
@@ -160,7 +162,7 @@ void broker_query_on_close(struct broker *b, const amqp_channel_close_t *c)
 /* queue.declare-ok: on the query channel, the answer to the oldest depth
  * question; no other channel asks without waiting. */
 void broker_depth_on_declare_ok(struct broker *b, amqp_channel_t ch,
-                                       const amqp_queue_declare_ok_t *ok)
+                                const amqp_queue_declare_ok_t *ok)
 {
     if (ch != CH_QUERY) {
         broker_protocol_error(b, "queue.declare-ok", ch);
@@ -181,7 +183,7 @@ void broker_query_on_open(struct broker *b, amqp_channel_t ch)
     broker_flush_depth(b);
 }
 
-/* ---- basic.get ---------------------------------------------------------- */
+/* ---- basic.get -------------------------------------------------------- */
 
 /* The checks of broker_get() before anything is sent: RT_OK, or the
  * verdict with the reason set. */
@@ -321,7 +323,8 @@ void broker_get_on_ok(struct broker *b, amqp_channel_t ch, const amqp_basic_get_
     }
     b->get_remaining = g->message_count;
     b->get_state = GET_CONTENT;
-    broker_delivery_begin(b, b->get_queue, g->delivery_tag, g->redelivered, g->exchange, g->routing_key);
+    broker_delivery_begin(b, b->get_queue, g->delivery_tag, g->redelivered, g->exchange,
+                          g->routing_key);
 }
 
 /* basic.get-empty: the queue broker_get() asked had no message. */

@@ -30,7 +30,8 @@ rt_status broker_scratch_open(struct broker *b)
 rt_status broker_scratch_close(struct broker *b)
 {
     amqp_rpc_reply_t r = amqp_channel_close(b->conn, CH_SCRATCH, AMQP_REPLY_SUCCESS);
-    return broker_rpc_verdict(b, r, CH_SCRATCH, "closing a channel", NULL) == RT_OK ? RT_OK : RT_RETRY;
+    return broker_rpc_verdict(b, r, CH_SCRATCH, "closing a channel", NULL) == RT_OK ? RT_OK
+                                                                                    : RT_RETRY;
 }
 
 /* What the declarations of one round do. */
@@ -288,10 +289,10 @@ static void declare_refusal(struct broker *b, int code, const char *text)
     }
     if (b->decl == DECL_PASSIVE && code == AMQP_NOT_FOUND) {
         broker_set_err(b,
-                "\"%s\" does not exist and user \"%s\" may not declare it: start the server "
-                "side first (it declares every client's queues) or give the user the "
-                "permissions of remotetaskctl --command broker-setup",
-                name, b->user);
+                       "\"%s\" does not exist and user \"%s\" may not declare it: start the server "
+                       "side first (it declares every client's queues) or give the user the "
+                       "permissions of remotetaskctl --command broker-setup",
+                       name, b->user);
         declare_end(b, RT_RETRY);
         return;
     }
@@ -301,11 +302,12 @@ static void declare_refusal(struct broker *b, int code, const char *text)
          * topology): say what to do instead of reconnecting for ever. */
         const char *p = strstr(text, "inequivalent arg");
         snprintf(why, sizeof(why), "%.120s", p ? p : text);
-        broker_set_err(b,
-                "queue \"%s\" exists with other arguments than amqp.queue_type \"%s\" asks for "
-                "(%s); a queue cannot change in place: let it drain (status shows 0 ready), "
-                "rabbitmqctl delete_queue %s, restart remotetaskd; or set queue_type back",
-                name, b->queue_type, why, name);
+        broker_set_err(
+            b,
+            "queue \"%s\" exists with other arguments than amqp.queue_type \"%s\" asks for "
+            "(%s); a queue cannot change in place: let it drain (status shows 0 ready), "
+            "rabbitmqctl delete_queue %s, restart remotetaskd; or set queue_type back",
+            name, b->queue_type, why, name);
         declare_end(b, RT_REJECT);
         return;
     }
@@ -336,8 +338,9 @@ rt_status broker_declare_begin(struct broker *b, const char *const *clients, siz
     }
     for (size_t i = 0; i < n_clients; i++) {
         if (!broker_client_valid(clients[i])) {
-            broker_set_err(b, "client id \"%.80s\" is not usable in queue names (1-%d of A-Z a-z 0-9 _ -)",
-                    clients[i] ? clients[i] : "", BROKER_CLIENT_MAX);
+            broker_set_err(
+                b, "client id \"%.80s\" is not usable in queue names (1-%d of A-Z a-z 0-9 _ -)",
+                clients[i] ? clients[i] : "", BROKER_CLIENT_MAX);
             return RT_REJECT;
         }
     }
@@ -393,7 +396,8 @@ rt_status broker_declare(struct broker *b, const char *const *clients, size_t n_
     while ((b->decl != DECL_DONE || b->scratch == SCRATCH_CLOSING) && !b->dead) {
         int64_t left = deadline - broker_now_ms();
         if (left <= 0) {
-            broker_set_err(b, "declaring the topology: no answer within %d s", b->connect_timeout_ms * 30 / 1000);
+            broker_set_err(b, "declaring the topology: no answer within %d s",
+                           b->connect_timeout_ms * 30 / 1000);
             broker_mark_dead(b);
             break;
         }
@@ -403,7 +407,8 @@ rt_status broker_declare(struct broker *b, const char *const *clients, size_t n_
         if (rc == AMQP_STATUS_TIMEOUT)
             continue;
         if (rc != AMQP_STATUS_OK) {
-            broker_set_err(b, "AMQP connection to %s:%d lost: %s", b->host, b->port, amqp_error_string2(rc));
+            broker_set_err(b, "AMQP connection to %s:%d lost: %s", b->host, b->port,
+                           amqp_error_string2(rc));
             broker_mark_dead(b);
             break;
         }
@@ -419,7 +424,7 @@ rt_status broker_declare(struct broker *b, const char *const *clients, size_t n_
     return b->decl_status;
 }
 
-/* ---- answers, from the frame dispatch ---------------------------------- */
+/* ---- answers, from the frame dispatch --------------------------------- */
 
 /* exchange.declare-ok: only the question that ends a round of
  * declarations is answered so. */
