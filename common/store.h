@@ -233,8 +233,9 @@ void store_want_sync(struct store *st);
 /* True when store_want_sync() was called since the last store_sync(). */
 bool store_sync_wanted(const struct store *st);
 
-/* Syncs the WAL when a commit is not yet on disk (one fsync for all of
- * them), then, if a sync was wanted, runs the listeners. RT_RETRY when the
+/* If a sync was wanted, runs the store_listen_before() listeners; then
+ * syncs the WAL when a commit is not yet on disk (one fsync for all of
+ * them); then, if a sync was wanted, runs the listeners. RT_RETRY when the
  * sync failed (the reason in store_strerror(); the sync stays wanted, so
  * the next pass tries again, and nothing that waits is released). Not
  * inside a transaction; not from a listener (RT_REJECT). */
@@ -249,7 +250,17 @@ rt_status store_commit_durable(struct store *st);
  * listener may commit and call store_want_sync() (for the next pass). */
 rt_status store_listen(struct store *st, void (*fn)(void *arg), void *arg);
 
-/* Removes what store_listen(st, fn, arg) registered; nothing if absent. */
+/* Runs fn(arg) at the end of a loop pass whose sync was wanted, before
+ * the sync: a component that gathers the pass's work into one commit
+ * (the relay's confirmations) commits it here, and that commit is in the
+ * sync. Same limits as store_listen(). */
+rt_status store_listen_before(struct store *st, void (*fn)(void *arg), void *arg);
+
+/* True when commits are lazy (store_set_lazy). */
+bool store_lazy(const struct store *st);
+
+/* Removes what store_listen() or store_listen_before() registered with
+ * (fn, arg); nothing if absent. */
 void store_unlisten(struct store *st, void (*fn)(void *arg), void *arg);
 
 void store_sync_stats(const struct store *st, struct store_sync_stats *out);

@@ -77,6 +77,7 @@ struct store {
     struct store_listener {
         void (*fn)(void *arg);
         void *arg;
+        bool before; /* store_listen_before: at the end of the pass, before the sync */
     } listeners[STORE_LISTENERS_MAX];
     char path[PATH_MAX];
     char err[STORE_ERR_MAX];

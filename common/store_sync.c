@@ -121,10 +121,23 @@ bool store_sync_wanted(const struct store *st)
     return st->want_sync;
 }
 
+/* The listeners of the end of the pass: what they commit is in the sync
+ * that follows. */
+static void store_sync_pass_end(struct store *st)
+{
+    st->notifying = true;
+    for (size_t i = 0; i < STORE_LISTENERS_MAX; i++)
+        if (st->listeners[i].fn && st->listeners[i].before)
+            st->listeners[i].fn(st->listeners[i].arg);
+    st->notifying = false;
+}
+
 rt_status store_sync(struct store *st)
 {
     if (st->in_txn || st->notifying)
         return store_db_reject(st, "store_sync inside a transaction or a listener");
+    if (st->want_sync)
+        store_sync_pass_end(st);
     rt_status r = store_sync_now(st);
     if (r != RT_OK) {
         st->want_sync = true;
@@ -135,11 +148,12 @@ rt_status store_sync(struct store *st)
     st->want_sync = false;
     st->notifying = true;
     for (size_t i = 0; i < STORE_LISTENERS_MAX; i++)
-        if (st->listeners[i].fn)
+        if (st->listeners[i].fn && !st->listeners[i].before)
             st->listeners[i].fn(st->listeners[i].arg);
     st->notifying = false;
     return RT_OK;
 }
+
 
 rt_status store_commit_durable(struct store *st)
 {
@@ -149,15 +163,29 @@ rt_status store_commit_durable(struct store *st)
     return r;
 }
 
-rt_status store_listen(struct store *st, void (*fn)(void *arg), void *arg)
+static rt_status store_sync_listen(struct store *st, void (*fn)(void *arg), void *arg, bool before)
 {
     for (size_t i = 0; i < STORE_LISTENERS_MAX; i++)
         if (!st->listeners[i].fn) {
-            st->listeners[i].fn = fn;
-            st->listeners[i].arg = arg;
+            st->listeners[i] = (struct store_listener){fn, arg, before};
             return RT_OK;
         }
     return store_db_reject(st, "more than %d store listeners", STORE_LISTENERS_MAX);
+}
+
+rt_status store_listen(struct store *st, void (*fn)(void *arg), void *arg)
+{
+    return store_sync_listen(st, fn, arg, false);
+}
+
+rt_status store_listen_before(struct store *st, void (*fn)(void *arg), void *arg)
+{
+    return store_sync_listen(st, fn, arg, true);
+}
+
+bool store_lazy(const struct store *st)
+{
+    return st->lazy;
 }
 
 void store_unlisten(struct store *st, void (*fn)(void *arg), void *arg)

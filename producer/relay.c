@@ -34,6 +34,7 @@ enum slot_state {
     SLOT_READY,      /* encoded, waiting for the broker to take it */
     SLOT_PUBLISHING, /* inside broker_publish (guards re-entrant confirms) */
     SLOT_PUBLISHED,  /* published, awaiting its confirm under tag */
+    SLOT_CONFIRMED,  /* confirmed; its commit waits for the end of the loop pass */
     SLOT_ACKED,      /* confirmed; the store commit failed and is retried */
 };
 
@@ -46,6 +47,7 @@ struct relay_slot {
     struct store_event ev;
     uint64_t seq;
     uint64_t mark; /* the store's commit that allocated seq (store_mark) */
+    bool deleted;  /* SLOT_CONFIRMED, committed: its outbox row is gone */
     uint64_t tag;
     int status; /* the status the message carries */
     /* The last state the client had applied to the task before the view
@@ -471,9 +473,45 @@ static rt_status slot_record_status(struct relay_slot *s)
     return store_rev_put(r->st, s->ev.client, s->ev.task, rev.seq, rev.notes_applied, rev.applied);
 }
 
-/* Records a confirmed message: fingerprint, updated value, the status the
- * target is to have, and the end of the row, together or not at all. On
- * RT_RETRY the slot stays ACKED and relay_tick tries again. */
+/* The rows of a confirmed message, in the caller's transaction:
+ * fingerprint, updated value, the status the target is to have, the end
+ * of the outbox row (*deleted: no newer event came meanwhile) and the
+ * journal's row, which is there exactly when the confirmation is. */
+static rt_status slot_confirm_rows(struct relay_slot *s, int64_t now, bool *deleted)
+{
+    struct relay *r = s->r;
+    *deleted = false;
+    rt_status st = store_fwd_confirm(r->st, s->ev.client, s->ev.task, s->seq, s->fp, now);
+    if (st == RT_OK)
+        st = slot_record_status(s);
+    if (st == RT_OK)
+        st = store_fwd_seen(r->st, s->ev.client, s->ev.task, s->updated);
+    if (st == RT_OK)
+        st = store_outbox_done(r->st, s->ev.client, s->ev.task, s->ev.gen, deleted);
+    if (st == RT_OK)
+        slot_journal(s, 0, JOURNAL_CONFIRMED, s->seq, "%s",
+                     *deleted ? "by the broker" : "by the broker; the task changed meanwhile");
+    return st;
+}
+
+/* After the commit that recorded the confirmation. */
+static void slot_confirmed(struct relay_slot *s, int64_t now, bool deleted)
+{
+    struct relay *r = s->r;
+    r->stats.confirmed++;
+    r->stats.last_publish_ms = now;
+    if (deleted)
+        log_debug("forwarded task %" PRId64 " (seq %" PRIu64 ")", s->ev.task, s->seq);
+    else
+        log_debug("forwarded task %" PRId64 " (seq %" PRIu64 "); it changed meanwhile, "
+                  "publishing again",
+                  s->ev.task, s->seq);
+    slot_release(s);
+}
+
+/* Records a confirmed message in a transaction of its own, together or
+ * not at all. On RT_RETRY the slot stays ACKED and relay_tick tries
+ * again. */
 static void slot_commit(struct relay_slot *s)
 {
     struct relay *r = s->r;
@@ -482,22 +520,11 @@ static void slot_commit(struct relay_slot *s)
 
     rt_status st = store_begin(r->st);
     if (st == RT_OK)
-        st = store_fwd_confirm(r->st, s->ev.client, s->ev.task, s->seq, s->fp, now);
-    if (st == RT_OK)
-        st = slot_record_status(s);
-    if (st == RT_OK)
-        st = store_fwd_seen(r->st, s->ev.client, s->ev.task, s->updated);
-    if (st == RT_OK)
-        st = store_outbox_done(r->st, s->ev.client, s->ev.task, s->ev.gen, &deleted);
+        st = slot_confirm_rows(s, now, &deleted);
     if (st == RT_OK)
         st = store_meta_set_i64(r->st, RELAY_META_LAST_PUBLISH, now);
-    if (st == RT_OK) {
-        /* In this transaction: the row is there exactly when the
-         * confirmation is recorded. */
-        slot_journal(s, 0, JOURNAL_CONFIRMED, s->seq, "%s",
-                     deleted ? "by the broker" : "by the broker; the task changed meanwhile");
+    if (st == RT_OK)
         st = store_commit(r->st);
-    }
     if (st != RT_OK) {
         const char *why = store_strerror(r->st);
         if (st == RT_RETRY) {
@@ -519,15 +546,46 @@ static void slot_commit(struct relay_slot *s)
         return;
     }
     relay_store_ok(r);
-    r->stats.confirmed++;
-    r->stats.last_publish_ms = now;
-    if (deleted)
-        log_debug("forwarded task %" PRId64 " (seq %" PRIu64 ")", s->ev.task, s->seq);
-    else
-        log_debug("forwarded task %" PRId64 " (seq %" PRIu64 "); it changed meanwhile, "
-                  "publishing again",
-                  s->ev.task, s->seq);
-    slot_release(s);
+    slot_confirmed(s, now, deleted);
+}
+
+/* Records every message confirmed in this loop pass in one transaction:
+ * the pages they share (the outbox, fwd, the journal) are written once,
+ * where a commit per confirmation wrote them once each. Runs at the end
+ * of the pass, before the store's sync (relay_pass_end). Should the batch
+ * fail, each is committed on its own, so that one refused row holds back
+ * no other. */
+static void relay_commit_confirmed(struct relay *r)
+{
+    size_t n = 0;
+    int64_t now = relay_wall_ms(r);
+    for (size_t i = 0; i < r->nslots; i++)
+        n += r->slots[i].state == SLOT_CONFIRMED;
+    if (n == 0)
+        return;
+    rt_status st = store_begin(r->st);
+    for (size_t i = 0; i < r->nslots && st == RT_OK; i++) {
+        struct relay_slot *s = &r->slots[i];
+        if (s->state == SLOT_CONFIRMED)
+            st = slot_confirm_rows(s, now, &s->deleted);
+    }
+    if (st == RT_OK)
+        st = store_meta_set_i64(r->st, RELAY_META_LAST_PUBLISH, now);
+    if (st == RT_OK)
+        st = store_commit(r->st);
+    if (st != RT_OK)
+        store_rollback(r->st);
+    for (size_t i = 0; i < r->nslots; i++) {
+        struct relay_slot *s = &r->slots[i];
+        if (s->state != SLOT_CONFIRMED)
+            continue;
+        if (st == RT_OK)
+            slot_confirmed(s, now, s->deleted);
+        else
+            slot_commit(s);
+    }
+    if (st == RT_OK)
+        relay_store_ok(r);
 }
 
 /* The fields did not change since the last confirmed message: remember
@@ -890,6 +948,12 @@ static void publish_ready(struct relay *r)
             slot_publish(&r->slots[i]);
 }
 
+/* The end of the loop pass, before the store's sync. */
+static void relay_pass_end(void *arg)
+{
+    relay_commit_confirmed(arg);
+}
+
 /* The store synced the loop pass's commits: the seqs they allocated may
  * go out. */
 static void relay_synced(void *arg)
@@ -1176,7 +1240,8 @@ struct relay *relay_new(const struct config *cfg, struct store *st, struct billm
         log_warning("cannot read the time of the last forward publish: %s", store_strerror(st));
         r->stats.last_publish_ms = 0;
     }
-    if (store_listen(st, relay_synced, r) != RT_OK) {
+    if (store_listen_before(st, relay_pass_end, r) != RT_OK ||
+        store_listen(st, relay_synced, r) != RT_OK) {
         snprintf(err, errlen, "%s", store_strerror(st));
         relay_free(r);
         return NULL;
@@ -1196,6 +1261,7 @@ void relay_free(struct relay *r)
 {
     if (!r)
         return;
+    store_unlisten(r->st, relay_pass_end, r);
     store_unlisten(r->st, relay_synced, r);
     for (size_t i = 0; r->slots && i < r->nslots; i++)
         buf_release(&r->slots[i].body);
@@ -1277,7 +1343,16 @@ void relay_on_confirm(struct relay *r, uint64_t tag, enum broker_fate fate)
         return;
     s->tag = 0;
     switch (fate) {
-    case BROKER_ACKED: slot_commit(s); break;
+    case BROKER_ACKED:
+        /* A lazy store (the daemon's) records the pass's confirmations
+         * together at its end; otherwise each at once. */
+        if (store_lazy(r->st)) {
+            s->state = SLOT_CONFIRMED;
+            store_want_sync(r->st);
+        } else {
+            slot_commit(s);
+        }
+        break;
     case BROKER_NACKED:
     case BROKER_RETURNED: {
         int64_t delay = relay_backoff_ms(s->ev.attempts);

@@ -765,6 +765,48 @@ static void missing_view_function_is_not_a_deleted_task(void **state)
     assert_int_equal(backlog(fx), 0);
 }
 
+/* Group commits: with the daemon's lazy store a seq goes out only after
+ * the store's sync, and the confirmations of one loop pass are recorded
+ * in one commit at its end. */
+static int three_viewed(struct fixture *fx)
+{
+    struct relay_stats s;
+    relay_stats(fx->r, &s);
+    return billmgr_inflight(fx->bm) == 0 && s.in_progress == 3;
+}
+
+static void group_commits_hold_and_batch(void **state)
+{
+    struct fixture *fx = *state;
+    struct store_sync_stats a, b;
+    settle(fx);
+    assert_int_equal(store_set_lazy(fx->st, true), RT_OK);
+    for (int64_t t = 5; t <= 7; t++) {
+        sim_task(t, 3, "grouped", "", "2024-05-01 10:00:00");
+        add_event(fx, t);
+    }
+    run_until(fx, three_viewed, "the three views");
+    /* The seqs are allocated, not yet on disk: nothing is published. */
+    assert_int_equal(fake_broker.n, 0);
+    assert_true(store_sync_wanted(fx->st));
+    assert_int_equal(store_sync(fx->st), RT_OK);
+    assert_int_equal(fake_broker.n, 3);
+    /* Confirmed: recorded at the end of the pass, all in one commit. */
+    for (size_t k = 0; k < fake_broker.n; k++)
+        relay_on_confirm(fx->r, fake_broker.pub[k].tag, BROKER_ACKED);
+    assert_int_equal(backlog(fx), 3);
+    store_sync_stats(fx->st, &a);
+    assert_int_equal(store_sync(fx->st), RT_OK);
+    store_sync_stats(fx->st, &b);
+    assert_int_equal(backlog(fx), 0);
+    assert_int_equal(b.commits - a.commits, 1);
+    assert_true(relay_idle(fx->r));
+    struct relay_stats s;
+    relay_stats(fx->r, &s);
+    assert_int_equal(s.confirmed, 3);
+    assert_int_equal(store_set_lazy(fx->st, false), RT_OK);
+}
+
 static void failures_defer_with_backoff(void **state)
 {
     struct fixture *fx = *state;
@@ -1344,6 +1386,7 @@ int main(void)
         cmocka_unit_test(backoff_doubles_and_caps),
         cmocka_unit_test(reconcile_decision),
         cmocka_unit_test_setup_teardown(fields_read_with_configured_names, setup, teardown),
+        cmocka_unit_test_setup_teardown(group_commits_hold_and_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(publishes_then_commits_on_ack, setup, teardown),
         cmocka_unit_test_setup_teardown(gone_and_unmapped_are_dropped, setup, teardown),
         cmocka_unit_test_setup_teardown(missing_view_function_is_not_a_deleted_task, setup,
