@@ -10,8 +10,9 @@
  * the client's retry exchange (x-rt-attempts + 1, the reason in
  * x-rt-error) or to its dead-letter exchange (the reason and its origin in
  * x-rt-* headers), and the delivery is acked once the broker confirms that
- * copy. This file owns all of that; the owner owns the validation and the
- * steps of applying, which it runs while the slot is APPLIER_BUSY.
+ * copy. The applier's files own all of that (applier_int.h says which
+ * file owns what); the owner owns the validation and the steps of
+ * applying, which it runs while the slot is APPLIER_BUSY.
  *
  * A slot for every delivery. basic.qos is per consumer: the broker sends at
  * most prefetch unacknowledged deliveries per consumed queue, so the owner
@@ -202,8 +203,6 @@ struct applier *applier_new(struct broker *br, enum broker_dir dir, size_t max_s
                             size_t max_running, size_t priv_size, const struct applier_ops *ops,
                             void *owner);
 
-/* Frees every slot (ops->clear on each one in use) and the applier. Acks
- * and publishes nothing: the broker redelivers what was held. Accepts NULL. */
 /* Acks wait for the store's sync from now on: an ack asked for while a
  * commit of st is not yet on disk is sent by the listener that runs after
  * the loop pass's store_sync() (store.h, group commits). Without this
@@ -211,6 +210,8 @@ struct applier *applier_new(struct broker *br, enum broker_dir dir, size_t max_s
  * store has no room for another listener. */
 rt_status applier_set_store(struct applier *a, struct store *st);
 
+/* Frees every slot (ops->clear on each one in use) and the applier. Acks
+ * and publishes nothing: the broker redelivers what was held. Accepts NULL. */
 void applier_free(struct applier *a);
 
 /* Who sent a delivery: user_id, unless that is own_user, the login of

@@ -1,10 +1,11 @@
 /* Unit tests of consumer/applier: the delivery slots both appliers share.
  *
- * Unit test programs link rtconfig and rtcommon only, so applier.c is
- * compiled into this program, which reaches its broker table
- * (struct applier_io): the tests put a stand-in there that records every
- * ack, reject and publish, and an owner that records the order in which
- * slots are started and ends them when a test says so.
+ * Unit test programs link rtconfig and rtcommon only, so the applier's
+ * files (applier*.c) are compiled into this program, which reaches its
+ * broker table (struct applier_io, applier_int.h): the tests put a
+ * stand-in there that records every ack, reject and publish, and an owner
+ * that records the order in which slots are started and ends them when a
+ * test says so.
  *
  * What they show: who a sender is (x-rt-user counts only on our own
  * login), x-rt-attempts bounded before it is incremented (UBSan watches),
@@ -22,6 +23,10 @@
 #include <cmocka.h>
 
 #include "../../consumer/applier.c"
+#include "../../consumer/applier_ack.c"
+#include "../../consumer/applier_copy.c"
+#include "../../consumer/applier_order.c"
+#include "../../consumer/applier_pend.c"
 
 /* ---- the broker stand-in -------------------------------------------- */
 

@@ -2,7 +2,7 @@
  * configuration, the plan of an update against the applied fp set, the fp
  * set of a task found again after an interrupted create), and the applier
  * driven in-process against a loopback BILLmanager stand-in and a real
- * store, with a broker stand-in in the applier's broker table (applier.c's
+ * store, with a broker stand-in in the applier's broker table (applier_int.h's
  * struct applier_io): a store that fails at the commit, seqs no sender can
  * have used, a dead-lettered message and what comes after it.
  *
@@ -24,6 +24,10 @@
 #include <cmocka.h>
 
 #include "../../consumer/applier.c"
+#include "../../consumer/applier_ack.c"
+#include "../../consumer/applier_copy.c"
+#include "../../consumer/applier_order.c"
+#include "../../consumer/applier_pend.c"
 #include "../../consumer/forward.c"
 
 #include "fake_doc.h"
@@ -521,7 +525,7 @@ static void dead_kinds_have_names(void **state)
     assert_string_equal(forward_dead_kind_name(FORWARD_DEAD_API), "api");
 }
 
-/* The intent of a note edit (applier.c), as both appliers use it. */
+/* The intent of a note edit (applier_pend.c), as both appliers use it. */
 static void pend_intent_tells_the_set_after_a_landed_edit(void **state)
 {
     char intent[STORE_APPLIED_MAX + 1], base[STORE_APPLIED_MAX + 1], v[64];

@@ -23,6 +23,10 @@
 #include <cmocka.h>
 
 #include "../../consumer/applier.c"
+#include "../../consumer/applier_ack.c"
+#include "../../consumer/applier_copy.c"
+#include "../../consumer/applier_order.c"
+#include "../../consumer/applier_pend.c"
 #include "../../consumer/reverse.c"
 
 #include "http_stub.h"
