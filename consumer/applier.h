@@ -61,6 +61,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "broker.h"
 #include "rt.h"
 
@@ -371,5 +373,26 @@ int applier_pend_landed(const char *applied, const char *note, uint64_t *seq);
  * the intent (the set before it); either way without an intent. Returns 0,
  * or -1 when it does not fit (out is then ""). */
 int applier_pend_base(const char *applied, int landed, char *out, size_t outlen);
+
+/* ---- the view of a task ------------------------------------------------
+ *
+ * Before an applier appends a block to a task's note it views the task:
+ * the block goes after what the note holds now. The forward applier also
+ * views the tasks of a department to find the one an interrupted create
+ * made. A field read as empty from an answer that is not what it seems
+ * would erase what the task holds, so the view is read here, alike for
+ * both. */
+
+/* Reads the answer of the view of task elid: out[i] = the text of
+ * fields[i], NULL when the API left it out (as it does a field without a
+ * value). That is trusted only from the view of that very task: its
+ * "elid" and "id", those it has and one at least, must be elid. Returns
+ * 0, or -1 with why (whylen bytes) set ("names no task", "answers for task
+ * \"9\"", "holds a note that is not text") when the answer is not that
+ * view or a field holds something other than text: read as empty, such a
+ * field would overwrite the task's note with the new block alone, or hide
+ * the origin block of a task already made. The texts are doc's. */
+int applier_view_read(json_t *doc, int64_t elid, const char *const *fields, const char **out,
+                      size_t n, char *why, size_t whylen);
 
 #endif

@@ -3,10 +3,10 @@
  *
  * The server role consumes remotetask.forward.<C> for every configured
  * client C and applies each task message through this side's BILLmanager
- * API (forward-design.md, "Server side"). One struct forward lives inside
- * the bridge's poll loop: the bridge dispatches the broker's deliveries and
- * confirms to it, drives billmgr (whose callbacks run the applier's next
- * step) and calls forward_tick() when it asks for a tick.
+ * API (docs/ARCHITECTURE.md, "How a change travels"). One struct forward
+ * lives inside the bridge's poll loop: the bridge dispatches the broker's
+ * deliveries and confirms to it, drives billmgr (whose callbacks run the
+ * applier's next step) and calls forward_tick() when it asks for a tick.
  *
  * A delivery is taken into a slot (there is one for every delivery the
  * broker may have unacknowledged: amqp.prefetch per client's queue, plus
@@ -109,28 +109,28 @@ enum forward_dead_kind {
 
 /* Counters since forward_new(), for the status command and the metrics. */
 struct forward_stats {
-    uint64_t deliveries;     /* deliveries taken */
-    uint64_t created;        /* target tasks created (re-creations included) */
-    uint64_t adopted;        /* tasks of an interrupted create found again */
-    uint64_t updated;        /* messages that changed a target task */
-    uint64_t unchanged;      /* messages with nothing to change */
-    uint64_t duplicates;     /* dropped: seq already applied, or older than one in hand */
-    uint64_t superseded;     /* dropped: a newer message for the task arrived meanwhile */
-    uint64_t retried;        /* sent to a retry delay queue (confirmed) */
-    uint64_t dead;           /* sent to remotetask.dead (confirmed), all reasons */
+    uint64_t deliveries; /* deliveries taken */
+    uint64_t created;    /* target tasks created (re-creations included) */
+    uint64_t adopted;    /* tasks of an interrupted create found again */
+    uint64_t updated;    /* messages that changed a target task */
+    uint64_t unchanged;  /* messages with nothing to change */
+    uint64_t duplicates; /* dropped: seq already applied, or older than one in hand */
+    uint64_t superseded; /* dropped: a newer message for the task arrived meanwhile */
+    uint64_t retried;    /* sent to a retry delay queue (confirmed) */
+    uint64_t dead;       /* sent to remotetask.dead (confirmed), all reasons */
     uint64_t dead_undecodable;
     uint64_t dead_unauthorized;
     uint64_t dead_department;
     uint64_t dead_api;
     uint64_t dead_seq;
-    uint64_t requeued;       /* given back to the queue (out of memory only) */
-    uint64_t redelivered;    /* deliveries the broker marked redelivered */
-    uint64_t deferred;       /* store steps deferred (the store failed for now) */
-    uint64_t republished;    /* retry/dead copies published again after a nack or return */
-    uint64_t syncs;          /* sync requests handed to the sync hook (or ignored) */
-    int64_t last_apply_ms;   /* when a message was last applied (committed), 0 = never */
-    size_t busy;             /* slots holding a delivery now */
-    size_t running;          /* slots in an API call or a store step now */
+    uint64_t requeued;     /* given back to the queue (out of memory only) */
+    uint64_t redelivered;  /* deliveries the broker marked redelivered */
+    uint64_t deferred;     /* store steps deferred (the store failed for now) */
+    uint64_t republished;  /* retry/dead copies published again after a nack or return */
+    uint64_t syncs;        /* sync requests handed to the sync hook (or ignored) */
+    int64_t last_apply_ms; /* when a message was last applied (committed), 0 = never */
+    size_t busy;           /* slots holding a delivery now */
+    size_t running;        /* slots in an API call or a store step now */
 };
 
 struct forward;
@@ -233,19 +233,19 @@ const char *forward_dead_kind_name(enum forward_dead_kind kind);
 enum forward_dead_kind forward_check(const struct config *cfg, const char *queue,
                                      const char *user_id, const char *own_user,
                                      const char *relayed_user, const struct codec_msg *m,
-                                     const struct config_server_client **client,
-                                     char *reason, size_t reasonlen);
+                                     const struct config_server_client **client, char *reason,
+                                     size_t reasonlen);
 
 /* What an update must send, computed from a message and the fp set of what
  * was applied (store_link.applied). The strings are malloc'd; release with
  * forward_plan_release(). */
 struct forward_plan {
-    int name;     /* send the name */
-    int type;     /* send the type (never when api.task_type is set) */
-    int deadline; /* send the deadline */
-    int status;   /* send the status */
-    int stale;    /* the message's status is older than the target's: kept */
-    char *block;  /* the text of a new note block, or NULL when none */
+    int name;                            /* send the name */
+    int type;                            /* send the type (never when api.task_type is set) */
+    int deadline;                        /* send the deadline */
+    int status;                          /* send the status */
+    int stale;                           /* the message's status is older than the target's: kept */
+    char *block;                         /* the text of a new note block, or NULL when none */
     char applied[STORE_APPLIED_MAX + 1]; /* the fp set once this is applied */
 };
 

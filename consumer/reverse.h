@@ -3,11 +3,12 @@
  *
  * The client role consumes remotetask.reverse.<client.id>, where the
  * server's timer publisher sends what its staff did with the tasks this
- * client forwarded (reverse-design.md, "Client"): the target task's status,
- * its performer, and its native note text. One struct reverse lives inside
- * the bridge's poll loop, like the forward applier: the bridge dispatches
- * the broker's deliveries and confirms to it, drives billmgr (whose
- * callbacks run the applier's next step) and calls reverse_tick().
+ * client forwarded (docs/ARCHITECTURE.md, "How a change travels"): the
+ * target task's status, its performer, and its native note text. One
+ * struct reverse lives inside the bridge's poll loop, like the forward
+ * applier: the bridge dispatches the broker's deliveries and confirms to
+ * it, drives billmgr (whose callbacks run the applier's next step) and
+ * calls reverse_tick().
  *
  * A delivery is taken into a slot (applier.h: one for every delivery the
  * broker may send, per task order, newest waiting message wins, at most

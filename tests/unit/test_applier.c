@@ -27,6 +27,7 @@
 #include "../../consumer/applier_copy.c"
 #include "../../consumer/applier_order.c"
 #include "../../consumer/applier_pend.c"
+#include "../../consumer/applier_view.c"
 
 /* ---- the broker stand-in -------------------------------------------- */
 

@@ -2,14 +2,14 @@
  * configuration, the plan of an update against the applied fp set, the fp
  * set of a task found again after an interrupted create), and the applier
  * driven in-process against a loopback BILLmanager stand-in and a real
- * store, with a broker stand-in in the applier's broker table (applier_int.h's
- * struct applier_io): a store that fails at the commit, seqs no sender can
- * have used, a dead-lettered message and what comes after it.
+ * store, with a broker stand-in in the applier's broker table (struct
+ * applier_io, applier_int.h): a store that fails at the commit, seqs no
+ * sender can have used, a dead-lettered message and what comes after it.
  *
  * Unit test programs link rtconfig and rtcommon only, so the applier's
- * source, with the delivery slots it runs on (applier.c), is compiled
- * into this program; that also reaches its static helpers
- * (forward_block_text). */
+ * files (forward*.c, with the delivery slots they run on, applier*.c) are
+ * compiled into this program; that also reaches their static helpers
+ * (forward_block_text, forward_create_not_made) and struct forward. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -28,7 +28,12 @@
 #include "../../consumer/applier_copy.c"
 #include "../../consumer/applier_order.c"
 #include "../../consumer/applier_pend.c"
+#include "../../consumer/applier_view.c"
 #include "../../consumer/forward.c"
+#include "../../consumer/forward_apply.c"
+#include "../../consumer/forward_link.c"
+#include "../../consumer/forward_plan.c"
+#include "../../consumer/forward_recover.c"
 
 #include "fake_doc.h"
 #include "http_stub.h"
