@@ -3,9 +3,10 @@
  *
  * The file is libconfig syntax; its setting names are a user interface
  * (see config/client.conf.example and config/server.conf.example) and are
- * listed, with their types, defaults and bounds, in one table in config.c.
- * Loading either yields a complete struct config in which every value has
- * been checked, or an error that names the file, the line and the setting.
+ * listed, with their types, defaults and bounds, in one table in
+ * config_table.c. Loading either yields a complete struct config in which
+ * every value has been checked, or an error that names the file, the line
+ * and the setting.
  * Nothing is half-applied: the caller keeps its old struct until the new
  * one loaded (SIGHUP).
  */

@@ -12,7 +12,7 @@
 #   - every installed file is where it belongs, with its mode;
 #   - the unpacked programs run (remotetaskd --version, remotetaskctl --help);
 #   - the manual pages format without a single groff or man warning, and
-#     document every setting of config/config.c's table with its default
+#     document every setting of config/config_table.c's table with its default
 #     and bounds, every command and option of remotetaskctl, every option
 #     of remotetaskd;
 #   - the systemd unit passes systemd-analyze verify and keeps an exposure
@@ -279,22 +279,35 @@ def need(cond, what):
         problems.append(what)
 
 
-# remotetask.conf(5) against config/config.c and config/config.h.
+# remotetask.conf(5) against the table of config/config_table.c and the
+# headers it includes.
 conf = blocks("remotetask.conf.5")
-cc = read(os.path.join(src, "config/config.c"))
-ch = read(os.path.join(src, "config/config.h"))
-table = cc[cc.index("static const struct item config_items[]"):]
+tc = read(os.path.join(src, "config/config_table.c"))
+table = tc[tc.index("const struct item config_items[]"):]
 table = table[: table.index("};")]
 table = re.sub(r"/\*.*?\*/", "", table, flags=re.S)
 items = re.findall(r"\b(STR|INT|BOOL|ENUM|LIST|GROUP)\((.*?)\)\s*,", table, flags=re.S)
-need(len(items) > 40, "config.c's table was not found (%d items)" % len(items))
-limits = dict(re.findall(r"#define\s+(CONFIG_\w+)\s+(\d+)", ch))
-# Bounds the table takes from the module that owns them (the journal's are the
-# store's): every numeric macro of the headers config.c includes from common/.
-for hdr in re.findall(r'#include "(\w+\.h)"', cc):
-    hp = os.path.join(src, "common", hdr)
-    if os.path.exists(hp):
-        limits.update(re.findall(r"#define\s+(\w+)\s+(\d+)\b", read(hp)))
+need(len(items) > 40, "config_table.c's table was not found (%d items)" % len(items))
+# The caps (CONFIG_MAX_*) come from config/'s headers, which the table's file
+# includes one through the other (config_int.h, config.h); bounds the table
+# takes from the module that owns them (the journal's are the store's) from
+# the headers of common/ it includes: every numeric macro of each.
+limits = {}
+headers = re.findall(r'#include "(\w+\.h)"', tc)
+seen = set()
+while headers:
+    hdr = headers.pop(0)
+    if hdr in seen:
+        continue
+    seen.add(hdr)
+    if os.path.exists(os.path.join(src, "config", hdr)):
+        text = read(os.path.join(src, "config", hdr))
+        headers += re.findall(r'#include "(\w+\.h)"', text)
+    elif os.path.exists(os.path.join(src, "common", hdr)):
+        text = read(os.path.join(src, "common", hdr))
+    else:
+        continue
+    limits.update(re.findall(r"#define\s+(\w+)\s+(\d+)\b", text))
 for kind, args in items:
     a = [x.strip() for x in re.split(r",(?=(?:[^\"]*\"[^\"]*\")*[^\"]*$)", args)]
     path = a[0].strip('"')
