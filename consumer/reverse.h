@@ -24,14 +24,15 @@
  *   REV lookup -> [VIEW T] -> [EDIT T] -> COMMIT rev -> ACK
  *
  * What changed is computed against the fp set of what was applied before
- * (store_rev.applied): the status, when the target changed it (below);
- * the performer, set through client.performers when the remote staff
- * member is mapped (cleared when the remote side has none and a mapped
- * one was set by us), and otherwise never guessed: a line "Performer on
- * the remote side: NAME" goes into the note instead; and the part of the
- * remote native note text not appended yet. Text goes into the source note as one block from REVERSE_ORIGIN
- * (common/notes.h), so it never travels forward again. One task.edit
- * carries everything that changed; nothing changed, no call at all.
+ * (store_rev.applied): the status, when the target changed it (below); the
+ * performer, set through client.performers when the remote staff member is
+ * mapped (cleared when the remote side has none and a mapped one was set
+ * by us), and otherwise never guessed: a line "Performer on the remote
+ * side: NAME" goes into the note instead; and the part of the remote
+ * native note text not appended yet. Text goes into the source note as one
+ * block from REVERSE_ORIGIN (common/notes.h), so it never travels forward
+ * again. One task.edit carries everything that changed; nothing changed,
+ * no call at all.
  *
  * A store that fails for now (locked, full) holds the delivery in its
  * slot, unacknowledged, and the store step runs again (applier_defer); no

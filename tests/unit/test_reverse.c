@@ -6,7 +6,7 @@
  * the state delivered before it.
  *
  * Unit test programs link rtconfig and rtcommon only, so the applier's
- * sources (reverse.c and the delivery slots it runs on, applier.c) are
+ * sources (reverse*.c and the delivery slots they run on, applier*.c) are
  * compiled into this program. The broker is never connected: acks then
  * fail quietly (the messages would be redelivered), which changes nothing
  * of what the applier does. */
@@ -29,6 +29,9 @@
 #include "../../consumer/applier_pend.c"
 #include "../../consumer/applier_view.c"
 #include "../../consumer/reverse.c"
+#include "../../consumer/reverse_apply.c"
+#include "../../consumer/reverse_plan.c"
+#include "../../consumer/reverse_sync.c"
 
 #include "http_stub.h"
 
