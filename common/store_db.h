@@ -1,11 +1,32 @@
 /*
- * store_db.h - the store's handle, for the store's own files only.
+ * store_db.h - the store's handle and its way of talking to SQLite, for the
+ * store's own files only.
  *
- * store.c owns the connection, the schema and the transactions; the files
- * that add a concern to the store (store_journal.c) need the same handle
- * and the same way of reporting a failure. This header gives them both.
- * Nothing outside common/store*.c includes it: callers see struct store
- * as the opaque type of store.h.
+ * store.h is the contract with callers, to whom struct store is opaque.
+ * The store itself is split into files of one concern each:
+ *   store.c         opening and closing the database, transactions, and
+ *                   the calls on the outbox and fwd, links, rev and meta tables
+ *   store_schema.c  the tables (migrations) and every statement run on them
+ *   store_db.c      what every file below uses: failures named, checks of
+ *                   what callers pass, running statements and reading rows
+ *   store_journal.c each task's journal (store_journal.h)
+ *   store_sync.c    group commits
+ * They share what this header holds: the handle, the table of prepared
+ * statements, and the functions of store_db.c, store_schema.c,
+ * store_journal.c and store_sync.c that another of them calls, each with
+ * its contract. Nothing outside common/store*.c includes it.
+ *
+ * The rules every statement of the table is run by:
+ *   - A call takes it with store_db_stmt(), binds, steps, and leaves it
+ *     reset (store_db_reset) before it returns, whatever happened, so that
+ *     no statement keeps a read snapshot open between calls (that would
+ *     hold back WAL checkpoints and other writers). The run and read
+ *     helpers below reset it themselves.
+ *   - Bound text stays the caller's (SQLITE_STATIC): the rule above makes
+ *     it outlive its use.
+ *   - A failed SQLite call is recorded with store_db_fail(), a refusal of
+ *     the store (a value over its cap, misuse) with store_db_reject(): the
+ *     handle then holds the reason store_strerror() gives.
  */
 #ifndef RT_STORE_DB_H
 #define RT_STORE_DB_H
@@ -17,10 +38,11 @@
 #include "store.h"
 
 /* A reason holds SQLite's words, the file's path (cut to
- * STORE_PATH_SHOWN bytes) and what failed. */
+ * STORE_PATH_SHOWN bytes, store_db.c) and what failed. */
 #define STORE_ERR_MAX 1024
 
-/* Every statement store.c runs, prepared once at open (store.c). */
+/* Every statement the store's files run, prepared once at open; the SQL
+ * of each is in store_schema.c. */
 enum store_stmt_id {
     ST_BEGIN,
     ST_COMMIT,
@@ -84,8 +106,17 @@ struct store {
     char cause[STORE_ERR_MAX]; /* err without the operation (store_strcause) */
 };
 
+/* ---- failures and checks (store_db.c) -------------------------------- */
+
+/* What a failed SQLite result code rc means for a caller: RT_RETRY for
+ * the conditions that may pass (busy, locked, I/O, full, out of memory),
+ * RT_REJECT for the rest. */
+rt_status store_db_status(int rc);
+
 /* Records a failed SQLite call (rc) made while doing what, in the words
- * store_strerror() gives; returns RT_RETRY or RT_REJECT as store.h says. */
+ * store_strerror() gives; returns RT_RETRY or RT_REJECT as store.h says.
+ * When SQLite rolled the open transaction back by itself, in_txn is
+ * cleared and the reason says so. */
 rt_status store_db_fail(struct store *st, int rc, const char *what);
 
 /* Records a refusal of this module (a value over its cap, misuse) as the
@@ -97,8 +128,126 @@ rt_status store_db_reject(struct store *st, const char *fmt, ...)
  * else RT_REJECT with the reason kept. */
 rt_status store_db_check_client(struct store *st, const char *client);
 
-/* Installs the commit and WAL hooks of group commits on st->db
- * (store_sync.c); connect_db() calls it once the connection is open. */
+/* RT_OK for a number SQLite can hold (at most INT64_MAX), else RT_REJECT
+ * naming it as what. */
+rt_status store_db_check_u64(struct store *st, uint64_t v, const char *what);
+
+/* RT_OK for a fingerprint of at most STORE_FP_MAX bytes (NULL is ""). */
+rt_status store_db_check_fp(struct store *st, const char *fp);
+
+/* ---- statements (store_db.c) ----------------------------------------- */
+
+/* The prepared statement id of the handle, ready to bind. */
+sqlite3_stmt *store_db_stmt(struct store *st, enum store_stmt_id id);
+
+/* Resets s and clears its bindings. */
+void store_db_reset(sqlite3_stmt *s);
+
+/* Bind parameter i of s. Binding is to a statement known to have these
+ * parameters: a failure means SQLITE_RANGE or SQLITE_NOMEM, which the next
+ * step reports too. bind_text binds NULL for a NULL v; bind_limit caps max
+ * at INT64_MAX. */
+void store_db_bind_text(sqlite3_stmt *s, int i, const char *v);
+void store_db_bind_i64(sqlite3_stmt *s, int i, int64_t v);
+void store_db_bind_u64(sqlite3_stmt *s, int i, uint64_t v);
+void store_db_bind_limit(sqlite3_stmt *s, int i, size_t max);
+
+/* The statement id with client bound to ?1 and task (or another
+ * integer) to ?2, for the many statements keyed by (client, task); the
+ * caller checked the client. */
+sqlite3_stmt *store_db_task_stmt(struct store *st, enum store_stmt_id id, const char *client,
+                                 int64_t task);
+
+/* Column i of the current row as a count: a negative value (which this
+ * module never writes) reads as 0. */
+uint64_t store_db_column_u64(sqlite3_stmt *s, int i);
+
+/* Copies text column i into dst (NUL-terminated). Returns -1 when it does
+ * not fit in size, which for a value this module wrote means the file was
+ * altered. */
+int store_db_column_text(sqlite3_stmt *s, int i, char *dst, size_t size);
+
+/* Runs one SQL text without parameters (the set-up done once per open). */
+rt_status store_db_exec(struct store *st, const char *sql, const char *what);
+
+/* Runs s to its end (which is when an autocommit write is committed),
+ * its rows, if any, unread; then resets it. A failure is recorded with
+ * what. */
+rt_status store_db_run(struct store *st, sqlite3_stmt *s, const char *what);
+
+/* As store_db_run(); on RT_OK *n (may be NULL) receives the number of rows
+ * the write changed. */
+rt_status store_db_run_changes(struct store *st, sqlite3_stmt *s, const char *what, uint64_t *n);
+
+/* As store_db_run(), for a statement that returns at most one row of
+ * integers (a count, a write with RETURNING): the first row's columns 0
+ * and 1 go to *a and *b (either may be NULL), *found (may be NULL) tells
+ * whether there was a row. */
+rt_status store_db_run_ints(struct store *st, sqlite3_stmt *s, const char *what, bool *found,
+                            sqlite3_int64 *a, sqlite3_int64 *b);
+
+/* Steps s once, for a query of at most one row. RT_OK with *row = s when
+ * there is a row: the caller reads its columns, then calls
+ * store_db_reset(s). RT_OK with *row NULL when there is none, or the
+ * failure recorded with what and *row NULL: s is reset already. */
+rt_status store_db_row(struct store *st, sqlite3_stmt *s, const char *what, sqlite3_stmt **row);
+
+/* Copies the row a getter found for (client, task) into out; returns
+ * RT_OK, or the refusal recorded with store_db_reject(). */
+typedef rt_status store_db_get_fn(struct store *st, sqlite3_stmt *s, int64_t task, void *out);
+
+/* The one shape of every getter keyed by (client, task) (the fwd, links
+ * and rev tables): clears out (size bytes), checks the client, runs
+ * statement id for (client, task) and, when it returns a row, has read()
+ * copy it into out. No row leaves out cleared (its found false) and
+ * returns RT_OK; on any failure (recorded with what) out is cleared
+ * again. */
+rt_status store_db_get(struct store *st, enum store_stmt_id id, const char *client, int64_t task,
+                       const char *what, store_db_get_fn *read, void *out, size_t size);
+
+/* For a write keyed by (client, task) that returns the seq it allocated
+ * (RETURNING): checks the client, runs statement id to its end; *found
+ * tells whether it returned a row, *seq is its value (0 when none, or not
+ * positive). */
+rt_status store_db_next_seq(struct store *st, enum store_stmt_id id, const char *client,
+                            int64_t task, const char *what, bool *found, uint64_t *seq);
+
+/* For a write of a client's rows keyed by the client and one integer (a
+ * task id, a time): *n (may be NULL) is 0, the client is checked, then
+ * statement id is run as store_db_run_changes() runs it. */
+rt_status store_db_client_write(struct store *st, enum store_stmt_id id, const char *client,
+                                int64_t v, const char *what, uint64_t *n);
+
+/* Copies the current row of s into the array element at row; returns
+ * RT_OK, or the refusal recorded with store_db_reject(). */
+typedef rt_status store_db_row_fn(struct store *st, sqlite3_stmt *s, void *row);
+
+/* Reads at most max rows of s into out[0..*n), an array of elements of
+ * size bytes, one read() per row; then resets s. On a failure (of SQLite,
+ * recorded with what, or of read()) *n is 0. */
+rt_status store_db_rows(struct store *st, sqlite3_stmt *s, const char *what, store_db_row_fn *read,
+                        void *out, size_t size, size_t max, size_t *n);
+
+/* ---- the schema (store_schema.c) ------------------------------------- */
+
+/* Brings the schema of a writable connection up to STORE_SCHEMA_VERSION
+ * in one IMMEDIATE transaction; a file written by a newer version is
+ * refused (RT_REJECT) and left as it is. path names the file in the
+ * reason. */
+rt_status store_schema_migrate(struct store *st, const char *path);
+
+/* For a read-only connection: RT_OK when the file's schema is exactly
+ * STORE_SCHEMA_VERSION, else RT_REJECT saying which side is newer. */
+rt_status store_schema_check(struct store *st);
+
+/* Prepares every statement of enum store_stmt_id into st->stmt (the ones
+ * prepared before a failure are finalized by store_free()). */
+rt_status store_schema_prepare(struct store *st);
+
+/* ---- group commits (store_sync.c) ------------------------------------ */
+
+/* Installs the commit and WAL hooks of group commits on st->db;
+ * store.c calls it once the connection is open. */
 void store_sync_on_open(struct store *st);
 
 /* ---- the journal's part in the store's life (store_journal.c) --------

@@ -4,10 +4,10 @@
  * transactions, several handles and processes writing at once, and a
  * database that is full or locked by another process.
  *
- * store.c is compiled into this program (its own definitions are used,
- * so rtcommon's copy is never linked): a test reaches the handle's SQLite
- * connection to cap its size with PRAGMA max_page_count, which holds for
- * that connection only.
+ * The test sees the handle through the store's private header
+ * (store_db.h): it reaches the handle's SQLite connection to cap its size
+ * with PRAGMA max_page_count, which holds for that connection only, and
+ * reads its busy timeout.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -28,7 +28,8 @@
 #include <cmocka.h>
 #include <sqlite3.h>
 
-#include "../../common/store.c"
+#include "store.h"
+#include "store_db.h"
 
 struct fixture {
     char dir[64];    /* the mkdtemp directory, removed after the test */
