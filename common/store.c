@@ -1,15 +1,14 @@
 /*
  * store.c - the store's database (store.h): opening it (the state
  * directory, the file, WAL, the schema), closing it, and the transactions
- * the other store files run their statements in; and, until they have
- * files of their own, the calls on the rev and meta tables.
+ * the other store files run their statements in. What each table holds is
+ * in the store_*.c files store_db.h lists.
  */
 #include "store.h"
 #include "store_db.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <inttypes.h>
 #include <limits.h>
 #include <sqlite3.h>
 #include <stdarg.h>
@@ -401,121 +400,4 @@ rt_status store_rollback(struct store *st)
     if (sqlite3_get_autocommit(st->db))
         return RT_OK;
     return store_db_run(st, store_db_stmt(st, ST_ROLLBACK), "ROLLBACK");
-}
-
-/* ---- reverse applied state (client side) -------------------------------- */
-
-/* store_db_get_fn of store_rev_get(). */
-static rt_status store_rev_read(struct store *st, sqlite3_stmt *s, int64_t task, void *row)
-{
-    struct store_rev *out = row;
-    out->found = true;
-    out->seq = store_db_column_u64(s, 0);
-    out->notes_applied = store_db_column_u64(s, 1);
-    if (store_db_column_text(s, 2, out->applied, sizeof out->applied) < 0)
-        return store_db_reject(st, "the stored reverse state of task %" PRId64 " is too long",
-                               task);
-    return RT_OK;
-}
-
-rt_status store_rev_get(struct store *st, const char *client, int64_t task, struct store_rev *out)
-{
-    return store_db_get(st, ST_REV_GET, client, task, "reading reverse state", store_rev_read, out,
-                        sizeof *out);
-}
-
-rt_status store_rev_put(struct store *st, const char *client, int64_t task, uint64_t seq,
-                        uint64_t notes_applied, const char *applied)
-{
-    rt_status r = store_db_check_client(st, client);
-    if (r == RT_OK)
-        r = store_db_check_u64(st, seq, "seq");
-    if (r == RT_OK)
-        r = store_db_check_u64(st, notes_applied, "notes_applied");
-    applied = applied ? applied : "";
-    if (r == RT_OK && strlen(applied) > STORE_APPLIED_MAX)
-        r = store_db_reject(st, "applied is longer than %d bytes", STORE_APPLIED_MAX);
-    if (r != RT_OK)
-        return r;
-    sqlite3_stmt *s = store_db_task_stmt(st, ST_REV_PUT, client, task);
-    store_db_bind_u64(s, 3, seq);
-    store_db_bind_u64(s, 4, notes_applied);
-    store_db_bind_text(s, 5, applied);
-    return store_db_run(st, s, "storing reverse state");
-}
-
-/* ---- meta --------------------------------------------------------------- */
-
-static rt_status store_meta_check_key(struct store *st, const char *key)
-{
-    if (!key || !*key)
-        return store_db_reject(st, "meta key is empty");
-    if (strnlen(key, STORE_META_KEY_MAX + 1) > STORE_META_KEY_MAX)
-        return store_db_reject(st, "meta key is longer than %d bytes", STORE_META_KEY_MAX);
-    return RT_OK;
-}
-
-rt_status store_meta_get(struct store *st, const char *key, char *buf, size_t buflen, bool *found)
-{
-    *found = false;
-    if (buflen)
-        buf[0] = '\0';
-    rt_status r = store_meta_check_key(st, key);
-    if (r != RT_OK)
-        return r;
-    sqlite3_stmt *s = store_db_stmt(st, ST_META_GET);
-    store_db_bind_text(s, 1, key);
-    sqlite3_stmt *row;
-    r = store_db_row(st, s, "reading a meta value", &row);
-    if (r != RT_OK || !row)
-        return r;
-    if (!buflen || store_db_column_text(row, 0, buf, buflen) < 0)
-        r = store_db_reject(st, "meta value of \"%s\" does not fit in %zu bytes", key, buflen);
-    else
-        *found = true;
-    store_db_reset(s);
-    if (r != RT_OK && buflen)
-        buf[0] = '\0';
-    return r;
-}
-
-rt_status store_meta_set(struct store *st, const char *key, const char *value)
-{
-    rt_status r = store_meta_check_key(st, key);
-    if (r != RT_OK)
-        return r;
-    if (!value)
-        return store_db_reject(st, "meta value of \"%s\" is NULL", key);
-    if (strnlen(value, STORE_META_VALUE_MAX + 1) > STORE_META_VALUE_MAX)
-        return store_db_reject(st, "meta value of \"%s\" is longer than %d bytes", key,
-                               STORE_META_VALUE_MAX);
-    sqlite3_stmt *s = store_db_stmt(st, ST_META_SET);
-    store_db_bind_text(s, 1, key);
-    store_db_bind_text(s, 2, value);
-    return store_db_run(st, s, "storing a meta value");
-}
-
-rt_status store_meta_get_i64(struct store *st, const char *key, int64_t *value, bool *found)
-{
-    *value = 0;
-    char buf[32];
-    rt_status r = store_meta_get(st, key, buf, sizeof buf, found);
-    if (r != RT_OK || !*found)
-        return r;
-    char *end = NULL;
-    errno = 0;
-    long long v = strtoll(buf, &end, 10);
-    if (errno || end == buf || *end) {
-        *found = false;
-        return store_db_reject(st, "meta value of \"%s\" is not an integer", key);
-    }
-    *value = (int64_t)v;
-    return RT_OK;
-}
-
-rt_status store_meta_set_i64(struct store *st, const char *key, int64_t value)
-{
-    char buf[32];
-    snprintf(buf, sizeof buf, "%" PRId64, value);
-    return store_meta_set(st, key, buf);
 }

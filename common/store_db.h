@@ -4,13 +4,14 @@
  *
  * store.h is the contract with callers, to whom struct store is opaque.
  * The store itself is split into files of one concern each:
- *   store.c         opening and closing the database, transactions, and
- *                   the calls on the rev and meta tables
+ *   store.c         opening and closing the database, transactions
  *   store_schema.c  the tables (migrations) and every statement run on them
  *   store_db.c      what every file below uses: failures named, checks of
  *                   what callers pass, running statements and reading rows
  *   store_outbox.c  client side: the outbox and the forward seqs
  *   store_links.c   server side: links and their reverse seqs
+ *   store_rev.c     client side: what reverse messages applied
+ *   store_meta.c    small named values
  *   store_journal.c each task's journal (store_journal.h)
  *   store_sync.c    group commits
  * They share what this header holds: the handle, the table of prepared
