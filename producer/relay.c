@@ -12,14 +12,14 @@
 #include "codec.h"
 #include "log.h"
 #include "notes.h"
+#include "pager.h"
 #include "store_journal.h"
+#include "taskview.h"
 
 /* Fields of the task view that BILLMANAGER-API.md marks [doc] rather than
  * [chosen], so they are not settings: the service and the customer. */
 #define RELAY_FIELD_ITEM   "item"
 #define RELAY_FIELD_CLIENT "client"
-/* The list column holding a row's id [doc]. */
-#define RELAY_COLUMN_ID "id"
 /* The meta key the status command reads. */
 #define RELAY_META_LAST_PUBLISH "last_forward_publish_ms"
 /* "<client>:<task>:<seq>": a client id and two 64-bit numbers. */
@@ -96,11 +96,9 @@ struct relay {
 
     /* Reconciliation: one chain of page calls at a time. */
     int recon_running;
-    int recon_call;    /* a page call is in flight */
     int recon_pending; /* asked for again while running */
     size_t recon_dept; /* index into cfg->client.departments */
-    long recon_page;
-    long recon_seen; /* rows seen in the current department */
+    struct pager recon;
     uint64_t recon_listed;
     uint64_t recon_added;
     int64_t next_recon_ms; /* monotonic; 0 = at the first tick */
@@ -109,7 +107,6 @@ struct relay {
 };
 
 static void relay_pump(struct relay *r, int64_t now_ms);
-static void recon_request(struct relay *r);
 
 static int64_t relay_mono_ms(void)
 {
@@ -662,67 +659,6 @@ static void slot_prepare(struct relay_slot *s, const struct relay_fields *f)
     slot_publish(s);
 }
 
-/* What a view's failure says about the task. A missed error names the
- * missing object in $object: the element (elid, or the task) means the
- * task was deleted; "func", or the function's own name, is BILLmanager's
- * answer to a function it does not have, which says nothing about the
- * task. A missed error naming anything else (or nothing) is not read as a
- * deletion either: an event is never dropped on a guess. */
-enum relay_missed {
-    RELAY_MISSED_NO,   /* not a missed error */
-    RELAY_MISSED_TASK, /* the task was deleted */
-    RELAY_MISSED_FUNC, /* the view function does not exist */
-    RELAY_MISSED_OTHER,
-};
-
-static enum relay_missed relay_missed_what(const struct relay *r, const struct billmgr_reply *rep)
-{
-    const char *o = rep->err_object;
-    if (rep->status != RT_REJECT || strcmp(rep->err_type, "missed") != 0)
-        return RELAY_MISSED_NO;
-    if (strcmp(o, "elid") == 0 || strcmp(o, "task") == 0)
-        return RELAY_MISSED_TASK;
-    if (strcmp(o, "func") == 0 || strcmp(o, r->cfg->billmanager.api.func_task_edit) == 0)
-        return RELAY_MISSED_FUNC;
-    return RELAY_MISSED_OTHER;
-}
-
-/* 0 when doc, the answer of the view of task elid, is that task's view:
- * its "elid" and "id", those it has and one at least, are elid. Otherwise
- * -1 with why set ("the view names no task", "the view answers for task
- * \"9\"", "the view holds an elid that is not text"): the fields such an
- * answer leaves out (the API leaves out those without a value) would
- * travel as empty. */
-static int relay_view_of(json_t *doc, int64_t elid, char *why, size_t whylen)
-{
-    static const char *const ids[] = {"elid", "id"};
-    int named = 0;
-
-    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
-        const char *t;
-        int r = billmgr_text_field(doc, ids[i], &t);
-        if (r < 0) {
-            snprintf(why, whylen, "the view holds an %s that is not text", ids[i]);
-            return -1;
-        }
-        if (r == 0)
-            continue;
-        char *end;
-        errno = 0;
-        long long v = strtoll(t, &end, 10);
-        if (errno || end == t || *end || v != elid) {
-            snprintf(why, whylen, "the view answers for task \"%.32s\"", t);
-            return -1;
-        }
-        named = 1;
-    }
-    if (!named) {
-        snprintf(why, whylen, "the view names no task");
-        return -1;
-    }
-    return 0;
-}
-
 /* The view of a task answered but cannot be read (why): the row is
  * deferred like any failure for now, never dropped nor sent with fields
  * read as empty. */
@@ -748,8 +684,8 @@ static void view_done(void *arg, const struct billmgr_reply *rep)
 
     if (s->state != SLOT_VIEWING)
         return;
-    enum relay_missed missed = relay_missed_what(r, rep);
-    if (missed == RELAY_MISSED_TASK) {
+    enum taskview_missed missed = taskview_missed(rep, r->cfg->billmanager.api.func_task_edit);
+    if (missed == TASKVIEW_MISSED_TASK) {
         log_info("task %" PRId64 " is gone: nothing to forward", s->ev.task);
         slot_journal(s, 0, JOURNAL_VIEWED, 0, "%s: missed: the task is gone: nothing to forward",
                      r->cfg->billmanager.api.func_task_edit);
@@ -757,7 +693,7 @@ static void view_done(void *arg, const struct billmgr_reply *rep)
         slot_done(s);
         goto pump;
     }
-    if (missed == RELAY_MISSED_FUNC) {
+    if (missed == TASKVIEW_MISSED_FUNC) {
         const char *func = r->cfg->billmanager.api.func_task_edit;
         snprintf(reason, sizeof reason,
                  "viewing the task failed: the function \"%s\" does not exist on this "
@@ -798,7 +734,9 @@ static void view_done(void *arg, const struct billmgr_reply *rep)
     }
 
     r->func_missing = 0;
-    if (relay_view_of(rep->doc, s->ev.task, reason, sizeof reason) < 0) {
+    char why[128];
+    if (taskview_of(rep->doc, s->ev.task, why, sizeof why) < 0) {
+        snprintf(reason, sizeof reason, "the view %s", why);
         slot_unreadable(s, reason);
         goto pump;
     }
@@ -1001,7 +939,9 @@ enum recon_end {
     RECON_STOPPED,  /* relay_drain stopped it */
 };
 
-static void recon_finish(struct relay *r, enum recon_end how)
+static void relay_recon_run(struct relay *r);
+
+static void relay_recon_finish(struct relay *r, enum recon_end how)
 {
     int64_t now = relay_clock_ms(r);
     r->recon_running = 0;
@@ -1015,177 +955,153 @@ static void recon_finish(struct relay *r, enum recon_end how)
     }
     if (r->recon_pending && !r->draining) {
         r->recon_pending = 0;
-        r->recon_running = 1;
-        r->recon_dept = 0;
-        r->recon_page = 1;
-        r->recon_seen = 0;
-        r->recon_listed = 0;
-        r->recon_added = 0;
-        recon_request(r);
+        relay_recon_run(r);
     }
+}
+
+/* Asks for the current page of the department being listed. */
+static void relay_recon_request(struct relay *r)
+{
+    if (pager_request(&r->recon) < 0) {
+        log_warning("reconciliation stopped: cannot queue the list of department %ld",
+                    r->recon.department);
+        relay_recon_finish(r, RECON_FAILED);
+    }
+}
+
+/* Lists the configured department i from its first page, or ends the
+ * reconciliation when every one was listed. */
+static void relay_recon_department(struct relay *r, size_t i)
+{
+    r->recon_dept = i;
+    if (i >= r->cfg->client.n_departments) {
+        relay_recon_finish(r, RECON_DONE);
+        return;
+    }
+    pager_start(&r->recon, r->cfg->client.departments[i].local);
+    relay_recon_request(r);
+}
+
+/* A reconciliation from the first department on. */
+static void relay_recon_run(struct relay *r)
+{
+    r->recon_running = 1;
+    r->recon_listed = 0;
+    r->recon_added = 0;
+    relay_recon_department(r, 0);
+}
+
+/* What the rows of one page share: the time their events are recorded
+ * at and how many were. */
+struct recon_page {
+    struct relay *r;
+    int64_t now;
+    uint64_t added;
+};
+
+/* One listed row (pager_row_fn), inside the page's transaction: an event
+ * when the task needs one. -1 when the store failed. */
+static int relay_recon_row(void *arg, json_t *row, long id)
+{
+    struct recon_page *pg = arg;
+    struct relay *r = pg->r;
+    const char *client = r->cfg->client.id;
+    const char *col_updated = r->cfg->billmanager.api.field_updated;
+    struct store_fwd fwd;
+
+    if (store_fwd_get(r->st, client, id, &fwd) != RT_OK)
+        return -1;
+    const char *listed = billmgr_text(row, col_updated);
+    if (!recon_needs_event(&fwd, listed))
+        return 0;
+    if (store_outbox_add(r->st, client, id, pg->now) != RT_OK)
+        return -1;
+    store_journal_add(r->st, pg->now, STORE_SIDE_CLIENT, client, id, 0, JOURNAL_RECONCILED, 0,
+                      "the list's %s is \"%s\", \"%s\" when last seen", col_updated,
+                      listed ? listed : "", fwd.found ? fwd.updated : "");
+    pg->added++;
+    return 0;
 }
 
 /* Records an event for every row of one page that needs it, in one
  * transaction (one disk sync per page, not per row). Returns the number
  * of rows on the page, or -1 when the store failed or a row's id cannot
- * be read (logged; nothing of the page is recorded). */
-static long recon_page_rows(struct relay *r, json_t *doc)
+ * be read (logged; nothing of the page is recorded): a row that cannot be
+ * read may be a task whose event was missed, so the reconciliation fails
+ * (and is due again) rather than skip it without a word. */
+static long relay_recon_rows(struct relay *r, json_t *doc)
 {
-    const char *client = r->cfg->client.id;
-    const char *col_updated = r->cfg->billmanager.api.field_updated;
-    json_t *elems = json_object_get(doc, "elem");
-    int64_t now = relay_wall_ms(r);
-    uint64_t added = 0;
-    long rows = 0;
-    size_t i;
-    json_t *e;
+    struct recon_page pg = {.r = r, .now = relay_wall_ms(r), .added = 0};
+    const char *bad = "";
 
-    if (!json_is_array(elems) && !json_is_object(elems))
+    if (!pager_has_rows(doc))
         return 0;
     if (store_begin(r->st) != RT_OK)
         goto store_failed;
-    if (json_is_object(elems)) {
-        /* Some encoders give a one-row list as the row itself. */
-        json_t *one = json_array();
-        if (!one || json_array_append(one, elems) < 0) {
-            json_decref(one);
+    long rows = pager_rows(doc, relay_recon_row, &pg, &bad);
+    if (rows == PAGER_NOMEM || rows == PAGER_BAD_ROW) {
+        if (rows == PAGER_NOMEM)
             log_warning("reconciliation stopped: out of memory");
-            store_rollback(r->st);
-            return -1;
-        }
-        elems = one;
-    } else {
-        json_incref(elems);
-    }
-    json_array_foreach(elems, i, e)
-    {
-        long id;
-        struct store_fwd fwd;
-        const char *text;
-        rows++;
-        /* A row that cannot be read may be a task whose event was
-         * missed: the reconciliation fails (and is due again) rather than
-         * skip it without a word. */
-        int got = billmgr_text_field(e, RELAY_COLUMN_ID, &text);
-        if (got <= 0 || billmgr_long(e, RELAY_COLUMN_ID, &id) < 0 || id <= 0) {
+        else
             log_warning("reconciliation stopped: the list of department %ld (page %ld) has a row "
                         "%s",
-                        r->cfg->client.departments[r->recon_dept].local, r->recon_page,
-                        got < 0    ? "whose id is not text"
-                        : got == 0 ? "without an id"
-                                   : "whose id is not a task id");
-            json_decref(elems);
-            store_rollback(r->st);
-            return -1;
-        }
-        if (store_fwd_get(r->st, client, id, &fwd) != RT_OK)
-            goto rollback_txn;
-        if (!recon_needs_event(&fwd, billmgr_text(e, col_updated)))
-            continue;
-        if (store_outbox_add(r->st, client, id, now) != RT_OK)
-            goto rollback_txn;
-        const char *listed = billmgr_text(e, col_updated);
-        store_journal_add(r->st, now, STORE_SIDE_CLIENT, client, id, 0, JOURNAL_RECONCILED, 0,
-                          "the list's %s is \"%s\", \"%s\" when last seen", col_updated,
-                          listed ? listed : "", fwd.found ? fwd.updated : "");
-        added++;
+                        r->recon.department, r->recon.page, bad);
+        store_rollback(r->st);
+        return -1;
     }
-    json_decref(elems);
+    if (rows < 0)
+        goto rollback_txn;
     if (store_commit(r->st) != RT_OK)
         goto store_failed;
-    r->recon_added += added;
-    r->stats.reconcile_enqueued += added;
-    if (added)
+    r->recon_added += pg.added;
+    r->stats.reconcile_enqueued += pg.added;
+    if (pg.added)
         r->woken = 1;
     return rows;
 
 rollback_txn:
-    json_decref(elems);
     store_rollback(r->st);
 store_failed:
     relay_store_failed(r, "reconciliation stopped: cannot record events");
     return -1;
 }
 
-/* The answer of one page of a department's task list. */
-static void recon_done(void *arg, const struct billmgr_reply *rep)
+/* The answer of one page of a department's task list (pager_page_fn). */
+static void relay_recon_page(void *arg, const struct billmgr_reply *rep)
 {
     struct relay *r = arg;
-    const struct config_department_map *d = &r->cfg->client.departments[r->recon_dept];
-    long total = 0;
 
-    r->recon_call = 0;
     if (rep->status != RT_OK) {
         log_warning("reconciliation stopped: listing department %ld (page %ld) failed: %s: %s",
-                    d->local, r->recon_page, rep->err_type, rep->message);
-        recon_finish(r, RECON_FAILED);
+                    r->recon.department, r->recon.page, rep->err_type, rep->message);
+        relay_recon_finish(r, RECON_FAILED);
         goto pump;
     }
-    long rows = recon_page_rows(r, rep->doc);
+    long rows = relay_recon_rows(r, rep->doc);
     if (rows < 0) {
-        recon_finish(r, RECON_FAILED);
+        relay_recon_finish(r, RECON_FAILED);
         goto pump;
     }
-    r->recon_seen += rows;
     r->recon_listed += (uint64_t)rows;
-    int have_total = billmgr_long(rep->doc, "p_elems", &total) == 0;
-    /* With p_elems known it decides, since a server may cap p_cnt below
-     * what was asked; without it a short page is the last one. */
-    int last = rows == 0 || (have_total ? r->recon_seen >= total
-                                        : rows < (long)r->cfg->billmanager.api.page_size);
     if (r->draining) {
-        recon_finish(r, RECON_STOPPED);
+        relay_recon_finish(r, RECON_STOPPED);
         goto pump;
     }
-    if (!last && r->recon_page >= RELAY_RECONCILE_MAX_PAGES) {
-        log_warning("reconciliation of department %ld stopped after %ld pages", d->local,
-                    r->recon_page);
-        last = 1;
+    switch (pager_next(&r->recon, rep->doc, rows)) {
+    case PAGER_MORE: relay_recon_request(r); break;
+    case PAGER_CAPPED:
+        log_warning("reconciliation of department %ld stopped after %ld pages", r->recon.department,
+                    r->recon.page);
+        relay_recon_department(r, r->recon_dept + 1);
+        break;
+    case PAGER_LAST:
+    default: relay_recon_department(r, r->recon_dept + 1); break;
     }
-    if (last) {
-        r->recon_dept++;
-        r->recon_page = 1;
-        r->recon_seen = 0;
-    } else {
-        r->recon_page++;
-    }
-    if (r->recon_dept >= r->cfg->client.n_departments)
-        recon_finish(r, RECON_DONE);
-    else
-        recon_request(r);
 pump:
     relay_pump(r, relay_clock_ms(r));
 }
 
-/* Asks for the current page of the current department. */
-static void recon_request(struct relay *r)
-{
-    const struct config_billmgr_api *api = &r->cfg->billmanager.api;
-    struct billmgr_params p;
-    int bad = 0;
-
-    if (r->recon_dept >= r->cfg->client.n_departments) {
-        recon_finish(r, RECON_DONE);
-        return;
-    }
-    const struct config_department_map *d = &r->cfg->client.departments[r->recon_dept];
-    billmgr_params_init(&p);
-    bad |= billmgr_params_add(&p, "filter", "on");
-    bad |= billmgr_params_addf(&p, api->field_department, "%ld", d->local);
-    bad |= billmgr_params_addf(&p, "p_cnt", "%d", api->page_size);
-    bad |= billmgr_params_addf(&p, "p_num", "%ld", r->recon_page);
-    if (bad == 0)
-        bad = billmgr_call(r->bm, api->func_task, &p, recon_done, r);
-    billmgr_params_release(&p);
-    if (bad < 0) {
-        log_warning("reconciliation stopped: cannot queue the list of department %ld", d->local);
-        recon_finish(r, RECON_FAILED);
-        return;
-    }
-    r->recon_call = 1;
-}
-
-static void recon_start(struct relay *r)
+static void relay_recon_start(struct relay *r)
 {
     if (r->draining)
         return;
@@ -1193,15 +1109,9 @@ static void recon_start(struct relay *r)
         r->recon_pending = 1;
         return;
     }
-    r->recon_running = 1;
     r->recon_pending = 0;
-    r->recon_dept = 0;
-    r->recon_page = 1;
-    r->recon_seen = 0;
-    r->recon_listed = 0;
-    r->recon_added = 0;
     log_debug("reconciliation started over %zu departments", r->cfg->client.n_departments);
-    recon_request(r);
+    relay_recon_run(r);
 }
 
 /* ---- the component --------------------------------------------------- */
@@ -1246,6 +1156,8 @@ struct relay *relay_new(const struct config *cfg, struct store *st, struct billm
         relay_free(r);
         return NULL;
     }
+    pager_init(&r->recon, bm, &cfg->billmanager.api, cfg->billmanager.api.page_size,
+               RELAY_RECONCILE_MAX_PAGES, relay_recon_page, r);
     r->woken = 1;
     /* Until the first tick gives its clock. */
     r->tick_mono = r->tick_now = relay_mono_ms();
@@ -1317,7 +1229,7 @@ int64_t relay_tick(struct relay *r, int64_t now_ms)
         if (r->slots[i].state == SLOT_ACKED)
             slot_commit(&r->slots[i]);
     if (!r->draining && !r->recon_running && now_ms >= r->next_recon_ms)
-        recon_start(r);
+        relay_recon_start(r);
     relay_pump(r, now_ms);
 
     int64_t next = now_ms + RELAY_SCAN_INTERVAL_MS;
@@ -1391,7 +1303,7 @@ void relay_wake(struct relay *r, int reconcile)
 {
     r->woken = 1;
     if (reconcile)
-        recon_start(r);
+        relay_recon_start(r);
     relay_pump(r, relay_clock_ms(r));
 }
 
@@ -1408,7 +1320,7 @@ void relay_drain(struct relay *r)
 
 int relay_idle(const struct relay *r)
 {
-    return r->used == 0 && !r->recon_call;
+    return r->used == 0 && !r->recon.call;
 }
 
 void relay_stats(const struct relay *r, struct relay_stats *out)

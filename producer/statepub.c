@@ -11,10 +11,10 @@
 #include "codec.h"
 #include "log.h"
 #include "notes.h"
+#include "pager.h"
 #include "store_journal.h"
+#include "taskview.h"
 
-/* The list column holding a row's id [doc]. */
-#define SP_COLUMN_ID "id"
 /* The applied-set keys this module owns; the forward applier owns the
  * others, and reads "status" to skip the client's echo of a status. */
 #define SP_KEY_STATE  "state"
@@ -93,13 +93,11 @@ struct sp_job {
 struct sp_client {
     struct statepub *sp;
     const struct config_server_client *cc;
-    int running;   /* a cycle runs */
-    int listing;   /* its list has pages left */
-    int list_call; /* a page call is in flight */
-    int list_wait; /* the next page waits for the view queue to shrink */
-    int failed;    /* something failed in this cycle */
-    long page;
-    long seen;             /* rows listed in this cycle */
+    int running;           /* a cycle runs */
+    int listing;           /* its list has pages left */
+    int list_wait;         /* the next page waits for the view queue to shrink */
+    int failed;            /* something failed in this cycle */
+    struct pager pager;    /* the department's list; its seen: rows listed in this cycle */
     int64_t started_ms;    /* monotonic */
     int64_t next_cycle_ms; /* monotonic */
     int again;             /* statepub_kick() during a cycle: one more right after it */
@@ -149,7 +147,7 @@ struct statepub {
 
 static void sp_pump(struct statepub *sp);
 static void cycle_maybe_end(struct sp_client *c);
-static void page_request(struct sp_client *c);
+static void sp_page_request(struct sp_client *c);
 
 /* The wall clock: for what is stored or sent (message times, the time of
  * the last cycle). */
@@ -528,11 +526,9 @@ static void cycle_start(struct sp_client *c, int64_t now)
         return;
     c->running = 1;
     c->listing = 1;
-    c->list_call = 0;
     c->list_wait = 0;
     c->failed = 0;
-    c->page = 1;
-    c->seen = 0;
+    pager_start(&c->pager, c->cc->department);
     c->jobs = 0;
     c->started_ms = now;
     c->cyc_views = c->cyc_published = c->cyc_confirmed = c->cyc_unchanged = 0;
@@ -542,7 +538,7 @@ static void cycle_start(struct sp_client *c, int64_t now)
     c->npend = 0;
     log_debug("state cycle of client \"%s\" started (department %ld)", c->cc->id,
               c->cc->department);
-    page_request(c);
+    sp_page_request(c);
 }
 
 /* Ends the running cycle of c once its list is finished and every job it
@@ -551,7 +547,7 @@ static void cycle_start(struct sp_client *c, int64_t now)
 static void cycle_maybe_end(struct sp_client *c)
 {
     struct statepub *sp = c->sp;
-    if (!c->running || c->listing || c->list_call || c->jobs > 0)
+    if (!c->running || c->listing || c->pager.call || c->jobs > 0)
         return;
     int64_t now = sp_clock_ms(sp), wall = sp_now_ms();
     int64_t took = now - c->started_ms;
@@ -577,7 +573,7 @@ static void cycle_maybe_end(struct sp_client *c)
         log_warning("state cycle of client \"%s\" incomplete after %" PRId64 " ms (%ld rows, "
                     "%" PRIu64 " views, %" PRIu64 " confirmed): what failed is published by "
                     "the next cycle",
-                    c->cc->id, took, c->seen, c->cyc_views, c->cyc_confirmed);
+                    c->cc->id, took, c->pager.seen, c->cyc_views, c->cyc_confirmed);
         /* The requests of this cycle go first, counts kept; the retry
          * comes soon only when a client waits for it. */
         struct sp_sync later[STATEPUB_MAX_SYNCS];
@@ -597,7 +593,7 @@ static void cycle_maybe_end(struct sp_client *c)
     }
     log_info("state cycle of client \"%s\" done in %" PRId64 " ms: %ld rows, %" PRIu64
              " views, %" PRIu64 " states published, %" PRIu64 " unchanged",
-             c->cc->id, took, c->seen, c->cyc_views, c->cyc_confirmed, c->cyc_unchanged);
+             c->cc->id, took, c->pager.seen, c->cyc_views, c->cyc_confirmed, c->cyc_unchanged);
     for (size_t i = 0; i < c->ncur; i++)
         sync_done_queue(c, &c->cur[i]);
     c->ncur = 0;
@@ -607,7 +603,6 @@ static void cycle_maybe_end(struct sp_client *c)
     if (c->npend)
         cycle_start(c, now);
 }
-
 
 /* 1 when the forward applier applied a task message the last state
  * published had not seen (fwd_seq is the link's last_seq now): that state
@@ -624,174 +619,135 @@ static int sp_fwd_moved(const struct store_link *link, uint64_t fwd_seq)
     int64_t pub_fwd = fp_set_get_int(link->applied, SP_KEY_PUB_FWD, -1);
     return pub_fwd >= 0 && fwd_seq > (uint64_t)pub_fwd;
 }
-/* Takes the changed rows of one page as jobs. Returns the number of rows
- * on the page, or -1 when the store or memory failed (logged). */
-static long page_rows(struct sp_client *c, json_t *doc)
-{
-    struct statepub *sp = c->sp;
-    const char *col_updated = sp->cfg->billmanager.api.field_updated;
-    const char *col_performer = sp->cfg->billmanager.api.field_performer;
-    json_t *elems = json_object_get(doc, "elem");
-    json_t *one = NULL;
-    long rows = 0;
-    size_t i;
-    json_t *e;
-
-    if (json_is_object(elems)) {
-        /* Some encoders give a one-row list as the row itself. */
-        one = json_array();
-        if (!one || json_array_append(one, elems) < 0) {
-            json_decref(one);
-            log_warning("cannot read the list of client \"%s\": out of memory", c->cc->id);
-            return -1;
-        }
-        elems = one;
-    } else if (!json_is_array(elems)) {
-        return 0;
-    }
-    json_array_foreach(elems, i, e)
-    {
-        long id;
-        struct store_link link;
-        char lf[FP_HEX_LEN + 1];
-        const char *text, *pname;
-
-        rows++;
-        /* A row that cannot be read may be a linked task whose state
-         * changed: the cycle fails (and is retried) rather than skip it. */
-        int got = billmgr_text_field(e, SP_COLUMN_ID, &text);
-        if (got <= 0 || billmgr_long(e, SP_COLUMN_ID, &id) < 0 || id <= 0) {
-            log_warning("cannot list department %ld of client \"%s\" (page %ld): it has a row %s",
-                        c->cc->department, c->cc->id, c->page,
-                        got < 0    ? "whose id is not text"
-                        : got == 0 ? "without an id"
-                                   : "whose id is not a task id");
-            goto fail;
-        }
-        if (store_link_by_dst(sp->st, c->cc->id, id, &link) != RT_OK) {
-            log_warning("cannot read the link of task %ld of client \"%s\": %s", id, c->cc->id,
-                        store_strerror(sp->st));
-            goto fail;
-        }
-        if (!link.found)
-            continue;
-        statepub_row_fp(sp->cfg, e, lf);
-        const char *updated = billmgr_text(e, col_updated);
-        int blind = !updated || !*updated;
-        if (blind)
-            c->cyc_blind = 1;
-        else if (strcmp(lf, link.rev_fp) == 0 && !sp_fwd_moved(&link, link.last_seq))
-            continue;
-        if (billmgr_text_field(e, col_performer, &pname) < 0) {
-            log_warning("cannot list department %ld of client \"%s\" (page %ld): the %s of "
-                        "task %ld is not text",
-                        c->cc->department, c->cc->id, c->page, col_performer, id);
-            goto fail;
-        }
-        struct sp_job *j = job_new(c, JOB_STATE);
-        if (j)
-            j->pname = strdup(pname ? pname : "");
-        if (!j || !j->pname) {
-            job_free(j);
-            log_warning("cannot take task %ld of client \"%s\": out of memory", id, c->cc->id);
-            goto fail;
-        }
-        j->src_task = link.src_task;
-        j->dst_task = id;
-        j->fwd_seq = link.last_seq;
-        memcpy(j->lf, lf, sizeof j->lf);
-        j->state = JOB_WAITING;
-        list_push_tail(&c->waiting, j);
-        c->jobs++;
-    }
-    json_decref(one);
-    return rows;
-fail:
-    json_decref(one);
-    return -1;
-}
-
-/* The answer of one page of a client's department. */
-static void page_done(void *arg, const struct billmgr_reply *rep)
+/* Takes one listed row (pager_row_fn) as a job when it is the target of
+ * a link of the client and changed since the last cycle. Returns -1 when
+ * the store or memory failed, or the performer cannot be read (logged):
+ * a row that cannot be read may be a linked task whose state changed, so
+ * the cycle fails (and is retried) rather than skip it. */
+static int sp_page_row(void *arg, json_t *e, long id)
 {
     struct sp_client *c = arg;
     struct statepub *sp = c->sp;
-    long total = 0;
+    const char *col_updated = sp->cfg->billmanager.api.field_updated;
+    const char *col_performer = sp->cfg->billmanager.api.field_performer;
+    struct store_link link;
+    char lf[FP_HEX_LEN + 1];
+    const char *pname;
 
-    c->list_call = 0;
+    if (store_link_by_dst(sp->st, c->cc->id, id, &link) != RT_OK) {
+        log_warning("cannot read the link of task %ld of client \"%s\": %s", id, c->cc->id,
+                    store_strerror(sp->st));
+        return -1;
+    }
+    if (!link.found)
+        return 0;
+    statepub_row_fp(sp->cfg, e, lf);
+    const char *updated = billmgr_text(e, col_updated);
+    int blind = !updated || !*updated;
+    if (blind)
+        c->cyc_blind = 1;
+    else if (strcmp(lf, link.rev_fp) == 0 && !sp_fwd_moved(&link, link.last_seq))
+        return 0;
+    if (billmgr_text_field(e, col_performer, &pname) < 0) {
+        log_warning("cannot list department %ld of client \"%s\" (page %ld): the %s of "
+                    "task %ld is not text",
+                    c->cc->department, c->cc->id, c->pager.page, col_performer, id);
+        return -1;
+    }
+    struct sp_job *j = job_new(c, JOB_STATE);
+    if (j)
+        j->pname = strdup(pname ? pname : "");
+    if (!j || !j->pname) {
+        job_free(j);
+        log_warning("cannot take task %ld of client \"%s\": out of memory", id, c->cc->id);
+        return -1;
+    }
+    j->src_task = link.src_task;
+    j->dst_task = id;
+    j->fwd_seq = link.last_seq;
+    memcpy(j->lf, lf, sizeof j->lf);
+    j->state = JOB_WAITING;
+    list_push_tail(&c->waiting, j);
+    c->jobs++;
+    return 0;
+}
+
+/* Takes the changed rows of one page as jobs. Returns the number of rows
+ * on the page, or -1 when a row cannot be read, or the store or memory
+ * failed (logged). */
+static long sp_page_rows(struct sp_client *c, json_t *doc)
+{
+    const char *bad = "";
+    long rows = pager_rows(doc, sp_page_row, c, &bad);
+    if (rows == PAGER_NOMEM)
+        log_warning("cannot read the list of client \"%s\": out of memory", c->cc->id);
+    else if (rows == PAGER_BAD_ROW)
+        log_warning("cannot list department %ld of client \"%s\" (page %ld): it has a row %s",
+                    c->cc->department, c->cc->id, c->pager.page, bad);
+    return rows < 0 ? -1 : rows;
+}
+
+/* The list is over, or failed: the cycle ends once its jobs are done. */
+static void sp_list_end(struct sp_client *c, int failed)
+{
+    c->listing = 0;
+    if (failed)
+        c->failed = 1;
+    cycle_maybe_end(c);
+}
+
+/* The answer of one page of a client's department (pager_page_fn). */
+static void sp_page_done(void *arg, const struct billmgr_reply *rep)
+{
+    struct sp_client *c = arg;
+    struct statepub *sp = c->sp;
+
     if (sp->draining) {
-        c->listing = 0;
-        cycle_maybe_end(c);
+        sp_list_end(c, 0);
         return;
     }
     if (rep->status != RT_OK) {
         log_warning("cannot list department %ld of client \"%s\" (page %ld): %s: %s",
-                    c->cc->department, c->cc->id, c->page, rep->err_type, rep->message);
-        c->listing = 0;
-        c->failed = 1;
-        cycle_maybe_end(c);
+                    c->cc->department, c->cc->id, c->pager.page, rep->err_type, rep->message);
+        sp_list_end(c, 1);
         goto pump;
     }
-    long rows = page_rows(c, rep->doc);
+    long rows = sp_page_rows(c, rep->doc);
     if (rows < 0) {
-        c->listing = 0;
-        c->failed = 1;
-        cycle_maybe_end(c);
+        sp_list_end(c, 1);
         goto pump;
     }
-    c->seen += rows;
     sp->stats.rows_seen += (uint64_t)rows;
-    int have_total = billmgr_long(rep->doc, "p_elems", &total) == 0;
-    /* With p_elems known it decides, since a server may cap p_cnt below
-     * what was asked; without it a short page is the last one. */
-    int last = rows == 0 || (have_total ? c->seen >= total : rows < sp->page_size);
-    if (!last && c->page >= STATEPUB_MAX_PAGES) {
-        log_warning("list of department %ld of client \"%s\" stopped after %ld pages",
-                    c->cc->department, c->cc->id, c->page);
-        last = 1;
-    }
-    if (last) {
-        c->listing = 0;
-        cycle_maybe_end(c);
-    } else {
-        c->page++;
+    switch (pager_next(&c->pager, rep->doc, rows)) {
+    case PAGER_MORE:
         /* The next page waits while a page's worth of rows waits for
          * views, so that a cycle holds at most about two pages. */
         if (c->waiting.n < (size_t)sp->page_size)
-            page_request(c);
+            sp_page_request(c);
         else
             c->list_wait = 1;
+        break;
+    case PAGER_CAPPED:
+        log_warning("list of department %ld of client \"%s\" stopped after %ld pages",
+                    c->cc->department, c->cc->id, c->pager.page);
+        sp_list_end(c, 0);
+        break;
+    case PAGER_LAST:
+    default: sp_list_end(c, 0); break;
     }
 pump:
     sp_pump(sp);
 }
 
 /* Asks for the current page of the client's department. */
-static void page_request(struct sp_client *c)
+static void sp_page_request(struct sp_client *c)
 {
-    struct statepub *sp = c->sp;
-    const struct config_billmgr_api *api = &sp->cfg->billmanager.api;
-    struct billmgr_params p;
-    int bad = 0;
-
     c->list_wait = 0;
-    billmgr_params_init(&p);
-    bad |= billmgr_params_add(&p, "filter", "on");
-    bad |= billmgr_params_addf(&p, api->field_department, "%ld", c->cc->department);
-    bad |= billmgr_params_addf(&p, "p_cnt", "%ld", sp->page_size);
-    bad |= billmgr_params_addf(&p, "p_num", "%ld", c->page);
-    if (bad == 0)
-        bad = billmgr_call(sp->bm, api->func_task, &p, page_done, c);
-    billmgr_params_release(&p);
-    if (bad < 0) {
+    if (pager_request(&c->pager) < 0) {
         log_warning("cannot list department %ld of client \"%s\": the API queue is full",
                     c->cc->department, c->cc->id);
-        c->listing = 0;
-        c->failed = 1;
-        cycle_maybe_end(c);
-        return;
+        sp_list_end(c, 1);
     }
-    c->list_call = 1;
 }
 
 /* ---- views ----------------------------------------------------------- */
@@ -869,66 +825,6 @@ static void job_prepare(struct sp_job *j, const struct statepub_state *s)
     list_push_tail(&sp->ready, j);
 }
 
-/* What a missed error names (BILLMANAGER-API.md §2: $object is the
- * missing object), read as producer/relay.c reads it: the element (elid,
- * or task) means the task was deleted; "func", or the view function's own
- * name, is BILLmanager's answer to a function it does not have, which
- * says nothing about the task. Anything else, or nothing, is a failed
- * view (the cycle is retried): a state is never dropped on a guess. */
-enum sp_missed {
-    SP_MISSED_NO = 0, /* not a missed error */
-    SP_MISSED_TASK,   /* the task was deleted */
-    SP_MISSED_FUNC,   /* the view function does not exist */
-    SP_MISSED_OTHER,
-};
-
-static enum sp_missed sp_missed_what(const struct statepub *sp, const struct billmgr_reply *rep)
-{
-    const char *o = rep->err_object;
-    if (rep->status != RT_REJECT || strcmp(rep->err_type, "missed") != 0)
-        return SP_MISSED_NO;
-    if (strcmp(o, "elid") == 0 || strcmp(o, "task") == 0)
-        return SP_MISSED_TASK;
-    if (strcmp(o, "func") == 0 || strcmp(o, sp->cfg->billmanager.api.func_task_edit) == 0)
-        return SP_MISSED_FUNC;
-    return SP_MISSED_OTHER;
-}
-
-/* 0 when doc, the answer of the view of task elid, is that task's view:
- * its "elid" and "id", those it has and one at least, are elid. Otherwise
- * -1 with why set ("names no task", "answers for task \"9\"", "holds an
- * elid that is not text"): the fields such an answer leaves out (the API
- * leaves out those without a value) could not be read as empty. */
-static int sp_view_of(json_t *doc, int64_t elid, char *why, size_t whylen)
-{
-    static const char *const ids[] = {"elid", "id"};
-    int named = 0;
-
-    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
-        const char *t;
-        int r = billmgr_text_field(doc, ids[i], &t);
-        if (r < 0) {
-            snprintf(why, whylen, "holds an %s that is not text", ids[i]);
-            return -1;
-        }
-        if (r == 0)
-            continue;
-        char *end;
-        errno = 0;
-        long long v = strtoll(t, &end, 10);
-        if (errno || end == t || *end || v != elid) {
-            snprintf(why, whylen, "answers for task \"%.32s\"", t);
-            return -1;
-        }
-        named = 1;
-    }
-    if (!named) {
-        snprintf(why, whylen, "names no task");
-        return -1;
-    }
-    return 0;
-}
-
 /* The answer of a task view. */
 static void view_done(void *arg, const struct billmgr_reply *rep)
 {
@@ -945,8 +841,8 @@ static void view_done(void *arg, const struct billmgr_reply *rep)
         job_finish(j, 0);
         return;
     }
-    enum sp_missed missed = sp_missed_what(sp, rep);
-    if (missed == SP_MISSED_FUNC) {
+    enum taskview_missed missed = taskview_missed(rep, sp->cfg->billmanager.api.func_task_edit);
+    if (missed == TASKVIEW_MISSED_FUNC) {
         const char *func = sp->cfg->billmanager.api.func_task_edit;
         /* One line for the cause, not one per task every cycle: every
          * view fails the same way until the configuration is fixed. */
@@ -964,7 +860,7 @@ static void view_done(void *arg, const struct billmgr_reply *rep)
         job_finish(j, 0);
         goto pump;
     }
-    if (missed == SP_MISSED_TASK) {
+    if (missed == TASKVIEW_MISSED_TASK) {
         /* Deleted between the list and the view: there is no state to
          * send, and the next cycle will not list it. */
         log_info("task %" PRId64 " of client \"%s\" (source task %" PRId64 ") is gone: no "
@@ -982,7 +878,7 @@ static void view_done(void *arg, const struct billmgr_reply *rep)
         goto pump;
     }
     sp->func_missing = 0;
-    if (sp_view_of(rep->doc, j->dst_task, err, sizeof err) < 0) {
+    if (taskview_of(rep->doc, j->dst_task, err, sizeof err) < 0) {
         log_warning("cannot view task %" PRId64 " of client \"%s\" (source task %" PRId64
                     "): the view %s",
                     j->dst_task, c->cc->id, j->src_task, err);
@@ -1101,7 +997,7 @@ static void sp_pump(struct statepub *sp)
     for (size_t i = 0; i < sp->nclients; i++) {
         struct sp_client *c = &sp->clients[i];
         if (c->list_wait && c->waiting.n < (size_t)sp->page_size)
-            page_request(c);
+            sp_page_request(c);
     }
     sp->in_pump = 0;
 }
@@ -1257,8 +1153,11 @@ struct statepub *statepub_new(const struct config *cfg, struct store *st, struct
             goto fail_alloc;
     }
     for (size_t i = 0; i < sp->nclients; i++) {
-        sp->clients[i].sp = sp;
-        sp->clients[i].cc = &cfg->server.clients[i];
+        struct sp_client *c = &sp->clients[i];
+        c->sp = sp;
+        c->cc = &cfg->server.clients[i];
+        pager_init(&c->pager, bm, &cfg->billmanager.api, sp->page_size, STATEPUB_MAX_PAGES,
+                   sp_page_done, c);
     }
     sp->tick_now = sp->tick_mono = sp_mono_ms();
     bool found = false;
@@ -1448,7 +1347,7 @@ void statepub_drain(struct statepub *sp)
         c->npend = 0;
         c->ncur = 0;
         c->list_wait = 0;
-        if (!c->list_call)
+        if (!c->pager.call)
             c->listing = 0;
         while (c->waiting.head)
             job_finish(c->waiting.head, 0);
@@ -1461,7 +1360,7 @@ int statepub_idle(const struct statepub *sp)
     if (sp->viewing.n || sp->ready.n || sp->published.n || sp->acked.n)
         return 0;
     for (size_t i = 0; i < sp->nclients; i++)
-        if (sp->clients[i].waiting.n || sp->clients[i].list_call)
+        if (sp->clients[i].waiting.n || sp->clients[i].pager.call)
             return 0;
     return 1;
 }

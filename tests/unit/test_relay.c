@@ -24,6 +24,8 @@
 #include <cmocka.h>
 
 #include "../../producer/relay.c"
+#include "../../producer/pager.c"
+#include "../../producer/taskview.c"
 
 #include "config.h"
 #include "config_opts.h"

@@ -26,6 +26,8 @@
 #include <cmocka.h>
 
 #include "../../producer/statepub.c"
+#include "../../producer/pager.c"
+#include "../../producer/taskview.c"
 
 #include "config.h"
 #include "config_opts.h"
