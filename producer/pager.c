@@ -3,10 +3,9 @@
 /* The list column holding a row's id [doc]. */
 #define PAGER_COLUMN_ID "id"
 
-void pager_init(struct pager *pg, struct billmgr *bm, const struct config_billmgr_api *api,
-                long page_size, long max_pages, pager_page_fn on_page, void *arg)
+void pager_init(struct pager *pg, const struct config_billmgr_api *api, long page_size,
+                long max_pages, pager_page_fn on_page, void *arg)
 {
-    pg->bm = bm;
     pg->api = api;
     pg->page_size = page_size;
     pg->max_pages = max_pages;
@@ -34,7 +33,7 @@ static void pager_answered(void *arg, const struct billmgr_reply *rep)
     pg->on_page(pg->arg, rep);
 }
 
-int pager_request(struct pager *pg)
+int pager_request(struct pager *pg, struct billmgr *bm)
 {
     struct billmgr_params p;
     int bad = 0;
@@ -45,7 +44,7 @@ int pager_request(struct pager *pg)
     bad |= billmgr_params_addf(&p, "p_cnt", "%ld", pg->page_size);
     bad |= billmgr_params_addf(&p, "p_num", "%ld", pg->page);
     if (bad == 0)
-        bad = billmgr_call(pg->bm, pg->api->func_task, &p, pager_answered, pg);
+        bad = billmgr_call(bm, pg->api->func_task, &p, pager_answered, pg);
     billmgr_params_release(&p);
     if (bad < 0)
         return -1;

@@ -5,7 +5,7 @@
  * The owner embeds a struct pager and drives it. pager_start() picks a
  * department and goes back to its first page; pager_request() asks for
  * the current page (api.func_task with filter=on, <field_department>=D,
- * p_cnt = page_size, p_num = page) through billmgr_call(), and the answer
+ * p_cnt = page_size, p_num = page) through the owner's billmgr, and the answer
  * comes to the owner's page callback inside billmgr_handle(). There the
  * owner hands the answer to pager_rows(), which gives each row to a row
  * callback with its id and stops at the first row whose id cannot be read
@@ -59,7 +59,6 @@ enum pager_next {
 
 /* Embedded in its owner; the fields are the owner's to read. */
 struct pager {
-    struct billmgr *bm;                   /* borrowed */
     const struct config_billmgr_api *api; /* borrowed: func_task, field_department */
     long page_size;
     long max_pages;
@@ -72,19 +71,19 @@ struct pager {
 };
 
 /* Sets up *pg for pages of page_size rows (p_cnt), at most max_pages per
- * department, answered to on_page(arg, ...). bm and api are borrowed and
- * must outlive it. Asks for nothing. */
-void pager_init(struct pager *pg, struct billmgr *bm, const struct config_billmgr_api *api,
-                long page_size, long max_pages, pager_page_fn on_page, void *arg);
+ * department, answered to on_page(arg, ...). api is borrowed and must
+ * outlive it. Asks for nothing. */
+void pager_init(struct pager *pg, const struct config_billmgr_api *api, long page_size,
+                long max_pages, pager_page_fn on_page, void *arg);
 
 /* Lists department from its first page on: page 1, no row read. Asks for
  * nothing; pager_request() does. */
 void pager_start(struct pager *pg, long department);
 
-/* Asks for the current page. Returns 0 with pg->call set, or -1 when the
- * call could not be queued (the API queue is full; nothing is in flight
- * and no callback will come). */
-int pager_request(struct pager *pg);
+/* Asks bm for the current page. Returns 0 with pg->call set, or -1 when
+ * the call could not be queued (the API queue is full; nothing is in
+ * flight and no callback will come). */
+int pager_request(struct pager *pg, struct billmgr *bm);
 
 /* 1 when doc, an answered page, holds rows to read (its "elem" is a list,
  * or one row given as itself), 0 when it holds none: for an owner that

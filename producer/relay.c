@@ -962,7 +962,7 @@ static void relay_recon_finish(struct relay *r, enum recon_end how)
 /* Asks for the current page of the department being listed. */
 static void relay_recon_request(struct relay *r)
 {
-    if (pager_request(&r->recon) < 0) {
+    if (pager_request(&r->recon, r->bm) < 0) {
         log_warning("reconciliation stopped: cannot queue the list of department %ld",
                     r->recon.department);
         relay_recon_finish(r, RECON_FAILED);
@@ -1156,7 +1156,7 @@ struct relay *relay_new(const struct config *cfg, struct store *st, struct billm
         relay_free(r);
         return NULL;
     }
-    pager_init(&r->recon, bm, &cfg->billmanager.api, cfg->billmanager.api.page_size,
+    pager_init(&r->recon, &cfg->billmanager.api, cfg->billmanager.api.page_size,
                RELAY_RECONCILE_MAX_PAGES, relay_recon_page, r);
     r->woken = 1;
     /* Until the first tick gives its clock. */

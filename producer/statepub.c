@@ -743,7 +743,7 @@ pump:
 static void sp_page_request(struct sp_client *c)
 {
     c->list_wait = 0;
-    if (pager_request(&c->pager) < 0) {
+    if (pager_request(&c->pager, c->sp->bm) < 0) {
         log_warning("cannot list department %ld of client \"%s\": the API queue is full",
                     c->cc->department, c->cc->id);
         sp_list_end(c, 1);
@@ -1156,7 +1156,7 @@ struct statepub *statepub_new(const struct config *cfg, struct store *st, struct
         struct sp_client *c = &sp->clients[i];
         c->sp = sp;
         c->cc = &cfg->server.clients[i];
-        pager_init(&c->pager, bm, &cfg->billmanager.api, sp->page_size, STATEPUB_MAX_PAGES,
+        pager_init(&c->pager, &cfg->billmanager.api, sp->page_size, STATEPUB_MAX_PAGES,
                    sp_page_done, c);
     }
     sp->tick_now = sp->tick_mono = sp_mono_ms();
