@@ -13,22 +13,31 @@
 /* Rows handled per batch by store_link_forget_state(). */
 #define STORE_FORGET_BATCH 256
 
-/* store_db_row_fn of the queries that return LINK_COLUMNS
- * (store_schema.c). */
-static rt_status store_link_read(struct store *st, sqlite3_stmt *s, void *row)
+/* Copies a row of LINK_COLUMNS (store_schema.c) into out; -1 when a text
+ * does not fit its field. */
+static int store_link_columns(sqlite3_stmt *s, struct store_link *out)
 {
-    struct store_link *out = row;
     memset(out, 0, sizeof *out);
     out->found = true;
+    if (store_db_column_text(s, 0, out->client, sizeof out->client) < 0)
+        return -1;
     out->src_task = sqlite3_column_int64(s, 1);
     out->dst_task = sqlite3_column_int64(s, 2);
     out->last_seq = store_db_column_u64(s, 3);
     out->rev_seq = store_db_column_u64(s, 4);
+    if (store_db_column_text(s, 5, out->rev_fp, sizeof out->rev_fp) < 0)
+        return -1;
     out->notes_sent = store_db_column_u64(s, 6);
     out->updated_ms = sqlite3_column_int64(s, 7);
-    if (store_db_column_text(s, 0, out->client, sizeof out->client) < 0 ||
-        store_db_column_text(s, 5, out->rev_fp, sizeof out->rev_fp) < 0 ||
-        store_db_column_text(s, 8, out->applied, sizeof out->applied) < 0)
+    if (store_db_column_text(s, 8, out->applied, sizeof out->applied) < 0)
+        return -1;
+    return 0;
+}
+
+/* store_db_row_fn of the queries that return LINK_COLUMNS. */
+static rt_status store_link_read(struct store *st, sqlite3_stmt *s, void *row)
+{
+    if (store_link_columns(s, row) < 0)
         return store_db_reject(st, "a stored link holds a value longer than its cap");
     return RT_OK;
 }
