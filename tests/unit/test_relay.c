@@ -24,6 +24,9 @@
 #include <cmocka.h>
 
 #include "../../producer/relay.c"
+#include "../../producer/relay_recon.c"
+#include "../../producer/relay_slot.c"
+#include "../../producer/relay_view.c"
 #include "../../producer/pager.c"
 #include "../../producer/taskview.c"
 
@@ -588,14 +591,14 @@ static void reconcile_decision(void **state)
 {
     (void)state;
     struct store_fwd fwd = {0};
-    assert_int_equal(recon_needs_event(&fwd, "2024-01-01 00:00:00"), 1);
+    assert_int_equal(relay_recon_needs_event(&fwd, "2024-01-01 00:00:00"), 1);
     fwd.found = true;
     snprintf(fwd.updated, sizeof fwd.updated, "2024-01-01 00:00:00");
-    assert_int_equal(recon_needs_event(&fwd, "2024-01-01 00:00:00"), 0);
-    assert_int_equal(recon_needs_event(&fwd, "2024-01-01 00:00:01"), 1);
-    assert_int_equal(recon_needs_event(&fwd, NULL), 1);
-    assert_int_equal(recon_needs_event(&fwd, ""), 1);
-    assert_int_equal(recon_needs_event(&fwd, "0123456789012345678901234567890123456789"), 1);
+    assert_int_equal(relay_recon_needs_event(&fwd, "2024-01-01 00:00:00"), 0);
+    assert_int_equal(relay_recon_needs_event(&fwd, "2024-01-01 00:00:01"), 1);
+    assert_int_equal(relay_recon_needs_event(&fwd, NULL), 1);
+    assert_int_equal(relay_recon_needs_event(&fwd, ""), 1);
+    assert_int_equal(relay_recon_needs_event(&fwd, "0123456789012345678901234567890123456789"), 1);
 }
 
 /* ---- the relay driven end to end ------------------------------------- */
