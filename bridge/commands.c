@@ -296,7 +296,7 @@ static void commands_resync(void *arg, struct control_client *cl, json_t *req)
 
 static void commands_status_reply(struct daemon *d, struct control_client *cl)
 {
-    json_t *resp = observe_status(d);
+    json_t *resp = daemon_status_json(d);
     if (!resp) {
         control_reply_error(cl, "out of memory");
         return;
@@ -316,7 +316,7 @@ int64_t commands_status_flush(struct daemon *d, int64_t mono)
 {
     struct commands *c = &d->cmds;
     int64_t next = -1;
-    int answered = observe_queues_answered(&d->obs);
+    int answered = daemon_status_ready(d);
     for (size_t i = 0; i < CONTROL_MAX_CLIENTS; i++) {
         struct control_client *cl = c->status_cl[i];
         if (!cl)
@@ -336,11 +336,11 @@ static void commands_status(void *arg, struct control_client *cl, json_t *req)
     struct daemon *d = arg;
     struct commands *c = &d->cmds;
     (void)req;
-    observe_queues_refresh(&d->obs, d->cfg, d->core, OBSERVE_QUEUES_STATUS_AGE_MS);
+    daemon_status_refresh(d);
     /* A blocked connection is not read by the broker (a resource alarm),
      * and an unreachable one answers nothing: waiting for depths would only
      * delay the answer that says so. */
-    if (observe_queues_answered(&d->obs) || strcmp(core_broker_state(d->core), "connected") != 0) {
+    if (daemon_status_ready(d) || strcmp(core_broker_state(d->core), "connected") != 0) {
         commands_status_reply(d, cl);
         return;
     }

@@ -9,17 +9,20 @@
  *               {"ok":true,"published":N,"updated":M} on its sync_done,
  *               or an error after timeout seconds (60 by default, at
  *               most 3600).
- *   status      the JSON that observe_status() builds, with queue depths
- *               at most OBSERVE_QUEUES_STATUS_AGE_MS old: when they are
- *               older, the broker is asked and the answer waits for its
- *               answers, at most COMMANDS_STATUS_WAIT_MS (a broker that
- *               does not answer leaves them unknown, never the status).
+ *   status      the daemon's status JSON (daemon_status_json(), bridge.h),
+ *               with queue depths at most OBSERVE_QUEUES_STATUS_AGE_MS
+ *               (observe.h) old: when they are older, the broker is asked
+ *               and the answer waits for its answers, at most
+ *               COMMANDS_STATUS_WAIT_MS (a broker that does not answer
+ *               leaves them unknown, never the status).
  *   resync      server role: a state cycle of every client now.
  *
  * A checkevent is a wait: its entry in struct commands keeps the control
  * client deferred until the broker confirms the request and the reverse
  * applier reports the server's sync_done for its id, or the time runs out.
- * The handlers get the daemon (bridge.h) as their argument.
+ * The handlers get the daemon (bridge.h) as their argument; what the
+ * status command needs of observe, they ask of the daemon, so that
+ * commands and observe never include each other.
  */
 #ifndef RT_COMMANDS_H
 #define RT_COMMANDS_H

@@ -85,10 +85,45 @@ static void daemon_on_forward_applied(void *arg, const char *client, int64_t tas
     observe_on_forward_applied(&d->obs, event_ms, applied_ms);
 }
 
+/* ---- what observe reads of the daemon ------------------------------- */
+
+/* What observe_status() and observe_metrics_render() read of d besides
+ * d->obs: its parts, and the numbers of its commands. */
+static struct observe_view daemon_observe_view(struct daemon *d)
+{
+    return (struct observe_view){
+        .cfg = d->cfg,
+        .core = d->core,
+        .st = d->st,
+        .ctl = d->ctl,
+        .sync_published = d->cmds.sync_published,
+        .sync_confirmed = d->cmds.sync_confirmed,
+        .checkevents = commands_waiting(&d->cmds),
+    };
+}
+
 /* A scrape of /metrics. */
 static int daemon_metrics_render(void *arg, struct buf *out)
 {
-    return observe_metrics_render(arg, out);
+    struct daemon *d = arg;
+    struct observe_view v = daemon_observe_view(d);
+    return observe_metrics_render(&d->obs, &v, out);
+}
+
+json_t *daemon_status_json(struct daemon *d)
+{
+    struct observe_view v = daemon_observe_view(d);
+    return observe_status(&d->obs, &v);
+}
+
+void daemon_status_refresh(struct daemon *d)
+{
+    observe_queues_refresh(&d->obs, d->cfg, d->core, OBSERVE_QUEUES_STATUS_AGE_MS);
+}
+
+int daemon_status_ready(const struct daemon *d)
+{
+    return observe_queues_answered(&d->obs);
 }
 
 /* ---- the core's lifecycle ------------------------------------------- */

@@ -8,16 +8,19 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "bridge.h"
+#include "config.h"
+#include "control.h"
+#include "core.h"
 #include "log.h"
 #include "now.h"
+#include "store.h"
 
 /* Meta keys the components keep (read here for the status command). */
 #define OBSERVE_META_LAST_FORWARD_APPLY   "last_forward_apply_ms"
 #define OBSERVE_META_LAST_FORWARD_PUBLISH "last_forward_publish_ms"
 #define OBSERVE_META_LAST_REVERSE_APPLY   "last_reverse_apply_ms"
 
-/* ---- lifecycle ------------------------------------------------------ */
+/* ---- lifecycle ------------------------------------------------------- */
 
 int observe_init(struct observe *o)
 {
@@ -43,7 +46,7 @@ void observe_release(struct observe *o)
     o->n_queues = 0;
 }
 
-/* ---- hooks ---------------------------------------------------------- */
+/* ---- hooks ----------------------------------------------------------- */
 
 void observe_on_api_call(struct observe *o, const char *func, rt_status status,
                          const char *err_type, double seconds)
@@ -91,7 +94,7 @@ void observe_on_forward_applied(struct observe *o, int64_t event_ms, int64_t app
     metrics_histogram_observe(o->metrics, METRICS_FORWARD_LATENCY, latency > 0 ? latency : 0, NULL);
 }
 
-/* ---- totals --------------------------------------------------------- */
+/* ---- totals ---------------------------------------------------------- */
 
 /* Adds the counters of a component's stats to a total; gauges and times
  * are not summed (the current core's are the ones that mean something). */
@@ -237,7 +240,7 @@ void observe_retire(struct observe *o, const struct core *k)
     o->base_connects += k->connects;
 }
 
-/* ---- queues ----------------------------------------------------------- */
+/* ---- queues ---------------------------------------------------------- */
 
 /* Adds a queue name to the list unless it is there already. */
 static void observe_queue_add(struct observe_queue *q, size_t *n, size_t cap, const char *name)
@@ -355,7 +358,7 @@ int observe_queues_answered(const struct observe *o)
     return o->queues_asking == 0;
 }
 
-/* ---- metrics ---------------------------------------------------------- */
+/* ---- metrics --------------------------------------------------------- */
 
 static void observe_metrics_dead(struct metrics *m, const char *direction, uint64_t undecodable,
                                  uint64_t unauthorized, uint64_t department, uint64_t api,
@@ -372,58 +375,59 @@ static void observe_metrics_dead(struct metrics *m, const char *direction, uint6
     metrics_counter_set(m, METRICS_DEAD_LETTERED, (double)other, direction, "other", NULL);
 }
 
-/* Copies the running totals and the gauges into the registry. */
-static void observe_metrics_update(struct daemon *d)
+/* The messages published and confirmed, per kind. */
+static void observe_metrics_messages(struct metrics *m, const struct observe_totals *t,
+                                     const struct observe_view *v)
 {
-    struct observe *o = &d->obs;
-    struct metrics *m = o->metrics;
-    struct core *k = d->core;
-    struct observe_totals t;
-    uint64_t backlog = 0, links = 0;
-    int64_t oldest = 0;
-
-    observe_totals_now(o, k, &t);
-    metrics_counter_set(m, METRICS_EVENTS_RECORDED, (double)t.relay.taken, NULL);
-    metrics_counter_set(m, METRICS_MESSAGES_PUBLISHED, (double)t.relay.published, "task", NULL);
-    metrics_counter_set(m, METRICS_MESSAGES_CONFIRMED, (double)t.relay.confirmed, "task", NULL);
-    metrics_counter_set(m, METRICS_MESSAGES_PUBLISHED, (double)t.sp.published, "state", NULL);
-    metrics_counter_set(m, METRICS_MESSAGES_CONFIRMED, (double)t.sp.confirmed, "state", NULL);
-    metrics_counter_set(m, METRICS_MESSAGES_PUBLISHED, (double)d->cmds.sync_published, "sync",
-                        NULL);
-    metrics_counter_set(m, METRICS_MESSAGES_CONFIRMED, (double)d->cmds.sync_confirmed, "sync",
-                        NULL);
+    metrics_counter_set(m, METRICS_EVENTS_RECORDED, (double)t->relay.taken, NULL);
+    metrics_counter_set(m, METRICS_MESSAGES_PUBLISHED, (double)t->relay.published, "task", NULL);
+    metrics_counter_set(m, METRICS_MESSAGES_CONFIRMED, (double)t->relay.confirmed, "task", NULL);
+    metrics_counter_set(m, METRICS_MESSAGES_PUBLISHED, (double)t->sp.published, "state", NULL);
+    metrics_counter_set(m, METRICS_MESSAGES_CONFIRMED, (double)t->sp.confirmed, "state", NULL);
+    metrics_counter_set(m, METRICS_MESSAGES_PUBLISHED, (double)v->sync_published, "sync", NULL);
+    metrics_counter_set(m, METRICS_MESSAGES_CONFIRMED, (double)v->sync_confirmed, "sync", NULL);
     /* The publisher counts sync_done messages once confirmed only. */
-    metrics_counter_set(m, METRICS_MESSAGES_PUBLISHED, (double)t.sp.syncs_served, "sync_done",
+    metrics_counter_set(m, METRICS_MESSAGES_PUBLISHED, (double)t->sp.syncs_served, "sync_done",
                         NULL);
-    metrics_counter_set(m, METRICS_MESSAGES_CONFIRMED, (double)t.sp.syncs_served, "sync_done",
+    metrics_counter_set(m, METRICS_MESSAGES_CONFIRMED, (double)t->sp.syncs_served, "sync_done",
                         NULL);
     /* The appliers count their retry and dead-letter copies once
      * confirmed (and requeue the delivery otherwise). */
-    uint64_t retried = t.fwd.retried + t.rev.retried, dead = t.fwd.dead + t.rev.dead;
+    uint64_t retried = t->fwd.retried + t->rev.retried, dead = t->fwd.dead + t->rev.dead;
     metrics_counter_set(m, METRICS_MESSAGES_PUBLISHED, (double)retried, "retry", NULL);
     metrics_counter_set(m, METRICS_MESSAGES_CONFIRMED, (double)retried, "retry", NULL);
     metrics_counter_set(m, METRICS_MESSAGES_PUBLISHED, (double)dead, "dead", NULL);
     metrics_counter_set(m, METRICS_MESSAGES_CONFIRMED, (double)dead, "dead", NULL);
+}
 
-    metrics_counter_set(m, METRICS_APPLIED, (double)(t.fwd.created + t.fwd.adopted), "forward",
+/* What the appliers did with their deliveries. */
+static void observe_metrics_applied(struct metrics *m, const struct observe_totals *t)
+{
+    metrics_counter_set(m, METRICS_APPLIED, (double)(t->fwd.created + t->fwd.adopted), "forward",
                         "created", NULL);
-    metrics_counter_set(m, METRICS_APPLIED, (double)t.fwd.updated, "forward", "updated", NULL);
-    metrics_counter_set(m, METRICS_APPLIED, (double)t.fwd.unchanged, "forward", "unchanged", NULL);
-    metrics_counter_set(m, METRICS_APPLIED, (double)(t.fwd.duplicates + t.fwd.superseded),
+    metrics_counter_set(m, METRICS_APPLIED, (double)t->fwd.updated, "forward", "updated", NULL);
+    metrics_counter_set(m, METRICS_APPLIED, (double)t->fwd.unchanged, "forward", "unchanged", NULL);
+    metrics_counter_set(m, METRICS_APPLIED, (double)(t->fwd.duplicates + t->fwd.superseded),
                         "forward", "duplicate", NULL);
-    metrics_counter_set(m, METRICS_APPLIED, (double)t.rev.applied, "reverse", "updated", NULL);
-    metrics_counter_set(m, METRICS_APPLIED, (double)t.rev.unchanged, "reverse", "unchanged", NULL);
-    metrics_counter_set(m, METRICS_APPLIED, (double)(t.rev.duplicates + t.rev.superseded),
+    metrics_counter_set(m, METRICS_APPLIED, (double)t->rev.applied, "reverse", "updated", NULL);
+    metrics_counter_set(m, METRICS_APPLIED, (double)t->rev.unchanged, "reverse", "unchanged", NULL);
+    metrics_counter_set(m, METRICS_APPLIED, (double)(t->rev.duplicates + t->rev.superseded),
                         "reverse", "duplicate", NULL);
-    metrics_counter_set(m, METRICS_RETRIED, (double)t.fwd.retried, "forward", NULL);
-    metrics_counter_set(m, METRICS_RETRIED, (double)t.rev.retried, "reverse", NULL);
-    observe_metrics_dead(m, "forward", t.fwd.dead_undecodable, t.fwd.dead_unauthorized,
-                         t.fwd.dead_department, t.fwd.dead_api, t.fwd.dead_seq, 0);
-    observe_metrics_dead(m, "reverse", t.rev.dead_undecodable, t.rev.dead_unauthorized, 0,
-                         t.rev.dead_api, t.rev.dead_seq, t.rev.dead_unknown_task);
-    metrics_counter_set(m, METRICS_BROKER_RECONNECTS, (double)observe_reconnects(o, k), NULL);
+    metrics_counter_set(m, METRICS_RETRIED, (double)t->fwd.retried, "forward", NULL);
+    metrics_counter_set(m, METRICS_RETRIED, (double)t->rev.retried, "reverse", NULL);
+    observe_metrics_dead(m, "forward", t->fwd.dead_undecodable, t->fwd.dead_unauthorized,
+                         t->fwd.dead_department, t->fwd.dead_api, t->fwd.dead_seq, 0);
+    observe_metrics_dead(m, "reverse", t->rev.dead_undecodable, t->rev.dead_unauthorized, 0,
+                         t->rev.dead_api, t->rev.dead_seq, t->rev.dead_unknown_task);
+}
 
-    observe_queues_refresh(o, d->cfg, k, OBSERVE_QUEUES_METRICS_AGE_MS);
+/* The queues' depths, asked again when they are older than a scrape may
+ * see them. */
+static void observe_metrics_queues(struct observe *o, const struct observe_view *v)
+{
+    struct metrics *m = o->metrics;
+
+    observe_queues_refresh(o, v->cfg, v->core, OBSERVE_QUEUES_METRICS_AGE_MS);
     metrics_reset(m, METRICS_QUEUE_READY);
     metrics_reset(m, METRICS_QUEUE_CONSUMERS);
     for (size_t i = 0; i < o->n_queues; i++) {
@@ -433,38 +437,59 @@ static void observe_metrics_update(struct daemon *d)
         metrics_gauge_set(m, METRICS_QUEUE_CONSUMERS, o->queues[i].consumers, o->queues[i].name,
                           NULL);
     }
-    if (store_outbox_backlog(d->st, &backlog, &oldest) == RT_OK) {
+}
+
+/* The store's outbox and links, the work in flight, the control socket's
+ * refusals and the store's commits and syncs. */
+static void observe_metrics_work(struct observe *o, const struct observe_view *v,
+                                 const struct observe_totals *t)
+{
+    struct metrics *m = o->metrics;
+    const struct core *k = v->core;
+    uint64_t backlog = 0, links = 0;
+    int64_t oldest = 0;
+
+    if (store_outbox_backlog(v->st, &backlog, &oldest) == RT_OK) {
         int64_t age = oldest ? now_wall_ms() - oldest : 0;
         metrics_gauge_set(m, METRICS_OUTBOX_BACKLOG, (double)backlog, NULL);
         metrics_gauge_set(m, METRICS_OUTBOX_OLDEST_AGE, age > 0 ? (double)age / 1000.0 : 0, NULL);
     }
-    if (store_link_count(d->st, NULL, &links) == RT_OK)
+    if (store_link_count(v->st, NULL, &links) == RT_OK)
         metrics_gauge_set(m, METRICS_LINKS, (double)links, NULL);
     metrics_gauge_set(m, METRICS_INFLIGHT, k ? (double)billmgr_inflight(k->bm) : 0, "api_calls",
                       NULL);
     metrics_gauge_set(m, METRICS_INFLIGHT, k && k->up ? (double)broker_unconfirmed(k->br) : 0,
                       "unconfirmed", NULL);
-    metrics_gauge_set(m, METRICS_INFLIGHT, (double)(t.fwd.busy + t.rev.busy), "slots", NULL);
+    metrics_gauge_set(m, METRICS_INFLIGHT, (double)(t->fwd.busy + t->rev.busy), "slots", NULL);
     metrics_gauge_set(m, METRICS_UP, k && k->up ? 1 : 0, NULL);
     metrics_counter_set(m, METRICS_CONTROL_REFUSED,
-                        (double)(o->control_refused_base + control_refused(d->ctl)), NULL);
+                        (double)(o->control_refused_base + control_refused(v->ctl)), NULL);
     struct store_sync_stats sync;
-    store_sync_stats(d->st, &sync);
+    store_sync_stats(v->st, &sync);
     metrics_counter_set(m, METRICS_STORE_COMMITS, (double)sync.commits, NULL);
     metrics_counter_set(m, METRICS_STORE_SYNCS, (double)sync.syncs, NULL);
+}
+
+/* The broker's state and node, the BILLmanager's reachability and the
+ * state cycles of the server role. */
+static void observe_metrics_links(struct observe *o, const struct observe_view *v)
+{
     static const char *const states[] = {"connected", "blocked",    "unreachable",
                                          "refused",   "connecting", "reconnecting"};
+    struct metrics *m = o->metrics;
+    const struct core *k = v->core;
     const char *state = core_broker_state(k);
+
     for (size_t i = 0; i < sizeof(states) / sizeof(states[0]); i++)
-        metrics_gauge_set(m, METRICS_BROKER_STATE, strcmp(states[i], state) == 0 ? 1 : 0,
-                          states[i], NULL);
+        metrics_gauge_set(m, METRICS_BROKER_STATE, strcmp(states[i], state) == 0 ? 1 : 0, states[i],
+                          NULL);
     metrics_reset(m, METRICS_BROKER_NODE);
     if (k)
         metrics_gauge_set(m, METRICS_BROKER_NODE, 1, broker_node(k->br), NULL);
     /* NaN until a call tells: an idle daemon is not an unreachable API. */
     metrics_gauge_set(m, METRICS_API_UP, o->api_reachable >= 0 ? o->api_reachable : NAN, NULL);
     metrics_gauge_set(m, METRICS_SYNC_INTERVAL,
-                      d->cfg->server.enabled ? d->cfg->server.sync_interval : 0, NULL);
+                      v->cfg->server.enabled ? v->cfg->server.sync_interval : 0, NULL);
     if (k && k->sp) {
         struct statepub_stats ss;
         statepub_stats(k->sp, &ss);
@@ -473,6 +498,21 @@ static void observe_metrics_update(struct daemon *d)
         metrics_gauge_set(m, METRICS_REVERSE_CYCLE_DURATION,
                           (double)ss.last_cycle_duration_ms / 1000.0, NULL);
     }
+}
+
+/* Copies the running totals and the gauges into the registry. */
+static void observe_metrics_update(struct observe *o, const struct observe_view *v)
+{
+    struct metrics *m = o->metrics;
+    struct observe_totals t;
+
+    observe_totals_now(o, v->core, &t);
+    observe_metrics_messages(m, &t, v);
+    observe_metrics_applied(m, &t);
+    metrics_counter_set(m, METRICS_BROKER_RECONNECTS, (double)observe_reconnects(o, v->core), NULL);
+    observe_metrics_queues(o, v);
+    observe_metrics_work(o, v, &t);
+    observe_metrics_links(o, v);
 
     uint64_t refused = metrics_refused(m);
     if (refused > o->metrics_refused) {
@@ -483,13 +523,13 @@ static void observe_metrics_update(struct daemon *d)
     }
 }
 
-int observe_metrics_render(struct daemon *d, struct buf *out)
+int observe_metrics_render(struct observe *o, const struct observe_view *v, struct buf *out)
 {
-    observe_metrics_update(d);
-    return metrics_render(d->obs.metrics, out);
+    observe_metrics_update(o, v);
+    return metrics_render(o->metrics, out);
 }
 
-/* ---- status ----------------------------------------------------------- */
+/* ---- status ---------------------------------------------------------- */
 
 /* A meta time of the store, 0 when unknown. */
 static json_int_t observe_meta_ms(struct store *st, const char *key)
@@ -501,44 +541,22 @@ static json_int_t observe_meta_ms(struct store *st, const char *key)
     return (json_int_t)v;
 }
 
-/* The counters of the status command's "errors" member. */
-static json_t *observe_status_errors(const struct observe *o, const struct core *k,
-                                     const struct observe_totals *t)
+/* The roles of the configuration: "client", "server" or both. */
+static json_t *observe_status_roles(const struct config *cfg)
 {
-    json_t *api = json_object();
-    for (size_t i = 0; i < OBSERVE_API_ERR_KINDS && o->api_errs[i].count; i++)
-        json_object_set_new(api, o->api_errs[i].type,
-                            json_integer((json_int_t)o->api_errs[i].count));
-    if (o->api_errs_other)
-        json_object_set_new(api, "other", json_integer((json_int_t)o->api_errs_other));
-    return json_pack(
-        "{s:{s:{s:I,s:I,s:I,s:I},s:{s:I,s:I,s:I,s:I}},s:{s:I,s:I},s:o,s:I,s:I,s:I}",
-        "dead_lettered", "forward", "undecodable", (json_int_t)t->fwd.dead_undecodable,
-        "unauthorized", (json_int_t)t->fwd.dead_unauthorized, "department",
-        (json_int_t)t->fwd.dead_department, "api", (json_int_t)t->fwd.dead_api, "reverse",
-        "undecodable", (json_int_t)t->rev.dead_undecodable, "unauthorized",
-        (json_int_t)t->rev.dead_unauthorized, "unknown_task",
-        (json_int_t)t->rev.dead_unknown_task, "api", (json_int_t)t->rev.dead_api, "retried",
-        "forward", (json_int_t)t->fwd.retried, "reverse", (json_int_t)t->rev.retried, "api", api,
-        "reconnects", (json_int_t)observe_reconnects(o, k), "requeued",
-        (json_int_t)(t->fwd.requeued + t->rev.requeued), "outbox_deferred",
-        (json_int_t)t->relay.deferred);
+    json_t *roles = json_array();
+    if (cfg->client.enabled)
+        json_array_append_new(roles, json_string("client"));
+    if (cfg->server.enabled)
+        json_array_append_new(roles, json_string("server"));
+    return roles;
 }
 
-json_t *observe_status(struct daemon *d)
+/* The queues as the broker last reported them, with what this instance
+ * holds unacknowledged of each. */
+static json_t *observe_status_queues(const struct observe *o, const struct core *k)
 {
-    struct observe *o = &d->obs;
-    struct core *k = d->core;
-    struct observe_totals t;
-    uint64_t backlog = 0, links = 0;
-    int64_t oldest = 0, now = now_wall_ms();
-    json_t *roles = json_array(), *queues = json_array();
-
-    observe_totals_now(o, k, &t);
-    if (d->cfg->client.enabled)
-        json_array_append_new(roles, json_string("client"));
-    if (d->cfg->server.enabled)
-        json_array_append_new(roles, json_string("server"));
+    json_t *queues = json_array();
     for (size_t i = 0; i < o->n_queues; i++) {
         const struct observe_queue *q = &o->queues[i];
         json_t *jq = json_pack("{s:s,s:I}", "name", q->name, "unacked",
@@ -552,49 +570,146 @@ json_t *observe_status(struct daemon *d)
         }
         json_array_append_new(queues, jq);
     }
-    int outbox_ok = store_outbox_backlog(d->st, &backlog, &oldest) == RT_OK;
-    int links_ok = store_link_count(d->st, NULL, &links) == RT_OK;
+    return queues;
+}
+
+/* The members every status has: the instance, the broker, the
+ * BILLmanager, the queues and the last times of each direction. */
+static json_t *observe_status_base(const struct observe *o, const struct observe_view *v,
+                                   int64_t now)
+{
+    const struct core *k = v->core;
+    const struct config *cfg = v->cfg;
+    json_t *roles = observe_status_roles(cfg);
+    json_t *queues = observe_status_queues(o, k);
     const char *broker_state = core_broker_state(k);
     const char *api_state = o->api_last_ok < 0 ? "unknown" : o->api_last_ok ? "ok" : "failing";
 
-    json_t *resp = json_pack(
+    return json_pack(
         "{s:b,s:s,s:I,s:s,s:o,s:I,s:I,"
         "s:{s:s,s:b,s:b,s:I,s:s,s:s},"
         "s:{s:s,s:s,s:I,s:I,s:s,s:I},"
         "s:o,s:I,"
         "s:{s:I,s:I,s:I,s:I,s:I}}",
-        "ok", 1, "instance", d->cfg->instance, "pid", (json_int_t)getpid(), "version", RT_VERSION,
+        "ok", 1, "instance", cfg->instance, "pid", (json_int_t)getpid(), "version", RT_VERSION,
         "roles", roles, "started_ms", (json_int_t)o->started_ms, "uptime_s",
-        (json_int_t)((now_mono_ms() - o->started_mono) / 1000),
-        "broker", "state", broker_state, "connected", k && k->up, "blocked",
-        k && k->up && broker_blocked(k->br), "reconnects", (json_int_t)observe_reconnects(o, k),
-        "last_error", k ? k->last_error : "the components are not running", "uri",
-        d->cfg->amqp.uri_redacted,
-        "billmanager", "state", api_state, "url", d->cfg->billmanager.url, "calls",
+        (json_int_t)((now_mono_ms() - o->started_mono) / 1000), "broker", "state", broker_state,
+        "connected", k && k->up, "blocked", k && k->up && broker_blocked(k->br), "reconnects",
+        (json_int_t)observe_reconnects(o, k), "last_error",
+        k ? k->last_error : "the components are not running", "uri", cfg->amqp.uri_redacted,
+        "billmanager", "state", api_state, "url", cfg->billmanager.url, "calls",
         (json_int_t)o->api_calls, "last_ok_ms", (json_int_t)o->api_last_ok_ms, "last_error",
-        o->api_last_error, "last_error_ms", (json_int_t)o->api_last_error_ms,
-        "queues", queues, "queues_age_ms",
-        (json_int_t)(o->queues_mono ? now_mono_ms() - o->queues_mono : -1),
-        "last", "forward_apply_ms", observe_meta_ms(d->st, OBSERVE_META_LAST_FORWARD_APPLY),
-        "forward_publish_ms", observe_meta_ms(d->st, OBSERVE_META_LAST_FORWARD_PUBLISH),
-        "reverse_cycle_ms", observe_meta_ms(d->st, STATEPUB_META_LAST_CYCLE),
-        "reverse_apply_ms", observe_meta_ms(d->st, OBSERVE_META_LAST_REVERSE_APPLY), "now_ms",
-        (json_int_t)now);
-    if (!resp)
-        return NULL;
+        o->api_last_error, "last_error_ms", (json_int_t)o->api_last_error_ms, "queues", queues,
+        "queues_age_ms", (json_int_t)(o->queues_mono ? now_mono_ms() - o->queues_mono : -1), "last",
+        "forward_apply_ms", observe_meta_ms(v->st, OBSERVE_META_LAST_FORWARD_APPLY),
+        "forward_publish_ms", observe_meta_ms(v->st, OBSERVE_META_LAST_FORWARD_PUBLISH),
+        "reverse_cycle_ms", observe_meta_ms(v->st, STATEPUB_META_LAST_CYCLE), "reverse_apply_ms",
+        observe_meta_ms(v->st, OBSERVE_META_LAST_REVERSE_APPLY), "now_ms", (json_int_t)now);
+}
+
+/* The outbox's backlog (or the store's error) and the store's commits. */
+static void observe_status_store(json_t *resp, struct store *st, int outbox_ok, uint64_t backlog,
+                                 int64_t oldest, int64_t now)
+{
     if (outbox_ok)
         json_object_set_new(resp, "outbox",
-                            json_pack("{s:I,s:I,s:I}", "backlog", (json_int_t)backlog,
-                                      "oldest_ms", (json_int_t)oldest, "oldest_age_s",
+                            json_pack("{s:I,s:I,s:I}", "backlog", (json_int_t)backlog, "oldest_ms",
+                                      (json_int_t)oldest, "oldest_age_s",
                                       (json_int_t)(oldest ? (now - oldest) / 1000 : 0)));
     else
-        json_object_set_new(resp, "outbox", json_pack("{s:s}", "error", store_strerror(d->st)));
+        json_object_set_new(resp, "outbox", json_pack("{s:s}", "error", store_strerror(st)));
     struct store_sync_stats ss;
-    store_sync_stats(d->st, &ss);
+    store_sync_stats(st, &ss);
     json_object_set_new(resp, "store",
                         json_pack("{s:I,s:I,s:I}", "commits", (json_int_t)ss.commits, "syncs",
-                                  (json_int_t)ss.syncs, "checkpoints",
-                                  (json_int_t)ss.checkpoints));
+                                  (json_int_t)ss.syncs, "checkpoints", (json_int_t)ss.checkpoints));
+}
+
+/* The counters of the status command's "counters" member. */
+static json_t *observe_status_counters(const struct observe_totals *t)
+{
+    json_t *counters =
+        json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "events_recorded",
+                  (json_int_t)t->relay.taken, "tasks_published", (json_int_t)t->relay.confirmed,
+                  "reconciliations", (json_int_t)t->relay.reconciliations, "forward_created",
+                  (json_int_t)(t->fwd.created + t->fwd.adopted), "forward_updated",
+                  (json_int_t)t->fwd.updated, "forward_unchanged", (json_int_t)t->fwd.unchanged,
+                  "reverse_cycles", (json_int_t)t->sp.cycles, "states_published",
+                  (json_int_t)t->sp.confirmed, "syncs_served", (json_int_t)t->sp.syncs_served,
+                  "reverse_updated", (json_int_t)t->rev.applied, "reverse_unchanged",
+                  (json_int_t)t->rev.unchanged, "syncs_done", (json_int_t)t->rev.syncs);
+    if (counters) {
+        /* Messages dropped by seq: redeliveries, replays, republished
+         * messages after a crash. */
+        json_object_set_new(counters, "forward_duplicates",
+                            json_integer((json_int_t)t->fwd.duplicates));
+        json_object_set_new(counters, "forward_superseded",
+                            json_integer((json_int_t)t->fwd.superseded));
+        json_object_set_new(counters, "reverse_duplicates",
+                            json_integer((json_int_t)t->rev.duplicates));
+        json_object_set_new(counters, "reverse_superseded",
+                            json_integer((json_int_t)t->rev.superseded));
+    }
+    return counters;
+}
+
+/* The counters of the status command's "errors" member. */
+static json_t *observe_status_errors(const struct observe *o, const struct observe_view *v,
+                                     const struct observe_totals *t)
+{
+    json_t *api = json_object();
+    for (size_t i = 0; i < OBSERVE_API_ERR_KINDS && o->api_errs[i].count; i++)
+        json_object_set_new(api, o->api_errs[i].type,
+                            json_integer((json_int_t)o->api_errs[i].count));
+    if (o->api_errs_other)
+        json_object_set_new(api, "other", json_integer((json_int_t)o->api_errs_other));
+    json_t *errs = json_pack(
+        "{s:{s:{s:I,s:I,s:I,s:I},s:{s:I,s:I,s:I,s:I}},s:{s:I,s:I},s:o,s:I,s:I,s:I}",
+        "dead_lettered", "forward", "undecodable", (json_int_t)t->fwd.dead_undecodable,
+        "unauthorized", (json_int_t)t->fwd.dead_unauthorized, "department",
+        (json_int_t)t->fwd.dead_department, "api", (json_int_t)t->fwd.dead_api, "reverse",
+        "undecodable", (json_int_t)t->rev.dead_undecodable, "unauthorized",
+        (json_int_t)t->rev.dead_unauthorized, "unknown_task", (json_int_t)t->rev.dead_unknown_task,
+        "api", (json_int_t)t->rev.dead_api, "retried", "forward", (json_int_t)t->fwd.retried,
+        "reverse", (json_int_t)t->rev.retried, "api", api, "reconnects",
+        (json_int_t)observe_reconnects(o, v->core), "requeued",
+        (json_int_t)(t->fwd.requeued + t->rev.requeued), "outbox_deferred",
+        (json_int_t)t->relay.deferred);
+    if (!errs)
+        return NULL;
+    json_t *dl = json_object_get(errs, "dead_lettered");
+    json_object_set_new(json_object_get(dl, "forward"), "seq",
+                        json_integer((json_int_t)t->fwd.dead_seq));
+    json_object_set_new(json_object_get(dl, "reverse"), "seq",
+                        json_integer((json_int_t)t->rev.dead_seq));
+    /* A failing store holds deliveries in their slots and retries the
+     * step: how often, and how often the broker refused a copy. */
+    json_object_set_new(errs, "store_deferred",
+                        json_integer((json_int_t)(t->fwd.deferred + t->rev.deferred)));
+    json_object_set_new(errs, "copies_republished",
+                        json_integer((json_int_t)(t->fwd.republished + t->rev.republished)));
+    json_object_set_new(errs, "redelivered",
+                        json_integer((json_int_t)(t->fwd.redelivered + t->rev.redelivered)));
+    json_object_set_new(
+        errs, "control_refused",
+        json_integer((json_int_t)(o->control_refused_base + control_refused(v->ctl))));
+    return errs;
+}
+
+json_t *observe_status(struct observe *o, const struct observe_view *v)
+{
+    const struct core *k = v->core;
+    struct observe_totals t;
+    uint64_t backlog = 0, links = 0;
+    int64_t oldest = 0, now = now_wall_ms();
+
+    observe_totals_now(o, k, &t);
+    int outbox_ok = store_outbox_backlog(v->st, &backlog, &oldest) == RT_OK;
+    int links_ok = store_link_count(v->st, NULL, &links) == RT_OK;
+    json_t *resp = observe_status_base(o, v, now);
+    if (!resp)
+        return NULL;
+    observe_status_store(resp, v->st, outbox_ok, backlog, oldest, now);
     json_t *jb = json_object_get(resp, "broker");
     if (jb && k) {
         json_object_set_new(jb, "node", json_string(broker_node(k->br)));
@@ -610,49 +725,10 @@ json_t *observe_status(struct daemon *d)
     json_object_set_new(resp, "inflight",
                         json_pack("{s:I,s:I,s:I,s:I}", "api_calls",
                                   (json_int_t)(k ? billmgr_inflight(k->bm) : 0), "unconfirmed",
-                                  (json_int_t)(k && k->up ? broker_unconfirmed(k->br) : 0),
-                                  "slots", (json_int_t)(t.fwd.busy + t.rev.busy), "checkevents",
-                                  (json_int_t)commands_waiting(&d->cmds)));
-    json_object_set_new(
-        resp, "counters",
-        json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "events_recorded",
-                  (json_int_t)t.relay.taken, "tasks_published", (json_int_t)t.relay.confirmed,
-                  "reconciliations", (json_int_t)t.relay.reconciliations, "forward_created",
-                  (json_int_t)(t.fwd.created + t.fwd.adopted), "forward_updated",
-                  (json_int_t)t.fwd.updated, "forward_unchanged", (json_int_t)t.fwd.unchanged,
-                  "reverse_cycles", (json_int_t)t.sp.cycles, "states_published",
-                  (json_int_t)t.sp.confirmed, "syncs_served", (json_int_t)t.sp.syncs_served,
-                  "reverse_updated", (json_int_t)t.rev.applied, "reverse_unchanged",
-                  (json_int_t)t.rev.unchanged, "syncs_done", (json_int_t)t.rev.syncs));
-    json_t *counters = json_object_get(resp, "counters");
-    if (counters) {
-        /* Messages dropped by seq: redeliveries, replays, republished
-         * messages after a crash. */
-        json_object_set_new(counters, "forward_duplicates", json_integer((json_int_t)t.fwd.duplicates));
-        json_object_set_new(counters, "forward_superseded", json_integer((json_int_t)t.fwd.superseded));
-        json_object_set_new(counters, "reverse_duplicates", json_integer((json_int_t)t.rev.duplicates));
-        json_object_set_new(counters, "reverse_superseded", json_integer((json_int_t)t.rev.superseded));
-    }
-    json_t *errs = observe_status_errors(o, k, &t);
-    if (errs) {
-        json_t *dl = json_object_get(errs, "dead_lettered");
-        json_object_set_new(json_object_get(dl, "forward"), "seq",
-                            json_integer((json_int_t)t.fwd.dead_seq));
-        json_object_set_new(json_object_get(dl, "reverse"), "seq",
-                            json_integer((json_int_t)t.rev.dead_seq));
-        /* A failing store holds deliveries in their slots and retries the
-         * step: how often, and how often the broker refused a copy. */
-        json_object_set_new(errs, "store_deferred",
-                            json_integer((json_int_t)(t.fwd.deferred + t.rev.deferred)));
-        json_object_set_new(errs, "copies_republished",
-                            json_integer((json_int_t)(t.fwd.republished + t.rev.republished)));
-        json_object_set_new(errs, "redelivered",
-                            json_integer((json_int_t)(t.fwd.redelivered + t.rev.redelivered)));
-    }
-    if (errs)
-        json_object_set_new(errs, "control_refused",
-                            json_integer((json_int_t)(o->control_refused_base +
-                                                      control_refused(d->ctl))));
-    json_object_set_new(resp, "errors", errs);
+                                  (json_int_t)(k && k->up ? broker_unconfirmed(k->br) : 0), "slots",
+                                  (json_int_t)(t.fwd.busy + t.rev.busy), "checkevents",
+                                  (json_int_t)v->checkevents));
+    json_object_set_new(resp, "counters", observe_status_counters(&t));
+    json_object_set_new(resp, "errors", observe_status_errors(o, v, &t));
     return resp;
 }

@@ -11,13 +11,20 @@
  * Queue depths are asked from the broker (one passive declare per queue,
  * broker_depth_ask(): the loop never waits for the answers, which come
  * back through observe_on_depth()) only when someone looks: the status
- * command reuses them for up to OBSERVE_QUEUES_STATUS_AGE_MS and waits up
- * to COMMANDS_STATUS_WAIT_MS for fresh ones, a scrape of the metrics
- * serves what it has and asks again after OBSERVE_QUEUES_METRICS_AGE_MS,
- * so that a scraper cannot make the loop talk to the broker more often. A
- * broker that does not answer leaves the depths unknown (null), never the
- * daemon stuck. AMQP cannot ask the broker how many deliveries are
- * unacknowledged; "unacked" is what this instance holds.
+ * command reuses them for up to OBSERVE_QUEUES_STATUS_AGE_MS and waits a
+ * moment for fresh ones (commands.h says how long), a scrape of the
+ * metrics serves what it has and asks again after
+ * OBSERVE_QUEUES_METRICS_AGE_MS, so that a scraper cannot make the loop
+ * talk to the broker more often. A broker that does not answer leaves the
+ * depths unknown (null), never the daemon stuck. AMQP cannot ask the
+ * broker how many deliveries are unacknowledged; "unacked" is what this
+ * instance holds.
+ *
+ * What observe does not keep itself (the configuration, the core, the
+ * store, the control socket, the commands' numbers) it reads from a
+ * struct observe_view that its caller, the daemon, fills: observe includes
+ * nothing of commands, nor the daemon's bridge.h. The daemon asks it for
+ * the status JSON (on behalf of the status command) and for the metrics.
  */
 #ifndef RT_OBSERVE_H
 #define RT_OBSERVE_H
@@ -45,8 +52,10 @@
  * kinds count as "other". The kinds come from the remote API's answers. */
 #define OBSERVE_API_ERR_KINDS 16
 
+struct config;
+struct control;
 struct core;
-struct daemon;
+struct store;
 
 /* One queue of the status command and the metrics, as the broker last
  * reported it. */
@@ -139,14 +148,26 @@ int observe_queues_answered(const struct observe *o);
  * reports still move counters. Accepts NULL. */
 void observe_retire(struct observe *o, const struct core *k);
 
-/* Copies the running totals and the gauges of d into d's registry and
+/* What the status JSON and the metrics read besides o: the daemon's parts
+ * and the numbers of its commands, filled by the daemon, which holds them
+ * all. Borrowed for the call only. */
+struct observe_view {
+    const struct config *cfg;  /* the running configuration */
+    struct core *core;         /* NULL after a failed rebuild */
+    struct store *st;          /* the daemon's store */
+    const struct control *ctl; /* the control socket, for its refusals */
+    uint64_t sync_published;   /* checkevent's sync requests published */
+    uint64_t sync_confirmed;   /* ... and confirmed by the broker */
+    size_t checkevents;        /* checkevents waiting for their answer */
+};
+
+/* Copies the running totals and the gauges of v into o's registry and
  * renders it (metrics_render()) into out: the body of one scrape. Returns
  * 0, or -1 when out's cap was reached. */
-int observe_metrics_render(struct daemon *d, struct buf *out);
+int observe_metrics_render(struct observe *o, const struct observe_view *v, struct buf *out);
 
-/* The status command's answer for d, a new reference, or NULL when memory
- * ran out. Asks the broker for queue depths older than
- * OBSERVE_QUEUES_STATUS_AGE_MS. */
-json_t *observe_status(struct daemon *d);
+/* The status command's answer, a new reference, or NULL when memory ran
+ * out. */
+json_t *observe_status(struct observe *o, const struct observe_view *v);
 
 #endif
