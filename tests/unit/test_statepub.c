@@ -26,6 +26,9 @@
 #include <cmocka.h>
 
 #include "../../producer/statepub.c"
+#include "../../producer/statepub_list.c"
+#include "../../producer/statepub_pub.c"
+#include "../../producer/statepub_view.c"
 #include "../../producer/pager.c"
 #include "../../producer/taskview.c"
 
