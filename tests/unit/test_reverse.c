@@ -81,100 +81,133 @@ static void test_state(struct codec_msg *m, int64_t task, uint64_t seq, int stat
     m->state.nnotes = native && *native ? 1 : 0;
 }
 
+/* The cases of cmocka test name in a table of n rows where test(i) is the
+ * test a row starts (NULL in a case's row): the rows after that one, up to
+ * the next such row. Returns how many, the first in *first. */
+static size_t test_rows(const char *name, size_t n, const char *(*test)(size_t), size_t *first)
+{
+    size_t i = 0, end;
+
+    while (i < n && !(test(i) && strcmp(test(i), name) == 0))
+        i++;
+    assert_true(i < n);
+    for (end = ++i; end < n && !test(end); end++)
+        ;
+    *first = i;
+    return end - i;
+}
+
 /* ---- validation -------------------------------------------------------- */
 
-static void check_accepts_states_and_sync_done_of_the_server(void **state)
-{
-    struct config *cfg = test_config();
-    struct codec_msg m;
-    char reason[256];
-    (void)state;
-    test_state(&m, 5, 1, 1, 0, "", "");
-    assert_int_equal(reverse_check(cfg, "remotetask.reverse.7", "upstream", "reseller-a", NULL, &m,
-                                   reason, sizeof(reason)),
-                     REVERSE_DEAD_NONE);
-    assert_string_equal(reason, "");
+/* A message offered to reverse_check() and what it must answer. The
+ * message is a state of task 5 from client (kind changed to kind), or,
+ * for CODEC_SYNC_DONE, the sync_done "abc"; own_user is always this
+ * client's login, "reseller-a". */
+struct check_case {
+    const char *why;
+    const char *queue;
+    const char *user_id;
+    const char *relayed;     /* x-rt-user, NULL when absent */
+    const char *client;      /* the message's */
+    enum codec_kind kind;    /* 0: CODEC_STATE */
+    const char *server_user; /* client.server_user, NULL: "upstream" */
+    enum reverse_dead_kind want;
+    const char *reason;    /* the whole reason, when checked */
+    const char *in_reason; /* a part of it, when checked */
+    const char *test;      /* set in a row that starts the cases of that cmocka test */
+};
 
-    codec_msg_init(&m, CODEC_SYNC_DONE);
-    m.client = "7";
-    m.sync.id = "abc";
-    assert_int_equal(reverse_check(cfg, "remotetask.reverse.7", "upstream", "reseller-a", NULL, &m,
-                                   reason, sizeof(reason)),
-                     REVERSE_DEAD_NONE);
-}
+/* clang-format off */
+#define CHECK(...) {__VA_ARGS__, NULL}
+/* clang-format on */
+#define Q7 "remotetask.reverse.7"
 
-static void check_refuses_other_queues_kinds_clients_and_users(void **state)
-{
-    struct config *cfg = test_config();
-    struct codec_msg m;
-    char reason[256];
-    (void)state;
-    test_state(&m, 5, 1, 1, 0, "", "");
-
-    assert_int_equal(reverse_check(cfg, "remotetask.reverse.8", "upstream", "reseller-a", NULL, &m,
-                                   reason, sizeof(reason)),
-                     REVERSE_DEAD_UNAUTHORIZED);
-    assert_non_null(strstr(reason, "remotetask.reverse.8"));
-
-    m.client = "8";
-    assert_int_equal(reverse_check(cfg, "remotetask.reverse.7", "upstream", "reseller-a", NULL, &m,
-                                   reason, sizeof(reason)),
-                     REVERSE_DEAD_UNAUTHORIZED);
-    assert_non_null(strstr(reason, "\"8\""));
-    m.client = "7";
-
-    assert_int_equal(reverse_check(cfg, "remotetask.reverse.7", "intruder", "reseller-a", NULL, &m,
-                                   reason, sizeof(reason)),
-                     REVERSE_DEAD_UNAUTHORIZED);
-    assert_non_null(strstr(reason, "intruder"));
-
-    m.kind = CODEC_TASK;
-    assert_int_equal(reverse_check(cfg, "remotetask.reverse.7", "upstream", "reseller-a", NULL, &m,
-                                   reason, sizeof(reason)),
-                     REVERSE_DEAD_UNDECODABLE);
-    assert_non_null(strstr(reason, "task"));
-    m.kind = CODEC_SYNC;
-    assert_int_equal(reverse_check(cfg, "remotetask.reverse.7", "upstream", "reseller-a", NULL, &m,
-                                   reason, sizeof(reason)),
-                     REVERSE_DEAD_UNDECODABLE);
-}
-
-static void check_takes_the_sender_of_our_own_retry_copy(void **state)
-{
-    struct config *cfg = test_config();
-    struct codec_msg m;
-    char reason[256];
-    (void)state;
-    test_state(&m, 5, 1, 1, 0, "", "");
-
+/* Each test's messages, in the order they are checked. */
+static const struct check_case check_cases[] = {
+    {.test = "check_accepts_states_and_sync_done_of_the_server"},
+    CHECK("a state", Q7, "upstream", NULL, "7", 0, NULL, REVERSE_DEAD_NONE, "", NULL),
+    CHECK("a sync_done", Q7, "upstream", NULL, "7", CODEC_SYNC_DONE, NULL, REVERSE_DEAD_NONE, "",
+          NULL),
+    {.test = "check_refuses_other_queues_kinds_clients_and_users"},
+    CHECK("another client's queue", "remotetask.reverse.8", "upstream", NULL, "7", 0, NULL,
+          REVERSE_DEAD_UNAUTHORIZED, NULL, "remotetask.reverse.8"),
+    CHECK("another client", Q7, "upstream", NULL, "8", 0, NULL, REVERSE_DEAD_UNAUTHORIZED, NULL,
+          "\"8\""),
+    CHECK("another sender", Q7, "intruder", NULL, "7", 0, NULL, REVERSE_DEAD_UNAUTHORIZED, NULL,
+          "intruder"),
+    CHECK("a task message", Q7, "upstream", NULL, "7", CODEC_TASK, NULL, REVERSE_DEAD_UNDECODABLE,
+          NULL, "task"),
+    CHECK("a sync request", Q7, "upstream", NULL, "7", CODEC_SYNC, NULL, REVERSE_DEAD_UNDECODABLE,
+          NULL, NULL),
+    {.test = "check_takes_the_sender_of_our_own_retry_copy"},
     /* Our own login with the server's user in x-rt-user: our retry copy. */
-    assert_int_equal(reverse_check(cfg, "remotetask.reverse.7", "reseller-a", "reseller-a",
-                                   "upstream", &m, reason, sizeof(reason)),
-                     REVERSE_DEAD_NONE);
+    CHECK("our retry copy", Q7, "reseller-a", "upstream", "7", 0, NULL, REVERSE_DEAD_NONE, NULL,
+          NULL),
     /* Our own login without it is not the server. */
-    assert_int_equal(reverse_check(cfg, "remotetask.reverse.7", "reseller-a", "reseller-a", NULL,
-                                   &m, reason, sizeof(reason)),
-                     REVERSE_DEAD_UNAUTHORIZED);
+    CHECK("our login alone", Q7, "reseller-a", NULL, "7", 0, NULL, REVERSE_DEAD_UNAUTHORIZED, NULL,
+          NULL),
     /* x-rt-user counts only on a message carrying our own login. */
-    assert_int_equal(reverse_check(cfg, "remotetask.reverse.7", "intruder", "reseller-a",
-                                   "upstream", &m, reason, sizeof(reason)),
-                     REVERSE_DEAD_UNAUTHORIZED);
+    CHECK("x-rt-user of another", Q7, "intruder", "upstream", "7", 0, NULL,
+          REVERSE_DEAD_UNAUTHORIZED, NULL, NULL),
     /* Another client's user claiming the server's login in x-rt-user
      * (through the retry exchange, say): its own user counts. */
-    assert_int_equal(reverse_check(cfg, "remotetask.reverse.7", "reseller-b", "reseller-a",
-                                   "upstream", &m, reason, sizeof(reason)),
-                     REVERSE_DEAD_UNAUTHORIZED);
-    assert_string_equal(reason, "user_id \"reseller-b\" is not the AMQP user of the server side");
+    CHECK("x-rt-user of another client", Q7, "reseller-b", "upstream", "7", 0, NULL,
+          REVERSE_DEAD_UNAUTHORIZED,
+          "user_id \"reseller-b\" is not the AMQP user of the server side", NULL),
     /* No server_user configured (the configuration requires one): no
      * sender is trusted, rather than every one. */
-    cfg->client.server_user = "";
-    assert_int_equal(reverse_check(cfg, "remotetask.reverse.7", "anyone", "reseller-a", NULL, &m,
-                                   reason, sizeof(reason)),
-                     REVERSE_DEAD_UNAUTHORIZED);
-    assert_int_equal(reverse_check(cfg, "remotetask.reverse.7", "", "reseller-a", NULL, &m, reason,
-                                   sizeof(reason)),
-                     REVERSE_DEAD_UNAUTHORIZED);
+    CHECK("no server_user, a sender", Q7, "anyone", NULL, "7", 0, "", REVERSE_DEAD_UNAUTHORIZED,
+          NULL, NULL),
+    CHECK("no server_user, no sender", Q7, "", NULL, "7", 0, "", REVERSE_DEAD_UNAUTHORIZED, NULL,
+          NULL),
+};
+
+static const char *check_row_test(size_t i)
+{
+    return check_cases[i].test;
 }
+
+/* Runs the cases of the cmocka test named *state in order; a failure
+ * names its case. */
+static void check_test(void **state)
+{
+    size_t first,
+        n = test_rows(*state, sizeof(check_cases) / sizeof(check_cases[0]), check_row_test, &first);
+
+    assert_true(n >= 1);
+    for (size_t i = first; i < first + n; i++) {
+        const struct check_case *c = &check_cases[i];
+        struct config *cfg = test_config();
+        struct codec_msg m;
+        char reason[256];
+
+        if (c->kind == CODEC_SYNC_DONE) {
+            codec_msg_init(&m, CODEC_SYNC_DONE);
+            m.sync.id = "abc";
+        } else {
+            test_state(&m, 5, 1, 1, 0, "", "");
+            m.kind = c->kind ? c->kind : CODEC_STATE;
+        }
+        m.client = (char *)c->client;
+        if (c->server_user)
+            cfg->client.server_user = (char *)c->server_user;
+        enum reverse_dead_kind got = reverse_check(cfg, c->queue, c->user_id, "reseller-a",
+                                                   c->relayed, &m, reason, sizeof(reason));
+        if (got != c->want || (c->reason && strcmp(reason, c->reason) != 0) ||
+            (c->in_reason && !strstr(reason, c->in_reason)))
+            print_error("check \"%s\": %s, reason \"%s\"\n", c->why, reverse_dead_kind_name(got),
+                        reason);
+        assert_int_equal(got, c->want);
+        if (c->reason)
+            assert_string_equal(reason, c->reason);
+        if (c->in_reason)
+            assert_non_null(strstr(reason, c->in_reason));
+    }
+}
+
+/* clang-format off */
+#define CHECK_TEST(name) {#name, check_test, NULL, NULL, (void *)#name}
+/* clang-format on */
 
 static void performers_map_remote_to_local(void **state)
 {
@@ -190,373 +223,296 @@ static void performers_map_remote_to_local(void **state)
 
 static void dead_kinds_have_names(void **state)
 {
+    static const struct {
+        enum reverse_dead_kind kind;
+        const char *name;
+    } names[] = {
+        {REVERSE_DEAD_NONE, "none"},
+        {REVERSE_DEAD_UNDECODABLE, "undecodable"},
+        {REVERSE_DEAD_UNAUTHORIZED, "unauthorized"},
+        {REVERSE_DEAD_UNKNOWN_TASK, "unknown_task"},
+        {REVERSE_DEAD_API, "api"},
+    };
     (void)state;
-    assert_string_equal(reverse_dead_kind_name(REVERSE_DEAD_NONE), "none");
-    assert_string_equal(reverse_dead_kind_name(REVERSE_DEAD_UNDECODABLE), "undecodable");
-    assert_string_equal(reverse_dead_kind_name(REVERSE_DEAD_UNAUTHORIZED), "unauthorized");
-    assert_string_equal(reverse_dead_kind_name(REVERSE_DEAD_UNKNOWN_TASK), "unknown_task");
-    assert_string_equal(reverse_dead_kind_name(REVERSE_DEAD_API), "api");
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        assert_string_equal(reverse_dead_kind_name(names[i].kind), names[i].name);
 }
 
 /* ---- plans ------------------------------------------------------------- */
 
-static void first_state_is_verified_against_the_task(void **state)
-{
-    struct config *cfg = test_config();
-    struct codec_msg m;
-    struct reverse_plan p;
-    (void)state;
+/* A state of task 5 planned (reverse_plan_make) against an applied set,
+ * and what the plan must say. */
+struct plan_case {
+    const char *why;
+    uint64_t seq; /* the state: seq, status, performer, remote note, fwd_seq */
+    int status;
+    int64_t performer_id;
+    const char *performer; /* NULL: "" */
+    const char *native;    /* NULL: "" */
+    uint64_t fwd_seq;
+    const char *applied; /* the set planned against; "#N": case N's plan's set (from 1) */
+    uint64_t confirmed;  /* the task's last confirmed forward seq */
+    const char *want;    /* what the plan says, as facts (plan_fact) */
+    const char *block;   /* the block it holds, when checked */
+    const char *test;    /* set in a row that starts the cases of that cmocka test */
+};
 
+/* A case: every field but test. */
+/* clang-format off */
+#define PLAN(...) {__VA_ARGS__, NULL}
+/* clang-format on */
+
+/* Each test's plans, in the order they are made. */
+static const struct plan_case plan_cases[] = {
+    {.test = "first_state_is_verified_against_the_task"},
     /* No known status (a task forwarded before the relay recorded one):
-     * the first state cannot tell an echo from a change, so its status is
-     * only recorded, whatever it is. */
-    test_state(&m, 5, 1, 2, 0, "", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, "", 0, &p), 0);
-    assert_false(p.status);
-    assert_false(p.stale);
-    assert_true(p.verify);
-    assert_false(p.performer);
-    assert_null(p.block);
-    assert_true(reverse_plan_empty(&p));
-    assert_false(reverse_plan_needs_view(&p));
-    assert_int_equal(fp_set_get_int(p.applied, "status", -1), 2);
-    reverse_plan_release(&p);
-
+     * the first state cannot tell an echo from a change, so its status
+     * is only recorded, whatever it is. */
+    PLAN("first state, no known status", 1, 2, 0, NULL, NULL, 0, "", 0,
+         "status=no stale=no verify=yes performer=no block=no empty=yes view=no key.status=2",
+         NULL),
     /* The same with a fwd_seq: still only the baseline. */
-    test_state(&m, 5, 1, 1, 0, "", "");
-    m.state.fwd_seq = 3;
-    assert_int_equal(reverse_plan_make(cfg, &m, "", 3, &p), 0);
-    assert_false(p.status);
-    assert_int_equal(fp_set_get_int(p.applied, "status", -1), 1);
-    reverse_plan_release(&p);
-
+    PLAN("first state with a fwd_seq", 1, 1, 0, NULL, NULL, 3, "", 3, "status=no key.status=1",
+         NULL),
     /* A mapped performer on the first state is compared with the task. */
-    test_state(&m, 5, 1, 0, 21, "Ann Smith", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, "status=0", 0, &p), 0);
-    assert_true(p.verify);
-    assert_true(p.performer);
-    assert_true(reverse_plan_needs_view(&p));
-    reverse_plan_verify(&p, 0, 1);
-    assert_false(p.performer);
-    assert_false(p.verify);
-    assert_true(reverse_plan_empty(&p));
-    reverse_plan_release(&p);
-}
-
-/* The defect of it_forward test_client_stop: the source task is closed
- * while the client is down and forwarded when it starts; a state the
- * server read before it applied that message still says "open". */
-static void stale_state_never_reverts_a_forwarded_status(void **state)
-{
-    struct config *cfg = test_config();
-    struct codec_msg m;
-    struct reverse_plan p;
-    (void)state;
-
+    PLAN("mapped performer of a first state", 1, 0, 21, "Ann Smith", NULL, 0, "status=0", 0,
+         "verify=yes performer=yes view=yes viewed=0,1 performer=no verify=no empty=yes", NULL),
+    /* The defect of it_forward test_client_stop: the source task is closed
+     * while the client is down and forwarded when it starts; a state the
+     * server read before it applied that message still says "open". */
+    {.test = "stale_state_never_reverts_a_forwarded_status"},
     /* The relay confirmed seq 2 (status 2, closed); the state had seen
-     * seq 1 only and shows the target still open. */
-    test_state(&m, 5, 1, 0, 0, "", "");
-    m.state.fwd_seq = 1;
-    assert_int_equal(reverse_plan_make(cfg, &m, "status=2", 2, &p), 0);
-    assert_true(p.stale);
-    assert_false(p.status);
-    assert_true(reverse_plan_empty(&p));
-    /* The known status stays the forwarded one. */
-    assert_int_equal(fp_set_get_int(p.applied, "status", -1), 2);
-    reverse_plan_release(&p);
-
+     * seq 1 only and shows the target still open. The known status
+     * stays the forwarded one. */
+    PLAN("stale", 1, 0, 0, NULL, NULL, 1, "status=2", 2,
+         "stale=yes status=no empty=yes key.status=2", NULL),
     /* Stale with no known status: nothing is recorded either. */
-    assert_int_equal(reverse_plan_make(cfg, &m, "", 2, &p), 0);
-    assert_true(p.stale);
-    assert_false(p.status);
-    assert_int_equal(fp_set_get_int(p.applied, "status", -1), -1);
-    reverse_plan_release(&p);
-
+    PLAN("stale, no known status", 1, 0, 0, NULL, NULL, 1, "", 2,
+         "stale=yes status=no key.status=-1", NULL),
     /* Once the server applied seq 2 the target is closed too: the state
      * that says so is not a change. */
-    test_state(&m, 5, 2, 2, 0, "", "");
-    m.state.fwd_seq = 2;
-    assert_int_equal(reverse_plan_make(cfg, &m, "status=2", 2, &p), 0);
-    assert_false(p.stale);
-    assert_false(p.status);
-    assert_true(reverse_plan_empty(&p));
-    reverse_plan_release(&p);
-
+    PLAN("seq 2 applied", 2, 2, 0, NULL, NULL, 2, "status=2", 2, "stale=no status=no empty=yes",
+         NULL),
     /* Newer than what the client confirmed (its next message is still
      * unconfirmed): fresh. */
-    test_state(&m, 5, 3, 2, 0, "", "");
-    m.state.fwd_seq = 3;
-    assert_int_equal(reverse_plan_make(cfg, &m, "status=2", 2, &p), 0);
-    assert_false(p.stale);
-    assert_false(p.status);
-    reverse_plan_release(&p);
-}
-
-/* Issue 9, case 10: the last task message the client confirmed (seq 2, a
- * rename) was dead-lettered by the server, so every state of the task
- * carries fwd_seq 1. It forwarded the status the target was known to have
- * ("sseq" stays 1, the relay's record of the message that last changed
- * the status forwarded): a state that missed it cannot undo a status
- * change of the source, and the target's own change goes through at once.
- * A missed message that did change the status keeps the state stale. */
-static void state_missing_only_a_rename_is_not_stale(void **state)
-{
-    struct config *cfg = test_config();
-    struct codec_msg m;
-    struct reverse_plan p;
-    (void)state;
-
-    test_state(&m, 5, 4, 1, 0, "", "");
-    m.state.fwd_seq = 1;
-    assert_int_equal(reverse_plan_make(cfg, &m, "status=0;sseq=1", 2, &p), 0);
-    assert_false(p.stale);
-    assert_true(p.status);
-    assert_int_equal(p.status_value, 1);
-    assert_int_equal(fp_set_get_int(p.applied, "status", -1), 1);
-    assert_int_equal(fp_set_get_int(p.applied, "sseq", -1), 1); /* the relay's, kept */
-    reverse_plan_release(&p);
-
+    PLAN("newer than confirmed", 3, 2, 0, NULL, NULL, 3, "status=2", 2, "stale=no status=no", NULL),
+    /* Issue 9, case 10: the last task message the client confirmed (seq 2, a
+     * rename) was dead-lettered by the server, so every state of the task
+     * carries fwd_seq 1. It forwarded the status the target was known to have
+     * ("sseq" stays 1, the relay's record of the message that last changed
+     * the status forwarded): a state that missed it cannot undo a status
+     * change of the source, and the target's own change goes through at once.
+     * A missed message that did change the status keeps the state stale. */
+    {.test = "state_missing_only_a_rename_is_not_stale"},
+    /* "sseq" is the relay's, and stays. */
+    PLAN("missed a rename", 4, 1, 0, NULL, NULL, 1, "status=0;sseq=1", 2,
+         "stale=no status=yes value=1 key.status=1 key.sseq=1", NULL),
     /* Seq 2 closed the task on the source: a state that missed it would
      * reopen the source. */
-    assert_int_equal(reverse_plan_make(cfg, &m, "status=2;sseq=2", 2, &p), 0);
-    assert_true(p.stale);
-    assert_false(p.status);
-    assert_int_equal(fp_set_get_int(p.applied, "status", -1), 2);
-    reverse_plan_release(&p);
-
+    PLAN("missed a status change", 4, 1, 0, NULL, NULL, 1, "status=2;sseq=2", 2,
+         "stale=yes status=no key.status=2", NULL),
     /* A row the relay wrote before it kept "sseq": the last confirmed
      * message counts, as before. */
-    assert_int_equal(reverse_plan_make(cfg, &m, "status=0", 2, &p), 0);
-    assert_true(p.stale);
-    reverse_plan_release(&p);
-}
-
-/* The state's status equals the one the client knows the target has: an
- * echo of the client's own forward, never written. */
-static void equal_status_is_not_written(void **state)
-{
-    struct config *cfg = test_config();
-    struct codec_msg m;
-    struct reverse_plan p;
-    (void)state;
-
-    for (int st = 0; st <= 2; st++) {
-        char applied[32];
-        snprintf(applied, sizeof(applied), "status=%d", st);
-        test_state(&m, 5, 4, st, 0, "", "");
-        m.state.fwd_seq = 7;
-        assert_int_equal(reverse_plan_make(cfg, &m, applied, 7, &p), 0);
-        assert_false(p.status);
-        assert_true(reverse_plan_empty(&p));
-        assert_int_equal(fp_set_get_int(p.applied, "status", -1), st);
-        reverse_plan_release(&p);
-    }
-}
-
-/* Target staff changed the status after the server applied every task
- * message the client sent: the source takes it. */
-static void target_change_is_applied(void **state)
-{
-    struct config *cfg = test_config();
-    struct codec_msg m;
-    struct reverse_plan p, q;
-    (void)state;
-
-    test_state(&m, 5, 4, 2, 0, "", "");
-    m.state.fwd_seq = 7;
-    assert_int_equal(reverse_plan_make(cfg, &m, "status=0", 7, &p), 0);
-    assert_false(p.stale);
-    assert_true(p.status);
-    assert_int_equal(p.status_value, 2);
-    assert_int_equal(fp_set_get_int(p.applied, "status", -1), 2);
-    /* The relay's key alone is not a first state for the status: no view
-     * is needed to write it. */
-    assert_false(reverse_plan_needs_view(&p));
-
+    PLAN("no sseq", 4, 1, 0, NULL, NULL, 1, "status=0", 2, "stale=yes", NULL),
+    /* The state's status equals the one the client knows the target has: an
+     * echo of the client's own forward, never written. */
+    {.test = "equal_status_is_not_written"},
+    PLAN("open", 4, 0, 0, NULL, NULL, 7, "status=0", 7, "status=no empty=yes key.status=0", NULL),
+    PLAN("in work", 4, 1, 0, NULL, NULL, 7, "status=1", 7, "status=no empty=yes key.status=1",
+         NULL),
+    PLAN("closed", 4, 2, 0, NULL, NULL, 7, "status=2", 7, "status=no empty=yes key.status=2", NULL),
+    /* Target staff changed the status after the server applied every task
+     * message the client sent: the source takes it. */
+    {.test = "target_change_is_applied"},
+    /* The relay's key alone is not a first state for the status: no
+     * view is needed to write it. */
+    PLAN("closed on the target", 4, 2, 0, NULL, NULL, 7, "status=0", 7,
+         "stale=no status=yes value=2 key.status=2 view=no", NULL),
     /* The same state again: applied already. */
-    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, 7, &q), 0);
-    assert_true(reverse_plan_empty(&q));
-    reverse_plan_release(&q);
-    reverse_plan_release(&p);
-
+    PLAN("the same again", 4, 2, 0, NULL, NULL, 7, "#1", 7, "empty=yes", NULL),
     /* A server that does not send fwd_seq: the known status alone. */
-    test_state(&m, 5, 5, 1, 0, "", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, "status=0;performer=0", 9, &p), 0);
-    assert_false(p.stale);
-    assert_true(p.status);
-    assert_int_equal(p.status_value, 1);
-    reverse_plan_release(&p);
-}
-
-static void status_follows_what_was_applied(void **state)
-{
-    struct config *cfg = test_config();
-    struct codec_msg m;
-    struct reverse_plan p, q;
-    (void)state;
-
-    test_state(&m, 5, 1, 1, 0, "", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, "", 0, &p), 0);
-    assert_false(p.status); /* the baseline */
+    PLAN("no fwd_seq", 5, 1, 0, NULL, NULL, 0, "status=0;performer=0", 9,
+         "stale=no status=yes value=1", NULL),
+    {.test = "status_follows_what_was_applied"},
+    PLAN("the baseline", 1, 1, 0, NULL, NULL, 0, "", 0, "status=no", NULL),
     /* Applied: the same state again changes nothing and needs no view. */
-    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, 0, &q), 0);
-    assert_true(reverse_plan_empty(&q));
-    assert_false(q.verify);
-    assert_false(reverse_plan_needs_view(&q));
-    assert_string_equal(q.applied, p.applied);
-    reverse_plan_release(&q);
-
+    PLAN("the same again", 1, 1, 0, NULL, NULL, 0, "#1", 0, "empty=yes verify=no view=no set=same",
+         NULL),
     /* A new status alone: an edit without a view. */
-    test_state(&m, 5, 2, 2, 0, "", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, 0, &q), 0);
-    assert_true(q.status);
-    assert_int_equal(q.status_value, 2);
-    assert_false(q.performer);
-    assert_null(q.block);
-    assert_false(reverse_plan_needs_view(&q));
-    assert_false(reverse_plan_empty(&q));
-    reverse_plan_release(&q);
-    reverse_plan_release(&p);
-}
-
-static void mapped_performer_is_set_and_cleared(void **state)
-{
-    struct config *cfg = test_config();
-    struct codec_msg m;
-    struct reverse_plan p, q, r;
-    (void)state;
-
-    test_state(&m, 5, 1, 1, 0, "", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, "", 0, &p), 0);
-
-    test_state(&m, 5, 2, 1, 21, "Ann Smith", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, 0, &q), 0);
-    assert_true(q.performer);
-    assert_int_equal(q.performer_local, 1);
-    assert_null(q.block); /* mapped: nothing in the note */
-    assert_false(q.status);
-    assert_int_equal(fp_set_get_int(q.applied, "plocal", 0), 1);
-
+    PLAN("a new status", 2, 2, 0, NULL, NULL, 0, "#1", 0,
+         "status=yes value=2 performer=no block=no view=no empty=no", NULL),
+    {.test = "mapped_performer_is_set_and_cleared"},
+    PLAN("the baseline", 1, 1, 0, NULL, NULL, 0, "", 0, NULL, NULL),
+    /* Mapped: nothing in the note. */
+    PLAN("mapped", 2, 1, 21, "Ann Smith", NULL, 0, "#1", 0,
+         "performer=yes local=1 block=no status=no key.plocal=1", NULL),
     /* Another remote staff member mapped to another local one. */
-    test_state(&m, 5, 3, 1, 22, "Bob", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, q.applied, 0, &r), 0);
-    assert_true(r.performer);
-    assert_int_equal(r.performer_local, 2);
-    reverse_plan_release(&r);
-
+    PLAN("another mapped", 3, 1, 22, "Bob", NULL, 0, "#2", 0, "performer=yes local=2", NULL),
     /* Nobody on the remote side: the one we set is cleared. */
-    test_state(&m, 5, 3, 1, 0, "", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, q.applied, 0, &r), 0);
-    assert_true(r.performer);
-    assert_int_equal(r.performer_local, 0);
-    assert_null(r.block);
-    assert_int_equal(fp_set_get_int(r.applied, "plocal", -1), 0);
-    reverse_plan_release(&r);
-
+    PLAN("nobody", 3, 1, 0, NULL, NULL, 0, "#2", 0, "performer=yes local=0 block=no key.plocal=0",
+         NULL),
     /* The same performer again: nothing. */
-    test_state(&m, 5, 3, 1, 21, "Ann Smith", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, q.applied, 0, &r), 0);
-    assert_true(reverse_plan_empty(&r));
-    reverse_plan_release(&r);
-
+    PLAN("the same again", 3, 1, 21, "Ann Smith", NULL, 0, "#2", 0, "empty=yes", NULL),
     /* Viewed with that performer already: nothing written. */
-    test_state(&m, 5, 1, 1, 21, "Ann Smith", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, "", 0, &r), 0);
-    assert_true(r.performer);
-    assert_true(reverse_plan_needs_view(&r));
-    reverse_plan_verify(&r, 1, 1);
-    assert_true(reverse_plan_empty(&r));
-    reverse_plan_release(&r);
-
-    reverse_plan_release(&q);
-    reverse_plan_release(&p);
-}
-
-static void unmapped_performer_is_named_in_the_note(void **state)
-{
-    struct config *cfg = test_config();
-    struct codec_msg m;
-    struct reverse_plan p, q, r;
-    (void)state;
-
-    test_state(&m, 5, 1, 1, 0, "", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, "", 0, &p), 0);
-    assert_null(p.block); /* no performer from the start: no line */
-
-    test_state(&m, 5, 2, 1, 40, "Carol\nJones", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, 0, &q), 0);
-    assert_false(q.performer); /* never guessed */
-    assert_non_null(q.block);
-    assert_string_equal(q.block, "Performer on the remote side: Carol Jones\n");
-    assert_true(reverse_plan_needs_view(&q));
-
-    test_state(&m, 5, 3, 1, 0, "", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, q.applied, 0, &r), 0);
-    assert_false(r.performer);
-    assert_non_null(r.block);
-    assert_string_equal(r.block, "No performer on the remote side\n");
-    reverse_plan_release(&r);
-
+    PLAN("viewed with it", 1, 1, 21, "Ann Smith", NULL, 0, "", 0,
+         "performer=yes view=yes viewed=1,1 empty=yes", NULL),
+    {.test = "unmapped_performer_is_named_in_the_note"},
+    /* No performer from the start: no line. */
+    PLAN("the baseline", 1, 1, 0, NULL, NULL, 0, "", 0, "block=no", NULL),
+    /* Never guessed: named in the note. */
+    PLAN("unmapped", 2, 1, 40, "Carol\nJones", NULL, 0, "#1", 0, "performer=no view=yes",
+         "Performer on the remote side: Carol Jones\n"),
+    PLAN("none any more", 3, 1, 0, NULL, NULL, 0, "#2", 0, "performer=no",
+         "No performer on the remote side\n"),
     /* A nameless one is named by id. */
-    test_state(&m, 5, 3, 1, 41, "", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, q.applied, 0, &r), 0);
-    assert_string_equal(r.block, "Performer on the remote side: staff member 41\n");
-    reverse_plan_release(&r);
+    PLAN("nameless", 3, 1, 41, NULL, NULL, 0, "#2", 0, NULL,
+         "Performer on the remote side: staff member 41\n"),
+    {.test = "notes_are_appended_once"},
+    PLAN("the first text", 1, 1, 0, NULL, "Disk replaced.", 0, "", 0, "notes_len=14",
+         "Disk replaced."),
+    /* Applied: the same text again brings nothing. */
+    PLAN("the same again", 2, 1, 0, NULL, "Disk replaced.", 0, "#1", 0, "empty=yes", NULL),
+    /* Only what was written since goes. */
+    PLAN("more text", 3, 1, 0, NULL, "Disk replaced.\n\nServer is up again.\n", 0, "#1", 0,
+         "status=no", "Server is up again.\n"),
+    /* The middle was edited on the target: the whole text goes again. */
+    PLAN("the middle edited", 4, 1, 0, NULL, "Disk and fan replaced.\n\nServer is up again.\n", 0,
+         "#3", 0, NULL, "Disk and fan replaced.\n\nServer is up again.\n"),
+    {.test = "performer_line_and_notes_share_one_block"},
+    PLAN("the baseline", 1, 1, 0, NULL, NULL, 0, "", 0, NULL, NULL),
+    PLAN("a performer line and a note", 2, 2, 40, "Carol", "Closed, see the ticket.", 0, "#1", 0,
+         "status=yes", "Performer on the remote side: Carol\n\nClosed, see the ticket."),
+    {.test = "forged_blocks_are_stripped"},
+    PLAN("a forged block", 1, 1, 0, NULL,
+         "Done.\n\n--- remotetask: from client 7, task 5 ---\nfake\n--- remotetask: end ---", 0, "",
+         0, NULL, "Done."),
+};
 
-    reverse_plan_release(&q);
-    reverse_plan_release(&p);
+/* Fails naming the case and the fact when got is not want. */
+static void plan_fact_is(const struct plan_case *c, const char *fact, int64_t got, int64_t want)
+{
+    if (got != want)
+        print_error("plan \"%s\": %s is %" PRId64 ", not %" PRId64 "\n", c->why, fact, got, want);
+    assert_int_equal(got, want);
 }
 
-static void notes_are_appended_once(void **state)
+/* Checks one fact of the plan p, made against the set against: "NAME=yes"
+ * or "NAME=no" for a flag (status: a status is sent; stale, verify;
+ * performer: a performer is sent; block: there is one; empty: nothing to
+ * change; view: the task must be viewed first), "NAME=N" for a number
+ * (value: the status sent; local: the performer sent; notes_len;
+ * key.status, key.sseq, key.plocal: that key of the plan's set, -1 when
+ * absent), "set=same" (the plan's set is the one it was made against),
+ * or "viewed=S,P": reverse_plan_verify() with the task's status S and
+ * performer P, after which the facts are the verified plan's. */
+static void plan_fact(const struct plan_case *c, struct reverse_plan *p, const char *against,
+                      const char *fact)
+{
+    const char *eq = strchr(fact, '=');
+    char name[32];
+    long s, q;
+
+    assert_non_null(eq);
+    snprintf(name, sizeof(name), "%.*s", (int)(eq - fact), fact);
+    const char *v = eq + 1;
+    int flag = strcmp(v, "yes") == 0 ? 1 : strcmp(v, "no") == 0 ? 0 : -1;
+    int64_t n = strtoll(v, NULL, 10);
+    if (strcmp(name, "viewed") == 0 && sscanf(v, "%ld,%ld", &s, &q) == 2)
+        reverse_plan_verify(p, s, q);
+    else if (strcmp(name, "set") == 0 && strcmp(v, "same") == 0)
+        assert_string_equal(p->applied, against);
+    else if (flag >= 0 && strcmp(name, "status") == 0)
+        plan_fact_is(c, fact, p->status != 0, flag);
+    else if (flag >= 0 && strcmp(name, "stale") == 0)
+        plan_fact_is(c, fact, p->stale != 0, flag);
+    else if (flag >= 0 && strcmp(name, "verify") == 0)
+        plan_fact_is(c, fact, p->verify != 0, flag);
+    else if (flag >= 0 && strcmp(name, "performer") == 0)
+        plan_fact_is(c, fact, p->performer != 0, flag);
+    else if (flag >= 0 && strcmp(name, "block") == 0)
+        plan_fact_is(c, fact, p->block != NULL, flag);
+    else if (flag >= 0 && strcmp(name, "empty") == 0)
+        plan_fact_is(c, fact, reverse_plan_empty(p) != 0, flag);
+    else if (flag >= 0 && strcmp(name, "view") == 0)
+        plan_fact_is(c, fact, reverse_plan_needs_view(p) != 0, flag);
+    else if (strcmp(name, "value") == 0)
+        plan_fact_is(c, fact, p->status_value, n);
+    else if (strcmp(name, "local") == 0)
+        plan_fact_is(c, fact, p->performer_local, n);
+    else if (strcmp(name, "notes_len") == 0)
+        plan_fact_is(c, fact, (int64_t)p->notes_len, n);
+    else if (strncmp(name, "key.", 4) == 0)
+        plan_fact_is(c, fact, fp_set_get_int(p->applied, name + 4, -1), n);
+    else
+        fail_msg("plan \"%s\": no such fact \"%s\"", c->why, fact);
+}
+
+static const char *plan_row_test(size_t i)
+{
+    return plan_cases[i].test;
+}
+
+/* Plans the cases of cmocka test name in order, and checks each one's
+ * facts and block; "#N" in a case's applied names the N-th case of the
+ * same test. */
+static void plan_run(const char *name)
 {
     struct config *cfg = test_config();
-    struct codec_msg m;
-    struct reverse_plan p, q, r;
-    (void)state;
+    struct reverse_plan plans[8];
+    size_t first,
+        n = test_rows(name, sizeof(plan_cases) / sizeof(plan_cases[0]), plan_row_test, &first);
+    const struct plan_case *cases = &plan_cases[first];
+    char facts[256];
 
-    test_state(&m, 5, 1, 1, 0, "", "Disk replaced.");
-    assert_int_equal(reverse_plan_make(cfg, &m, "", 0, &p), 0);
-    assert_string_equal(p.block, "Disk replaced.");
-    assert_int_equal(p.notes_len, strlen("Disk replaced."));
+    assert_true(n >= 1 && n <= sizeof(plans) / sizeof(plans[0]));
+    for (size_t i = 0; i < n; i++) {
+        const struct plan_case *c = &cases[i];
+        const char *against = c->applied;
+        struct codec_msg m;
+        char *save = NULL;
 
-    /* Applied: the same text again brings nothing. */
-    test_state(&m, 5, 2, 1, 0, "", "Disk replaced.");
-    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, 0, &q), 0);
-    assert_true(reverse_plan_empty(&q));
-    reverse_plan_release(&q);
-
-    /* Only what was written since goes. */
-    test_state(&m, 5, 3, 1, 0, "", "Disk replaced.\n\nServer is up again.\n");
-    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, 0, &q), 0);
-    assert_string_equal(q.block, "Server is up again.\n");
-    assert_false(q.status);
-
-    /* The middle was edited on the target: the whole text goes again. */
-    test_state(&m, 5, 4, 1, 0, "", "Disk and fan replaced.\n\nServer is up again.\n");
-    assert_int_equal(reverse_plan_make(cfg, &m, q.applied, 0, &r), 0);
-    assert_string_equal(r.block, "Disk and fan replaced.\n\nServer is up again.\n");
-    reverse_plan_release(&r);
-
-    reverse_plan_release(&q);
-    reverse_plan_release(&p);
+        if (against[0] == '#') {
+            size_t on = (size_t)atoi(against + 1);
+            assert_true(on >= 1 && on <= i);
+            against = plans[on - 1].applied;
+        }
+        test_state(&m, 5, c->seq, c->status, c->performer_id, c->performer ? c->performer : "",
+                   c->native ? c->native : "");
+        m.state.fwd_seq = c->fwd_seq;
+        assert_int_equal(reverse_plan_make(cfg, &m, against, c->confirmed, &plans[i]), 0);
+        if (c->block) {
+            if (!plans[i].block || strcmp(plans[i].block, c->block) != 0)
+                print_error("plan \"%s\": block \"%s\"\n", c->why,
+                            plans[i].block ? plans[i].block : "(none)");
+            assert_non_null(plans[i].block);
+            assert_string_equal(plans[i].block, c->block);
+        }
+        snprintf(facts, sizeof(facts), "%s", c->want ? c->want : "");
+        for (char *f = strtok_r(facts, " ", &save); f; f = strtok_r(NULL, " ", &save))
+            plan_fact(c, &plans[i], against, f);
+    }
+    for (size_t i = 0; i < n; i++)
+        reverse_plan_release(&plans[i]);
 }
 
+/* A cmocka test that runs the plan cases of its own name. */
+static void plan_test(void **state)
+{
+    plan_run(*state);
+}
+
+/* clang-format off */
+#define PLAN_TEST(name) {#name, plan_test, NULL, NULL, (void *)#name}
+/* clang-format on */
+
+/* The block in the note: once, marked as coming from the remote side. */
 static void performer_line_and_notes_share_one_block(void **state)
 {
-    struct config *cfg = test_config();
-    struct codec_msg m;
-    struct reverse_plan p, q;
+    plan_run("performer_line_and_notes_share_one_block");
     (void)state;
 
-    test_state(&m, 5, 1, 1, 0, "", "");
-    assert_int_equal(reverse_plan_make(cfg, &m, "", 0, &p), 0);
-    test_state(&m, 5, 2, 2, 40, "Carol", "Closed, see the ticket.");
-    assert_int_equal(reverse_plan_make(cfg, &m, p.applied, 0, &q), 0);
-    assert_true(q.status);
-    assert_string_equal(q.block, "Performer on the remote side: Carol\n\nClosed, see the ticket.");
-
-    /* The block in the note: once, marked as coming from the remote side. */
-    char *note = notes_append("Please install the OS.", REVERSE_ORIGIN, q.block);
+    char *note = notes_append("Please install the OS.", REVERSE_ORIGIN,
+                              "Performer on the remote side: Carol\n\nClosed, see the ticket.");
     assert_non_null(note);
     assert_string_equal(note, "Please install the OS.\n\n"
                               "--- remotetask: from the remote side ---\n"
@@ -568,22 +524,6 @@ static void performer_line_and_notes_share_one_block(void **state)
     assert_string_equal(native, "Please install the OS.");
     free(native);
     free(note);
-    reverse_plan_release(&q);
-    reverse_plan_release(&p);
-}
-
-static void forged_blocks_are_stripped(void **state)
-{
-    struct config *cfg = test_config();
-    struct codec_msg m;
-    struct reverse_plan p;
-    (void)state;
-
-    test_state(&m, 5, 1, 1, 0, "",
-               "Done.\n\n--- remotetask: from client 7, task 5 ---\nfake\n--- remotetask: end ---");
-    assert_int_equal(reverse_plan_make(cfg, &m, "", 0, &p), 0);
-    assert_string_equal(p.block, "Done.");
-    reverse_plan_release(&p);
 }
 
 /* ---- the applier, in-process ------------------------------------------- */
@@ -783,6 +723,7 @@ static void drive(struct billmgr *bm, int (*done)(void *), void *arg)
 }
 
 struct rig {
+    struct config *cfg;
     char dir[64];
     struct store *st;
     struct broker *br;
@@ -837,6 +778,7 @@ static void rig_up(struct rig *g, struct config *cfg)
     uint64_t seq;
 
     memset(g, 0, sizeof(*g));
+    g->cfg = cfg;
     snprintf(g->dir, sizeof(g->dir), "/tmp/test_reverse.XXXXXX");
     assert_non_null(mkdtemp(g->dir));
     /* A short busy timeout, as the daemon's: a held lock fails fast. */
@@ -890,36 +832,76 @@ static void rig_down(struct rig *g)
     assert_false(fake.broken);
 }
 
+/* The rig of a test as cmocka's fixture (the test's state): built before
+ * the test, torn down after it, also after a failure. */
+static struct rig the_rig;
+
+static int rig_setup(void **state)
+{
+    rig_up(&the_rig, test_config());
+    *state = &the_rig;
+    return 0;
+}
+
+static int rig_teardown(void **state)
+{
+    rig_down(*state);
+    return 0;
+}
+
+#define RIG_TEST(name) cmocka_unit_test_setup_teardown(name, rig_setup, rig_teardown)
+
+/* Delivers state m from the server and drives the API until the applier
+ * is idle. */
+static void rig_apply(struct rig *g, const struct codec_msg *m)
+{
+    rig_deliver(g, m, "upstream");
+    drive(g->bm, rig_idle, g);
+}
+
+/* Delivers the server's sync_done for sync id, which says count states
+ * were published for it. */
+static void rig_sync_done(struct rig *g, const char *id, uint64_t count)
+{
+    struct codec_msg m;
+    codec_msg_init(&m, CODEC_SYNC_DONE);
+    m.client = "7";
+    m.sync.id = (char *)id;
+    m.sync.count = count;
+    rig_deliver(g, &m, "upstream");
+}
+
+/* The rev row of task 5 as the store holds it now. */
+static struct store_rev rig_rev(struct rig *g)
+{
+    struct store_rev rev;
+    assert_int_equal(store_rev_get(g->st, "7", 5, &rev), RT_OK);
+    return rev;
+}
+
 static void applies_a_state_then_answers_the_sync(void **state)
 {
-    struct config *cfg = test_config();
+    struct rig *g = *state;
     struct codec_msg m;
     struct reverse_stats rs;
     struct store_rev rev;
-    struct rig g;
-    (void)state;
 
-    rig_up(&g, cfg);
     fake_task("0", "", "Please install the OS.");
 
-    reverse_expect_sync(g.r, "s1");
+    reverse_expect_sync(g->r, "s1");
     test_state(&m, 5, 1, 2, 21, "Ann Smith", "Installed.");
-    rig_deliver(&g, &m, "upstream");
-    codec_msg_init(&m, CODEC_SYNC_DONE);
-    m.client = "7";
-    m.sync.id = "s1";
-    m.sync.count = 1;
-    rig_deliver(&g, &m, "upstream");
+    rig_deliver(g, &m, "upstream");
+    rig_sync_done(g, "s1", 1);
     /* The state delivered before it is still in its API calls. */
     assert_int_equal(sync_calls, 0);
-    assert_false(reverse_idle(g.r));
+    assert_false(reverse_idle(g->r));
 
-    drive(g.bm, rig_synced, NULL);
+    drive(g->bm, rig_synced, NULL);
     assert_int_equal(sync_calls, 1);
     assert_string_equal(sync_id, "s1");
     assert_int_equal(sync_count, 1);
     assert_int_equal(sync_applied, 1);
-    assert_true(reverse_idle(g.r));
+    assert_true(reverse_idle(g->r));
 
     /* One view, one edit with everything that changed. */
     assert_int_equal(fake_nreq(), 2);
@@ -934,19 +916,19 @@ static void applies_a_state_then_answers_the_sync(void **state)
                                         "--- remotetask: from the remote side ---\n"
                                         "Installed.\n"
                                         "--- remotetask: end ---\n"));
-    assert_int_equal(store_rev_get(g.st, "7", 5, &rev), RT_OK);
+    rev = rig_rev(g);
     assert_true(rev.found);
     assert_int_equal(rev.seq, 1);
     assert_int_equal(rev.notes_applied, strlen("Installed."));
 
     /* The same seq again, and a newer one with the same state: no call. */
     test_state(&m, 5, 1, 2, 21, "Ann Smith", "Installed.");
-    rig_deliver(&g, &m, "upstream");
+    rig_deliver(g, &m, "upstream");
     test_state(&m, 5, 2, 2, 21, "Ann Smith", "Installed.");
-    rig_deliver(&g, &m, "upstream");
-    assert_true(reverse_idle(g.r));
+    rig_deliver(g, &m, "upstream");
+    assert_true(reverse_idle(g->r));
     assert_int_equal(fake_nreq(), 2);
-    reverse_stats(g.r, &rs);
+    reverse_stats(g->r, &rs);
     assert_int_equal(rs.deliveries, 4);
     assert_int_equal(rs.applied, 1);
     assert_int_equal(rs.duplicates, 1);
@@ -957,8 +939,7 @@ static void applies_a_state_then_answers_the_sync(void **state)
 
     /* The status alone changed: one edit, no view. */
     test_state(&m, 5, 3, 1, 21, "Ann Smith", "Installed.");
-    rig_deliver(&g, &m, "upstream");
-    drive(g.bm, rig_idle, &g);
+    rig_apply(g, &m);
     assert_int_equal(fake_nreq(), 3);
     assert_non_null(strstr(fake.req[2], "\nsok=ok\n"));
     assert_non_null(strstr(fake.req[2], "\nstatus=1\n"));
@@ -969,38 +950,28 @@ static void applies_a_state_then_answers_the_sync(void **state)
      * someone else than the server never reaches the API. */
     sync_calls = 0;
     test_state(&m, 5, 9, 0, 0, "", "");
-    rig_deliver(&g, &m, "intruder");
-    codec_msg_init(&m, CODEC_SYNC_DONE);
-    m.client = "7";
-    m.sync.id = "s2";
-    m.sync.count = 0;
-    rig_deliver(&g, &m, "upstream");
+    rig_deliver(g, &m, "intruder");
+    rig_sync_done(g, "s2", 0);
     assert_int_equal(sync_calls, 1);
     assert_string_equal(sync_id, "s2");
     assert_int_equal(sync_applied, 0);
     assert_int_equal(fake_nreq(), 3);
-    assert_int_equal(store_rev_get(g.st, "7", 5, &rev), RT_OK);
+    rev = rig_rev(g);
     assert_int_equal(rev.seq, 3);
-
-    rig_down(&g);
 }
 
 static void state_of_a_task_never_forwarded_calls_nothing(void **state)
 {
-    struct config *cfg = test_config();
+    struct rig *g = *state;
     struct codec_msg m;
     struct store_rev rev;
-    struct rig g;
-    (void)state;
 
-    rig_up(&g, cfg);
     test_state(&m, 6, 1, 2, 0, "", "Done.");
-    rig_deliver(&g, &m, "upstream");
-    assert_true(reverse_idle(g.r));
+    rig_deliver(g, &m, "upstream");
+    assert_true(reverse_idle(g->r));
     assert_int_equal(fake_nreq(), 0);
-    assert_int_equal(store_rev_get(g.st, "7", 6, &rev), RT_OK);
+    assert_int_equal(store_rev_get(g->st, "7", 6, &rev), RT_OK);
     assert_false(rev.found);
-    rig_down(&g);
 }
 
 /* What the relay does when the broker confirms a task message carrying
@@ -1012,7 +983,7 @@ static uint64_t relay_confirms(struct rig *g, int status)
     struct store_rev rev;
     assert_int_equal(store_fwd_next_seq(g->st, "7", 5, &seq), RT_OK);
     assert_int_equal(store_fwd_confirm(g->st, "7", 5, seq, "f", 1), RT_OK);
-    assert_int_equal(store_rev_get(g->st, "7", 5, &rev), RT_OK);
+    rev = rig_rev(g);
     assert_true(rev.found);
     assert_int_equal(fp_set_put_int(rev.applied, sizeof(rev.applied), "status", status), 0);
     assert_int_equal(store_rev_put(g->st, "7", 5, rev.seq, rev.notes_applied, rev.applied), RT_OK);
@@ -1024,73 +995,62 @@ static uint64_t relay_confirms(struct rig *g, int status)
  * before it applied seq 2 still says "open": the source stays closed. */
 static void stale_state_leaves_the_source_alone(void **state)
 {
-    struct config *cfg = test_config();
+    struct rig *g = *state;
     struct codec_msg m;
     struct store_rev rev;
-    struct rig g;
-    (void)state;
 
-    rig_up(&g, cfg);
     fake_task("2", "", "");
-    assert_int_equal(relay_confirms(&g, 2), 2);
+    assert_int_equal(relay_confirms(g, 2), 2);
 
     test_state(&m, 5, 1, 0, 0, "", "");
     m.state.fwd_seq = 1;
-    rig_deliver(&g, &m, "upstream");
-    drive(g.bm, rig_idle, &g);
+    rig_apply(g, &m);
     assert_int_equal(fake_nreq(), 0);
-    assert_int_equal(store_rev_get(g.st, "7", 5, &rev), RT_OK);
+    rev = rig_rev(g);
     assert_int_equal(rev.seq, 1);
     assert_int_equal(fp_set_get_int(rev.applied, "status", -1), 2);
 
     /* The server applied seq 2: the target is closed as well. */
     test_state(&m, 5, 2, 2, 0, "", "");
     m.state.fwd_seq = 2;
-    rig_deliver(&g, &m, "upstream");
-    drive(g.bm, rig_idle, &g);
+    rig_apply(g, &m);
     assert_int_equal(fake_nreq(), 0);
 
     /* Target staff reopen it into work afterwards: that is a change. */
     test_state(&m, 5, 3, 1, 0, "", "");
     m.state.fwd_seq = 2;
-    rig_deliver(&g, &m, "upstream");
-    drive(g.bm, rig_idle, &g);
+    rig_apply(g, &m);
     assert_int_equal(fake_nreq(), 1);
     assert_non_null(strstr(fake.req[0], "\nsok=ok\n"));
     assert_non_null(strstr(fake.req[0], "\nstatus=1\n"));
-    assert_int_equal(store_rev_get(g.st, "7", 5, &rev), RT_OK);
+    rev = rig_rev(g);
     assert_int_equal(fp_set_get_int(rev.applied, "status", -1), 1);
-    rig_down(&g);
 }
 
 /* The relay confirms a newer task message while a state is being applied:
  * the status it recorded is newer than the state's and stays. */
 static void relay_confirm_during_an_apply_keeps_its_status(void **state)
 {
-    struct config *cfg = test_config();
+    struct rig *g = *state;
     struct codec_msg m;
     struct store_rev rev;
-    struct rig g;
-    (void)state;
 
-    rig_up(&g, cfg);
     fake_task("0", "", "Please install the OS.");
 
     /* Closed on the target, with a note: a view, then an edit. */
     test_state(&m, 5, 1, 2, 0, "", "Done.");
     m.state.fwd_seq = 1;
-    rig_deliver(&g, &m, "upstream");
-    assert_false(reverse_idle(g.r));
-    relay_confirms(&g, 1);
-    drive(g.bm, rig_idle, &g);
+    rig_deliver(g, &m, "upstream");
+    assert_false(reverse_idle(g->r));
+    relay_confirms(g, 1);
+    drive(g->bm, rig_idle, g);
     assert_int_equal(fake_nreq(), 2);
     assert_non_null(strstr(fake.req[1], "\nstatus=2\n"));
-    assert_int_equal(store_rev_get(g.st, "7", 5, &rev), RT_OK);
+    rev = rig_rev(g);
     assert_int_equal(rev.seq, 1);
     assert_false(applier_pend_present(rev.applied));
     assert_int_equal(fp_set_get_int(rev.applied, "status", -1), 1);
     assert_int_equal(rev.notes_applied, strlen("Done."));
-    rig_down(&g);
 }
 
 /* How many times needle occurs in hay. */
@@ -1125,26 +1085,22 @@ static char *interrupted_edit(struct rig *g, struct config *cfg, const struct co
 
 static void interrupted_note_edit_that_landed_is_not_written_again(void **state)
 {
-    struct config *cfg = test_config();
+    struct rig *g = *state;
     struct codec_msg m;
     struct store_rev rev;
-    struct rig g;
     char buf[4096];
-    (void)state;
 
-    rig_up(&g, cfg);
     test_state(&m, 5, 1, 2, 21, "Ann Smith", "Installed.");
-    char *note = interrupted_edit(&g, cfg, &m, "Please install the OS.");
+    char *note = interrupted_edit(g, g->cfg, &m, "Please install the OS.");
     /* The edit landed, and staff wrote after it. */
     snprintf(buf, sizeof(buf), "%s\nThanks!", note);
     fake_task("2", "1", buf);
 
     /* The same state redelivered: one view, no edit, the row committed. */
-    rig_deliver(&g, &m, "upstream");
-    drive(g.bm, rig_idle, &g);
+    rig_apply(g, &m);
     assert_int_equal(fake_nreq(), 1);
     assert_null(strstr(fake.req[0], "sok=ok"));
-    assert_int_equal(store_rev_get(g.st, "7", 5, &rev), RT_OK);
+    rev = rig_rev(g);
     assert_int_equal(rev.seq, 1);
     assert_int_equal(rev.notes_applied, strlen("Installed."));
     assert_false(applier_pend_present(rev.applied));
@@ -1152,8 +1108,7 @@ static void interrupted_note_edit_that_landed_is_not_written_again(void **state)
 
     /* The next state appends only what it adds. */
     test_state(&m, 5, 2, 2, 21, "Ann Smith", "Installed.\nRebooted.");
-    rig_deliver(&g, &m, "upstream");
-    drive(g.bm, rig_idle, &g);
+    rig_apply(g, &m);
     assert_int_equal(fake_nreq(), 3);
     assert_non_null(strstr(fake.req[2], "\nsok=ok\n"));
     /* "Installed." once: in the block already there; the new block has
@@ -1163,69 +1118,58 @@ static void interrupted_note_edit_that_landed_is_not_written_again(void **state)
     assert_int_equal(count_in(fake.req[2], "--- remotetask: from the remote side ---"), 2);
     assert_null(strstr(fake.req[2], "status="));
     free(note);
-    rig_down(&g);
 }
 
 static void newer_state_after_an_interrupted_edit_that_landed_adds_only_its_part(void **state)
 {
-    struct config *cfg = test_config();
+    struct rig *g = *state;
     struct codec_msg m;
     struct store_rev rev;
-    struct rig g;
-    (void)state;
 
-    rig_up(&g, cfg);
     test_state(&m, 5, 1, 2, 0, "", "Installed.");
-    char *note = interrupted_edit(&g, cfg, &m, "Please install the OS.");
+    char *note = interrupted_edit(g, g->cfg, &m, "Please install the OS.");
     fake_task("2", "", note);
 
     /* seq 2 comes first: seq 1's block is there, only "Rebooted." is new. */
     test_state(&m, 5, 2, 2, 0, "", "Installed.\nRebooted.");
-    rig_deliver(&g, &m, "upstream");
-    drive(g.bm, rig_idle, &g);
+    rig_apply(g, &m);
     assert_int_equal(fake_nreq(), 2);
     assert_non_null(strstr(fake.req[1], "\nsok=ok\n"));
     assert_int_equal(count_in(fake.req[1], "Installed."), 1);
     assert_int_equal(count_in(fake.req[1], "Rebooted."), 1);
-    assert_int_equal(store_rev_get(g.st, "7", 5, &rev), RT_OK);
+    rev = rig_rev(g);
     assert_int_equal(rev.seq, 2);
     assert_false(applier_pend_present(rev.applied));
 
     /* seq 1 redelivered afterwards: a duplicate, no call. */
     test_state(&m, 5, 1, 2, 0, "", "Installed.");
-    rig_deliver(&g, &m, "upstream");
-    assert_true(reverse_idle(g.r));
+    rig_deliver(g, &m, "upstream");
+    assert_true(reverse_idle(g->r));
     assert_int_equal(fake_nreq(), 2);
     free(note);
-    rig_down(&g);
 }
 
 static void interrupted_note_edit_that_did_not_land_is_written(void **state)
 {
-    struct config *cfg = test_config();
+    struct rig *g = *state;
     struct codec_msg m;
     struct store_rev rev;
-    struct rig g;
-    (void)state;
 
-    rig_up(&g, cfg);
     test_state(&m, 5, 1, 2, 0, "", "Installed.");
-    char *note = interrupted_edit(&g, cfg, &m, "Please install the OS.");
+    char *note = interrupted_edit(g, g->cfg, &m, "Please install the OS.");
     fake_task("0", "", "Please install the OS.");
 
-    rig_deliver(&g, &m, "upstream");
-    drive(g.bm, rig_idle, &g);
+    rig_apply(g, &m);
     assert_int_equal(fake_nreq(), 2);
     assert_non_null(strstr(fake.req[1], "\nsok=ok\n"));
     assert_non_null(strstr(fake.req[1], "\nstatus=2\n"));
     char want[1024];
     snprintf(want, sizeof(want), "\nnote=%s\n", note);
     assert_non_null(strstr(fake.req[1], want));
-    assert_int_equal(store_rev_get(g.st, "7", 5, &rev), RT_OK);
+    rev = rig_rev(g);
     assert_int_equal(rev.seq, 1);
     assert_false(applier_pend_present(rev.applied));
     free(note);
-    rig_down(&g);
 }
 
 /* ---- the broker table of the applier: acks and copies seen ------------ */
@@ -1303,12 +1247,15 @@ static const struct applier_io rb_io = {rb_ack,       rb_reject,  rb_publish,
 
 /* The rig with the broker table above in place of the unconnected broker:
  * acks and copies counted. */
-static void rig_up_seen(struct rig *g, struct config *cfg)
+static int rig_setup_seen(void **state)
 {
     memset(&rb, 0, sizeof(rb));
-    rig_up(g, cfg);
-    g->r->ap->io = &rb_io;
+    rig_setup(state);
+    the_rig.r->ap->io = &rb_io;
+    return 0;
 }
+
+#define RIG_SEEN_TEST(name) cmocka_unit_test_setup_teardown(name, rig_setup_seen, rig_teardown)
 
 static int64_t rig_mono_ms(void)
 {
@@ -1322,45 +1269,41 @@ static int64_t rig_mono_ms(void)
  * is tried again, and the delivery acked once the rev row is durable. */
 static void store_failing_at_commit_holds_the_state(void **state)
 {
-    struct config *cfg = test_config();
+    struct rig *g = *state;
     struct codec_msg m;
     struct store_rev rev;
     struct reverse_stats rs;
-    struct rig g;
     char err[512];
-    (void)state;
 
-    rig_up_seen(&g, cfg);
     fake_task("0", "", "");
     test_state(&m, 5, 1, 2, 0, "", "");
     m.state.fwd_seq = 1;
-    rig_deliver(&g, &m, "upstream");
+    rig_deliver(g, &m, "upstream");
     /* The edit is in flight: another process takes the lock. */
-    struct store *other = store_open(g.dir, err, sizeof(err));
+    struct store *other = store_open(g->dir, err, sizeof(err));
     assert_non_null(other);
     assert_int_equal(store_begin(other), RT_OK);
-    drive(g.bm, rig_calls_done, &g);
+    drive(g->bm, rig_calls_done, g);
     assert_int_equal(fake_nreq(), 1);
     assert_non_null(strstr(fake.req[0], "\nstatus=2\n"));
-    reverse_stats(g.r, &rs);
+    reverse_stats(g->r, &rs);
     assert_int_equal(rs.deferred, 1);
     assert_int_equal(rs.busy, 1);
     assert_int_equal(rb.nack + rb.npub, 0);
 
     assert_int_equal(store_rollback(other), RT_OK);
     store_free(other);
-    reverse_tick(g.r, rig_mono_ms() + 60000);
+    reverse_tick(g->r, rig_mono_ms() + 60000);
     assert_int_equal(rb.nack, 1);
-    assert_int_equal(rb.acked[0], g.tag);
+    assert_int_equal(rb.acked[0], g->tag);
     assert_int_equal(rb.npub, 0);
     assert_int_equal(fake_nreq(), 1); /* the edit is not made again */
-    reverse_stats(g.r, &rs);
+    reverse_stats(g->r, &rs);
     assert_int_equal(rs.applied, 1);
     assert_int_equal(rs.retried, 0);
-    assert_int_equal(store_rev_get(g.st, "7", 5, &rev), RT_OK);
+    rev = rig_rev(g);
     assert_int_equal(rev.seq, 1);
     assert_int_equal(fp_set_get_int(rev.applied, "status", -1), 2);
-    rig_down(&g);
 }
 
 /* Issue 13: a state whose seq no server can have used is dead-lettered
@@ -1368,33 +1311,29 @@ static void store_failing_at_commit_holds_the_state(void **state)
  * states of the task then apply. */
 static void impossible_state_seq_is_dead_lettered(void **state)
 {
-    struct config *cfg = test_config();
+    struct rig *g = *state;
     struct codec_msg m;
     struct store_rev rev;
-    struct rig g;
-    (void)state;
 
-    rig_up_seen(&g, cfg);
     fake_task("0", "", "");
     test_state(&m, 5, (uint64_t)1 << 62, 2, 0, "", "");
-    rig_deliver(&g, &m, "upstream");
+    rig_deliver(g, &m, "upstream");
     assert_int_equal(rb.npub, 1);
     assert_string_equal(rb.pub_kind[0], "seq");
     assert_int_equal(fake_nreq(), 0);
-    applier_on_confirm(g.r->ap, rb.next_tag, BROKER_ACKED);
+    applier_on_confirm(g->r->ap, rb.next_tag, BROKER_ACKED);
     assert_int_equal(rb.nack, 1);
 
     test_state(&m, 5, 1, 2, 0, "", "");
-    rig_deliver(&g, &m, "upstream");
-    drive(g.bm, rig_calls_done, &g);
+    rig_deliver(g, &m, "upstream");
+    drive(g->bm, rig_calls_done, g);
     assert_int_equal(rb.nack, 2);
-    assert_int_equal(store_rev_get(g.st, "7", 5, &rev), RT_OK);
+    rev = rig_rev(g);
     assert_int_equal(rev.seq, 1);
     assert_int_equal(fp_set_get_int(rev.applied, "status", -1), 2);
     struct reverse_stats rs;
-    reverse_stats(g.r, &rs);
+    reverse_stats(g->r, &rs);
     assert_int_equal(rs.dead_seq, 1);
-    rig_down(&g);
 }
 
 /* Fault case 6 (fields_arrays), issue of erased notes: a block is
@@ -1404,12 +1343,9 @@ static void impossible_state_seq_is_dead_lettered(void **state)
  * the block alone. */
 static void unreadable_view_never_rewrites_the_source_note(void **state)
 {
-    struct config *cfg = test_config();
+    struct rig *g = *state;
     struct codec_msg m;
-    struct rig g;
-    (void)state;
 
-    rig_up_seen(&g, cfg);
     fake_task("0", "", "Please install the OS.");
     const struct {
         enum fake_spoil how;
@@ -1425,61 +1361,60 @@ static void unreadable_view_never_rewrites_the_source_note(void **state)
     for (size_t i = 0; i < n; i++) {
         fake_spoil(views[i].how);
         test_state(&m, 5, 1, 2, 21, "Ann Smith", "Installed.");
-        rig_deliver(&g, &m, "upstream");
-        drive(g.bm, rig_calls_done, &g);
+        rig_deliver(g, &m, "upstream");
+        drive(g->bm, rig_calls_done, g);
         assert_int_equal(fake_nreq(), 1 + i);
         assert_null(strstr(fake.req[i], "sok=ok")); /* a view, no edit */
         assert_int_equal(rb.npub, 1 + i);
         assert_non_null(strstr(rb.pub_exchange[i], BROKER_RETRY_PREFIX));
         assert_string_equal(rb.pub_reason[i], views[i].reason);
-        applier_on_confirm(g.r->ap, rb.next_tag, BROKER_ACKED);
+        applier_on_confirm(g->r->ap, rb.next_tag, BROKER_ACKED);
         assert_int_equal(rb.nack, 1 + i);
     }
 
     /* A healthy API again: the block goes after what the note holds. */
     fake_spoil(FAKE_SPOIL_NONE);
     test_state(&m, 5, 1, 2, 21, "Ann Smith", "Installed.");
-    rig_deliver(&g, &m, "upstream");
-    drive(g.bm, rig_calls_done, &g);
+    rig_deliver(g, &m, "upstream");
+    drive(g->bm, rig_calls_done, g);
     assert_int_equal(fake_nreq(), n + 2);
     assert_non_null(strstr(fake.req[n + 1], "\nsok=ok\n"));
     assert_non_null(strstr(fake.req[n + 1], "\nnote=Please install the OS.\n\n"
                                             "--- remotetask: from the remote side ---\n"
                                             "Installed.\n"));
     assert_int_equal(rb.nack, n + 1);
-    rig_down(&g);
 }
 
 int main(void)
 {
     log_init("test_reverse", LOG_LEVEL_ERROR, 0);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(check_accepts_states_and_sync_done_of_the_server),
-        cmocka_unit_test(check_refuses_other_queues_kinds_clients_and_users),
-        cmocka_unit_test(check_takes_the_sender_of_our_own_retry_copy),
+        CHECK_TEST(check_accepts_states_and_sync_done_of_the_server),
+        CHECK_TEST(check_refuses_other_queues_kinds_clients_and_users),
+        CHECK_TEST(check_takes_the_sender_of_our_own_retry_copy),
         cmocka_unit_test(performers_map_remote_to_local),
         cmocka_unit_test(dead_kinds_have_names),
-        cmocka_unit_test(first_state_is_verified_against_the_task),
-        cmocka_unit_test(stale_state_never_reverts_a_forwarded_status),
-        cmocka_unit_test(state_missing_only_a_rename_is_not_stale),
-        cmocka_unit_test(equal_status_is_not_written),
-        cmocka_unit_test(target_change_is_applied),
-        cmocka_unit_test(status_follows_what_was_applied),
-        cmocka_unit_test(mapped_performer_is_set_and_cleared),
-        cmocka_unit_test(unmapped_performer_is_named_in_the_note),
-        cmocka_unit_test(notes_are_appended_once),
+        PLAN_TEST(first_state_is_verified_against_the_task),
+        PLAN_TEST(stale_state_never_reverts_a_forwarded_status),
+        PLAN_TEST(state_missing_only_a_rename_is_not_stale),
+        PLAN_TEST(equal_status_is_not_written),
+        PLAN_TEST(target_change_is_applied),
+        PLAN_TEST(status_follows_what_was_applied),
+        PLAN_TEST(mapped_performer_is_set_and_cleared),
+        PLAN_TEST(unmapped_performer_is_named_in_the_note),
+        PLAN_TEST(notes_are_appended_once),
         cmocka_unit_test(performer_line_and_notes_share_one_block),
-        cmocka_unit_test(forged_blocks_are_stripped),
-        cmocka_unit_test(applies_a_state_then_answers_the_sync),
-        cmocka_unit_test(state_of_a_task_never_forwarded_calls_nothing),
-        cmocka_unit_test(stale_state_leaves_the_source_alone),
-        cmocka_unit_test(relay_confirm_during_an_apply_keeps_its_status),
-        cmocka_unit_test(interrupted_note_edit_that_landed_is_not_written_again),
-        cmocka_unit_test(newer_state_after_an_interrupted_edit_that_landed_adds_only_its_part),
-        cmocka_unit_test(interrupted_note_edit_that_did_not_land_is_written),
-        cmocka_unit_test(store_failing_at_commit_holds_the_state),
-        cmocka_unit_test(impossible_state_seq_is_dead_lettered),
-        cmocka_unit_test(unreadable_view_never_rewrites_the_source_note),
+        PLAN_TEST(forged_blocks_are_stripped),
+        RIG_TEST(applies_a_state_then_answers_the_sync),
+        RIG_TEST(state_of_a_task_never_forwarded_calls_nothing),
+        RIG_TEST(stale_state_leaves_the_source_alone),
+        RIG_TEST(relay_confirm_during_an_apply_keeps_its_status),
+        RIG_TEST(interrupted_note_edit_that_landed_is_not_written_again),
+        RIG_TEST(newer_state_after_an_interrupted_edit_that_landed_adds_only_its_part),
+        RIG_TEST(interrupted_note_edit_that_did_not_land_is_written),
+        RIG_SEEN_TEST(store_failing_at_commit_holds_the_state),
+        RIG_SEEN_TEST(impossible_state_seq_is_dead_lettered),
+        RIG_SEEN_TEST(unreadable_view_never_rewrites_the_source_note),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
