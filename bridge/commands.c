@@ -17,7 +17,7 @@
 #include "reverse.h"
 #include "statepub.h"
 
-/* ---- checkevent waits ------------------------------------------------- */
+/* ---- checkevent waits ------------------------------------------------ */
 
 static struct commands_wait *commands_wait_by_id(struct commands *c, const char *id)
 {
@@ -150,7 +150,7 @@ static void commands_sync_id(char out[2 * COMMANDS_SYNC_ID_BYTES + 1])
     out[2 * COMMANDS_SYNC_ID_BYTES] = '\0';
 }
 
-/* ---- the handlers ----------------------------------------------------- */
+/* ---- the handlers ---------------------------------------------------- */
 
 static void commands_ping(void *arg, struct control_client *cl, json_t *req)
 {
@@ -183,58 +183,58 @@ static void commands_wake(void *arg, struct control_client *cl, json_t *req)
     control_reply(cl, json_pack("{s:b}", "ok", 1));
 }
 
-static void commands_checkevent(void *arg, struct control_client *cl, json_t *req)
+/* Why a checkevent cannot be taken now, if it cannot: answers cl and
+ * returns -1. Otherwise returns 0 with the wait it asks for in
+ * *timeout_s. */
+static int commands_checkevent_refused(struct daemon *d, struct control_client *cl, json_t *req,
+                                       int *timeout_s)
 {
-    struct daemon *d = arg;
-    struct commands *c = &d->cmds;
     struct core *k = d->core;
     json_t *jt = json_object_get(req, "timeout");
-    int timeout_s = COMMANDS_CHECKEVENT_DEFAULT_S;
-    struct commands_wait *w = NULL;
-    char err[256];
 
+    *timeout_s = COMMANDS_CHECKEVENT_DEFAULT_S;
     if (jt) {
         if (!json_is_integer(jt) || json_integer_value(jt) < 1 ||
             json_integer_value(jt) > COMMANDS_CHECKEVENT_MAX_S) {
             control_reply_error(cl, "\"timeout\" must be 1..%d seconds", COMMANDS_CHECKEVENT_MAX_S);
-            return;
+            return -1;
         }
-        timeout_s = (int)json_integer_value(jt);
+        *timeout_s = (int)json_integer_value(jt);
     }
     if (!d->cfg->client.enabled) {
         control_reply_error(cl, "instance \"%s\" has no client role: checkevent asks the server "
                                 "side for the state of this client's tasks",
                             d->cfg->instance);
-        return;
+        return -1;
     }
     if (!k || !k->rev) {
         control_reply_error(cl, "the components are not running (see the log): try again later");
-        return;
+        return -1;
     }
     if (!k->up || !broker_connected(k->br)) {
         control_reply_error(cl, "the broker is not connected: %s",
                             k->last_error[0] ? k->last_error : "connecting");
-        return;
+        return -1;
     }
     if (d->stopping || d->pending) {
         control_reply_error(cl, "remotetaskd is %s: try again in a moment",
                             d->stopping ? "stopping" : "reloading its configuration");
-        return;
+        return -1;
     }
-    for (size_t i = 0; i < CONTROL_MAX_CLIENTS && !w; i++)
-        if (!c->waits[i].cl)
-            w = &c->waits[i];
-    if (!w) {
-        control_reply_error(cl, "too many checkevent commands waiting: try again later");
-        return;
-    }
+    return 0;
+}
 
+/* Publishes the sync request of w (its id already drawn) on k's broker,
+ * the reverse applier told to expect its states first. On failure answers
+ * cl and returns -1; w stays free. */
+static int commands_sync_publish(struct daemon *d, struct core *k, struct commands_wait *w,
+                                 struct control_client *cl, uint64_t *tag)
+{
     struct codec_msg m;
     struct buf body;
     char message_id[BROKER_CLIENT_MAX + 2 * COMMANDS_SYNC_ID_BYTES + 16];
-    uint64_t tag = 0;
+    char err[256];
 
-    commands_sync_id(w->id);
     codec_msg_init(&m, CODEC_SYNC);
     m.client = d->cfg->client.id;
     m.task = 0;
@@ -246,7 +246,7 @@ static void commands_checkevent(void *arg, struct control_client *cl, json_t *re
         buf_release(&body);
         memset(w, 0, sizeof(*w));
         control_reply_error(cl, "cannot encode the sync request: %s", err);
-        return;
+        return -1;
     }
     /* Registered before publishing: the states the server sends for it
      * may come before anything else is heard of the request. */
@@ -254,15 +254,39 @@ static void commands_checkevent(void *arg, struct control_client *cl, json_t *re
     snprintf(message_id, sizeof(message_id), "%s:sync:%s", d->cfg->client.id, w->id);
     struct broker_props props = {.message_id = message_id};
     rt_status st = broker_publish(k->br, BROKER_EXCHANGE_FORWARD, d->cfg->client.id, &props,
-                                  body.data, body.len, &tag);
+                                  body.data, body.len, tag);
     buf_release(&body);
     if (st != RT_OK) {
         memset(w, 0, sizeof(*w));
         control_reply_error(cl, "the broker did not take the sync request: %s",
                             broker_blocked(k->br) ? "it blocks publishing (resource alarm)"
                                                   : broker_strerror(k->br));
+        return -1;
+    }
+    return 0;
+}
+
+static void commands_checkevent(void *arg, struct control_client *cl, json_t *req)
+{
+    struct daemon *d = arg;
+    struct commands *c = &d->cmds;
+    struct core *k = d->core;
+    struct commands_wait *w = NULL;
+    uint64_t tag = 0;
+    int timeout_s;
+
+    if (commands_checkevent_refused(d, cl, req, &timeout_s) < 0)
+        return;
+    for (size_t i = 0; i < CONTROL_MAX_CLIENTS && !w; i++)
+        if (!c->waits[i].cl)
+            w = &c->waits[i];
+    if (!w) {
+        control_reply_error(cl, "too many checkevent commands waiting: try again later");
         return;
     }
+    commands_sync_id(w->id);
+    if (commands_sync_publish(d, k, w, cl, &tag) < 0)
+        return;
     c->sync_published++;
     w->cl = cl;
     w->timeout_s = timeout_s;
