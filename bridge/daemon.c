@@ -1,8 +1,13 @@
+/*
+ * daemon.c - what the daemon is made of and how it changes (daemon.h):
+ * the wiring of the core's hooks to commands and observe, the core's
+ * lifecycle, the state_dir's lock and the standby, opening and freeing,
+ * and a reload. Its loop is daemon_loop.c's (daemon_int.h).
+ */
 #include "daemon.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -10,38 +15,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-#include "billmgr.h"
 #include "bridge.h"
 #include "broker.h"
+#include "daemon_int.h"
 #include "log.h"
 #include "now.h"
 
-/* The longest ppoll() wait: a bound on how late anything the loop did not
- * ask a deadline for can be noticed. */
-#define DAEMON_MAX_WAIT_MS 5000
-/* How soon a failed sync of the store is tried again. */
-#define DAEMON_SYNC_RETRY_MS 250
-/* How soon a failed rebuild of the components is tried again. */
-#define DAEMON_REBUILD_RETRY_MS 5000
-/* How often a standby daemon tries the lock of the active one. The kernel
- * drops a lock the moment its holder dies, so this is the takeover time. */
-#define DAEMON_STANDBY_POLL_MS 250
 #define DAEMON_LOCK_NAME "remotetaskd.lock"
-
-/* Set by the signal handlers, read by the loop: the only thing a handler
- * does. Signals are blocked outside ppoll(), so they are seen at once. */
-static volatile sig_atomic_t daemon_sig_stop;
-static volatile sig_atomic_t daemon_sig_hup;
-
-static void daemon_on_signal(int sig)
-{
-    if (sig == SIGHUP)
-        daemon_sig_hup = 1;
-    else
-        daemon_sig_stop = 1;
-}
 
 /* ---- wiring: the core's hooks and the metrics endpoint --------------- */
 
@@ -85,7 +66,7 @@ static void daemon_on_forward_applied(void *arg, const char *client, int64_t tas
     observe_on_forward_applied(&d->obs, event_ms, applied_ms);
 }
 
-/* ---- what observe reads of the daemon ------------------------------- */
+/* ---- what observe reads of the daemon -------------------------------- */
 
 /* What observe_status() and observe_metrics_render() read of d besides
  * d->obs: its parts, and the numbers of its commands. */
@@ -126,7 +107,7 @@ int daemon_status_ready(const struct daemon *d)
     return observe_queues_answered(&d->obs);
 }
 
-/* ---- the core's lifecycle ------------------------------------------- */
+/* ---- the core's lifecycle -------------------------------------------- */
 
 /* Builds a core for cfg and st that reports to d. */
 static struct core *daemon_core_new(struct daemon *d, const struct config *cfg, struct store *st,
@@ -144,7 +125,7 @@ static struct core *daemon_core_new(struct daemon *d, const struct config *cfg, 
 }
 
 /* Frees the running core after adding its counters to the totals. */
-static void daemon_core_retire(struct daemon *d)
+void daemon_core_retire(struct daemon *d)
 {
     if (!d->core)
         return;
@@ -162,7 +143,21 @@ static void daemon_core_retire(struct daemon *d)
     d->core = NULL;
 }
 
-/* ---- the one active daemon of a state_dir --------------------------- */
+/* Makes new components from the running configuration, after a failed
+ * reload or a failed rebuild. Returns -1 after logging why; the caller
+ * says when to try again. */
+int daemon_core_rebuild(struct daemon *d)
+{
+    char why[CORE_ERR_MAX];
+    d->core = daemon_core_new(d, d->cfg, d->st, why, sizeof(why));
+    if (d->core)
+        return 0;
+    log_error("cannot restart the components: %s; trying again in %d s", why,
+              DAEMON_REBUILD_RETRY_MS / 1000);
+    return -1;
+}
+
+/* ---- the one active daemon of a state_dir ---------------------------- */
 
 /* Creates dir and its missing parents (mode 0750), as store_open() does. */
 static int daemon_mkdirs(const char *dir)
@@ -213,14 +208,14 @@ static int daemon_lock_try(int fd)
 }
 
 /* The pid the lock file names, 0 when unknown. */
-static long daemon_lock_holder(int fd)
+long daemon_lock_holder(int fd)
 {
     char buf[32] = {0};
     ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
     return n > 0 ? strtol(buf, NULL, 10) : 0;
 }
 
-/* ---- lifecycle ------------------------------------------------------ */
+/* ---- lifecycle ------------------------------------------------------- */
 
 /* The daemon's store: its commits are lazy, and the loop syncs them once
  * per pass (daemon_sync). A store that refuses lazy commits still works,
@@ -307,7 +302,7 @@ int daemon_standby(const struct daemon *d)
 
 /* SIGHUP while standing by: the new file is checked and kept for the
  * takeover; an invalid one changes nothing. */
-static void daemon_standby_reload(struct daemon *d)
+void daemon_standby_reload(struct daemon *d)
 {
     char err[CONFIG_ERR_MAX];
     struct config *cfg = config_load(d->cfg->file, err, sizeof(err));
@@ -337,7 +332,7 @@ static void daemon_standby_reload(struct daemon *d)
 
 /* A standby's turn of the loop: try the lock; once it is ours, open
  * everything as a starting daemon would. Returns -1 when that fails. */
-static int daemon_standby_step(struct daemon *d, int64_t now)
+int daemon_standby_step(struct daemon *d, int64_t now)
 {
     char err[CORE_ERR_MAX];
     if (now < d->standby_next)
@@ -372,11 +367,11 @@ void daemon_free(struct daemon *d)
     free(d);
 }
 
-/* ---- reload --------------------------------------------------------- */
+/* ---- reload ---------------------------------------------------------- */
 
 /* SIGHUP: loads the file again. A valid configuration waits in d->pending
  * while the components drain; an invalid one changes nothing. */
-static void daemon_reload_load(struct daemon *d)
+void daemon_reload_load(struct daemon *d)
 {
     char err[CONFIG_ERR_MAX];
     struct config *cfg = config_load(d->cfg->file, err, sizeof(err));
@@ -401,70 +396,80 @@ static void daemon_reload_load(struct daemon *d)
              DAEMON_RELOAD_DRAIN_MS / 1000);
 }
 
-/* After the drain: builds everything the new configuration needs before
- * tearing anything down, so that a failure leaves the old configuration
- * running (with fresh components, since the old ones were drained). */
-static void daemon_reload_apply(struct daemon *d)
+/* What a new configuration runs with: the store, the control socket and
+ * the metrics endpoint are the running ones unless their setting changed;
+ * the core is always new. */
+struct daemon_parts {
+    struct store *st;
+    struct control *ctl;
+    struct metrics_http *mh;
+    struct core *core;
+};
+
+/* Builds the parts cfg needs. Returns -1 after logging why; p then holds
+ * what was built, for daemon_reload_keep_old to free. */
+static int daemon_reload_build(struct daemon *d, const struct config *cfg, struct daemon_parts *p)
 {
-    struct config *cfg = d->pending;
-    struct store *st = d->st;
-    struct control *ctl = d->ctl;
-    struct metrics_http *mh = d->mh;
-    struct core *core = NULL;
     char why[CORE_ERR_MAX];
 
-    d->pending = NULL;
+    *p = (struct daemon_parts){.st = d->st, .ctl = d->ctl, .mh = d->mh, .core = NULL};
     if (strcmp(cfg->state_dir, d->cfg->state_dir) != 0) {
-        st = daemon_store_open(cfg->state_dir, why, sizeof(why));
-        if (!st) {
+        p->st = daemon_store_open(cfg->state_dir, why, sizeof(why));
+        if (!p->st) {
             log_error("configuration not reloaded: cannot open the store in \"%s\": %s",
                       cfg->state_dir, why);
-            goto keep_old;
+            return -1;
         }
     }
     if (strcmp(cfg->control_socket, d->cfg->control_socket) != 0) {
         size_t n_commands;
         const struct control_command *commands = commands_table(&n_commands);
-        ctl = control_new(cfg->control_socket, commands, n_commands, d, why, sizeof(why));
-        if (!ctl) {
+        p->ctl = control_new(cfg->control_socket, commands, n_commands, d, why, sizeof(why));
+        if (!p->ctl) {
             log_error("configuration not reloaded: %s", why);
-            goto keep_old;
+            return -1;
         }
     }
     if (cfg->metrics.enabled != d->cfg->metrics.enabled ||
         (cfg->metrics.enabled && (strcmp(cfg->metrics.host, d->cfg->metrics.host) != 0 ||
                                   cfg->metrics.port != d->cfg->metrics.port))) {
-        mh = NULL;
+        p->mh = NULL;
         if (cfg->metrics.enabled) {
-            mh = metrics_http_new(cfg->metrics.host, cfg->metrics.port, daemon_metrics_render, d,
-                                  why, sizeof(why));
-            if (!mh) {
+            p->mh = metrics_http_new(cfg->metrics.host, cfg->metrics.port, daemon_metrics_render, d,
+                                     why, sizeof(why));
+            if (!p->mh) {
                 log_error("configuration not reloaded: metrics.listen: %s", why);
-                mh = d->mh;
-                goto keep_old;
+                p->mh = d->mh;
+                return -1;
             }
         }
     }
-    core = daemon_core_new(d, cfg, st, why, sizeof(why));
-    if (!core) {
+    p->core = daemon_core_new(d, cfg, p->st, why, sizeof(why));
+    if (!p->core) {
         log_error("configuration not reloaded: %s", why);
-        goto keep_old;
+        return -1;
     }
+    return 0;
+}
 
+/* Puts cfg and its parts p in place of the running ones, freeing what
+ * they replace. */
+static void daemon_reload_commit(struct daemon *d, struct config *cfg, struct daemon_parts *p)
+{
     daemon_core_retire(d);
-    d->core = core;
-    if (ctl != d->ctl) {
+    d->core = p->core;
+    if (p->ctl != d->ctl) {
         d->obs.control_refused_base += control_refused(d->ctl);
         control_free(d->ctl);
-        d->ctl = ctl;
+        d->ctl = p->ctl;
     }
-    if (mh != d->mh) {
+    if (p->mh != d->mh) {
         metrics_http_free(d->mh);
-        d->mh = mh;
+        d->mh = p->mh;
     }
-    if (st != d->st) {
+    if (p->st != d->st) {
         store_free(d->st);
-        d->st = st;
+        d->st = p->st;
     }
     if (strcmp(cfg->instance, d->cfg->instance) != 0)
         log_warning("instance renamed from \"%s\" to \"%s\": log lines keep the old name "
@@ -474,303 +479,37 @@ static void daemon_reload_apply(struct daemon *d)
     d->cfg = cfg;
     log_set_level(cfg->log_level);
     log_info("configuration reloaded from \"%s\"", cfg->file);
-    return;
+}
 
-keep_old:
-    if (mh != d->mh)
-        metrics_http_free(mh);
-    if (ctl != d->ctl)
-        control_free(ctl);
-    if (st != d->st)
-        store_free(st);
+/* Frees cfg and what was built for it, and goes on with the running
+ * configuration. */
+static void daemon_reload_keep_old(struct daemon *d, struct config *cfg, struct daemon_parts *p)
+{
+    if (p->mh != d->mh)
+        metrics_http_free(p->mh);
+    if (p->ctl != d->ctl)
+        control_free(p->ctl);
+    if (p->st != d->st)
+        store_free(p->st);
     config_free(cfg);
     /* The old components were drained, which cannot be undone: make new
      * ones from the old configuration. */
     daemon_core_retire(d);
-    d->core = daemon_core_new(d, d->cfg, d->st, why, sizeof(why));
-    if (!d->core) {
-        log_error("cannot restart the components: %s; trying again in %d s", why,
-                  DAEMON_REBUILD_RETRY_MS / 1000);
+    if (daemon_core_rebuild(d) < 0)
         d->rebuild_at = now_mono_ms() + DAEMON_REBUILD_RETRY_MS;
-    }
 }
 
-/* ---- the loop ------------------------------------------------------- */
-
-/* Makes room for n pollfd entries. */
-static int daemon_fds_reserve(struct daemon *d, size_t n)
+/* After the drain: builds everything the new configuration needs before
+ * tearing anything down, so that a failure leaves the old configuration
+ * running (with fresh components, since the old ones were drained). */
+void daemon_reload_apply(struct daemon *d)
 {
-    if (n <= d->fds_cap)
-        return 0;
-    struct pollfd *fds = realloc(d->fds, n * sizeof(*fds));
-    if (!fds)
-        return -1;
-    d->fds = fds;
-    d->fds_cap = n;
-    return 0;
-}
+    struct config *cfg = d->pending;
+    struct daemon_parts p;
 
-/* Lowers *best (-1 = none yet) to the wait until a deadline in ms. */
-static void daemon_wait_min(int64_t *best, int64_t wait)
-{
-    if (wait < 0)
-        wait = 0;
-    if (*best < 0 || wait < *best)
-        *best = wait;
-}
-
-/* How long ppoll() may wait: until the nearest thing the core, the
- * control socket, the metrics endpoint, a checkevent, the drain or a
- * rebuild needs, and never longer than DAEMON_MAX_WAIT_MS. */
-static int64_t daemon_timeout(struct daemon *d)
-{
-    int64_t best = DAEMON_MAX_WAIT_MS, mono = now_mono_ms();
-    int t;
-
-    if (d->core) {
-        int64_t c = core_timeout_ms(d->core, !d->stopping);
-        if (c >= 0)
-            daemon_wait_min(&best, c);
-    } else {
-        daemon_wait_min(&best, d->rebuild_at - mono);
-    }
-    t = control_timeout_ms(d->ctl);
-    if (t >= 0)
-        daemon_wait_min(&best, t);
-    if (d->mh && (t = metrics_http_timeout_ms(d->mh)) >= 0)
-        daemon_wait_min(&best, t);
-    int64_t w = commands_expire(&d->cmds, mono);
-    if (w >= 0)
-        daemon_wait_min(&best, w - mono);
-    w = commands_status_flush(d, mono);
-    if (w >= 0)
-        daemon_wait_min(&best, w - mono);
-    if (d->stopping)
-        daemon_wait_min(&best, d->stop_deadline - mono);
-    if (d->pending)
-        daemon_wait_min(&best, d->reload_deadline - mono);
-    if (d->sync_retry)
-        daemon_wait_min(&best, d->sync_retry - mono);
-    else if (d->st && store_sync_wanted(d->st))
-        daemon_wait_min(&best, 0); /* asked for by a listener of the last sync */
-    return best;
-}
-
-/* The end of a loop pass: one sync for every commit of the pass that an
- * ack or a publish waits for, then those go out (store.h, group commits).
- * A failed sync releases nothing; it is tried again after
- * DAEMON_SYNC_RETRY_MS, its cause logged once. */
-static void daemon_sync(struct daemon *d)
-{
-    int64_t mono = now_mono_ms();
-    if (!d->st || !store_sync_wanted(d->st) || (d->sync_retry && mono < d->sync_retry))
-        return;
-    if (store_sync(d->st) == RT_OK) {
-        if (d->sync_trouble[0])
-            log_info("the store syncs again");
-        d->sync_trouble[0] = '\0';
-        d->sync_retry = 0;
-        return;
-    }
-    const char *cause = store_strcause(d->st);
-    if (strcmp(cause, d->sync_trouble) != 0)
-        log_error("cannot sync the store (acks and publishes wait): %s", store_strerror(d->st));
-    snprintf(d->sync_trouble, sizeof(d->sync_trouble), "%s", cause);
-    d->sync_retry = mono + DAEMON_SYNC_RETRY_MS;
-}
-
-/* One ppoll() and the work it allows. Returns 0, or -1 when polling failed
- * for a reason other than a signal. */
-static int daemon_iterate(struct daemon *d, const sigset_t *wait_mask)
-{
-    struct core *k = d->core;
-    size_t n = 0, bm_off = 0, n_bm = 0, ctl_off, n_ctl;
-
-    if (k) {
-        for (;;) {
-            size_t room = d->fds_cap - n;
-            size_t n_br = broker_pollfds(k->br, d->fds + n, room);
-            if (n_br <= room) {
-                n += n_br;
-                break;
-            }
-            if (daemon_fds_reserve(d, n + n_br) < 0)
-                goto no_memory;
-        }
-        bm_off = n;
-        for (;;) {
-            size_t room = d->fds_cap - n;
-            n_bm = billmgr_pollfds(k->bm, d->fds + n, room);
-            if (n_bm <= room)
-                break;
-            if (daemon_fds_reserve(d, n + n_bm) < 0)
-                goto no_memory;
-        }
-        n += n_bm;
-    }
-    if (daemon_fds_reserve(d, n + CONTROL_MAX_POLLFDS + 1) < 0)
-        goto no_memory;
-    ctl_off = n;
-    n_ctl = control_pollfds(d->ctl, d->fds + n, CONTROL_MAX_POLLFDS);
-    n += n_ctl;
-    if (d->mh)
-        d->fds[n++] = (struct pollfd){.fd = metrics_http_pollfd(d->mh), .events = POLLIN};
-
-    int64_t wait = daemon_timeout(d);
-    struct timespec ts = {.tv_sec = wait / 1000, .tv_nsec = (wait % 1000) * 1000000};
-    int rc = ppoll(d->fds, n, &ts, wait_mask);
-    if (rc < 0) {
-        if (errno == EINTR)
-            return 0; /* a signal: its flag is read at the top of the loop */
-        log_error("the event loop cannot poll: %s", strerror(errno));
-        return -1;
-    }
-
-    if (k) {
-        core_process(k);
-        billmgr_handle(k->bm, d->fds + bm_off, n_bm);
-    }
-    control_handle(d->ctl, d->fds + ctl_off, n_ctl);
-    /* Cheap when nothing is ready (libmicrohttpd polls its epoll set
-     * without waiting), so it runs on every turn. */
-    if (d->mh)
-        metrics_http_handle(d->mh);
-    commands_expire(&d->cmds, now_mono_ms());
-    commands_status_flush(d, now_mono_ms());
-    if (d->core)
-        core_tick(d->core);
-    daemon_sync(d);
-    return 0;
-
-no_memory:
-    log_error("the event loop ran out of memory");
-    return -1;
-}
-
-static void daemon_log_start(const struct daemon *d)
-{
-    const struct config *cfg = d->cfg;
-    char roles[256] = "";
-    if (cfg->client.enabled)
-        snprintf(roles, sizeof(roles), "client \"%s\"", cfg->client.id);
-    if (cfg->server.enabled) {
-        size_t len = strlen(roles);
-        snprintf(roles + len, sizeof(roles) - len, "%sserver for %zu client%s", len ? " and " : "",
-                 cfg->server.n_clients, cfg->server.n_clients == 1 ? "" : "s");
-    }
-    log_info("remotetaskd %s started: instance \"%s\", %s, control socket \"%s\"", RT_VERSION,
-             cfg->instance, roles, cfg->control_socket);
-}
-
-int daemon_run(struct daemon *d)
-{
-    sigset_t block, old_mask, wait_mask;
-    struct sigaction sa, old_term, old_int, old_hup, old_pipe, ign;
-    int status = 0;
-
-    daemon_sig_stop = 0;
-    daemon_sig_hup = 0;
-    sigemptyset(&block);
-    sigaddset(&block, SIGTERM);
-    sigaddset(&block, SIGINT);
-    sigaddset(&block, SIGHUP);
-    sigprocmask(SIG_BLOCK, &block, &old_mask);
-    wait_mask = old_mask;
-    sigdelset(&wait_mask, SIGTERM);
-    sigdelset(&wait_mask, SIGINT);
-    sigdelset(&wait_mask, SIGHUP);
-
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = daemon_on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, &old_term);
-    sigaction(SIGINT, &sa, &old_int);
-    sigaction(SIGHUP, &sa, &old_hup);
-    /* A peer that hangs up (a control client, the broker) must show as an
-     * EPIPE error, not kill the daemon. */
-    memset(&ign, 0, sizeof(ign));
-    ign.sa_handler = SIG_IGN;
-    sigemptyset(&ign.sa_mask);
-    sigaction(SIGPIPE, &ign, &old_pipe);
-
-    if (d->standby)
-        log_info("remotetaskd %s standing by: another remotetaskd (pid %ld) works \"%s\"; "
-                 "taking over when it ends",
-                 RT_VERSION, daemon_lock_holder(d->lock_fd), d->cfg->state_dir);
+    d->pending = NULL;
+    if (daemon_reload_build(d, cfg, &p) < 0)
+        daemon_reload_keep_old(d, cfg, &p);
     else
-        daemon_log_start(d);
-    for (;;) {
-        int64_t now = now_mono_ms();
-        if (d->standby) {
-            /* Holding nothing: no socket, no store, no broker. */
-            if (daemon_sig_stop)
-                break;
-            if (daemon_sig_hup) {
-                daemon_sig_hup = 0;
-                daemon_standby_reload(d);
-            }
-            if (daemon_standby_step(d, now) < 0) {
-                status = 1;
-                break;
-            }
-            if (d->standby) {
-                struct timespec ts = {.tv_sec = 0, .tv_nsec = DAEMON_STANDBY_POLL_MS * 1000000L};
-                (void)ppoll(NULL, 0, &ts, &wait_mask);
-                continue;
-            }
-            daemon_log_start(d);
-        }
-        if (daemon_sig_stop && !d->stopping) {
-            d->stopping = 1;
-            d->stop_deadline = now + DAEMON_STOP_DRAIN_MS;
-            config_free(d->pending);
-            d->pending = NULL;
-            core_drain(d->core);
-            log_info("stopping: waiting up to %d s for work in flight",
-                     DAEMON_STOP_DRAIN_MS / 1000);
-        }
-        if (daemon_sig_hup) {
-            daemon_sig_hup = 0;
-            daemon_reload_load(d);
-        }
-        if (d->stopping) {
-            if (core_idle(d->core))
-                break;
-            if (now >= d->stop_deadline) {
-                log_warning("stopping with work still in flight after %d s: it stays in the "
-                            "outbox and the queues for the next start",
-                            DAEMON_STOP_DRAIN_MS / 1000);
-                break;
-            }
-        } else if (d->pending && (core_idle(d->core) || now >= d->reload_deadline)) {
-            daemon_reload_apply(d);
-        }
-        if (!d->core && !d->stopping && now >= d->rebuild_at) {
-            char why[CORE_ERR_MAX];
-            d->core = daemon_core_new(d, d->cfg, d->st, why, sizeof(why));
-            if (!d->core) {
-                log_error("cannot restart the components: %s; trying again in %d s", why,
-                          DAEMON_REBUILD_RETRY_MS / 1000);
-                d->rebuild_at = now + DAEMON_REBUILD_RETRY_MS;
-            }
-        }
-        if (d->core)
-            core_maintain(d->core, !d->stopping);
-        if (daemon_iterate(d, &wait_mask) < 0) {
-            status = 1;
-            break;
-        }
-    }
-
-    /* Closes the broker politely: unacked deliveries go back to their
-     * queues, unconfirmed publishes stay in the outbox. */
-    daemon_core_retire(d);
-    log_info("stopped");
-
-    sigaction(SIGPIPE, &old_pipe, NULL);
-    sigaction(SIGHUP, &old_hup, NULL);
-    sigaction(SIGINT, &old_int, NULL);
-    sigaction(SIGTERM, &old_term, NULL);
-    sigprocmask(SIG_SETMASK, &old_mask, NULL);
-    return status;
+        daemon_reload_commit(d, cfg, &p);
 }
