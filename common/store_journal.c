@@ -223,31 +223,6 @@ static struct store_journal *journal_get(struct store *st, rt_status *r)
     return j;
 }
 
-static void stmt_done(sqlite3_stmt *s)
-{
-    sqlite3_reset(s);
-    sqlite3_clear_bindings(s);
-}
-
-static void bind_text(sqlite3_stmt *s, int i, const char *v)
-{
-    if (v)
-        sqlite3_bind_text(s, i, v, -1, SQLITE_STATIC);
-    else
-        sqlite3_bind_null(s, i);
-}
-
-/* Runs a statement that returns no rows to its end. */
-static rt_status journal_run(struct store *st, sqlite3_stmt *s, const char *what)
-{
-    int rc;
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW)
-        ;
-    rt_status r = rc == SQLITE_DONE ? RT_OK : store_db_fail(st, rc, what);
-    stmt_done(s);
-    return r;
-}
-
 static void copy_column(sqlite3_stmt *s, int i, char *dst, size_t size)
 {
     const unsigned char *t = sqlite3_column_text(s, i);
@@ -341,14 +316,14 @@ static rt_status journal_insert_queued(struct store *st, struct store_journal *j
         const struct journal_entry *e = &j->q[j->inserted];
         sqlite3_bind_int64(s, 1, e->ts_ms);
         sqlite3_bind_int(s, 2, e->side);
-        bind_text(s, 3, e->client);
+        store_db_bind_text(s, 3, e->client);
         sqlite3_bind_int64(s, 4, e->src_task);
         sqlite3_bind_int64(s, 5, e->dst_task);
-        bind_text(s, 6, e->event);
+        store_db_bind_text(s, 6, e->event);
         sqlite3_bind_int64(s, 7, (sqlite3_int64)e->seq);
-        bind_text(s, 8, e->detail);
+        store_db_bind_text(s, 8, e->detail);
         int rc = sqlite3_step(s);
-        stmt_done(s);
+        store_db_reset(s);
         if (rc != SQLITE_DONE) {
             /* The caller's work must not fail for the journal: unless
              * SQLite gave up the whole transaction, it commits without
@@ -457,7 +432,7 @@ static rt_status journal_next_task(struct store *st, struct store_journal *j, bo
 {
     sqlite3_stmt *s = j->stmt[JS_NEXT_TASK];
     sqlite3_bind_int(s, 1, j->cur_side);
-    bind_text(s, 2, j->cur_client);
+    store_db_bind_text(s, 2, j->cur_client);
     sqlite3_bind_int64(s, 3, j->cur_task);
     int rc = sqlite3_step(s);
     rt_status r = RT_OK;
@@ -469,7 +444,7 @@ static rt_status journal_next_task(struct store *st, struct store_journal *j, bo
     } else if (rc != SQLITE_DONE) {
         r = store_db_fail(st, rc, "walking the journal's tasks");
     }
-    stmt_done(s);
+    store_db_reset(s);
     return r;
 }
 
@@ -479,23 +454,23 @@ static rt_status journal_trim_task(struct store *st, struct store_journal *j, ui
 {
     sqlite3_stmt *s = j->stmt[JS_NTH];
     sqlite3_bind_int(s, 1, j->cur_side);
-    bind_text(s, 2, j->cur_client);
+    store_db_bind_text(s, 2, j->cur_client);
     sqlite3_bind_int64(s, 3, j->cur_task);
     sqlite3_bind_int64(s, 4, j->entries);
     int rc = sqlite3_step(s);
     sqlite3_int64 upto = rc == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
-    stmt_done(s);
+    store_db_reset(s);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE)
         return store_db_fail(st, rc, "counting a task's journal");
     if (rc != SQLITE_ROW)
         return RT_OK;
     s = j->stmt[JS_DELETE_TASK];
     sqlite3_bind_int(s, 1, j->cur_side);
-    bind_text(s, 2, j->cur_client);
+    store_db_bind_text(s, 2, j->cur_client);
     sqlite3_bind_int64(s, 3, j->cur_task);
     sqlite3_bind_int64(s, 4, upto);
     sqlite3_bind_int64(s, 5, (sqlite3_int64)max);
-    rt_status r = journal_run(st, s, "pruning a task's journal");
+    rt_status r = store_db_run(st, s, "pruning a task's journal");
     if (r == RT_OK)
         *deleted += (uint64_t)sqlite3_changes(st->db);
     return r;
@@ -509,7 +484,7 @@ static rt_status journal_prune_batch(struct store *st, struct store_journal *j, 
     sqlite3_bind_int64(s, 1, now_ms - (int64_t)j->days * JOURNAL_DAY_MS);
     sqlite3_bind_int64(s, 2, STORE_JOURNAL_PRUNE_BATCH);
     sqlite3_bind_int(s, 3, j->entries == 0);
-    rt_status r = journal_run(st, s, "pruning the journal's oldest rows");
+    rt_status r = store_db_run(st, s, "pruning the journal's oldest rows");
     if (r != RT_OK)
         return r;
     *deleted += (uint64_t)sqlite3_changes(st->db);
@@ -637,7 +612,7 @@ rt_status store_journal_read(struct store *st, enum store_side side, const char 
         return r;
     sqlite3_stmt *s = j->stmt[JS_READ];
     sqlite3_bind_int(s, 1, (int)side);
-    bind_text(s, 2, client);
+    store_db_bind_text(s, 2, client);
     sqlite3_bind_int64(s, 3, src_task);
     sqlite3_bind_int64(s, 4, max > (size_t)INT64_MAX ? INT64_MAX : (sqlite3_int64)max);
     int rc = SQLITE_DONE;
@@ -662,7 +637,7 @@ rt_status store_journal_read(struct store *st, enum store_side side, const char 
     }
     if (*n < max && rc != SQLITE_DONE)
         r = store_db_fail(st, rc, "reading the journal");
-    stmt_done(s);
+    store_db_reset(s);
     if (r != RT_OK) {
         *n = 0;
         return r;
@@ -685,7 +660,7 @@ rt_status store_journal_find_target(struct store *st, const char *client, int64_
         return r;
     sqlite3_stmt *s = j->stmt[JS_FIND_DST];
     sqlite3_bind_int64(s, 1, dst_task);
-    bind_text(s, 2, client);
+    store_db_bind_text(s, 2, client);
     int rc = sqlite3_step(s);
     r = RT_OK;
     if (rc == SQLITE_ROW) {
@@ -695,6 +670,6 @@ rt_status store_journal_find_target(struct store *st, const char *client, int64_
     } else if (rc != SQLITE_DONE) {
         r = store_db_fail(st, rc, "looking for a target task in the journal");
     }
-    stmt_done(s);
+    store_db_reset(s);
     return r;
 }
