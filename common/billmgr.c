@@ -18,13 +18,6 @@
 #include "log.h"
 #include "redact.h"
 
-long long billmgr_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 double billmgr_now_s(void)
 {
     struct timespec ts;

@@ -29,6 +29,7 @@
 #include <curl/curl.h>
 
 #include "billmgr.h"
+#include "clock.h"
 
 /* A call's form without credentials is built once when it is queued; this
  * caps it (BILLMGR_MAX_PARAMS values of BILLMGR_MAX_VALUE could otherwise
@@ -119,8 +120,8 @@ struct billmgr {
 
 /* ---- billmgr.c: clocks, errors, lists, the queue of calls ---- */
 
-/* The monotonic clock, in milliseconds and in seconds. */
-long long billmgr_now_ms(void);
+/* The monotonic clock in seconds, with microseconds: the calls' durations
+ * (clock.h has it in milliseconds). */
 double billmgr_now_s(void);
 
 /* Copies text into a fixed field of size bytes, cutting at a UTF-8

@@ -57,7 +57,7 @@ static int billmgr_sock_cb(CURL *easy, curl_socket_t fd, int what, void *userp, 
 static int billmgr_timer_cb(CURLM *multi, long timeout_ms, void *userp)
 {
     struct billmgr *bm = userp;
-    bm->deadline_ms = timeout_ms < 0 ? -1 : billmgr_now_ms() + timeout_ms;
+    bm->deadline_ms = timeout_ms < 0 ? -1 : clock_mono_ms() + timeout_ms;
     return 0;
 }
 
@@ -88,7 +88,7 @@ static size_t billmgr_write_cb(char *ptr, size_t size, size_t nmemb, void *userd
      * that has fallen below the rate once its window has passed ends now.
      * Time before the first byte is not counted: a server may think long
      * before it answers. */
-    long long now = billmgr_now_ms();
+    long long now = clock_mono_ms();
     if (!x->body_t0_ms)
         x->body_t0_ms = now;
     long long took = now - x->body_t0_ms;
@@ -314,7 +314,7 @@ static rt_status billmgr_transfer_failed(struct billmgr *bm, struct billmgr_xfer
         billmgr_set_error(e, "timeout", "",
                           "answer arrives too slowly: %zu bytes of its body in %.1f s, under "
                           "%d bytes/s",
-                          x->resp.len, (double)(billmgr_now_ms() - x->body_t0_ms) / 1000.0,
+                          x->resp.len, (double)(clock_mono_ms() - x->body_t0_ms) / 1000.0,
                           BILLMGR_MIN_BODY_RATE);
     } else if (res == CURLE_OPERATION_TIMEDOUT) {
         billmgr_set_error(e, "timeout", "", "%s", billmgr_curl_text(x, res));
@@ -415,7 +415,7 @@ int billmgr_timeout_ms(struct billmgr *bm)
         return 0;
     if (bm->deadline_ms < 0)
         return -1;
-    long long left = bm->deadline_ms - billmgr_now_ms();
+    long long left = bm->deadline_ms - clock_mono_ms();
     if (left <= 0)
         return 0;
     return left > INT_MAX ? INT_MAX : (int)left;
@@ -436,7 +436,7 @@ void billmgr_handle(struct billmgr *bm, const struct pollfd *fds, size_t n)
             flags |= CURL_CSELECT_ERR;
         curl_multi_socket_action(bm->multi, fds[i].fd, flags, &running);
     }
-    if (bm->deadline_ms >= 0 && billmgr_now_ms() >= bm->deadline_ms) {
+    if (bm->deadline_ms >= 0 && clock_mono_ms() >= bm->deadline_ms) {
         bm->deadline_ms = -1;
         curl_multi_socket_action(bm->multi, CURL_SOCKET_TIMEOUT, 0, &running);
     }

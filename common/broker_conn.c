@@ -266,7 +266,7 @@ static rt_status connect_node(struct broker *b, size_t i)
     b->blocked = 0;
     b->lost_to_silence = 0;
     b->gen++;
-    b->last_frame_ms = broker_now_ms();
+    b->last_frame_ms = clock_mono_ms();
     b->next_tag = 1;
     b->pend_base = 1;
     b->pend_head = b->pend_len = 0;
@@ -441,7 +441,7 @@ int64_t broker_silent_ms(const struct broker *b)
 {
     if (!broker_connected(b))
         return 0;
-    int64_t d = broker_now_ms() - b->last_frame_ms;
+    int64_t d = clock_mono_ms() - b->last_frame_ms;
     return d > 0 ? d : 0;
 }
 

@@ -29,6 +29,7 @@
 #include <time.h>
 
 #include "broker.h"
+#include "clock.h"
 #include "buf.h"
 #include "netprobe.h"
 #include "rmq.h"
@@ -237,13 +238,6 @@ static inline struct timeval broker_ms_to_tv(int ms)
     tv.tv_sec = ms / 1000;
     tv.tv_usec = (ms % 1000) * 1000;
     return tv;
-}
-
-static inline int64_t broker_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* Marks the connection as failed; it is torn down by the outermost call

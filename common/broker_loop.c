@@ -76,7 +76,7 @@ int broker_timeout_ms(const struct broker *b)
         return -1;
     /* Wake at the heartbeat deadline itself, not up to half a heartbeat
      * after it. */
-    int64_t left = b->last_frame_ms + (int64_t)hb * 2000 - broker_now_ms();
+    int64_t left = b->last_frame_ms + (int64_t)hb * 2000 - clock_mono_ms();
     if (left < 0)
         left = 0;
     return left < hb * 1000 / 2 ? (int)left : hb * 1000 / 2;
@@ -106,7 +106,7 @@ rt_status broker_process(struct broker *b)
         int avail = 0;
         if (amqp_data_in_buffer(b->conn) ||
             (ioctl(amqp_get_sockfd(b->conn), FIONREAD, &avail) == 0 && avail > 0))
-            b->last_frame_ms = broker_now_ms();
+            b->last_frame_ms = clock_mono_ms();
         int rc = amqp_simple_wait_frame_noblock(b->conn, &f, &zero);
         if (rc == AMQP_STATUS_TIMEOUT)
             break;
@@ -118,11 +118,11 @@ rt_status broker_process(struct broker *b)
             broker_mark_dead(b);
             break;
         }
-        b->last_frame_ms = broker_now_ms();
+        b->last_frame_ms = clock_mono_ms();
         broker_handle_frame(b, &f);
     }
     int hb = amqp_get_heartbeat(b->conn);
-    if (!b->dead && hb > 0 && broker_now_ms() - b->last_frame_ms >= (int64_t)hb * 2000) {
+    if (!b->dead && hb > 0 && clock_mono_ms() - b->last_frame_ms >= (int64_t)hb * 2000) {
         broker_set_err(
             b, "AMQP connection to %s:%d lost: nothing from the node for 2 heartbeats (%d s)",
             b->host, b->port, 2 * hb);
@@ -164,7 +164,7 @@ rt_status broker_rpc_verdict(struct broker *b, amqp_rpc_reply_t r, amqp_channel_
     /* A reply is a frame from the node: a long run of RPCs (declaring
      * hundreds of queues) must not look like silence. */
     if (r.reply_type == AMQP_RESPONSE_NORMAL || r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION)
-        b->last_frame_ms = broker_now_ms();
+        b->last_frame_ms = clock_mono_ms();
     switch (r.reply_type) {
     case AMQP_RESPONSE_NORMAL: return RT_OK;
     case AMQP_RESPONSE_NONE:

@@ -233,9 +233,9 @@ static rt_status get_send(struct broker *b, const char *queue)
  * basic.get is in, the connection failed or the connect timeout passed. */
 static void get_wait(struct broker *b, const char *queue)
 {
-    int64_t deadline = broker_now_ms() + b->connect_timeout_ms;
+    int64_t deadline = clock_mono_ms() + b->connect_timeout_ms;
     while (!b->dead && (b->get_state == GET_WAITING || b->get_state == GET_CONTENT)) {
-        int64_t left = deadline - broker_now_ms();
+        int64_t left = deadline - clock_mono_ms();
         if (left <= 0) {
             /* A late answer would arrive in the middle of something else:
              * this connection cannot be trusted any more. */

@@ -392,9 +392,9 @@ rt_status broker_declare(struct broker *b, const char *const *clients, size_t n_
     /* Creating thousands of queues takes the broker a while: the answer is
      * waited for far longer than one RPC, while the frames are handled as
      * broker_process() would. */
-    int64_t deadline = broker_now_ms() + (int64_t)b->connect_timeout_ms * 30;
+    int64_t deadline = clock_mono_ms() + (int64_t)b->connect_timeout_ms * 30;
     while ((b->decl != DECL_DONE || b->scratch == SCRATCH_CLOSING) && !b->dead) {
-        int64_t left = deadline - broker_now_ms();
+        int64_t left = deadline - clock_mono_ms();
         if (left <= 0) {
             broker_set_err(b, "declaring the topology: no answer within %d s",
                            b->connect_timeout_ms * 30 / 1000);
@@ -412,7 +412,7 @@ rt_status broker_declare(struct broker *b, const char *const *clients, size_t n_
             broker_mark_dead(b);
             break;
         }
-        b->last_frame_ms = broker_now_ms();
+        b->last_frame_ms = clock_mono_ms();
         broker_handle_frame(b, &f);
     }
     if (b->dead) {

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "buf.h"
+#include "clock.h"
 
 enum ctlproto_scan ctlproto_scan(const char *data, size_t len, size_t *line_len)
 {
@@ -92,17 +93,10 @@ int ctlproto_addr(const char *path, struct sockaddr_un *addr, char *err, size_t 
     return 0;
 }
 
-static int64_t ctlproto_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Milliseconds left before deadline, 0 when it has passed. */
 static int ctlproto_left(int64_t deadline)
 {
-    int64_t left = deadline - ctlproto_now_ms();
+    int64_t left = deadline - clock_mono_ms();
     if (left <= 0)
         return 0;
     return left > INT32_MAX ? INT32_MAX : (int)left;
@@ -257,7 +251,7 @@ rt_status ctlproto_request(const char *socket_path, const json_t *req, json_t **
     *resp = NULL;
     if (timeout_ms < 0)
         timeout_ms = 0;
-    int64_t deadline = ctlproto_now_ms() + timeout_ms;
+    int64_t deadline = clock_mono_ms() + timeout_ms;
     if (ctlproto_addr(socket_path, &addr, err, errlen) < 0)
         return RT_REJECT;
     char *line = ctlproto_encode(req, &req_len, why, sizeof(why));

@@ -1,4 +1,5 @@
 #include "netprobe.h"
+#include "clock.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -55,13 +56,6 @@ struct netprobe {
     size_t sent; /* bytes of the protocol header written */
     char err[700];
 };
-
-static int64_t netprobe_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void netprobe_close(struct netprobe *p)
 {
@@ -251,7 +245,7 @@ struct netprobe *netprobe_new(const struct netprobe_opts *o, char *err, size_t e
     p->verify_peer = o && o->verify_peer;
     p->verify_hostname = o && o->verify_hostname;
     p->timeout_ms = o && o->timeout_ms > 0 ? o->timeout_ms : NETPROBE_DEFAULT_TIMEOUT_MS;
-    p->deadline = netprobe_now_ms() + p->timeout_ms;
+    p->deadline = clock_mono_ms() + p->timeout_ms;
     if (!o || !p->host[0] || p->port <= 0 || p->port > 65535) {
         netprobe_fail(p, RT_REJECT, "no host or port to probe");
         return p;
@@ -306,7 +300,7 @@ int netprobe_timeout_ms(const struct netprobe *p)
 {
     if (!p || p->state != NETPROBE_RUNNING)
         return -1;
-    int64_t left = p->deadline - netprobe_now_ms();
+    int64_t left = p->deadline - clock_mono_ms();
     return left > 0 ? (int)(left > INT32_MAX ? INT32_MAX : left) : 0;
 }
 
@@ -466,7 +460,7 @@ enum netprobe_state netprobe_step(struct netprobe *p)
     if (p->state == NETPROBE_RUNNING && p->phase == NETPROBE_RECV && p->ssl &&
         SSL_pending(p->ssl) > 0)
         netprobe_step_recv(p);
-    if (p->state == NETPROBE_RUNNING && netprobe_now_ms() >= p->deadline)
+    if (p->state == NETPROBE_RUNNING && clock_mono_ms() >= p->deadline)
         netprobe_fail(p, RT_RETRY, "no answer within %d ms (during the %s)", p->timeout_ms,
                       netprobe_phase_name(p->phase));
     return p->state;

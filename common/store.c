@@ -5,6 +5,7 @@
  * in the store_*.c files store_db.h lists.
  */
 #include "store.h"
+#include "clock.h"
 #include "store_db.h"
 
 #include <errno.h>
@@ -214,13 +215,6 @@ static rt_status store_set_wal(struct store *st)
     return r;
 }
 
-static int64_t store_monotonic_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Opens the connection and readies the file: WAL, durable commits, the
  * current schema. On failure st->db is closed again and st->err says why. */
 static rt_status store_connect(struct store *st, const char *path)
@@ -282,9 +276,9 @@ struct store *store_open_timeout(const char *state_dir, int busy_ms, char *err, 
      * SQLite can answer the other "locked" or an I/O error at once,
      * without waiting through the busy timeout. Those are transient: the
      * whole connection is retried, fresh, until the busy timeout passed. */
-    int64_t deadline = store_monotonic_ms() + STORE_BUSY_TIMEOUT_MS;
+    int64_t deadline = clock_mono_ms() + STORE_BUSY_TIMEOUT_MS;
     rt_status r;
-    while ((r = store_connect(st, path)) == RT_RETRY && store_monotonic_ms() < deadline)
+    while ((r = store_connect(st, path)) == RT_RETRY && clock_mono_ms() < deadline)
         sqlite3_sleep(STORE_OPEN_RETRY_MS);
     if (r == RT_OK)
         r = store_schema_prepare(st);

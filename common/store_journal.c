@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "store_db.h"
 
 /* A detail is formatted into this much before it is cut, so that a cut
@@ -103,20 +104,6 @@ const char *store_side_name(enum store_side side)
     case STORE_SIDE_SERVER: return "server";
     }
     return "?";
-}
-
-static int64_t journal_mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t journal_wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* ---- text -------------------------------------------------------------- */
@@ -290,7 +277,7 @@ void store_journal_vadd(struct store *st, int64_t ts_ms, enum store_side side, c
         j->cap = cap;
     }
     struct journal_entry *e = &j->q[j->len];
-    e->ts_ms = ts_ms > 0 ? ts_ms : journal_wall_ms();
+    e->ts_ms = ts_ms > 0 ? ts_ms : clock_wall_ms();
     e->side = (int)side;
     e->src_task = src_task;
     e->dst_task = dst_task;
@@ -302,7 +289,7 @@ void store_journal_vadd(struct store *st, int64_t ts_ms, enum store_side side, c
         vsnprintf(text, sizeof(text), fmt, ap);
     journal_clean(e->detail, sizeof(e->detail), text);
     if (j->len == 0)
-        j->first_at = journal_mono_ms();
+        j->first_at = clock_mono_ms();
     j->len++;
 }
 
@@ -352,7 +339,7 @@ rt_status store_journal_on_commit(struct store *st)
     if (!j || !j->prepared || j->len == 0)
         return RT_OK;
     if (!j->force && j->len < STORE_JOURNAL_BATCH_ROWS &&
-        journal_mono_ms() - j->first_at < STORE_JOURNAL_BATCH_MS)
+        clock_mono_ms() - j->first_at < STORE_JOURNAL_BATCH_MS)
         return RT_OK;
     return journal_insert_queued(st, j);
 }
@@ -369,7 +356,7 @@ void store_journal_on_end(struct store *st, bool ok)
             j->len -= done;
             j->stats.written += done;
             if (j->len)
-                j->first_at = journal_mono_ms();
+                j->first_at = clock_mono_ms();
         }
     } else if (j->len > j->mark) {
         /* Rows of work that was undone; the caller does it again and adds
@@ -566,12 +553,12 @@ int64_t store_journal_tick(struct store *st, int64_t now_ms)
     struct store_journal *j = st->journal;
     if (!j || !j->configured || st->in_txn)
         return now_ms + STORE_JOURNAL_PRUNE_MS;
-    int64_t mono = journal_mono_ms();
+    int64_t mono = clock_mono_ms();
     bool flush = j->len > 0 && mono - j->first_at >= STORE_JOURNAL_FLUSH_MS;
     bool prune = now_ms >= j->next_prune;
     if (flush || prune) {
         uint64_t gone = 0;
-        rt_status r = journal_txn(st, j, prune ? journal_wall_ms() : 0, &gone);
+        rt_status r = journal_txn(st, j, prune ? clock_wall_ms() : 0, &gone);
         if (r != RT_OK && j->len)
             j->first_at = mono; /* not before another STORE_JOURNAL_FLUSH_MS */
         /* A walk over every task that found nothing to delete: the next

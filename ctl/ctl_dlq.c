@@ -43,6 +43,7 @@
 #include <jansson.h>
 
 #include "broker.h"
+#include "clock.h"
 #include "config.h"
 #include "config_opts.h"
 #include "ctl.h"
@@ -115,13 +116,6 @@ static void dlq_time(int64_t ts, char *out, size_t len)
     time_t t = (time_t)ts;
     if (ts <= 0 || !gmtime_r(&t, &tm) || strftime(out, len, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
         snprintf(out, len, "-");
-}
-
-static int64_t dlq_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* Who may have written a letter of client's dir queue and what the
@@ -508,9 +502,9 @@ static int dlq_publish(struct dlq *q, struct dlq_letter *l)
 /* Reads confirms until every replay has its fate or the deadline passes. */
 static void dlq_wait_confirms(struct dlq *q)
 {
-    int64_t deadline = dlq_now_ms() + DLQ_CONFIRM_TIMEOUT_MS;
+    int64_t deadline = clock_mono_ms() + DLQ_CONFIRM_TIMEOUT_MS;
     while (q->awaiting > 0 && broker_connected(q->b)) {
-        int64_t left = deadline - dlq_now_ms();
+        int64_t left = deadline - clock_mono_ms();
         if (left <= 0)
             return;
         if (!broker_wants_read_now(q->b)) {

@@ -28,6 +28,7 @@
 
 #include <jansson.h>
 
+#include "clock.h"
 #include "config.h"
 #include "ctl.h"
 #include "ctlproto.h"
@@ -36,13 +37,6 @@
 
 /* The daemon only sets a flag for either request. */
 #define RESYNC_DAEMON_TIMEOUT_MS 2000
-
-static int64_t resync_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Sends req to the daemon; writes a phrase saying what happened into out.
  * unknown_later is what to say when the daemon does not know the command,
@@ -90,11 +84,11 @@ static int resync_client(const struct config *cfg, struct store *st, const struc
     if (r == RT_OK && args->all) {
         r = store_fwd_forget(st, c, 0, &forgot);
         if (r == RT_OK)
-            r = store_outbox_add_known(st, c, resync_now_ms(), &queued);
+            r = store_outbox_add_known(st, c, clock_wall_ms(), &queued);
     } else if (r == RT_OK) {
         r = store_fwd_forget(st, c, args->elid, &forgot);
         if (r == RT_OK)
-            r = store_outbox_add(st, c, args->elid, resync_now_ms());
+            r = store_outbox_add(st, c, args->elid, clock_wall_ms());
         queued = 1;
     }
     if (r == RT_OK)

@@ -15,6 +15,7 @@
 
 #include <jansson.h>
 
+#include "clock.h"
 #include "config.h"
 #include "ctl.h"
 #include "ctlproto.h"
@@ -24,13 +25,6 @@
 /* The daemon asks the broker for every queue's depth before it answers,
  * each question bounded by amqp.connect_timeout: give it time. */
 #define STATUS_TIMEOUT_MS 30000
-
-static int64_t status_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* "never", "just now", "12s ago", "5m ago", "3h ago", "2d ago". */
 static const char *status_ago(int64_t ms, int64_t now, char *buf, size_t len)
@@ -120,7 +114,7 @@ static void status_print(json_t *r)
     json_t *q;
 
     if (!now)
-        now = status_now_ms();
+        now = clock_wall_ms();
     printf("remotetaskd %s, instance \"%s\", pid %" PRId64 ", up %s, roles:", status_str(r, "version"),
            status_str(r, "instance"), status_int(r, "pid"),
            status_span(status_int(r, "uptime_s"), a, sizeof(a)));
@@ -192,7 +186,7 @@ static void status_print(json_t *r)
 static json_t *status_from_store(const struct config *cfg, char *err, size_t errlen)
 {
     uint64_t backlog = 0, links = 0;
-    int64_t oldest = 0, now = status_now_ms();
+    int64_t oldest = 0, now = clock_wall_ms();
     int64_t t[4] = {0, 0, 0, 0};
     static const char *const keys[4] = {"last_forward_apply_ms", "last_forward_publish_ms",
                                         "last_reverse_cycle_ms", "last_reverse_apply_ms"};

@@ -21,6 +21,7 @@
 
 #include <jansson.h>
 
+#include "clock.h"
 #include "config.h"
 #include "ctl.h"
 #include "ctlproto.h"
@@ -30,13 +31,6 @@
 /* How long the daemon gets to take the wake-up: it only sets a flag, so a
  * daemon that needs longer is busy, and the outbox scan catches up. */
 #define TASKEVENT_WAKE_TIMEOUT_MS 500
-
-static int64_t taskevent_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Records the event. Returns 0, or -1 after printing why it was not. */
 static int taskevent_record(const struct config *cfg, long elid)
@@ -50,7 +44,7 @@ static int taskevent_record(const struct config *cfg, long elid)
                 elid, cfg->state_dir, err);
         return -1;
     }
-    rt_status rc = store_outbox_add(st, cfg->client.id, elid, taskevent_now_ms());
+    rt_status rc = store_outbox_add(st, cfg->client.id, elid, clock_wall_ms());
     if (rc != RT_OK)
         fprintf(stderr, "remotetaskctl: event for task %ld NOT recorded: %s\n", elid,
                 store_strerror(st));
