@@ -1,5 +1,6 @@
 #include "core.h"
 
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,9 @@
 #include "relay.h"
 #include "statepub.h"
 #include "store_journal.h"
+
+/* How often freed heap pages are given back (core_trim). */
+#define CORE_TRIM_MS 60000
 
 /* ---- broker callbacks ---------------------------------------------- */
 
@@ -399,6 +403,23 @@ const char *core_broker_state(const struct core *k)
 
 /* ---- the loop's schedule -------------------------------------------- */
 
+/* A backlog's peak (a broker outage, a slow API) leaves freed heap pages
+ * resident: malloc keeps them for the next allocation. Once a minute they
+ * are given back, so that the daemon's RSS follows what it holds, not the
+ * largest backlog it has seen (bench/soak checks it over an hour). */
+static void core_trim(struct core *k, int64_t now)
+{
+#ifdef __GLIBC__
+    if (now - k->trimmed_at < CORE_TRIM_MS)
+        return;
+    k->trimmed_at = now;
+    malloc_trim(0);
+#else
+    (void)k;
+    (void)now;
+#endif
+}
+
 void core_tick(struct core *k)
 {
     /* The components schedule on the monotonic clock (issue 13.5): a wall
@@ -422,6 +443,7 @@ void core_tick(struct core *k)
      * batches: it keeps its own schedule, and the components above wake
      * the loop at least once a second. */
     store_journal_tick(k->st, now);
+    core_trim(k, now);
 }
 
 /* Lowers *best (-1 = none yet) to the wait until a deadline in ms. */

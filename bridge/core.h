@@ -103,6 +103,7 @@ struct core {
     int64_t fwd_next;
     int64_t rev_next;
     int64_t sp_next;
+    int64_t trimmed_at; /* monotonic ms: the last malloc_trim (core_tick) */
 };
 
 /* Builds the BILLmanager client, the broker object (not connected yet:
