@@ -2,12 +2,14 @@
  * fingerprint, the backoff, and the relay's behaviour driven end to end
  * against a real store (in a temporary directory), a real billmgr client
  * talking to a small BILLmanager stand-in on a loopback socket (a thread of
- * this program), and a recording stand-in for the broker.
+ * this program), and a recording stand-in for the broker: the producer's
+ * fixture (tests/unit/support/producer), shared with test_statepub.
  *
  * The unit-test target links rtconfig and rtcommon only, so the relay is
- * compiled into this program by including its source. The broker is
- * replaced by defining the four broker functions the relay calls; nothing
- * else in rtcommon refers to them, so the linker never pulls broker.o. */
+ * compiled into this program by including its sources. The broker is
+ * replaced by the fixture's definitions of the four broker functions the
+ * relay calls; nothing else in rtcommon refers to them, so the linker
+ * never pulls the broker's own. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -17,8 +19,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <ftw.h>
-#include <poll.h>
 #include <pthread.h>
 
 #include <cmocka.h>
@@ -32,147 +32,14 @@
 
 #include "config.h"
 #include "config_opts.h"
+#include "fake_bill.h"
+#include "fake_broker.h"
 #include "fake_doc.h"
-#include "http_stub.h"
+#include "fixture.h"
 #include "log.h"
+#include "stderr_capture.h"
 
-/* The wall clock, which the relay stores (the outbox's times). */
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* ---- the broker stand-in -------------------------------------------- */
-
-#define MAX_PUBLISHED 64
-
-struct published {
-    uint64_t tag;
-    char exchange[64];
-    char key[64];
-    char message_id[128];
-    struct codec_msg msg;
-};
-
-static struct {
-    int connected;
-    int blocked;
-    uint64_t next_tag;
-    struct published pub[MAX_PUBLISHED];
-    size_t n;
-} fake_broker;
-
-int broker_connected(const struct broker *b)
-{
-    (void)b;
-    return fake_broker.connected;
-}
-
-int broker_blocked(const struct broker *b)
-{
-    (void)b;
-    return fake_broker.blocked;
-}
-
-const char *broker_strerror(const struct broker *b)
-{
-    (void)b;
-    return fake_broker.connected ? "blocked" : "not connected";
-}
-
-rt_status broker_publish(struct broker *b, const char *exchange, const char *routing_key,
-                         const struct broker_props *props, const void *body, size_t len,
-                         uint64_t *tag_out)
-{
-    (void)b;
-    if (!fake_broker.connected || fake_broker.blocked)
-        return RT_RETRY;
-    assert_true(fake_broker.n < MAX_PUBLISHED);
-    struct published *p = &fake_broker.pub[fake_broker.n++];
-    char err[256];
-    assert_int_equal(codec_decode(body, len, &p->msg, err, sizeof err), RT_OK);
-    snprintf(p->exchange, sizeof p->exchange, "%s", exchange);
-    snprintf(p->key, sizeof p->key, "%s", routing_key);
-    snprintf(p->message_id, sizeof p->message_id, "%s", props->message_id);
-    assert_null(props->user_id);
-    p->tag = ++fake_broker.next_tag;
-    *tag_out = p->tag;
-    return RT_OK;
-}
-
-static void fake_broker_reset(void)
-{
-    for (size_t i = 0; i < fake_broker.n; i++)
-        codec_msg_release(&fake_broker.pub[i].msg);
-    memset(&fake_broker, 0, sizeof fake_broker);
-    fake_broker.connected = 1;
-}
-
-/* ---- the BILLmanager stand-in --------------------------------------- */
-
-#define MAX_TASKS 16
-
-struct fake_task {
-    int exists;
-    long id;
-    long department;
-    char name[64];
-    char note[512];
-    char updated[32];
-    long item; /* 0 = none */
-    int status;
-};
-
-static struct {
-    pthread_mutex_t lock;
-    struct http_stub *stub;
-    struct fake_task tasks[MAX_TASKS];
-    int views;      /* func=task.view calls answered */
-    int lists;      /* func=task.list calls answered */
-    int fail_views; /* answer this many views with HTTP 503 */
-    int deny_views; /* answer views with an access error */
-    /* Answer views with a missed error naming this object ("" = no):
-     * "func" is what BILLmanager says of a function it does not have. */
-    char view_missed_object[32];
-    /* Hostile answers: views with the field of this name ("*": every
-     * text field) as a one-element array of itself (the emulator's
-     * fields_arrays), views of another task (id 999), views holding
-     * nothing, lists with every text field so. */
-    char view_arrays[16];
-    int view_other;
-    int view_empty;
-    int list_arrays;
-    long last_p_num;
-    char last_filter[64];
-} sim;
-
-/* A copy of doc with the text value ({"$": ...}) of key, or of every key
- * when key is "*", turned into a one-element array of itself, in list
- * rows too. */
-static json_t *arrays_of(json_t *doc, const char *key)
-{
-    json_t *out = json_object();
-    const char *k;
-    json_t *v;
-    json_object_foreach(doc, k, v)
-    {
-        if (strcmp(k, "elem") == 0 && json_is_array(v)) {
-            json_t *rows = json_array();
-            size_t i;
-            json_t *e;
-            json_array_foreach(v, i, e) json_array_append_new(rows, arrays_of(e, key));
-            json_object_set_new(out, k, rows);
-        } else if (json_is_object(v) && json_object_get(v, "$") &&
-                   (strcmp(key, "*") == 0 || strcmp(k, key) == 0)) {
-            json_object_set_new(out, k, json_pack("[O]", v));
-        } else {
-            json_object_set(out, k, v);
-        }
-    }
-    return out;
-}
+/* ---- the BILLmanager stand-in's half of this test ------------------- */
 
 /* The task as the view (func "task.view") shows it, with the custom field
  * names the test config sets. */
@@ -192,244 +59,68 @@ static json_t *task_doc(const struct fake_task *t)
     return d;
 }
 
-/* Answers one request body (http_stub's answer, on its thread); returns the
- * HTTP status and sets *out to the JSON text (malloc'd) for a 200, to no
- * body for any other status. */
-static int sim_answer(void *arg, const char *body, char **out)
+/* The task as a list row ("task.list") shows it: the department's name. */
+static json_t *task_row(const struct fake_task *t)
 {
-    (void)arg;
-    char func[64], v[64];
-    json_t *doc = json_object();
-    int code = 200;
-
-    fake_doc_form_get(body, "func", func, sizeof func);
-    pthread_mutex_lock(&sim.lock);
-    if (strcmp(func, "task.view") == 0) {
-        sim.views++;
-        fake_doc_form_get(body, "elid", v, sizeof v);
-        long id = atol(v);
-        if (sim.fail_views > 0) {
-            sim.fail_views--;
-            code = 503;
-        } else if (sim.view_missed_object[0]) {
-            json_object_set_new(doc, "error",
-                                json_pack("{s:s,s:s,s:{s:s}}", "$type", "missed", "$object",
-                                          sim.view_missed_object, "msg", "$", "unknown"));
-        } else if (sim.deny_views) {
-            json_object_set_new(doc, "error",
-                                json_pack("{s:s,s:s,s:{s:s}}", "$type", "access", "$object",
-                                          "task.view", "msg", "$", "no access"));
-        } else if (id <= 0 || id >= MAX_TASKS || !sim.tasks[id].exists) {
-            json_object_set_new(doc, "error",
-                                json_pack("{s:s,s:s,s:{s:s}}", "$type", "missed", "$object", "elid",
-                                          "msg", "$", "gone"));
-        } else if (sim.view_empty) {
-            /* an API document holding nothing */
-        } else {
-            json_decref(doc);
-            doc = task_doc(&sim.tasks[id]);
-            if (sim.view_other)
-                fake_doc_long(doc, "id", 999);
-            if (sim.view_arrays[0]) {
-                json_t *spoiled = arrays_of(doc, sim.view_arrays);
-                json_decref(doc);
-                doc = spoiled;
-            }
-        }
-    } else if (strcmp(func, "task.list") == 0) {
-        sim.lists++;
-        char filter[8], cnt[16], num[16];
-        fake_doc_form_get(body, "filter", filter, sizeof filter);
-        fake_doc_form_get(body, "dept", sim.last_filter, sizeof sim.last_filter);
-        fake_doc_form_get(body, "p_cnt", cnt, sizeof cnt);
-        fake_doc_form_get(body, "p_num", num, sizeof num);
-        long dept = atol(sim.last_filter), pc = atol(cnt), pn = atol(num);
-        sim.last_p_num = pn;
-        json_t *elems = json_array();
-        long total = 0;
-        for (int i = 0; i < MAX_TASKS; i++) {
-            const struct fake_task *t = &sim.tasks[i];
-            if (!t->exists || (strcmp(filter, "on") == 0 && t->department != dept))
-                continue;
-            if (total >= (pn - 1) * pc && total < pn * pc) {
-                json_t *e = json_object();
-                fake_doc_long(e, "id", t->id);
-                fake_doc_text(e, "dept", "Upstream"); /* lists show names */
-                fake_doc_text(e, "mtime", t->updated);
-                json_array_append_new(elems, e);
-            }
-            total++;
-        }
-        if (json_array_size(elems))
-            json_object_set_new(doc, "elem", elems);
-        else
-            json_decref(elems);
-        fake_doc_long(doc, "p_elems", total);
-        fake_doc_long(doc, "p_num", pn);
-        fake_doc_long(doc, "p_cnt", pc);
-        if (sim.list_arrays) {
-            json_t *spoiled = arrays_of(doc, "*");
-            json_decref(doc);
-            doc = spoiled;
-        }
-    } else {
-        json_object_set_new(
-            doc, "error",
-            json_pack("{s:s,s:s,s:{s:s}}", "$type", "missed", "$object", "func", "msg", "$", func));
-    }
-    pthread_mutex_unlock(&sim.lock);
-    if (code != 200) {
-        json_decref(doc);
-        return code;
-    }
-    json_t *root = json_pack("{s:o}", "doc", doc);
-    *out = json_dumps(root, JSON_COMPACT);
-    json_decref(root);
-    return code;
-}
-
-static int sim_start(void)
-{
-    char err[256];
-    sim.stub = http_stub_start(sim_answer, NULL, err, sizeof err);
-    if (!sim.stub)
-        fail_msg("%s", err);
-    return http_stub_port(sim.stub);
-}
-
-static void sim_stop(void)
-{
-    http_stub_stop(sim.stub);
-    sim.stub = NULL;
+    json_t *e = json_object();
+    fake_doc_long(e, "id", t->id);
+    fake_doc_text(e, "dept", "Upstream"); /* lists show names */
+    fake_doc_text(e, "mtime", t->updated);
+    return e;
 }
 
 static void sim_task(long id, long dept, const char *name, const char *note, const char *upd)
 {
-    pthread_mutex_lock(&sim.lock);
-    struct fake_task *t = &sim.tasks[id];
-    memset(t, 0, sizeof *t);
-    t->exists = 1;
-    t->id = id;
-    t->department = dept;
-    t->item = 42;
-    snprintf(t->name, sizeof t->name, "%s", name);
-    snprintf(t->note, sizeof t->note, "%s", note);
-    snprintf(t->updated, sizeof t->updated, "%s", upd);
-    pthread_mutex_unlock(&sim.lock);
-}
-
-static int sim_count(const int *counter)
-{
-    pthread_mutex_lock(&sim.lock);
-    int v = *counter;
-    pthread_mutex_unlock(&sim.lock);
-    return v;
+    struct fake_task t = {.exists = 1, .id = id, .department = dept, .item = 42};
+    snprintf(t.name, sizeof t.name, "%s", name);
+    snprintf(t.note, sizeof t.note, "%s", note);
+    snprintf(t.updated, sizeof t.updated, "%s", upd);
+    fake_bill_put(&t);
 }
 
 /* ---- the fixture ----------------------------------------------------- */
 
-struct fixture {
-    char dir[64];
-    struct config *cfg;
-    struct store *st;
-    struct billmgr *bm;
-    struct relay *r;
-    int fake_br; /* the broker pointer handed over; never dereferenced */
-};
-
-static struct config *load_config(const char *dir, int port, int poll_interval)
+static void make_relay(struct fixture *fx)
 {
-    char path[128], err[CONFIG_ERR_MAX];
-    snprintf(path, sizeof path, "%s/client.conf", dir);
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fprintf(
-        f,
-        "instance = \"t\";\nstate_dir = \"%s/state\";\ncontrol_socket = \"%s/s.sock\";\n"
-        "amqp: { uri = \"amqp://u@127.0.0.1:5672/%%2f\"; password = \"p\"; };\n"
-        "billmanager: { url = \"http://127.0.0.1:%d/billmgr\"; login = \"l\";\n"
-        "  password = \"pw\"; max_inflight = 2; timeout = 10;\n"
-        "  api: { page_size = 2; func_task = \"task.list\"; func_task_edit = \"task.view\";\n"
-        "    field_name = \"subject\"; field_department = \"dept\"; field_updated = \"mtime\";\n"
-        "    field_status = \"state\"; };\n"
-        "};\n"
-        "client: { id = \"7\"; server_user = \"srv\"; poll_interval = %d;\n"
-        "  departments = ( { local = 3; remote = 12; }, { local = 8; remote = 13; } ); };\n",
-        dir, dir, port, poll_interval);
-    fclose(f);
-    struct config *cfg = config_load(path, err, sizeof err);
-    if (!cfg)
-        fail_msg("config: %s", err);
-    return cfg;
+    char err[256];
+    fx->r = relay_new(fx->cfg, fx->st, fx->bm, (struct broker *)&fx->fake_br, err, sizeof err);
+    assert_non_null(fx->r);
 }
+
+static void release_relay(struct fixture *fx)
+{
+    relay_free(fx->r);
+}
+
+static void tick_relay(struct fixture *fx)
+{
+    relay_tick(fx->r, relay_mono_ms());
+}
+
+static const struct fixture_kind relay_kind = {
+    .name = "relay",
+    .amqp_user = "u",
+    .api = "",
+    .role = "client: { id = \"7\"; server_user = \"srv\"; poll_interval = 3600;\n"
+            "  departments = ( { local = 3; remote = 12; }, { local = 8; remote = 13; } ); };",
+    .busy_ms = 50, /* as the daemon's: a held lock fails fast */
+    .view_doc = task_doc,
+    .list_row = task_row,
+    .make = make_relay,
+    .release = release_relay,
+    .tick = tick_relay,
+};
 
 static int setup(void **state)
 {
-    struct fixture *fx = calloc(1, sizeof *fx);
-    char err[256];
-    assert_non_null(fx);
-    snprintf(fx->dir, sizeof fx->dir, "/tmp/rt-relay-XXXXXX");
-    assert_non_null(mkdtemp(fx->dir));
-    memset(sim.tasks, 0, sizeof sim.tasks);
-    sim.views = sim.lists = sim.fail_views = sim.deny_views = 0;
-    sim.view_missed_object[0] = '\0';
-    sim.view_arrays[0] = '\0';
-    sim.view_other = sim.view_empty = sim.list_arrays = 0;
-    int port = sim_start();
-    fx->cfg = load_config(fx->dir, port, 3600);
-    /* A short busy timeout, as the daemon's: a held lock fails fast. */
-    fx->st = store_open_timeout(fx->cfg->state_dir, 50, err, sizeof err);
-    assert_non_null(fx->st);
-    struct billmgr_opts o;
-    config_opts_billmgr(fx->cfg, &o);
-    fx->bm = billmgr_new(&o, err, sizeof err);
-    assert_non_null(fx->bm);
-    fake_broker_reset();
-    fx->r = relay_new(fx->cfg, fx->st, fx->bm, (struct broker *)&fx->fake_br, err, sizeof err);
-    assert_non_null(fx->r);
-    *state = fx;
+    *state = fixture_new(&relay_kind);
     return 0;
-}
-
-static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
 }
 
 static int teardown(void **state)
 {
-    struct fixture *fx = *state;
-    billmgr_free(fx->bm); /* first: cancels the relay's calls without callbacks */
-    relay_free(fx->r);
-    store_free(fx->st);
-    config_free(fx->cfg);
-    sim_stop();
-    fake_broker_reset();
-    nftw(fx->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-    free(fx);
+    fixture_free(*state);
     return 0;
-}
-
-typedef int (*cond_fn)(struct fixture *fx);
-
-/* Runs the loop a daemon would (poll on the API sockets, billmgr_handle,
- * relay_tick) until cond holds; fails after a generous deadline. */
-static void run_until(struct fixture *fx, cond_fn cond, const char *what)
-{
-    int64_t deadline = wall_ms() + 20000;
-    while (!cond(fx)) {
-        if (wall_ms() > deadline)
-            fail_msg("timed out waiting for %s", what);
-        struct pollfd fds[16];
-        size_t n = billmgr_pollfds(fx->bm, fds, 16);
-        int t = billmgr_timeout_ms(fx->bm);
-        if (t < 0 || t > 20)
-            t = 20;
-        int k = poll(fds, n, t);
-        billmgr_handle(fx->bm, fds, k > 0 ? n : 0);
-        relay_tick(fx->r, relay_mono_ms());
-    }
 }
 
 static int calls_done(struct fixture *fx)
@@ -483,7 +174,7 @@ static uint64_t backlog(struct fixture *fx)
 
 static void add_event(struct fixture *fx, int64_t task)
 {
-    assert_int_equal(store_outbox_add(fx->st, "7", task, wall_ms()), RT_OK);
+    assert_int_equal(store_outbox_add(fx->st, "7", task, fixture_wall_ms()), RT_OK);
     relay_wake(fx->r, 0);
 }
 
@@ -491,8 +182,8 @@ static void add_event(struct fixture *fx, int64_t task)
  * empty BILLmanager so that later tests see only their own events. */
 static void settle(struct fixture *fx)
 {
-    run_until(fx, recon_done_once, "the start-up reconciliation");
-    run_until(fx, calls_done, "the relay to settle");
+    fixture_run_until(fx, recon_done_once, "the start-up reconciliation");
+    fixture_run_until(fx, calls_done, "the relay to settle");
 }
 
 /* ---- pure helpers ---------------------------------------------------- */
@@ -611,9 +302,9 @@ static void publishes_then_commits_on_ack(void **state)
     settle(fx);
     sim_task(5, 3, "Set up VPS", "please\n", "2024-05-01 10:00:00");
     add_event(fx, 5);
-    run_until(fx, one_published, "the publish");
+    fixture_run_until(fx, one_published, "the publish");
 
-    struct published *p = &fake_broker.pub[0];
+    struct fake_published *p = &fake_broker.pub[0];
     assert_string_equal(p->exchange, BROKER_EXCHANGE_FORWARD);
     assert_string_equal(p->key, "7");
     assert_string_equal(p->message_id, "7:5:1");
@@ -651,19 +342,19 @@ static void publishes_then_commits_on_ack(void **state)
              "please\n\n--- remotetask: from server, task 77 ---\ndone\n--- remotetask: end ---\n",
              "2024-05-01 11:00:00");
     add_event(fx, 5);
-    run_until(fx, calls_done, "the second view");
+    fixture_run_until(fx, calls_done, "the second view");
     assert_int_equal(fake_broker.n, 1);
     assert_int_equal(backlog(fx), 0);
     assert_int_equal(store_fwd_get(fx->st, "7", 5, &fwd), RT_OK);
     assert_string_equal(fwd.updated, "2024-05-01 11:00:00");
     relay_stats(fx->r, &s);
     assert_int_equal(s.unchanged, 1);
-    assert_int_equal(sim_count(&sim.views), 2);
+    assert_int_equal(fake_bill_get(&fake_bill.views), 2);
 
     /* A real change goes out with the next seq. */
     sim_task(5, 3, "Set up VPS today", "please\n", "2024-05-01 12:00:00");
     add_event(fx, 5);
-    run_until(fx, two_published, "the publish of the change");
+    fixture_run_until(fx, two_published, "the publish of the change");
     assert_string_equal(fake_broker.pub[1].message_id, "7:5:2");
     assert_string_equal(fake_broker.pub[1].msg.fwd.name, "Set up VPS today");
 }
@@ -676,7 +367,7 @@ static void gone_and_unmapped_are_dropped(void **state)
     sim_task(6, 4, "other department", "", "2024-05-01 10:00:00");
     add_event(fx, 6);
     add_event(fx, 9); /* never existed: missed */
-    run_until(fx, calls_done, "the views");
+    fixture_run_until(fx, calls_done, "the views");
     assert_int_equal(fake_broker.n, 0);
     assert_int_equal(backlog(fx), 0);
     relay_stats(fx->r, &s);
@@ -684,37 +375,19 @@ static void gone_and_unmapped_are_dropped(void **state)
 }
 
 /* Runs fn(fx) with the log's lines (level error and above, as main sets
- * it) going to a file, and returns how many of them hold needle. */
+ * it) captured, and returns how many of them hold needle. */
 static int count_log_lines(struct fixture *fx, void (*fn)(struct fixture *), const char *needle)
 {
-    char path[] = "/tmp/test_relay_log.XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    int saved = dup(STDERR_FILENO);
-    assert_true(saved >= 0);
-    fflush(stderr);
-    assert_true(dup2(fd, STDERR_FILENO) >= 0);
+    stderr_capture_begin();
     fn(fx);
-    fflush(stderr);
-    dup2(saved, STDERR_FILENO);
-    close(saved);
-
-    static char text[64 * 1024];
-    ssize_t n = pread(fd, text, sizeof text - 1, 0);
-    close(fd);
-    unlink(path);
-    text[n > 0 ? n : 0] = '\0';
-    int count = 0;
-    for (const char *p = text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
-        count++;
-    return count;
+    return stderr_capture_end(needle);
 }
 
 static void view_two_tasks(struct fixture *fx)
 {
     add_event(fx, 5);
     add_event(fx, 6);
-    run_until(fx, calls_done, "the views");
+    fixture_run_until(fx, calls_done, "the views");
 }
 
 /* A missed error whose $object is the function (BILLmanager's answer to a
@@ -733,7 +406,7 @@ static void missing_view_function_is_not_a_deleted_task(void **state)
 
     const char *objects[] = {"func", "task.view"};
     for (size_t i = 0; i < 2; i++) {
-        snprintf(sim.view_missed_object, sizeof sim.view_missed_object, "%s", objects[i]);
+        snprintf(fake_bill.view_missed, sizeof fake_bill.view_missed, "%s", objects[i]);
         int lines = count_log_lines(fx, view_two_tasks, "does not exist");
         assert_int_equal(lines, 1);
         assert_int_equal(fake_broker.n, 0);
@@ -741,17 +414,18 @@ static void missing_view_function_is_not_a_deleted_task(void **state)
         relay_stats(fx->r, &s);
         assert_int_equal(s.dropped, 0);
         /* Deferred as a configuration error, not dropped. */
-        assert_int_equal(store_outbox_due(fx->st, wall_ms() + 60000, 4, ev, &n), RT_OK);
+        assert_int_equal(store_outbox_due(fx->st, fixture_wall_ms() + 60000, 4, ev, &n), RT_OK);
         assert_int_equal(n, 0);
         assert_int_equal(
-            store_outbox_due(fx->st, wall_ms() + RELAY_REJECT_DELAY_MS + 1000, 4, ev, &n), RT_OK);
+            store_outbox_due(fx->st, fixture_wall_ms() + RELAY_REJECT_DELAY_MS + 1000, 4, ev, &n),
+            RT_OK);
         assert_int_equal(n, 2);
         /* Once the function answers again, the events go out, and a later
          * loss of it is logged again. */
-        sim.view_missed_object[0] = '\0';
+        fake_bill.view_missed[0] = '\0';
         add_event(fx, 5);
         add_event(fx, 6);
-        run_until(fx, two_published, "the publishes");
+        fixture_run_until(fx, two_published, "the publishes");
         for (size_t k = 0; k < fake_broker.n; k++)
             relay_on_confirm(fx->r, fake_broker.pub[k].tag, BROKER_ACKED);
         assert_int_equal(backlog(fx), 0);
@@ -762,9 +436,9 @@ static void missing_view_function_is_not_a_deleted_task(void **state)
     }
 
     /* A missed task is still a deleted one. */
-    sim.tasks[5].exists = 0;
+    fake_bill.tasks[5].exists = 0;
     add_event(fx, 5);
-    run_until(fx, calls_done, "the view of the deleted task");
+    fixture_run_until(fx, calls_done, "the view of the deleted task");
     relay_stats(fx->r, &s);
     assert_int_equal(s.dropped, 1);
     assert_int_equal(backlog(fx), 0);
@@ -790,7 +464,7 @@ static void group_commits_hold_and_batch(void **state)
         sim_task(t, 3, "grouped", "", "2024-05-01 10:00:00");
         add_event(fx, t);
     }
-    run_until(fx, three_viewed, "the three views");
+    fixture_run_until(fx, three_viewed, "the three views");
     /* The seqs are allocated, not yet on disk: nothing is published. */
     assert_int_equal(fake_broker.n, 0);
     assert_true(store_sync_wanted(fx->st));
@@ -821,36 +495,37 @@ static void failures_defer_with_backoff(void **state)
     settle(fx);
 
     /* A transient API failure: deferred by 1 s, attempts counted. */
-    sim.fail_views = 1;
+    fake_bill.fail_views = 1;
     sim_task(5, 3, "x", "", "2024-05-01 10:00:00");
     add_event(fx, 5);
-    run_until(fx, calls_done, "the failed view");
+    fixture_run_until(fx, calls_done, "the failed view");
     assert_int_equal(fake_broker.n, 0);
-    assert_int_equal(store_outbox_due(fx->st, wall_ms(), 4, ev, &n), RT_OK);
+    assert_int_equal(store_outbox_due(fx->st, fixture_wall_ms(), 4, ev, &n), RT_OK);
     assert_int_equal(n, 0);
-    assert_int_equal(store_outbox_due(fx->st, wall_ms() + 1100, 4, ev, &n), RT_OK);
+    assert_int_equal(store_outbox_due(fx->st, fixture_wall_ms() + 1100, 4, ev, &n), RT_OK);
     assert_int_equal(n, 1);
     assert_int_equal(ev[0].attempts, 1);
 
     /* An access error: kept for 5 minutes, never dropped. */
-    sim.deny_views = 1;
+    fake_bill.deny_views = 1;
     add_event(fx, 5); /* a new event makes the row due at once */
-    run_until(fx, calls_done, "the denied view");
-    assert_int_equal(store_outbox_due(fx->st, wall_ms() + 60000, 4, ev, &n), RT_OK);
+    fixture_run_until(fx, calls_done, "the denied view");
+    assert_int_equal(store_outbox_due(fx->st, fixture_wall_ms() + 60000, 4, ev, &n), RT_OK);
     assert_int_equal(n, 0);
-    assert_int_equal(store_outbox_due(fx->st, wall_ms() + RELAY_REJECT_DELAY_MS + 1000, 4, ev, &n),
-                     RT_OK);
+    assert_int_equal(
+        store_outbox_due(fx->st, fixture_wall_ms() + RELAY_REJECT_DELAY_MS + 1000, 4, ev, &n),
+        RT_OK);
     assert_int_equal(n, 1);
     assert_int_equal(ev[0].attempts, 2);
-    sim.deny_views = 0;
+    fake_bill.deny_views = 0;
 
     /* Unroutable (no queue bound): deferred with the backoff of attempt 2. */
     add_event(fx, 5);
-    run_until(fx, one_published, "the publish");
+    fixture_run_until(fx, one_published, "the publish");
     relay_on_confirm(fx->r, fake_broker.pub[0].tag, BROKER_RETURNED);
-    assert_int_equal(store_outbox_due(fx->st, wall_ms() + 2000, 4, ev, &n), RT_OK);
+    assert_int_equal(store_outbox_due(fx->st, fixture_wall_ms() + 2000, 4, ev, &n), RT_OK);
     assert_int_equal(n, 0);
-    assert_int_equal(store_outbox_due(fx->st, wall_ms() + 4100, 4, ev, &n), RT_OK);
+    assert_int_equal(store_outbox_due(fx->st, fixture_wall_ms() + 4100, 4, ev, &n), RT_OK);
     assert_int_equal(n, 1);
     assert_int_equal(ev[0].attempts, 3);
     relay_stats(fx->r, &s);
@@ -867,7 +542,7 @@ static void lost_and_retry_publish_again_without_a_view(void **state)
     /* Broker down: the message waits in memory. */
     fake_broker.connected = 0;
     add_event(fx, 5);
-    run_until(fx, nothing_viewing, "the view");
+    fixture_run_until(fx, nothing_viewing, "the view");
     assert_int_equal(fake_broker.n, 0);
     assert_false(relay_idle(fx->r));
     fake_broker.connected = 1;
@@ -882,7 +557,7 @@ static void lost_and_retry_publish_again_without_a_view(void **state)
     relay_on_connected(fx->r);
     assert_int_equal(fake_broker.n, 2);
     assert_string_equal(fake_broker.pub[1].message_id, fake_broker.pub[0].message_id);
-    assert_int_equal(sim_count(&sim.views), 1);
+    assert_int_equal(fake_bill_get(&fake_bill.views), 1);
     relay_on_confirm(fx->r, fake_broker.pub[1].tag, BROKER_ACKED);
     assert_int_equal(backlog(fx), 0);
     assert_true(relay_idle(fx->r));
@@ -899,11 +574,11 @@ static void confirm_records_the_forwarded_status(void **state)
     assert_int_equal(store_rev_put(fx->st, "7", 5, 4, 10, "status=0;performer=21;notes_len=10"),
                      RT_OK);
     sim_task(5, 3, "Set up VPS", "", "2024-05-01 10:00:00");
-    pthread_mutex_lock(&sim.lock);
-    sim.tasks[5].status = 2;
-    pthread_mutex_unlock(&sim.lock);
+    pthread_mutex_lock(&fake_bill.lock);
+    fake_bill.tasks[5].status = 2;
+    pthread_mutex_unlock(&fake_bill.lock);
     add_event(fx, 5);
-    run_until(fx, one_published, "the publish");
+    fixture_run_until(fx, one_published, "the publish");
     assert_int_equal(fake_broker.pub[0].msg.fwd.status, 2);
     /* The last state applied before the task was read: the server keeps
      * the target's status over a message that had not seen its newest. */
@@ -925,7 +600,7 @@ static void confirm_records_the_forwarded_status(void **state)
      * message's status counts. */
     sim_task(5, 3, "Set up VPS today", "", "2024-05-01 11:00:00");
     add_event(fx, 5);
-    run_until(fx, two_published, "the publish of the change");
+    fixture_run_until(fx, two_published, "the publish of the change");
     assert_int_equal(fake_broker.pub[1].msg.fwd.status, 0);
     assert_int_equal(fake_broker.pub[1].msg.seq, 2);
     assert_int_equal(store_fwd_confirm(fx->st, "7", 5, 9, "newer", 1), RT_OK);
@@ -946,7 +621,7 @@ static void confirm_after_a_newer_state_keeps_its_status(void **state)
     assert_int_equal(store_rev_put(fx->st, "7", 5, 4, 0, "status=0"), RT_OK);
     sim_task(5, 3, "Set up VPS", "", "2024-05-01 10:00:00");
     add_event(fx, 5);
-    run_until(fx, one_published, "the publish");
+    fixture_run_until(fx, one_published, "the publish");
     assert_int_equal(fake_broker.pub[0].msg.fwd.rev_seq, 4);
     assert_int_equal(fake_broker.pub[0].msg.fwd.status, 0);
     /* The reverse applier applies state 5 (the target closed the task). */
@@ -966,11 +641,11 @@ static void confirm_creates_the_rev_row(void **state)
     struct store_rev rev;
     settle(fx);
     sim_task(6, 3, "Reinstall", "", "2024-05-01 10:00:00");
-    pthread_mutex_lock(&sim.lock);
-    sim.tasks[6].status = 1;
-    pthread_mutex_unlock(&sim.lock);
+    pthread_mutex_lock(&fake_bill.lock);
+    fake_bill.tasks[6].status = 1;
+    pthread_mutex_unlock(&fake_bill.lock);
     add_event(fx, 6);
-    run_until(fx, one_published, "the publish");
+    fixture_run_until(fx, one_published, "the publish");
     assert_int_equal(fake_broker.pub[0].msg.fwd.rev_seq, 0); /* no state applied yet */
     assert_int_equal(store_rev_get(fx->st, "7", 6, &rev), RT_OK);
     assert_false(rev.found);
@@ -992,7 +667,7 @@ static void status_seq_marks_the_last_status_change(void **state)
     settle(fx);
     sim_task(6, 3, "Reinstall", "", "2024-05-01 10:00:00");
     add_event(fx, 6);
-    run_until(fx, one_published, "the first publish");
+    fixture_run_until(fx, one_published, "the first publish");
     relay_on_confirm(fx->r, fake_broker.pub[0].tag, BROKER_ACKED);
     assert_int_equal(store_rev_get(fx->st, "7", 6, &rev), RT_OK);
     assert_int_equal(fp_set_get_int(rev.applied, "sseq", -1), 1);
@@ -1000,19 +675,19 @@ static void status_seq_marks_the_last_status_change(void **state)
     /* A rename forwards the same status: the seq stays. */
     sim_task(6, 3, "Reinstall Debian", "", "2024-05-01 10:00:01");
     add_event(fx, 6);
-    run_until(fx, two_published, "the rename");
+    fixture_run_until(fx, two_published, "the rename");
     relay_on_confirm(fx->r, fake_broker.pub[1].tag, BROKER_ACKED);
     assert_int_equal(store_rev_get(fx->st, "7", 6, &rev), RT_OK);
     assert_int_equal(fp_set_get_int(rev.applied, "sseq", -1), 1);
     assert_int_equal(fp_set_get_int(rev.applied, "status", -1), 0);
 
     /* Closed on the source: this message changes it. */
-    pthread_mutex_lock(&sim.lock);
-    sim.tasks[6].status = 2;
-    snprintf(sim.tasks[6].updated, sizeof sim.tasks[6].updated, "2024-05-01 10:00:02");
-    pthread_mutex_unlock(&sim.lock);
+    pthread_mutex_lock(&fake_bill.lock);
+    fake_bill.tasks[6].status = 2;
+    snprintf(fake_bill.tasks[6].updated, sizeof fake_bill.tasks[6].updated, "2024-05-01 10:00:02");
+    pthread_mutex_unlock(&fake_bill.lock);
     add_event(fx, 6);
-    run_until(fx, three_published, "the close");
+    fixture_run_until(fx, three_published, "the close");
     assert_int_equal(fake_broker.pub[2].msg.seq, 3);
     relay_on_confirm(fx->r, fake_broker.pub[2].tag, BROKER_ACKED);
     assert_int_equal(store_rev_get(fx->st, "7", 6, &rev), RT_OK);
@@ -1030,24 +705,25 @@ static void wall_clock_set_back_keeps_deferred_rows_on_time(void **state)
     size_t n;
     settle(fx);
     sim_task(5, 3, "x", "", "2024-05-01 10:00:00");
-    assert_int_equal(store_outbox_add(fx->st, "7", 5, wall_ms()), RT_OK);
+    assert_int_equal(store_outbox_add(fx->st, "7", 5, fixture_wall_ms()), RT_OK);
     /* Deferred when the wall clock read an hour later than it does now,
      * and the relay's last tick saw that clock. */
     assert_int_equal(
-        store_outbox_defer(fx->st, "7", 5, wall_ms() + 3600 * 1000 + 1000, "view failed"), RT_OK);
+        store_outbox_defer(fx->st, "7", 5, fixture_wall_ms() + 3600 * 1000 + 1000, "view failed"),
+        RT_OK);
     fx->r->wall_skew += 3600 * 1000;
     relay_tick(fx->r, relay_mono_ms());
-    assert_int_equal(store_outbox_due(fx->st, wall_ms() + 2000, 4, ev, &n), RT_OK);
+    assert_int_equal(store_outbox_due(fx->st, fixture_wall_ms() + 2000, 4, ev, &n), RT_OK);
     assert_int_equal(n, 1);
-    run_until(fx, one_published, "the row deferred before the clock went back");
+    fixture_run_until(fx, one_published, "the row deferred before the clock went back");
     assert_int_equal(fake_broker.pub[0].msg.task, 5);
 
     /* A row deferred ten days ahead (a clock that was ahead before a
      * restart): a new relay's first tick brings it within the longest
      * deferral it ever makes. */
-    assert_int_equal(store_outbox_add(fx->st, "7", 6, wall_ms()), RT_OK);
-    assert_int_equal(store_outbox_defer(fx->st, "7", 6, wall_ms() + 10LL * 86400 * 1000, "x"),
-                     RT_OK);
+    assert_int_equal(store_outbox_add(fx->st, "7", 6, fixture_wall_ms()), RT_OK);
+    assert_int_equal(
+        store_outbox_defer(fx->st, "7", 6, fixture_wall_ms() + 10LL * 86400 * 1000, "x"), RT_OK);
     char err[128];
     struct relay *r2 =
         relay_new(fx->cfg, fx->st, fx->bm, (struct broker *)&fx->fake_br, err, sizeof err);
@@ -1062,8 +738,9 @@ static void wall_clock_set_back_keeps_deferred_rows_on_time(void **state)
     fx->bm = billmgr_new(&o, err, sizeof err);
     assert_non_null(fx->bm);
     fx->r->bm = fx->bm;
-    assert_int_equal(store_outbox_due(fx->st, wall_ms() + RELAY_BACKOFF_MAX_MS + 1000, 4, ev, &n),
-                     RT_OK);
+    assert_int_equal(
+        store_outbox_due(fx->st, fixture_wall_ms() + RELAY_BACKOFF_MAX_MS + 1000, 4, ev, &n),
+        RT_OK);
     int found = 0;
     for (size_t i = 0; i < n; i++)
         found |= ev[i].task == 6;
@@ -1079,15 +756,16 @@ static void ticks_on_the_monotonic_clock(void **state)
     struct relay_stats s;
     settle(fx);
     int64_t now = relay_mono_ms();
-    int lists = sim_count(&sim.lists);
+    int lists = fake_bill_get(&fake_bill.lists);
     int64_t next = relay_tick(fx->r, now);
     assert_true(next > now && next <= now + RELAY_SCAN_INTERVAL_MS);
-    assert_int_equal(sim_count(&sim.lists), lists); /* not yet: poll_interval is an hour */
+    assert_int_equal(fake_bill_get(&fake_bill.lists),
+                     lists); /* not yet: poll_interval is an hour */
     relay_tick(fx->r, now + 3600 * 1000 + 1000);
     relay_stats(fx->r, &s);
     assert_true(s.reconciling);
-    run_until(fx, calls_done, "the second reconciliation");
-    assert_true(sim_count(&sim.lists) > lists);
+    fixture_run_until(fx, calls_done, "the second reconciliation");
+    assert_true(fake_bill_get(&fake_bill.lists) > lists);
 }
 
 /* Issue 9, case 7: the store held by another process when a confirm
@@ -1099,7 +777,7 @@ static void held_store_keeps_a_confirmed_message(struct fixture *fx)
     char err[256];
     sim_task(5, 3, "x", "", "2024-05-01 10:00:00");
     add_event(fx, 5);
-    run_until(fx, one_published, "the publish");
+    fixture_run_until(fx, one_published, "the publish");
     struct store *other = store_open(fx->cfg->state_dir, err, sizeof err);
     assert_non_null(other);
     assert_int_equal(store_begin(other), RT_OK);
@@ -1137,15 +815,15 @@ static void event_during_publish_is_published_again(void **state)
     settle(fx);
     sim_task(5, 3, "first", "", "2024-05-01 10:00:00");
     add_event(fx, 5);
-    run_until(fx, one_published, "the publish");
+    fixture_run_until(fx, one_published, "the publish");
     /* A new event while the message awaits its confirm: the task is not
      * taken twice, and the row survives the ack (its gen changed). */
     sim_task(5, 3, "second", "", "2024-05-01 10:00:01");
     add_event(fx, 5);
-    assert_int_equal(sim_count(&sim.views), 1);
+    assert_int_equal(fake_bill_get(&fake_bill.views), 1);
     relay_on_confirm(fx->r, fake_broker.pub[0].tag, BROKER_ACKED);
     assert_int_equal(backlog(fx), 1);
-    run_until(fx, two_published, "the second publish");
+    fixture_run_until(fx, two_published, "the second publish");
     assert_string_equal(fake_broker.pub[1].msg.fwd.name, "second");
     assert_int_equal(fake_broker.pub[1].msg.seq, 2);
     relay_on_confirm(fx->r, fake_broker.pub[1].tag, BROKER_ACKED);
@@ -1157,7 +835,7 @@ static void reconciliation_pages_and_skips_seen_tasks(void **state)
     struct fixture *fx = *state;
     struct relay_stats s;
     settle(fx);
-    int lists_before = sim_count(&sim.lists);
+    int lists_before = fake_bill_get(&fake_bill.lists);
 
     /* Three tasks in department 3 (pages of 2), one in 8, one elsewhere. */
     sim_task(1, 3, "a", "", "2024-05-01 10:00:01");
@@ -1172,17 +850,17 @@ static void reconciliation_pages_and_skips_seen_tasks(void **state)
 
     fake_broker.connected = 0; /* keep the rows in the outbox to inspect them */
     relay_wake(fx->r, 1);
-    run_until(fx, recon_done_once, "the reconciliation");
+    fixture_run_until(fx, recon_done_once, "the reconciliation");
     relay_stats(fx->r, &s);
     assert_int_equal(s.reconciliations, 2);
     assert_int_equal(s.reconcile_enqueued, 3);
     /* Department 3: pages 1 and 2; department 8: page 1. */
-    assert_int_equal(sim_count(&sim.lists) - lists_before, 3);
+    assert_int_equal(fake_bill_get(&fake_bill.lists) - lists_before, 3);
     assert_int_equal(backlog(fx), 3);
     /* The rows flow through the normal path. */
     fake_broker.connected = 1;
     relay_on_connected(fx->r);
-    run_until(fx, nothing_viewing, "the views");
+    fixture_run_until(fx, nothing_viewing, "the views");
     relay_on_connected(fx->r);
     assert_int_equal(fake_broker.n, 3);
 }
@@ -1194,7 +872,7 @@ static void drain_lets_go_and_free_is_safe_in_flight(void **state)
     sim_task(5, 3, "x", "", "2024-05-01 10:00:00");
     fake_broker.connected = 0;
     add_event(fx, 5);
-    run_until(fx, nothing_viewing, "the view");
+    fixture_run_until(fx, nothing_viewing, "the view");
     assert_false(relay_idle(fx->r));
     relay_drain(fx->r);
     assert_true(relay_idle(fx->r));
@@ -1243,7 +921,7 @@ static void fields_that_are_not_text_are_refused(void **state)
     const char *fields[] = {"dept", "subject", "type", "note", "state", "item", "client"};
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
         json_t *view = task_doc(&t);
-        json_t *doc = arrays_of(view, fields[i]);
+        json_t *doc = fake_doc_arrays(view, fields[i]);
         json_decref(view);
         assert_int_equal(relay_fields_from_doc(fx->cfg, doc, &f), RELAY_FIELDS_UNREADABLE);
         char want[64];
@@ -1271,7 +949,7 @@ static void fields_that_are_not_text_are_refused(void **state)
 static void view_task_5(struct fixture *fx)
 {
     add_event(fx, 5);
-    run_until(fx, calls_done, "the view");
+    fixture_run_until(fx, calls_done, "the view");
 }
 
 /* Fault case 6: a view that cannot be read (a forwarded field that is not
@@ -1299,11 +977,11 @@ static void unreadable_view_defers_the_row(void **state)
         {"", 0, 1, "the view names no task"},
     };
     for (size_t i = 0; i < sizeof views / sizeof views[0]; i++) {
-        pthread_mutex_lock(&sim.lock);
-        snprintf(sim.view_arrays, sizeof sim.view_arrays, "%s", views[i].arrays);
-        sim.view_other = views[i].other;
-        sim.view_empty = views[i].empty;
-        pthread_mutex_unlock(&sim.lock);
+        pthread_mutex_lock(&fake_bill.lock);
+        snprintf(fake_bill.view_arrays, sizeof fake_bill.view_arrays, "%s", views[i].arrays);
+        fake_bill.view_other = views[i].other;
+        fake_bill.view_empty = views[i].empty;
+        pthread_mutex_unlock(&fake_bill.lock);
         log_set_level(LOG_LEVEL_WARNING);
         int lines = count_log_lines(fx, view_task_5, views[i].line);
         log_set_level(LOG_LEVEL_ERROR);
@@ -1314,19 +992,20 @@ static void unreadable_view_defers_the_row(void **state)
         assert_int_equal(s.dropped, 0);
         assert_int_equal(s.deferred, i + 1);
         /* Deferred with the backoff of a failure for now. */
-        assert_int_equal(store_outbox_due(fx->st, wall_ms(), 4, ev, &n), RT_OK);
+        assert_int_equal(store_outbox_due(fx->st, fixture_wall_ms(), 4, ev, &n), RT_OK);
         assert_int_equal(n, 0);
         assert_int_equal(
-            store_outbox_due(fx->st, wall_ms() + RELAY_BACKOFF_MAX_MS + 1000, 4, ev, &n), RT_OK);
+            store_outbox_due(fx->st, fixture_wall_ms() + RELAY_BACKOFF_MAX_MS + 1000, 4, ev, &n),
+            RT_OK);
         assert_int_equal(n, 1);
     }
 
-    pthread_mutex_lock(&sim.lock);
-    sim.view_arrays[0] = '\0';
-    sim.view_other = sim.view_empty = 0;
-    pthread_mutex_unlock(&sim.lock);
+    pthread_mutex_lock(&fake_bill.lock);
+    fake_bill.view_arrays[0] = '\0';
+    fake_bill.view_other = fake_bill.view_empty = 0;
+    pthread_mutex_unlock(&fake_bill.lock);
     add_event(fx, 5);
-    run_until(fx, one_published, "the publish");
+    fixture_run_until(fx, one_published, "the publish");
     assert_string_equal(fake_broker.pub[0].msg.fwd.name, "Set up VPS");
     assert_int_equal(fake_broker.pub[0].msg.fwd.department, 12);
 }
@@ -1348,7 +1027,7 @@ static void reconcile_now(struct fixture *fx)
     relay_stats(fx->r, &s);
     recon_want = s.reconciliations + s.reconcile_failed + 1;
     relay_wake(fx->r, 1);
-    run_until(fx, recon_ended, "the reconciliation");
+    fixture_run_until(fx, recon_ended, "the reconciliation");
 }
 
 /* Fault case 6: a list row whose id is not text could be a task whose
@@ -1362,7 +1041,7 @@ static void reconciliation_stops_at_an_unreadable_row(void **state)
     sim_task(1, 3, "a", "", "2024-05-01 10:00:01");
     sim_task(2, 3, "b", "", "2024-05-01 10:00:02");
     fake_broker.connected = 0; /* keep the rows in the outbox to count them */
-    sim.list_arrays = 1;
+    fake_bill.list_arrays = 1;
     log_set_level(LOG_LEVEL_WARNING);
     int lines = count_log_lines(fx, reconcile_now,
                                 "reconciliation stopped: the list of department 3 (page 1) has a "
@@ -1375,7 +1054,7 @@ static void reconciliation_stops_at_an_unreadable_row(void **state)
     assert_int_equal(s.reconcile_enqueued, 0);
     assert_int_equal(backlog(fx), 0);
 
-    sim.list_arrays = 0;
+    fake_bill.list_arrays = 0;
     reconcile_now(fx);
     relay_stats(fx->r, &s);
     assert_int_equal(s.reconciliations, 2);
@@ -1386,7 +1065,6 @@ static void reconciliation_stops_at_an_unreadable_row(void **state)
 int main(void)
 {
     log_init("test_relay", LOG_LEVEL_ERROR, 0);
-    pthread_mutex_init(&sim.lock, NULL);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(backoff_doubles_and_caps),
         cmocka_unit_test(reconcile_decision),

@@ -3,13 +3,14 @@
  * UTF-8 cut), and the publisher driven end to end against a real store (in
  * a temporary directory), a real billmgr client talking to a small
  * BILLmanager stand-in on a loopback socket (a thread of this program),
- * and a recording stand-in for the broker.
+ * and a recording stand-in for the broker: the producer's fixture
+ * (tests/unit/support/producer), shared with test_relay.
  *
  * The unit-test target links rtconfig and rtcommon only, so the publisher
- * is compiled into this program by including its source. The broker is
- * replaced by defining the four broker functions the publisher calls;
- * nothing else in rtcommon refers to them, so the linker never pulls
- * broker.o. */
+ * is compiled into this program by including its sources. The broker is
+ * replaced by the fixture's definitions of the four broker functions the
+ * publisher calls; nothing else in rtcommon refers to them, so the linker
+ * never pulls the broker's own. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,8 +20,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <ftw.h>
-#include <poll.h>
 #include <pthread.h>
 
 #include <cmocka.h>
@@ -33,91 +32,17 @@
 #include "../../producer/taskview.c"
 
 #include "config.h"
-#include "config_opts.h"
+#include "fake_bill.h"
+#include "fake_broker.h"
 #include "fake_doc.h"
-#include "http_stub.h"
+#include "fixture.h"
 #include "log.h"
+#include "stderr_capture.h"
 
-/* ---- the broker stand-in -------------------------------------------- */
+/* ---- the BILLmanager stand-in's half of this test ------------------- */
 
-#define MAX_PUBLISHED 128
-
-struct published {
-    uint64_t tag;
-    char exchange[64];
-    char key[64];
-    char message_id[160];
-    struct codec_msg msg;
-};
-
-static struct {
-    int connected;
-    int blocked;
-    uint64_t next_tag;
-    struct published pub[MAX_PUBLISHED];
-    size_t n;
-    size_t confirmed; /* pub[0..confirmed) have been given a fate */
-} fake_broker;
-
-int broker_connected(const struct broker *b)
-{
-    (void)b;
-    return fake_broker.connected;
-}
-
-int broker_blocked(const struct broker *b)
-{
-    (void)b;
-    return fake_broker.blocked;
-}
-
-const char *broker_strerror(const struct broker *b)
-{
-    (void)b;
-    return fake_broker.connected ? "blocked" : "not connected";
-}
-
-rt_status broker_publish(struct broker *b, const char *exchange, const char *routing_key,
-                         const struct broker_props *props, const void *body, size_t len,
-                         uint64_t *tag_out)
-{
-    (void)b;
-    if (!fake_broker.connected || fake_broker.blocked)
-        return RT_RETRY;
-    assert_true(fake_broker.n < MAX_PUBLISHED);
-    struct published *p = &fake_broker.pub[fake_broker.n++];
-    char err[256];
-    assert_int_equal(codec_decode(body, len, &p->msg, err, sizeof err), RT_OK);
-    snprintf(p->exchange, sizeof p->exchange, "%s", exchange);
-    snprintf(p->key, sizeof p->key, "%s", routing_key);
-    snprintf(p->message_id, sizeof p->message_id, "%s", props->message_id);
-    assert_null(props->user_id);
-    p->tag = ++fake_broker.next_tag;
-    *tag_out = p->tag;
-    return RT_OK;
-}
-
-static void fake_broker_reset(void)
-{
-    for (size_t i = 0; i < fake_broker.n; i++)
-        codec_msg_release(&fake_broker.pub[i].msg);
-    memset(&fake_broker, 0, sizeof fake_broker);
-    fake_broker.connected = 1;
-}
-
-/* ---- the BILLmanager stand-in --------------------------------------- */
-
-#define MAX_TASKS 32
-
-struct fake_task {
-    int exists;
-    long id;
-    long department;
-    int status;
-    long performer; /* 0 = none; the name is "Staff <id>" */
-    char note[512];
-    char updated[32];
-};
+/* Lists without the mtime column (guarded by fake_bill.lock). */
+static int no_updated;
 
 /* How the stand-in answers views or lists: as the API does, or as a
  * hostile one would. */
@@ -129,62 +54,17 @@ enum sim_spoil {
     SPOIL_EMPTY,  /* an API document holding nothing */
 };
 
-static struct {
-    pthread_mutex_t lock;
-    struct http_stub *stub;
-    struct fake_task tasks[MAX_TASKS];
-    int views;            /* func=task.view calls answered */
-    int lists;            /* func=task.list calls answered */
-    int fail_views;       /* answer this many views with HTTP 503 */
-    int fail_lists;       /* answer this many lists with HTTP 503 */
-    int no_updated;       /* lists without the mtime column */
-    int spoil_views;      /* enum sim_spoil */
-    int spoil_lists;      /* enum sim_spoil */
-    char view_missed[32]; /* answer views with a missed error naming this ("" = no) */
-    char last_filter[64];
-} sim;
-
-/* A copy of doc with every text value ({"$": ...}) turned into a
- * one-element array of itself, in list rows too, or only that of key
- * when key is not NULL. */
-static json_t *arrays_of(json_t *doc, const char *key)
+/* Views answered as how says. */
+static void spoil_views(int how)
 {
-    json_t *out = json_object();
-    const char *k;
-    json_t *v;
-    json_object_foreach(doc, k, v)
-    {
-        if (strcmp(k, "elem") == 0 && json_is_array(v)) {
-            json_t *rows = json_array();
-            size_t i;
-            json_t *e;
-            json_array_foreach(v, i, e) json_array_append_new(rows, arrays_of(e, key));
-            json_object_set_new(out, k, rows);
-        } else if (json_is_object(v) && json_object_get(v, "$") && (!key || strcmp(k, key) == 0)) {
-            json_object_set_new(out, k, json_pack("[O]", v));
-        } else {
-            json_object_set(out, k, v);
-        }
-    }
-    return out;
-}
-
-/* doc (taken) as the spoil mode how answers it. */
-static json_t *spoiled(json_t *doc, int how)
-{
-    json_t *out;
-    switch (how) {
-    case SPOIL_NOTE: out = arrays_of(doc, "remark"); break;
-    case SPOIL_ARRAYS: out = arrays_of(doc, NULL); break;
-    case SPOIL_OTHER:
-        out = json_deep_copy(doc);
-        fake_doc_long(out, "id", 999);
-        break;
-    case SPOIL_EMPTY: out = json_object(); break;
-    default: return doc;
-    }
-    json_decref(doc);
-    return out;
+    pthread_mutex_lock(&fake_bill.lock);
+    snprintf(fake_bill.view_arrays, sizeof fake_bill.view_arrays, "%s",
+             how == SPOIL_NOTE     ? "remark"
+             : how == SPOIL_ARRAYS ? "*"
+                                   : "");
+    fake_bill.view_other = how == SPOIL_OTHER;
+    fake_bill.view_empty = how == SPOIL_EMPTY;
+    pthread_mutex_unlock(&fake_bill.lock);
 }
 
 /* The task as the view ("task.view") shows it: ids, with the custom field
@@ -217,256 +97,85 @@ static json_t *task_row(const struct fake_task *t)
         snprintf(name, sizeof name, "Staff %ld", t->performer);
         fake_doc_text(e, "staff", name);
     }
-    if (!sim.no_updated)
+    if (!no_updated)
         fake_doc_text(e, "mtime", t->updated);
     fake_doc_text(e, "subject", "a task");
     return e;
 }
 
-static json_t *api_error(const char *type, const char *object, const char *msg)
-{
-    return json_pack("{s:s,s:s,s:{s:s}}", "$type", type, "$object", object, "msg", "$", msg);
-}
-
-/* Answers one request body (http_stub's answer, on its thread); returns the
- * HTTP status and sets *out to the JSON text (malloc'd) for a 200, to no
- * body for any other status. */
-static int sim_answer(void *arg, const char *body, char **out)
-{
-    (void)arg;
-    char func[64], v[64];
-    json_t *doc = json_object();
-    int code = 200;
-
-    fake_doc_form_get(body, "func", func, sizeof func);
-    pthread_mutex_lock(&sim.lock);
-    if (strcmp(func, "task.view") == 0) {
-        sim.views++;
-        fake_doc_form_get(body, "elid", v, sizeof v);
-        long id = atol(v);
-        if (sim.fail_views > 0) {
-            sim.fail_views--;
-            code = 503;
-        } else if (sim.view_missed[0]) {
-            json_object_set_new(doc, "error", api_error("missed", sim.view_missed, "unknown"));
-        } else if (id <= 0 || id >= MAX_TASKS || !sim.tasks[id].exists) {
-            json_object_set_new(doc, "error", api_error("missed", "elid", "gone"));
-        } else {
-            json_decref(doc);
-            doc = spoiled(task_doc(&sim.tasks[id]), sim.spoil_views);
-        }
-    } else if (strcmp(func, "task.list") == 0) {
-        sim.lists++;
-        char filter[8], cnt[16], num[16];
-        fake_doc_form_get(body, "filter", filter, sizeof filter);
-        fake_doc_form_get(body, "dept", sim.last_filter, sizeof sim.last_filter);
-        fake_doc_form_get(body, "p_cnt", cnt, sizeof cnt);
-        fake_doc_form_get(body, "p_num", num, sizeof num);
-        long dept = atol(sim.last_filter), pc = atol(cnt), pn = atol(num);
-        if (sim.fail_lists > 0) {
-            sim.fail_lists--;
-            code = 503;
-        }
-        json_t *elems = json_array();
-        long total = 0;
-        for (int i = 0; i < MAX_TASKS; i++) {
-            const struct fake_task *t = &sim.tasks[i];
-            if (!t->exists || strcmp(filter, "on") != 0 || t->department != dept)
-                continue;
-            if (total >= (pn - 1) * pc && total < pn * pc)
-                json_array_append_new(elems, task_row(t));
-            total++;
-        }
-        if (json_array_size(elems))
-            json_object_set_new(doc, "elem", elems);
-        else
-            json_decref(elems);
-        fake_doc_long(doc, "p_elems", total);
-        fake_doc_long(doc, "p_num", pn);
-        fake_doc_long(doc, "p_cnt", pc);
-        doc = spoiled(doc, sim.spoil_lists);
-    } else {
-        json_object_set_new(doc, "error", api_error("missed", "func", func));
-    }
-    pthread_mutex_unlock(&sim.lock);
-    if (code != 200) {
-        json_decref(doc);
-        return code;
-    }
-    json_t *root = json_pack("{s:o}", "doc", doc);
-    *out = json_dumps(root, JSON_COMPACT);
-    json_decref(root);
-    return code;
-}
-
-static int sim_start(void)
-{
-    char err[256];
-    sim.stub = http_stub_start(sim_answer, NULL, err, sizeof err);
-    if (!sim.stub)
-        fail_msg("%s", err);
-    return http_stub_port(sim.stub);
-}
-
-static void sim_stop(void)
-{
-    http_stub_stop(sim.stub);
-    sim.stub = NULL;
-}
-
 static void sim_task(long id, long dept, int status, long performer, const char *note,
                      const char *upd)
 {
-    pthread_mutex_lock(&sim.lock);
-    struct fake_task *t = &sim.tasks[id];
-    memset(t, 0, sizeof *t);
-    t->exists = 1;
-    t->id = id;
-    t->department = dept;
-    t->status = status;
-    t->performer = performer;
-    snprintf(t->note, sizeof t->note, "%s", note);
-    snprintf(t->updated, sizeof t->updated, "%s", upd);
-    pthread_mutex_unlock(&sim.lock);
+    struct fake_task t = {
+        .exists = 1, .id = id, .department = dept, .status = status, .performer = performer};
+    snprintf(t.note, sizeof t.note, "%s", note);
+    snprintf(t.updated, sizeof t.updated, "%s", upd);
+    fake_bill_put(&t);
 }
 
 /* Changes a task as staff on this side would: `updated` moves too. */
 static void sim_touch(long id, int status, long performer, const char *note, const char *upd)
 {
-    pthread_mutex_lock(&sim.lock);
-    struct fake_task *t = &sim.tasks[id];
+    pthread_mutex_lock(&fake_bill.lock);
+    struct fake_task *t = &fake_bill.tasks[id];
     t->status = status;
     t->performer = performer;
     if (note)
         snprintf(t->note, sizeof t->note, "%s", note);
     snprintf(t->updated, sizeof t->updated, "%s", upd);
-    pthread_mutex_unlock(&sim.lock);
-}
-
-static int sim_count(const int *counter)
-{
-    pthread_mutex_lock(&sim.lock);
-    int v = *counter;
-    pthread_mutex_unlock(&sim.lock);
-    return v;
-}
-
-static void sim_set(int *field, int value)
-{
-    pthread_mutex_lock(&sim.lock);
-    *field = value;
-    pthread_mutex_unlock(&sim.lock);
+    pthread_mutex_unlock(&fake_bill.lock);
 }
 
 /* ---- the fixture ----------------------------------------------------- */
 
-struct fixture {
-    char dir[64];
-    struct config *cfg;
-    struct store *st;
-    struct billmgr *bm;
-    struct statepub *sp;
-    int fake_br; /* the broker pointer handed over; never dereferenced */
-};
-
-static struct config *load_config(const char *dir, int port)
+static void make_statepub(struct fixture *fx)
 {
-    char path[128], err[CONFIG_ERR_MAX];
-    snprintf(path, sizeof path, "%s/server.conf", dir);
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fprintf(f,
-            "instance = \"t\";\nstate_dir = \"%s/state\";\ncontrol_socket = \"%s/s.sock\";\n"
-            "amqp: { uri = \"amqp://srv@127.0.0.1:5672/%%2f\"; password = \"p\"; };\n"
-            "billmanager: { url = \"http://127.0.0.1:%d/billmgr\"; login = \"l\";\n"
-            "  password = \"pw\"; max_inflight = 2; timeout = 10;\n"
-            "  api: { page_size = 2; func_task = \"task.list\"; func_task_edit = \"task.view\";\n"
-            "    field_name = \"subject\"; field_department = \"dept\"; field_updated = "
-            "\"mtime\";\n"
-            "    field_status = \"state\"; field_performer = \"staff\"; field_note = "
-            "\"remark\"; };\n"
-            "};\n"
-            "server: { sync_interval = 3600;\n"
-            "  clients = ( { id = \"7\"; amqp_user = \"a7\"; department = 12; },\n"
-            "              { id = \"8\"; amqp_user = \"a8\"; department = 13; } ); };\n",
-            dir, dir, port);
-    fclose(f);
-    struct config *cfg = config_load(path, err, sizeof err);
-    if (!cfg)
-        fail_msg("config: %s", err);
-    return cfg;
+    char err[256];
+    fx->sp = statepub_new(fx->cfg, fx->st, fx->bm, (struct broker *)&fx->fake_br, err, sizeof err);
+    assert_non_null(fx->sp);
 }
+
+static void release_statepub(struct fixture *fx)
+{
+    statepub_free(fx->sp);
+}
+
+/* The publisher's tick, and on every turn the limit on views: at most
+ * max_inflight from the publisher, and nothing else queued in billmgr
+ * beyond one page call per client. */
+static void tick_statepub(struct fixture *fx)
+{
+    statepub_tick(fx->sp, sp_mono_ms());
+    assert_true(fx->sp->viewing.n <= 2);
+    assert_true(billmgr_inflight(fx->bm) <= 2 + fx->sp->nclients);
+}
+
+static const struct fixture_kind statepub_kind = {
+    .name = "statepub",
+    .amqp_user = "srv",
+    .api = "field_performer = \"staff\"; field_note = \"remark\";",
+    .role = "server: { sync_interval = 3600;\n"
+            "  clients = ( { id = \"7\"; amqp_user = \"a7\"; department = 12; },\n"
+            "              { id = \"8\"; amqp_user = \"a8\"; department = 13; } ); };",
+    .busy_ms = 0,
+    .view_doc = task_doc,
+    .list_row = task_row,
+    .make = make_statepub,
+    .release = release_statepub,
+    .tick = tick_statepub,
+};
 
 static int setup(void **state)
 {
-    struct fixture *fx = calloc(1, sizeof *fx);
-    char err[256];
-    assert_non_null(fx);
-    snprintf(fx->dir, sizeof fx->dir, "/tmp/rt-statepub-XXXXXX");
-    assert_non_null(mkdtemp(fx->dir));
-    memset(sim.tasks, 0, sizeof sim.tasks);
-    sim.views = sim.lists = sim.fail_views = sim.fail_lists = sim.no_updated = 0;
-    sim.spoil_views = sim.spoil_lists = SPOIL_NONE;
-    sim.view_missed[0] = '\0';
-    int port = sim_start();
-    fx->cfg = load_config(fx->dir, port);
-    fx->st = store_open(fx->cfg->state_dir, err, sizeof err);
-    assert_non_null(fx->st);
-    struct billmgr_opts o;
-    config_opts_billmgr(fx->cfg, &o);
-    fx->bm = billmgr_new(&o, err, sizeof err);
-    assert_non_null(fx->bm);
-    fake_broker_reset();
-    fx->sp = statepub_new(fx->cfg, fx->st, fx->bm, (struct broker *)&fx->fake_br, err, sizeof err);
-    assert_non_null(fx->sp);
-    *state = fx;
+    no_updated = 0;
+    *state = fixture_new(&statepub_kind);
     return 0;
-}
-
-static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
 }
 
 static int teardown(void **state)
 {
-    struct fixture *fx = *state;
-    billmgr_free(fx->bm); /* first: cancels the publisher's calls without callbacks */
-    statepub_free(fx->sp);
-    store_free(fx->st);
-    config_free(fx->cfg);
-    sim_stop();
-    fake_broker_reset();
-    nftw(fx->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-    free(fx);
+    fixture_free(*state);
     return 0;
-}
-
-typedef int (*cond_fn)(struct fixture *fx);
-
-/* Runs the loop a daemon would (poll on the API sockets, billmgr_handle,
- * statepub_tick) until cond holds; fails after a generous deadline. On
- * every turn it checks the limit on views: at most max_inflight from the
- * publisher, and nothing else queued in billmgr beyond one page call per
- * client. */
-static void run_until(struct fixture *fx, cond_fn cond, const char *what)
-{
-    int64_t deadline = sp_now_ms() + 20000;
-    while (!cond(fx)) {
-        if (sp_now_ms() > deadline)
-            fail_msg("timed out waiting for %s", what);
-        struct pollfd fds[16];
-        size_t n = billmgr_pollfds(fx->bm, fds, 16);
-        int t = billmgr_timeout_ms(fx->bm);
-        if (t < 0 || t > 20)
-            t = 20;
-        int k = poll(fds, n, t);
-        billmgr_handle(fx->bm, fds, k > 0 ? n : 0);
-        statepub_tick(fx->sp, sp_mono_ms());
-        assert_true(fx->sp->viewing.n <= 2);
-        assert_true(billmgr_inflight(fx->bm) <= 2 + fx->sp->nclients);
-    }
 }
 
 static struct statepub_stats stats_of(struct fixture *fx)
@@ -511,7 +220,7 @@ static int published_n(struct fixture *fx)
 static void confirm_all(struct fixture *fx, enum broker_fate fate)
 {
     while (fake_broker.confirmed < fake_broker.n) {
-        struct published *p = &fake_broker.pub[fake_broker.confirmed++];
+        struct fake_published *p = &fake_broker.pub[fake_broker.confirmed++];
         statepub_on_confirm(fx->sp, p->tag, fate);
     }
 }
@@ -538,7 +247,7 @@ static struct store_link link_of(struct fixture *fx, const char *client, int64_t
 }
 
 /* The published message with this message id, or fails. */
-static struct published *find_pub(const char *message_id)
+static struct fake_published *find_pub(const char *message_id)
 {
     for (size_t i = 0; i < fake_broker.n; i++)
         if (strcmp(fake_broker.pub[i].message_id, message_id) == 0)
@@ -582,10 +291,10 @@ static void first_cycles(struct fixture *fx)
 {
     seed(fx);
     want_published = 4;
-    run_until(fx, published_n, "the first states");
+    fixture_run_until(fx, published_n, "the first states");
     confirm_all(fx, BROKER_ACKED);
     want_cycles = 2;
-    run_until(fx, cycles_done, "the first cycles");
+    fixture_run_until(fx, cycles_done, "the first cycles");
 }
 
 /* ---- pure helpers ---------------------------------------------------- */
@@ -762,12 +471,12 @@ static void first_cycle_publishes_linked_tasks_and_commits(void **state)
     struct fixture *fx = *state;
     seed(fx);
     want_published = 4;
-    run_until(fx, published_n, "the first states");
-    run_until(fx, calls_done, "the views");
+    fixture_run_until(fx, published_n, "the first states");
+    fixture_run_until(fx, calls_done, "the views");
     assert_int_equal(fake_broker.n, 4); /* tasks 1, 2, 3 of client 7; 5 of client 8 */
-    assert_int_equal(sim_count(&sim.views), 4);
+    assert_int_equal(fake_bill_get(&fake_bill.views), 4);
 
-    struct published *p = find_pub("7:101:r1");
+    struct fake_published *p = find_pub("7:101:r1");
     assert_string_equal(p->exchange, BROKER_EXCHANGE_REVERSE);
     assert_string_equal(p->key, "7");
     assert_int_equal(p->msg.kind, CODEC_STATE);
@@ -806,7 +515,7 @@ static void first_cycle_publishes_linked_tasks_and_commits(void **state)
 
     confirm_all(fx, BROKER_ACKED);
     want_cycles = 2;
-    run_until(fx, cycles_done, "the end of the cycles");
+    fixture_run_until(fx, cycles_done, "the end of the cycles");
     l = link_of(fx, "7", 101);
     assert_int_equal(strlen(l.rev_fp), FP_HEX_LEN);
     assert_int_equal(l.notes_sent, strlen("please set it up"));
@@ -842,14 +551,14 @@ static void later_cycles_view_only_changed_rows(void **state)
 {
     struct fixture *fx = *state;
     first_cycles(fx);
-    int views = sim_count(&sim.views), lists = sim_count(&sim.lists);
+    int views = fake_bill_get(&fake_bill.views), lists = fake_bill_get(&fake_bill.lists);
 
     /* Nothing changed: the list pages only (department 12 holds 4 tasks
      * in pages of 2), no view, no publish; a sync_done with count 0. */
     assert_int_equal(statepub_sync(fx->sp, "7", "s1"), RT_OK);
     want_published = 5;
-    run_until(fx, published_n, "the sync_done");
-    struct published *p = &fake_broker.pub[4];
+    fixture_run_until(fx, published_n, "the sync_done");
+    struct fake_published *p = &fake_broker.pub[4];
     assert_int_equal(p->msg.kind, CODEC_SYNC_DONE);
     assert_string_equal(p->exchange, BROKER_EXCHANGE_REVERSE);
     assert_string_equal(p->key, "7");
@@ -857,9 +566,9 @@ static void later_cycles_view_only_changed_rows(void **state)
     assert_string_equal(p->msg.client, "7");
     assert_string_equal(p->msg.sync.id, "s1");
     assert_int_equal(p->msg.sync.count, 0);
-    assert_int_equal(sim_count(&sim.views), views);
-    assert_int_equal(sim_count(&sim.lists) - lists, 2);
-    assert_string_equal(sim.last_filter, "12");
+    assert_int_equal(fake_bill_get(&fake_bill.views), views);
+    assert_int_equal(fake_bill_get(&fake_bill.lists) - lists, 2);
+    assert_string_equal(fake_bill.last_filter, "12");
     confirm_all(fx, BROKER_ACKED);
     assert_int_equal(stats_of(fx).syncs_served, 1);
 
@@ -868,16 +577,16 @@ static void later_cycles_view_only_changed_rows(void **state)
     sim_touch(2, 1, 21, NULL, "2024-05-02 09:00:00");
     assert_int_equal(statepub_sync(fx->sp, "7", "s2"), RT_OK);
     want_published = 6;
-    run_until(fx, published_n, "the second sync_done");
+    fixture_run_until(fx, published_n, "the second sync_done");
     assert_int_equal(fake_broker.pub[5].msg.kind, CODEC_SYNC_DONE);
     assert_int_equal(fake_broker.pub[5].msg.sync.count, 0);
-    assert_int_equal(sim_count(&sim.views), views + 1);
+    assert_int_equal(fake_bill_get(&fake_bill.views), views + 1);
     assert_int_equal(stats_of(fx).unchanged, 1);
     confirm_all(fx, BROKER_ACKED);
     assert_int_equal(statepub_sync(fx->sp, "7", "s3"), RT_OK);
     want_published = 7;
-    run_until(fx, published_n, "the third sync_done");
-    assert_int_equal(sim_count(&sim.views), views + 1);
+    fixture_run_until(fx, published_n, "the third sync_done");
+    assert_int_equal(fake_bill_get(&fake_bill.views), views + 1);
     confirm_all(fx, BROKER_ACKED);
 
     /* A real change: one view, one state with the next seq, then its
@@ -889,8 +598,8 @@ static void later_cycles_view_only_changed_rows(void **state)
     assert_int_equal(store_link_put(fx->st, &fl), RT_OK);
     assert_int_equal(statepub_sync(fx->sp, "7", "s4"), RT_OK);
     want_published = 8;
-    run_until(fx, published_n, "the changed state");
-    run_until(fx, calls_done, "the views");
+    fixture_run_until(fx, published_n, "the changed state");
+    fixture_run_until(fx, calls_done, "the views");
     assert_int_equal(fake_broker.n, 8); /* the sync_done waits for the ack */
     p = &fake_broker.pub[7];
     assert_string_equal(p->message_id, "7:103:r2");
@@ -900,7 +609,7 @@ static void later_cycles_view_only_changed_rows(void **state)
     assert_string_equal(p->msg.state.performer, "Staff 22");
     assert_string_equal(p->msg.state.notes[0], "Rebooted.");
     assert_int_equal(p->msg.state.fwd_seq, 4);
-    assert_int_equal(sim_count(&sim.views), views + 2);
+    assert_int_equal(fake_bill_get(&fake_bill.views), views + 2);
     confirm_all(fx, BROKER_ACKED);
     assert_int_equal(fake_broker.n, 9);
     assert_string_equal(fake_broker.pub[8].msg.sync.id, "s4");
@@ -928,14 +637,14 @@ static void later_cycles_view_only_changed_rows(void **state)
     assert_int_equal(store_link_put(fx->st, &fl), RT_OK);
     assert_int_equal(statepub_sync(fx->sp, "7", "s5"), RT_OK);
     want_published = 10;
-    run_until(fx, published_n, "the state published again");
-    run_until(fx, calls_done, "the views");
+    fixture_run_until(fx, published_n, "the state published again");
+    fixture_run_until(fx, calls_done, "the views");
     p = &fake_broker.pub[9];
     assert_string_equal(p->message_id, "7:103:r3");
     assert_int_equal(p->msg.state.status, 1);
     assert_string_equal(p->msg.state.notes[0], "Rebooted.");
     assert_int_equal(p->msg.state.fwd_seq, 5);
-    assert_int_equal(sim_count(&sim.views), views + 3);
+    assert_int_equal(fake_bill_get(&fake_bill.views), views + 3);
     confirm_all(fx, BROKER_ACKED);
     assert_int_equal(fake_broker.n, 11);
     assert_int_equal(fake_broker.pub[10].msg.sync.count, 1);
@@ -950,9 +659,9 @@ static void later_cycles_view_only_changed_rows(void **state)
     /* Once: the next cycle views nothing and publishes nothing. */
     assert_int_equal(statepub_sync(fx->sp, "7", "s6"), RT_OK);
     want_published = 12;
-    run_until(fx, published_n, "the sixth sync_done");
+    fixture_run_until(fx, published_n, "the sixth sync_done");
     assert_int_equal(fake_broker.pub[11].msg.sync.count, 0);
-    assert_int_equal(sim_count(&sim.views), views + 3);
+    assert_int_equal(fake_bill_get(&fake_bill.views), views + 3);
     confirm_all(fx, BROKER_ACKED);
 }
 
@@ -960,7 +669,7 @@ static void sync_during_a_cycle_queues_one_more(void **state)
 {
     struct fixture *fx = *state;
     first_cycles(fx);
-    int lists = sim_count(&sim.lists);
+    int lists = fake_bill_get(&fake_bill.lists);
 
     sim_touch(1, 2, 0, NULL, "2024-05-03 10:00:00");
     assert_int_equal(statepub_sync(fx->sp, "7", "a"), RT_OK);
@@ -971,8 +680,8 @@ static void sync_during_a_cycle_queues_one_more(void **state)
     assert_int_equal(statepub_sync(fx->sp, "7", "c"), RT_OK);
     assert_int_equal(stats_of(fx).running, 1);
     want_published = 5;
-    run_until(fx, published_n, "the changed state");
-    run_until(fx, calls_done, "the first cycle's views");
+    fixture_run_until(fx, published_n, "the changed state");
+    fixture_run_until(fx, calls_done, "the first cycle's views");
     assert_int_equal(fake_broker.n, 5);
     assert_string_equal(fake_broker.pub[4].message_id, "7:101:r2");
     assert_int_equal(fake_broker.pub[4].msg.state.status, 2);
@@ -985,12 +694,12 @@ static void sync_during_a_cycle_queues_one_more(void **state)
     assert_int_equal(fake_broker.pub[5].msg.sync.count, 1);
     assert_int_equal(stats_of(fx).running, 1);
     want_published = 8;
-    run_until(fx, published_n, "the second cycle's answers");
+    fixture_run_until(fx, published_n, "the second cycle's answers");
     assert_string_equal(fake_broker.pub[6].msg.sync.id, "b");
     assert_int_equal(fake_broker.pub[6].msg.sync.count, 0);
     assert_string_equal(fake_broker.pub[7].msg.sync.id, "c");
     confirm_all(fx, BROKER_ACKED);
-    assert_int_equal(sim_count(&sim.lists) - lists, 4); /* two cycles of two pages */
+    assert_int_equal(fake_bill_get(&fake_bill.lists) - lists, 4); /* two cycles of two pages */
     assert_int_equal(stats_of(fx).syncs_served, 3);
 
     /* Requests that cannot be taken. */
@@ -1011,10 +720,10 @@ static void failures_carry_the_sync_and_publish_again(void **state)
     /* A view fails: the cycle is incomplete, its sync is not answered but
      * retried soon, and the task is viewed again by that retry. */
     sim_touch(2, 2, 21, NULL, "2024-05-04 10:00:00");
-    sim_set(&sim.fail_views, 1);
+    fake_bill_set(&fake_bill.fail_views, 1);
     assert_int_equal(statepub_sync(fx->sp, "7", "f1"), RT_OK);
     want_cycles = 3;
-    run_until(fx, cycles_done, "the failed cycle");
+    fixture_run_until(fx, cycles_done, "the failed cycle");
     assert_int_equal(fake_broker.n, 4);
     struct statepub_stats s = stats_of(fx);
     assert_int_equal(s.cycles_failed, 1);
@@ -1026,10 +735,10 @@ static void failures_carry_the_sync_and_publish_again(void **state)
     assert_true(c->next_cycle_ms <= now + STATEPUB_RETRY_DELAY_MS);
 
     /* A list page fails: the same. */
-    sim_set(&sim.fail_lists, 1);
+    fake_bill_set(&fake_bill.fail_lists, 1);
     assert_int_equal(statepub_sync(fx->sp, "7", "f2"), RT_OK);
     want_cycles = 4;
-    run_until(fx, cycles_done, "the cycle whose list failed");
+    fixture_run_until(fx, cycles_done, "the cycle whose list failed");
     assert_int_equal(stats_of(fx).cycles_failed, 2);
     assert_int_equal(c->npend, 2);
 
@@ -1037,21 +746,21 @@ static void failures_carry_the_sync_and_publish_again(void **state)
      * incomplete again. */
     assert_int_equal(statepub_sync(fx->sp, "7", "f3"), RT_OK);
     want_published = 5;
-    run_until(fx, published_n, "the state");
+    fixture_run_until(fx, published_n, "the state");
     assert_string_equal(fake_broker.pub[4].message_id, "7:102:r2");
     confirm_all(fx, BROKER_NACKED);
     want_cycles = 5;
-    run_until(fx, cycles_done, "the nacked cycle");
+    fixture_run_until(fx, cycles_done, "the nacked cycle");
     assert_int_equal(stats_of(fx).publish_failed, 1);
     assert_int_equal(fp_set_get_int(link_of(fx, "7", 102).applied, "status", -1), 1);
     assert_int_equal(c->npend, 3);
 
     /* Lost with the connection: published again once connected, with the
      * same message id and no second view. */
-    int views = sim_count(&sim.views);
+    int views = fake_bill_get(&fake_bill.views);
     assert_int_equal(statepub_sync(fx->sp, "7", "f4"), RT_OK);
     want_published = 6;
-    run_until(fx, published_n, "the state again");
+    fixture_run_until(fx, published_n, "the state again");
     assert_string_equal(fake_broker.pub[5].message_id, "7:102:r3");
     fake_broker.connected = 0;
     confirm_all(fx, BROKER_LOST);
@@ -1061,7 +770,7 @@ static void failures_carry_the_sync_and_publish_again(void **state)
     statepub_on_connected(fx->sp);
     assert_int_equal(fake_broker.n, 7);
     assert_string_equal(fake_broker.pub[6].message_id, "7:102:r3");
-    assert_int_equal(sim_count(&sim.views), views + 1);
+    assert_int_equal(fake_bill_get(&fake_bill.views), views + 1);
 
     /* Acked at last: every waiting request is answered, oldest first,
      * each counting the one state confirmed for it. */
@@ -1088,8 +797,8 @@ static void commit_respects_a_recreated_link(void **state)
     sim_task(9, 12, 0, 0, "", "2024-05-05 10:00:00");
     assert_int_equal(statepub_sync(fx->sp, "7", "r"), RT_OK);
     want_published = 5;
-    run_until(fx, published_n, "the state");
-    run_until(fx, calls_done, "the rest of the list");
+    fixture_run_until(fx, published_n, "the state");
+    fixture_run_until(fx, calls_done, "the rest of the list");
     /* Meanwhile the forward applier made a new target task for 103. */
     struct store_link l = link_of(fx, "7", 103);
     l.dst_task = 9;
@@ -1102,7 +811,7 @@ static void commit_respects_a_recreated_link(void **state)
     assert_string_equal(l.applied, "name=abc");
     confirm_all(fx, BROKER_ACKED);
     want_cycles = 3;
-    run_until(fx, cycles_done, "the cycle");
+    fixture_run_until(fx, cycles_done, "the cycle");
     assert_int_equal(stats_of(fx).cycles_failed, 0);
 }
 
@@ -1116,13 +825,13 @@ static void paging_and_the_view_limit(void **state)
         link_add(fx, "7", 1000 + id, id, "");
     }
     want_published = 11;
-    run_until(fx, published_n, "every state");
+    fixture_run_until(fx, published_n, "every state");
     confirm_all(fx, BROKER_ACKED);
     want_cycles = 2;
-    run_until(fx, cycles_done, "the cycles");
-    assert_int_equal(sim_count(&sim.views), 11);
+    fixture_run_until(fx, cycles_done, "the cycles");
+    assert_int_equal(fake_bill_get(&fake_bill.views), 11);
     /* Client 7: 6 pages; client 8: one empty page. */
-    assert_int_equal(sim_count(&sim.lists), 7);
+    assert_int_equal(fake_bill_get(&fake_bill.lists), 7);
     assert_int_equal(stats_of(fx).rows_seen, 11);
     assert_int_equal(count_kind(CODEC_STATE), 11);
 }
@@ -1131,14 +840,14 @@ static void rows_without_updated_are_always_viewed(void **state)
 {
     struct fixture *fx = *state;
     first_cycles(fx);
-    int views = sim_count(&sim.views);
-    sim_set(&sim.no_updated, 1);
+    int views = fake_bill_get(&fake_bill.views);
+    fake_bill_set(&no_updated, 1);
     assert_int_equal(statepub_sync(fx->sp, "7", "b"), RT_OK);
     want_published = 5;
-    run_until(fx, published_n, "the sync_done");
+    fixture_run_until(fx, published_n, "the sync_done");
     confirm_all(fx, BROKER_ACKED);
     /* Three linked tasks viewed, none changed. */
-    assert_int_equal(sim_count(&sim.views) - views, 3);
+    assert_int_equal(fake_bill_get(&fake_bill.views) - views, 3);
     assert_int_equal(stats_of(fx).unchanged, 3);
     assert_int_equal(count_kind(CODEC_STATE), 4);
 }
@@ -1148,7 +857,7 @@ static void drain_lets_go_and_free_is_safe_in_flight(void **state)
     struct fixture *fx = *state;
     seed(fx);
     fake_broker.connected = 0; /* states wait for the broker */
-    run_until(fx, four_ready, "the views");
+    fixture_run_until(fx, four_ready, "the views");
     assert_int_equal(stats_of(fx).running, 2);
     assert_false(statepub_idle(fx->sp));
     assert_int_equal(statepub_sync(fx->sp, "7", "d"), RT_OK);
@@ -1192,7 +901,7 @@ static void cycles_keep_time_on_the_monotonic_clock(void **state)
     statepub_tick(fx->sp, now + 3600 * 1000 + 1000);
     assert_int_equal(stats_of(fx).running, 2);
     want_cycles = 4;
-    run_until(fx, cycles_done, "the cycles an hour later");
+    fixture_run_until(fx, cycles_done, "the cycles an hour later");
 }
 
 static void new_refuses_a_config_without_server(void **state)
@@ -1220,7 +929,7 @@ static void state_fields_that_are_not_text_are_refused(void **state)
     const char *fields[] = {"remark", "state", "staff"};
     for (size_t i = 0; i < 3; i++) {
         json_t *view = task_doc(&t);
-        json_t *doc = arrays_of(view, fields[i]);
+        json_t *doc = fake_doc_arrays(view, fields[i]);
         json_decref(view);
         assert_int_equal(statepub_state_from_doc(fx->cfg, doc, "Staff 21", &g, err, sizeof err),
                          -1);
@@ -1249,7 +958,7 @@ static void sync_cycle(struct fixture *fx, const char *id)
     published_before = fake_broker.n;
     assert_int_equal(statepub_sync(fx->sp, "7", id), RT_OK);
     want_cycles = stats_of(fx).cycles + 1;
-    run_until(fx, cycle_over_or_published, "the cycle of the sync");
+    fixture_run_until(fx, cycle_over_or_published, "the cycle of the sync");
 }
 
 /* Fault case 6: views that cannot be read (a note, or every field, that
@@ -1267,65 +976,29 @@ static void unreadable_answers_publish_no_state(void **state)
     for (size_t i = 0; i < 4; i++) {
         char id[8];
         snprintf(id, sizeof id, "v%zu", i);
-        sim_set(&sim.spoil_views, views[i]);
+        spoil_views(views[i]);
         sync_cycle(fx, id);
         assert_int_equal(fake_broker.n, 4);
         assert_int_equal(stats_of(fx).cycles_failed, failed + 1 + i);
     }
-    sim_set(&sim.spoil_views, SPOIL_NONE);
-    sim_set(&sim.spoil_lists, SPOIL_ARRAYS);
+    spoil_views(SPOIL_NONE);
+    fake_bill_set(&fake_bill.list_arrays, 1);
     sync_cycle(fx, "l");
     assert_int_equal(fake_broker.n, 4);
     assert_int_equal(stats_of(fx).cycles_failed, failed + 5);
     assert_int_equal(fx->sp->clients[0].npend, 5);
 
     /* Healthy again: the real state, then every sync waiting. */
-    sim_set(&sim.spoil_lists, SPOIL_NONE);
+    fake_bill_set(&fake_bill.list_arrays, 0);
     assert_int_equal(statepub_sync(fx->sp, "7", "ok"), RT_OK);
     want_published = 5;
-    run_until(fx, published_n, "the state");
-    struct published *p = find_pub("7:102:r2");
+    fixture_run_until(fx, published_n, "the state");
+    struct fake_published *p = find_pub("7:102:r2");
     assert_int_equal(p->msg.state.status, 2);
     assert_int_equal(p->msg.state.performer_id, 21);
     assert_string_equal(p->msg.state.notes[0], "On it.\nDone.\n");
     confirm_all(fx, BROKER_ACKED);
     assert_int_equal(count_kind(CODEC_SYNC_DONE), 6);
-}
-
-/* Log lines: stderr goes to a file between capture_begin and capture_end,
- * which returns how many times needle was written. */
-static struct {
-    char path[64];
-    int fd;
-    int saved;
-} cap;
-
-static void capture_begin(void)
-{
-    snprintf(cap.path, sizeof cap.path, "/tmp/test_statepub_log.XXXXXX");
-    cap.fd = mkstemp(cap.path);
-    assert_true(cap.fd >= 0);
-    fflush(stderr);
-    cap.saved = dup(STDERR_FILENO);
-    assert_true(cap.saved >= 0);
-    assert_true(dup2(cap.fd, STDERR_FILENO) >= 0);
-}
-
-static int capture_end(const char *needle)
-{
-    static char text[64 * 1024];
-    fflush(stderr);
-    dup2(cap.saved, STDERR_FILENO);
-    close(cap.saved);
-    ssize_t n = pread(cap.fd, text, sizeof text - 1, 0);
-    close(cap.fd);
-    unlink(cap.path);
-    text[n > 0 ? n : 0] = '\0';
-    fputs(text, stderr); /* shown as if never captured */
-    int count = 0;
-    for (const char *p = text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
-        count++;
-    return count;
 }
 
 /* A missed error says the target task is gone only when its $object names
@@ -1342,13 +1015,13 @@ static void missed_function_is_not_a_gone_task(void **state)
 
     const char *objects[] = {"func", "task.view"};
     uint64_t fails[2];
-    capture_begin();
+    stderr_capture_begin();
     for (size_t i = 0; i < 2; i++) {
-        snprintf(sim.view_missed, sizeof sim.view_missed, "%s", objects[i]);
+        snprintf(fake_bill.view_missed, sizeof fake_bill.view_missed, "%s", objects[i]);
         sync_cycle(fx, objects[i]);
         fails[i] = stats_of(fx).cycles_failed;
     }
-    int lines = capture_end("check billmanager.api.func_task_edit");
+    int lines = stderr_capture_end("check billmanager.api.func_task_edit");
     assert_int_equal(fails[0], failed + 1);
     assert_int_equal(fails[1], failed + 2);
     assert_int_equal(lines, 1);
@@ -1356,7 +1029,7 @@ static void missed_function_is_not_a_gone_task(void **state)
     assert_int_equal(fx->sp->clients[0].npend, 2);
 
     /* The task gone: nothing to publish, and the cycle is complete. */
-    snprintf(sim.view_missed, sizeof sim.view_missed, "elid");
+    snprintf(fake_bill.view_missed, sizeof fake_bill.view_missed, "elid");
     sync_cycle(fx, "gone");
     assert_int_equal(stats_of(fx).cycles_failed, failed + 2);
     assert_int_equal(fake_broker.n, 4 + 3);
@@ -1366,7 +1039,6 @@ static void missed_function_is_not_a_gone_task(void **state)
 int main(void)
 {
     log_init("test_statepub", LOG_LEVEL_ERROR, 0);
-    pthread_mutex_init(&sim.lock, NULL);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(utf8_cut_never_splits_a_sequence),
         cmocka_unit_test(applied_update_keeps_forward_keys),

@@ -43,3 +43,30 @@ void fake_doc_long(json_t *obj, const char *key, long value)
     snprintf(s, sizeof s, "%ld", value);
     fake_doc_text(obj, key, s);
 }
+
+json_t *fake_doc_error(const char *type, const char *object, const char *msg)
+{
+    return json_pack("{s:s,s:s,s:{s:s}}", "$type", type, "$object", object, "msg", "$", msg);
+}
+
+json_t *fake_doc_arrays(json_t *doc, const char *key)
+{
+    json_t *out = json_object();
+    const char *k;
+    json_t *v;
+    json_object_foreach(doc, k, v)
+    {
+        if (strcmp(k, "elem") == 0 && json_is_array(v)) {
+            json_t *rows = json_array();
+            size_t i;
+            json_t *e;
+            json_array_foreach(v, i, e) json_array_append_new(rows, fake_doc_arrays(e, key));
+            json_object_set_new(out, k, rows);
+        } else if (json_is_object(v) && json_object_get(v, "$") && (!key || strcmp(k, key) == 0)) {
+            json_object_set_new(out, k, json_pack("[O]", v));
+        } else {
+            json_object_set(out, k, v);
+        }
+    }
+    return out;
+}

@@ -20,4 +20,14 @@ void fake_doc_text(json_t *obj, const char *key, const char *value);
 /* Sets obj.key to {"$": "<value in decimal>"}. */
 void fake_doc_long(json_t *obj, const char *key, long value);
 
+/* A new API error document {"$type": type, "$object": object, "msg":
+ * {"$": msg}}, for an answer's "error". */
+json_t *fake_doc_error(const char *type, const char *object, const char *msg);
+
+/* A new copy of doc in which the text value ({"$": ...}) of key, or of
+ * every key when key is NULL, is a one-element array of itself, in the
+ * rows of its "elem" list too: the shape of a hostile answer (the
+ * emulator's fields_arrays). doc is not changed. */
+json_t *fake_doc_arrays(json_t *doc, const char *key);
+
 #endif
