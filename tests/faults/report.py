@@ -265,6 +265,14 @@ def soak_section(path):
     return out
 
 
+def isolation_section():
+    """The isolation guarantees (issue 13) and their tests: a fixed text,
+    tests/faults/isolation.md, kept beside the suite."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "isolation.md")
+    with open(path, encoding="utf-8") as f:
+        return f.read().rstrip("\n").split("\n")
+
+
 def report(results_path, out_md, soak_path, suite_s):
     results = read_results(results_path)
     md = ["# Reliability", "",
@@ -295,6 +303,7 @@ def report(results_path, out_md, soak_path, suite_s):
         else:
             md += ["### %d. %s" % (number, title), "", "Not in this run.", ""]
     md += soak_section(soak_path)
+    md += [""] + isolation_section()
     with open(out_md, "w", encoding="utf-8") as f:
         f.write("\n".join(md).rstrip("\n") + "\n")
     for number, _ in CASES:
