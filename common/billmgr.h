@@ -9,13 +9,14 @@
  * FIFO order. billmgr_call_sync() and billmgr_list_sync() are the same
  * machinery with a private poll loop, for the CLI and simple callers.
  *
- * Requests follow BILLMANAGER-API.md §1: a POST to the configured URL with
- * an application/x-www-form-urlencoded body holding func, out=json, the
- * caller's parameters in order and the credentials (authinfo=LOGIN:PASSWORD,
- * or auth=SESSION in session mode). Credentials are only ever in the body:
+ * Requests follow the API contract (§1; tests/sim/billsim.py plays it): a
+ * POST to the configured URL with an application/x-www-form-urlencoded
+ * body holding func, out=json, the caller's parameters in order and the
+ * credentials (authinfo=LOGIN:PASSWORD, or auth=SESSION in session mode).
+ * Credentials are only ever in the body:
  * never in the URL, a log line, an error string or a reply.
  *
- * Outcomes (BILLMANAGER-API.md §2):
+ * Outcomes (the contract's §2):
  *   HTTP 200, an API document without error    RT_OK
  *   doc.error, an object                       RT_REJECT, type/object/msg kept
  *     (type auth in session mode: one re-login and one retry of the call

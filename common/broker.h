@@ -35,8 +35,8 @@
  * RT_RETRY while acks wait in the broker object; the heartbeat timeout
  * (two heartbeats without a frame) then declares the connection lost.
  *
- * The wire (DESIGN.md, topology v2), per client C (routing key C on the
- * shared exchanges):
+ * The wire (docs/ARCHITECTURE.md, "The wire": topology v2), per client C
+ * (routing key C on the shared exchanges):
  *   remotetask.forward          exchange, shared: clients publish tasks
  *   remotetask.reverse          exchange, shared: the server publishes states
  *   remotetask.forward.C        queue (classic or quorum, single active

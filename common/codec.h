@@ -1,8 +1,8 @@
 /*
  * codec.h - the body of every AMQP message: a msgpack map, version 1.
  *
- * Messages carry state, not deltas (DESIGN.md, "The wire"). Every body is
- * one msgpack map whose keys are short, fixed strings:
+ * Messages carry state, not deltas (docs/ARCHITECTURE.md, "The wire").
+ * Every body is one msgpack map whose keys are short, fixed strings:
  *
  *   every kind  "v"       uint   always 1
  *               "kind"    str    "task" | "state" | "sync" | "sync_done"

@@ -2,9 +2,9 @@
  * notes.h - the conversation carried in a task's note field.
  *
  * BILLmanager's public API has no comments on tasks, so the note field
- * carries the conversation (BILLMANAGER-API.md, "Notes"). Each side keeps
- * its own text, and the bridge appends what the other side wrote as a
- * block marked with its origin:
+ * carries the conversation (the API contract, "Notes"; tests/sim/billsim.py
+ * plays it). Each side keeps its own text, and the bridge appends what the
+ * other side wrote as a block marked with its origin:
  *
  *     <text written on this side>
  *
