@@ -85,7 +85,7 @@ enum store_side {
 /* After a walk over every task that deleted nothing, the next batch waits
  * this long. */
 #define STORE_JOURNAL_PRUNE_IDLE_MS 60000
-/* The defaults of journal.entries and journal.days (config.c) and their
+/* The defaults of journal.entries and journal.days (config/config_table.c) and their
  * upper bounds. */
 #define STORE_JOURNAL_ENTRIES_DEFAULT 100
 #define STORE_JOURNAL_ENTRIES_MAX     10000
