@@ -10,9 +10,9 @@
 
 #include "bridge.h"
 #include "buf.h"
+#include "clock.h"
 #include "codec.h"
 #include "log.h"
-#include "now.h"
 #include "relay.h"
 #include "reverse.h"
 #include "statepub.h"
@@ -239,7 +239,7 @@ static int commands_sync_publish(struct daemon *d, struct core *k, struct comman
     m.client = d->cfg->client.id;
     m.task = 0;
     m.seq = 0;
-    m.ts = now_wall_ms();
+    m.ts = clock_wall_ms();
     m.sync.id = w->id;
     buf_init(&body, CODEC_MAX_BODY);
     if (codec_encode(&m, &body, err, sizeof(err)) < 0) {
@@ -290,7 +290,7 @@ static void commands_checkevent(void *arg, struct control_client *cl, json_t *re
     c->sync_published++;
     w->cl = cl;
     w->timeout_s = timeout_s;
-    w->deadline = now_mono_ms() + (int64_t)timeout_s * 1000;
+    w->deadline = clock_mono_ms() + (int64_t)timeout_s * 1000;
     w->core = k;
     w->tag = tag;
     w->confirming = 1;
@@ -313,7 +313,7 @@ static void commands_resync(void *arg, struct control_client *cl, json_t *req)
                                 "cycle after they start publishes the state");
         return;
     }
-    statepub_kick(d->core->sp, now_mono_ms());
+    statepub_kick(d->core->sp, clock_mono_ms());
     d->core->sp_next = 0;
     control_reply(cl, json_pack("{s:b}", "ok", 1));
 }
@@ -372,7 +372,7 @@ static void commands_status(void *arg, struct control_client *cl, json_t *req)
         if (c->status_cl[i])
             continue;
         c->status_cl[i] = cl;
-        c->status_deadline[i] = now_mono_ms() + COMMANDS_STATUS_WAIT_MS;
+        c->status_deadline[i] = clock_mono_ms() + COMMANDS_STATUS_WAIT_MS;
         control_defer(cl, COMMANDS_STATUS_WAIT_MS + COMMANDS_CHECKEVENT_SLACK_MS,
                       commands_status_gone, c);
         return;

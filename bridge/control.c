@@ -1,3 +1,4 @@
+#include "clock.h"
 #include "control.h"
 
 #include <errno.h>
@@ -60,13 +61,6 @@ struct control {
     uid_t refused_uids[CONTROL_REFUSED_UIDS]; /* logged already */
     size_t n_refused_uids;
 };
-
-static int64_t control_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Is a live daemon behind the socket file at path? Returns 1 (yes), 0 (no:
  * the file may be removed), -1 with err set (cannot tell). */
@@ -287,7 +281,7 @@ size_t control_pollfds(struct control *c, struct pollfd *fds, size_t max)
 
 int control_timeout_ms(const struct control *c)
 {
-    int64_t now = control_now_ms(), best = -1;
+    int64_t now = clock_mono_ms(), best = -1;
     for (size_t i = 0; i < CONTROL_MAX_CLIENTS; i++) {
         const struct control_client *cl = c->clients[i];
         if (!cl)
@@ -354,7 +348,7 @@ void control_reply(struct control_client *cl, json_t *resp)
     cl->out_off = 0;
     cl->state = CONTROL_WRITING;
     cl->gone = NULL;
-    cl->deadline = control_now_ms() + CONTROL_CLIENT_TIMEOUT_MS;
+    cl->deadline = clock_mono_ms() + CONTROL_CLIENT_TIMEOUT_MS;
     control_client_flush(cl);
 }
 
@@ -375,7 +369,7 @@ void control_defer(struct control_client *cl, int timeout_ms, control_gone_fn go
     cl->deferred = 1;
     cl->gone = gone;
     cl->gone_arg = arg;
-    cl->deadline = control_now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+    cl->deadline = clock_mono_ms() + (timeout_ms > 0 ? timeout_ms : 0);
 }
 
 static void control_dispatch(struct control *c, struct control_client *cl, json_t *req)
@@ -535,7 +529,7 @@ static void control_accept(struct control *c)
         cl->fd = fd;
         cl->state = CONTROL_READING;
         buf_init(&cl->in, CTLPROTO_LINE_MAX);
-        cl->deadline = control_now_ms() + CONTROL_CLIENT_TIMEOUT_MS;
+        cl->deadline = clock_mono_ms() + CONTROL_CLIENT_TIMEOUT_MS;
         c->clients[slot] = cl;
     }
 }
@@ -551,7 +545,7 @@ static struct control_client *control_find_fd(struct control *c, int fd)
 /* Deadlines, then frees the clients that are done. */
 static void control_sweep(struct control *c)
 {
-    int64_t now = control_now_ms();
+    int64_t now = clock_mono_ms();
     for (size_t i = 0; i < CONTROL_MAX_CLIENTS; i++) {
         struct control_client *cl = c->clients[i];
         if (!cl)

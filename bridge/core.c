@@ -6,9 +6,9 @@
 #include <string.h>
 
 #include "billmgr.h"
+#include "clock.h"
 #include "config_opts.h"
 #include "log.h"
-#include "now.h"
 #include "relay.h"
 #include "statepub.h"
 #include "store_journal.h"
@@ -253,7 +253,7 @@ static void core_lost(struct core *k, const char *why)
     k->failures = 0;
     k->last_error[0] = '\0';
     backoff_reset(&k->backoff);
-    k->reconnect_at = now_mono_ms() + backoff_next(&k->backoff);
+    k->reconnect_at = clock_mono_ms() + backoff_next(&k->backoff);
 }
 
 /* An attempt failed (st is RT_RETRY or RT_REJECT, the reason in the
@@ -282,7 +282,7 @@ static void core_connect_failed(struct core *k, rt_status st)
                   k->failures, why);
     snprintf(k->last_error, sizeof(k->last_error), "%s", why);
     broker_disconnect(k->br);
-    k->reconnect_at = now_mono_ms() + delay;
+    k->reconnect_at = clock_mono_ms() + delay;
 }
 
 /* The broker connection is up: declare every client's topology without
@@ -296,7 +296,7 @@ static void core_connected(struct core *k)
         return;
     }
     k->declaring = 1;
-    k->declare_deadline = now_mono_ms() + CORE_DECLARE_TIMEOUT_MS;
+    k->declare_deadline = clock_mono_ms() + CORE_DECLARE_TIMEOUT_MS;
 }
 
 /* The topology is declared: tell the components. */
@@ -339,7 +339,7 @@ void core_maintain(struct core *k, int allow_connect)
                  k->cancelled_queue);
         core_lost(k, why);
     }
-    if (!k->up && !broker_connecting(k->br) && allow_connect && now_mono_ms() >= k->reconnect_at)
+    if (!k->up && !broker_connecting(k->br) && allow_connect && clock_mono_ms() >= k->reconnect_at)
         broker_connect_async(k->br);
     if (!allow_connect && broker_connecting(k->br))
         broker_disconnect(k->br); /* stopping: no new connection */
@@ -369,7 +369,7 @@ void core_process(struct core *k)
         } else if (st != RT_OK) {
             k->declaring = 0;
             core_connect_failed(k, st);
-        } else if (now_mono_ms() >= k->declare_deadline) {
+        } else if (clock_mono_ms() >= k->declare_deadline) {
             k->declaring = 0;
             core_connect_failed(k, RT_RETRY);
         }
@@ -425,7 +425,7 @@ void core_tick(struct core *k)
     /* The components schedule on the monotonic clock (issue 13.5): a wall
      * clock set back must not stall them. They read the wall clock
      * themselves for what they store or send. */
-    int64_t now = now_mono_ms();
+    int64_t now = clock_mono_ms();
     /* Nothing publishes while the topology is being declared: on a fresh
      * broker an exchange may not exist yet, and a publish to it would cost
      * the connection. The ticks run once it is done (core_declared). */
@@ -457,7 +457,7 @@ static void core_wait_min(int64_t *best, int64_t wait)
 
 int64_t core_timeout_ms(const struct core *k, int connecting)
 {
-    int64_t best = -1, mono = now_mono_ms();
+    int64_t best = -1, mono = clock_mono_ms();
 
     if (k->up || k->declaring || broker_connecting(k->br)) {
         if (broker_wants_read_now(k->br))

@@ -18,9 +18,9 @@
 
 #include "bridge.h"
 #include "broker.h"
+#include "clock.h"
 #include "daemon_int.h"
 #include "log.h"
-#include "now.h"
 
 #define DAEMON_LOCK_NAME "remotetaskd.lock"
 
@@ -54,7 +54,7 @@ static void daemon_on_depth(void *arg, const char *queue, int found, uint32_t re
     observe_on_depth(&d->obs, queue, found, ready, consumers);
     /* A status waiting for these answers goes out as soon as they are in. */
     if (observe_queues_answered(&d->obs))
-        commands_status_flush(d, now_mono_ms());
+        commands_status_flush(d, clock_mono_ms());
 }
 
 static void daemon_on_forward_applied(void *arg, const char *client, int64_t task, int64_t event_ms,
@@ -390,7 +390,7 @@ void daemon_reload_load(struct daemon *d)
         return;
     }
     d->pending = cfg;
-    d->reload_deadline = now_mono_ms() + DAEMON_RELOAD_DRAIN_MS;
+    d->reload_deadline = clock_mono_ms() + DAEMON_RELOAD_DRAIN_MS;
     core_drain(d->core);
     log_info("reloading the configuration from \"%s\": draining for up to %d s", cfg->file,
              DAEMON_RELOAD_DRAIN_MS / 1000);
@@ -496,7 +496,7 @@ static void daemon_reload_keep_old(struct daemon *d, struct config *cfg, struct 
      * ones from the old configuration. */
     daemon_core_retire(d);
     if (daemon_core_rebuild(d) < 0)
-        d->rebuild_at = now_mono_ms() + DAEMON_REBUILD_RETRY_MS;
+        d->rebuild_at = clock_mono_ms() + DAEMON_REBUILD_RETRY_MS;
 }
 
 /* After the drain: builds everything the new configuration needs before

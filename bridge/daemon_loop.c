@@ -6,6 +6,7 @@
  * made of and how a reload or a takeover changes it is daemon.c's
  * (daemon_int.h).
  */
+#include "clock.h"
 #include "daemon.h"
 
 #include <errno.h>
@@ -21,7 +22,6 @@
 #include "broker.h"
 #include "daemon_int.h"
 #include "log.h"
-#include "now.h"
 
 /* The longest ppoll() wait: a bound on how late anything the loop did not
  * ask a deadline for can be noticed. */
@@ -123,7 +123,7 @@ static void daemon_wait_min(int64_t *best, int64_t wait)
  * rebuild needs, and never longer than DAEMON_MAX_WAIT_MS. */
 static int64_t daemon_timeout(struct daemon *d)
 {
-    int64_t best = DAEMON_MAX_WAIT_MS, mono = now_mono_ms();
+    int64_t best = DAEMON_MAX_WAIT_MS, mono = clock_mono_ms();
     int t;
 
     if (d->core) {
@@ -161,7 +161,7 @@ static int64_t daemon_timeout(struct daemon *d)
  * DAEMON_SYNC_RETRY_MS, its cause logged once. */
 static void daemon_sync(struct daemon *d)
 {
-    int64_t mono = now_mono_ms();
+    int64_t mono = clock_mono_ms();
     if (!d->st || !store_sync_wanted(d->st) || (d->sync_retry && mono < d->sync_retry))
         return;
     if (store_sync(d->st) == RT_OK) {
@@ -234,8 +234,8 @@ static int daemon_iterate(struct daemon *d, const sigset_t *wait_mask)
      * without waiting), so it runs on every turn. */
     if (d->mh)
         metrics_http_handle(d->mh);
-    commands_expire(&d->cmds, now_mono_ms());
-    commands_status_flush(d, now_mono_ms());
+    commands_expire(&d->cmds, clock_mono_ms());
+    commands_status_flush(d, clock_mono_ms());
     if (d->core)
         core_tick(d->core);
     daemon_sync(d);
@@ -342,7 +342,7 @@ int daemon_run(struct daemon *d)
     else
         daemon_log_start(d);
     for (;;) {
-        int64_t now = now_mono_ms();
+        int64_t now = clock_mono_ms();
         enum daemon_next next = DAEMON_NEXT_GO_ON;
         if (d->standby)
             next = daemon_standby_turn(d, now, &wait_mask);

@@ -14,8 +14,8 @@
 
 #include <microhttpd.h>
 
+#include "clock.h"
 #include "log.h"
-#include "now.h"
 
 #define METRICS_HTTP_PATH         "/metrics"
 #define METRICS_HTTP_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
@@ -174,7 +174,7 @@ static void metrics_http_notify(void *cls, struct MHD_Connection *c, void **sock
         h->conns[i] = (struct metrics_http_conn){
             .conn = c,
             .fd = fdi->connect_fd,
-            .deadline = now_mono_ms() + (int64_t)METRICS_HTTP_REQUEST_S * 1000,
+            .deadline = clock_mono_ms() + (int64_t)METRICS_HTTP_REQUEST_S * 1000,
         };
         *socket_context = &h->conns[i];
         return;
@@ -194,7 +194,7 @@ static void metrics_http_completed(void *cls, struct MHD_Connection *c, void **c
     (void)toe;
     struct metrics_http_conn *e = metrics_http_entry(c);
     if (e) {
-        e->deadline = now_mono_ms() + (int64_t)METRICS_HTTP_REQUEST_S * 1000;
+        e->deadline = clock_mono_ms() + (int64_t)METRICS_HTTP_REQUEST_S * 1000;
         e->answering = 0;
     }
 }
@@ -207,7 +207,7 @@ static void metrics_http_completed(void *cls, struct MHD_Connection *c, void **c
  * connection itself. Returns how many were cut. */
 static int metrics_http_cut_overdue(struct metrics_http *h)
 {
-    int64_t now = now_mono_ms();
+    int64_t now = clock_mono_ms();
     int cut = 0;
     for (size_t i = 0; i < METRICS_HTTP_MAX_CONNECTIONS; i++) {
         struct metrics_http_conn *e = &h->conns[i];
@@ -365,7 +365,7 @@ int metrics_http_timeout_ms(const struct metrics_http *h)
     int64_t best = -1;
     if (MHD_get_timeout(h->mhd, &t) == MHD_YES)
         best = t > (MHD_UNSIGNED_LONG_LONG)INT_MAX ? INT_MAX : (int64_t)t;
-    int64_t now = now_mono_ms();
+    int64_t now = clock_mono_ms();
     for (size_t i = 0; i < METRICS_HTTP_MAX_CONNECTIONS; i++) {
         const struct metrics_http_conn *e = &h->conns[i];
         if (!e->conn || e->cut)

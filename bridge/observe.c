@@ -8,11 +8,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "config.h"
 #include "control.h"
 #include "core.h"
 #include "log.h"
-#include "now.h"
 #include "store.h"
 
 /* Meta keys the components keep (read here for the status command). */
@@ -25,8 +25,8 @@
 int observe_init(struct observe *o)
 {
     memset(o, 0, sizeof(*o));
-    o->started_ms = now_wall_ms();
-    o->started_mono = now_mono_ms();
+    o->started_ms = clock_wall_ms();
+    o->started_mono = clock_mono_ms();
     o->api_last_ok = -1;
     o->api_reachable = -1;
     o->metrics = metrics_new();
@@ -62,12 +62,12 @@ void observe_on_api_call(struct observe *o, const char *func, rt_status status,
         metrics_histogram_observe(o->metrics, METRICS_API_CALL_DURATION, seconds, func, NULL);
     if (status == RT_OK) {
         o->api_last_ok = 1;
-        o->api_last_ok_ms = now_wall_ms();
+        o->api_last_ok_ms = clock_wall_ms();
         return;
     }
     o->api_errors++;
     o->api_last_ok = 0;
-    o->api_last_error_ms = now_wall_ms();
+    o->api_last_error_ms = clock_wall_ms();
     snprintf(o->api_last_error, sizeof(o->api_last_error), "%s: %s", func,
              err_type && *err_type ? err_type : "error");
     for (size_t i = 0; i < OBSERVE_API_ERR_KINDS; i++) {
@@ -300,7 +300,7 @@ static int observe_queues_list(struct observe *o, const struct config *cfg)
 void observe_queues_refresh(struct observe *o, const struct config *cfg, struct core *k,
                             int64_t max_age_ms)
 {
-    int64_t mono = now_mono_ms();
+    int64_t mono = clock_mono_ms();
 
     if (o->queues_mono && mono - o->queues_mono < max_age_ms && o->n_queues)
         return;
@@ -348,7 +348,7 @@ void observe_on_depth(struct observe *o, const char *queue, int found, uint32_t 
             q->consumers = consumers;
         }
         if (o->queues_asking && --o->queues_asking == 0)
-            o->queues_mono = now_mono_ms();
+            o->queues_mono = clock_mono_ms();
         return;
     }
 }
@@ -450,7 +450,7 @@ static void observe_metrics_work(struct observe *o, const struct observe_view *v
     int64_t oldest = 0;
 
     if (store_outbox_backlog(v->st, &backlog, &oldest) == RT_OK) {
-        int64_t age = oldest ? now_wall_ms() - oldest : 0;
+        int64_t age = oldest ? clock_wall_ms() - oldest : 0;
         metrics_gauge_set(m, METRICS_OUTBOX_BACKLOG, (double)backlog, NULL);
         metrics_gauge_set(m, METRICS_OUTBOX_OLDEST_AGE, age > 0 ? (double)age / 1000.0 : 0, NULL);
     }
@@ -593,14 +593,14 @@ static json_t *observe_status_base(const struct observe *o, const struct observe
         "s:{s:I,s:I,s:I,s:I,s:I}}",
         "ok", 1, "instance", cfg->instance, "pid", (json_int_t)getpid(), "version", RT_VERSION,
         "roles", roles, "started_ms", (json_int_t)o->started_ms, "uptime_s",
-        (json_int_t)((now_mono_ms() - o->started_mono) / 1000), "broker", "state", broker_state,
+        (json_int_t)((clock_mono_ms() - o->started_mono) / 1000), "broker", "state", broker_state,
         "connected", k && k->up, "blocked", k && k->up && broker_blocked(k->br), "reconnects",
         (json_int_t)observe_reconnects(o, k), "last_error",
         k ? k->last_error : "the components are not running", "uri", cfg->amqp.uri_redacted,
         "billmanager", "state", api_state, "url", cfg->billmanager.url, "calls",
         (json_int_t)o->api_calls, "last_ok_ms", (json_int_t)o->api_last_ok_ms, "last_error",
         o->api_last_error, "last_error_ms", (json_int_t)o->api_last_error_ms, "queues", queues,
-        "queues_age_ms", (json_int_t)(o->queues_mono ? now_mono_ms() - o->queues_mono : -1), "last",
+        "queues_age_ms", (json_int_t)(o->queues_mono ? clock_mono_ms() - o->queues_mono : -1), "last",
         "forward_apply_ms", observe_meta_ms(v->st, OBSERVE_META_LAST_FORWARD_APPLY),
         "forward_publish_ms", observe_meta_ms(v->st, OBSERVE_META_LAST_FORWARD_PUBLISH),
         "reverse_cycle_ms", observe_meta_ms(v->st, STATEPUB_META_LAST_CYCLE), "reverse_apply_ms",
@@ -701,7 +701,7 @@ json_t *observe_status(struct observe *o, const struct observe_view *v)
     const struct core *k = v->core;
     struct observe_totals t;
     uint64_t backlog = 0, links = 0;
-    int64_t oldest = 0, now = now_wall_ms();
+    int64_t oldest = 0, now = clock_wall_ms();
 
     observe_totals_now(o, k, &t);
     int outbox_ok = store_outbox_backlog(v->st, &backlog, &oldest) == RT_OK;
