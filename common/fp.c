@@ -118,6 +118,31 @@ int fp_set_put(char *set, size_t setlen, const char *key, const char *value)
     return 0;
 }
 
+int fp_set_del(char *set, const char *key)
+{
+    size_t klen = strlen(key);
+    char *out = set;
+    const char *p = set;
+    int removed = 0;
+    /* Writing never overtakes reading: out only ever moves behind p. */
+    while (*p) {
+        size_t pair = strcspn(p, ";");
+        int same = pair > klen && strncmp(p, key, klen) == 0 && p[klen] == '=';
+        removed += same;
+        if (!same && pair) {
+            if (out != set)
+                *out++ = ';';
+            memmove(out, p, pair);
+            out += pair;
+        }
+        p += pair;
+        if (*p == ';')
+            p++;
+    }
+    *out = '\0';
+    return removed;
+}
+
 int fp_set_put_int(char *set, size_t setlen, const char *key, int64_t value)
 {
     char buf[32];

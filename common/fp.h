@@ -68,4 +68,8 @@ int fp_set_put(char *set, size_t setlen, const char *key, const char *value);
 /* fp_set_put with an integer value. */
 int fp_set_put_int(char *set, size_t setlen, const char *key, int64_t value);
 
+/* Removes every pair of key from set, in place (empty pairs go too).
+ * Returns how many pairs of key there were. */
+int fp_set_del(char *set, const char *key);
+
 #endif

@@ -4,11 +4,13 @@
  * last published back; and forgetting that for a resync.
  */
 #include "store.h"
-#include "store_db.h"
 
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "fp.h"
+#include "store_db.h"
 
 /* Rows handled per batch by store_link_forget_state(). */
 #define STORE_FORGET_BATCH 256
@@ -141,27 +143,6 @@ rt_status store_link_list(struct store *st, const char *client, int64_t after_sr
 
 /* ---- resync ------------------------------------------------------------ */
 
-/* Removes every "state=..." entry from an fp set (k=v;k=v), in place. */
-static void store_link_drop_state(char *set)
-{
-    static const char key[] = "state=";
-    char *out = set;
-    const char *p = set;
-    while (*p) {
-        size_t n = strcspn(p, ";");
-        if (!(n >= sizeof(key) - 1 && strncmp(p, key, sizeof(key) - 1) == 0) && n > 0) {
-            if (out != set)
-                *out++ = ';';
-            memmove(out, p, n);
-            out += n;
-        }
-        p += n;
-        if (*p == ';')
-            p++;
-    }
-    *out = '\0';
-}
-
 struct store_forget_row {
     char client[STORE_CLIENT_MAX + 1];
     int64_t src_task;
@@ -197,7 +178,7 @@ static rt_status store_link_forget_rows(struct store *st, struct store_forget_ro
     for (size_t i = 0; i < n; i++) {
         char before[STORE_APPLIED_MAX + 1];
         memcpy(before, rows[i].applied, sizeof before);
-        store_link_drop_state(rows[i].applied);
+        fp_set_del(rows[i].applied, "state");
         if (strcmp(before, rows[i].applied) == 0) {
             /* The query and the parser disagree about the set: stop
              * rather than loop on the same row. */

@@ -128,6 +128,16 @@ static void fingerprint_sets(void **state)
     char small[12] = "";
     assert_int_equal(fp_set_put(small, sizeof(small), "name", "0123456789"), -1);
     assert_string_equal(small, "");
+    /* Deleting a key takes every pair of it (and empty pairs), and only
+     * that key: "state" is not "statex". */
+    char many[128] = "state=a;statex=1;;state=;name=n;state=b";
+    assert_int_equal(fp_set_del(many, "state"), 3);
+    assert_string_equal(many, "statex=1;name=n");
+    assert_int_equal(fp_set_del(many, "state"), 0);
+    assert_string_equal(many, "statex=1;name=n");
+    assert_int_equal(fp_set_del(many, "name"), 1);
+    assert_int_equal(fp_set_del(many, "statex"), 1);
+    assert_string_equal(many, "");
 }
 
 int main(void)
