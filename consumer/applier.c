@@ -10,9 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "applier_int.h"
+#include "clock.h"
 #include "log.h"
 #include "store.h"
 
@@ -44,16 +44,9 @@ void applier_text_copy(char *dst, size_t size, const char *src)
     snprintf(dst, size, "%s", src ? src : "");
 }
 
-int64_t applier_mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 int64_t applier_clock_ms(const struct applier *a)
 {
-    return a->tick_now + (applier_mono_ms() - a->tick_mono);
+    return a->tick_now + (clock_mono_ms() - a->tick_mono);
 }
 
 int64_t applier_backoff(int64_t prev, int64_t min, int64_t max)
@@ -237,7 +230,7 @@ int64_t applier_tick(struct applier *a, int64_t now_ms)
     int64_t next = now_ms + 1000;
 
     a->tick_now = now_ms;
-    a->tick_mono = applier_mono_ms();
+    a->tick_mono = clock_mono_ms();
     applier_resume_due(a, now_ms);
     next = applier_copies_due(a, now_ms, next);
     applier_pump(a);
@@ -321,7 +314,7 @@ struct applier *applier_new(struct broker *br, enum broker_dir dir, size_t max_s
     a->max_slots = max_slots;
     a->max_running = max_running;
     a->cap = max_slots;
-    a->tick_now = a->tick_mono = applier_mono_ms();
+    a->tick_now = a->tick_mono = clock_mono_ms();
     a->slots = calloc(max_slots, sizeof(*a->slots));
     if (!a->slots) {
         free(a);

@@ -318,62 +318,6 @@ struct applier_slot *applier_slot_at(const struct applier *a, size_t i);
 /* Copies the counters into *out. */
 void applier_stats(const struct applier *a, struct applier_stats *out);
 
-/* ---- crash-safe note appends ------------------------------------------
- *
- * An edit that appends a block to a task's note is the one write an
- * applier cannot repeat blindly: fields are set to values (writing one
- * twice is harmless), but the note is written as what it was plus a block,
- * so a second write adds the block twice. A daemon killed after such an
- * edit landed and before its outcome was committed would write it again
- * when the broker redelivers the message. So, before the edit, the owner
- * commits an intent into the fp set it keeps for the task
- * (applier_pend_put): the message's seq, the length and fingerprint of the
- * whole note about to be written, and the fp set the edit produces (its
- * keys under APPLIER_PEND_PREFIX). The commit after the edit writes a set
- * without these keys. A message that finds an intent views the task first
- * (applier_pend_landed) and plans against applier_pend_base(): the set
- * after the pending edit when the note still starts with the note it
- * wrote (staff may have written after it), else the set before it. A new
- * intent is then built on that base, never on the unresolved one. Fields the two sets
- * disagree on are sent again, which is harmless; the note block is not. */
-
-/* The keys of an intent in an fp set. */
-#define APPLIER_PEND_SEQ    "pend_seq"
-#define APPLIER_PEND_LEN    "pend_len"
-#define APPLIER_PEND_FP     "pend_fp"
-#define APPLIER_PEND_PREFIX "p."
-
-/* 1 when the fp set holds an intent (APPLIER_PEND_LEN), else 0. */
-int applier_pend_present(const char *applied);
-
-/* Writes into out (outlen bytes) the fp set applied (NULL = "") without any
- * intent key. Returns 0, or -1 when it does not fit (out is then ""). */
-int applier_pend_strip(const char *applied, char *out, size_t outlen);
-
-/* Writes into out (outlen bytes) the intent of an edit for message seq
- * that writes note (the whole new note): applied (NULL = "") without any
- * older intent, plus APPLIER_PEND_SEQ, APPLIER_PEND_LEN and APPLIER_PEND_FP,
- * plus every key of after (the fp set the edit produces) whose value
- * differs from applied's, under APPLIER_PEND_PREFIX. Returns 0, or -1 when
- * the result does not fit in outlen or in STORE_APPLIED_MAX bytes (out is
- * then applied without an intent). */
-int applier_pend_put(const char *applied, const char *after, uint64_t seq, const char *note,
-                     char *out, size_t outlen);
-
-/* Tells whether the edit whose intent applied holds landed, from the
- * task's note as viewed now (NULL counts as ""): it did when the note
- * starts with the whole note that edit wrote. *seq (may be NULL) receives
- * the intent's seq (0 when there is none). Returns 1 (landed) or 0 (did
- * not land, or no intent). */
-int applier_pend_landed(const char *applied, const char *note, uint64_t *seq);
-
-/* Writes into out (outlen bytes; may be applied itself) the fp set to plan
- * against: when landed, applied with the intent's keys moved back under
- * their own names (the set after the pending edit), else applied without
- * the intent (the set before it); either way without an intent. Returns 0,
- * or -1 when it does not fit (out is then ""). */
-int applier_pend_base(const char *applied, int landed, char *out, size_t outlen);
-
 /* ---- the view of a task ------------------------------------------------
  *
  * Before an applier appends a block to a task's note it views the task:

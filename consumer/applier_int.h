@@ -2,7 +2,7 @@
  * applier_int.h - what the applier's own files share; private to
  * consumer/applier*.c (and the unit tests that compile them in).
  *
- * The applier is six files of one concern each, five around one struct
+ * The applier is five files of one concern each, four around one struct
  * applier:
  *   applier.c       the object and its slots: lifecycle, taking a delivery
  *                   into a slot, releasing it, a new connection, draining,
@@ -15,7 +15,6 @@
  *   applier_ack.c   the end of a delivery toward the broker: acks (held
  *                   until the store's sync, group commits), requeue,
  *                   discard;
- *   applier_pend.c  the intents of crash-safe note appends (pure);
  *   applier_view.c  the view of a task, read alike by both appliers.
  * Callers see applier.h only. Nothing here is thread-safe: everything
  * runs in the bridge's loop.
@@ -88,9 +87,6 @@ struct applier {
 /* Copies src (NULL counts as "") into dst of size bytes, cut and always
  * terminated. */
 void applier_text_copy(char *dst, size_t size, const char *src);
-
-/* CLOCK_MONOTONIC in milliseconds. */
-int64_t applier_mono_ms(void);
 
 /* Now on the clock of the ticks (applier_tick). */
 int64_t applier_clock_ms(const struct applier *a);

@@ -41,7 +41,7 @@
  * the next delivery creates at once: in normal operation nothing searches.
  *
  * Interrupted note edits: an update that appends a block commits its
- * intent first (applier.h, "crash-safe note appends"); the next delivery
+ * intent first (common/linkset.h, "crash-safe note appends"); the next delivery
  * for the task views the target and, when the block is there, does not
  * write it again.
  *
@@ -249,36 +249,10 @@ struct forward_plan {
     char applied[STORE_APPLIED_MAX + 1]; /* the fp set once this is applied */
 };
 
-/* The fp set key in which the reverse publisher (producer/statepub)
- * records the state it last published; kept by every forward apply. */
-#define FORWARD_KEY_STATE "state"
-
-/* The fp set key in which the reverse publisher records the seq of the
- * last confirmed state message that carried a status the target changed
- * itself: a task message whose "rev_seq" is below it was read before the
- * client applied that change, so its status is stale (forward_plan_make).
- * Kept by every forward apply. */
-#define FORWARD_KEY_REV_PUB "rev_pub"
-
-/* The fp set key in which the reverse publisher records the forward seq
- * its last confirmed state carried ("fwd_seq"): it publishes again once
- * the link's last_seq has passed it. Kept by every forward apply. */
-#define FORWARD_KEY_PUB_FWD "pub_fwd"
-
-/* The fp set a link keeps once plan is applied: plan->applied, plus, when
- * the target task is the one stored (same_target), the stored "status"
- * (unless the plan sends one: the reverse publisher records the target's
- * own status there) and the stored FORWARD_KEY_STATE, FORWARD_KEY_REV_PUB
- * and FORWARD_KEY_PUB_FWD. Writes into out
- * (outlen bytes, at least STORE_APPLIED_MAX + 1); a key that does not fit
- * is left out, with a warning. */
-void forward_applied_merge(const char *stored, const struct forward_plan *plan, int same_target,
-                           char *out, size_t outlen);
-
 /* Fills *plan for message m (kind task) against applied ("" = nothing
  * applied yet, as for a create: then everything is sent). fixed_type is 1
  * when api.task_type is set, so the type is never changed. A message whose
- * "rev_seq" is known and below applied's FORWARD_KEY_REV_PUB was read
+ * "rev_seq" is known and below applied's LINKSET_LINK_REV_PUB was read
  * before the client applied the target's last published state: its status
  * is not sent and applied's "status" is kept (plan->stale); the other
  * fields are planned as usual. Returns 0, or -1

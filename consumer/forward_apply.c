@@ -24,6 +24,7 @@
 #include "applier.h"
 #include "forward_int.h"
 #include "fp.h"
+#include "linkset.h"
 #include "log.h"
 #include "notes.h"
 #include "store_journal.h"
@@ -270,12 +271,12 @@ static void fwd_slot_log_stale(const struct forward_slot *s)
                  "before the client applied state %" PRId64 " (it had seen %" PRIu64 "): the "
                  "target's status is kept",
                  s->msg.seq, s->msg.task, s->client->id,
-                 fp_set_get_int(s->link.applied, FORWARD_KEY_REV_PUB, 0), s->msg.fwd.rev_seq);
+                 fp_set_get_int(s->link.applied, LINKSET_LINK_REV_PUB, 0), s->msg.fwd.rev_seq);
 }
 
 void fwd_slot_update(struct forward_slot *s)
 {
-    if (applier_pend_present(s->link.applied)) {
+    if (linkset_pend_present(s->link.applied)) {
         /* A note edit was under way when the daemon stopped: the target
          * tells whether it landed, and the plan is made against that. */
         s->pending = 1;
@@ -320,8 +321,8 @@ static int fwd_slot_plan_resolved(struct forward_slot *s, const char *note)
     uint64_t pseq = 0;
 
     s->pending = 0;
-    s->landed = applier_pend_landed(s->link.applied, note, &pseq);
-    if (applier_pend_base(s->link.applied, s->landed, base, sizeof(base)) < 0) {
+    s->landed = linkset_pend_landed(s->link.applied, note, &pseq);
+    if (linkset_pend_base(s->link.applied, s->landed, base, sizeof(base)) < 0) {
         fwd_slot_fail(s, RT_RETRY, FORWARD_DEAD_NONE, "the applied set of the link is unreadable");
         return -1;
     }
@@ -504,7 +505,7 @@ void fwd_slot_start(struct forward_slot *s)
         fwd_slot_update(s);
         return;
     }
-    if (s->link.found && fp_set_get_int(s->link.applied, FORWARD_KEY_CREATING, 1) != 0) {
+    if (s->link.found && fp_set_get_int(s->link.applied, LINKSET_LINK_CREATING, 1) != 0) {
         fwd_recover_begin(s);
         return;
     }

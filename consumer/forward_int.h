@@ -44,14 +44,6 @@
 #define FORWARD_RECOVER_MAX_ROWS 1000000L
 /* The store meta key of the last successful apply. */
 #define FORWARD_META_LAST_APPLY "last_forward_apply_ms"
-/* The applied set of a link whose create is under way (dst_task 0):
- * FORWARD_KEY_CREATING is 1 while a create may have made the task (then a
- * later delivery looks for it), 0 once a create surely failed; absent (a
- * link written by an older version) counts as 1. FORWARD_KEY_AFTER is the
- * highest target task id known for the client when the create started:
- * only tasks above it can be the one it made. */
-#define FORWARD_KEY_CREATING "creating"
-#define FORWARD_KEY_AFTER    "after"
 /* Links read at once when the highest target id of a client is computed. */
 #define FORWARD_SCAN_BATCH 256
 

@@ -12,20 +12,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "applier.h"
+#include "clock.h"
 #include "forward_int.h"
 #include "fp.h"
+#include "linkset.h"
 #include "log.h"
 #include "store_journal.h"
-
-static int64_t forward_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ---- seqs --------------------------------------------------------------- */
 
@@ -159,8 +153,8 @@ static void fwd_link_set_intent(struct store_link *cur, int64_t after)
     cur->last_seq = 0;
     cur->applied[0] = '\0';
     /* Two short integers: they always fit. */
-    fp_set_put_int(cur->applied, sizeof(cur->applied), FORWARD_KEY_CREATING, 1);
-    fp_set_put_int(cur->applied, sizeof(cur->applied), FORWARD_KEY_AFTER, after);
+    fp_set_put_int(cur->applied, sizeof(cur->applied), LINKSET_LINK_CREATING, 1);
+    fp_set_put_int(cur->applied, sizeof(cur->applied), LINKSET_LINK_AFTER, after);
 }
 
 /* FWD_LINK_NO_CREATE: the create under way surely made nothing. */
@@ -169,7 +163,7 @@ static void fwd_link_set_no_create(struct store_link *cur)
     if (cur->dst_task != 0)
         return; /* not an intent (cannot happen: only the create path calls this) */
     cur->applied[0] = '\0';
-    fp_set_put_int(cur->applied, sizeof(cur->applied), FORWARD_KEY_CREATING, 0);
+    fp_set_put_int(cur->applied, sizeof(cur->applied), LINKSET_LINK_CREATING, 0);
 }
 
 /* FWD_LINK_PENDING: the intent of the note edit that writes s->pend_note.
@@ -181,11 +175,11 @@ static void fwd_link_set_pending(const struct forward_slot *s, struct store_link
 {
     char base[STORE_APPLIED_MAX + 1], set[STORE_APPLIED_MAX + 1];
 
-    if (applier_pend_base(cur->applied, s->landed, base, sizeof(base)) < 0)
+    if (linkset_pend_base(cur->applied, s->landed, base, sizeof(base)) < 0)
         forward_copy(base, sizeof(base), cur->applied);
     /* The sets are a few fixed keys, far below the cap; should one not
      * fit, the edit goes ahead unprotected rather than never. */
-    if (applier_pend_put(base, s->plan.applied, s->msg.seq, s->pend_note, set, sizeof(set)) < 0)
+    if (linkset_pend_put(base, s->plan.applied, s->msg.seq, s->pend_note, set, sizeof(set)) < 0)
         log_warning("no room for the intent of the note edit of task %" PRId64
                     " of client \"%s\": a crash before its commit would append it twice",
                     s->msg.task, s->client->id);
@@ -197,8 +191,8 @@ static void fwd_link_set_applied(const struct forward_slot *s, struct store_link
 {
     char applied[STORE_APPLIED_MAX + 1];
 
-    forward_applied_merge(cur->applied, &s->plan, cur->dst_task == s->link.dst_task, applied,
-                          sizeof(applied));
+    linkset_applied_merge(cur->applied, s->plan.applied, s->plan.status,
+                          cur->dst_task == s->link.dst_task, applied, sizeof(applied));
     cur->dst_task = s->link.dst_task;
     cur->last_seq = s->commit_seq > s->msg.seq ? s->commit_seq : s->msg.seq;
     forward_copy(cur->applied, sizeof(cur->applied), applied);
@@ -242,7 +236,7 @@ rt_status fwd_link_write(struct forward_slot *s, enum fwd_link_write what)
 {
     struct forward *f = s->f;
     struct store_link cur;
-    int64_t now = forward_now_ms();
+    int64_t now = clock_wall_ms();
     int64_t after = 0;
     rt_status st;
 

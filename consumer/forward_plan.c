@@ -1,10 +1,11 @@
 /*
  * forward_plan.c - the forward applier's message checks and edit plan
  * (forward.h, "pure helpers"): who may send a task message into which
- * queue, what an update must send against the applied fp set, the fp set
- * of a task found again after an interrupted create, and what a link
- * keeps of the reverse publisher's keys. Pure functions of a message, the
- * configuration and fp sets: no store, no API, no broker.
+ * queue, what an update must send against the applied fp set, and the fp
+ * set of a task found again after an interrupted create (what a link
+ * keeps of the reverse publisher's keys is common/linkset.c's). Pure
+ * functions of a message, the configuration and fp sets: no store, no
+ * API, no broker.
  */
 #include "forward.h"
 
@@ -16,7 +17,7 @@
 #include "applier.h"
 #include "forward_int.h"
 #include "fp.h"
-#include "log.h"
+#include "linkset.h"
 #include "notes.h"
 
 /* ---- message checks ---------------------------------------------------- */
@@ -131,7 +132,7 @@ static int forward_plan_field(const char *set, const char *key, const char *valu
  * and writing it would undo the target's change. The message says which
  * state the client had applied when it read the task ("rev_seq"); the
  * link says which confirmed state last carried a status the target changed
- * itself (FORWARD_KEY_REV_PUB; states that only moved the performer or the
+ * itself (LINKSET_LINK_REV_PUB; states that only moved the performer or the
  * notes don't count, so they never make the client's own status change
  * stale). A message that had not seen that state is stale:
  * its status is left alone, and "status" keeps the target's. The client
@@ -143,13 +144,13 @@ static int forward_plan_field(const char *set, const char *key, const char *valu
  * status.
  *
  * rev_seq 0 is a client that does not say (older than the key), and no
- * FORWARD_KEY_REV_PUB is a link no state was confirmed for: the message's
+ * LINKSET_LINK_REV_PUB is a link no state was confirmed for: the message's
  * status is then compared with the known one as before. */
 static int forward_plan_status(const struct codec_msg *m, const char *applied,
                                struct forward_plan *plan)
 {
-    int64_t known = fp_set_get_int(applied, "status", -1);
-    int64_t rev_pub = fp_set_get_int(applied, FORWARD_KEY_REV_PUB, 0);
+    int64_t known = fp_set_get_int(applied, LINKSET_LINK_STATUS, -1);
+    int64_t rev_pub = fp_set_get_int(applied, LINKSET_LINK_REV_PUB, 0);
     int64_t record = m->fwd.status;
 
     plan->stale =
@@ -158,7 +159,7 @@ static int forward_plan_status(const struct codec_msg *m, const char *applied,
         record = known;
     else
         plan->status = known != m->fwd.status;
-    return fp_set_put_int(plan->applied, sizeof(plan->applied), "status", record);
+    return fp_set_put_int(plan->applied, sizeof(plan->applied), LINKSET_LINK_STATUS, record);
 }
 
 int forward_plan_make(const struct codec_msg *m, const char *applied, int fixed_type,
@@ -173,15 +174,15 @@ int forward_plan_make(const struct codec_msg *m, const char *applied, int fixed_
     buf_init(&block, (size_t)CODEC_MAX_NOTE + CODEC_MAX_ITEM + CODEC_MAX_ACCOUNT + 64);
     applied = applied ? applied : "";
 
-    if ((r = forward_plan_field(applied, "name", m->fwd.name, plan->applied,
+    if ((r = forward_plan_field(applied, LINKSET_LINK_NAME, m->fwd.name, plan->applied,
                                 sizeof(plan->applied))) < 0)
         goto fail;
     plan->name = r;
-    if ((r = forward_plan_field(applied, "type", m->fwd.type, plan->applied,
+    if ((r = forward_plan_field(applied, LINKSET_LINK_TYPE, m->fwd.type, plan->applied,
                                 sizeof(plan->applied))) < 0)
         goto fail;
     plan->type = r && !fixed_type;
-    if ((r = forward_plan_field(applied, "deadline", m->fwd.deadline, plan->applied,
+    if ((r = forward_plan_field(applied, LINKSET_LINK_DEADLINE, m->fwd.deadline, plan->applied,
                                 sizeof(plan->applied))) < 0)
         goto fail;
     plan->deadline = r;
@@ -195,19 +196,21 @@ int forward_plan_make(const struct codec_msg *m, const char *applied, int fixed_
     if (!native || !about)
         goto fail;
     char applied_fp[FP_HEX_LEN + 1];
-    size_t applied_len = (size_t)fp_set_get_int(applied, "note_len", 0);
-    fp_set_get(applied, "note_fp", applied_fp, sizeof(applied_fp));
+    size_t applied_len = (size_t)fp_set_get_int(applied, LINKSET_LINK_NOTE_LEN, 0);
+    fp_set_get(applied, LINKSET_LINK_NOTE_FP, applied_fp, sizeof(applied_fp));
     size_t off = notes_new_part(native, applied_len, applied_fp, &edited);
     const char *text = native + off;
     size_t native_len = strlen(native);
     fp_of_mem(native, native_len, fp);
-    if (fp_set_put_int(plan->applied, sizeof(plan->applied), "note_len", (int64_t)native_len) < 0 ||
-        fp_set_put(plan->applied, sizeof(plan->applied), "note_fp", fp) < 0)
+    if (fp_set_put_int(plan->applied, sizeof(plan->applied), LINKSET_LINK_NOTE_LEN,
+                       (int64_t)native_len) < 0 ||
+        fp_set_put(plan->applied, sizeof(plan->applied), LINKSET_LINK_NOTE_FP, fp) < 0)
         goto fail;
 
     fp_of_str(about, fp);
-    int about_changed = fp_set_get(applied, "about", was, sizeof(was)) < 0 || strcmp(fp, was) != 0;
-    if (fp_set_put(plan->applied, sizeof(plan->applied), "about", fp) < 0)
+    int about_changed =
+        fp_set_get(applied, LINKSET_LINK_ABOUT, was, sizeof(was)) < 0 || strcmp(fp, was) != 0;
+    if (fp_set_put(plan->applied, sizeof(plan->applied), LINKSET_LINK_ABOUT, fp) < 0)
         goto fail;
     if (about_changed && *about) {
         if (buf_printf(&block, "%s\n", about) < 0)
@@ -286,15 +289,15 @@ int forward_adopt_applied(const char *name, const char *type, const char *deadli
     if (outlen)
         out[0] = '\0';
     fp_of_str(name, fp);
-    if (fp_set_put(out, outlen, "name", fp) < 0)
+    if (fp_set_put(out, outlen, LINKSET_LINK_NAME, fp) < 0)
         goto done;
     fp_of_str(type, fp);
-    if (fp_set_put(out, outlen, "type", fp) < 0)
+    if (fp_set_put(out, outlen, LINKSET_LINK_TYPE, fp) < 0)
         goto done;
     fp_of_str(deadline, fp);
-    if (fp_set_put(out, outlen, "deadline", fp) < 0)
+    if (fp_set_put(out, outlen, LINKSET_LINK_DEADLINE, fp) < 0)
         goto done;
-    if (fp_set_put_int(out, outlen, "status", status) < 0)
+    if (fp_set_put_int(out, outlen, LINKSET_LINK_STATUS, status) < 0)
         goto done;
 
     const char *text = forward_block_text(note, origin, &blen);
@@ -312,7 +315,7 @@ int forward_adopt_applied(const char *name, const char *type, const char *deadli
         if (text < text_end && *text == '\n')
             text++;
     }
-    if (fp_set_put(out, outlen, "about", fp) < 0)
+    if (fp_set_put(out, outlen, LINKSET_LINK_ABOUT, fp) < 0)
         goto done;
 
     native = notes_native(m->fwd.note);
@@ -327,45 +330,11 @@ int forward_adopt_applied(const char *name, const char *type, const char *deadli
             note_len = lead + tl;
     }
     fp_of_mem(native, note_len, fp);
-    if (fp_set_put_int(out, outlen, "note_len", (int64_t)note_len) < 0 ||
-        fp_set_put(out, outlen, "note_fp", fp) < 0)
+    if (fp_set_put_int(out, outlen, LINKSET_LINK_NOTE_LEN, (int64_t)note_len) < 0 ||
+        fp_set_put(out, outlen, LINKSET_LINK_NOTE_FP, fp) < 0)
         goto done;
     rc = 0;
 done:
     free(native);
     return rc;
-}
-
-void forward_applied_merge(const char *stored, const struct forward_plan *plan, int same_target,
-                           char *out, size_t outlen)
-{
-    char state[STORE_FP_MAX + 1];
-
-    forward_copy(out, outlen, plan->applied);
-    if (!same_target)
-        return;
-    /* A status not sent now keeps the value stored: the reverse publisher
-     * records there the target's own status changes. */
-    if (!plan->status) {
-        int64_t kept = fp_set_get_int(stored, "status", -1);
-        if (kept >= 0)
-            fp_set_put_int(out, outlen, "status", kept); /* replaces a value: fits */
-    }
-    /* The reverse publisher's fingerprint of the state it last published
-     * stays: without it every forward apply would make its next cycle
-     * publish the same state again. */
-    if (fp_set_get(stored, FORWARD_KEY_STATE, state, sizeof(state)) == 0 &&
-        fp_set_put(out, outlen, FORWARD_KEY_STATE, state) < 0)
-        log_warning("the applied set of a link has no room for the key \"%s\": the next "
-                    "reverse cycle publishes the task's state again",
-                    FORWARD_KEY_STATE);
-    /* Its record of the last state confirmed, and of the forward seq that
-     * state had seen, stay too: they are what tells a stale message
-     * (forward_plan_status) and when to publish again. */
-    static const char *const keep[] = {FORWARD_KEY_REV_PUB, FORWARD_KEY_PUB_FWD};
-    for (size_t i = 0; i < sizeof(keep) / sizeof(keep[0]); i++) {
-        int64_t v = fp_set_get_int(stored, keep[i], -1);
-        if (v >= 0 && fp_set_put_int(out, outlen, keep[i], v) < 0)
-            log_warning("the applied set of a link has no room for the key \"%s\"", keep[i]);
-    }
 }

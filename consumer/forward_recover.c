@@ -18,6 +18,7 @@
 #include "applier.h"
 #include "forward_int.h"
 #include "fp.h"
+#include "linkset.h"
 #include "log.h"
 #include "notes.h"
 #include "store_journal.h"
@@ -57,7 +58,7 @@ void fwd_recover_begin(struct forward_slot *s)
      * made the task. Only a task made after the intent can be it, and its
      * id is above every id known then: listing the department costs its
      * pages, but only those rows are viewed. */
-    s->after = fp_set_get_int(s->link.applied, FORWARD_KEY_AFTER, 0);
+    s->after = fp_set_get_int(s->link.applied, LINKSET_LINK_AFTER, 0);
     s->page = 1;
     s->seen = 0;
     s->list_done = 0;

@@ -47,8 +47,8 @@
  * set, which the relay also sets to every status it forwards). The first
  * state of a task with no known status only records it. A status or
  * performer the source task already has is not written again. An edit
- * that appends a block commits its intent in the rev row first (applier.h,
- * "crash-safe note appends"): after a crash between that edit and its
+ * that appends a block commits its intent in the rev row first
+ * (common/linkset.h, "crash-safe note appends"): after a crash between that edit and its
  * commit, the next state of the task views it and does not append the
  * block a second time.
  *

@@ -16,21 +16,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "applier.h"
+#include "clock.h"
 #include "fp.h"
+#include "linkset.h"
 #include "log.h"
 #include "notes.h"
 #include "reverse_int.h"
 #include "store_journal.h"
-
-static int64_t reverse_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ---- the slot's endings ------------------------------------------------ */
 
@@ -123,11 +117,11 @@ static rt_status rev_slot_commit_set(struct reverse_slot *s, char *set, size_t s
         return RT_OK;
     if ((st = store_rev_get(r->st, client, s->msg.task, &cur)) != RT_OK)
         return st;
-    int64_t known = cur.found ? fp_set_get_int(cur.applied, "status", -1) : -1;
-    if (known >= 0 && fp_set_put_int(set, setlen, "status", known) < 0)
+    int64_t known = cur.found ? fp_set_get_int(cur.applied, LINKSET_REV_STATUS, -1) : -1;
+    if (known >= 0 && fp_set_put_int(set, setlen, LINKSET_REV_STATUS, known) < 0)
         return RT_REJECT;
-    int64_t sseq = cur.found ? fp_set_get_int(cur.applied, REVERSE_KEY_STATUS_SEQ, -1) : -1;
-    if (sseq >= 0 && fp_set_put_int(set, setlen, REVERSE_KEY_STATUS_SEQ, sseq) < 0)
+    int64_t sseq = cur.found ? fp_set_get_int(cur.applied, LINKSET_REV_STATUS_SEQ, -1) : -1;
+    if (sseq >= 0 && fp_set_put_int(set, setlen, LINKSET_REV_STATUS_SEQ, sseq) < 0)
         return RT_REJECT;
     return RT_OK;
 }
@@ -170,7 +164,7 @@ void rev_slot_commit(struct reverse_slot *s, int changed)
 {
     struct reverse *r = s->r;
     const char *client = r->cfg->client.id;
-    int64_t now = reverse_now_ms();
+    int64_t now = clock_wall_ms();
     rt_status st;
 
     s->step = RS_COMMIT;
@@ -288,11 +282,11 @@ static rt_status rev_slot_pend_write(struct reverse_slot *s, const char *note)
         goto rollback;
     if (!cur.found)
         memset(&cur, 0, sizeof(cur));
-    if (applier_pend_base(cur.applied, s->landed, base, sizeof(base)) < 0)
+    if (linkset_pend_base(cur.applied, s->landed, base, sizeof(base)) < 0)
         snprintf(base, sizeof(base), "%s", cur.applied);
     /* The sets are a few fixed keys, far below the cap; should one not
      * fit, the edit goes ahead unprotected rather than never. */
-    if (applier_pend_put(base, s->plan.applied, s->msg.seq, note, set, sizeof(set)) < 0)
+    if (linkset_pend_put(base, s->plan.applied, s->msg.seq, note, set, sizeof(set)) < 0)
         log_warning("no room for the intent of the note edit of task %" PRId64
                     ": a crash before its commit would append it twice",
                     s->msg.task);
@@ -324,8 +318,8 @@ static int rev_slot_plan_resolved(struct reverse_slot *s, const char *note)
     uint64_t pseq = 0;
 
     s->pending = 0;
-    s->landed = applier_pend_landed(s->applied, note, &pseq);
-    if (applier_pend_base(s->applied, s->landed, base, sizeof(base)) < 0) {
+    s->landed = linkset_pend_landed(s->applied, note, &pseq);
+    if (linkset_pend_base(s->applied, s->landed, base, sizeof(base)) < 0) {
         rev_slot_fail(s, RT_RETRY, REVERSE_DEAD_NONE, "the applied set of the task is unreadable");
         return -1;
     }
@@ -336,7 +330,7 @@ static int rev_slot_plan_resolved(struct reverse_slot *s, const char *note)
     if (s->landed && pseq > s->msg.seq) {
         s->commit_seq = pseq;
         snprintf(s->plan.applied, sizeof(s->plan.applied), "%s", base);
-        int64_t len = fp_set_get_int(base, "notes_len", 0);
+        int64_t len = fp_set_get_int(base, LINKSET_REV_NOTES_LEN, 0);
         s->plan.notes_len = len > 0 ? (size_t)len : 0;
         return 0;
     }
@@ -462,7 +456,7 @@ void rev_slot_start(struct reverse_slot *s)
         applier_ack(s->as);
         return;
     }
-    if (rev.found && applier_pend_present(rev.applied)) {
+    if (rev.found && linkset_pend_present(rev.applied)) {
         /* A note edit was under way when the daemon stopped: the task's
          * note tells whether it landed, and the plan is made against that
          * (slot_plan_resolved, once the task is viewed). */

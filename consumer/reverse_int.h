@@ -33,12 +33,6 @@
 /* The store meta key of the last successful apply. */
 #define REVERSE_META_LAST_APPLY "last_reverse_apply_ms"
 
-/* The key of the rev set under which the relay records the seq of the
- * confirmed task message that last changed the status forwarded
- * (producer/relay.c): a state that had seen it says what the target did
- * with that status (reverse_plan_status). */
-#define REVERSE_KEY_STATUS_SEQ "sseq"
-
 /* Where a delivery is while the applier holds it (applier.h keeps the
  * phases around it: waiting, publishing a retry or dead-letter copy). */
 enum reverse_step {

@@ -16,6 +16,7 @@
 
 #include "applier.h"
 #include "fp.h"
+#include "linkset.h"
 #include "notes.h"
 #include "reverse_int.h"
 
@@ -131,13 +132,13 @@ static char *reverse_plan_performer(const struct config *cfg, const struct codec
     char now[FP_HEX_LEN + 1], was[FP_HEX_LEN + 1];
     const char *name = m->state.performer ? m->state.performer : "";
     int64_t remote = m->state.performer_id;
-    int64_t prev = fp_set_get_int(applied, "performer", 0);
-    long set_by_us = (long)fp_set_get_int(applied, "plocal", 0);
+    int64_t prev = fp_set_get_int(applied, LINKSET_REV_PERFORMER, 0);
+    long set_by_us = (long)fp_set_get_int(applied, LINKSET_REV_PLOCAL, 0);
     long local = reverse_performer_local(cfg, remote);
     char *line = NULL;
 
     fp_of_str(name, now);
-    if (fp_set_get(applied, "pname", was, sizeof(was)) < 0)
+    if (fp_set_get(applied, LINKSET_REV_PNAME, was, sizeof(was)) < 0)
         fp_of_str("", was); /* nothing applied yet: as if there was no performer */
     int changed = remote != prev || strcmp(now, was) != 0;
 
@@ -175,9 +176,9 @@ static char *reverse_plan_performer(const struct config *cfg, const struct codec
                     *p = ' ';
         }
     }
-    if (fp_set_put_int(plan->applied, sizeof(plan->applied), "performer", remote) < 0 ||
-        fp_set_put(plan->applied, sizeof(plan->applied), "pname", now) < 0 ||
-        fp_set_put_int(plan->applied, sizeof(plan->applied), "plocal", set_by_us) < 0) {
+    if (fp_set_put_int(plan->applied, sizeof(plan->applied), LINKSET_REV_PERFORMER, remote) < 0 ||
+        fp_set_put(plan->applied, sizeof(plan->applied), LINKSET_REV_PNAME, now) < 0 ||
+        fp_set_put_int(plan->applied, sizeof(plan->applied), LINKSET_REV_PLOCAL, set_by_us) < 0) {
         free(line);
         return NULL;
     }
@@ -194,7 +195,7 @@ static char *reverse_plan_performer(const struct config *cfg, const struct codec
  *
  *  1. the server had applied the client's last confirmed task message that
  *     changed the status it forwarded (state fwd_seq >= the set's
- *     REVERSE_KEY_STATUS_SEQ, which the relay records; fwd_confirmed, the
+ *     LINKSET_REV_STATUS_SEQ, which the relay records; fwd_confirmed, the
  *     last confirmed message, for a row written before that key): an
  *     older state shows the target before the client's own status change
  *     reached it, and writing it back would undo that change on the source
@@ -226,8 +227,8 @@ static char *reverse_plan_performer(const struct config *cfg, const struct codec
 static int reverse_plan_status(const struct codec_msg *m, const char *applied,
                                uint64_t fwd_confirmed, struct reverse_plan *plan)
 {
-    int64_t known = fp_set_get_int(applied, "status", -1);
-    int64_t sseq = fp_set_get_int(applied, REVERSE_KEY_STATUS_SEQ, -1);
+    int64_t known = fp_set_get_int(applied, LINKSET_REV_STATUS, -1);
+    int64_t sseq = fp_set_get_int(applied, LINKSET_REV_STATUS_SEQ, -1);
     uint64_t need = sseq >= 0 && (uint64_t)sseq <= fwd_confirmed ? (uint64_t)sseq : fwd_confirmed;
     int fresh = m->state.fwd_seq == 0 || m->state.fwd_seq >= need;
     int64_t record = known;
@@ -244,11 +245,11 @@ static int reverse_plan_status(const struct codec_msg *m, const char *applied,
         record = m->state.status;
     }
     if (record >= 0 && record <= 2 &&
-        fp_set_put_int(plan->applied, sizeof(plan->applied), "status", record) < 0)
+        fp_set_put_int(plan->applied, sizeof(plan->applied), LINKSET_REV_STATUS, record) < 0)
         return -1;
     /* The relay's key stays as the relay wrote it. */
     if (sseq >= 0 &&
-        fp_set_put_int(plan->applied, sizeof(plan->applied), REVERSE_KEY_STATUS_SEQ, sseq) < 0)
+        fp_set_put_int(plan->applied, sizeof(plan->applied), LINKSET_REV_STATUS_SEQ, sseq) < 0)
         return -1;
     return 0;
 }
@@ -269,7 +270,7 @@ int reverse_plan_make(const struct config *cfg, const struct codec_msg *m, const
     /* The first state of the task: the performer part is compared with the
      * task as viewed ("pname" is written with every state applied; the
      * relay writes only "status"). */
-    plan->verify = fp_set_get(applied, "pname", fp, sizeof(fp)) < 0;
+    plan->verify = fp_set_get(applied, LINKSET_REV_PNAME, fp, sizeof(fp)) < 0;
     if (reverse_plan_status(m, applied, fwd_confirmed, plan) < 0)
         goto fail;
 
@@ -278,15 +279,15 @@ int reverse_plan_make(const struct config *cfg, const struct codec_msg *m, const
 
     if (!(native = reverse_native(m)))
         goto fail;
-    size_t applied_len = (size_t)fp_set_get_int(applied, "notes_len", 0);
-    fp_set_get(applied, "notes_fp", applied_fp, sizeof(applied_fp));
+    size_t applied_len = (size_t)fp_set_get_int(applied, LINKSET_REV_NOTES_LEN, 0);
+    fp_set_get(applied, LINKSET_REV_NOTES_FP, applied_fp, sizeof(applied_fp));
     size_t off = notes_new_part(native, applied_len, applied_fp, &edited);
     const char *text = native + off;
     plan->notes_len = strlen(native);
     fp_of_mem(native, plan->notes_len, fp);
-    if (fp_set_put_int(plan->applied, sizeof(plan->applied), "notes_len",
+    if (fp_set_put_int(plan->applied, sizeof(plan->applied), LINKSET_REV_NOTES_LEN,
                        (int64_t)plan->notes_len) < 0 ||
-        fp_set_put(plan->applied, sizeof(plan->applied), "notes_fp", fp) < 0)
+        fp_set_put(plan->applied, sizeof(plan->applied), LINKSET_REV_NOTES_FP, fp) < 0)
         goto fail;
 
     if (*line) {

@@ -4,34 +4,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "buf.h"
+#include "clock.h"
 #include "codec.h"
 #include "log.h"
 
 /* ---- clocks and the store's trouble ---------------------------------- */
 
-static int64_t relay_mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* The wall clock (ms since the epoch): for what is stored or sent. */
-int64_t relay_wall_ms(const struct relay *r)
-{
-    struct timespec ts;
-    (void)r;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Now on the clock of the ticks, for schedules set between ticks. */
 int64_t relay_clock_ms(const struct relay *r)
 {
-    return r->tick_now + (relay_mono_ms() - r->tick_mono);
+    return r->tick_now + (clock_mono_ms() - r->tick_mono);
 }
 
 /* A store call failed (what: the sentence's subject): logged once per
@@ -84,7 +68,7 @@ static void relay_outbox_scan(struct relay *r, int64_t now_ms)
 
     r->woken = 0;
     r->next_scan_ms = now_ms + RELAY_SCAN_INTERVAL_MS;
-    if (store_outbox_due(r->st, relay_wall_ms(r), r->nslots, r->due, &n) != RT_OK) {
+    if (store_outbox_due(r->st, clock_wall_ms(), r->nslots, r->due, &n) != RT_OK) {
         relay_store_failed(r, "cannot read the outbox");
         r->more_due = 0;
         return;
@@ -192,7 +176,7 @@ struct relay *relay_new(const struct config *cfg, struct store *st, struct billm
     relay_recon_init(r);
     r->woken = 1;
     /* Until the first tick gives its clock. */
-    r->tick_mono = r->tick_now = relay_mono_ms();
+    r->tick_mono = r->tick_now = clock_mono_ms();
     return r;
 
 fail_alloc:
@@ -221,7 +205,7 @@ void relay_free(struct relay *r)
  * every deferred row moves back as far. */
 static void relay_clock(struct relay *r, int64_t now_ms)
 {
-    int64_t mono = relay_mono_ms(), wall_ms = relay_wall_ms(r);
+    int64_t mono = clock_mono_ms(), wall_ms = clock_wall_ms();
     int64_t skew = wall_ms - mono;
     r->tick_now = now_ms;
     r->tick_mono = mono;

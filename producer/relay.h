@@ -102,10 +102,6 @@
 /* Backoff of store work after the store failed for now. */
 #define RELAY_STORE_RETRY_MIN_MS 250
 #define RELAY_STORE_RETRY_MAX_MS 4000
-/* The key of a task's rev set (store_rev.applied) in which the relay
- * records the seq of the confirmed message that last changed the status
- * forwarded (consumer/reverse.c reads it). */
-#define RELAY_KEY_STATUS_SEQ "sseq"
 
 /* relay_fields_from_doc: a forwarded field holds something other than
  * text, or the department is not an id. */

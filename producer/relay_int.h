@@ -40,7 +40,7 @@
  *   so with relay_store_ok(). Nothing is lost by a failure: the row stays in
  *   the outbox.
  * - Times: schedules on the ticks' clock (relay_clock_ms, monotonic), what
- *   is stored or sent on the wall clock (relay_wall_ms).
+ *   is stored or sent on the wall clock (clock_wall_ms, common/clock.h).
  */
 #ifndef RT_RELAY_INT_H
 #define RT_RELAY_INT_H
@@ -139,9 +139,6 @@ struct relay {
 };
 
 /* ---- relay.c: the component's helpers ------------------------------- */
-
-/* The wall clock (ms since the epoch): for what is stored or sent. */
-int64_t relay_wall_ms(const struct relay *r);
 
 /* Now on the clock of the ticks, for schedules set between ticks. */
 int64_t relay_clock_ms(const struct relay *r);

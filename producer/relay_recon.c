@@ -3,6 +3,7 @@
 #include <inttypes.h>
 #include <string.h>
 
+#include "clock.h"
 #include "log.h"
 #include "store_journal.h"
 
@@ -115,7 +116,7 @@ static int relay_recon_row(void *arg, json_t *row, long id)
  * (and is due again) rather than skip it without a word. */
 static long relay_recon_rows(struct relay *r, json_t *doc)
 {
-    struct relay_recon_batch pg = {.r = r, .now = relay_wall_ms(r), .added = 0};
+    struct relay_recon_batch pg = {.r = r, .now = clock_wall_ms(), .added = 0};
     const char *bad = "";
 
     if (!pager_has_rows(doc))

@@ -6,7 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
 #include "codec.h"
+#include "linkset.h"
 #include "log.h"
 #include "store_journal.h"
 
@@ -68,7 +70,7 @@ void relay_slot_release(struct relay_slot *s)
 void relay_slot_defer(struct relay_slot *s, int64_t delay_ms, const char *reason)
 {
     struct relay *r = s->r;
-    int64_t next = relay_wall_ms(r) + delay_ms;
+    int64_t next = clock_wall_ms() + delay_ms;
     int64_t shown = delay_ms >= 10000 ? delay_ms / 1000 : delay_ms;
     const char *unit = delay_ms >= 10000 ? "s" : "ms";
     /* A failed view is the view's outcome; a failure later is the message's. */
@@ -117,7 +119,7 @@ static void relay_slot_publish(struct relay_slot *s)
     }
     struct broker_props props = {
         .message_id = s->message_id,
-        .timestamp = relay_wall_ms(r) / 1000,
+        .timestamp = clock_wall_ms() / 1000,
         .user_id = NULL,
     };
     /* broker_publish may report LOST for earlier publishes from inside;
@@ -179,14 +181,14 @@ static rt_status relay_slot_record_status(struct relay_slot *s)
      * forwards the status the target is known to have changes nothing
      * there, so the seq stays: a state of the task that misses only such
      * messages (one the server dead-lettered, say) is not held back. */
-    int64_t known = fp_set_get_int(rev.applied, "status", -1);
-    if ((known != s->status || fp_set_get_int(rev.applied, RELAY_KEY_STATUS_SEQ, -1) < 0) &&
-        fp_set_put_int(rev.applied, sizeof rev.applied, RELAY_KEY_STATUS_SEQ, (int64_t)s->seq) <
+    int64_t known = fp_set_get_int(rev.applied, LINKSET_REV_STATUS, -1);
+    if ((known != s->status || fp_set_get_int(rev.applied, LINKSET_REV_STATUS_SEQ, -1) < 0) &&
+        fp_set_put_int(rev.applied, sizeof rev.applied, LINKSET_REV_STATUS_SEQ, (int64_t)s->seq) <
             0) {
         log_warning("no room to record the status forwarded for task %" PRId64, s->ev.task);
         return RT_OK;
     }
-    if (fp_set_put_int(rev.applied, sizeof rev.applied, "status", s->status) < 0) {
+    if (fp_set_put_int(rev.applied, sizeof rev.applied, LINKSET_REV_STATUS, s->status) < 0) {
         /* The set is a few short keys, far below its cap. */
         log_warning("no room to record the status forwarded for task %" PRId64, s->ev.task);
         return RT_OK;
@@ -237,7 +239,7 @@ static void relay_slot_confirmed(struct relay_slot *s, int64_t now, bool deleted
 void relay_slot_commit(struct relay_slot *s)
 {
     struct relay *r = s->r;
-    int64_t now = relay_wall_ms(r);
+    int64_t now = clock_wall_ms();
     bool deleted = false;
 
     rt_status st = store_begin(r->st);
@@ -280,7 +282,7 @@ void relay_slot_commit(struct relay_slot *s)
 void relay_commit_confirmed(struct relay *r)
 {
     size_t n = 0;
-    int64_t now = relay_wall_ms(r);
+    int64_t now = clock_wall_ms();
     for (size_t i = 0; i < r->nslots; i++)
         n += r->slots[i].state == SLOT_CONFIRMED;
     if (n == 0)
@@ -357,7 +359,7 @@ void relay_slot_prepare(struct relay_slot *s, const struct relay_fields *f)
     /* ts is when the oldest of the coalesced events was recorded, so the
      * server can measure the whole way from the change to its apply,
      * outages and outbox waits included. */
-    m.ts = s->ev.first_ms > 0 ? s->ev.first_ms : relay_wall_ms(r);
+    m.ts = s->ev.first_ms > 0 ? s->ev.first_ms : clock_wall_ms();
     m.fwd.department = f->department;
     m.fwd.name = f->name;
     m.fwd.type = f->type;

@@ -4,33 +4,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "log.h"
 
 /* ---- clocks ---------------------------------------------------------- */
-
-/* The wall clock: for what is stored or sent (message times, the time of
- * the last cycle). */
-int64_t sp_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t sp_mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Now on the clock of the ticks (monotonic), for schedules set between
  * ticks: a wall clock set back must not stall them. */
 static int64_t sp_clock_ms(const struct statepub *sp)
 {
-    return sp->tick_now + (sp_mono_ms() - sp->tick_mono);
+    return sp->tick_now + (clock_mono_ms() - sp->tick_mono);
 }
 
 /* ---- cycles ---------------------------------------------------------- */
@@ -78,7 +62,7 @@ void sp_cycle_maybe_end(struct sp_client *c)
     struct statepub *sp = c->sp;
     if (!c->running || c->listing || c->pager.call || c->jobs > 0)
         return;
-    int64_t now = sp_clock_ms(sp), wall = sp_now_ms();
+    int64_t now = sp_clock_ms(sp), wall = clock_wall_ms();
     int64_t took = now - c->started_ms;
     c->running = 0;
     if (sp->draining) {
@@ -203,7 +187,7 @@ struct statepub *statepub_new(const struct config *cfg, struct store *st, struct
         c->cc = &cfg->server.clients[i];
         sp_list_init(c);
     }
-    sp->tick_now = sp->tick_mono = sp_mono_ms();
+    sp->tick_now = sp->tick_mono = clock_mono_ms();
     bool found = false;
     if (store_meta_get_i64(st, STATEPUB_META_LAST_CYCLE, &sp->stats.last_cycle_ms, &found) !=
         RT_OK) {
@@ -242,7 +226,7 @@ void statepub_free(struct statepub *sp)
 int64_t statepub_tick(struct statepub *sp, int64_t now_ms)
 {
     sp->tick_now = now_ms;
-    sp->tick_mono = sp_mono_ms();
+    sp->tick_mono = clock_mono_ms();
     if (!sp->started) {
         sp->started = 1;
         for (size_t i = 0; i < sp->nclients; i++)

@@ -40,7 +40,7 @@
  *   job's mark, store_durable); jobs are ready in the order their seqs were
  *   allocated, and statepub_synced() publishes what waited.
  * - Times: schedules on the ticks' clock (monotonic), what is stored or
- *   sent on the wall clock (sp_now_ms).
+ *   sent on the wall clock (clock_wall_ms, common/clock.h).
  */
 #ifndef RT_STATEPUB_INT_H
 #define RT_STATEPUB_INT_H
@@ -52,17 +52,6 @@
 #include "pager.h"
 #include "statepub.h"
 
-/* The applied-set keys this module owns; the forward applier owns the
- * others, and reads "status" to skip the client's echo of a status. */
-#define SP_KEY_STATE  "state"
-#define SP_KEY_STATUS "status"
-/* The seq of the last state whose publish was confirmed: the forward
- * applier keeps the target's status over a task message that had not seen
- * it (FORWARD_KEY_REV_PUB of consumer/forward.h; the same name, spelled
- * here since producer/ does not include consumer/). */
-#define SP_KEY_REV_PUB "rev_pub"
-/* The "fwd_seq" that state carried (FORWARD_KEY_PUB_FWD). */
-#define SP_KEY_PUB_FWD "pub_fwd"
 /* "<client>:<task>:r<seq>" or "<client>:sync_done:<id>". */
 #define SP_MESSAGE_ID_MAX (STORE_CLIENT_MAX + CODEC_MAX_ID + 2 * 21 + 16)
 
@@ -183,10 +172,6 @@ struct statepub {
 };
 
 /* ---- statepub.c: the component and its cycles ----------------------- */
-
-/* The wall clock: for what is stored or sent (message times, the time of
- * the last cycle). */
-int64_t sp_now_ms(void);
 
 /* Moves work forward: publishes what waits for the broker, starts views
  * and asks for the pages that waited for the view queue to shrink. Not

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "linkset.h"
 #include "log.h"
 
 /* 1 when the forward applier applied a task message the last state
@@ -19,7 +20,7 @@
  * older version) says 0. */
 int sp_fwd_moved(const struct store_link *link, uint64_t fwd_seq)
 {
-    int64_t pub_fwd = fp_set_get_int(link->applied, SP_KEY_PUB_FWD, -1);
+    int64_t pub_fwd = fp_set_get_int(link->applied, LINKSET_LINK_PUB_FWD, -1);
     return pub_fwd >= 0 && fwd_seq > (uint64_t)pub_fwd;
 }
 /* Takes one listed row (pager_row_fn) as a job when it is the target of

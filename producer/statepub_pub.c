@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
+#include "linkset.h"
 #include "log.h"
 #include "store_journal.h"
 
@@ -118,7 +120,7 @@ void sp_publish_ready(struct statepub *sp)
         }
         struct broker_props props = {
             .message_id = j->message_id,
-            .timestamp = sp_now_ms() / 1000,
+            .timestamp = clock_wall_ms() / 1000,
             .user_id = NULL,
         };
         sp_list_unlink(j);
@@ -192,7 +194,7 @@ void sp_sync_done_queue(struct sp_client *c, const struct sp_sync *s)
     m.client = c->cc->id;
     m.task = 0;
     m.seq = 0;
-    m.ts = sp_now_ms();
+    m.ts = clock_wall_ms();
     m.sync.id = j->sync.id;
     m.sync.count = s->count;
     if (codec_encode(&m, &j->body, err, sizeof err) < 0) {
@@ -229,7 +231,7 @@ void sp_job_prepare(struct sp_job *j, const struct statepub_state *s)
     m.client = (char *)client;
     m.task = j->src_task;
     m.seq = j->seq;
-    m.ts = sp_now_ms();
+    m.ts = clock_wall_ms();
     m.state.status = s->status;
     m.state.performer_id = s->performer_id;
     m.state.performer = s->performer;
@@ -257,10 +259,10 @@ void sp_job_prepare(struct sp_job *j, const struct statepub_state *s)
 /* ---- confirms and commits -------------------------------------------- */
 
 /* Records in a link's applied set which task message a confirmed state had
- * seen (its fwd_seq, SP_KEY_PUB_FWD) and, when the state carried a status
+ * seen (its fwd_seq, LINKSET_LINK_PUB_FWD) and, when the state carried a status
  * the target changed itself (status_changed: it differs from the status
  * the link held, which is what the forward applier last wrote or statepub
- * last published), that state's seq (SP_KEY_REV_PUB). The forward applier
+ * last published), that state's seq (LINKSET_LINK_REV_PUB). The forward applier
  * leaves the target's status alone for a task message that had not seen
  * that state; a state that only moved the performer or the notes must not
  * make the client's status changes stale. Neither value ever moves back: a
@@ -268,22 +270,22 @@ void sp_job_prepare(struct sp_job *j, const struct statepub_state *s)
  * or -1 when the set is full (what fit stays). */
 static int sp_job_record_seqs(const struct sp_job *j, int status_changed, char *applied, size_t len)
 {
-    int64_t pub = fp_set_get_int(applied, SP_KEY_REV_PUB, 0);
-    int64_t fwd = fp_set_get_int(applied, SP_KEY_PUB_FWD, 0);
+    int64_t pub = fp_set_get_int(applied, LINKSET_LINK_REV_PUB, 0);
+    int64_t fwd = fp_set_get_int(applied, LINKSET_LINK_PUB_FWD, 0);
     if (status_changed && (int64_t)j->seq > pub &&
-        fp_set_put_int(applied, len, SP_KEY_REV_PUB, (int64_t)j->seq) < 0)
+        fp_set_put_int(applied, len, LINKSET_LINK_REV_PUB, (int64_t)j->seq) < 0)
         return -1;
     if ((int64_t)j->fwd_seq > fwd &&
-        fp_set_put_int(applied, len, SP_KEY_PUB_FWD, (int64_t)j->fwd_seq) < 0)
+        fp_set_put_int(applied, len, LINKSET_LINK_PUB_FWD, (int64_t)j->fwd_seq) < 0)
         return -1;
-    if (fp_set_get_int(applied, SP_KEY_PUB_FWD, -1) < 0 &&
-        fp_set_put_int(applied, len, SP_KEY_PUB_FWD, (int64_t)j->fwd_seq) < 0)
+    if (fp_set_get_int(applied, LINKSET_LINK_PUB_FWD, -1) < 0 &&
+        fp_set_put_int(applied, len, LINKSET_LINK_PUB_FWD, (int64_t)j->fwd_seq) < 0)
         return -1;
     return 0;
 }
 
 /* Records a confirmed state message: rev_fp, applied "state", "status",
- * SP_KEY_REV_PUB and SP_KEY_PUB_FWD, notes_sent, in one transaction that
+ * LINKSET_LINK_REV_PUB and LINKSET_LINK_PUB_FWD, notes_sent, in one transaction that
  * re-reads the link and keeps what the forward applier wrote. On RT_RETRY
  * the job waits in the acked list and statepub_tick() tries again; the
  * status is returned. */
@@ -304,7 +306,7 @@ rt_status sp_job_commit(struct sp_job *j)
     }
     if (st == RT_OK && !stale) {
         snprintf(cur.rev_fp, sizeof cur.rev_fp, "%s", j->lf);
-        int status_changed = fp_set_get_int(cur.applied, SP_KEY_STATUS, -1) != j->status;
+        int status_changed = fp_set_get_int(cur.applied, LINKSET_LINK_STATUS, -1) != j->status;
         if (statepub_applied_update(cur.applied, j->sf, j->status, cur.applied,
                                     sizeof cur.applied) < 0 ||
             sp_job_record_seqs(j, status_changed, cur.applied, sizeof cur.applied) < 0)

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "linkset.h"
 #include "log.h"
 #include "notes.h"
 #include "taskview.h"
@@ -131,8 +132,8 @@ int statepub_applied_update(const char *applied, const char *state_fp, int statu
         return -1;
     }
     memcpy(tmp, was, n + 1);
-    int bad = fp_set_put(tmp, outlen, SP_KEY_STATE, state_fp) < 0 ||
-              fp_set_put_int(tmp, outlen, SP_KEY_STATUS, status) < 0;
+    int bad = fp_set_put(tmp, outlen, LINKSET_LINK_STATE, state_fp) < 0 ||
+              fp_set_put_int(tmp, outlen, LINKSET_LINK_STATUS, status) < 0;
     if (bad) {
         if (out != was)
             memmove(out, was, n + 1);
@@ -236,7 +237,7 @@ static void sp_view_state(struct sp_job *j, const struct statepub_state *s)
         sp_job_finish(j, 1);
         return;
     }
-    if (fp_set_get(link.applied, SP_KEY_STATE, applied_state, sizeof applied_state) == 0 &&
+    if (fp_set_get(link.applied, LINKSET_LINK_STATE, applied_state, sizeof applied_state) == 0 &&
         strcmp(applied_state, j->sf) == 0 && !sp_fwd_moved(&link, j->fwd_seq)) {
         sp_job_record_unchanged(j);
         sp->stats.unchanged++;

@@ -26,7 +26,6 @@
 #include "../../consumer/applier_ack.c"
 #include "../../consumer/applier_copy.c"
 #include "../../consumer/applier_order.c"
-#include "../../consumer/applier_pend.c"
 #include "../../consumer/applier_view.c"
 
 /* ---- the broker stand-in -------------------------------------------- */
@@ -392,7 +391,7 @@ static void refused_copy_is_published_again(void **state)
 {
     (void)state;
     struct applier *a = new_applier(8, 4);
-    int64_t now = applier_mono_ms();
+    int64_t now = clock_mono_ms();
     uint64_t t1 = deliver(a, "7", 1, 1);
     uint64_t t2 = deliver(a, "7", 2, 1);
     applier_fail(own.started[0], RT_RETRY, 0, "none", "api: down");
@@ -442,7 +441,7 @@ static void deferred_step_keeps_its_delivery(void **state)
 {
     (void)state;
     struct applier *a = new_applier(16, 4);
-    int64_t now = applier_mono_ms();
+    int64_t now = clock_mono_ms();
     own.defer_start = 1;
     uint64_t t1 = deliver(a, "a", 1, 1);
     uint64_t t2 = deliver(a, "a", 2, 1);

@@ -27,7 +27,6 @@
 #include "../../consumer/applier_ack.c"
 #include "../../consumer/applier_copy.c"
 #include "../../consumer/applier_order.c"
-#include "../../consumer/applier_pend.c"
 #include "../../consumer/applier_view.c"
 #include "../../consumer/forward.c"
 #include "../../consumer/forward_apply.c"
@@ -200,8 +199,8 @@ static void plan_keeps_the_target_status_over_a_stale_message(void **state)
     char set[STORE_APPLIED_MAX + 1];
     snprintf(set, sizeof(set), "%s", p.applied);
     assert_int_equal(fp_set_put_int(set, sizeof(set), "status", 2), 0);
-    assert_int_equal(fp_set_put_int(set, sizeof(set), FORWARD_KEY_REV_PUB, 3), 0);
-    assert_int_equal(fp_set_put_int(set, sizeof(set), FORWARD_KEY_PUB_FWD, 1), 0);
+    assert_int_equal(fp_set_put_int(set, sizeof(set), LINKSET_LINK_REV_PUB, 3), 0);
+    assert_int_equal(fp_set_put_int(set, sizeof(set), LINKSET_LINK_PUB_FWD, 1), 0);
 
     /* Stale: renamed at the source, still open there. */
     m.fwd.name = "Renamed";
@@ -213,10 +212,10 @@ static void plan_keeps_the_target_status_over_a_stale_message(void **state)
     assert_true(q.name);
     assert_int_equal(fp_set_get_int(q.applied, "status", -1), 2);
     char merged[STORE_APPLIED_MAX + 1];
-    forward_applied_merge(set, &q, 1, merged, sizeof(merged));
+    linkset_applied_merge(set, q.applied, q.status, 1, merged, sizeof(merged));
     assert_int_equal(fp_set_get_int(merged, "status", -1), 2);
-    assert_int_equal(fp_set_get_int(merged, FORWARD_KEY_REV_PUB, -1), 3);
-    assert_int_equal(fp_set_get_int(merged, FORWARD_KEY_PUB_FWD, -1), 1);
+    assert_int_equal(fp_set_get_int(merged, LINKSET_LINK_REV_PUB, -1), 3);
+    assert_int_equal(fp_set_get_int(merged, LINKSET_LINK_PUB_FWD, -1), 1);
     forward_plan_release(&q);
 
     /* Having seen state 3, the source's status is a real change. */
@@ -498,14 +497,14 @@ static void applied_merge_keeps_the_published_state(void **state)
     assert_false(plan.status);
     assert_int_equal(fp_set_get(plan.applied, "state", v, sizeof(v)), -1);
 
-    forward_applied_merge(stored, &plan, 1, out, sizeof(out));
+    linkset_applied_merge(stored, plan.applied, plan.status, 1, out, sizeof(out));
     assert_int_equal(fp_set_get(out, "state", v, sizeof(v)), 0);
     assert_string_equal(v, "abc123");
     assert_int_equal(fp_set_get_int(out, "status", -1), 2);
     assert_int_equal(fp_set_get(out, "name", v, sizeof(v)), 0);
 
     /* Another target task (re-created): nothing of the old one is kept. */
-    forward_applied_merge(stored, &plan, 0, out, sizeof(out));
+    linkset_applied_merge(stored, plan.applied, plan.status, 0, out, sizeof(out));
     assert_string_equal(out, plan.applied);
     assert_int_equal(fp_set_get(out, "state", v, sizeof(v)), -1);
     forward_plan_release(&plan);
@@ -514,7 +513,7 @@ static void applied_merge_keeps_the_published_state(void **state)
     m.fwd.status = 1;
     assert_int_equal(forward_plan_make(&m, stored, 0, &plan), 0);
     assert_true(plan.status);
-    forward_applied_merge(stored, &plan, 1, out, sizeof(out));
+    linkset_applied_merge(stored, plan.applied, plan.status, 1, out, sizeof(out));
     assert_int_equal(fp_set_get_int(out, "status", -1), 1);
     assert_int_equal(fp_set_get(out, "state", v, sizeof(v)), 0);
     assert_string_equal(v, "abc123");
@@ -530,7 +529,7 @@ static void dead_kinds_have_names(void **state)
     assert_string_equal(forward_dead_kind_name(FORWARD_DEAD_API), "api");
 }
 
-/* The intent of a note edit (applier_pend.c), as both appliers use it. */
+/* The intent of a note edit (common/linkset.c), as both appliers use it. */
 static void pend_intent_tells_the_set_after_a_landed_edit(void **state)
 {
     char intent[STORE_APPLIED_MAX + 1], base[STORE_APPLIED_MAX + 1], v[64];
@@ -543,9 +542,9 @@ static void pend_intent_tells_the_set_after_a_landed_edit(void **state)
                        "--- remotetask: end ---\n";
     (void)state;
 
-    assert_false(applier_pend_present(applied));
-    assert_int_equal(applier_pend_put(applied, after, 4, note, intent, sizeof(intent)), 0);
-    assert_true(applier_pend_present(intent));
+    assert_false(linkset_pend_present(applied));
+    assert_int_equal(linkset_pend_put(applied, after, 4, note, intent, sizeof(intent)), 0);
+    assert_true(linkset_pend_present(intent));
     /* Only what the edit changes is kept for after it. */
     assert_int_equal(fp_set_get(intent, "p.note_len", v, sizeof(v)), 0);
     assert_string_equal(v, "9");
@@ -557,11 +556,11 @@ static void pend_intent_tells_the_set_after_a_landed_edit(void **state)
     note_after = malloc(strlen(note) + 16);
     assert_non_null(note_after);
     sprintf(note_after, "%s\nthanks", note);
-    assert_int_equal(applier_pend_landed(intent, note_after, &seq), 1);
+    assert_int_equal(linkset_pend_landed(intent, note_after, &seq), 1);
     assert_int_equal(seq, 4);
-    assert_int_equal(applier_pend_landed(intent, note, NULL), 1);
-    assert_int_equal(applier_pend_base(intent, 1, base, sizeof(base)), 0);
-    assert_false(applier_pend_present(base));
+    assert_int_equal(linkset_pend_landed(intent, note, NULL), 1);
+    assert_int_equal(linkset_pend_base(intent, 1, base, sizeof(base)), 0);
+    assert_false(linkset_pend_present(base));
     assert_int_equal(fp_set_get_int(base, "note_len", -1), 9);
     assert_int_equal(fp_set_get(base, "note_fp", v, sizeof(v)), 0);
     assert_string_equal(v, "f2");
@@ -572,25 +571,25 @@ static void pend_intent_tells_the_set_after_a_landed_edit(void **state)
     assert_int_equal(fp_set_get(base, "p.note_len", v, sizeof(v)), -1);
 
     /* Not landed: the note as it was, or its middle edited. */
-    assert_int_equal(applier_pend_landed(intent, before, NULL), 0);
+    assert_int_equal(linkset_pend_landed(intent, before, NULL), 0);
     note_after[1] = 'X';
-    assert_int_equal(applier_pend_landed(intent, note_after, NULL), 0);
-    assert_int_equal(applier_pend_landed(intent, NULL, NULL), 0);
-    assert_int_equal(applier_pend_base(intent, 0, base, sizeof(base)), 0);
-    assert_false(applier_pend_present(base));
+    assert_int_equal(linkset_pend_landed(intent, note_after, NULL), 0);
+    assert_int_equal(linkset_pend_landed(intent, NULL, NULL), 0);
+    assert_int_equal(linkset_pend_base(intent, 0, base, sizeof(base)), 0);
+    assert_false(linkset_pend_present(base));
     assert_int_equal(fp_set_get_int(base, "note_len", -1), 3);
     assert_int_equal(fp_set_get(base, "about", v, sizeof(v)), -1);
     assert_int_equal(fp_set_get(base, "state", v, sizeof(v)), 0);
 
     /* No intent: nothing landed, the set is kept; a new intent replaces an
      * old one; a set without room refuses one and keeps what it had. */
-    assert_int_equal(applier_pend_landed(applied, note, &seq), 0);
+    assert_int_equal(linkset_pend_landed(applied, note, &seq), 0);
     assert_int_equal(seq, 0);
-    assert_int_equal(applier_pend_put(intent, after, 5, "x", base, sizeof(base)), 0);
+    assert_int_equal(linkset_pend_put(intent, after, 5, "x", base, sizeof(base)), 0);
     assert_int_equal(fp_set_get_int(base, "pend_seq", 0), 5);
     assert_int_equal(fp_set_get_int(base, "pend_len", 0), 1);
-    assert_int_equal(applier_pend_put(applied, after, 4, note, base, 40), -1);
-    assert_false(applier_pend_present(base));
+    assert_int_equal(linkset_pend_put(applied, after, 4, note, base, 40), -1);
+    assert_false(linkset_pend_present(base));
     free(note_after);
 }
 

@@ -94,7 +94,7 @@ static void release_relay(struct fixture *fx)
 
 static void tick_relay(struct fixture *fx)
 {
-    relay_tick(fx->r, relay_mono_ms());
+    relay_tick(fx->r, clock_mono_ms());
 }
 
 static const struct fixture_kind relay_kind = {
@@ -712,7 +712,7 @@ static void wall_clock_set_back_keeps_deferred_rows_on_time(void **state)
         store_outbox_defer(fx->st, "7", 5, fixture_wall_ms() + 3600 * 1000 + 1000, "view failed"),
         RT_OK);
     fx->r->wall_skew += 3600 * 1000;
-    relay_tick(fx->r, relay_mono_ms());
+    relay_tick(fx->r, clock_mono_ms());
     assert_int_equal(store_outbox_due(fx->st, fixture_wall_ms() + 2000, 4, ev, &n), RT_OK);
     assert_int_equal(n, 1);
     fixture_run_until(fx, one_published, "the row deferred before the clock went back");
@@ -729,7 +729,7 @@ static void wall_clock_set_back_keeps_deferred_rows_on_time(void **state)
         relay_new(fx->cfg, fx->st, fx->bm, (struct broker *)&fx->fake_br, err, sizeof err);
     assert_non_null(r2);
     fake_broker.connected = 0; /* nothing to publish: only the schedule */
-    relay_tick(r2, relay_mono_ms());
+    relay_tick(r2, clock_mono_ms());
     relay_drain(r2);
     billmgr_free(fx->bm); /* cancels r2's calls before it goes */
     relay_free(r2);
@@ -755,7 +755,7 @@ static void ticks_on_the_monotonic_clock(void **state)
     struct fixture *fx = *state;
     struct relay_stats s;
     settle(fx);
-    int64_t now = relay_mono_ms();
+    int64_t now = clock_mono_ms();
     int lists = fake_bill_get(&fake_bill.lists);
     int64_t next = relay_tick(fx->r, now);
     assert_true(next > now && next <= now + RELAY_SCAN_INTERVAL_MS);
@@ -782,7 +782,7 @@ static void held_store_keeps_a_confirmed_message(struct fixture *fx)
     assert_non_null(other);
     assert_int_equal(store_begin(other), RT_OK);
     relay_on_confirm(fx->r, fake_broker.pub[0].tag, BROKER_ACKED);
-    int64_t now = relay_mono_ms();
+    int64_t now = clock_mono_ms();
     for (int i = 1; i <= 4; i++)
         relay_tick(fx->r, now + i * RELAY_STORE_RETRY_MAX_MS);
     assert_int_equal(backlog(fx), 1);
@@ -887,7 +887,7 @@ static void drain_lets_go_and_free_is_safe_in_flight(void **state)
     struct relay *r2 =
         relay_new(fx->cfg, fx->st, fx->bm, (struct broker *)&fx->fake_br, err, sizeof err);
     assert_non_null(r2);
-    relay_tick(r2, relay_mono_ms());
+    relay_tick(r2, clock_mono_ms());
     assert_true(billmgr_inflight(fx->bm) > 0);
     assert_false(relay_idle(r2));
     relay_free(fx->r);

@@ -26,7 +26,6 @@
 #include "../../consumer/applier_ack.c"
 #include "../../consumer/applier_copy.c"
 #include "../../consumer/applier_order.c"
-#include "../../consumer/applier_pend.c"
 #include "../../consumer/applier_view.c"
 #include "../../consumer/reverse.c"
 #include "../../consumer/reverse_apply.c"
@@ -1048,7 +1047,7 @@ static void relay_confirm_during_an_apply_keeps_its_status(void **state)
     assert_non_null(strstr(fake.req[1], "\nstatus=2\n"));
     rev = rig_rev(g);
     assert_int_equal(rev.seq, 1);
-    assert_false(applier_pend_present(rev.applied));
+    assert_false(linkset_pend_present(rev.applied));
     assert_int_equal(fp_set_get_int(rev.applied, "status", -1), 1);
     assert_int_equal(rev.notes_applied, strlen("Done."));
 }
@@ -1077,7 +1076,7 @@ static char *interrupted_edit(struct rig *g, struct config *cfg, const struct co
     char *note = notes_append(before, REVERSE_ORIGIN, plan.block);
     assert_non_null(note);
     assert_int_equal(
-        applier_pend_put("status=0", plan.applied, m->seq, note, intent, sizeof(intent)), 0);
+        linkset_pend_put("status=0", plan.applied, m->seq, note, intent, sizeof(intent)), 0);
     reverse_plan_release(&plan);
     assert_int_equal(store_rev_put(g->st, "7", 5, 0, 0, intent), RT_OK);
     return note;
@@ -1103,7 +1102,7 @@ static void interrupted_note_edit_that_landed_is_not_written_again(void **state)
     rev = rig_rev(g);
     assert_int_equal(rev.seq, 1);
     assert_int_equal(rev.notes_applied, strlen("Installed."));
-    assert_false(applier_pend_present(rev.applied));
+    assert_false(linkset_pend_present(rev.applied));
     assert_int_equal(fp_set_get_int(rev.applied, "status", -1), 2);
 
     /* The next state appends only what it adds. */
@@ -1139,7 +1138,7 @@ static void newer_state_after_an_interrupted_edit_that_landed_adds_only_its_part
     assert_int_equal(count_in(fake.req[1], "Rebooted."), 1);
     rev = rig_rev(g);
     assert_int_equal(rev.seq, 2);
-    assert_false(applier_pend_present(rev.applied));
+    assert_false(linkset_pend_present(rev.applied));
 
     /* seq 1 redelivered afterwards: a duplicate, no call. */
     test_state(&m, 5, 1, 2, 0, "", "Installed.");
@@ -1168,7 +1167,7 @@ static void interrupted_note_edit_that_did_not_land_is_written(void **state)
     assert_non_null(strstr(fake.req[1], want));
     rev = rig_rev(g);
     assert_int_equal(rev.seq, 1);
-    assert_false(applier_pend_present(rev.applied));
+    assert_false(linkset_pend_present(rev.applied));
     free(note);
 }
 

@@ -145,7 +145,7 @@ static void release_statepub(struct fixture *fx)
  * beyond one page call per client. */
 static void tick_statepub(struct fixture *fx)
 {
-    statepub_tick(fx->sp, sp_mono_ms());
+    statepub_tick(fx->sp, clock_mono_ms());
     assert_true(fx->sp->viewing.n <= 2);
     assert_true(billmgr_inflight(fx->bm) <= 2 + fx->sp->nclients);
 }
@@ -730,7 +730,7 @@ static void failures_carry_the_sync_and_publish_again(void **state)
     assert_int_equal(s.view_failed, 1);
     struct sp_client *c = &fx->sp->clients[0];
     assert_int_equal(c->npend, 1);
-    int64_t now = sp_mono_ms();
+    int64_t now = clock_mono_ms();
     assert_true(c->next_cycle_ms > now);
     assert_true(c->next_cycle_ms <= now + STATEPUB_RETRY_DELAY_MS);
 
@@ -867,7 +867,7 @@ static void drain_lets_go_and_free_is_safe_in_flight(void **state)
     assert_int_equal(statepub_sync(fx->sp, "7", "e"), RT_REJECT);
     fake_broker.connected = 1;
     statepub_on_connected(fx->sp);
-    statepub_tick(fx->sp, sp_mono_ms() + 3600 * 1000);
+    statepub_tick(fx->sp, clock_mono_ms() + 3600 * 1000);
     assert_int_equal(fake_broker.n, 0); /* no new work while draining */
     assert_int_equal(billmgr_inflight(fx->bm), 0);
     assert_string_equal(link_of(fx, "7", 101).rev_fp, "");
@@ -892,7 +892,7 @@ static void cycles_keep_time_on_the_monotonic_clock(void **state)
 {
     struct fixture *fx = *state;
     first_cycles(fx);
-    int64_t now = sp_mono_ms();
+    int64_t now = clock_mono_ms();
     int64_t next = statepub_tick(fx->sp, now);
     assert_true(next > now && next <= now + STATEPUB_TICK_MS);
     assert_int_equal(stats_of(fx).running, 0); /* sync_interval is an hour */
