@@ -118,6 +118,25 @@ int fp_set_put(char *set, size_t setlen, const char *key, const char *value)
     return 0;
 }
 
+const char *fp_set_next(const char *p, char *key, size_t keylen, char *value, size_t valuelen)
+{
+    while (*p == ';')
+        p++;
+    if (!*p)
+        return NULL;
+    size_t n = strcspn(p, ";");
+    const char *eq = memchr(p, '=', n);
+    if (keylen)
+        key[0] = '\0';
+    if (valuelen)
+        value[0] = '\0';
+    if (eq && n <= FP_SET_PAIR_MAX) {
+        snprintf(key, keylen, "%.*s", (int)(eq - p), p);
+        snprintf(value, valuelen, "%.*s", (int)(n - (size_t)(eq - p) - 1), eq + 1);
+    }
+    return p + n;
+}
+
 int fp_set_del(char *set, const char *key)
 {
     size_t klen = strlen(key);

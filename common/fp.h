@@ -68,6 +68,14 @@ int fp_set_put(char *set, size_t setlen, const char *key, const char *value);
 /* fp_set_put with an integer value. */
 int fp_set_put_int(char *set, size_t setlen, const char *key, int64_t value);
 
+/* Steps through the pairs of a set: from p (the set, then what the last
+ * call returned), copies the next pair's key and value (each cut to its
+ * buffer) and returns where the one after starts, or NULL at the end. A
+ * pair without '=', or longer than FP_SET_PAIR_MAX, comes back with an
+ * empty key, for the caller to skip; empty pairs are passed over. */
+#define FP_SET_PAIR_MAX 512
+const char *fp_set_next(const char *p, char *key, size_t keylen, char *value, size_t valuelen);
+
 /* Removes every pair of key from set, in place (empty pairs go too).
  * Returns how many pairs of key there were. */
 int fp_set_del(char *set, const char *key);

@@ -25,26 +25,6 @@ static int linkset_pend_key(const char *key)
            strncmp(key, LINKSET_PEND_PREFIX, strlen(LINKSET_PEND_PREFIX)) == 0;
 }
 
-/* Reads the "k=v" item of an fp set at p into key and value (both
- * STORE_APPLIED_MAX + 1 bytes; a set is never longer) and returns where
- * the next one starts, or NULL at the end. A malformed item (no '=')
- * comes back with an empty key, for the caller to skip. */
-static const char *linkset_set_item(const char *p, char *key, char *value)
-{
-    while (*p == ';')
-        p++;
-    if (!*p)
-        return NULL;
-    size_t n = strcspn(p, ";");
-    const char *eq = memchr(p, '=', n);
-    key[0] = value[0] = '\0';
-    if (eq && n <= STORE_APPLIED_MAX) {
-        snprintf(key, STORE_APPLIED_MAX + 1, "%.*s", (int)(eq - p), p);
-        snprintf(value, STORE_APPLIED_MAX + 1, "%.*s", (int)(n - (size_t)(eq - p) - 1), eq + 1);
-    }
-    return p + n;
-}
-
 int linkset_pend_present(const char *applied)
 {
     char v[32];
@@ -59,7 +39,8 @@ static int linkset_strip_into(const char *applied, char *out, size_t outlen)
     if (!outlen)
         return -1;
     out[0] = '\0';
-    for (const char *p = applied ? applied : ""; (p = linkset_set_item(p, key, value));) {
+    for (const char *p = applied ? applied : "";
+         (p = fp_set_next(p, key, sizeof(key), value, sizeof(value)));) {
         if (!key[0] || linkset_pend_key(key))
             continue;
         if (fp_set_put(out, outlen, key, value) < 0) {
@@ -103,7 +84,8 @@ int linkset_pend_put(const char *applied, const char *after, uint64_t seq, const
         goto done;
     /* Only what the edit changes: the set after it is the set before it
      * with these keys replaced, which keeps the intent short. */
-    for (const char *p = after ? after : ""; (p = linkset_set_item(p, key, value));) {
+    for (const char *p = after ? after : "";
+         (p = fp_set_next(p, key, sizeof(key), value, sizeof(value)));) {
         if (!key[0] || linkset_pend_key(key))
             continue;
         if (fp_set_get(applied, key, was, sizeof(was)) == 0 && strcmp(was, value) == 0)
@@ -156,7 +138,8 @@ int linkset_pend_base(const char *applied, int landed, char *out, size_t outlen)
     applied = applied ? applied : "";
     if (!tmp || linkset_strip_into(applied, tmp, outlen) < 0)
         goto fail;
-    for (const char *p = applied; landed && (p = linkset_set_item(p, key, value));) {
+    for (const char *p = applied;
+         landed && (p = fp_set_next(p, key, sizeof(key), value, sizeof(value)));) {
         if (strncmp(key, LINKSET_PEND_PREFIX, pl) != 0 || !key[pl])
             continue;
         if (fp_set_put(tmp, outlen, key + pl, value) < 0)

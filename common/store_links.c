@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "fp.h"
+#include "linkset.h"
 #include "store_db.h"
 
 /* Rows handled per batch by store_link_forget_state(). */
@@ -178,7 +179,7 @@ static rt_status store_link_forget_rows(struct store *st, struct store_forget_ro
     for (size_t i = 0; i < n; i++) {
         char before[STORE_APPLIED_MAX + 1];
         memcpy(before, rows[i].applied, sizeof before);
-        fp_set_del(rows[i].applied, "state");
+        fp_set_del(rows[i].applied, LINKSET_LINK_STATE);
         if (strcmp(before, rows[i].applied) == 0) {
             /* The query and the parser disagree about the set: stop
              * rather than loop on the same row. */

@@ -165,9 +165,10 @@ static const char *const store_schema_sql[ST_COUNT] = {
     /* ?1 NULL stands for every client, ?2 = 0 for every task. */
     [ST_LINK_FORGET_FP] = "UPDATE links SET rev_fp = ''"
                           " WHERE (?1 IS NULL OR client = ?1) AND (?2 = 0 OR src_task = ?2)",
-    /* The links whose applied set still holds a "state" key (GLOB: case
-     * sensitive, as the keys are); each batch
-     * removes the key from the rows it returns, so the next one moves on. */
+    /* The links whose applied set still holds a "state" key
+     * (LINKSET_LINK_STATE, common/linkset.h; GLOB: case sensitive, as the
+     * keys are); each batch removes the key from the rows it returns, so
+     * the next one moves on. */
     [ST_LINK_STATE_BATCH] = "SELECT client, src_task, applied FROM links"
                             " WHERE (?1 IS NULL OR client = ?1) AND (?2 = 0 OR src_task = ?2)"
                             " AND (';' || applied) GLOB '*;state=*'"

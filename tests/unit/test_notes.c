@@ -138,6 +138,22 @@ static void fingerprint_sets(void **state)
     assert_int_equal(fp_set_del(many, "name"), 1);
     assert_int_equal(fp_set_del(many, "statex"), 1);
     assert_string_equal(many, "");
+    /* Stepping through a set: empty pairs passed over, one without '='
+     * given with an empty key, a value cut to its buffer. */
+    const char *walk = ";a=1;;junk;b=23456";
+    char k[8], w[4];
+    const char *p = fp_set_next(walk, k, sizeof(k), w, sizeof(w));
+    assert_non_null(p);
+    assert_string_equal(k, "a");
+    assert_string_equal(w, "1");
+    p = fp_set_next(p, k, sizeof(k), w, sizeof(w));
+    assert_non_null(p);
+    assert_string_equal(k, "");
+    p = fp_set_next(p, k, sizeof(k), w, sizeof(w));
+    assert_non_null(p);
+    assert_string_equal(k, "b");
+    assert_string_equal(w, "234");
+    assert_null(fp_set_next(p, k, sizeof(k), w, sizeof(w)));
 }
 
 int main(void)
