@@ -498,7 +498,7 @@ size_t core_unacked(const struct core *k, const char *queue)
             strcmp(mine, queue) != 0)
             return 0;
         reverse_stats(k->rev, &rs);
-        return rs.busy;
+        return rs.applier.busy;
     }
     return 0; /* retry and dead queues are never consumed here */
 }

@@ -111,48 +111,47 @@ static void observe_add_relay(struct relay_stats *to, const struct relay_stats *
     to->reconcile_enqueued += from->reconcile_enqueued;
 }
 
-static void observe_add_forward(struct forward_stats *to, const struct forward_stats *from)
+/* The counters of an applier's slots, which both appliers' stats embed;
+ * gauges (busy, running, slots) are not summed. */
+static void observe_add_applier(struct applier_stats *to, const struct applier_stats *from)
 {
     to->deliveries += from->deliveries;
-    to->created += from->created;
-    to->adopted += from->adopted;
-    to->updated += from->updated;
-    to->unchanged += from->unchanged;
+    to->redelivered += from->redelivered;
     to->duplicates += from->duplicates;
     to->superseded += from->superseded;
     to->retried += from->retried;
     to->dead += from->dead;
+    to->requeued += from->requeued;
+    to->deferred += from->deferred;
+    to->republished += from->republished;
+}
+
+static void observe_add_forward(struct forward_stats *to, const struct forward_stats *from)
+{
+    observe_add_applier(&to->applier, &from->applier);
+    to->created += from->created;
+    to->adopted += from->adopted;
+    to->updated += from->updated;
+    to->unchanged += from->unchanged;
     to->dead_undecodable += from->dead_undecodable;
     to->dead_unauthorized += from->dead_unauthorized;
     to->dead_department += from->dead_department;
     to->dead_api += from->dead_api;
     to->dead_seq += from->dead_seq;
-    to->requeued += from->requeued;
     to->syncs += from->syncs;
-    to->redelivered += from->redelivered;
-    to->deferred += from->deferred;
-    to->republished += from->republished;
 }
 
 static void observe_add_reverse(struct reverse_stats *to, const struct reverse_stats *from)
 {
-    to->deliveries += from->deliveries;
+    observe_add_applier(&to->applier, &from->applier);
     to->applied += from->applied;
     to->unchanged += from->unchanged;
-    to->duplicates += from->duplicates;
-    to->superseded += from->superseded;
     to->syncs += from->syncs;
-    to->retried += from->retried;
-    to->dead += from->dead;
     to->dead_undecodable += from->dead_undecodable;
     to->dead_unauthorized += from->dead_unauthorized;
     to->dead_unknown_task += from->dead_unknown_task;
     to->dead_api += from->dead_api;
     to->dead_seq += from->dead_seq;
-    to->requeued += from->requeued;
-    to->redelivered += from->redelivered;
-    to->deferred += from->deferred;
-    to->republished += from->republished;
 }
 
 static void observe_add_statepub(struct statepub_stats *to, const struct statepub_stats *from)
@@ -181,7 +180,7 @@ static void observe_totals_now(const struct observe *o, const struct core *k,
     *t = o->base;
     memset(&cur, 0, sizeof(cur));
     t->relay.in_progress = t->relay.unconfirmed = 0;
-    t->fwd.busy = t->rev.busy = 0;
+    t->fwd.applier.busy = t->rev.applier.busy = 0;
     t->sp.running = t->sp.viewing = t->sp.waiting = t->sp.unconfirmed = 0;
     if (!k)
         return;
@@ -194,12 +193,12 @@ static void observe_totals_now(const struct observe *o, const struct core *k,
     if (k->fwd) {
         forward_stats(k->fwd, &cur.fwd);
         observe_add_forward(&t->fwd, &cur.fwd);
-        t->fwd.busy = cur.fwd.busy;
+        t->fwd.applier.busy = cur.fwd.applier.busy;
     }
     if (k->rev) {
         reverse_stats(k->rev, &cur.rev);
         observe_add_reverse(&t->rev, &cur.rev);
-        t->rev.busy = cur.rev.busy;
+        t->rev.applier.busy = cur.rev.applier.busy;
     }
     if (k->sp) {
         statepub_stats(k->sp, &cur.sp);
@@ -393,7 +392,8 @@ static void observe_metrics_messages(struct metrics *m, const struct observe_tot
                         NULL);
     /* The appliers count their retry and dead-letter copies once
      * confirmed (and requeue the delivery otherwise). */
-    uint64_t retried = t->fwd.retried + t->rev.retried, dead = t->fwd.dead + t->rev.dead;
+    uint64_t retried = t->fwd.applier.retried + t->rev.applier.retried,
+             dead = t->fwd.applier.dead + t->rev.applier.dead;
     metrics_counter_set(m, METRICS_MESSAGES_PUBLISHED, (double)retried, "retry", NULL);
     metrics_counter_set(m, METRICS_MESSAGES_CONFIRMED, (double)retried, "retry", NULL);
     metrics_counter_set(m, METRICS_MESSAGES_PUBLISHED, (double)dead, "dead", NULL);
@@ -407,14 +407,16 @@ static void observe_metrics_applied(struct metrics *m, const struct observe_tota
                         "created", NULL);
     metrics_counter_set(m, METRICS_APPLIED, (double)t->fwd.updated, "forward", "updated", NULL);
     metrics_counter_set(m, METRICS_APPLIED, (double)t->fwd.unchanged, "forward", "unchanged", NULL);
-    metrics_counter_set(m, METRICS_APPLIED, (double)(t->fwd.duplicates + t->fwd.superseded),
-                        "forward", "duplicate", NULL);
+    metrics_counter_set(m, METRICS_APPLIED,
+                        (double)(t->fwd.applier.duplicates + t->fwd.applier.superseded), "forward",
+                        "duplicate", NULL);
     metrics_counter_set(m, METRICS_APPLIED, (double)t->rev.applied, "reverse", "updated", NULL);
     metrics_counter_set(m, METRICS_APPLIED, (double)t->rev.unchanged, "reverse", "unchanged", NULL);
-    metrics_counter_set(m, METRICS_APPLIED, (double)(t->rev.duplicates + t->rev.superseded),
-                        "reverse", "duplicate", NULL);
-    metrics_counter_set(m, METRICS_RETRIED, (double)t->fwd.retried, "forward", NULL);
-    metrics_counter_set(m, METRICS_RETRIED, (double)t->rev.retried, "reverse", NULL);
+    metrics_counter_set(m, METRICS_APPLIED,
+                        (double)(t->rev.applier.duplicates + t->rev.applier.superseded), "reverse",
+                        "duplicate", NULL);
+    metrics_counter_set(m, METRICS_RETRIED, (double)t->fwd.applier.retried, "forward", NULL);
+    metrics_counter_set(m, METRICS_RETRIED, (double)t->rev.applier.retried, "reverse", NULL);
     observe_metrics_dead(m, "forward", t->fwd.dead_undecodable, t->fwd.dead_unauthorized,
                          t->fwd.dead_department, t->fwd.dead_api, t->fwd.dead_seq, 0);
     observe_metrics_dead(m, "reverse", t->rev.dead_undecodable, t->rev.dead_unauthorized, 0,
@@ -460,7 +462,8 @@ static void observe_metrics_work(struct observe *o, const struct observe_view *v
                       NULL);
     metrics_gauge_set(m, METRICS_INFLIGHT, k && k->up ? (double)broker_unconfirmed(k->br) : 0,
                       "unconfirmed", NULL);
-    metrics_gauge_set(m, METRICS_INFLIGHT, (double)(t->fwd.busy + t->rev.busy), "slots", NULL);
+    metrics_gauge_set(m, METRICS_INFLIGHT, (double)(t->fwd.applier.busy + t->rev.applier.busy),
+                      "slots", NULL);
     metrics_gauge_set(m, METRICS_UP, k && k->up ? 1 : 0, NULL);
     metrics_counter_set(m, METRICS_CONTROL_REFUSED,
                         (double)(o->control_refused_base + control_refused(v->ctl)), NULL);
@@ -642,13 +645,13 @@ static json_t *observe_status_counters(const struct observe_totals *t)
         /* Messages dropped by seq: redeliveries, replays, republished
          * messages after a crash. */
         json_object_set_new(counters, "forward_duplicates",
-                            json_integer((json_int_t)t->fwd.duplicates));
+                            json_integer((json_int_t)t->fwd.applier.duplicates));
         json_object_set_new(counters, "forward_superseded",
-                            json_integer((json_int_t)t->fwd.superseded));
+                            json_integer((json_int_t)t->fwd.applier.superseded));
         json_object_set_new(counters, "reverse_duplicates",
-                            json_integer((json_int_t)t->rev.duplicates));
+                            json_integer((json_int_t)t->rev.applier.duplicates));
         json_object_set_new(counters, "reverse_superseded",
-                            json_integer((json_int_t)t->rev.superseded));
+                            json_integer((json_int_t)t->rev.applier.superseded));
     }
     return counters;
 }
@@ -670,10 +673,10 @@ static json_t *observe_status_errors(const struct observe *o, const struct obser
         (json_int_t)t->fwd.dead_department, "api", (json_int_t)t->fwd.dead_api, "reverse",
         "undecodable", (json_int_t)t->rev.dead_undecodable, "unauthorized",
         (json_int_t)t->rev.dead_unauthorized, "unknown_task", (json_int_t)t->rev.dead_unknown_task,
-        "api", (json_int_t)t->rev.dead_api, "retried", "forward", (json_int_t)t->fwd.retried,
-        "reverse", (json_int_t)t->rev.retried, "api", api, "reconnects",
-        (json_int_t)observe_reconnects(o, v->core), "requeued",
-        (json_int_t)(t->fwd.requeued + t->rev.requeued), "outbox_deferred",
+        "api", (json_int_t)t->rev.dead_api, "retried", "forward",
+        (json_int_t)t->fwd.applier.retried, "reverse", (json_int_t)t->rev.applier.retried, "api",
+        api, "reconnects", (json_int_t)observe_reconnects(o, v->core), "requeued",
+        (json_int_t)(t->fwd.applier.requeued + t->rev.applier.requeued), "outbox_deferred",
         (json_int_t)t->relay.deferred);
     if (!errs)
         return NULL;
@@ -684,12 +687,15 @@ static json_t *observe_status_errors(const struct observe *o, const struct obser
                         json_integer((json_int_t)t->rev.dead_seq));
     /* A failing store holds deliveries in their slots and retries the
      * step: how often, and how often the broker refused a copy. */
-    json_object_set_new(errs, "store_deferred",
-                        json_integer((json_int_t)(t->fwd.deferred + t->rev.deferred)));
-    json_object_set_new(errs, "copies_republished",
-                        json_integer((json_int_t)(t->fwd.republished + t->rev.republished)));
-    json_object_set_new(errs, "redelivered",
-                        json_integer((json_int_t)(t->fwd.redelivered + t->rev.redelivered)));
+    json_object_set_new(
+        errs, "store_deferred",
+        json_integer((json_int_t)(t->fwd.applier.deferred + t->rev.applier.deferred)));
+    json_object_set_new(
+        errs, "copies_republished",
+        json_integer((json_int_t)(t->fwd.applier.republished + t->rev.applier.republished)));
+    json_object_set_new(
+        errs, "redelivered",
+        json_integer((json_int_t)(t->fwd.applier.redelivered + t->rev.applier.redelivered)));
     json_object_set_new(
         errs, "control_refused",
         json_integer((json_int_t)(o->control_refused_base + control_refused(v->ctl))));
@@ -726,8 +732,8 @@ json_t *observe_status(struct observe *o, const struct observe_view *v)
                         json_pack("{s:I,s:I,s:I,s:I}", "api_calls",
                                   (json_int_t)(k ? billmgr_inflight(k->bm) : 0), "unconfirmed",
                                   (json_int_t)(k && k->up ? broker_unconfirmed(k->br) : 0), "slots",
-                                  (json_int_t)(t.fwd.busy + t.rev.busy), "checkevents",
-                                  (json_int_t)v->checkevents));
+                                  (json_int_t)(t.fwd.applier.busy + t.rev.applier.busy),
+                                  "checkevents", (json_int_t)v->checkevents));
     json_object_set_new(resp, "counters", observe_status_counters(&t));
     json_object_set_new(resp, "errors", observe_status_errors(o, v, &t));
     return resp;

@@ -174,7 +174,9 @@ struct applier_ops {
                     const char *detail);
 };
 
-/* Counters since applier_new(). */
+/* Counters since applier_new(): the delivery slots' own, the same for
+ * both appliers, whose stats embed them (forward_stats, reverse_stats) so
+ * that they are counted and summed alike. */
 struct applier_stats {
     uint64_t deliveries;  /* deliveries taken */
     uint64_t redelivered; /* of which the broker marked redelivered */

@@ -185,24 +185,12 @@ size_t forward_unacked(const struct forward *f, const char *queue)
 
 void forward_stats(const struct forward *f, struct forward_stats *out)
 {
-    struct applier_stats a;
-
     memset(out, 0, sizeof(*out));
     if (!f)
         return;
     *out = f->stats;
-    applier_stats(f->ap, &a);
-    out->deliveries = a.deliveries;
-    out->duplicates += a.duplicates;
-    out->superseded = a.superseded;
-    out->retried = a.retried;
-    out->dead = a.dead;
-    out->requeued = a.requeued;
-    out->redelivered = a.redelivered;
-    out->deferred = a.deferred;
-    out->republished = a.republished;
-    out->busy = a.busy;
-    out->running = a.running;
+    applier_stats(f->ap, &out->applier);
+    out->applier.duplicates += f->applied_dups;
 }
 
 /* ---- the applier's callbacks ------------------------------------------- */

@@ -88,6 +88,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "applier.h"
 #include "billmgr.h"
 #include "broker.h"
 #include "codec.h"
@@ -109,28 +110,20 @@ enum forward_dead_kind {
 
 /* Counters since forward_new(), for the status command and the metrics. */
 struct forward_stats {
-    uint64_t deliveries; /* deliveries taken */
-    uint64_t created;    /* target tasks created (re-creations included) */
-    uint64_t adopted;    /* tasks of an interrupted create found again */
-    uint64_t updated;    /* messages that changed a target task */
-    uint64_t unchanged;  /* messages with nothing to change */
-    uint64_t duplicates; /* dropped: seq already applied, or older than one in hand */
-    uint64_t superseded; /* dropped: a newer message for the task arrived meanwhile */
-    uint64_t retried;    /* sent to a retry delay queue (confirmed) */
-    uint64_t dead;       /* sent to remotetask.dead (confirmed), all reasons */
-    uint64_t dead_undecodable;
+    /* The slots' counters (applier.h); its duplicates also counts the
+     * messages dropped because their seq was already applied. */
+    struct applier_stats applier;
+    uint64_t created;          /* target tasks created (re-creations included) */
+    uint64_t adopted;          /* tasks of an interrupted create found again */
+    uint64_t updated;          /* messages that changed a target task */
+    uint64_t unchanged;        /* messages with nothing to change */
+    uint64_t dead_undecodable; /* dead letters (applier.dead) by reason */
     uint64_t dead_unauthorized;
     uint64_t dead_department;
     uint64_t dead_api;
     uint64_t dead_seq;
-    uint64_t requeued;     /* given back to the queue (out of memory only) */
-    uint64_t redelivered;  /* deliveries the broker marked redelivered */
-    uint64_t deferred;     /* store steps deferred (the store failed for now) */
-    uint64_t republished;  /* retry/dead copies published again after a nack or return */
     uint64_t syncs;        /* sync requests handed to the sync hook (or ignored) */
     int64_t last_apply_ms; /* when a message was last applied (committed), 0 = never */
-    size_t busy;           /* slots holding a delivery now */
-    size_t running;        /* slots in an API call or a store step now */
 };
 
 struct forward;

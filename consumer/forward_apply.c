@@ -491,7 +491,7 @@ void fwd_slot_start(struct forward_slot *s)
     if (forward_seq_jump(s, &s->link))
         return;
     if (s->link.found && s->link.dst_task > 0 && s->link.last_seq >= s->msg.seq) {
-        f->stats.duplicates++;
+        f->applied_dups++;
         log_debug("dropped seq %" PRIu64 " of task %" PRId64 " of client \"%s\": seq %" PRIu64
                   " is applied",
                   s->msg.seq, s->msg.task, s->client->id, s->link.last_seq);

@@ -113,6 +113,7 @@ struct forward {
     const struct config_billmgr_api *api;
     struct applier *ap;
     struct forward_stats stats; /* the counters these files keep; the slots' are in ap */
+    uint64_t applied_dups;      /* dropped at the link lookup: seq already applied */
     /* Per configured client (same index as cfg->server.clients): the
      * highest target task id of its links, once max_known says it was read
      * from the store; this process writes every link, so it keeps it. */
@@ -227,8 +228,8 @@ void fwd_slot_api_failed(struct forward_slot *s, const char *what, const struct 
 void fwd_slot_journal(const struct forward_slot *s, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* What a missed error names (BILLMANAGER-API.md §2: $object is the
- * missing object), read as producer/relay.c reads it. The element (elid,
+/* What a missed error names (the API contract's §2: $object is the
+ * missing object), read as producer/taskview.c (taskview_missed) reads it. The element (elid,
  * or task) is the task asked for: it is gone. "func", or the name of a
  * function this applier calls, is BILLmanager's answer to a function it
  * does not have: a configuration error that says nothing about the task.

@@ -132,24 +132,12 @@ int reverse_idle(const struct reverse *r)
 
 void reverse_stats(const struct reverse *r, struct reverse_stats *out)
 {
-    struct applier_stats a;
-
     memset(out, 0, sizeof(*out));
     if (!r)
         return;
     *out = r->stats;
-    applier_stats(r->ap, &a);
-    out->deliveries = a.deliveries;
-    out->duplicates += a.duplicates;
-    out->superseded = a.superseded;
-    out->retried = a.retried;
-    out->dead = a.dead;
-    out->requeued = a.requeued;
-    out->redelivered = a.redelivered;
-    out->deferred = a.deferred;
-    out->republished = a.republished;
-    out->busy = a.busy;
-    out->running = a.running;
+    applier_stats(r->ap, &out->applier);
+    out->applier.duplicates += r->applied_dups;
 }
 
 /* ---- the applier's callbacks ------------------------------------------- */

@@ -71,6 +71,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "applier.h"
 #include "billmgr.h"
 #include "broker.h"
 #include "codec.h"
@@ -99,26 +100,18 @@ enum reverse_dead_kind {
 
 /* Counters since reverse_new(), for the status command and the metrics. */
 struct reverse_stats {
-    uint64_t deliveries; /* deliveries taken */
-    uint64_t applied;    /* states that changed a source task */
-    uint64_t unchanged;  /* states with nothing to change */
-    uint64_t duplicates; /* dropped: seq already applied, or older than one in hand */
-    uint64_t superseded; /* dropped: a newer state for the task arrived meanwhile */
-    uint64_t syncs;      /* sync_done messages handled */
-    uint64_t retried;    /* sent to a retry delay queue (confirmed) */
-    uint64_t dead;       /* sent to remotetask.dead (confirmed), all reasons */
-    uint64_t dead_undecodable;
+    /* The slots' counters (applier.h); its duplicates also counts the
+     * states dropped because their seq was already applied. */
+    struct applier_stats applier;
+    uint64_t applied;          /* states that changed a source task */
+    uint64_t unchanged;        /* states with nothing to change */
+    uint64_t syncs;            /* sync_done messages handled */
+    uint64_t dead_undecodable; /* dead letters (applier.dead) by reason */
     uint64_t dead_unauthorized;
     uint64_t dead_unknown_task;
     uint64_t dead_api;
     uint64_t dead_seq;
-    uint64_t requeued;     /* given back to the queue (out of memory only) */
-    uint64_t redelivered;  /* deliveries the broker marked redelivered */
-    uint64_t deferred;     /* store steps deferred (the store failed for now) */
-    uint64_t republished;  /* retry/dead copies published again after a nack or return */
     int64_t last_apply_ms; /* when a state was last applied (committed), 0 = never */
-    size_t busy;           /* slots holding a delivery now */
-    size_t running;        /* slots in an API call or a store step now */
 };
 
 struct reverse;

@@ -448,7 +448,7 @@ void rev_slot_start(struct reverse_slot *s)
     }
     s->fwd_confirmed = fwd.fp_seq;
     if (rev.found && rev.seq >= s->msg.seq) {
-        r->stats.duplicates++;
+        r->applied_dups++;
         log_debug("dropped state seq %" PRIu64 " of task %" PRId64 ": seq %" PRIu64 " is applied",
                   s->msg.seq, s->msg.task, rev.seq);
         rev_slot_journal(s, JOURNAL_DROPPED, "duplicate: state seq %" PRIu64 " is applied",

@@ -94,6 +94,7 @@ struct reverse {
     int checking; /* reverse_sync_check() is running: a nested call only asks again */
     int recheck;
     struct reverse_stats stats; /* the counters these files keep; the slots' are in ap */
+    uint64_t applied_dups;      /* dropped at the lookup: seq already applied */
 };
 
 /* ---- reverse_sync.c ---- */

@@ -189,7 +189,7 @@ static char *reverse_plan_performer(const struct config *cfg, const struct codec
  * on the target, and the status the client then knows the target has.
  *
  * Key "status" of the set is that known status: the status of the last
- * task message the relay had confirmed (producer/relay.c records it in the
+ * task message the relay had confirmed (producer/relay_slot.c records it in the
  * same transaction) or of the last state applied here, whichever came
  * last. A state's status is a change made on the target only when
  *

@@ -1072,14 +1072,14 @@ static void store_failing_at_commit_holds_the_delivery(void **state)
     assert_int_equal(rb.nreject, 0);
     struct forward_stats fs;
     forward_stats(g.f, &fs);
-    assert_int_equal(fs.deferred, 1);
-    assert_int_equal(fs.busy, 1);
+    assert_int_equal(fs.applier.deferred, 1);
+    assert_int_equal(fs.applier.busy, 1);
     assert_int_equal(fs.created, 0);
 
     /* Still held: tried again, deferred again, nothing else. */
     forward_tick(g.f, rig_mono_ms() + 60000);
     forward_stats(g.f, &fs);
-    assert_int_equal(fs.deferred, 2);
+    assert_int_equal(fs.applier.deferred, 2);
     assert_false(rig_acked(tag));
 
     assert_int_equal(store_rollback(other), RT_OK);
@@ -1090,8 +1090,8 @@ static void store_failing_at_commit_holds_the_delivery(void **state)
     assert_int_equal(ra_count(&ra.creates), 1); /* the create is not made again */
     forward_stats(g.f, &fs);
     assert_int_equal(fs.created, 1);
-    assert_int_equal(fs.retried, 0);
-    assert_int_equal(fs.busy, 0);
+    assert_int_equal(fs.applier.retried, 0);
+    assert_int_equal(fs.applier.busy, 0);
     assert_int_equal(store_link_get(g.st, "7", 5, &link), RT_OK);
     assert_true(link.found);
     assert_int_equal(link.dst_task, 501);
@@ -1138,7 +1138,7 @@ static void impossible_seqs_are_dead_lettered(void **state)
     struct forward_stats fs;
     forward_stats(g.f, &fs);
     assert_int_equal(fs.dead_seq, 2);
-    assert_int_equal(fs.dead, 2);
+    assert_int_equal(fs.applier.dead, 2);
     frig_down(&g);
 }
 
@@ -1179,7 +1179,7 @@ static void dead_letter_then_later_change_then_replay(void **state)
     assert_int_equal(rb.npub, 1);
     struct forward_stats fs;
     forward_stats(g.f, &fs);
-    assert_int_equal(fs.duplicates, 1);
+    assert_int_equal(fs.applier.duplicates, 1);
     frig_down(&g);
 }
 

@@ -928,12 +928,12 @@ static void applies_a_state_then_answers_the_sync(void **state)
     assert_true(reverse_idle(g->r));
     assert_int_equal(fake_nreq(), 2);
     reverse_stats(g->r, &rs);
-    assert_int_equal(rs.deliveries, 4);
+    assert_int_equal(rs.applier.deliveries, 4);
     assert_int_equal(rs.applied, 1);
-    assert_int_equal(rs.duplicates, 1);
+    assert_int_equal(rs.applier.duplicates, 1);
     assert_int_equal(rs.unchanged, 1);
     assert_int_equal(rs.syncs, 1);
-    assert_int_equal(rs.busy, 0);
+    assert_int_equal(rs.applier.busy, 0);
     assert_true(rs.last_apply_ms > 0);
 
     /* The status alone changed: one edit, no view. */
@@ -975,7 +975,7 @@ static void state_of_a_task_never_forwarded_calls_nothing(void **state)
 
 /* What the relay does when the broker confirms a task message carrying
  * status: the next seq, its confirmation, and the status known on the
- * target in the rev row (producer/relay.c, slot_record_status). */
+ * target in the rev row (producer/relay_slot.c, relay_slot_record_status). */
 static uint64_t relay_confirms(struct rig *g, int status)
 {
     uint64_t seq;
@@ -1286,8 +1286,8 @@ static void store_failing_at_commit_holds_the_state(void **state)
     assert_int_equal(fake_nreq(), 1);
     assert_non_null(strstr(fake.req[0], "\nstatus=2\n"));
     reverse_stats(g->r, &rs);
-    assert_int_equal(rs.deferred, 1);
-    assert_int_equal(rs.busy, 1);
+    assert_int_equal(rs.applier.deferred, 1);
+    assert_int_equal(rs.applier.busy, 1);
     assert_int_equal(rb.nack + rb.npub, 0);
 
     assert_int_equal(store_rollback(other), RT_OK);
@@ -1299,7 +1299,7 @@ static void store_failing_at_commit_holds_the_state(void **state)
     assert_int_equal(fake_nreq(), 1); /* the edit is not made again */
     reverse_stats(g->r, &rs);
     assert_int_equal(rs.applied, 1);
-    assert_int_equal(rs.retried, 0);
+    assert_int_equal(rs.applier.retried, 0);
     rev = rig_rev(g);
     assert_int_equal(rev.seq, 1);
     assert_int_equal(fp_set_get_int(rev.applied, "status", -1), 2);
