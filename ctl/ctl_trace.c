@@ -296,6 +296,37 @@ fail:
     return NULL;
 }
 
+/* Prints what trace found, as JSON (--json) or as a head and a table:
+ * 0, or 1 when it could not be written. */
+static int trace_output(const struct config *cfg, const struct ctl_args *args,
+                        const struct trace_query *q, const struct trace_state *s,
+                        const struct store_journal_row *rows, size_t n)
+{
+    /* The link names the target; without one, the newest row that did. */
+    int64_t target = s->link.dst_task ? s->link.dst_task : q->target;
+    for (size_t i = n; i > 0 && !target && q->side == STORE_SIDE_SERVER; i--)
+        target = rows[i - 1].dst_task;
+    if (args->json) {
+        json_t *doc = trace_json(cfg, q, s, target, rows, n);
+        if (!doc || json_dumpf(doc, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER) < 0) {
+            fprintf(stderr, "remotetaskctl: trace: cannot write the JSON document\n");
+            json_decref(doc);
+            return 1;
+        }
+        json_decref(doc);
+        printf("\n");
+    } else {
+        trace_print_head(q, s, target);
+        if (n)
+            trace_print_table(rows, n);
+        else
+            printf("no journal rows%s\n", cfg->journal.entries == 0
+                                              ? ": the journal is off (journal.entries = 0)"
+                                              : " (pruned, or written before the journal existed)");
+    }
+    return fflush(stdout) == 0 ? 0 : 1;
+}
+
 int ctl_trace(const struct ctl_args *args)
 {
     char err[CONFIG_ERR_MAX];
@@ -347,29 +378,7 @@ int ctl_trace(const struct ctl_args *args)
                 q.side == STORE_SIDE_CLIENT ? "nothing forwarded, no state applied" : "no link");
         goto free_rows;
     }
-    /* The link names the target; without one, the newest row that did. */
-    int64_t target = s.link.dst_task ? s.link.dst_task : q.target;
-    for (size_t i = n; i > 0 && !target && q.side == STORE_SIDE_SERVER; i--)
-        target = rows[i - 1].dst_task;
-    if (args->json) {
-        json_t *doc = trace_json(cfg, &q, &s, target, rows, n);
-        if (!doc || json_dumpf(doc, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER) < 0) {
-            fprintf(stderr, "remotetaskctl: trace: cannot write the JSON document\n");
-            json_decref(doc);
-            goto free_rows;
-        }
-        json_decref(doc);
-        printf("\n");
-    } else {
-        trace_print_head(&q, &s, target);
-        if (n)
-            trace_print_table(rows, n);
-        else
-            printf("no journal rows%s\n", cfg->journal.entries == 0
-                                              ? ": the journal is off (journal.entries = 0)"
-                                              : " (pruned, or written before the journal existed)");
-    }
-    rc = fflush(stdout) == 0 ? 0 : 1;
+    rc = trace_output(cfg, args, &q, &s, rows, n);
 
 free_rows:
     free(rows);

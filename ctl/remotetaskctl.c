@@ -182,19 +182,59 @@ free_names:
     return path;
 }
 
-int main(int argc, char **argv)
+enum {
+    OPT_COMMAND = 256,
+    OPT_ELID,
+    OPT_JSON,
+    OPT_ID,
+    OPT_ALL,
+    OPT_YES,
+    OPT_TIMEOUT,
+    OPT_CLIENT,
+    OPT_TARGET
+};
+
+/* A task id option (--elid, --target): 0, or 2 after saying what was wrong. */
+static int ctl_opt_id(const char *name, const char *value, long *out)
 {
-    enum {
-        OPT_COMMAND = 256,
-        OPT_ELID,
-        OPT_JSON,
-        OPT_ID,
-        OPT_ALL,
-        OPT_YES,
-        OPT_TIMEOUT,
-        OPT_CLIENT,
-        OPT_TARGET
-    };
+    if ((*out = parse_id(value)) < 0) {
+        fprintf(stderr, "remotetaskctl: %s: \"%s\" is not a task id\n", name, value);
+        return 2;
+    }
+    return 0;
+}
+
+/* One option into args: 0, -1 for --help (printed), or the exit status
+ * of a bad option (2, after saying what was wrong). */
+static int ctl_opt(int c, struct ctl_args *args)
+{
+    switch (c) {
+    case 'c': args->config = optarg; return 0;
+    case OPT_COMMAND: args->command = optarg; return 0;
+    case OPT_ELID: return ctl_opt_id("--elid", optarg, &args->elid);
+    case OPT_CLIENT: args->client = optarg; return 0;
+    case OPT_TARGET: return ctl_opt_id("--target", optarg, &args->target);
+    case OPT_JSON: args->json = true; return 0;
+    case OPT_ID: args->id = optarg; return 0;
+    case OPT_ALL: args->all = true; return 0;
+    case OPT_YES: args->yes = true; return 0;
+    case OPT_TIMEOUT: {
+        long t = parse_id(optarg);
+        if (t < 0 || t > 3600) {
+            fprintf(stderr, "remotetaskctl: --timeout: \"%s\" is not 1..3600 seconds\n", optarg);
+            return 2;
+        }
+        args->timeout = (int)t;
+        return 0;
+    }
+    case 'h': usage(stdout); return -1;
+    default: usage(stderr); return 2;
+    }
+}
+
+/* The command line into args: 0, -1 for --help, or 2 (said why). */
+static int ctl_parse(int argc, char **argv, struct ctl_args *args)
+{
     static const struct option longopts[] = {
         {"config", required_argument, NULL, 'c'},
         {"command", required_argument, NULL, OPT_COMMAND},
@@ -209,71 +249,43 @@ int main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    struct ctl_args args = {0};
     const char *env_elid = getenv("PARAM_elid");
-    char *found_config = NULL;
     int c, rc;
 
-    if (no_core_dumps() < 0) {
-        fprintf(stderr, "remotetaskctl: cannot turn core dumps off: %s\n", strerror(errno));
-        return 1;
-    }
-
-    while ((c = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'c': args.config = optarg; break;
-        case OPT_COMMAND: args.command = optarg; break;
-        case OPT_ELID:
-            if ((args.elid = parse_id(optarg)) < 0) {
-                fprintf(stderr, "remotetaskctl: --elid: \"%s\" is not a task id\n", optarg);
-                return 2;
-            }
-            break;
-        case OPT_CLIENT: args.client = optarg; break;
-        case OPT_TARGET:
-            if ((args.target = parse_id(optarg)) < 0) {
-                fprintf(stderr, "remotetaskctl: --target: \"%s\" is not a task id\n", optarg);
-                return 2;
-            }
-            break;
-        case OPT_JSON: args.json = true; break;
-        case OPT_ID: args.id = optarg; break;
-        case OPT_ALL: args.all = true; break;
-        case OPT_YES: args.yes = true; break;
-        case OPT_TIMEOUT: {
-            long t = parse_id(optarg);
-            if (t < 0 || t > 3600) {
-                fprintf(stderr, "remotetaskctl: --timeout: \"%s\" is not 1..3600 seconds\n",
-                        optarg);
-                return 2;
-            }
-            args.timeout = (int)t;
-            break;
-        }
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
-        }
-    }
+    while ((c = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1)
+        if ((rc = ctl_opt(c, args)) != 0)
+            return rc;
     /* BILLmanager runs event handlers with the call's parameters in the
      * environment (PARAM_elid): the handler needs no arguments of its own. */
-    if (!args.elid && env_elid && *env_elid) {
-        if ((args.elid = parse_id(env_elid)) < 0) {
-            fprintf(stderr, "remotetaskctl: PARAM_elid: \"%s\" is not a task id\n", env_elid);
-            return 2;
-        }
-    }
-    if (!args.command) {
+    if (!args->elid && env_elid && *env_elid && ctl_opt_id("PARAM_elid", env_elid, &args->elid))
+        return 2;
+    if (!args->command) {
         fprintf(stderr, "remotetaskctl: --command is required\n");
         usage(stderr);
         return 2;
     }
     if (optind < argc)
-        args.sub = argv[optind++];
+        args->sub = argv[optind++];
     if (optind < argc) {
         fprintf(stderr, "remotetaskctl: unexpected argument \"%s\"\n", argv[optind]);
         return 2;
     }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct ctl_args args = {0};
     const struct ctl_command *cmd = NULL;
+    char *found_config = NULL;
+    int rc;
+
+    if (no_core_dumps() < 0) {
+        fprintf(stderr, "remotetaskctl: cannot turn core dumps off: %s\n", strerror(errno));
+        return 1;
+    }
+    if ((rc = ctl_parse(argc, argv, &args)) != 0)
+        return rc < 0 ? 0 : rc;
     for (size_t i = 0; i < sizeof(ctl_commands) / sizeof(ctl_commands[0]); i++)
         if (strcmp(ctl_commands[i].name, args.command) == 0)
             cmd = &ctl_commands[i];
