@@ -58,6 +58,16 @@ int broker_wants_read_now(const struct broker *b)
     return amqp_frames_enqueued(b->conn) || amqp_data_in_buffer(b->conn);
 }
 
+/* How long a node may stay silent: two heartbeats, the AMQP rule, less a
+ * tenth, so that the loss is declared within two heartbeats of the last
+ * frame even when the loop wakes a little late. A live node sends
+ * something at least every half heartbeat (RabbitMQ's heartbeat sender),
+ * so 1.9 heartbeats of silence are more than three missed beats. */
+static int64_t broker_silence_ms(int hb)
+{
+    return (int64_t)hb * 1900;
+}
+
 int broker_timeout_ms(const struct broker *b)
 {
     if (b && b->connecting) {
@@ -76,7 +86,7 @@ int broker_timeout_ms(const struct broker *b)
         return -1;
     /* Wake at the heartbeat deadline itself, not up to half a heartbeat
      * after it. */
-    int64_t left = b->last_frame_ms + (int64_t)hb * 2000 - clock_mono_ms();
+    int64_t left = b->last_frame_ms + broker_silence_ms(hb) - clock_mono_ms();
     if (left < 0)
         left = 0;
     return left < hb * 1000 / 2 ? (int)left : hb * 1000 / 2;
@@ -122,7 +132,7 @@ rt_status broker_process(struct broker *b)
         broker_handle_frame(b, &f);
     }
     int hb = amqp_get_heartbeat(b->conn);
-    if (!b->dead && hb > 0 && clock_mono_ms() - b->last_frame_ms >= (int64_t)hb * 2000) {
+    if (!b->dead && hb > 0 && clock_mono_ms() - b->last_frame_ms >= broker_silence_ms(hb)) {
         broker_set_err(
             b, "AMQP connection to %s:%d lost: nothing from the node for 2 heartbeats (%d s)",
             b->host, b->port, 2 * hb);

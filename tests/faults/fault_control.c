@@ -971,9 +971,11 @@ static void test_control_flood(void **state)
                "server RSS %ld kB after the warm-up, %ld kB after the flood (%+ld kB; peak %ld "
                "kB); descriptors %ld and %ld",
                warm.rss_kb, after.rss_kb, grew, after.hwm_kb, warm.fds, after.fds);
-    fault_check(&r, grew <= RSS_SLACK_KB && grew >= -RSS_SLACK_KB,
-                "the server's RSS after the flood is within %d kB of its value after the warm-up "
-                "(%ld kB, then %ld kB)",
+    /* Flat means no growth: the daemon gives freed heap pages back once a
+     * minute (core.c, malloc_trim), so it may well end lower. */
+    fault_check(&r, grew <= RSS_SLACK_KB,
+                "the server's RSS after the flood is at most %d kB above its value after the "
+                "warm-up (%ld kB, then %ld kB)",
                 RSS_SLACK_KB, warm.rss_kb, after.rss_kb);
     fault_check(&r, after.fds == warm.fds,
                 "the server holds as many descriptors after the flood as after the warm-up (%ld, "
