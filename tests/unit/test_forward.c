@@ -36,6 +36,7 @@
 
 #include "fake_doc.h"
 #include "http_stub.h"
+#include "stderr_capture.h"
 
 static struct config_server_client test_clients[] = {
     {.id = "7", .amqp_user = "reseller-a", .department = 12},
@@ -748,37 +749,12 @@ static struct ra_task *ra_find(long id)
     return NULL;
 }
 
-/* A copy of doc with every text value ({"$": ...}) turned into a
- * one-element array of itself, in list rows too (the emulator's
- * fields_arrays), or only the value of key when key is not NULL. */
-static json_t *ra_arrays(json_t *doc, const char *key)
-{
-    json_t *out = json_object();
-    const char *k;
-    json_t *v;
-    json_object_foreach(doc, k, v)
-    {
-        if (strcmp(k, "elem") == 0 && json_is_array(v)) {
-            json_t *rows = json_array();
-            size_t i;
-            json_t *e;
-            json_array_foreach(v, i, e) json_array_append_new(rows, ra_arrays(e, key));
-            json_object_set_new(out, k, rows);
-        } else if (json_is_object(v) && json_object_get(v, "$") && (!key || strcmp(k, key) == 0)) {
-            json_object_set_new(out, k, json_pack("[O]", v));
-        } else {
-            json_object_set(out, k, v);
-        }
-    }
-    return out;
-}
-
 static json_t *ra_spoiled(json_t *doc, enum ra_spoil how)
 {
     json_t *out;
     switch (how) {
-    case RA_SPOIL_ARRAYS: out = ra_arrays(doc, NULL); break;
-    case RA_SPOIL_NOTE: out = ra_arrays(doc, "note"); break;
+    case RA_SPOIL_ARRAYS: out = fake_doc_arrays(doc, NULL); break;
+    case RA_SPOIL_NOTE: out = fake_doc_arrays(doc, "note"); break;
     case RA_SPOIL_OTHER:
         out = json_deep_copy(doc);
         fake_doc_long(out, "elid", 999);
@@ -1364,42 +1340,6 @@ static void unreadable_view_never_rewrites_the_target_note(void **state)
     frig_down(&g);
 }
 
-/* Log lines: stderr goes to a file between capture_begin and capture_end,
- * which returns how many times needle was written. */
-static struct {
-    char path[64];
-    int fd;
-    int saved;
-} cap;
-
-static void capture_begin(void)
-{
-    snprintf(cap.path, sizeof(cap.path), "/tmp/test_forward_log.XXXXXX");
-    cap.fd = mkstemp(cap.path);
-    assert_true(cap.fd >= 0);
-    fflush(stderr);
-    cap.saved = dup(STDERR_FILENO);
-    assert_true(cap.saved >= 0);
-    assert_true(dup2(cap.fd, STDERR_FILENO) >= 0);
-}
-
-static int capture_end(const char *needle)
-{
-    static char text[64 * 1024];
-    fflush(stderr);
-    dup2(cap.saved, STDERR_FILENO);
-    close(cap.saved);
-    ssize_t n = pread(cap.fd, text, sizeof(text) - 1, 0);
-    close(cap.fd);
-    unlink(cap.path);
-    text[n > 0 ? n : 0] = '\0';
-    fputs(text, stderr); /* shown as if never captured */
-    int count = 0;
-    for (const char *p = text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
-        count++;
-    return count;
-}
-
 /* A missed error says the target task is gone only when its $object names
  * the element (elid, or task), as the relay reads it. The function (func,
  * or its name: a misspelt api.func_task_edit) or nothing says nothing about
@@ -1422,7 +1362,7 @@ static void missed_not_naming_the_task_makes_no_task(void **state)
     int creates[3], acked[3];
     size_t npub[3];
     char reasons[3][APPLIER_REASON_MAX];
-    capture_begin();
+    stderr_capture_begin();
     for (size_t i = 0; i < 3; i++) {
         ra_missed(objects[i]);
         tag = frig_deliver_note(&g, 5, 2, "Install the OS", "Please install Debian.\nAnd RAID 1.",
@@ -1434,7 +1374,7 @@ static void missed_not_naming_the_task_makes_no_task(void **state)
         frig_confirm(&g);
         acked[i] = rig_acked(tag);
     }
-    int lines = capture_end("check billmanager.api.func_task_edit");
+    int lines = stderr_capture_end("check billmanager.api.func_task_edit");
     for (size_t i = 0; i < 3; i++) {
         assert_int_equal(creates[i], 1);
         assert_int_equal(npub[i], 1 + i);
