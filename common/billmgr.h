@@ -325,6 +325,14 @@ const char *billmgr_text(json_t *obj, const char *key);
  *       empty: writing "" to the other side would erase a name or a note. */
 int billmgr_text_field(json_t *obj, const char *key, const char **out);
 
+/* 0 when doc, the answer of a view of task elid, is that task's view: its
+ * "elid" and "id", those it has and one at least, are elid. Otherwise -1
+ * with why set ("names no task", "answers for task \"9\"", "holds an elid
+ * that is not text"): the fields such an answer leaves out (the API
+ * leaves out those without a value) would travel as empty. Both sides'
+ * readers of a view use it. */
+int billmgr_view_of(json_t *doc, int64_t elid, char *why, size_t whylen);
+
 /* obj.key.$ parsed as a whole decimal number into *out. Returns 0, or -1
  * (and leaves *out alone) when the text is missing, empty, not a number or
  * out of range. */

@@ -21,31 +21,8 @@ static const char *applier_article(const char *word)
 int applier_view_read(json_t *doc, int64_t elid, const char *const *fields, const char **out,
                       size_t n, char *why, size_t whylen)
 {
-    static const char *const ids[] = {"elid", "id"};
-    int named = 0;
-
-    for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
-        const char *t;
-        int r = billmgr_text_field(doc, ids[i], &t);
-        if (r < 0) {
-            snprintf(why, whylen, "holds %s %s that is not text", applier_article(ids[i]), ids[i]);
-            return -1;
-        }
-        if (r == 0)
-            continue;
-        char *end;
-        errno = 0;
-        long long v = strtoll(t, &end, 10);
-        if (errno || end == t || *end || v != elid) {
-            snprintf(why, whylen, "answers for task \"%.32s\"", t);
-            return -1;
-        }
-        named = 1;
-    }
-    if (!named) {
-        snprintf(why, whylen, "names no task");
+    if (billmgr_view_of(doc, elid, why, whylen) < 0)
         return -1;
-    }
     for (size_t i = 0; i < n; i++) {
         if (billmgr_text_field(doc, fields[i], &out[i]) < 0) {
             snprintf(why, whylen, "holds %s %s that is not text", applier_article(fields[i]),
