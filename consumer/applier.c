@@ -339,3 +339,22 @@ void applier_free(struct applier *a)
     free(a->slots);
     free(a);
 }
+
+int applier_seq_impossible(uint64_t seq, uint64_t last, int64_t task, char *why, size_t whylen)
+{
+    if (seq > APPLIER_SEQ_MAX) {
+        snprintf(why, whylen,
+                 "seq %" PRIu64 " of task %" PRId64 " is above %" PRIu64
+                 ", more than a sender can have used: forged or corrupt",
+                 seq, task, APPLIER_SEQ_MAX);
+        return 1;
+    }
+    if (seq <= last || seq - last <= APPLIER_SEQ_MAX_JUMP)
+        return 0;
+    snprintf(why, whylen,
+             "seq %" PRIu64 " of task %" PRId64 " is %" PRIu64 " past seq %" PRIu64
+             ", the last applied, more than the %" PRIu64
+             " a sender can have used: forged or corrupt",
+             seq, task, seq - last, last, APPLIER_SEQ_MAX_JUMP);
+    return 1;
+}

@@ -85,6 +85,12 @@ struct store;
  * century at one a second). */
 #define APPLIER_SEQ_MAX      ((uint64_t)1 << 48)
 #define APPLIER_SEQ_MAX_JUMP ((uint64_t)1 << 32)
+
+/* 1 when seq cannot have been sent for a task whose last applied seq is
+ * last: above APPLIER_SEQ_MAX, or more than APPLIER_SEQ_MAX_JUMP past
+ * last (last = 0 when nothing was applied). why then says so, for the
+ * dead letter. Both appliers refuse such a message before it is applied. */
+int applier_seq_impossible(uint64_t seq, uint64_t last, int64_t task, char *why, size_t whylen);
 /* Backoff of a deferred local step (applier_defer). */
 #define APPLIER_DEFER_MIN_MS 250
 #define APPLIER_DEFER_MAX_MS 4000

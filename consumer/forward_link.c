@@ -25,25 +25,22 @@
 
 int forward_seq_jump(struct forward_slot *s, const struct store_link *link)
 {
-    uint64_t last = link->found ? link->last_seq : 0;
-    if (s->msg.seq <= last || s->msg.seq - last <= APPLIER_SEQ_MAX_JUMP)
+    char why[APPLIER_REASON_MAX];
+    if (!applier_seq_impossible(s->msg.seq, link->found ? link->last_seq : 0, s->msg.task, why,
+                                sizeof(why)))
         return 0;
-    fwd_slot_fail(s, RT_REJECT, FORWARD_DEAD_SEQ,
-                  "seq %" PRIu64 " of task %" PRId64 " is %" PRIu64 " past seq %" PRIu64
-                  ", the last applied, more than the %" PRIu64 " a sender can have used: forged or "
-                  "corrupt",
-                  s->msg.seq, s->msg.task, s->msg.seq - last, last, APPLIER_SEQ_MAX_JUMP);
+    fwd_slot_fail(s, RT_REJECT, FORWARD_DEAD_SEQ, "%s", why);
     return 1;
 }
 
 int forward_seq_invalid(struct forward *f, struct forward_slot *s)
 {
     struct store_link link;
-    if (s->msg.seq > APPLIER_SEQ_MAX) {
-        fwd_slot_fail(s, RT_REJECT, FORWARD_DEAD_SEQ,
-                      "seq %" PRIu64 " of task %" PRId64 " is above %" PRIu64
-                      ", more than a sender can have used: forged or corrupt",
-                      s->msg.seq, s->msg.task, APPLIER_SEQ_MAX);
+    char why[APPLIER_REASON_MAX];
+    /* Above what any sender can use: refused before the store is asked
+     * (last = seq: no jump to measure yet). */
+    if (applier_seq_impossible(s->msg.seq, s->msg.seq, s->msg.task, why, sizeof(why))) {
+        fwd_slot_fail(s, RT_REJECT, FORWARD_DEAD_SEQ, "%s", why);
         return 1;
     }
     if (applier_troubled(f->ap) ||

@@ -61,25 +61,22 @@ static void rev_slot_store_failed(struct reverse_slot *s, rt_status st, enum rev
  * it is dead-lettered, and the slot is gone. */
 static int reverse_seq_jump(struct reverse_slot *s, const struct store_rev *rev)
 {
-    uint64_t last = rev->found ? rev->seq : 0;
-    if (s->msg.seq <= last || s->msg.seq - last <= APPLIER_SEQ_MAX_JUMP)
+    char why[APPLIER_REASON_MAX];
+    if (!applier_seq_impossible(s->msg.seq, rev->found ? rev->seq : 0, s->msg.task, why,
+                                sizeof(why)))
         return 0;
-    rev_slot_fail(s, RT_REJECT, REVERSE_DEAD_SEQ,
-                  "seq %" PRIu64 " of task %" PRId64 " is %" PRIu64 " past seq %" PRIu64
-                  ", the last applied, more than the %" PRIu64 " a sender can have used: forged or "
-                  "corrupt",
-                  s->msg.seq, s->msg.task, s->msg.seq - last, last, APPLIER_SEQ_MAX_JUMP);
+    rev_slot_fail(s, RT_REJECT, REVERSE_DEAD_SEQ, "%s", why);
     return 1;
 }
 
 int reverse_seq_invalid(struct reverse *r, struct reverse_slot *s)
 {
     struct store_rev rev;
-    if (s->msg.seq > APPLIER_SEQ_MAX) {
-        rev_slot_fail(s, RT_REJECT, REVERSE_DEAD_SEQ,
-                      "seq %" PRIu64 " of task %" PRId64 " is above %" PRIu64
-                      ", more than a sender can have used: forged or corrupt",
-                      s->msg.seq, s->msg.task, APPLIER_SEQ_MAX);
+    char why[APPLIER_REASON_MAX];
+    /* Above what any sender can use: refused before the store is asked
+     * (last = seq: no jump to measure yet). */
+    if (applier_seq_impossible(s->msg.seq, s->msg.seq, s->msg.task, why, sizeof(why))) {
+        rev_slot_fail(s, RT_REJECT, REVERSE_DEAD_SEQ, "%s", why);
         return 1;
     }
     if (applier_troubled(r->ap) ||
