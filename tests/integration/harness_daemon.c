@@ -1270,3 +1270,22 @@ size_t harness_daemon_log_count_since(const struct harness_daemon *d, size_t mar
     }
     return count;
 }
+
+int harness_ctl_list(const char *config, char **output, ...)
+{
+    const char *args[16];
+    size_t n = 0;
+    va_list ap;
+    va_start(ap, output);
+    const char *a;
+    while ((a = va_arg(ap, const char *)) != NULL && n < sizeof(args) / sizeof(args[0]) - 1)
+        args[n++] = a;
+    va_end(ap);
+    args[n] = NULL;
+    *output = NULL;
+    int rc = harness_ctl(config, args, NULL, output);
+    if (!*output)
+        *output = strdup("");
+    assert_non_null(*output);
+    return rc;
+}

@@ -103,6 +103,11 @@ void harness_daemon_free(struct harness_daemon *d);
  * output is not NULL. Fails the test if it does not exit within 30 s. */
 int harness_ctl(const char *config, const char *const *args, const char *env_elid, char **output);
 
+/* harness_ctl with its arguments listed (NULL-terminated, at most 15) and
+ * no PARAM_elid; *output is always set (malloc'ed, "" when it wrote
+ * nothing). */
+int harness_ctl_list(const char *config, char **output, ...);
+
 /* As harness_ctl, with a deadline of timeout_ms, and without failing the
  * test when it passes: remotetaskctl is then killed and -1 returned, with
  * what it had printed in *output. For a test that measures whether a

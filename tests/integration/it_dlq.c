@@ -214,32 +214,11 @@ static void test_broker_get(void **state)
 
 /* ---- 2. dlq list / replay / purge, resync ------------------------------ */
 
-/* Runs remotetaskctl; returns its exit status and its output in *out
- * (always set, free it). */
-static int ctl(const char *conf, char **out, ...)
-{
-    const char *args[16];
-    size_t n = 0;
-    va_list ap;
-    va_start(ap, out);
-    const char *a;
-    while ((a = va_arg(ap, const char *)) != NULL && n < sizeof(args) / sizeof(args[0]) - 1)
-        args[n++] = a;
-    va_end(ap);
-    args[n] = NULL;
-    *out = NULL;
-    int rc = harness_ctl(conf, args, NULL, out);
-    if (!*out)
-        *out = strdup("");
-    assert_non_null(*out);
-    return rc;
-}
-
 /* `dlq list --json` as parsed JSON (an array; new reference). */
 static json_t *dlq_list(struct harness_scenario *s, const char *conf)
 {
     char *out;
-    int rc = ctl(conf, &out, "--command", "dlq", "list", "--json", (const char *)NULL);
+    int rc = harness_ctl_list(conf, &out, "--command", "dlq", "list", "--json", (const char *)NULL);
     json_error_t jerr;
     json_t *arr = json_loads(out, 0, &jerr);
     EXPECT(s, rc == 0 && json_is_array(arr), "dlq list --json exited %d with:\n%s", rc, out);
@@ -357,13 +336,13 @@ static void test_dlq_and_resync(void **state)
     harness_daemon_start(s->client);
 
     /* Bad command lines: exit 2. */
-    rc = ctl(s->client_conf, &out, "--command", "dlq", (const char *)NULL);
+    rc = harness_ctl_list(s->client_conf, &out, "--command", "dlq", (const char *)NULL);
     EXPECT(s, rc == 2, "dlq without an action exited %d: %s", rc, out);
     free(out);
-    rc = ctl(s->client_conf, &out, "--command", "dlq", "replay", (const char *)NULL);
+    rc = harness_ctl_list(s->client_conf, &out, "--command", "dlq", "replay", (const char *)NULL);
     EXPECT(s, rc == 2, "dlq replay without --id/--all exited %d: %s", rc, out);
     free(out);
-    rc = ctl(s->client_conf, &out, "--command", "resync", (const char *)NULL);
+    rc = harness_ctl_list(s->client_conf, &out, "--command", "resync", (const char *)NULL);
     EXPECT(s, rc == 2, "resync without --elid/--all exited %d: %s", rc, out);
     free(out);
 
@@ -378,7 +357,7 @@ static void test_dlq_and_resync(void **state)
     json_decref(r);
     assert_true(task > 0);
     snprintf(elid, sizeof(elid), "%lld", task);
-    rc = ctl(s->client_conf, &out, "--command", "taskevent", "--elid", elid, (const char *)NULL);
+    rc = harness_ctl_list(s->client_conf, &out, "--command", "taskevent", "--elid", elid, (const char *)NULL);
     EXPECT(s, rc == 0, "taskevent exited %d: %s", rc, out);
     free(out);
 
@@ -421,7 +400,7 @@ static void test_dlq_and_resync(void **state)
 
     /* The table too; and the client's configuration reads only its own
      * reverse letters: none. */
-    rc = ctl(s->server_conf, &out, "--command", "dlq", "list", (const char *)NULL);
+    rc = harness_ctl_list(s->server_conf, &out, "--command", "dlq", "list", (const char *)NULL);
     EXPECT(s, rc == 0 && strstr(out, dead_id) && strstr(out, "REASON"),
            "dlq list exited %d with:\n%s", rc, out);
     printf("dlq list:\n%s", out);
@@ -463,11 +442,11 @@ static void test_dlq_and_resync(void **state)
     json_decref(arr);
 
     /* Unknown id: exit 1, nothing replayed. The forged one: never replayed. */
-    rc = ctl(s->server_conf, &out, "--command", "dlq", "replay", "--id", "no-such-id",
+    rc = harness_ctl_list(s->server_conf, &out, "--command", "dlq", "replay", "--id", "no-such-id",
              (const char *)NULL);
     EXPECT(s, rc == 1, "replay of an unknown id exited %d: %s", rc, out);
     free(out);
-    rc = ctl(s->server_conf, &out, "--command", "dlq", "replay", "--id", forged_id,
+    rc = harness_ctl_list(s->server_conf, &out, "--command", "dlq", "replay", "--id", forged_id,
              (const char *)NULL);
     printf("dlq replay --id %s (forged): exit %d: %s", forged_id, rc, out);
     EXPECT(s, rc == 1 && strstr(out, "replayed 0") && strstr(out, "not replayed"),
@@ -482,7 +461,7 @@ static void test_dlq_and_resync(void **state)
      * vouched for, and the forward applier takes it. */
     sim_seed_user(s->dst, 0);
     long writes_before = harness_sim_count(s->dst, "func=task.edit&write=1");
-    rc = ctl(s->server_conf, &out, "--command", "dlq", "replay", "--id", dead_id,
+    rc = harness_ctl_list(s->server_conf, &out, "--command", "dlq", "replay", "--id", dead_id,
              (const char *)NULL);
     printf("dlq replay --id %s: exit %d: %s", dead_id, rc, out);
     EXPECT(s, rc == 0 && strstr(out, "replayed 1"), "replay exited %d: %s", rc, out);
@@ -502,7 +481,7 @@ static void test_dlq_and_resync(void **state)
     json_decref(arr);
 
     /* The forged letter goes with purge --id. */
-    rc = ctl(s->server_conf, &out, "--command", "dlq", "purge", "--id", forged_id, "--yes",
+    rc = harness_ctl_list(s->server_conf, &out, "--command", "dlq", "purge", "--id", forged_id, "--yes",
              (const char *)NULL);
     EXPECT(s, rc == 0 && strstr(out, "purged 1"), "purge --id exited %d: %s", rc, out);
     free(out);
@@ -510,7 +489,7 @@ static void test_dlq_and_resync(void **state)
     /* replay --all takes what the queue held when it started: the garbage
      * letter goes forward once, dies again as undecodable, and is not
      * replayed a second time by the same run. */
-    rc = ctl(s->server_conf, &out, "--command", "dlq", "replay", "--all", (const char *)NULL);
+    rc = harness_ctl_list(s->server_conf, &out, "--command", "dlq", "replay", "--all", (const char *)NULL);
     printf("dlq replay --all: exit %d: %s", rc, out);
     EXPECT(s, rc == 0 && strstr(out, "replayed 1"), "replay --all exited %d: %s", rc, out);
     free(out);
@@ -529,14 +508,14 @@ static void test_dlq_and_resync(void **state)
     EXPECT(s, target_copies(s, task, 0) == 1, "replay --all made a second target task");
 
     /* Purge: without --yes it only tells; with it, the letters go. */
-    rc = ctl(s->server_conf, &out, "--command", "dlq", "purge", (const char *)NULL);
+    rc = harness_ctl_list(s->server_conf, &out, "--command", "dlq", "purge", (const char *)NULL);
     EXPECT(s, rc == 2 && strstr(out, purge_id) && strstr(out, "--yes"),
            "purge without --yes exited %d: %s", rc, out);
     free(out);
     arr = dlq_list(s, s->server_conf);
     EXPECT(s, letter_by_id(arr, purge_id), "purge without --yes removed %s", purge_id);
     json_decref(arr);
-    rc = ctl(s->server_conf, &out, "--command", "dlq", "purge", "--yes", (const char *)NULL);
+    rc = harness_ctl_list(s->server_conf, &out, "--command", "dlq", "purge", "--yes", (const char *)NULL);
     printf("dlq purge --yes: exit %d: %s", rc, out);
     EXPECT(s, rc == 0 && strstr(out, "purged 1"), "purge --yes exited %d: %s", rc, out);
     free(out);
@@ -554,7 +533,7 @@ static void test_dlq_and_resync(void **state)
     assert_int_equal(store_fwd_get(cst, s->client_id, task, &fw), RT_OK);
     uint64_t old_seq = fw.seq;
     writes_before = harness_sim_count(s->dst, "func=task.edit&write=1");
-    rc = ctl(s->client_conf, &out, "--command", "resync", "--elid", elid, (const char *)NULL);
+    rc = harness_ctl_list(s->client_conf, &out, "--command", "resync", "--elid", elid, (const char *)NULL);
     printf("resync --elid %s (client): exit %d: %s", elid, rc, out);
     EXPECT(s, rc == 0 && strstr(out, "forgot what was sent"), "resync exited %d: %s", rc, out);
     free(out);
@@ -569,7 +548,7 @@ static void test_dlq_and_resync(void **state)
     }
     /* resync --all: every known task of the client goes out again. */
     old_seq = fw.seq;
-    rc = ctl(s->client_conf, &out, "--command", "resync", "--all", (const char *)NULL);
+    rc = harness_ctl_list(s->client_conf, &out, "--command", "resync", "--all", (const char *)NULL);
     printf("resync --all (client): exit %d: %s", rc, out);
     EXPECT(s, rc == 0 && strstr(out, "for 1 task") && strstr(out, "recorded 1 event"),
            "resync --all exited %d: %s", rc, out);
@@ -612,7 +591,7 @@ static void test_dlq_and_resync(void **state)
     assert_int_equal(fp_set_put(link.applied, sizeof(link.applied), "state", "5eed"), 0);
     assert_int_equal(store_link_put(sst, &link), RT_OK);
     uint64_t old_rev = link.rev_seq;
-    rc = ctl(s->server_conf, &out, "--command", "resync", "--elid", dst_elid, (const char *)NULL);
+    rc = harness_ctl_list(s->server_conf, &out, "--command", "resync", "--elid", dst_elid, (const char *)NULL);
     printf("resync --elid %s (server): exit %d: %s", dst_elid, rc, out);
     EXPECT(s, rc == 0 && strstr(out, "forgot the state"), "server resync exited %d: %s", rc, out);
     free(out);
@@ -624,7 +603,7 @@ static void test_dlq_and_resync(void **state)
     EXPECT(s, fp_set_get(link.applied, "name", st_fp, sizeof(st_fp)) == 0,
            "server resync lost the forward keys of applied: \"%s\"", link.applied);
     store_free(sst);
-    rc = ctl(s->server_conf, &out, "--command", "resync", "--elid", "999999", (const char *)NULL);
+    rc = harness_ctl_list(s->server_conf, &out, "--command", "resync", "--elid", "999999", (const char *)NULL);
     EXPECT(s, rc == 1 && strstr(out, "not linked"), "resync of an unlinked task exited %d: %s", rc,
            out);
     free(out);

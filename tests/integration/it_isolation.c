@@ -328,27 +328,6 @@ static long long queue_redelivered(const char *queue, long long want)
     }
 }
 
-/* Runs remotetaskctl; returns its exit status and its output in *out
- * (always set, free it). */
-static int ctl(const char *conf, char **out, ...)
-{
-    const char *args[16];
-    size_t n = 0;
-    va_list ap;
-    va_start(ap, out);
-    const char *a;
-    while ((a = va_arg(ap, const char *)) != NULL && n < sizeof(args) / sizeof(args[0]) - 1)
-        args[n++] = a;
-    va_end(ap);
-    args[n] = NULL;
-    *out = NULL;
-    int rc = harness_ctl(conf, args, NULL, out);
-    if (!*out)
-        *out = strdup("");
-    assert_non_null(*out);
-    return rc;
-}
-
 /* The letters `dlq list --json` shows for task with kind (NULL: any), or,
  * when want_id is not NULL, with that id (an untrusted letter shows no
  * task: its headers are anyone's): how many, and the id of the first in
@@ -357,7 +336,7 @@ static int letters(struct harness_scenario *s, const char *conf, long long task,
                    const char *want_id, char *id, size_t idlen)
 {
     char *out;
-    int rc = ctl(conf, &out, "--command", "dlq", "list", "--json", (const char *)NULL);
+    int rc = harness_ctl_list(conf, &out, "--command", "dlq", "list", "--json", (const char *)NULL);
     json_t *arr = json_loads(out, 0, NULL);
     EXPECT(s, rc == 0 && json_is_array(arr), "dlq list --json exited %d with:\n%s", rc, out);
     free(out);
@@ -624,7 +603,7 @@ static void test_hostile_peers(void **state)
     long dst_writes = harness_sim_count(s->dst, "func=task.edit&write=1");
     EXPECT(s, wait_letters(s, s->server_conf, 0, NULL, forged_id, 1, id, sizeof(id)) == 1,
            "the planted letter is not listed");
-    int rc = ctl(s->server_conf, &out, "--command", "dlq", "replay", "--id", forged_id,
+    int rc = harness_ctl_list(s->server_conf, &out, "--command", "dlq", "replay", "--id", forged_id,
                  (const char *)NULL);
     printf("hostile: dlq replay --id %s (planted by %s): exit %d: %s", forged_id, s->other_user, rc,
            out);
@@ -709,11 +688,11 @@ static void test_taskevent_on_a_full_disk(void **state)
     snprintf(repl, sizeof(repl), "state_dir = \"%s/state\";", mounted);
     harness_config_replace(s->client_conf, old, repl);
 
-    int rc = ctl(s->client_conf, &out, "--command", "taskevent", "--elid", "5", (const char *)NULL);
+    int rc = harness_ctl_list(s->client_conf, &out, "--command", "taskevent", "--elid", "5", (const char *)NULL);
     EXPECT(s, rc == 0, "taskevent with room exited %d: %s", rc, out);
     free(out);
     fill(mounted);
-    rc = ctl(s->client_conf, &out, "--command", "taskevent", "--elid", "6", (const char *)NULL);
+    rc = harness_ctl_list(s->client_conf, &out, "--command", "taskevent", "--elid", "6", (const char *)NULL);
     printf("disk full: taskevent --elid 6: exit %d: %s", rc, out);
     EXPECT(s, rc != 0 && strstr(out, "no space left"),
            "taskevent on a full disk exited %d without \"no space left\": %s", rc, out);
@@ -722,7 +701,7 @@ static void test_taskevent_on_a_full_disk(void **state)
     char filler[PATH_MAX + 16];
     snprintf(filler, sizeof(filler), "%s/filler", mounted);
     assert_int_equal(unlink(filler), 0);
-    rc = ctl(s->client_conf, &out, "--command", "taskevent", "--elid", "6", (const char *)NULL);
+    rc = harness_ctl_list(s->client_conf, &out, "--command", "taskevent", "--elid", "6", (const char *)NULL);
     EXPECT(s, rc == 0, "taskevent with room again exited %d: %s", rc, out);
     free(out);
     char err[512], dir[PATH_MAX + 16];
