@@ -122,7 +122,6 @@ static void tconn_publish(struct tconn *t, const char *exchange, const char *key
         fail_msg("the broker did not take %s", id);
 }
 
-
 /* ---- 1. broker_get ------------------------------------------------------ */
 
 static void test_broker_get(void **state)
@@ -357,7 +356,8 @@ static void test_dlq_and_resync(void **state)
     json_decref(r);
     assert_true(task > 0);
     snprintf(elid, sizeof(elid), "%lld", task);
-    rc = harness_ctl_list(s->client_conf, &out, "--command", "taskevent", "--elid", elid, (const char *)NULL);
+    rc = harness_ctl_list(s->client_conf, &out, "--command", "taskevent", "--elid", elid,
+                          (const char *)NULL);
     EXPECT(s, rc == 0, "taskevent exited %d: %s", rc, out);
     free(out);
 
@@ -391,7 +391,8 @@ static void test_dlq_and_resync(void **state)
            reason ? reason : "");
     EXPECT(s, strcmp(json_string_value(json_object_get(letter, "kind")), "api") == 0,
            "the letter's kind is not api");
-    EXPECT(s, json_is_true(json_object_get(letter, "trusted")), "the server's own letter is untrusted");
+    EXPECT(s, json_is_true(json_object_get(letter, "trusted")),
+           "the server's own letter is untrusted");
     EXPECT(s, json_string_value(json_object_get(letter, "time"))[0] == '2',
            "the letter has no time");
     json_decref(arr);
@@ -443,11 +444,11 @@ static void test_dlq_and_resync(void **state)
 
     /* Unknown id: exit 1, nothing replayed. The forged one: never replayed. */
     rc = harness_ctl_list(s->server_conf, &out, "--command", "dlq", "replay", "--id", "no-such-id",
-             (const char *)NULL);
+                          (const char *)NULL);
     EXPECT(s, rc == 1, "replay of an unknown id exited %d: %s", rc, out);
     free(out);
     rc = harness_ctl_list(s->server_conf, &out, "--command", "dlq", "replay", "--id", forged_id,
-             (const char *)NULL);
+                          (const char *)NULL);
     printf("dlq replay --id %s (forged): exit %d: %s", forged_id, rc, out);
     EXPECT(s, rc == 1 && strstr(out, "replayed 0") && strstr(out, "not replayed"),
            "the forged letter's replay exited %d: %s", rc, out);
@@ -462,7 +463,7 @@ static void test_dlq_and_resync(void **state)
     sim_seed_user(s->dst, 0);
     long writes_before = harness_sim_count(s->dst, "func=task.edit&write=1");
     rc = harness_ctl_list(s->server_conf, &out, "--command", "dlq", "replay", "--id", dead_id,
-             (const char *)NULL);
+                          (const char *)NULL);
     printf("dlq replay --id %s: exit %d: %s", dead_id, rc, out);
     EXPECT(s, rc == 0 && strstr(out, "replayed 1"), "replay exited %d: %s", rc, out);
     free(out);
@@ -481,15 +482,16 @@ static void test_dlq_and_resync(void **state)
     json_decref(arr);
 
     /* The forged letter goes with purge --id. */
-    rc = harness_ctl_list(s->server_conf, &out, "--command", "dlq", "purge", "--id", forged_id, "--yes",
-             (const char *)NULL);
+    rc = harness_ctl_list(s->server_conf, &out, "--command", "dlq", "purge", "--id", forged_id,
+                          "--yes", (const char *)NULL);
     EXPECT(s, rc == 0 && strstr(out, "purged 1"), "purge --id exited %d: %s", rc, out);
     free(out);
 
     /* replay --all takes what the queue held when it started: the garbage
      * letter goes forward once, dies again as undecodable, and is not
      * replayed a second time by the same run. */
-    rc = harness_ctl_list(s->server_conf, &out, "--command", "dlq", "replay", "--all", (const char *)NULL);
+    rc = harness_ctl_list(s->server_conf, &out, "--command", "dlq", "replay", "--all",
+                          (const char *)NULL);
     printf("dlq replay --all: exit %d: %s", rc, out);
     EXPECT(s, rc == 0 && strstr(out, "replayed 1"), "replay --all exited %d: %s", rc, out);
     free(out);
@@ -515,7 +517,8 @@ static void test_dlq_and_resync(void **state)
     arr = dlq_list(s, s->server_conf);
     EXPECT(s, letter_by_id(arr, purge_id), "purge without --yes removed %s", purge_id);
     json_decref(arr);
-    rc = harness_ctl_list(s->server_conf, &out, "--command", "dlq", "purge", "--yes", (const char *)NULL);
+    rc = harness_ctl_list(s->server_conf, &out, "--command", "dlq", "purge", "--yes",
+                          (const char *)NULL);
     printf("dlq purge --yes: exit %d: %s", rc, out);
     EXPECT(s, rc == 0 && strstr(out, "purged 1"), "purge --yes exited %d: %s", rc, out);
     free(out);
@@ -533,7 +536,8 @@ static void test_dlq_and_resync(void **state)
     assert_int_equal(store_fwd_get(cst, s->client_id, task, &fw), RT_OK);
     uint64_t old_seq = fw.seq;
     writes_before = harness_sim_count(s->dst, "func=task.edit&write=1");
-    rc = harness_ctl_list(s->client_conf, &out, "--command", "resync", "--elid", elid, (const char *)NULL);
+    rc = harness_ctl_list(s->client_conf, &out, "--command", "resync", "--elid", elid,
+                          (const char *)NULL);
     printf("resync --elid %s (client): exit %d: %s", elid, rc, out);
     EXPECT(s, rc == 0 && strstr(out, "forgot what was sent"), "resync exited %d: %s", rc, out);
     free(out);
@@ -591,7 +595,8 @@ static void test_dlq_and_resync(void **state)
     assert_int_equal(fp_set_put(link.applied, sizeof(link.applied), "state", "5eed"), 0);
     assert_int_equal(store_link_put(sst, &link), RT_OK);
     uint64_t old_rev = link.rev_seq;
-    rc = harness_ctl_list(s->server_conf, &out, "--command", "resync", "--elid", dst_elid, (const char *)NULL);
+    rc = harness_ctl_list(s->server_conf, &out, "--command", "resync", "--elid", dst_elid,
+                          (const char *)NULL);
     printf("resync --elid %s (server): exit %d: %s", dst_elid, rc, out);
     EXPECT(s, rc == 0 && strstr(out, "forgot the state"), "server resync exited %d: %s", rc, out);
     free(out);
@@ -603,7 +608,8 @@ static void test_dlq_and_resync(void **state)
     EXPECT(s, fp_set_get(link.applied, "name", st_fp, sizeof(st_fp)) == 0,
            "server resync lost the forward keys of applied: \"%s\"", link.applied);
     store_free(sst);
-    rc = harness_ctl_list(s->server_conf, &out, "--command", "resync", "--elid", "999999", (const char *)NULL);
+    rc = harness_ctl_list(s->server_conf, &out, "--command", "resync", "--elid", "999999",
+                          (const char *)NULL);
     EXPECT(s, rc == 1 && strstr(out, "not linked"), "resync of an unlinked task exited %d: %s", rc,
            out);
     free(out);

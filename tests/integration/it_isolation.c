@@ -604,7 +604,7 @@ static void test_hostile_peers(void **state)
     EXPECT(s, wait_letters(s, s->server_conf, 0, NULL, forged_id, 1, id, sizeof(id)) == 1,
            "the planted letter is not listed");
     int rc = harness_ctl_list(s->server_conf, &out, "--command", "dlq", "replay", "--id", forged_id,
-                 (const char *)NULL);
+                              (const char *)NULL);
     printf("hostile: dlq replay --id %s (planted by %s): exit %d: %s", forged_id, s->other_user, rc,
            out);
     EXPECT(s, rc == 1 && strstr(out, "not replayed"), "the planted letter's replay exited %d: %s",
@@ -688,11 +688,13 @@ static void test_taskevent_on_a_full_disk(void **state)
     snprintf(repl, sizeof(repl), "state_dir = \"%s/state\";", mounted);
     harness_config_replace(s->client_conf, old, repl);
 
-    int rc = harness_ctl_list(s->client_conf, &out, "--command", "taskevent", "--elid", "5", (const char *)NULL);
+    int rc = harness_ctl_list(s->client_conf, &out, "--command", "taskevent", "--elid", "5",
+                              (const char *)NULL);
     EXPECT(s, rc == 0, "taskevent with room exited %d: %s", rc, out);
     free(out);
     fill(mounted);
-    rc = harness_ctl_list(s->client_conf, &out, "--command", "taskevent", "--elid", "6", (const char *)NULL);
+    rc = harness_ctl_list(s->client_conf, &out, "--command", "taskevent", "--elid", "6",
+                          (const char *)NULL);
     printf("disk full: taskevent --elid 6: exit %d: %s", rc, out);
     EXPECT(s, rc != 0 && strstr(out, "no space left"),
            "taskevent on a full disk exited %d without \"no space left\": %s", rc, out);
@@ -701,7 +703,8 @@ static void test_taskevent_on_a_full_disk(void **state)
     char filler[PATH_MAX + 16];
     snprintf(filler, sizeof(filler), "%s/filler", mounted);
     assert_int_equal(unlink(filler), 0);
-    rc = harness_ctl_list(s->client_conf, &out, "--command", "taskevent", "--elid", "6", (const char *)NULL);
+    rc = harness_ctl_list(s->client_conf, &out, "--command", "taskevent", "--elid", "6",
+                          (const char *)NULL);
     EXPECT(s, rc == 0, "taskevent with room again exited %d: %s", rc, out);
     free(out);
     char err[512], dir[PATH_MAX + 16];

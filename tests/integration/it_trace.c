@@ -120,8 +120,8 @@ static void taskevent(struct harness_scenario *s, long long task)
 {
     char elid[32], *out;
     snprintf(elid, sizeof(elid), "%lld", task);
-    int rc =
-        harness_ctl_list(s->client_conf, &out, "--command", "taskevent", "--elid", elid, (const char *)NULL);
+    int rc = harness_ctl_list(s->client_conf, &out, "--command", "taskevent", "--elid", elid,
+                              (const char *)NULL);
     EXPECT(s, rc == 0, "taskevent exited %d: %s", rc, out);
     free(out);
 }
@@ -227,7 +227,8 @@ static json_t *trace_json(struct harness_scenario *s, const char *conf, int *rc,
 {
     char *out;
     json_error_t jerr;
-    *rc = harness_ctl_list(conf, &out, "--command", "trace", "--json", a1, v1, a2, v2, (const char *)NULL);
+    *rc = harness_ctl_list(conf, &out, "--command", "trace", "--json", a1, v1, a2, v2,
+                           (const char *)NULL);
     json_t *doc = *rc == 0 ? json_loads(out, 0, &jerr) : NULL;
     EXPECT(s, *rc != 0 || json_is_object(doc), "trace --json printed no JSON object:\n%s", out);
     free(out);
@@ -301,16 +302,18 @@ static void test_trace_journey(void **state)
     harness_daemon_start(s->client);
 
     /* Nothing known yet: both sides say so and exit 1. */
-    rc = harness_ctl_list(s->client_conf, &out, "--command", "trace", "--elid", "999999", (const char *)NULL);
+    rc = harness_ctl_list(s->client_conf, &out, "--command", "trace", "--elid", "999999",
+                          (const char *)NULL);
     EXPECT(s, rc == 1 && strstr(out, "unknown"), "trace of an unknown task exited %d: %s", rc, out);
     printf("client, unknown task: exit %d: %s", rc, out);
     free(out);
-    rc = harness_ctl_list(s->server_conf, &out, "--command", "trace", "--client", s->client_id, "--elid",
-             "999999", (const char *)NULL);
+    rc = harness_ctl_list(s->server_conf, &out, "--command", "trace", "--client", s->client_id,
+                          "--elid", "999999", (const char *)NULL);
     EXPECT(s, rc == 1 && strstr(out, "unknown"), "server trace of an unknown task exited %d: %s",
            rc, out);
     free(out);
-    rc = harness_ctl_list(s->server_conf, &out, "--command", "trace", "--target", "999999", (const char *)NULL);
+    rc = harness_ctl_list(s->server_conf, &out, "--command", "trace", "--target", "999999",
+                          (const char *)NULL);
     EXPECT(s, rc == 1 && strstr(out, "unknown"), "trace of an unknown target exited %d: %s", rc,
            out);
     printf("server, unknown target: exit %d: %s", rc, out);
@@ -345,8 +348,8 @@ static void test_trace_journey(void **state)
 
     /* 3. Closed by target staff; checkevent brings the state now. */
     sim_change(s->dst, dst, json_pack("{s:i}", "status", 2));
-    rc =
-        harness_ctl_list(s->client_conf, &out, "--command", "checkevent", "--timeout", "60", (const char *)NULL);
+    rc = harness_ctl_list(s->client_conf, &out, "--command", "checkevent", "--timeout", "60",
+                          (const char *)NULL);
     EXPECT(s, rc == 0, "checkevent exited %d: %s", rc, out);
     free(out);
     json_t *t = sim_task(s->src, task);
@@ -369,7 +372,8 @@ static void test_trace_journey(void **state)
 
     /* 5. Replayed, once the cause is fixed. */
     sim_seed_user(s->dst, 0);
-    rc = harness_ctl_list(s->server_conf, &out, "--command", "dlq", "replay", "--all", (const char *)NULL);
+    rc = harness_ctl_list(s->server_conf, &out, "--command", "dlq", "replay", "--all",
+                          (const char *)NULL);
     EXPECT(s, rc == 0 && strstr(out, "replayed 1"), "dlq replay --all exited %d: %s", rc, out);
     free(out);
     c.want_text = "the last words";
@@ -447,14 +451,16 @@ static void test_trace_journey(void **state)
 
     /* The tables, as an operator reads them; with the daemons down too. */
     harness_scenario_stop(s);
-    rc = harness_ctl_list(s->client_conf, &out, "--command", "trace", "--elid", elid, (const char *)NULL);
+    rc = harness_ctl_list(s->client_conf, &out, "--command", "trace", "--elid", elid,
+                          (const char *)NULL);
     printf("client: remotetaskctl --command trace --elid %s (daemon stopped), exit %d:\n%s", elid,
            rc, out);
     EXPECT(s,
            rc == 0 && strstr(out, "TIME") && strstr(out, "dead") == NULL && strstr(out, "written"),
            "the client's table (exit %d) is not as expected:\n%s", rc, out);
     free(out);
-    rc = harness_ctl_list(s->server_conf, &out, "--command", "trace", "--target", target, (const char *)NULL);
+    rc = harness_ctl_list(s->server_conf, &out, "--command", "trace", "--target", target,
+                          (const char *)NULL);
     printf("server: remotetaskctl --command trace --target %s (daemon stopped), exit %d:\n%s",
            target, rc, out);
     EXPECT(s,
