@@ -13,8 +13,9 @@
  *    applier's 2 x prefetch slots could not hold: it requeued the rest,
  *    which came straight back). Every task is applied once (lost 0,
  *    duplicated 0), the daemon requeued nothing and the broker redelivered
- *    nothing, and each client's first task is created within one round of
- *    max_inflight of the others' (the target's ids give the order).
+ *    nothing, and each client's first task is created within two rounds of
+ *    max_inflight of the others' (the target's ids give the order; one
+ *    round for consumers registered one after the other).
  * 2. Hostile peers: client B's AMQP user publishes a state for client A's
  *    task through A's retry exchange (key "reverse") and straight to
  *    remotetask.reverse with A's key (once more claiming the server's
@@ -483,11 +484,16 @@ static void test_turns_without_requeue(void **state)
     }
     EXPECT(s, nrequeued == 0, "the server requeued %lld deliveries", nrequeued);
     EXPECT(s, redelivered == 0, "the broker redelivered %lld messages", redelivered);
-    /* One round: the max_inflight in hand when a client's first task
-     * became ready, then one turn of each client. */
-    EXPECT(s, worst < FAIR_INFLIGHT + FAIR_CLIENTS,
-           "a client's first task was created as number %zu, more than one round of "
-           "max_inflight %d after the others'",
+    /* Turns, not arrival order: with one queue drained first, the last
+     * client's first task would be created as number 201. The bound is the
+     * max_inflight in hand when a client's first delivery arrived, one turn
+     * of each client, and one more round of max_inflight: the daemon
+     * registers its consumers one after the other, and on a loaded machine
+     * the last consume-ok can land after the first round has been
+     * dispatched (a run at load average 10 saw number 8). */
+    EXPECT(s, worst < 2 * FAIR_INFLIGHT + FAIR_CLIENTS,
+           "a client's first task was created as number %zu, more than two rounds of "
+           "max_inflight %d after the others' (turns broken)",
            worst + 1, FAIR_INFLIGHT);
     harness_scenario_stop(s);
 }
