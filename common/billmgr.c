@@ -297,6 +297,11 @@ size_t billmgr_inflight(struct billmgr *bm)
     return bm->running.n - (bm->login_xfer ? 1 : 0) + bm->queue.n + bm->done.n;
 }
 
+int billmgr_has_room(struct billmgr *bm)
+{
+    return bm->queue.n == 0 && bm->running.n < (size_t)bm->max_inflight;
+}
+
 /* ---- the queue of calls ---- */
 
 void billmgr_dispatch(struct billmgr *bm)

@@ -279,6 +279,12 @@ void billmgr_handle(struct billmgr *bm, const struct pollfd *fds, size_t n);
 /* Calls not yet completed: running plus queued. */
 size_t billmgr_inflight(struct billmgr *bm);
 
+/* 1 when a call made now would start at once: no call waits in the queue
+ * and fewer than max_inflight run. Background work (the state cycles)
+ * asks this before taking a slot that a latency-bound call (an apply)
+ * could want, since the queue is first come, first served. */
+int billmgr_has_room(struct billmgr *bm);
+
 /* ---- synchronous helpers ---- */
 
 /* Makes one call and waits for it in a private poll loop (which also

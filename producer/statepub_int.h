@@ -15,7 +15,8 @@
  *   statepub_view.c  the views and the state fingerprints: the row and
  *                    state fingerprints and the state read from a view
  *                    (pure, exported by statepub.h), the views started
- *                    within max_inflight with the clients taking turns, and
+ *                    within max_inflight with the clients taking turns and
+ *                    yielding the API to waiting calls beyond a floor, and
  *                    what each answer does with its job
  *   statepub_pub.c   the jobs and their messages: the lists a job lives
  *                    in, a state's seq and message, the publish of what is
@@ -200,7 +201,8 @@ int sp_fwd_moved(const struct store_link *link, uint64_t fwd_seq);
 /* ---- statepub_view.c: the views ------------------------------------- */
 
 /* Starts views while fewer than max_inflight are in flight, the clients
- * taking turns. */
+ * taking turns; beyond max_inflight / 4 (at least one) only while the API
+ * has room (billmgr_has_room), since a cycle is background work. */
 void sp_views_start(struct statepub *sp);
 
 /* ---- statepub_pub.c: jobs and their messages ------------------------ */

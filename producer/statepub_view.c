@@ -314,11 +314,19 @@ static void sp_view_done(void *arg, const struct billmgr_reply *rep)
 }
 
 /* Starts views while fewer than max_inflight are in flight, the clients
- * taking turns so that a large department does not hold up the others. */
+ * taking turns so that a large department does not hold up the others.
+ * A cycle is background work and the API's queue is first come, first
+ * served: beyond a floor of a quarter of max_inflight (at least one), a
+ * view starts only while the API has room, so that a create or an edit
+ * of the forward applier never waits behind a window of views (the paced
+ * benchmark saw its apply stage grow from 53 to 83 ms at p50 while a
+ * first cycle viewed 2,513 new links). The floor keeps a cycle going
+ * under a steady stream of applies; each answer starts the next view. */
 void sp_views_start(struct statepub *sp)
 {
     const char *func = sp->cfg->billmanager.api.func_task_edit;
-    while (sp->viewing.n < sp->max_views) {
+    size_t floor = sp->max_views / 4 ? sp->max_views / 4 : 1;
+    while (sp->viewing.n < sp->max_views && (sp->viewing.n < floor || billmgr_has_room(sp->bm))) {
         struct sp_client *c = NULL;
         for (size_t k = 0; k < sp->nclients; k++) {
             struct sp_client *x = &sp->clients[(sp->rr + k) % sp->nclients];

@@ -140,14 +140,28 @@ static void release_statepub(struct fixture *fx)
     statepub_free(fx->sp);
 }
 
+/* Calls of other work (an applier's) a test made on the publisher's
+ * billmgr and not yet answered, and the publisher's views answered when
+ * they were made. */
+static int other_left;
+static uint64_t views_at_other;
+
 /* The publisher's tick, and on every turn the limit on views: at most
  * max_inflight from the publisher, and nothing else queued in billmgr
- * beyond one page call per client. */
+ * beyond one page call per client and the other work. While other work
+ * waits for the API (two of its calls or more unanswered, with
+ * max_inflight 2), the publisher keeps to its floor of one view once one
+ * of the views it had running when that work came is answered: it starts
+ * no view in the freed slot. */
 static void tick_statepub(struct fixture *fx)
 {
     statepub_tick(fx->sp, clock_mono_ms());
     assert_true(fx->sp->viewing.n <= 2);
-    assert_true(billmgr_inflight(fx->bm) <= 2 + fx->sp->nclients);
+    assert_true(billmgr_inflight(fx->bm) <= 2 + fx->sp->nclients + (size_t)other_left);
+    struct statepub_stats st;
+    statepub_stats(fx->sp, &st);
+    if (other_left >= 2 && st.views > views_at_other)
+        assert_true(fx->sp->viewing.n <= 1);
 }
 
 static const struct fixture_kind statepub_kind = {
@@ -168,6 +182,8 @@ static const struct fixture_kind statepub_kind = {
 static int setup(void **state)
 {
     no_updated = 0;
+    other_left = 0;
+    views_at_other = 0;
     *state = fixture_new(&statepub_kind);
     return 0;
 }
@@ -836,6 +852,59 @@ static void paging_and_the_view_limit(void **state)
     assert_int_equal(count_kind(CODEC_STATE), 11);
 }
 
+static void other_done(void *arg, const struct billmgr_reply *rep)
+{
+    (void)arg;
+    assert_int_equal(rep->status, RT_OK);
+    other_left--;
+}
+
+static int others_and_states_done(struct fixture *fx)
+{
+    return other_left == 0 && published_n(fx);
+}
+
+/* The publisher's window full: two views running, more jobs waiting. */
+static int window_full(struct fixture *fx)
+{
+    return fx->sp->viewing.n == 2 && stats_of(fx).waiting > 0;
+}
+
+/* Issue 12: a cycle is background work. With other calls waiting for the
+ * API (an applier's, here six views queued while the publisher's two
+ * views run and more of its jobs wait), the publisher starts no view
+ * beyond its floor of max_inflight / 4 (one), so that they do not wait
+ * behind a window of its views (tick_statepub checks it on every turn);
+ * once they are answered it uses the whole window, and every state is
+ * published. */
+static void cycle_yields_the_api_to_other_calls(void **state)
+{
+    struct fixture *fx = *state;
+    /* One page holds every row, so that jobs wait for a view while the
+     * window is full (the fixture's pages of two would empty it). */
+    fx->sp->page_size = 20;
+    for (long id = 10; id < 21; id++) {
+        sim_task(id, 12, 1, 0, "n", "2024-05-06 10:00:00");
+        link_add(fx, "7", 1000 + id, id, "");
+    }
+    fixture_run_until(fx, window_full, "two views of the cycle with jobs waiting");
+    views_at_other = stats_of(fx).views;
+    other_left = 6;
+    for (int i = 0; i < 6; i++) {
+        struct billmgr_params p;
+        billmgr_params_init(&p);
+        assert_int_equal(billmgr_params_addf(&p, "elid", "%d", 10 + i), 0);
+        assert_int_equal(billmgr_call(fx->bm, "task.view", &p, other_done, NULL), 0);
+        billmgr_params_release(&p);
+    }
+    assert_false(billmgr_has_room(fx->bm));
+    want_published = 11;
+    fixture_run_until(fx, others_and_states_done, "the other calls and every state");
+    confirm_all(fx, BROKER_ACKED);
+    assert_int_equal(fake_bill_get(&fake_bill.views), 17);
+    assert_int_equal(count_kind(CODEC_STATE), 11);
+}
+
 static void rows_without_updated_are_always_viewed(void **state)
 {
     struct fixture *fx = *state;
@@ -1051,6 +1120,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(failures_carry_the_sync_and_publish_again, setup, teardown),
         cmocka_unit_test_setup_teardown(commit_respects_a_recreated_link, setup, teardown),
         cmocka_unit_test_setup_teardown(paging_and_the_view_limit, setup, teardown),
+        cmocka_unit_test_setup_teardown(cycle_yields_the_api_to_other_calls, setup, teardown),
         cmocka_unit_test_setup_teardown(rows_without_updated_are_always_viewed, setup, teardown),
         cmocka_unit_test_setup_teardown(drain_lets_go_and_free_is_safe_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(cycles_keep_time_on_the_monotonic_clock, setup, teardown),
