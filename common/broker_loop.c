@@ -133,9 +133,11 @@ rt_status broker_process(struct broker *b)
     }
     int hb = amqp_get_heartbeat(b->conn);
     if (!b->dead && hb > 0 && clock_mono_ms() - b->last_frame_ms >= broker_silence_ms(hb)) {
-        broker_set_err(
-            b, "AMQP connection to %s:%d lost: nothing from the node for 2 heartbeats (%d s)",
-            b->host, b->port, 2 * hb);
+        broker_set_err(b,
+                       "AMQP connection to %s:%d lost: nothing from the node for %.1f s (2 "
+                       "heartbeats of %d s, "
+                       "less a tenth)",
+                       b->host, b->port, (double)broker_silence_ms(hb) / 1000.0, hb);
         log_warning("%s", b->err);
         b->lost_to_silence = 1;
         broker_mark_dead(b);

@@ -257,7 +257,7 @@ static void relay_view_read(struct relay_slot *s, json_t *doc)
     struct relay_fields f;
     char why[128], reason[STORE_ERROR_MAX];
 
-    if (taskview_of(doc, s->ev.task, why, sizeof why) < 0) {
+    if (billmgr_view_of(doc, s->ev.task, why, sizeof why) < 0) {
         snprintf(reason, sizeof reason, "the view %s", why);
         relay_slot_unreadable(s, reason);
         return;

@@ -259,7 +259,7 @@ static void sp_view_read(struct sp_job *j, json_t *doc)
     struct statepub_state s;
     char err[256];
 
-    if (taskview_of(doc, j->dst_task, err, sizeof err) < 0) {
+    if (billmgr_view_of(doc, j->dst_task, err, sizeof err) < 0) {
         log_warning("cannot view task %" PRId64 " of client \"%s\" (source task %" PRId64
                     "): the view %s",
                     j->dst_task, c->cc->id, j->src_task, err);

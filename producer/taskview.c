@@ -1,8 +1,5 @@
 #include "taskview.h"
 
-#include <errno.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 enum taskview_missed taskview_missed(const struct billmgr_reply *rep, const char *func)
@@ -15,9 +12,4 @@ enum taskview_missed taskview_missed(const struct billmgr_reply *rep, const char
     if (strcmp(o, "func") == 0 || strcmp(o, func) == 0)
         return TASKVIEW_MISSED_FUNC;
     return TASKVIEW_MISSED_OTHER;
-}
-
-int taskview_of(json_t *doc, int64_t elid, char *why, size_t whylen)
-{
-    return billmgr_view_of(doc, elid, why, whylen);
 }

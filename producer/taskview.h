@@ -7,7 +7,8 @@
  * task asked for? The API leaves out the fields that have no value, so
  * the view of another task, or a document holding nothing, would read as
  * a task with every field empty: a name or a note cleared on the other
- * side, a status 0. And when the answer is a missed error, what is
+ * side, a status 0; billmgr_view_of() (common/billmgr.h) answers that,
+ * for the appliers too. And when the answer is a missed error, what is
  * missing? Its $object names it (BILLMANAGER-API.md §2): the element
  * (elid, or task) means the task was deleted; "func", or the view
  * function's own name, is BILLmanager's answer to a function it does not
@@ -36,12 +37,5 @@ enum taskview_missed {
  * missing: TASKVIEW_MISSED_NO unless it is a refusal (RT_REJECT) of type
  * "missed". */
 enum taskview_missed taskview_missed(const struct billmgr_reply *rep, const char *func);
-
-/* 0 when doc, the answer of the view of task elid, is that task's view:
- * its "elid" and "id", those it has and one at least, are elid. Otherwise
- * -1 with why set (whylen bytes, always terminated): "names no task",
- * "answers for task \"9\"" or "holds an elid that is not text", to follow
- * the caller's "the view ". */
-int taskview_of(json_t *doc, int64_t elid, char *why, size_t whylen);
 
 #endif
