@@ -37,6 +37,7 @@ CASES = [
     (9, "TLS faults on both legs"),
     (10, "A dead-lettered task message"),
     (11, "Control socket and metrics endpoint"),
+    (13, "A retry copy the broker confirmed and then lost"),
 ]
 
 SOAK_MARK = "<!-- soak: the section below is written from the soak result of bench/ -->"
