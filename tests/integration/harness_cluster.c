@@ -726,7 +726,9 @@ int harness_cluster_node_up(int i)
     return run_script("status", args, &r) == 0;
 }
 
-char *harness_cluster_ctl(int i, const char *const *args)
+/* Runs rabbitcluster ctl against node i; its exit status, with its
+ * standard output in *out and its last error line in err. */
+static int ctl_run(int i, const char *const *args, char **out, char *err, size_t err_len)
 {
     char idx[16];
     const char *argv[MAX_ARGS + 1];
@@ -740,16 +742,35 @@ char *harness_cluster_ctl(int i, const char *const *args)
         argv[n++] = args[k];
     }
     argv[n] = NULL;
-    char *out = NULL;
-    struct script_run r = {.stdin_fd = -1, .out = &out};
+    *out = NULL;
+    struct script_run r = {.stdin_fd = -1, .out = out};
     int rc = run_script("ctl", argv, &r);
+    snprintf(err, err_len, "%s", r.last_err);
+    return rc;
+}
+
+char *harness_cluster_ctl(int i, const char *const *args)
+{
+    char *out, err[512];
+    int rc = ctl_run(i, args, &out, err, sizeof(err));
     if (rc != 0) {
         fprintf(stderr, "harness: rabbitmqctl output: %s\n", out ? out : "");
         free(out);
         fail_msg("rabbitmqctl %s against node %d failed (exit %d): %s",
-                 args && args[0] ? args[0] : "", i, rc, r.last_err);
+                 args && args[0] ? args[0] : "", i, rc, err);
     }
     return out;
+}
+
+char *harness_cluster_ctl_try(int i, const char *const *args)
+{
+    char *out, err[512];
+    if (ctl_run(i, args, &out, err, sizeof(err)) == 0)
+        return out;
+    fprintf(stderr, "harness: rabbitmqctl %s against node %d failed: %s\n",
+            args && args[0] ? args[0] : "", i, err);
+    free(out);
+    return NULL;
 }
 
 int harness_cluster_queue_leader(const char *queue)

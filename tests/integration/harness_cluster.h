@@ -127,6 +127,10 @@ int harness_cluster_node_up(int i);
  * it exits non-zero. */
 char *harness_cluster_ctl(int i, const char *const *args);
 
+/* As harness_cluster_ctl, for what a failing test prints: NULL (with a
+ * line on stderr) when rabbitmqctl fails, never a test failure. */
+char *harness_cluster_ctl_try(int i, const char *const *args);
+
 /* Where a queue of vhost "/" lives, asked of a node that is up: the index
  * of the node holding a quorum queue's leader or a classic queue, 0 when
  * the queue has no leader on a running node right now (an election is

@@ -88,9 +88,18 @@
 static struct harness_scenario *current;
 static struct harness_daemon *standby;
 
+static void picture(struct harness_scenario *s);
+
+/* On failure the message comes first, then what the broker and the
+ * daemons say, then the logs: CI keeps the head and the tail of a long
+ * output, and the logs fill the middle. */
 #define EXPECT(s, cond, ...)                                                                       \
     do {                                                                                           \
         if (!(cond)) {                                                                             \
+            printf("cluster: FAILED: ");                                                           \
+            printf(__VA_ARGS__);                                                                   \
+            printf("\n");                                                                          \
+            picture(s);                                                                            \
             harness_scenario_print_logs(s);                                                        \
             if (standby)                                                                           \
                 harness_daemon_print_log(standby, 0);                                              \
@@ -459,6 +468,72 @@ static int user_connections(int i, const char *user, char *names, size_t len)
     }
     json_decref(cs);
     return n;
+}
+
+/* Prints the lines of a rabbitmqctl listing (JSON array of objects) that
+ * mention the client, one object per line. */
+static void picture_list(struct harness_scenario *s, int node, const char *what,
+                         const char *const *args)
+{
+    char *out = harness_cluster_ctl_try(node, args);
+    json_t *rows = out ? json_loads(out, 0, NULL) : NULL;
+    free(out);
+    size_t k;
+    json_t *row;
+    json_array_foreach(rows, k, row)
+    {
+        char *line = json_dumps(row, JSON_COMPACT);
+        if (line && strstr(line, s->client_id))
+            printf("cluster: %s (node %d): %s\n", what, node, line);
+        free(line);
+    }
+    json_decref(rows);
+}
+
+/* What a failure needs to be understood without the logs: the client's
+ * queues (depth, leader, members online) and their consumers as the broker
+ * sees them, and both daemons' status. Never fails the test itself. */
+static void picture(struct harness_scenario *s)
+{
+    static int printing;
+    if (printing)
+        return;
+    printing = 1;
+    int node = 0;
+    for (int i = 1; i <= harness_cluster_nodes() && !node; i++)
+        if (harness_cluster_node_up(i))
+            node = i;
+    if (node) {
+        const char *queues[] = {
+            "-q",        "list_queues", "name",   "messages_ready", "messages_unacknowledged",
+            "consumers", "leader",      "online", "--formatter",    "json",
+            NULL};
+        const char *consumers[] = {
+            "-q",           "list_consumers", "queue_name", "channel_pid",
+            "consumer_tag", "prefetch_count", "active",     "activity_status",
+            "--formatter",  "json",           NULL};
+        picture_list(s, node, "queue", queues);
+        picture_list(s, node, "consumer", consumers);
+    } else {
+        printf("cluster: no node is up to list the queues\n");
+    }
+    const struct harness_daemon *ds[] = {s->server, s->client, standby};
+    const char *who[] = {"server", "client", "standby"};
+    for (int i = 0; i < 3; i++) {
+        if (!ds[i])
+            continue;
+        struct harness_status st = {0};
+        harness_daemon_status_within(ds[i], &st, 10000);
+        char *doc = st.doc ? json_dumps(st.doc, JSON_COMPACT) : NULL;
+        printf("cluster: %s status (exit %d): %s\n", who[i], st.exit_code,
+               doc         ? doc
+               : st.output ? st.output
+                           : "");
+        free(doc);
+        harness_status_release(&st);
+    }
+    fflush(stdout);
+    printing = 0;
 }
 
 /* Waits until the client's forward and reverse queues hold nothing, ready
