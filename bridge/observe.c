@@ -124,6 +124,7 @@ static void observe_add_applier(struct applier_stats *to, const struct applier_s
     to->requeued += from->requeued;
     to->deferred += from->deferred;
     to->republished += from->republished;
+    to->resent += from->resent;
 }
 
 static void observe_add_forward(struct forward_stats *to, const struct forward_stats *from)
@@ -417,6 +418,8 @@ static void observe_metrics_applied(struct metrics *m, const struct observe_tota
                         "duplicate", NULL);
     metrics_counter_set(m, METRICS_RETRIED, (double)t->fwd.applier.retried, "forward", NULL);
     metrics_counter_set(m, METRICS_RETRIED, (double)t->rev.applier.retried, "reverse", NULL);
+    metrics_counter_set(m, METRICS_RETRY_RESENT, (double)t->fwd.applier.resent, "forward", NULL);
+    metrics_counter_set(m, METRICS_RETRY_RESENT, (double)t->rev.applier.resent, "reverse", NULL);
     observe_metrics_dead(m, "forward", t->fwd.dead_undecodable, t->fwd.dead_unauthorized,
                          t->fwd.dead_department, t->fwd.dead_api, t->fwd.dead_seq, 0);
     observe_metrics_dead(m, "reverse", t->rev.dead_undecodable, t->rev.dead_unauthorized, 0,
@@ -603,8 +606,8 @@ static json_t *observe_status_base(const struct observe *o, const struct observe
         "billmanager", "state", api_state, "url", cfg->billmanager.url, "calls",
         (json_int_t)o->api_calls, "last_ok_ms", (json_int_t)o->api_last_ok_ms, "last_error",
         o->api_last_error, "last_error_ms", (json_int_t)o->api_last_error_ms, "queues", queues,
-        "queues_age_ms", (json_int_t)(o->queues_mono ? clock_mono_ms() - o->queues_mono : -1), "last",
-        "forward_apply_ms", observe_meta_ms(v->st, OBSERVE_META_LAST_FORWARD_APPLY),
+        "queues_age_ms", (json_int_t)(o->queues_mono ? clock_mono_ms() - o->queues_mono : -1),
+        "last", "forward_apply_ms", observe_meta_ms(v->st, OBSERVE_META_LAST_FORWARD_APPLY),
         "forward_publish_ms", observe_meta_ms(v->st, OBSERVE_META_LAST_FORWARD_PUBLISH),
         "reverse_cycle_ms", observe_meta_ms(v->st, STATEPUB_META_LAST_CYCLE), "reverse_apply_ms",
         observe_meta_ms(v->st, OBSERVE_META_LAST_REVERSE_APPLY), "now_ms", (json_int_t)now);
@@ -693,6 +696,11 @@ static json_t *observe_status_errors(const struct observe *o, const struct obser
     json_object_set_new(
         errs, "copies_republished",
         json_integer((json_int_t)(t->fwd.applier.republished + t->rev.applier.republished)));
+    /* Retry copies the broker confirmed and never brought back from a
+     * delay queue, sent again by the watch (consumer/applier_watch.c). */
+    json_object_set_new(errs, "resent",
+                        json_pack("{s:I,s:I}", "forward", (json_int_t)t->fwd.applier.resent,
+                                  "reverse", (json_int_t)t->rev.applier.resent));
     json_object_set_new(
         errs, "redelivered",
         json_integer((json_int_t)(t->fwd.applier.redelivered + t->rev.applier.redelivered)));

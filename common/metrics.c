@@ -425,6 +425,9 @@ static const struct {
      "Messages applied through the BILLmanager API, by direction and outcome."},
     {METRICS_RETRIED, METRICS_COUNTER, "direction",
      "Deliveries sent to a retry delay queue after a transient failure."},
+    {METRICS_RETRY_RESENT, METRICS_COUNTER, "direction",
+     "Retry copies the broker confirmed but never brought back from their delay queue, sent "
+     "again to the main queue."},
     {METRICS_DEAD_LETTERED, METRICS_COUNTER, "direction,reason",
      "Deliveries sent to the dead-letter queue, by reason."},
     {METRICS_BROKER_RECONNECTS, METRICS_COUNTER, NULL,
@@ -458,8 +461,7 @@ static const struct {
      "Server role: how long the last state cycle over every client took, in seconds."},
     {METRICS_CONTROL_REFUSED, METRICS_COUNTER, NULL,
      "Connections to the control socket refused: a uid other than root and the daemon's."},
-    {METRICS_STORE_COMMITS, METRICS_COUNTER, NULL,
-     "Commits of the daemon's store (SQLite)."},
+    {METRICS_STORE_COMMITS, METRICS_COUNTER, NULL, "Commits of the daemon's store (SQLite)."},
     {METRICS_STORE_SYNCS, METRICS_COUNTER, NULL,
      "Syncs (fsyncs) of the store's files: commits are grouped, one sync per loop pass that "
      "needs one, plus two per checkpoint."},

@@ -40,6 +40,10 @@
  *       duplicate (a seq already applied or superseded: nothing done).
  *   remotetask_retried_total{direction}
  *       deliveries sent to a retry delay queue after a transient failure.
+ *   remotetask_retry_copies_resent_total{direction}
+ *       retry copies the broker confirmed but never brought back from
+ *       their delay queue, sent again to the main queue by the watch
+ *       (consumer/applier_watch.c).
  *   remotetask_dead_lettered_total{direction,reason}
  *       deliveries sent to remotetask.dead, reason = undecodable |
  *       unauthorized | department | api | other.
@@ -108,6 +112,7 @@
 #define METRICS_MESSAGES_CONFIRMED "remotetask_messages_confirmed_total"
 #define METRICS_APPLIED            "remotetask_applied_total"
 #define METRICS_RETRIED            "remotetask_retried_total"
+#define METRICS_RETRY_RESENT       "remotetask_retry_copies_resent_total"
 #define METRICS_DEAD_LETTERED      "remotetask_dead_lettered_total"
 #define METRICS_BROKER_RECONNECTS  "remotetask_broker_reconnects_total"
 #define METRICS_API_CALLS          "remotetask_api_calls_total"

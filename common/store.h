@@ -28,6 +28,8 @@
  *   meta    small named values (last sync, last apply...).
  *   journal both sides: what happened to each task, bounded per task and
  *           in age (store_journal.h).
+ *   retry   both sides: the retry copies an applier handed to the broker's
+ *           delay queues and has not seen come back yet (store_retry.c).
  *
  * Every call that reads or writes returns RT_OK, RT_RETRY (the database is
  * busy, locked, out of space or had an I/O error: the same call may work
@@ -64,7 +66,7 @@
 #define STORE_META_KEY_MAX   64
 #define STORE_META_VALUE_MAX 4096
 /* The schema version this code writes; store_open() migrates up to it. */
-#define STORE_SCHEMA_VERSION 3
+#define STORE_SCHEMA_VERSION 4
 /* A task's `updated` value (YYYY-MM-DD HH:MM:SS) is at most this long. */
 #define STORE_UPDATED_MAX 32
 /* An fp set (common/fp.h) of what was applied is at most this long. */
@@ -121,8 +123,8 @@ struct store_link {
 /* What was applied from reverse messages for a source task (client side). */
 struct store_rev {
     bool found;
-    uint64_t seq;           /* the last state seq applied */
-    uint64_t notes_applied; /* notes of the target task already copied */
+    uint64_t seq;                        /* the last state seq applied */
+    uint64_t notes_applied;              /* notes of the target task already copied */
     char applied[STORE_APPLIED_MAX + 1]; /* fp set of what was last applied to the
                                             source task (common/fp.h) */
 };
@@ -339,8 +341,7 @@ rt_status store_fwd_forget(struct store *st, const char *client, int64_t task, u
 /* Records an event at now_ms, as store_outbox_add() does, for every task of
  * the client that has a fwd row (every task ever seen or sent), in one
  * statement. *n (may be NULL) receives the number of events recorded. */
-rt_status store_outbox_add_known(struct store *st, const char *client, int64_t now_ms,
-                                 uint64_t *n);
+rt_status store_outbox_add_known(struct store *st, const char *client, int64_t now_ms, uint64_t *n);
 
 /* ---- links (server side) --------------------------------------------- */
 
@@ -396,6 +397,66 @@ rt_status store_rev_get(struct store *st, const char *client, int64_t task, stru
  * (client, task). */
 rt_status store_rev_put(struct store *st, const char *client, int64_t task, uint64_t seq,
                         uint64_t notes_applied, const char *applied);
+
+/* ---- retry copies under watch (both sides, store_retry.c) ------------ *
+ * An applier that sends a delivery to a delay queue (a retry copy) acks
+ * the delivery once the broker confirms the copy: from then on the copy
+ * is the task's only message, and the broker's dead-lettering is what
+ * brings it back. A broker can lose it there (RabbitMQ 3.10's at-least-once
+ * dead-lettering drops or strands messages when a quorum queue's leader
+ * dies; a delay queue can be purged or deleted by hand). So the copy is
+ * kept here, one row per (dir, client, task), from its confirm until a
+ * delivery of that task with its seq or a newer one comes back; a row
+ * still here when it is due is sent again by the applier. */
+
+/* The texts of a watched copy (a user, a message id) are cut to this. */
+#define STORE_RETRY_TEXT_MAX 256
+/* A watched body is at most this long (the codec's own cap). */
+#define STORE_RETRY_BODY_MAX ((size_t)4 * 1024 * 1024)
+
+struct store_retry {
+    int dir; /* the applier's direction (enum broker_dir), 0..15 */
+    char client[STORE_CLIENT_MAX + 1];
+    int64_t task;
+    uint64_t seq;     /* the copy's seq: a delivery with this seq or newer clears it */
+    int64_t attempts; /* x-rt-attempts of the copy */
+    int64_t due_ms;   /* wall ms: sent again when still here at this time */
+    char user[STORE_RETRY_TEXT_MAX];       /* x-rt-user of the copy */
+    char message_id[STORE_RETRY_TEXT_MAX]; /* message_id of the copy */
+    char reason[STORE_ERROR_MAX + 1];      /* x-rt-error of the copy */
+    /* store_retry_put: borrowed. store_retry_due: malloc'ed, freed by
+     * store_retry_release(). */
+    unsigned char *body;
+    size_t len;
+};
+
+/* Watches a copy: inserts its row, or replaces the row of the same
+ * (dir, client, task) unless that one has a newer seq. RT_REJECT for a
+ * client, text or body over its cap. */
+rt_status store_retry_put(struct store *st, const struct store_retry *r);
+
+/* A delivery of (dir, client, task) with seq came back: the row of that
+ * task goes when its seq is not newer. *cleared (may be NULL) receives 1
+ * when a row went, else 0. */
+rt_status store_retry_clear(struct store *st, int dir, const char *client, int64_t task,
+                            uint64_t seq, uint64_t *cleared);
+
+/* Fills out[0..*n) with at most max rows of dir whose due_ms <= now_ms,
+ * the earliest due first, bodies malloc'ed; release them with
+ * store_retry_release(). RT_RETRY also when memory ran out. */
+rt_status store_retry_due(struct store *st, int dir, int64_t now_ms, size_t max,
+                          struct store_retry *out, size_t *n);
+
+/* Frees the bodies store_retry_due() gave out[0..n). */
+void store_retry_release(struct store_retry *out, size_t n);
+
+/* The row of (dir, client, task) with this seq becomes due at due_ms
+ * (after it was sent again). Nothing when the row is gone or newer. */
+rt_status store_retry_push(struct store *st, int dir, const char *client, int64_t task,
+                           uint64_t seq, int64_t due_ms);
+
+/* How many copies of dir are watched. */
+rt_status store_retry_count(struct store *st, int dir, uint64_t *n);
 
 /* ---- meta ------------------------------------------------------------ */
 

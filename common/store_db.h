@@ -76,6 +76,11 @@ enum store_stmt_id {
     ST_LINK_STATE_BATCH,
     ST_LINK_SET_APPLIED,
     ST_OUTBOX_RESCHEDULE,
+    ST_RETRY_PUT,
+    ST_RETRY_CLEAR,
+    ST_RETRY_DUE,
+    ST_RETRY_PUSH,
+    ST_RETRY_COUNT,
     ST_COUNT
 };
 

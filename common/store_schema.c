@@ -76,6 +76,20 @@ static const char *const migrations[] = {
     "  seq INTEGER NOT NULL DEFAULT 0,"
     "  detail TEXT NOT NULL DEFAULT '');"
     "CREATE INDEX journal_task ON journal (side, client, src_task);",
+    /* 4: the retry copies an applier watches until they come back from
+     * the broker's delay queues (store.h, store_retry.c). */
+    "CREATE TABLE retry ("
+    "  dir INTEGER NOT NULL,"
+    "  client TEXT NOT NULL,"
+    "  task INTEGER NOT NULL,"
+    "  seq INTEGER NOT NULL,"
+    "  attempts INTEGER NOT NULL,"
+    "  due_ms INTEGER NOT NULL,"
+    "  user TEXT NOT NULL DEFAULT '',"
+    "  message_id TEXT NOT NULL DEFAULT '',"
+    "  reason TEXT NOT NULL DEFAULT '',"
+    "  body BLOB NOT NULL,"
+    "  PRIMARY KEY (dir, client, task));",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
@@ -178,6 +192,23 @@ static const char *const store_schema_sql[ST_COUNT] = {
     [ST_OUTBOX_RESCHEDULE] =
         "UPDATE outbox SET next_ms = MAX(?1, MIN(next_ms - ?2, ?1 + ?3))"
         " WHERE next_ms > ?1 AND next_ms <> MAX(?1, MIN(next_ms - ?2, ?1 + ?3))",
+    /* A copy of an older seq never replaces the watch of a newer one. */
+    [ST_RETRY_PUT] = "INSERT INTO retry"
+                     " (client, task, dir, seq, attempts, due_ms, user, message_id, reason, body)"
+                     " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+                     " ON CONFLICT (dir, client, task) DO UPDATE SET"
+                     " seq = excluded.seq, attempts = excluded.attempts,"
+                     " due_ms = excluded.due_ms, user = excluded.user,"
+                     " message_id = excluded.message_id, reason = excluded.reason,"
+                     " body = excluded.body WHERE excluded.seq >= seq",
+    [ST_RETRY_CLEAR] = "DELETE FROM retry WHERE client = ?1 AND task = ?2 AND dir = ?3"
+                       " AND seq <= ?4",
+    [ST_RETRY_DUE] = "SELECT client, task, seq, attempts, due_ms, user, message_id, reason, body"
+                     " FROM retry WHERE dir = ?1 AND due_ms <= ?2"
+                     " ORDER BY due_ms, client, task LIMIT ?3",
+    [ST_RETRY_PUSH] = "UPDATE retry SET due_ms = ?5"
+                      " WHERE client = ?1 AND task = ?2 AND dir = ?3 AND seq = ?4",
+    [ST_RETRY_COUNT] = "SELECT COUNT(*) FROM retry WHERE dir = ?1",
 };
 
 /* Reads PRAGMA user_version. */

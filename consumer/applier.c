@@ -233,6 +233,7 @@ int64_t applier_tick(struct applier *a, int64_t now_ms)
     a->tick_mono = clock_mono_ms();
     applier_resume_due(a, now_ms);
     next = applier_copies_due(a, now_ms, next);
+    next = applier_watch_due(a, now_ms, next);
     applier_pump(a);
     for (size_t i = 0; i < a->nslots; i++) {
         const struct applier_slot *s = a->slots[i];

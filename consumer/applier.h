@@ -193,6 +193,7 @@ struct applier_stats {
     uint64_t requeued;    /* given back to the queue: out of memory only */
     uint64_t deferred;    /* local steps deferred (applier_defer) */
     uint64_t republished; /* copies published again after a nack or a return */
+    uint64_t resent;      /* retry copies that did not come back, sent again */
     size_t busy;          /* slots holding a delivery now */
     size_t running;       /* slots in the owner's hands now */
     size_t slots;         /* slots allocated */

@@ -61,8 +61,10 @@ static void applier_synced(void *arg)
 rt_status applier_set_store(struct applier *a, struct store *st)
 {
     rt_status r = store_listen(st, applier_synced, a);
-    if (r == RT_OK)
+    if (r == RT_OK) {
         a->st = st;
+        applier_watch_open(a);
+    }
     return r;
 }
 

@@ -192,6 +192,7 @@ int applier_on_confirm(struct applier *a, uint64_t tag, enum broker_fate fate)
                 a->stats.retried++;
                 applier_journal(s, JOURNAL_RETRIED, "attempt %" PRId64 ": %s", s->attempts + 1,
                                 s->reason);
+                applier_watch_put(s);
             } else {
                 a->stats.dead++;
                 applier_journal(s, JOURNAL_DEAD, "%s", s->reason);

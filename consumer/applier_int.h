@@ -2,7 +2,7 @@
  * applier_int.h - what the applier's own files share; private to
  * consumer/applier*.c (and the unit tests that compile them in).
  *
- * The applier is five files of one concern each, four around one struct
+ * The applier is six files of one concern each, five around one struct
  * applier:
  *   applier.c       the object and its slots: lifecycle, taking a delivery
  *                   into a slot, releasing it, a new connection, draining,
@@ -15,7 +15,8 @@
  *   applier_ack.c   the end of a delivery toward the broker: acks (held
  *                   until the store's sync, group commits), requeue,
  *                   discard;
- *   applier_view.c  the view of a task, read alike by both appliers.
+ *   applier_view.c  the view of a task, read alike by both appliers;
+ *   applier_watch.c the retry copies watched until they come back.
  * Callers see applier.h only. Nothing here is thread-safe: everything
  * runs in the bridge's loop.
  */
@@ -79,6 +80,12 @@ struct applier {
      * tick_now plus the monotonic time since. */
     int64_t tick_now;
     int64_t tick_mono;
+    /* The retry copies under watch (applier_watch.c): how many rows of
+     * this direction the store holds, as far as this applier knows; when
+     * it next looks for due ones (tick clock); the cause last logged. */
+    uint64_t watched;
+    int64_t watch_at;
+    char watch_trouble[APPLIER_REASON_MAX];
     struct applier_stats stats;
 };
 
@@ -130,6 +137,26 @@ void applier_publish(struct applier_slot *s);
  * (releases those not sent yet while draining); returns next, or earlier
  * when a copy still waits (no sooner than now_ms + 250). */
 int64_t applier_copies_due(struct applier *a, int64_t now_ms, int64_t next);
+
+/* ---- applier_watch.c ---- */
+
+/* Learns how many copies the store watches for this direction (copies
+ * sent before a restart): applier_set_store's part. */
+void applier_watch_open(struct applier *a);
+
+/* The retry copy of s was confirmed: watch it (before s is acked, so that
+ * the ack waits for the sync of the row). A failure is logged; the copy
+ * is in the broker all the same. */
+void applier_watch_put(struct applier_slot *s);
+
+/* A delivery of s's task with s's seq came back (applier_schedule): the
+ * watch of that copy, or of an older one, ends. */
+void applier_watch_clear(struct applier_slot *s);
+
+/* Sends again the watched copies whose time is past (wall clock), at most
+ * a batch per look, a look every few seconds (now_ms: the tick clock);
+ * returns next, or earlier for the next look. */
+int64_t applier_watch_due(struct applier *a, int64_t now_ms, int64_t next);
 
 /* ---- applier_ack.c ---- */
 

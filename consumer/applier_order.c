@@ -40,6 +40,7 @@ void applier_schedule(struct applier_slot *s, int64_t task, uint64_t seq)
     s->keyed = 1;
     s->task = task;
     s->seq = seq;
+    applier_watch_clear(s);
     if (s->replayed)
         applier_journal(s, JOURNAL_REPLAYED, "from the dead-letter queue");
     struct applier_slot *act = applier_active(a, s);

@@ -177,6 +177,7 @@ static void status_print(json_t *r)
         status_print_counts("dead-lettered forward", json_object_get(dead, "forward"));
         status_print_counts("dead-lettered reverse", json_object_get(dead, "reverse"));
         status_print_counts("retried", json_object_get(errors, "retried"));
+        status_print_counts("retry copies resent", json_object_get(errors, "resent"));
         status_print_counts("API errors", json_object_get(errors, "api"));
         printf("  %-22s %" PRId64 "\n", "broker reconnects", status_int(errors, "reconnects"));
     }

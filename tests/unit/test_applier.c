@@ -19,6 +19,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -27,6 +28,7 @@
 #include "../../consumer/applier_copy.c"
 #include "../../consumer/applier_order.c"
 #include "../../consumer/applier_view.c"
+#include "../../consumer/applier_watch.c"
 
 /* ---- the broker stand-in -------------------------------------------- */
 
@@ -507,10 +509,108 @@ static void reconnect_and_drain_let_waiting_slots_go(void **state)
     applier_free(a);
 }
 
+/* A store of its own for the watch's tests, in a fresh directory. */
+static struct store *watch_store(char *dir, size_t len)
+{
+    char err[512];
+    snprintf(dir, len, "/tmp/rt-test-applier-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    struct store *st = store_open(dir, err, sizeof(err));
+    if (!st)
+        fail_msg("store_open: %s", err);
+    return st;
+}
+
+static void watch_store_free(struct store *st, const char *dir)
+{
+    char path[600];
+    store_free(st);
+    const char *files[] = {"remotetask.db", "remotetask.db-wal", "remotetask.db-shm"};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, files[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
+static uint64_t watched_rows(struct store *st)
+{
+    uint64_t n = 0;
+    assert_int_equal(store_retry_count(st, BROKER_FORWARD, &n), RT_OK);
+    return n;
+}
+
+/* A confirmed retry copy is watched before its delivery is acked; the
+ * copy coming back (its seq) ends the watch; a copy that never comes back
+ * is sent again, once per grace, straight to the main queue (the retry
+ * exchange, the direction's own key) with its attempts and sender; a
+ * newer message of the task ends the watch of an older copy; nothing is
+ * sent while the connection is down. */
+static void lost_retry_copies_are_sent_again(void **state)
+{
+    (void)state;
+    char dir[64];
+    struct store *st = watch_store(dir, sizeof(dir));
+    struct applier *a = new_applier(8, 8);
+    assert_int_equal(applier_set_store(a, st), RT_OK);
+
+    uint64_t t1 = deliver(a, "7", 1, 5);
+    applier_fail(own.started[0], RT_RETRY, 0, "none", "api: HTTP status 503");
+    assert_int_equal(fk.npub, 1);
+    assert_int_equal(watched_rows(st), 0);
+    assert_true(applier_on_confirm(a, fk.pub[0].tag, BROKER_ACKED));
+    assert_true(acked(t1));
+    assert_int_equal(watched_rows(st), 1);
+
+    /* Not due yet: nothing is sent. */
+    applier_tick(a, 1000);
+    assert_int_equal(fk.npub, 1);
+
+    /* Due (as if the copy had been lost a grace ago), but the connection
+     * is down: nothing; up again, after the look's interval: sent again. */
+    assert_int_equal(store_retry_push(st, BROKER_FORWARD, "7", 1, 5, 0), RT_OK);
+    fk.connected = 0;
+    applier_tick(a, 1000 + APPLIER_WATCH_CHECK_MS);
+    assert_int_equal(fk.npub, 1);
+    fk.connected = 1;
+    applier_tick(a, 1000 + 2 * APPLIER_WATCH_CHECK_MS);
+    assert_int_equal(fk.npub, 2);
+    assert_string_equal(fk.pub[1].exchange, "remotetask.retry.7");
+    assert_string_equal(fk.pub[1].key, "forward");
+    assert_int_equal(fk.pub[1].attempts, 1);
+    assert_string_equal(fk.pub[1].user, "reseller");
+    struct applier_stats stats;
+    applier_stats(a, &stats);
+    assert_int_equal(stats.resent, 1);
+    /* Watched still, due a grace later: the next looks send nothing. */
+    assert_int_equal(watched_rows(st), 1);
+    applier_tick(a, 1000 + 3 * APPLIER_WATCH_CHECK_MS);
+    assert_int_equal(fk.npub, 2);
+
+    /* The copy comes back (seq 5): the watch ends. */
+    uint64_t t2 = deliver(a, "7", 1, 5);
+    assert_int_equal(watched_rows(st), 0);
+    applier_ack(own.started[1]);
+    assert_true(acked(t2));
+
+    /* A copy of seq 6 is watched; seq 7 of the task ends it too. */
+    deliver(a, "7", 1, 6);
+    applier_fail(own.started[2], RT_RETRY, 0, "none", "api: HTTP status 503");
+    assert_true(applier_on_confirm(a, fk.pub[2].tag, BROKER_ACKED));
+    assert_int_equal(watched_rows(st), 1);
+    deliver(a, "7", 1, 7);
+    assert_int_equal(watched_rows(st), 0);
+    assert_int_equal(a->watched, 0);
+
+    applier_free(a);
+    watch_store_free(st, dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(sender_is_the_header_only_on_our_own_login),
+        cmocka_unit_test(lost_retry_copies_are_sent_again),
         cmocka_unit_test(attempts_of_the_sender_are_bounded),
         cmocka_unit_test(every_delivery_gets_a_slot),
         cmocka_unit_test(clients_take_turns),

@@ -28,6 +28,7 @@
 #include "../../consumer/applier_copy.c"
 #include "../../consumer/applier_order.c"
 #include "../../consumer/applier_view.c"
+#include "../../consumer/applier_watch.c"
 #include "../../consumer/forward.c"
 #include "../../consumer/forward_apply.c"
 #include "../../consumer/forward_link.c"

@@ -27,6 +27,7 @@
 #include "../../consumer/applier_copy.c"
 #include "../../consumer/applier_order.c"
 #include "../../consumer/applier_view.c"
+#include "../../consumer/applier_watch.c"
 #include "../../consumer/reverse.c"
 #include "../../consumer/reverse_apply.c"
 #include "../../consumer/reverse_plan.c"

@@ -628,7 +628,8 @@ static void test_migrates_version_1(void **state)
     struct store *st = open_ok(f);
     store_free(st);
     exec_raw(f->db, "DROP TABLE outbox; DROP TABLE fwd; DROP TABLE links; DROP TABLE rev;"
-                    "DROP TABLE meta; DROP TABLE journal; PRAGMA user_version = 0;");
+                    "DROP TABLE meta; DROP TABLE journal; DROP TABLE retry;"
+                    "PRAGMA user_version = 0;");
     /* The tables exactly as migration 1 made them, with a row in each. */
     exec_raw(f->db,
              "CREATE TABLE outbox (client TEXT NOT NULL, task INTEGER NOT NULL, gen INTEGER NOT "
@@ -664,22 +665,23 @@ static void test_migrates_version_1(void **state)
     store_free(st);
 }
 
-/* A database at version 2 gets the journal (migration 3) with its rows
- * kept, and this version's rule for the file holds: the version is 3
- * now, which an older remotetask refuses as "written by a newer one"
- * (test_future_version_refused shows the refusal). */
+/* A database at version 2 gets the journal (migration 3) and the retry
+ * watch (migration 4) with its rows kept, and this version's rule for the
+ * file holds: the version is 4 now, which an older remotetask refuses as
+ * "written by a newer one" (test_future_version_refused shows the
+ * refusal). */
 static void test_migrates_version_2(void **state)
 {
     struct fixture *f = *state;
     struct store *st = open_ok(f);
     OK(st, store_fwd_confirm(st, "7", 9, 4, "abc", 1000));
     store_free(st);
-    exec_raw(f->db, "DROP TABLE journal; PRAGMA user_version = 2;");
+    exec_raw(f->db, "DROP TABLE journal; DROP TABLE retry; PRAGMA user_version = 2;");
     assert_int_equal(user_version(f->db), 2);
 
     st = open_ok(f);
-    assert_int_equal(user_version(f->db), 3);
-    assert_int_equal(STORE_SCHEMA_VERSION, 3);
+    assert_int_equal(user_version(f->db), 4);
+    assert_int_equal(STORE_SCHEMA_VERSION, 4);
     struct store_fwd fw;
     OK(st, store_fwd_get(st, "7", 9, &fw));
     assert_int_equal(fw.seq, 4);
@@ -1368,6 +1370,95 @@ static void test_group_commits(void **state)
     store_free(st);
 }
 
+/* The retry watch: a confirmed copy is kept with its body until a
+ * delivery of its seq or a newer one comes back; an older copy never
+ * replaces a newer one's watch; due rows come earliest first, per
+ * direction; pushing moves one row's time; caps are refused. */
+static void test_retry_watch(void **state)
+{
+    struct fixture *f = *state;
+    struct store *st = open_ok(f);
+    unsigned char body[3] = {0x81, 0x00, 0xff};
+    struct store_retry r;
+    memset(&r, 0, sizeof(r));
+    r.dir = 0;
+    snprintf(r.client, sizeof(r.client), "c1");
+    r.task = 7;
+    r.seq = 3;
+    r.attempts = 1;
+    r.due_ms = 5000;
+    snprintf(r.user, sizeof(r.user), "c1-user");
+    snprintf(r.message_id, sizeof(r.message_id), "c1:7:3");
+    snprintf(r.reason, sizeof(r.reason), "HTTP status 503");
+    r.body = body;
+    r.len = sizeof(body);
+    OK(st, store_retry_put(st, &r));
+    /* Another task, due earlier; and the same task in the other direction. */
+    r.task = 8;
+    r.due_ms = 4000;
+    OK(st, store_retry_put(st, &r));
+    r.dir = 1;
+    r.task = 7;
+    OK(st, store_retry_put(st, &r));
+    uint64_t n = 0;
+    OK(st, store_retry_count(st, 0, &n));
+    assert_int_equal(n, 2);
+
+    /* An older copy of task 7 does not replace the watch of seq 3. */
+    r.dir = 0;
+    r.seq = 2;
+    r.attempts = 9;
+    OK(st, store_retry_put(st, &r));
+
+    struct store_retry due[4];
+    size_t got = 0;
+    OK(st, store_retry_due(st, 0, 4999, 4, due, &got));
+    assert_int_equal(got, 1);
+    assert_int_equal(due[0].task, 8);
+    store_retry_release(due, got);
+    OK(st, store_retry_due(st, 0, 5000, 4, due, &got));
+    assert_int_equal(got, 2);
+    assert_int_equal(due[1].task, 7);
+    assert_int_equal(due[1].seq, 3);
+    assert_int_equal(due[1].attempts, 1);
+    assert_int_equal(due[1].len, sizeof(body));
+    assert_memory_equal(due[1].body, body, sizeof(body));
+    assert_string_equal(due[1].user, "c1-user");
+    assert_string_equal(due[1].message_id, "c1:7:3");
+    assert_string_equal(due[1].reason, "HTTP status 503");
+    store_retry_release(due, got);
+    assert_null(due[0].body);
+
+    /* Sent again: due later. */
+    OK(st, store_retry_push(st, 0, "c1", 7, 3, 9000));
+    OK(st, store_retry_due(st, 0, 8999, 4, due, &got));
+    assert_int_equal(got, 1);
+    store_retry_release(due, got);
+
+    /* An older seq coming back clears nothing; the copy's own seq does,
+     * in its direction only. */
+    uint64_t cleared = 9;
+    OK(st, store_retry_clear(st, 0, "c1", 7, 2, &cleared));
+    assert_int_equal(cleared, 0);
+    OK(st, store_retry_clear(st, 0, "c1", 7, 3, &cleared));
+    assert_int_equal(cleared, 1);
+    OK(st, store_retry_clear(st, 0, "c1", 8, 40, &cleared));
+    assert_int_equal(cleared, 1);
+    OK(st, store_retry_count(st, 0, &n));
+    assert_int_equal(n, 0);
+    OK(st, store_retry_count(st, 1, &n));
+    assert_int_equal(n, 1);
+
+    /* Caps: a body over STORE_RETRY_BODY_MAX, a direction out of range. */
+    r.len = STORE_RETRY_BODY_MAX + 1;
+    assert_int_equal(store_retry_put(st, &r), RT_REJECT);
+    assert_non_null(strstr(store_strerror(st), "body"));
+    r.len = sizeof(body);
+    r.dir = 99;
+    assert_int_equal(store_retry_put(st, &r), RT_REJECT);
+    store_free(st);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1401,6 +1492,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_locked_database_is_named, setup, teardown),
         cmocka_unit_test_setup_teardown(test_outbox_reschedule, setup, teardown),
         cmocka_unit_test_setup_teardown(test_group_commits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retry_watch, setup, teardown),
     };
     return cmocka_run_group_tests_name("store", tests, NULL, NULL);
 }
