@@ -37,8 +37,13 @@
 #define APPLIER_WATCH_GRACE_MS 60000
 /* How often the store is asked for copies that are due. */
 #define APPLIER_WATCH_CHECK_MS 5000
-/* Copies sent again per look; the others wait for the next one. */
-#define APPLIER_WATCH_BATCH 16
+/* Copies sent again per look; when a look finds a full batch the next
+ * one comes at once (a purged delay queue can leave thousands). */
+#define APPLIER_WATCH_BATCH    64
+#define APPLIER_WATCH_AGAIN_MS 250
+/* Copies named one by one per look at warning level; the rest of the
+ * look's are counted in one line (and named at debug level). */
+#define APPLIER_WATCH_LOUD 5
 
 /* A local step of the watch failed: logged when the cause changes. */
 static void applier_watch_trouble(struct applier *a, const char *what)
@@ -166,6 +171,7 @@ int64_t applier_watch_due(struct applier *a, int64_t now_ms, int64_t next)
         applier_watch_trouble(a, "reading the watched copies");
         return next;
     }
+    size_t sent = 0;
     for (size_t i = 0; i < n; i++) {
         const struct store_retry *r = &due[i];
         char delay_q[BROKER_NAME_MAX], main_q[BROKER_NAME_MAX];
@@ -176,10 +182,12 @@ int64_t applier_watch_due(struct applier *a, int64_t now_ms, int64_t next)
         if (applier_watch_send(a, r) != 0)
             break; /* the connection is gone or full: the next look */
         int64_t late_s = (wall - (r->due_ms - APPLIER_WATCH_GRACE_MS)) / 1000;
-        log_warning("the retry copy of task %" PRId64 " of client \"%s\" (attempt %" PRId64
-                    ") has not come back from \"%s\" %" PRId64 " s after it was due: sent "
-                    "again to \"%s\"",
-                    r->task, r->client, r->attempts, delay_q, late_s, main_q);
+        log_msg(sent < APPLIER_WATCH_LOUD ? LOG_LEVEL_WARNING : LOG_LEVEL_DEBUG,
+                "the retry copy of task %" PRId64 " of client \"%s\" (attempt %" PRId64
+                ") has not come back from \"%s\" %" PRId64 " s after it was due: sent "
+                "again to \"%s\"",
+                r->task, r->client, r->attempts, delay_q, late_s, main_q);
+        sent++;
         a->stats.resent++;
         /* The forward applier runs on the server, the reverse one on the
          * client: the journal's side follows the direction. */
@@ -193,6 +201,11 @@ int64_t applier_watch_due(struct applier *a, int64_t now_ms, int64_t next)
                              wall + APPLIER_WATCH_GRACE_MS) != RT_OK)
             applier_watch_trouble(a, "rescheduling a copy sent again");
     }
+    if (sent > APPLIER_WATCH_LOUD)
+        log_warning("%zu more %s retry copies that had not come back sent again",
+                    sent - APPLIER_WATCH_LOUD, broker_dir_name(a->dir));
+    if (n == APPLIER_WATCH_BATCH && sent == n)
+        a->watch_at = now_ms + APPLIER_WATCH_AGAIN_MS;
     store_retry_release(due, n);
     return next < a->watch_at ? next : a->watch_at;
 }
