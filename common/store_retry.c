@@ -29,15 +29,23 @@ static rt_status store_retry_check_text(struct store *st, const char *v, size_t 
     return RT_OK;
 }
 
+/* The statement id keyed by (client, task, dir, seq), ?1..?4, once the
+ * keys are checked; NULL with the refusal recorded. */
+static sqlite3_stmt *store_retry_key_stmt(struct store *st, enum store_stmt_id id, int dir,
+                                          const char *client, int64_t task, uint64_t seq)
+{
+    if (store_db_check_client(st, client) != RT_OK || store_retry_check_dir(st, dir) != RT_OK ||
+        store_db_check_u64(st, seq, "seq") != RT_OK)
+        return NULL;
+    sqlite3_stmt *s = store_db_task_stmt(st, id, client, task);
+    store_db_bind_i64(s, 3, dir);
+    store_db_bind_u64(s, 4, seq);
+    return s;
+}
+
 rt_status store_retry_put(struct store *st, const struct store_retry *r)
 {
-    rt_status v = store_db_check_client(st, r->client);
-    if (v == RT_OK)
-        v = store_retry_check_dir(st, r->dir);
-    if (v == RT_OK)
-        v = store_db_check_u64(st, r->seq, "seq");
-    if (v == RT_OK)
-        v = store_retry_check_text(st, r->user, STORE_RETRY_TEXT_MAX - 1, "the user");
+    rt_status v = store_retry_check_text(st, r->user, STORE_RETRY_TEXT_MAX - 1, "the user");
     if (v == RT_OK)
         v = store_retry_check_text(st, r->message_id, STORE_RETRY_TEXT_MAX - 1, "the message id");
     if (v == RT_OK)
@@ -47,9 +55,9 @@ rt_status store_retry_put(struct store *st, const struct store_retry *r)
                             STORE_RETRY_BODY_MAX);
     if (v != RT_OK)
         return v;
-    sqlite3_stmt *s = store_db_task_stmt(st, ST_RETRY_PUT, r->client, r->task);
-    store_db_bind_i64(s, 3, r->dir);
-    store_db_bind_u64(s, 4, r->seq);
+    sqlite3_stmt *s = store_retry_key_stmt(st, ST_RETRY_PUT, r->dir, r->client, r->task, r->seq);
+    if (!s)
+        return RT_REJECT;
     store_db_bind_i64(s, 5, r->attempts);
     store_db_bind_i64(s, 6, r->due_ms);
     store_db_bind_text(s, 7, r->user);
@@ -65,16 +73,9 @@ rt_status store_retry_clear(struct store *st, int dir, const char *client, int64
 {
     if (cleared)
         *cleared = 0;
-    rt_status r = store_db_check_client(st, client);
-    if (r == RT_OK)
-        r = store_retry_check_dir(st, dir);
-    if (r == RT_OK)
-        r = store_db_check_u64(st, seq, "seq");
-    if (r != RT_OK)
-        return r;
-    sqlite3_stmt *s = store_db_task_stmt(st, ST_RETRY_CLEAR, client, task);
-    store_db_bind_i64(s, 3, dir);
-    store_db_bind_u64(s, 4, seq);
+    sqlite3_stmt *s = store_retry_key_stmt(st, ST_RETRY_CLEAR, dir, client, task, seq);
+    if (!s)
+        return RT_REJECT;
     return store_db_run_changes(st, s, "clearing a retry watch", cleared);
 }
 
@@ -145,16 +146,9 @@ void store_retry_release(struct store_retry *out, size_t n)
 rt_status store_retry_push(struct store *st, int dir, const char *client, int64_t task,
                            uint64_t seq, int64_t due_ms)
 {
-    rt_status r = store_db_check_client(st, client);
-    if (r == RT_OK)
-        r = store_retry_check_dir(st, dir);
-    if (r == RT_OK)
-        r = store_db_check_u64(st, seq, "seq");
-    if (r != RT_OK)
-        return r;
-    sqlite3_stmt *s = store_db_task_stmt(st, ST_RETRY_PUSH, client, task);
-    store_db_bind_i64(s, 3, dir);
-    store_db_bind_u64(s, 4, seq);
+    sqlite3_stmt *s = store_retry_key_stmt(st, ST_RETRY_PUSH, dir, client, task, seq);
+    if (!s)
+        return RT_REJECT;
     store_db_bind_i64(s, 5, due_ms);
     return store_db_run(st, s, "rescheduling a retry watch");
 }
