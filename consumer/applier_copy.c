@@ -66,6 +66,15 @@ static void applier_refused(struct applier_slot *s, const char *why)
     }
 }
 
+size_t applier_retry_headers(struct broker_header *h, int64_t attempts, const char *reason,
+                             const char *user)
+{
+    h[0] = (struct broker_header){"x-rt-attempts", BROKER_HEADER_INT, NULL, attempts};
+    h[1] = (struct broker_header){"x-rt-error", BROKER_HEADER_STR, reason, 0};
+    h[2] = (struct broker_header){"x-rt-user", BROKER_HEADER_STR, user, 0};
+    return APPLIER_RETRY_HEADERS;
+}
+
 /* Publishes the retry or dead-letter copy of the slot's delivery. */
 void applier_publish(struct applier_slot *s)
 {
@@ -90,9 +99,7 @@ void applier_publish(struct applier_slot *s)
         h[n++] = (struct broker_header){"x-rt-message-id", BROKER_HEADER_STR, s->message_id, 0};
         h[n++] = (struct broker_header){"x-rt-user", BROKER_HEADER_STR, s->user, 0};
     } else {
-        h[n++] = (struct broker_header){"x-rt-attempts", BROKER_HEADER_INT, NULL, s->attempts + 1};
-        h[n++] = (struct broker_header){"x-rt-error", BROKER_HEADER_STR, s->reason, 0};
-        h[n++] = (struct broker_header){"x-rt-user", BROKER_HEADER_STR, s->user, 0};
+        n = applier_retry_headers(h, s->attempts + 1, s->reason, s->user);
     }
     if (s->message_id[0])
         applier_text_copy(mid, sizeof(mid), s->message_id);

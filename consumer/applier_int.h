@@ -133,6 +133,14 @@ void applier_resume_due(struct applier *a, int64_t now_ms);
  * slot whose connection is gone is released (s is then not valid). */
 void applier_publish(struct applier_slot *s);
 
+/* The headers of a retry copy, the first one's and one the watch sends
+ * again alike: x-rt-attempts (the copy's attempt), x-rt-error (the
+ * reason), x-rt-user (the sender). Fills h[0..APPLIER_RETRY_HEADERS) with
+ * borrowed strings and returns APPLIER_RETRY_HEADERS. */
+#define APPLIER_RETRY_HEADERS 3
+size_t applier_retry_headers(struct broker_header *h, int64_t attempts, const char *reason,
+                             const char *user);
+
 /* Publishes the copies that are due at now_ms and the broker can take
  * (releases those not sent yet while draining); returns next, or earlier
  * when a copy still waits (no sooner than now_ms + 250). */

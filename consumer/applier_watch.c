@@ -104,11 +104,9 @@ void applier_watch_put(struct applier_slot *s)
         applier_watch_trouble(a, "a confirmed retry copy is not watched");
         return;
     }
-    /* The put may have replaced the row of an older copy of the task:
-     * count again (a retry is rare; the count is what keeps the clear
-     * off the path of every delivery while nothing is watched). */
-    uint64_t n = 0;
-    a->watched = store_retry_count(a->st, (int)a->dir, &n) == RT_OK ? n : a->watched + 1;
+    /* One more, or the same number when the put replaced the row of an
+     * older copy of the task: the next look counts again. */
+    a->watched++;
     if (a->watch_trouble[0]) {
         log_info("retry watch: the store takes the watched copies again");
         a->watch_trouble[0] = '\0';
@@ -135,7 +133,7 @@ void applier_watch_clear(struct applier_slot *s)
 static int applier_watch_send(struct applier *a, const struct store_retry *r)
 {
     char exchange[BROKER_NAME_MAX], key[BROKER_NAME_MAX];
-    struct broker_header h[3];
+    struct broker_header h[APPLIER_RETRY_HEADERS];
     struct broker_props props;
     uint64_t tag = 0;
 
@@ -143,12 +141,9 @@ static int applier_watch_send(struct applier *a, const struct store_retry *r)
         return -1;
     applier_text_copy(key, sizeof(key), broker_dir_name(a->dir));
     memset(&props, 0, sizeof(props));
-    h[0] = (struct broker_header){"x-rt-attempts", BROKER_HEADER_INT, NULL, r->attempts};
-    h[1] = (struct broker_header){"x-rt-error", BROKER_HEADER_STR, r->reason, 0};
-    h[2] = (struct broker_header){"x-rt-user", BROKER_HEADER_STR, r->user, 0};
     props.message_id = r->message_id[0] ? r->message_id : NULL;
     props.headers = h;
-    props.n_headers = 3;
+    props.n_headers = applier_retry_headers(h, r->attempts, r->reason, r->user);
     /* Its confirm is not waited for: the row stays until the copy comes
      * back, and is due again if this one is lost as well. */
     return a->io->publish(a->br, exchange, key, &props, r->body, r->len, &tag) == RT_OK ? 0 : -1;
@@ -166,6 +161,14 @@ int64_t applier_watch_due(struct applier *a, int64_t now_ms, int64_t next)
     a->watch_at = now_ms + APPLIER_WATCH_CHECK_MS;
     if (!a->io->connected(a->br) || a->io->blocked(a->br))
         return next;
+    /* The count is what keeps the clear off the path of every delivery
+     * while nothing is watched; puts may have counted a replaced row. */
+    uint64_t count = 0;
+    if (store_retry_count(a->st, (int)a->dir, &count) == RT_OK) {
+        a->watched = count;
+        if (!count)
+            return next;
+    }
     int64_t wall = clock_wall_ms();
     if (store_retry_due(a->st, (int)a->dir, wall, APPLIER_WATCH_BATCH, due, &n) != RT_OK) {
         applier_watch_trouble(a, "reading the watched copies");

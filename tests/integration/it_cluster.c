@@ -499,10 +499,6 @@ static void picture_list(struct harness_scenario *s, int node, const char *what,
  * sees them, and both daemons' status. Never fails the test itself. */
 static void picture(struct harness_scenario *s)
 {
-    static int printing;
-    if (printing)
-        return;
-    printing = 1;
     int node = 0;
     for (int i = 1; i <= harness_cluster_nodes() && !node; i++)
         if (harness_cluster_node_up(i))
@@ -537,7 +533,6 @@ static void picture(struct harness_scenario *s)
         harness_status_release(&st);
     }
     fflush(stdout);
-    printing = 0;
 }
 
 /* Waits until the client's forward and reverse queues hold nothing, ready
