@@ -257,6 +257,21 @@ static void test_flush_and_free_write_the_queue(void **state)
     assert_int_equal(synchronous(st), 2);
     store_free(st);
     assert_int_equal(disk_rows(f, NULL), 3);
+
+    /* A lazy handle (the daemon's) stays lazy after a flush and a prune:
+     * set back to FULL, each of its commits would sync inside SQLite,
+     * which the group commits exist to avoid. */
+    st = open_journal(f, 100, 30);
+    OK(st, store_set_lazy(st, true));
+    assert_int_equal(synchronous(st), 1);
+    store_journal_add(st, 0, C, "c1", 1, 0, JOURNAL_VIEWED, 0, "y");
+    OK(st, store_journal_flush(st));
+    assert_int_equal(synchronous(st), 1);
+    uint64_t gone = 0;
+    OK(st, store_journal_prune(st, 1, &gone));
+    assert_int_equal(synchronous(st), 1);
+    store_free(st);
+    assert_int_equal(disk_rows(f, NULL), 4);
 }
 
 /* Without store_journal_configure (remotetaskctl's taskevent, resync) and
