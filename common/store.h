@@ -66,7 +66,7 @@
 #define STORE_META_KEY_MAX   64
 #define STORE_META_VALUE_MAX 4096
 /* The schema version this code writes; store_open() migrates up to it. */
-#define STORE_SCHEMA_VERSION 4
+#define STORE_SCHEMA_VERSION 5
 /* A task's `updated` value (YYYY-MM-DD HH:MM:SS) is at most this long. */
 #define STORE_UPDATED_MAX 32
 /* An fp set (common/fp.h) of what was applied is at most this long. */

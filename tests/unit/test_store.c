@@ -342,6 +342,44 @@ static void test_outbox_defer_and_due(void **state)
     sqlite3_close(h);
 }
 
+/* A backlog recorded in one millisecond (a reconciliation's page, a bulk
+ * import) is read a batch at a time without sorting it: the due scan's
+ * index covers its whole order (migration 5). On the old index, on
+ * first_ms alone, every scan sorted the whole backlog to return a batch,
+ * and the relay's drain of 20,000 such rows spent most of its time there. */
+static void test_outbox_due_scan_is_bounded(void **state)
+{
+    struct fixture *f = *state;
+    struct store *st = open_ok(f);
+    enum { ROWS = 3000, BATCH = 16 };
+
+    OK(st, store_begin(st));
+    for (int64_t t = ROWS; t >= 1; t--)
+        OK(st, store_outbox_add(st, "7", t, 1000));
+    OK(st, store_commit(st));
+    OK(st, store_outbox_defer(st, "7", 2, 9000, NULL));
+
+    sqlite3_stmt *s = store_db_stmt(st, ST_OUTBOX_DUE);
+    assert_non_null(s);
+    sqlite3_stmt_status(s, SQLITE_STMTSTATUS_SORT, 1);
+    sqlite3_stmt_status(s, SQLITE_STMTSTATUS_VM_STEP, 1);
+    struct store_event ev[BATCH];
+    size_t n = 0;
+    OK(st, store_outbox_due(st, 5000, BATCH, ev, &n));
+    assert_int_equal(n, BATCH);
+    /* Equal first_ms: by task, and the deferred row is skipped. */
+    assert_int_equal(ev[0].task, 1);
+    assert_int_equal(ev[1].task, 3);
+    assert_int_equal(ev[BATCH - 1].task, BATCH + 1);
+    assert_int_equal(sqlite3_stmt_status(s, SQLITE_STMTSTATUS_SORT, 0), 0);
+    /* A few dozen steps per row returned, whatever the backlog: the old
+     * plan took more than ten per row of the backlog. */
+    int steps = sqlite3_stmt_status(s, SQLITE_STMTSTATUS_VM_STEP, 0);
+    if (steps > 100 * BATCH)
+        fail_msg("the due scan took %d steps for %d rows of %d", steps, BATCH, ROWS);
+    store_free(st);
+}
+
 static void test_outbox_backlog(void **state)
 {
     struct fixture *f = *state;
@@ -665,9 +703,10 @@ static void test_migrates_version_1(void **state)
     store_free(st);
 }
 
-/* A database at version 2 gets the journal (migration 3) and the retry
- * watch (migration 4) with its rows kept, and this version's rule for the
- * file holds: the version is 4 now, which an older remotetask refuses as
+/* A database at version 2 gets the journal (migration 3), the retry
+ * watch (migration 4) and the outbox's due index (migration 5) with its
+ * rows kept, and this version's rule for the file holds: the version is 5
+ * now, which an older remotetask refuses as
  * "written by a newer one" (test_future_version_refused shows the
  * refusal). */
 static void test_migrates_version_2(void **state)
@@ -676,12 +715,14 @@ static void test_migrates_version_2(void **state)
     struct store *st = open_ok(f);
     OK(st, store_fwd_confirm(st, "7", 9, 4, "abc", 1000));
     store_free(st);
-    exec_raw(f->db, "DROP TABLE journal; DROP TABLE retry; PRAGMA user_version = 2;");
+    exec_raw(f->db, "DROP TABLE journal; DROP TABLE retry; DROP INDEX outbox_due;"
+                    "CREATE INDEX outbox_first_ms ON outbox (first_ms);"
+                    "PRAGMA user_version = 2;");
     assert_int_equal(user_version(f->db), 2);
 
     st = open_ok(f);
-    assert_int_equal(user_version(f->db), 4);
-    assert_int_equal(STORE_SCHEMA_VERSION, 4);
+    assert_int_equal(user_version(f->db), 5);
+    assert_int_equal(STORE_SCHEMA_VERSION, 5);
     struct store_fwd fw;
     OK(st, store_fwd_get(st, "7", 9, &fw));
     assert_int_equal(fw.seq, 4);
@@ -690,7 +731,21 @@ static void test_migrates_version_2(void **state)
     exec_raw(f->db, "INSERT INTO journal (ts_ms, side, client, src_task, event)"
                     " VALUES (1, 1, '7', 9, 'recorded');"
                     "SELECT id FROM journal INDEXED BY journal_task"
-                    " WHERE side = 1 AND client = '7' AND src_task = 9;");
+                    " WHERE side = 1 AND client = '7' AND src_task = 9;"
+                    /* Migration 5: the due index replaced the old one. */
+                    "SELECT task FROM outbox INDEXED BY outbox_due ORDER BY first_ms;");
+    sqlite3 *h = NULL;
+    sqlite3_stmt *q = NULL;
+    assert_int_equal(sqlite3_open_v2(f->db, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(h,
+                                        "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'index'"
+                                        " AND name = 'outbox_first_ms'",
+                                        -1, &q, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(q, 0), 0);
+    sqlite3_finalize(q);
+    sqlite3_close(h);
 }
 
 /* The read-only handle of remotetaskctl's trace: reads what a writer
@@ -1475,6 +1530,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_outbox_done_keeps_newer_event, setup, teardown),
         cmocka_unit_test_setup_teardown(test_outbox_defer_and_due, setup, teardown),
         cmocka_unit_test_setup_teardown(test_outbox_backlog, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_outbox_due_scan_is_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_client_id_checked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fwd_seq_survives_reopen, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fwd_confirm, setup, teardown),
