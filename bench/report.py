@@ -377,7 +377,9 @@ def report(results, versions, out_md):
     md.append("")
     md.append("## How to reproduce\n")
     md.append("```\nbench/run                 # RT_BENCH_RUNS=N for another run count, RT_KEEP_TMP=1 keeps logs\n"
-              "bench/run --only scale    # case 6 alone; rewrites only its section\n```\n")
+              "bench/run --only scale    # case 6 alone; rewrites only its section\n"
+              "bench/run --only relay    # case 2 alone, each run after its own capacity run; prints, writes nothing\n"
+              "RT_BENCH_B=../other/build/bench bench/run --only relay   # A/B against another tree's release build\n```\n")
     md.append("It builds a release tree (`-O2`, no sanitizers) in `build/bench` with "
               "`-DRT_BENCH=ON`, installs nothing, starts a private RabbitMQ node "
               "(`tests/harness/rabbitnode`), two BILLmanager emulators (`tests/sim/billsim.py`, "
