@@ -660,6 +660,47 @@ samples of each with the journal off and on): relay 544–819 msg/s before
 tasks/s (319) and 338–454 (368). The rates are unchanged within that noise,
 a little higher after; what moved beyond it is the store's work per event.
 
+## What the store's counters missed (issue 12, continued)
+
+Two faults of the store, found by tracing the relay during its drain
+(`strace -e fdatasync,ppoll,sendto,recvfrom` and `perf record -e
+syscalls:sys_enter_fdatasync --call-graph dwarf` on the daemon), are fixed
+in 4a26a22 and 7258a08:
+
+- **Commits synced behind the counters' back.** The journal's own
+  transaction (its flush and prune timer, common/store_journal.c) set
+  `synchronous = NORMAL` for its commit and `FULL` after it, whatever the
+  handle had been. After the first journal flush the daemon's lazy handle
+  was synchronous again: SQLite synced the WAL inside every commit
+  (`sqlite3WalFrames` under `store_fwd_next_seq`, 87 % of the fdatasyncs),
+  while the store's counters, which trust the handle's mode, counted only
+  the loop's own syncs. strace showed about one fdatasync per event where
+  the status said 0.12 to 0.21, so the figure "fsyncs per event" of the
+  earlier reports was the loop's share only. The journal now leaves a lazy
+  handle as it is; test_journal checks the mode after a flush and a prune.
+  The rows "store syncs per event" above count every fsync again.
+- **A quadratic outbox scan.** The due rows were read `ORDER BY first_ms,
+  client, task` on an index of `first_ms` alone. Rows recorded in one
+  millisecond (a reconciliation's page, a bulk import, this case's 20,000
+  rows) were read and sorted whole on every scan to return one window:
+  5.1 ms per scan of 20,000 such rows, one scan per 16 events. Schema 5
+  indexes the whole order and the filter: 0.06 ms per scan.
+
+Measured with `RT_BENCH_B=<86dfd42's release build> bench/run --only relay`
+(each run after its own capacity run, the two daemons alternating in the
+same process tree; RT_KEEP_TMP=1 for the counters), the daemon's CPU for
+the 20,000 events went from 7.5–9.6 s to 4.8–6.5 s, and its fsyncs per
+event from about one (hidden) to 0.34–0.35 (counted). The relay's rate did
+not move beyond the machine's noise (618 and 710 msg/s after, 662 and 716
+before, in the same runs): the daemon's CPU and its syncs are not what
+bounds the drain on this machine. During the drain neither the daemon
+(about 30 % of a core) nor the emulator (about 40 %) nor the machine (about
+half of its two cores) is saturated, while a view takes about 20 ms with
+16 in flight; an experiment that sends the next queued calls before the
+answers' callbacks run (common/billmgr_transport.c, not landed) gave 946
+against 789 msg/s in one A/B run and nothing measurable in ten runs of
+`--only forward`. Where the round trip's time goes is still open.
+
 ## The task journal's cost (issue 11)
 
 The journal (common/store_journal.c) writes its rows inside the components'
