@@ -178,6 +178,11 @@ struct applier_ops {
      * sentence (the reason; borrowed for the call). May be NULL. */
     void (*journal)(void *owner, const struct applier_slot *s, const char *event,
                     const char *detail);
+    /* 1 when the owner serves client now (its queue of this direction is
+     * consumed here): a watched retry copy of a client it no longer serves
+     * is kept, not sent again to a queue nobody reads (applier_watch.c).
+     * May be NULL: every client is served. */
+    int (*serves)(void *owner, const char *client);
 };
 
 /* Counters since applier_new(): the delivery slots' own, the same for

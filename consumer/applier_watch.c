@@ -44,6 +44,11 @@
 /* Copies named one by one per look at warning level; the rest of the
  * look's are counted in one line (and named at debug level). */
 #define APPLIER_WATCH_LOUD 5
+/* A copy of a client this daemon no longer serves (removed from its
+ * configuration) is kept, not sent to a queue nobody reads, and looked at
+ * again this much later: a client put back gets its copies then, at the
+ * cost of a day's wait, and one removed for good costs one line a day. */
+#define APPLIER_WATCH_KEPT_MS (24LL * 3600 * 1000)
 
 /* A local step of the watch failed: logged when the cause changes. */
 static void applier_watch_trouble(struct applier *a, const char *what)
@@ -174,7 +179,7 @@ int64_t applier_watch_due(struct applier *a, int64_t now_ms, int64_t next)
         applier_watch_trouble(a, "reading the watched copies");
         return next;
     }
-    size_t sent = 0;
+    size_t sent = 0, kept = 0;
     for (size_t i = 0; i < n; i++) {
         const struct store_retry *r = &due[i];
         char delay_q[BROKER_NAME_MAX], main_q[BROKER_NAME_MAX];
@@ -182,6 +187,18 @@ int64_t applier_watch_due(struct applier *a, int64_t now_ms, int64_t next)
         if (broker_retry_queue_name(delay_q, sizeof(delay_q), a->dir, r->client, tier) < 0 ||
             broker_queue_name(main_q, sizeof(main_q), a->dir, r->client) < 0)
             continue;
+        if (a->ops->serves && !a->ops->serves(a->owner, r->client)) {
+            log_msg(kept < APPLIER_WATCH_LOUD ? LOG_LEVEL_WARNING : LOG_LEVEL_DEBUG,
+                    "the retry copy of task %" PRId64 " of client \"%s\" (attempt %" PRId64
+                    ") has not come back from \"%s\", but this daemon no longer serves that "
+                    "client: kept, not sent to \"%s\"; looked at again in 24 h",
+                    r->task, r->client, r->attempts, delay_q, main_q);
+            kept++;
+            if (store_retry_push(a->st, (int)a->dir, r->client, r->task, r->seq,
+                                 wall + APPLIER_WATCH_KEPT_MS) != RT_OK)
+                applier_watch_trouble(a, "rescheduling a copy of a client no longer served");
+            continue;
+        }
         if (applier_watch_send(a, r) != 0)
             break; /* the connection is gone or full: the next look */
         int64_t late_s = (wall - (r->due_ms - APPLIER_WATCH_GRACE_MS)) / 1000;
@@ -207,7 +224,10 @@ int64_t applier_watch_due(struct applier *a, int64_t now_ms, int64_t next)
     if (sent > APPLIER_WATCH_LOUD)
         log_warning("%zu more %s retry copies that had not come back sent again",
                     sent - APPLIER_WATCH_LOUD, broker_dir_name(a->dir));
-    if (n == APPLIER_WATCH_BATCH && sent == n)
+    if (kept > APPLIER_WATCH_LOUD)
+        log_warning("%zu more %s retry copies of clients no longer served kept, not sent",
+                    kept - APPLIER_WATCH_LOUD, broker_dir_name(a->dir));
+    if (n == APPLIER_WATCH_BATCH && sent + kept == n)
         a->watch_at = now_ms + APPLIER_WATCH_AGAIN_MS;
     store_retry_release(due, n);
     return next < a->watch_at ? next : a->watch_at;

@@ -249,6 +249,13 @@ static void forward_slot_journal(void *owner, const struct applier_slot *as, con
                       s->link.dst_task, event, s->msg.seq, "%s", detail);
 }
 
+/* The clients of server.clients, as the configuration has them now. */
+static int forward_serves(void *owner, const char *client)
+{
+    const struct forward *f = owner;
+    return config_server_client_find(f->cfg, client) != NULL;
+}
+
 static const struct applier_ops forward_ops = {
     .start = forward_slot_start,
     .resume = forward_slot_resume,
@@ -256,6 +263,7 @@ static const struct applier_ops forward_ops = {
     .dead = forward_slot_dead,
     .released = NULL,
     .journal = forward_slot_journal,
+    .serves = forward_serves,
 };
 
 /* ---- lifecycle ---------------------------------------------------------- */

@@ -198,6 +198,13 @@ static void reverse_slot_journal(void *owner, const struct applier_slot *as, con
                       s->msg.seq, "%s", detail);
 }
 
+/* The client side reads its own client id's reverse queue only. */
+static int reverse_serves(void *owner, const char *client)
+{
+    const struct reverse *r = owner;
+    return r->cfg->client.id && strcmp(client, r->cfg->client.id) == 0;
+}
+
 static const struct applier_ops reverse_ops = {
     .start = reverse_slot_start,
     .resume = reverse_slot_resume,
@@ -205,6 +212,7 @@ static const struct applier_ops reverse_ops = {
     .dead = reverse_slot_dead,
     .released = reverse_slot_released,
     .journal = reverse_slot_journal,
+    .serves = reverse_serves,
 };
 
 /* ---- lifecycle ---------------------------------------------------------- */

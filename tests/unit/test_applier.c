@@ -134,6 +134,7 @@ struct owner {
     int defer_resume; /* a resume defers again instead of acking */
     size_t nresumed;
     size_t nreleased;
+    char unserved[APPLIER_SHORT_MAX]; /* a client the owner no longer serves */
 };
 
 static struct owner own;
@@ -168,12 +169,19 @@ static void own_released(void *o)
     own.nreleased++;
 }
 
+static int own_serves(void *o, const char *client)
+{
+    (void)o;
+    return strcmp(client, own.unserved) != 0;
+}
+
 static const struct applier_ops own_ops = {
     .start = own_start,
     .resume = own_resume,
     .clear = NULL,
     .dead = NULL,
     .released = own_released,
+    .serves = own_serves,
 };
 
 static struct applier *new_applier(size_t max_slots, size_t max_running)
@@ -607,6 +615,36 @@ static void lost_retry_copies_are_sent_again(void **state)
     deliver(a, "7", 1, 7);
     assert_int_equal(watched_rows(st), 0);
     assert_int_equal(a->watched, 0);
+    applier_ack(own.started[3]);
+
+    /* A lost copy of a client the daemon no longer serves (removed from
+     * its configuration) is kept, not sent to a queue nobody reads, and
+     * looked at again a day later; served again, it is sent. */
+    deliver(a, "7", 2, 3);
+    applier_fail(own.started[4], RT_RETRY, 0, "none", "api: HTTP status 503");
+    assert_true(applier_on_confirm(a, fk.pub[3].tag, BROKER_ACKED));
+    assert_int_equal(fk.npub, 4);
+    assert_int_equal(store_retry_push(st, BROKER_FORWARD, "7", 2, 3, 0), RT_OK);
+    snprintf(own.unserved, sizeof(own.unserved), "7");
+    applier_tick(a, 1000 + 5 * APPLIER_WATCH_CHECK_MS);
+    assert_int_equal(fk.npub, 4);
+    assert_int_equal(watched_rows(st), 1);
+    struct store_retry due[2];
+    size_t n = 0;
+    int64_t wall = clock_wall_ms();
+    assert_int_equal(store_retry_due(st, BROKER_FORWARD, wall + 3600 * 1000LL, 2, due, &n), RT_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(store_retry_due(st, BROKER_FORWARD, wall + 25 * 3600 * 1000LL, 2, due, &n),
+                     RT_OK);
+    assert_int_equal(n, 1);
+    store_retry_release(due, n);
+    applier_stats(a, &stats);
+    assert_int_equal(stats.resent, 1);
+    own.unserved[0] = '\0';
+    assert_int_equal(store_retry_push(st, BROKER_FORWARD, "7", 2, 3, 0), RT_OK);
+    applier_tick(a, 1000 + 6 * APPLIER_WATCH_CHECK_MS);
+    assert_int_equal(fk.npub, 5);
+    assert_int_equal(fk.pub[4].attempts, 1);
 
     applier_free(a);
     watch_store_free(st, dir);
