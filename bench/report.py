@@ -698,8 +698,9 @@ bounds the drain on this machine. During the drain neither the daemon
 half of its two cores) is saturated, while a view takes about 20 ms with
 16 in flight; an experiment that sends the next queued calls before the
 answers' callbacks run (common/billmgr_transport.c, not landed) gave 946
-against 789 msg/s in one A/B run and nothing measurable in ten runs of
-`--only forward`. Where the round trip's time goes is still open.
+against 789 msg/s in one A/B run, 801 against 824 (medians of four) in
+another, and nothing measurable in ten runs of `--only forward`: not
+landed. Where the round trip's time goes is still open.
 
 ## The task journal's cost (issue 11)
 
