@@ -90,14 +90,17 @@ static const char *const migrations[] = {
     "  reason TEXT NOT NULL DEFAULT '',"
     "  body BLOB NOT NULL,"
     "  PRIMARY KEY (dir, client, task));",
-    /* 5: the due rows' index covers the whole order of ST_OUTBOX_DUE and
-     * its filter. On first_ms alone, rows recorded in the same millisecond
-     * (a reconciliation's page, a bulk import) were sorted again by
-     * (client, task) on every scan: each scan read and sorted every row of
-     * the backlog to return 64, and draining a backlog of n rows cost
-     * n^2/16 row reads. Now a scan stops after the rows it returns. */
+    /* 5: indexes that cover the whole order of the two due scans. On
+     * first_ms alone, outbox rows recorded in the same millisecond (a
+     * reconciliation's page, a bulk import) were sorted again by (client,
+     * task) on every scan: each scan read and sorted every row of the
+     * backlog to return 64, and draining a backlog of n rows cost n^2/16
+     * row reads. The retry watch's look (ST_RETRY_DUE) had no index at
+     * all: every look read and sorted every watched copy, bodies and all.
+     * Now a scan stops after the rows it returns. */
     "DROP INDEX IF EXISTS outbox_first_ms;"
-    "CREATE INDEX IF NOT EXISTS outbox_due ON outbox (first_ms, client, task, next_ms);",
+    "CREATE INDEX IF NOT EXISTS outbox_due ON outbox (first_ms, client, task, next_ms);"
+    "CREATE INDEX IF NOT EXISTS retry_due ON retry (dir, due_ms, client, task);",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))

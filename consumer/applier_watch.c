@@ -154,10 +154,62 @@ static int applier_watch_send(struct applier *a, const struct store_retry *r)
     return a->io->publish(a->br, exchange, key, &props, r->body, r->len, &tag) == RT_OK ? 0 : -1;
 }
 
+/* What a look did with one due copy. */
+enum applier_watch_done {
+    WATCH_SENT, /* sent again, due again a grace later */
+    WATCH_KEPT, /* of a client no longer served: due again in a day */
+    WATCH_SKIP, /* its queue names do not fit: left as it is */
+    WATCH_STOP, /* the broker did not take it: the next look */
+};
+
+/* Sends the due copy r again, or keeps it when its client is no longer
+ * served; loud: name it at warning level (else at debug). */
+static enum applier_watch_done applier_watch_one(struct applier *a, const struct store_retry *r,
+                                                 int64_t wall, int loud)
+{
+    char delay_q[BROKER_NAME_MAX], main_q[BROKER_NAME_MAX];
+    unsigned tier = broker_retry_tier((unsigned)r->attempts);
+    int level = loud ? LOG_LEVEL_WARNING : LOG_LEVEL_DEBUG;
+
+    if (broker_retry_queue_name(delay_q, sizeof(delay_q), a->dir, r->client, tier) < 0 ||
+        broker_queue_name(main_q, sizeof(main_q), a->dir, r->client) < 0)
+        return WATCH_SKIP;
+    if (a->ops->serves && !a->ops->serves(a->owner, r->client)) {
+        log_msg(level,
+                "the retry copy of task %" PRId64 " of client \"%s\" (attempt %" PRId64
+                ") has not come back from \"%s\", but this daemon no longer serves that "
+                "client: kept, not sent to \"%s\"; looked at again in 24 h",
+                r->task, r->client, r->attempts, delay_q, main_q);
+        if (store_retry_push(a->st, (int)a->dir, r->client, r->task, r->seq,
+                             wall + APPLIER_WATCH_KEPT_MS) != RT_OK)
+            applier_watch_trouble(a, "rescheduling a copy of a client no longer served");
+        return WATCH_KEPT;
+    }
+    if (applier_watch_send(a, r) != 0)
+        return WATCH_STOP;
+    log_msg(level,
+            "the retry copy of task %" PRId64 " of client \"%s\" (attempt %" PRId64
+            ") has not come back from \"%s\" %" PRId64 " s after it was due: sent again to "
+            "\"%s\"",
+            r->task, r->client, r->attempts, delay_q,
+            (wall - (r->due_ms - APPLIER_WATCH_GRACE_MS)) / 1000, main_q);
+    a->stats.resent++;
+    /* The forward applier runs on the server, the reverse one on the
+     * client: the journal's side follows the direction. */
+    store_journal_add(a->st, 0, a->dir == BROKER_FORWARD ? STORE_SIDE_SERVER : STORE_SIDE_CLIENT,
+                      r->client, r->task, 0, JOURNAL_RETRIED, r->seq,
+                      "attempt %" PRId64 ": the copy did not come back from \"%s\": sent again",
+                      r->attempts, delay_q);
+    if (store_retry_push(a->st, (int)a->dir, r->client, r->task, r->seq,
+                         wall + APPLIER_WATCH_GRACE_MS) != RT_OK)
+        applier_watch_trouble(a, "rescheduling a copy sent again");
+    return WATCH_SENT;
+}
+
 int64_t applier_watch_due(struct applier *a, int64_t now_ms, int64_t next)
 {
     struct store_retry due[APPLIER_WATCH_BATCH];
-    size_t n = 0;
+    size_t n = 0, sent = 0, kept = 0, i;
 
     if (!a->st || !a->watched || a->draining)
         return next;
@@ -179,55 +231,20 @@ int64_t applier_watch_due(struct applier *a, int64_t now_ms, int64_t next)
         applier_watch_trouble(a, "reading the watched copies");
         return next;
     }
-    size_t sent = 0, kept = 0;
-    for (size_t i = 0; i < n; i++) {
-        const struct store_retry *r = &due[i];
-        char delay_q[BROKER_NAME_MAX], main_q[BROKER_NAME_MAX];
-        unsigned tier = broker_retry_tier((unsigned)r->attempts);
-        if (broker_retry_queue_name(delay_q, sizeof(delay_q), a->dir, r->client, tier) < 0 ||
-            broker_queue_name(main_q, sizeof(main_q), a->dir, r->client) < 0)
-            continue;
-        if (a->ops->serves && !a->ops->serves(a->owner, r->client)) {
-            log_msg(kept < APPLIER_WATCH_LOUD ? LOG_LEVEL_WARNING : LOG_LEVEL_DEBUG,
-                    "the retry copy of task %" PRId64 " of client \"%s\" (attempt %" PRId64
-                    ") has not come back from \"%s\", but this daemon no longer serves that "
-                    "client: kept, not sent to \"%s\"; looked at again in 24 h",
-                    r->task, r->client, r->attempts, delay_q, main_q);
-            kept++;
-            if (store_retry_push(a->st, (int)a->dir, r->client, r->task, r->seq,
-                                 wall + APPLIER_WATCH_KEPT_MS) != RT_OK)
-                applier_watch_trouble(a, "rescheduling a copy of a client no longer served");
-            continue;
-        }
-        if (applier_watch_send(a, r) != 0)
-            break; /* the connection is gone or full: the next look */
-        int64_t late_s = (wall - (r->due_ms - APPLIER_WATCH_GRACE_MS)) / 1000;
-        log_msg(sent < APPLIER_WATCH_LOUD ? LOG_LEVEL_WARNING : LOG_LEVEL_DEBUG,
-                "the retry copy of task %" PRId64 " of client \"%s\" (attempt %" PRId64
-                ") has not come back from \"%s\" %" PRId64 " s after it was due: sent "
-                "again to \"%s\"",
-                r->task, r->client, r->attempts, delay_q, late_s, main_q);
-        sent++;
-        a->stats.resent++;
-        /* The forward applier runs on the server, the reverse one on the
-         * client: the journal's side follows the direction. */
-        store_journal_add(a->st, 0,
-                          a->dir == BROKER_FORWARD ? STORE_SIDE_SERVER : STORE_SIDE_CLIENT,
-                          r->client, r->task, 0, JOURNAL_RETRIED, r->seq,
-                          "attempt %" PRId64 ": the copy did not come back from \"%s\": "
-                          "sent again",
-                          r->attempts, delay_q);
-        if (store_retry_push(a->st, (int)a->dir, r->client, r->task, r->seq,
-                             wall + APPLIER_WATCH_GRACE_MS) != RT_OK)
-            applier_watch_trouble(a, "rescheduling a copy sent again");
+    for (i = 0; i < n; i++) {
+        enum applier_watch_done d =
+            applier_watch_one(a, &due[i], wall, sent + kept < APPLIER_WATCH_LOUD);
+        if (d == WATCH_STOP)
+            break;
+        sent += d == WATCH_SENT;
+        kept += d == WATCH_KEPT;
     }
-    if (sent > APPLIER_WATCH_LOUD)
-        log_warning("%zu more %s retry copies that had not come back sent again",
-                    sent - APPLIER_WATCH_LOUD, broker_dir_name(a->dir));
-    if (kept > APPLIER_WATCH_LOUD)
-        log_warning("%zu more %s retry copies of clients no longer served kept, not sent",
-                    kept - APPLIER_WATCH_LOUD, broker_dir_name(a->dir));
-    if (n == APPLIER_WATCH_BATCH && sent + kept == n)
+    if (sent + kept > APPLIER_WATCH_LOUD)
+        log_warning("%zu %s retry copies that had not come back: %zu sent again, %zu of "
+                    "clients no longer served kept (the first %d named above)",
+                    sent + kept, broker_dir_name(a->dir), sent, kept, APPLIER_WATCH_LOUD);
+    /* A full batch looked at whole: more may be due at once. */
+    if (n == APPLIER_WATCH_BATCH && i == n)
         a->watch_at = now_ms + APPLIER_WATCH_AGAIN_MS;
     store_retry_release(due, n);
     return next < a->watch_at ? next : a->watch_at;

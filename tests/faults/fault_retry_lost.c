@@ -182,9 +182,9 @@ static void test_retry_lost(void **state)
     size_t resent_logged = harness_daemon_log_count_since(s->server, r.mark_server, needle);
     snprintf(needle, sizeof(needle), "sent again to \"%s\"", fwd);
     size_t sent_to_queue = harness_daemon_log_count_since(s->server, r.mark_server, needle);
-    static const char *const server_lines[] = {"has not come back from",
-                                               "more forward retry copies that had not come back",
-                                               "apply failed for task", NULL};
+    static const char *const server_lines[] = {
+        "has not come back from",
+        "forward retry copies that had not come back:", "apply failed for task", NULL};
     fault_quote(&r, "server", s->server, server_lines);
     json_t *st = fault_status(&r, "server", s->server, "after the recovery", server_members);
     json_t *v = faults_json_path(st, "errors.resent.forward");
