@@ -104,10 +104,15 @@ static void relay_pass_end(void *arg)
 }
 
 /* The store synced the loop pass's commits: the seqs they allocated may
- * go out. */
+ * go out, and the slots relay_pass_end freed take the next rows. The pump
+ * must run here: the confirmations' own callbacks ran while their slots
+ * were still taken, so with no other callback to come a drained window
+ * would wait for the next tick (up to RELAY_SCAN_INTERVAL_MS) with a
+ * backlog in the outbox. */
 static void relay_synced(void *arg)
 {
-    relay_publish_ready(arg);
+    struct relay *r = arg;
+    relay_pump(r, relay_clock_ms(r));
 }
 
 /* Moves work forward: publishes what waits for the broker and fills free
