@@ -28,6 +28,9 @@
 #define DAEMON_MAX_WAIT_MS 5000
 /* How soon a failed sync of the store is tried again. */
 #define DAEMON_SYNC_RETRY_MS 250
+/* The longest a commit nobody waits for (a confirmation's, a deferral's,
+ * the journal's) stays unsynced when no later sync covers it. */
+#define DAEMON_SYNC_TRAIL_MS 1000
 
 /* ---- signals --------------------------------------------------------- */
 
@@ -152,7 +155,23 @@ static int64_t daemon_timeout(struct daemon *d)
         daemon_wait_min(&best, d->sync_retry - mono);
     else if (d->st && store_sync_wanted(d->st))
         daemon_wait_min(&best, 0); /* asked for by a listener of the last sync */
+    else if (d->sync_trail)
+        daemon_wait_min(&best, d->sync_trail - mono);
     return best;
+}
+
+/* Commits nobody waits for are synced by the next pass that syncs; when
+ * none comes (the last confirmations of a drain, a lone deferral), they
+ * are synced DAEMON_SYNC_TRAIL_MS after a pass first left them unsynced,
+ * so that what an idle daemon did is on disk within that time. */
+static void daemon_sync_trail(struct daemon *d, int64_t mono)
+{
+    if (store_durable(d->st, store_mark(d->st)))
+        d->sync_trail = 0;
+    else if (!d->sync_trail)
+        d->sync_trail = mono + DAEMON_SYNC_TRAIL_MS;
+    else if (mono >= d->sync_trail)
+        store_want_sync(d->st);
 }
 
 /* The end of a loop pass: one sync for every commit of the pass that an
@@ -162,20 +181,26 @@ static int64_t daemon_timeout(struct daemon *d)
 static void daemon_sync(struct daemon *d)
 {
     int64_t mono = clock_mono_ms();
-    if (!d->st || !store_sync_wanted(d->st) || (d->sync_retry && mono < d->sync_retry))
+    if (!d->st)
         return;
-    if (store_sync(d->st) == RT_OK) {
-        if (d->sync_trouble[0])
-            log_info("the store syncs again");
-        d->sync_trouble[0] = '\0';
-        d->sync_retry = 0;
-        return;
+    daemon_sync_trail(d, mono);
+    if (store_sync_wanted(d->st) && !(d->sync_retry && mono < d->sync_retry)) {
+        if (store_sync(d->st) == RT_OK) {
+            if (d->sync_trouble[0])
+                log_info("the store syncs again");
+            d->sync_trouble[0] = '\0';
+            d->sync_retry = 0;
+        } else {
+            const char *cause = store_strcause(d->st);
+            if (strcmp(cause, d->sync_trouble) != 0)
+                log_error("cannot sync the store (acks and publishes wait): %s",
+                          store_strerror(d->st));
+            snprintf(d->sync_trouble, sizeof(d->sync_trouble), "%s", cause);
+            d->sync_retry = mono + DAEMON_SYNC_RETRY_MS;
+        }
     }
-    const char *cause = store_strcause(d->st);
-    if (strcmp(cause, d->sync_trouble) != 0)
-        log_error("cannot sync the store (acks and publishes wait): %s", store_strerror(d->st));
-    snprintf(d->sync_trouble, sizeof(d->sync_trouble), "%s", cause);
-    d->sync_retry = mono + DAEMON_SYNC_RETRY_MS;
+    /* Arms the trail for what this pass committed and did not sync. */
+    daemon_sync_trail(d, mono);
 }
 
 /* One ppoll() and the work it allows. Returns 0, or -1 when polling failed

@@ -627,8 +627,9 @@ static void observe_status_store(json_t *resp, struct store *st, int outbox_ok, 
     struct store_sync_stats ss;
     store_sync_stats(st, &ss);
     json_object_set_new(resp, "store",
-                        json_pack("{s:I,s:I,s:I}", "commits", (json_int_t)ss.commits, "syncs",
-                                  (json_int_t)ss.syncs, "checkpoints", (json_int_t)ss.checkpoints));
+                        json_pack("{s:I,s:I,s:I,s:I}", "commits", (json_int_t)ss.commits, "syncs",
+                                  (json_int_t)ss.syncs, "checkpoints", (json_int_t)ss.checkpoints,
+                                  "unsynced", (json_int_t)ss.unsynced));
 }
 
 /* The counters of the status command's "counters" member. */

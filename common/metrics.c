@@ -463,8 +463,9 @@ static const struct {
      "Connections to the control socket refused: a uid other than root and the daemon's."},
     {METRICS_STORE_COMMITS, METRICS_COUNTER, NULL, "Commits of the daemon's store (SQLite)."},
     {METRICS_STORE_SYNCS, METRICS_COUNTER, NULL,
-     "Syncs (fsyncs) of the store's files: commits are grouped, one sync per loop pass that "
-     "needs one, plus two per checkpoint."},
+     "Syncs (fsyncs) of the store's files: commits are grouped, one sync per loop pass whose "
+     "acks or publishes wait for one, commits nobody waits for within a second, plus two per "
+     "checkpoint."},
     {METRICS_SYNC_INTERVAL, METRICS_GAUGE, NULL,
      "Server role: server.sync_interval in seconds (0 without the server role)."},
     {METRICS_API_CALL_DURATION, METRICS_HISTOGRAM, "func",

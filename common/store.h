@@ -202,9 +202,10 @@ rt_status store_rollback(struct store *st);
  * (store_listen) then send what waited. A step that must be durable before
  * the very next thing it does (the intent before a create or a note edit)
  * commits with store_commit_durable(). A commit nobody waits for is synced
- * by the next sync or checkpoint; a power cut before that makes its work
- * be done again (a view, a republish the server drops as a duplicate),
- * never lose a task. */
+ * by the next sync or checkpoint, and the daemon syncs one that no later
+ * sync covered within a second (daemon_loop.c); a power cut before that
+ * makes its work be done again (a view, a republish the server finds
+ * already applied), never lose a task. */
 
 #define STORE_LISTENERS_MAX 8
 
@@ -216,6 +217,7 @@ struct store_sync_stats {
     uint64_t commits;
     uint64_t syncs;
     uint64_t checkpoints;
+    uint64_t unsynced; /* a gauge: the commits not yet known to be on disk */
 };
 
 /* Lazy (true) or synced (false) commits from now on. Turning lazy commits
@@ -232,30 +234,40 @@ bool store_durable(const struct store *st, uint64_t mark);
 /* Asks for a store_sync() at the end of this loop pass. */
 void store_want_sync(struct store *st);
 
-/* True when store_want_sync() was called since the last store_sync(). */
+/* Asks for the end of this loop pass without asking for a sync: the
+ * store_listen_before() listeners commit what they gathered, and the
+ * store_listen() ones run, but the commit waits for the next sync. For
+ * work whose commit nobody waits on (the relay's confirmations: their
+ * loss in a power cut only makes the server drop a republished copy). */
+void store_want_pass_end(struct store *st);
+
+/* True when store_want_sync() or store_want_pass_end() was called since
+ * the last store_sync(). */
 bool store_sync_wanted(const struct store *st);
 
-/* If a sync was wanted, runs the store_listen_before() listeners; then
- * syncs the WAL when a commit is not yet on disk (one fsync for all of
- * them); then, if a sync was wanted, runs the listeners. RT_RETRY when the
- * sync failed (the reason in store_strerror(); the sync stays wanted, so
- * the next pass tries again, and nothing that waits is released). Not
- * inside a transaction; not from a listener (RT_REJECT). */
+/* If a sync or a pass end was wanted, runs the store_listen_before()
+ * listeners; then, unless only a pass end was wanted, syncs the WAL when a
+ * commit is not yet on disk (one fsync for all of them); then, if either
+ * was wanted, runs the listeners. RT_RETRY when the sync failed (the
+ * reason in store_strerror(); the sync stays wanted, so the next pass
+ * tries again, and nothing that waits is released). Not inside a
+ * transaction; not from a listener (RT_REJECT). */
 rt_status store_sync(struct store *st);
 
 /* Commits as store_commit(), then syncs at once: for a step whose very
  * next action must not happen unless the commit is durable. */
 rt_status store_commit_durable(struct store *st);
 
-/* Runs fn(arg) after every store_sync() that was wanted, in the order
- * registered; RT_REJECT when STORE_LISTENERS_MAX are registered. A
+/* Runs fn(arg) after every store_sync() that was wanted (a sync or a pass
+ * end: a listener checks store_durable() for what it releases), in the
+ * order registered; RT_REJECT when STORE_LISTENERS_MAX are registered. A
  * listener may commit and call store_want_sync() (for the next pass). */
 rt_status store_listen(struct store *st, void (*fn)(void *arg), void *arg);
 
-/* Runs fn(arg) at the end of a loop pass whose sync was wanted, before
- * the sync: a component that gathers the pass's work into one commit
- * (the relay's confirmations) commits it here, and that commit is in the
- * sync. Same limits as store_listen(). */
+/* Runs fn(arg) at the end of a loop pass whose sync or pass end was
+ * wanted, before the sync: a component that gathers the pass's work into
+ * one commit (the relay's confirmations) commits it here, and that commit
+ * is in the sync, if there is one. Same limits as store_listen(). */
 rt_status store_listen_before(struct store *st, void (*fn)(void *arg), void *arg);
 
 /* True when commits are lazy (store_set_lazy). */

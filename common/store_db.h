@@ -100,6 +100,7 @@ struct store {
      * disk; a listener runs after a store_sync() that someone asked for. */
     bool lazy;      /* store_set_lazy(): commits are synced by store_sync() */
     bool want_sync; /* store_want_sync() since the last store_sync() */
+    bool want_pass_end; /* store_want_pass_end() since the last store_sync() */
     bool notifying; /* the listeners are running */
     uint64_t commits;
     uint64_t synced;

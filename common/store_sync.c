@@ -116,9 +116,14 @@ void store_want_sync(struct store *st)
     st->want_sync = true;
 }
 
+void store_want_pass_end(struct store *st)
+{
+    st->want_pass_end = true;
+}
+
 bool store_sync_wanted(const struct store *st)
 {
-    return st->want_sync;
+    return st->want_sync || st->want_pass_end;
 }
 
 /* The listeners of the end of the pass: what they commit is in the sync
@@ -136,14 +141,19 @@ rt_status store_sync(struct store *st)
 {
     if (st->in_txn || st->notifying)
         return store_db_reject(st, "store_sync inside a transaction or a listener");
-    if (st->want_sync)
+    bool pass = st->want_sync || st->want_pass_end;
+    if (pass)
         store_sync_pass_end(st);
-    rt_status r = store_sync_now(st);
+    st->want_pass_end = false;
+    /* Only a pass end was asked for: its commit waits for the next sync
+     * (nobody waits for it), so no fsync now. */
+    bool sync = st->want_sync || !pass;
+    rt_status r = sync ? store_sync_now(st) : RT_OK;
     if (r != RT_OK) {
         st->want_sync = true;
         return r;
     }
-    if (!st->want_sync)
+    if (!pass)
         return RT_OK;
     st->want_sync = false;
     st->notifying = true;
@@ -198,4 +208,5 @@ void store_unlisten(struct store *st, void (*fn)(void *arg), void *arg)
 void store_sync_stats(const struct store *st, struct store_sync_stats *out)
 {
     *out = st->sync_stats;
+    out->unsynced = st->lazy && st->commits > st->synced ? st->commits - st->synced : 0;
 }

@@ -278,10 +278,14 @@ void relay_on_confirm(struct relay *r, uint64_t tag, enum broker_fate fate)
     switch (fate) {
     case BROKER_ACKED:
         /* A lazy store (the daemon's) records the pass's confirmations
-         * together at its end; otherwise each at once. */
+         * together at its end; otherwise each at once. Nothing waits for
+         * that commit to be durable: lost in a power cut, the row is
+         * viewed and sent again under a new seq, and the server finds
+         * nothing changed against what it applied. So it asks for the
+         * pass's end, not for a sync. */
         if (store_lazy(r->st)) {
             s->state = SLOT_CONFIRMED;
-            store_want_sync(r->st);
+            store_want_pass_end(r->st);
         } else {
             relay_slot_commit(s);
         }

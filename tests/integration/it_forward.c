@@ -519,6 +519,34 @@ static void wait_task_state(struct harness_scenario *s, long long id, const char
     EXPECT(s, met, "the target task of source task %lld did not reach its expected state", id);
 }
 
+/* Waits until the daemon's status says every commit of its store is on
+ * disk (store.unsynced 0). Commits nobody waits for (the relay's
+ * confirmations, the journal's flushes) are synced by the daemon's
+ * trailing sync within DAEMON_SYNC_TRAIL_MS (1 s) of an idle pass;
+ * without it they would stay unsynced until the next event. */
+#define SYNCED_DEADLINE_MS 10000
+#define SYNCED_POLL_MS     100
+
+static void expect_store_synced(struct harness_scenario *s, struct harness_daemon *d,
+                                const char *who)
+{
+    long long deadline = harness_now_ms() + SYNCED_DEADLINE_MS, unsynced = -1;
+    for (;;) {
+        struct harness_status st;
+        harness_daemon_status(d, &st);
+        json_t *u = json_object_get(json_object_get(st.doc, "store"), "unsynced");
+        EXPECT(s, json_is_integer(u), "the %s's status has no store.unsynced:\n%s", who,
+               st.output);
+        unsynced = json_integer_value(u);
+        harness_status_release(&st);
+        if (unsynced == 0 || harness_now_ms() > deadline)
+            break;
+        (void)poll(NULL, 0, SYNCED_POLL_MS);
+    }
+    EXPECT(s, unsynced == 0, "the %s still has %lld commits not on disk after %d ms idle", who,
+           unsynced, SYNCED_DEADLINE_MS);
+}
+
 static void test_flows(void **state)
 {
     struct harness_scenario_opts o = {.poll_interval = 3600};
@@ -543,6 +571,8 @@ static void test_flows(void **state)
     ctl_taskevent(s, b, 1);
     ctl_taskevent(s, c, 0);
     harness_flow_expect_all_applied(s, "flows-create", SHORT_DEADLINE_MS);
+    expect_store_synced(s, s->client, "client");
+    expect_store_synced(s, s->server, "server");
 
     /* Field by field, the note exactly as the design makes it. */
     json_t *src = harness_sim_tasks(s->src, s->src_dept);

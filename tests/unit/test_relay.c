@@ -479,6 +479,9 @@ static void group_commits_hold_and_batch(void **state)
     store_sync_stats(fx->st, &b);
     assert_int_equal(backlog(fx), 0);
     assert_int_equal(b.commits - a.commits, 1);
+    /* Nothing waits for that commit: no fsync for it. */
+    assert_int_equal(b.syncs - a.syncs, 0);
+    assert_false(store_durable(fx->st, store_mark(fx->st)));
     assert_true(relay_idle(fx->r));
     struct relay_stats s;
     relay_stats(fx->r, &s);
