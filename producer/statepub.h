@@ -239,6 +239,13 @@ void statepub_state_release(struct statepub_state *s);
  * note, as FP_HEX_LEN hex digits. */
 void statepub_state_fp(const struct statepub_state *s, char out[FP_HEX_LEN + 1]);
 
+/* 1 when a cycle may start one more view: it has fewer than max_views
+ * (max_inflight) running, and either fewer than its floor of max_views / 4
+ * (at least one), or the API has room (api_room: billmgr_has_room) with
+ * api_inflight (billmgr_inflight: every caller's calls) below max_views
+ * less a reserve of max_views / 4 for the appliers. */
+int statepub_view_may_start(size_t viewing, size_t max_views, size_t api_inflight, int api_room);
+
 /* The applied set of a link after a state was published and acked:
  * applied (NULL = "") with "state" = state_fp and "status" = status set,
  * every other key kept, written into out (outlen bytes). Returns 0, or -1

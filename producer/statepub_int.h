@@ -200,9 +200,10 @@ int sp_fwd_moved(const struct store_link *link, uint64_t fwd_seq);
 
 /* ---- statepub_view.c: the views ------------------------------------- */
 
-/* Starts views while fewer than max_inflight are in flight, the clients
- * taking turns; beyond max_inflight / 4 (at least one) only while the API
- * has room (billmgr_has_room), since a cycle is background work. */
+/* Starts views while statepub_view_may_start() says so (at most
+ * max_inflight; beyond max_inflight / 4 only while the API has room and a
+ * reserve for the appliers, since a cycle is background work), the
+ * clients taking turns. */
 void sp_views_start(struct statepub *sp);
 
 /* ---- statepub_pub.c: jobs and their messages ------------------------ */

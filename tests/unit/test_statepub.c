@@ -330,6 +330,31 @@ static void utf8_cut_never_splits_a_sequence(void **state)
     assert_int_equal(statepub_utf8_cut("", 0), 0);
 }
 
+/* When a cycle may start a view (issue 12): its floor of max_inflight / 4
+ * whatever else runs, beyond it only with room in the API and a quarter of
+ * max_inflight left for the appliers, never more than max_inflight. */
+static void views_leave_a_reserve_for_applies(void **state)
+{
+    (void)state;
+    /* max_inflight 16: floor 4, reserve 4. */
+    assert_true(statepub_view_may_start(0, 16, 16, 0));
+    assert_true(statepub_view_may_start(3, 16, 16, 0));
+    assert_false(statepub_view_may_start(4, 16, 11, 0)); /* no room */
+    assert_true(statepub_view_may_start(4, 16, 11, 1));
+    assert_false(statepub_view_may_start(4, 16, 12, 1)); /* the reserve */
+    assert_true(statepub_view_may_start(11, 16, 11, 1));
+    assert_false(statepub_view_may_start(12, 16, 12, 1));
+    assert_false(statepub_view_may_start(16, 16, 0, 1));
+    /* max_inflight 2: floor 1, no reserve (the fixture's). */
+    assert_true(statepub_view_may_start(0, 2, 2, 0));
+    assert_false(statepub_view_may_start(1, 2, 1, 0));
+    assert_true(statepub_view_may_start(1, 2, 1, 1));
+    assert_false(statepub_view_may_start(2, 2, 0, 1));
+    /* max_inflight 1: floor 1. */
+    assert_true(statepub_view_may_start(0, 1, 1, 0));
+    assert_false(statepub_view_may_start(1, 1, 0, 1));
+}
+
 static void row_fp_covers_status_performer_updated(void **state)
 {
     struct fixture *fx = *state;
@@ -1110,6 +1135,7 @@ int main(void)
     log_init("test_statepub", LOG_LEVEL_ERROR, 0);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(utf8_cut_never_splits_a_sequence),
+        cmocka_unit_test(views_leave_a_reserve_for_applies),
         cmocka_unit_test(applied_update_keeps_forward_keys),
         cmocka_unit_test_setup_teardown(row_fp_covers_status_performer_updated, setup, teardown),
         cmocka_unit_test_setup_teardown(state_read_from_view, setup, teardown),
