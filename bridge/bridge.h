@@ -36,6 +36,7 @@ struct daemon {
     struct store *st;     /* lazy commits: synced once per loop pass */
     int64_t sync_retry;   /* monotonic ms: the next try after a failed sync, 0 = none */
     int64_t sync_trail;   /* monotonic ms: when commits nobody waited for get synced, 0 = none */
+    int64_t sync_held;    /* monotonic ms: since when the pass's sync is held, 0 = not held */
     char sync_trouble[STORE_ERROR_MAX]; /* the failed sync's cause last logged */
     struct control *ctl;
     struct metrics_http *mh; /* NULL when metrics.listen is not set */

@@ -31,6 +31,8 @@
 /* The longest a commit nobody waits for (a confirmation's, a deferral's,
  * the journal's) stays unsynced when no later sync covers it. */
 #define DAEMON_SYNC_TRAIL_MS 1000
+/* The longest a pass's sync is held while the poll keeps finding work. */
+#define DAEMON_SYNC_HOLD_MS 5
 
 /* ---- signals --------------------------------------------------------- */
 
@@ -174,17 +176,35 @@ static void daemon_sync_trail(struct daemon *d, int64_t mono)
         store_want_sync(d->st);
 }
 
-/* The end of a loop pass: one sync for every commit of the pass that an
- * ack or a publish waits for, then those go out (store.h, group commits).
- * A failed sync releases nothing; it is tried again after
- * DAEMON_SYNC_RETRY_MS, its cause logged once. */
-static void daemon_sync(struct daemon *d)
+/* 1 when the pass's sync waits for the next pass. A pass whose poll found
+ * work ready holds it, and the next pass polls without waiting: the sync
+ * comes when a poll finds nothing ready, so that in a burst one fsync
+ * covers what several passes committed (the answers that arrived while
+ * the last pass ran), and an idle daemon syncs at once. The hold ends
+ * after DAEMON_SYNC_HOLD_MS whatever the poll finds, which bounds what it
+ * adds to an ack or a publish. */
+static int daemon_sync_hold(struct daemon *d, int busy, int64_t mono)
+{
+    if (busy && !d->sync_held)
+        d->sync_held = mono;
+    if (busy && mono - d->sync_held < DAEMON_SYNC_HOLD_MS)
+        return 1;
+    d->sync_held = 0;
+    return 0;
+}
+
+/* The end of a loop pass (busy: its poll found work): one sync for every
+ * commit of the pass that an ack or a publish waits for, then those go
+ * out (store.h, group commits). A failed sync releases nothing; it is
+ * tried again after DAEMON_SYNC_RETRY_MS, its cause logged once. */
+static void daemon_sync(struct daemon *d, int busy)
 {
     int64_t mono = clock_mono_ms();
     if (!d->st)
         return;
     daemon_sync_trail(d, mono);
-    if (store_sync_wanted(d->st) && !(d->sync_retry && mono < d->sync_retry)) {
+    if (store_sync_wanted(d->st) && !(d->sync_retry && mono < d->sync_retry) &&
+        !daemon_sync_hold(d, busy, mono)) {
         if (store_sync(d->st) == RT_OK) {
             if (d->sync_trouble[0])
                 log_info("the store syncs again");
@@ -263,7 +283,7 @@ static int daemon_iterate(struct daemon *d, const sigset_t *wait_mask)
     commands_status_flush(d, clock_mono_ms());
     if (d->core)
         core_tick(d->core);
-    daemon_sync(d);
+    daemon_sync(d, rc > 0);
     return 0;
 
 no_memory:
