@@ -425,11 +425,10 @@ def report(results, versions, out_md):
         verdict = (f"more than the {ncpu} cores hold, so at this cost per event the target is out "
                    "of reach on this machine")
     else:
-        verdict = (f"which the {ncpu} cores hold, so it is not the CPU that keeps the relay below "
-                   f"0.8 here: a view's round trip with 16 in flight grows from {fmt(rt_alone, 1, ' ms')} "
-                   f"alone to {fmt(rt_drain, 1, ' ms')} during the drain, while the emulator's own log "
-                   "puts its handling of a view at a few milliseconds (RT_KEEP_TMP=1, WORK/src/sim.log), "
-                   "so the time goes between the two processes' turns; where exactly is not measured yet")
+        verdict = (f"which the {ncpu} cores hold; a view's round trip with 16 in flight (16 ÷ rate) "
+                   f"was {fmt(rt_alone, 1, ' ms')} alone and {fmt(rt_drain, 1, ' ms')} during the drain, "
+                   "where the daemon's own turn around each answer and the start-up reconciliation's "
+                   "list pages share the emulator and the cores with the views")
     md.append(BOUNDS.format(
         cap=fmt(capr, 0, " calls/s"), relay=fmt(summary(rel_rate), 0, " msg/s"),
         pub=fmt(pub, 0, " msg/s"), ratio=fmt(summary(rel_ratio), 2), capratio=fmt(summary(cap_ratio), 2),
@@ -500,10 +499,12 @@ machine, at its busy time per event in this run, {needall}; {verdict}.
 Without the daemon's own CPU the rest of the machine would need {needrest}
 cores at that rate. The
 store's share of the daemon's work is what issue 12 cut: the daemon's store
-commits lazily (WAL, `synchronous = NORMAL`) and syncs the WAL once at the end
-of a loop pass for every commit made in it, and a seq goes out only once that
-sync is done, so a message waits at most one pass; the confirmations of a pass
-are recorded in one transaction. In this run that is {commits} commits and
+commits lazily (WAL, `synchronous = NORMAL`) and syncs the WAL once for every
+commit made since the last sync, when a loop pass that wants a sync polls and
+finds nothing more ready (or 5 ms after it began to hold it); a seq goes out
+only once that sync is done. The confirmations of a pass are recorded in one
+transaction that asks for no sync of its own (nothing waits for it; the
+daemon syncs such commits within a second when no other sync does). In this run that is {commits} commits and
 {syncs} fsyncs per event, where the code before issue 12 made two synced
 commits per event. In production, where BILLmanager runs on its own machine,
 the relay is bounded by
@@ -709,7 +710,55 @@ half of its two cores) is saturated, while a view takes about 20 ms with
 answers' callbacks run (common/billmgr_transport.c, not landed) gave 946
 against 789 msg/s in one A/B run, 801 against 824 (medians of four) in
 another, and nothing measurable in ten runs of `--only forward`: not
-landed. Where the round trip's time goes is still open.
+landed. Where the drain's time went is the next section.
+
+## The relay's idle waits (issue 12, resolved)
+
+The relay's rate was bounded by neither the daemon, nor the emulator, nor
+the machine: it stopped. Sampling the source emulator's call count every
+50 ms during the drain (with the daemon's, the emulator's and the broker's
+CPU time and the daemon's kernel wait channel) showed bursts at 1,800–2,100
+views/s, the emulator's capacity, cut by pauses of 0.3–0.7 s, about one a
+second, in which nothing was in flight: the daemon slept in `ppoll`, the
+emulator and the broker were idle, and each pause ended on a whole second of
+the daemon's tick. The relay refills its window (4 × max_inflight slots) from
+the outbox when a quarter of it is free, from the pump that runs after each
+callback. A confirmation's callback pumps while its slot is still taken; the
+slot is freed at the end of the pass, when the pass's confirmations are
+committed together, and nothing pumped after that. Once every slot was
+waiting for the broker, the last confirmations freed the whole window and
+the relay waited for its next tick (`RELAY_SCAN_INTERVAL_MS`, 1 s). The
+pump now runs after the pass's end (07daaba; test_relay's
+`confirmed_window_refills_at_once` fails without it). `bench/run --only
+relay`, two runs each side, the same machine an hour apart: 0.44 of the
+emulator's capacity (734 and 708 msg/s) before, 0.88 (1,581 and 1,668)
+after.
+
+Three changes on the way, each measured with `--only relay` or `--only
+e2e` (RT_KEEP_TMP=1 for the store's counters):
+
+- **No sync for what nobody waits on** (f69a516). The confirmations' commit
+  asked for a sync only to get the pass's end; it now asks for the pass's
+  end alone (`store_want_pass_end`). Commits nobody waits for used to stay
+  unsynced until the next sync or checkpoint, which an idle daemon may
+  never make: after it_forward's flows the server daemon held 5 such
+  commits for as long as it stayed idle. The loop now syncs them within a
+  second (`DAEMON_SYNC_TRAIL_MS`); status shows `.store.unsynced`, and
+  it_forward checks that both daemons reach 0.
+- **A sync held while work is ready** (9c8c18f). In the drain a pass
+  handled about 4 answers, and each pass that allocated a seq synced: 0.25
+  and 0.30 fsyncs per event in two runs. A pass whose poll found work now
+  holds its sync, the next pass polls without waiting, and the sync comes
+  when a poll finds nothing ready, or 5 ms after the hold began: 0.15, 0.18
+  and 0.22 in three runs, at 0.81–0.94 of the emulator's capacity. An idle
+  daemon syncs as before, after one more poll.
+- **A reserve for the appliers** (b63727b). A state cycle's views started
+  whenever the API had room, so a cycle took every free connection and a
+  create arriving next waited for a view's answer. During the paced 50 ms
+  runs the apply stage's p99 was 55, 71 and 78 ms against a p50 of 52 while
+  a cycle ran, and the paced p99 114, 130 and 132 ms. A cycle's views now
+  leave a quarter of max_inflight free beyond their floor: apply p99 56, 61
+  and 60 ms, paced p99 112, 116 and 113 ms (p50 105, 106 and 105).
 
 ## The task journal's cost (issue 11)
 

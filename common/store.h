@@ -198,7 +198,8 @@ rt_status store_rollback(struct store *st);
  * before a commit is durable (an ack, a publish carrying a seq just
  * allocated) takes the commit's number with store_mark(), waits until
  * store_durable() says so, and asks for the sync with store_want_sync();
- * the daemon calls store_sync() at the end of the pass, and the listeners
+ * the daemon calls store_sync() at the end of the pass (or of a later one
+ * while its poll keeps finding work, daemon_loop.c), and the listeners
  * (store_listen) then send what waited. A step that must be durable before
  * the very next thing it does (the intent before a create or a note edit)
  * commits with store_commit_durable(). A commit nobody waits for is synced
