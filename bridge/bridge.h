@@ -33,7 +33,7 @@ struct daemon {
     int lock_fd;
     int standby;          /* the lock is another process's: waiting for it */
     int64_t standby_next; /* monotonic ms: the next try */
-    struct store *st;     /* lazy commits: synced once per loop pass */
+    struct store *st;     /* lazy commits: synced by the loop (daemon_sync) */
     int64_t sync_retry;   /* monotonic ms: the next try after a failed sync, 0 = none */
     int64_t sync_trail;   /* monotonic ms: when commits nobody waited for get synced, 0 = none */
     int64_t sync_held;    /* monotonic ms: since when the pass's sync is held, 0 = not held */

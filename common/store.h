@@ -238,8 +238,9 @@ void store_want_sync(struct store *st);
 /* Asks for the end of this loop pass without asking for a sync: the
  * store_listen_before() listeners commit what they gathered, and the
  * store_listen() ones run, but the commit waits for the next sync. For
- * work whose commit nobody waits on (the relay's confirmations: their
- * loss in a power cut only makes the server drop a republished copy). */
+ * work whose commit nobody waits on (the relay's confirmations: lost in a
+ * power cut, their events are sent again under new seqs, and the server
+ * finds them already applied). */
 void store_want_pass_end(struct store *st);
 
 /* True when store_want_sync() or store_want_pass_end() was called since

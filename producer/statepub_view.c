@@ -316,10 +316,9 @@ static void sp_view_done(void *arg, const struct billmgr_reply *rep)
 /* At most max_inflight views run. A cycle is background work and the
  * API's queue is first come, first served: beyond a floor of a quarter of
  * max_inflight (at least one), a view starts only while the API has room
- * for it and a reserve of a
- * quarter of max_inflight besides, so that a create or an edit of the
- * forward applier finds a connection free rather than waiting for a
- * view's answer. Without the room the paced benchmark saw its apply stage
+ * for it and a reserve of a quarter of max_inflight besides, so that a
+ * create or an edit of the forward applier finds a connection free rather
+ * than waiting for a view's answer. Without the room the paced benchmark saw its apply stage
  * grow from 53 to 83 ms at p50 while a first cycle viewed 2,513 new links;
  * without the reserve, its p99 was 71-78 ms against 52 at p50 while a
  * cycle ran (a create queued behind 16 views waits up to one call). The
