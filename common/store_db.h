@@ -259,6 +259,14 @@ rt_status store_schema_prepare(struct store *st);
  * store.c calls it once the connection is open. */
 void store_sync_on_open(struct store *st);
 
+/* For one transaction nobody waits for (the journal's own): a synced
+ * handle commits it without a sync, counted as not synced, until
+ * store_sync_relax_end(relaxed). Returns true when it relaxed the handle
+ * (a lazy one is left as it is, and so is one inside a transaction). The
+ * next synced commit or sync covers the relaxed one. */
+bool store_sync_relax(struct store *st);
+void store_sync_relax_end(struct store *st, bool relaxed);
+
 /* ---- the journal's part in the store's life (store_journal.c) --------
  *
  * store.c calls these at the points of a transaction's life, so that

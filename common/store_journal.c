@@ -512,15 +512,9 @@ static rt_status journal_txn(struct store *st, struct store_journal *j, int64_t 
 {
     uint64_t gone = 0;
     rt_status r;
-    /* The journal's own rows are not worth a sync. A lazy handle
-     * (store_set_lazy) commits without one already and must stay so: set
-     * back to FULL, every commit of the daemon's loop would sync the WAL
-     * inside SQLite, unseen by the store's counters. A synced handle is
-     * lazy for this one transaction. */
-    bool relax = !st->lazy;
+    /* The journal's own rows are not worth a sync (store_sync.c). */
+    bool relaxed = store_sync_relax(st);
 
-    if (relax)
-        sqlite3_exec(st->db, "PRAGMA synchronous = NORMAL", NULL, NULL, NULL);
     j->force = true;
     if ((r = store_begin(st)) != RT_OK)
         goto restore_sync;
@@ -535,8 +529,7 @@ static rt_status journal_txn(struct store *st, struct store_journal *j, int64_t 
     }
 restore_sync:
     j->force = false;
-    if (relax)
-        sqlite3_exec(st->db, "PRAGMA synchronous = FULL", NULL, NULL, NULL);
+    store_sync_relax_end(st, relaxed);
     return r;
 }
 

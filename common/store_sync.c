@@ -101,6 +101,25 @@ rt_status store_set_lazy(struct store *st, bool lazy)
     return RT_OK;
 }
 
+bool store_sync_relax(struct store *st)
+{
+    if (st->lazy || st->in_txn)
+        return false;
+    if (sqlite3_exec(st->db, "PRAGMA synchronous = NORMAL", NULL, NULL, NULL) != SQLITE_OK)
+        return false;
+    st->lazy = true; /* so that the commit hook counts it as not synced */
+    return true;
+}
+
+void store_sync_relax_end(struct store *st, bool relaxed)
+{
+    if (!relaxed)
+        return;
+    /* Not store_set_lazy(false): that would sync what was relaxed. */
+    (void)sqlite3_exec(st->db, "PRAGMA synchronous = FULL", NULL, NULL, NULL);
+    st->lazy = false;
+}
+
 uint64_t store_mark(const struct store *st)
 {
     return st->commits;

@@ -253,8 +253,18 @@ static void test_flush_and_free_write_the_queue(void **state)
     st = open_journal(f, 100, 30);
     assert_int_equal(synchronous(st), 2);
     store_journal_add(st, 0, C, "c1", 1, 0, JOURNAL_VIEWED, 0, "x");
+    struct store_sync_stats s0, s1;
+    store_sync_stats(st, &s0);
     OK(st, store_journal_flush(st));
     assert_int_equal(synchronous(st), 2);
+    /* ... and the counters say so: a commit, no sync. */
+    store_sync_stats(st, &s1);
+    assert_int_equal(s1.commits - s0.commits, 1);
+    assert_int_equal(s1.syncs - s0.syncs, 0);
+    /* The next synced commit covers it, and counts one sync. */
+    OK(st, store_outbox_add(st, "c1", 9, 1000));
+    store_sync_stats(st, &s0);
+    assert_int_equal(s0.syncs - s1.syncs, 1);
     store_free(st);
     assert_int_equal(disk_rows(f, NULL), 3);
 
