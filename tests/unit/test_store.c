@@ -82,17 +82,24 @@ static struct store *open_ok(const struct fixture *f)
             fail_msg("%s: %s: %s", #call, rt_status_name(r_), store_strerror(st));                 \
     } while (0)
 
-static int user_version(const char *db)
+/* The integer the first row of sql has in its first column, read through
+ * a handle of its own. */
+static int query_int(const char *db, const char *sql)
 {
     sqlite3 *h = NULL;
     assert_int_equal(sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
     sqlite3_stmt *s = NULL;
-    assert_int_equal(sqlite3_prepare_v2(h, "PRAGMA user_version", -1, &s, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(h, sql, -1, &s, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(s), SQLITE_ROW);
     int v = sqlite3_column_int(s, 0);
     sqlite3_finalize(s);
     sqlite3_close(h);
     return v;
+}
+
+static int user_version(const char *db)
+{
+    return query_int(db, "PRAGMA user_version");
 }
 
 static void exec_raw(const char *db, const char *sql)
@@ -329,17 +336,8 @@ static void test_outbox_defer_and_due(void **state)
     big[sizeof big - 1] = '\0';
     OK(st, store_outbox_defer(st, "7", 2, 100, big));
     store_free(st);
-
-    sqlite3 *h = NULL;
-    assert_int_equal(sqlite3_open_v2(f->db, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    sqlite3_stmt *s = NULL;
-    assert_int_equal(
-        sqlite3_prepare_v2(h, "SELECT length(last_error) FROM outbox WHERE task = 2", -1, &s, NULL),
-        SQLITE_OK);
-    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
-    assert_int_equal(sqlite3_column_int(s, 0), STORE_ERROR_MAX);
-    sqlite3_finalize(s);
-    sqlite3_close(h);
+    assert_int_equal(query_int(f->db, "SELECT length(last_error) FROM outbox WHERE task = 2"),
+                     STORE_ERROR_MAX);
 }
 
 /* A backlog recorded in one millisecond (a reconciliation's page, a bulk
@@ -734,18 +732,9 @@ static void test_migrates_version_2(void **state)
                     " WHERE side = 1 AND client = '7' AND src_task = 9;"
                     /* Migration 5: the due index replaced the old one. */
                     "SELECT task FROM outbox INDEXED BY outbox_due ORDER BY first_ms;");
-    sqlite3 *h = NULL;
-    sqlite3_stmt *q = NULL;
-    assert_int_equal(sqlite3_open_v2(f->db, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(h,
-                                        "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'index'"
-                                        " AND name = 'outbox_first_ms'",
-                                        -1, &q, NULL),
-                     SQLITE_OK);
-    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
-    assert_int_equal(sqlite3_column_int(q, 0), 0);
-    sqlite3_finalize(q);
-    sqlite3_close(h);
+    assert_int_equal(query_int(f->db, "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'index'"
+                                      " AND name = 'outbox_first_ms'"),
+                     0);
 }
 
 /* The read-only handle of remotetaskctl's trace: reads what a writer
